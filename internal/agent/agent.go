@@ -1,0 +1,387 @@
+// Package agent is one node's agent: it turns node.Node operations into
+// work for the process supervisor, the port pool and the work-dir stager.
+// The same Agent runs in-process for tests and behind the wire in the
+// `drover agent` process.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/drover-hpc/drover/internal/node"
+	"github.com/drover-hpc/drover/internal/ports"
+	"github.com/drover-hpc/drover/internal/supervise"
+	"github.com/drover-hpc/drover/internal/topology"
+)
+
+// Options configure an Agent.
+type Options struct {
+	Name      string
+	Resources topology.Resources
+	// BaseEnv is the environment every process starts from; nil means this
+	// process's environment.
+	BaseEnv []string
+	// Scratch is where fresh work dirs are made; "" means a private
+	// directory under os.TempDir(). The agent removes what it made there.
+	Scratch  string
+	Logger   *slog.Logger
+	Level    *slog.LevelVar // changed by SetLogLevel; may be nil
+	Spawners int
+}
+
+// Agent implements node.Node on this machine.
+type Agent struct {
+	name    string
+	res     topology.Resources
+	log     *slog.Logger
+	level   *slog.LevelVar
+	sup     *supervise.Supervisor
+	ports   *ports.Pool
+	scratch string
+
+	mu       sync.Mutex
+	env      map[string]string
+	pending  map[string]*afterExit // per running process: what to do once it exits
+	finished []node.Exit
+	closed   bool
+
+	ready     chan struct{}
+	stopPump  chan struct{}
+	pumpDone  chan struct{}
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// afterExit is the work an exit triggers before it is reported.
+type afterExit struct {
+	dir       string // work dir
+	freshDir  bool   // made by us: remove after outputs are collected
+	outputs   []string
+	outputDir string
+}
+
+// New starts an agent with its supervisor.
+func New(opts Options) (*Agent, error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	level := opts.Level
+	if level == nil {
+		level = new(slog.LevelVar)
+	}
+	scratchRoot := opts.Scratch
+	if scratchRoot == "" {
+		scratchRoot = filepath.Join(os.TempDir(), fmt.Sprintf("drover-%d", os.Getuid()))
+	}
+	if err := os.MkdirAll(scratchRoot, 0o700); err != nil {
+		return nil, fmt.Errorf("agent %s: scratch dir: %w", opts.Name, err)
+	}
+	scratch, err := os.MkdirTemp(scratchRoot, "agent-")
+	if err != nil {
+		return nil, fmt.Errorf("agent %s: scratch dir: %w", opts.Name, err)
+	}
+	sup, err := supervise.New(supervise.Options{Node: opts.Name, Logger: log, Spawners: opts.Spawners})
+	if err != nil {
+		os.Remove(scratch)
+		return nil, fmt.Errorf("agent %s: %w", opts.Name, err)
+	}
+	base := opts.BaseEnv
+	if base == nil {
+		base = os.Environ()
+	}
+	a := &Agent{
+		name:     opts.Name,
+		res:      opts.Resources,
+		log:      log,
+		level:    level,
+		sup:      sup,
+		ports:    ports.New(),
+		scratch:  scratch,
+		env:      envMap(base),
+		pending:  make(map[string]*afterExit),
+		ready:    make(chan struct{}, 1),
+		stopPump: make(chan struct{}),
+		pumpDone: make(chan struct{}),
+	}
+	go a.pump()
+	return a, nil
+}
+
+func envMap(kv []string) map[string]string {
+	m := make(map[string]string, len(kv))
+	for _, e := range kv {
+		if k, v, ok := strings.Cut(e, "="); ok {
+			m[k] = v
+		}
+	}
+	return m
+}
+
+func (a *Agent) Name() string                  { return a.name }
+func (a *Agent) Resources() topology.Resources { return a.res }
+func (a *Agent) Ready() <-chan struct{}        { return a.ready }
+
+// Start stages the work dir, hands over reserved ports and starts the process.
+func (a *Agent) Start(ctx context.Context, spec node.ProcessSpec) (node.Started, error) {
+	if err := ctx.Err(); err != nil {
+		return node.Started{}, fmt.Errorf("start %s on %s: %w", spec.Name, a.name, err)
+	}
+	st, err := a.start(spec)
+	if err != nil {
+		return node.Started{}, fmt.Errorf("start %s on %s: %w", spec.Name, a.name, err)
+	}
+	return st, nil
+}
+
+func (a *Agent) start(spec node.ProcessSpec) (node.Started, error) {
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return node.Started{}, supervise.ErrClosed
+	}
+	if _, dup := a.pending[spec.Name]; dup {
+		a.mu.Unlock()
+		return node.Started{}, supervise.ErrDuplicate
+	}
+	after := &afterExit{dir: spec.Dir, outputs: spec.Outputs, outputDir: spec.OutputDir}
+	a.pending[spec.Name] = after // claims the name while we stage
+	env := make([]string, 0, len(a.env)+len(spec.Env)+8)
+	for k, v := range a.env {
+		if _, overridden := spec.Env[k]; !overridden {
+			env = append(env, k+"="+v)
+		}
+	}
+	a.mu.Unlock()
+
+	ok := false
+	defer func() {
+		if !ok {
+			a.mu.Lock()
+			delete(a.pending, spec.Name)
+			a.mu.Unlock()
+			if after.freshDir {
+				os.RemoveAll(after.dir)
+			}
+		}
+	}()
+
+	if after.dir == "" {
+		dir := filepath.Join(a.scratch, spec.Name)
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			return node.Started{}, fmt.Errorf("work dir: %w", err)
+		}
+		after.dir, after.freshDir = dir, true
+	}
+	for _, f := range spec.Files {
+		if err := stageIn(f, after.dir); err != nil {
+			return node.Started{}, err
+		}
+	}
+	for k, v := range spec.Env {
+		env = append(env, k+"="+v)
+	}
+	env = append(env, "DROVER_NODE="+a.name, "DROVER_WORKDIR="+after.dir)
+	if len(spec.HWThreads) > 0 {
+		env = append(env, "DROVER_HWTHREADS="+topology.FormatCPUList(spec.HWThreads))
+	}
+
+	args := spec.Args
+	var held []int
+	var byName map[string]int
+	if len(spec.PortNames) > 0 {
+		var err error
+		held, err = a.ports.Reserve(false, len(spec.PortNames))
+		if err != nil {
+			return node.Started{}, err
+		}
+		byName = make(map[string]int, len(held))
+		args = append([]string(nil), spec.Args...)
+		for i, name := range spec.PortNames {
+			byName[name] = held[i]
+			env = append(env, fmt.Sprintf("DROVER_PORT_%s=%d", strings.ToUpper(name), held[i]))
+			for j := range args {
+				args[j] = strings.ReplaceAll(args[j], "{port:"+name+"}", fmt.Sprint(held[i]))
+			}
+		}
+		// Handed over as late as possible: the child binds them itself.
+		if err := a.ports.Release(false, held); err != nil {
+			return node.Started{}, err
+		}
+	}
+
+	pid, err := a.sup.Start(supervise.Spec{
+		Name:      spec.Name,
+		Args:      args,
+		Env:       env,
+		Dir:       after.dir,
+		Stdout:    spec.Stdout,
+		Stderr:    spec.Stderr,
+		HWThreads: spec.HWThreads,
+	})
+	if err != nil {
+		return node.Started{}, errors.Unwrap(err) // the supervisor's message repeats "start NAME"
+	}
+	ok = true
+	return node.Started{PID: pid, Ports: byName}, nil
+}
+
+// pump moves exits from the supervisor to our finished list, collecting
+// outputs and removing fresh work dirs first, so that an exit report means
+// the results are in place.
+func (a *Agent) pump() {
+	defer close(a.pumpDone)
+	for {
+		select {
+		case <-a.sup.Ready():
+			a.collect()
+		case <-a.stopPump:
+			a.collect()
+			return
+		}
+	}
+}
+
+func (a *Agent) collect() {
+	exits := a.sup.Finished()
+	if len(exits) == 0 {
+		return
+	}
+	for i := range exits {
+		a.mu.Lock()
+		after := a.pending[exits[i].Name]
+		delete(a.pending, exits[i].Name)
+		a.mu.Unlock()
+		if after == nil {
+			continue
+		}
+		if err := collectOutputs(after.dir, after.outputs, after.outputDir); err != nil {
+			exits[i].Err = err.Error()
+		}
+		if after.freshDir {
+			if err := os.RemoveAll(after.dir); err != nil {
+				a.log.Warn("remove work dir", "dir", after.dir, "err", err)
+			}
+		}
+	}
+	a.mu.Lock()
+	a.finished = append(a.finished, exits...)
+	a.mu.Unlock()
+	select {
+	case a.ready <- struct{}{}:
+	default:
+	}
+}
+
+// Finished returns the exits not yet returned, each exactly once.
+func (a *Agent) Finished() []node.Exit {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	f := a.finished
+	a.finished = nil
+	return f
+}
+
+func (a *Agent) Poll(_ context.Context, names ...string) ([]node.Status, error) {
+	st, err := a.sup.Poll(names...)
+	if err != nil {
+		return nil, fmt.Errorf("poll on %s: %w", a.name, err)
+	}
+	return st, nil
+}
+
+func (a *Agent) Stop(_ context.Context, name string, grace time.Duration) error {
+	return a.wrap(a.sup.Stop(name, grace))
+}
+
+func (a *Agent) Kill(_ context.Context, name string) error { return a.wrap(a.sup.Kill(name)) }
+
+func (a *Agent) Purge(_ context.Context, name string) error { return a.wrap(a.sup.Purge(name)) }
+
+func (a *Agent) Send(ctx context.Context, name string, data []byte) error {
+	return a.wrap(a.sup.Send(ctx, name, data))
+}
+
+func (a *Agent) CancelAll(_ context.Context, grace time.Duration) error {
+	a.sup.CancelAll(grace)
+	return nil
+}
+
+func (a *Agent) wrap(err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("%w on %s", err, a.name)
+}
+
+func (a *Agent) GetEnv(_ context.Context, key string) (string, bool, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	v, ok := a.env[key]
+	return v, ok, nil
+}
+
+func (a *Agent) SetEnv(_ context.Context, key, value string) error {
+	if key == "" || strings.ContainsAny(key, "=\x00") {
+		return fmt.Errorf("set env on %s: invalid name %q", a.name, key)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.env[key] = value
+	return nil
+}
+
+func (a *Agent) BindPorts(_ context.Context, udp bool, n int) ([]int, error) {
+	p, err := a.ports.Reserve(udp, n)
+	if err != nil {
+		return nil, fmt.Errorf("%w on %s", err, a.name)
+	}
+	return p, nil
+}
+
+func (a *Agent) ReleasePorts(_ context.Context, udp bool, p []int) error {
+	return a.wrap(a.ports.Release(udp, p))
+}
+
+func (a *Agent) SetLogLevel(_ context.Context, level string) error {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return fmt.Errorf("set log level on %s: %w", a.name, err)
+	}
+	a.level.Set(l)
+	return nil
+}
+
+// HeldPorts lists the reserved ports, for status displays.
+func (a *Agent) HeldPorts(udp bool) []int {
+	p := a.ports.Held(udp)
+	sort.Ints(p)
+	return p
+}
+
+// Close stops every process (SIGTERM, grace, SIGKILL), reports their exits,
+// then releases ports and scratch space. Ready is closed afterwards.
+func (a *Agent) Close() error { return a.Shutdown(10 * time.Second) }
+
+// Shutdown is Close with an explicit grace.
+func (a *Agent) Shutdown(grace time.Duration) error {
+	a.closeOnce.Do(func() {
+		a.mu.Lock()
+		a.closed = true
+		a.mu.Unlock()
+		err := a.sup.Close(grace)
+		close(a.stopPump)
+		<-a.pumpDone
+		close(a.ready)
+		a.closeErr = errors.Join(err, a.ports.Close(), os.RemoveAll(a.scratch))
+	})
+	return a.closeErr
+}

@@ -1,0 +1,246 @@
+// Package bench measures drover against the floor and its peers in the same
+// run: a raw os/exec loop with the same parallelism (each child's stdout and
+// stderr in new files of its own, as drover's are) and GNU Parallel. Figures
+// are reported as ratios, never asserted; run them with scripts/bench.
+package bench
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/drover-hpc/drover/internal/topology"
+)
+
+// tools builds the drover binary and a trivial static program once.
+type tools struct {
+	drover, trivial string
+}
+
+var (
+	toolsOnce sync.Once
+	built     tools
+	buildErr  error
+)
+
+func setup(b *testing.B) tools {
+	toolsOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "drover-bench-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		built.drover = filepath.Join(dir, "drover")
+		out, err := exec.Command("go", "build", "-o", built.drover, "github.com/drover-hpc/drover/cmd/drover").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("build drover: %v\n%s", err, out)
+			return
+		}
+		built.trivial, buildErr = trivialProgram(dir)
+	})
+	if buildErr != nil {
+		b.Fatal(buildErr)
+	}
+	return built
+}
+
+// trivialProgram is a static binary that exits 0: a C one when gcc can
+// link statically, else a Go one.
+func trivialProgram(dir string) (string, error) {
+	bin := filepath.Join(dir, "trivial")
+	src := filepath.Join(dir, "trivial.c")
+	if err := os.WriteFile(src, []byte("int main(void){return 0;}\n"), 0o644); err != nil {
+		return "", err
+	}
+	if exec.Command("gcc", "-static", "-O2", "-o", bin, src).Run() == nil {
+		return bin, nil
+	}
+	gosrc := filepath.Join(dir, "trivial.go")
+	if err := os.WriteFile(gosrc, []byte("package main\nfunc main() {}\n"), 0o644); err != nil {
+		return "", err
+	}
+	cmd := exec.Command("go", "build", "-o", bin, gosrc)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build trivial program: %v\n%s", err, out)
+	}
+	return bin, nil
+}
+
+func instances(b *testing.B) int {
+	if s := os.Getenv("DROVER_BENCH_N"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return n
+	}
+	return 2000
+}
+
+// parallelism is what drover uses by default: one instance per core.
+func parallelism(b *testing.B) int {
+	res, err := topology.Detect(topology.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return len(res.Cores)
+}
+
+// rawLoop is the floor: P workers doing mkdir, two new files and an
+// os/exec run per instance.
+func rawLoop(b *testing.B, trivial string, n, p int) time.Duration {
+	out := b.TempDir()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range p {
+		wg.Go(func() {
+			for {
+				i := next.Add(1) - 1
+				if i >= int64(n) {
+					return
+				}
+				dir := filepath.Join(out, strconv.FormatInt(i, 10))
+				if err := os.Mkdir(dir, 0o755); err != nil {
+					b.Error(err)
+					return
+				}
+				so, err1 := os.Create(filepath.Join(dir, "stdout"))
+				se, err2 := os.Create(filepath.Join(dir, "stderr"))
+				if err1 != nil || err2 != nil {
+					b.Error(err1, err2)
+					return
+				}
+				cmd := exec.Command(trivial)
+				cmd.Stdout, cmd.Stderr = so, se
+				if err := cmd.Run(); err != nil {
+					b.Error(err)
+				}
+				so.Close()
+				se.Close()
+			}
+		})
+	}
+	wg.Wait()
+	return time.Since(start)
+}
+
+func droverRun(b *testing.B, t tools, n int, extra ...string) time.Duration {
+	out := filepath.Join(b.TempDir(), "out")
+	args := append([]string{"run", "--progress", "none", "--out", out}, extra...)
+	args = append(args, "--repeat", strconv.Itoa(n), "--", t.trivial)
+	start := time.Now()
+	cmd := exec.Command(t.drover, args...)
+	if outb, err := cmd.CombinedOutput(); err != nil {
+		b.Fatalf("drover run: %v\n%s", err, outb)
+	}
+	return time.Since(start)
+}
+
+func gnuParallel(b *testing.B, trivial string, n, p int) time.Duration {
+	if _, err := exec.LookPath("parallel"); err != nil {
+		b.Skip("GNU Parallel not installed (Debian package parallel)")
+	}
+	out := b.TempDir()
+	input := strings.Repeat("x\n", n)
+	cmd := exec.Command("parallel", "--will-cite", "-j", strconv.Itoa(p), "--results", out, trivial)
+	cmd.Stdin = strings.NewReader(input)
+	start := time.Now()
+	if outb, err := cmd.CombinedOutput(); err != nil {
+		b.Fatalf("parallel: %v\n%s", err, outb)
+	}
+	return time.Since(start)
+}
+
+// BenchmarkThroughput runs N trivial instances through drover run, the raw
+// loop and GNU Parallel, and reports instances/s and drover's ratios.
+func BenchmarkThroughput(b *testing.B) {
+	t := setup(b)
+	n, p := instances(b), parallelism(b)
+	for b.Loop() {
+		raw := rawLoop(b, t.trivial, n, p)
+		dr := droverRun(b, t, n)
+		rate := func(d time.Duration) float64 { return float64(n) / d.Seconds() }
+		b.ReportMetric(rate(raw), "raw-inst/s")
+		b.ReportMetric(rate(dr), "drover-inst/s")
+		b.ReportMetric(raw.Seconds()/dr.Seconds(), "drover/raw")
+		b.Logf("n=%d parallelism=%d raw %.0f/s drover %.0f/s ratio %.2f", n, p, rate(raw), rate(dr), raw.Seconds()/dr.Seconds())
+		if _, err := exec.LookPath("parallel"); err == nil {
+			gp := gnuParallel(b, t.trivial, n, p)
+			b.ReportMetric(rate(gp), "parallel-inst/s")
+			b.ReportMetric(gp.Seconds()/dr.Seconds(), "drover/parallel")
+			b.Logf("GNU Parallel %.0f/s; drover is %.1fx", rate(gp), gp.Seconds()/dr.Seconds())
+		}
+	}
+}
+
+// BenchmarkQueueMemory runs DROVER_BENCH_QUEUED (default 100,000) trivial
+// instances through drover run and reports the manager's peak RSS.
+func BenchmarkQueueMemory(b *testing.B) {
+	t := setup(b)
+	n := 100000
+	if s := os.Getenv("DROVER_BENCH_QUEUED"); s != "" {
+		var err error
+		if n, err = strconv.Atoi(s); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for b.Loop() {
+		out := filepath.Join(b.TempDir(), "out")
+		cmd := exec.Command(t.drover, "run", "--progress", "none", "--out", out, "--repeat", strconv.Itoa(n), "--", t.trivial)
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+		peak := int64(0)
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		tick := time.NewTicker(200 * time.Millisecond)
+	wait:
+		for {
+			select {
+			case err := <-done:
+				if err != nil {
+					b.Fatal(err)
+				}
+				break wait
+			case <-tick.C:
+				peak = max(peak, hwm(cmd.Process.Pid))
+			case <-ctx.Done():
+				cmd.Process.Kill()
+				b.Fatal("timed out")
+			}
+		}
+		tick.Stop()
+		cancel()
+		b.ReportMetric(float64(peak)/(1<<20), "peak-RSS-MiB")
+		b.Logf("%d instances: manager peak RSS %.1f MiB", n, float64(peak)/(1<<20))
+	}
+}
+
+// hwm reads a process's peak resident set size in bytes.
+func hwm(pid int) int64 {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}

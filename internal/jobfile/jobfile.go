@@ -1,0 +1,187 @@
+// Package jobfile reads drover job files and checks them strictly, so that a
+// bad file stops `drover run` before anything starts, with every problem
+// reported as FILE:LINE:COL: message.
+//
+// A job file is YAML (JSON is accepted, being YAML): a mapping whose only
+// key is "jobs", a non-empty list of job mappings. See Job for the keys.
+//
+// Choices beyond the contract in SPEC.md:
+//   - An empty value (null) for a list or mapping key (env, files, outputs,
+//     setup, ports) means an empty list or mapping, so that commenting out
+//     every entry under a key is fine. An empty value for any other key
+//     (name, command, shell, repeat, cores, retries, timeout, node, workdir)
+//     is an error: a blank there is more likely an unfinished edit than a
+//     wish for the default, and the default is had by leaving the key out.
+//   - Numbers and booleans are accepted where text is wanted and kept as
+//     written (3 stays "3", 0x10 stays "0x10"); quoted whole numbers are
+//     accepted where numbers are wanted. Port names must not be numbers,
+//     because `ports: [8080]` reads like a fixed port while drover always
+//     picks free ones.
+//   - Anchors, aliases and merge keys (<<) work as in YAML 1.1, so similar
+//     jobs can share settings; keys written in a mapping override merged
+//     ones. Tags other than the standard !!str, !!int, !!float, !!bool,
+//     !!null, !!seq and !!map are refused.
+//   - Paths in files and outputs are cleaned ("./sim" becomes "sim").
+//   - Names "." and "..", and single-instance names "events.jsonl" and
+//     "summary.json", are refused: instance names become directories in the
+//     results directory, next to those files.
+package jobfile
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Limits on values; the ones on repeat and cores come from the contract,
+// the others keep names usable as directory names and retries finite.
+const (
+	maxRepeat  = 10_000_000
+	maxCores   = 4096
+	maxRetries = 1_000_000
+	maxNameLen = 200
+)
+
+// Job is one entry of a job file, or a job built in code (ad-hoc mode).
+type Job struct {
+	Name    string
+	Command []string // argv; exactly one of Command and Shell is set
+	Shell   string   // run by /bin/sh -c
+	Repeat  int      // number of instances; default 1
+	Cores   int      // whole cores per instance; default 1
+	Env     map[string]string
+	Files   []string // clean paths relative to File.Dir, without ".."
+	Outputs []string // clean glob patterns (path.Match) relative to the work dir, without ".."
+	Setup   []string // shell lines run before the command, in the same shell
+	Ports   []string // names [A-Za-z0-9_]+, unique ignoring case
+	// Retries is the number of further attempts after a failure or a lost
+	// node; nil when not set, so that a --retries default applies.
+	Retries *int
+	Timeout time.Duration // then SIGTERM, grace, SIGKILL; 0 = none
+	Node    string        // "" = any node
+	Workdir string        // "" = a fresh work dir; absolute after Parse
+	// Line and Col locate the job in its file; 0 when built in code.
+	Line, Col int
+}
+
+// File is a parsed and checked job file.
+type File struct {
+	Path string // as given
+	Dir  string // absolute directory of the file; relative files and workdir resolve against it
+	Jobs []Job
+}
+
+// Load reads the job file at path and parses it. A read failure is returned
+// as is (it names the path); problems in the content are an Errors.
+func Load(path string) (*File, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return Parse(path, data)
+}
+
+// Parse parses and checks the job file content data; path names it in
+// errors and gives File.Dir. When anything is wrong it returns a nil File
+// and an Errors with every problem found, in file order.
+func Parse(path string, data []byte) (*File, error) {
+	dir, err := filepath.Abs(filepath.Dir(path))
+	if err != nil {
+		return nil, fmt.Errorf("jobfile: directory of %s: %w", path, err)
+	}
+	r := &reporter{file: path}
+	jobs := parse(r, data, dir)
+	if err := r.err(); err != nil {
+		return nil, err
+	}
+	return &File{Path: path, Dir: dir, Jobs: jobs}, nil
+}
+
+// Validate runs the checks Parse applies to each job on a job built in code,
+// and applies the same defaults (Repeat and Cores 0 become 1) and cleaning of
+// paths. Unlike in a file, Repeat and Cores may be left 0 for the default,
+// and Workdir must already be absolute. Checks across jobs (unique names)
+// are Parse's alone. The error, if any, is an Errors positioned at j.Line
+// and j.Col, so without a position for jobs built in code.
+func (j *Job) Validate() error {
+	r := &reporter{}
+	j.check(r, &locs{job: pos{j.Line, j.Col}})
+	return r.err()
+}
+
+// Instance is one process to run for a job.
+type Instance struct {
+	Job   *Job
+	Name  string // "sim.3", or "sim" when Repeat is 1
+	Index int
+	// Args is the argv to start, with "{index}" replaced in the command,
+	// the shell text and the setup lines; "{port:NAME}" is left for the
+	// node agent, which reserves the ports.
+	Args []string
+}
+
+// Instances lists the instances of j in index order. j should be valid; a
+// Repeat below 1 counts as 1.
+//
+// Setup lines run under "set -e" so that a failing setup step (say, a venv
+// that is missing) fails the instance instead of running the command in the
+// wrong environment. For a Command job the setup script ends in
+// `exec "$@"` with the argv passed as positional parameters, so the argv is
+// never re-quoted; for a Shell job "set +e" restores the shell's usual
+// behaviour before the shell text.
+func (j *Job) Instances() []Instance {
+	out := make([]Instance, max(j.Repeat, 1))
+	for i := range out {
+		out[i] = j.Instance(i)
+	}
+	return out
+}
+
+// Instance makes instance i of j on demand, so a queue of millions holds
+// no argv it has not started yet.
+func (j *Job) Instance(i int) Instance {
+	name := j.Name
+	if j.Repeat > 1 {
+		name += "." + strconv.Itoa(i)
+	}
+	index := strconv.Itoa(i)
+	expand := func(s string) string { return strings.ReplaceAll(s, "{index}", index) }
+
+	var setup string
+	if len(j.Setup) > 0 {
+		lines := make([]string, len(j.Setup))
+		for k, l := range j.Setup {
+			lines[k] = expand(l)
+		}
+		setup = "set -e\n" + strings.Join(lines, "\n") + "\n"
+	}
+
+	var args []string
+	if j.Command == nil {
+		script := expand(j.Shell)
+		if setup != "" {
+			script = setup + "set +e\n" + script
+		}
+		args = []string{"/bin/sh", "-c", script}
+	} else {
+		if setup != "" {
+			args = append(args, "/bin/sh", "-c", setup+`exec "$@"`, "drover-setup")
+		}
+		for _, a := range j.Command {
+			args = append(args, expand(a))
+		}
+	}
+	return Instance{Job: j, Name: name, Index: i, Args: args}
+}
+
+// Instances lists the instances of all jobs, in file order.
+func (f *File) Instances() []Instance {
+	var out []Instance
+	for i := range f.Jobs {
+		out = append(out, f.Jobs[i].Instances()...)
+	}
+	return out
+}

@@ -1,0 +1,679 @@
+// Package queue places the instances of a batch of jobs on nodes, whole
+// cores at a time, starts them, follows them to exactly one final result
+// each, retries failures, enforces timeouts and writes the results
+// directory. It talks to nodes only through node.Node.
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/drover-hpc/drover/internal/jobfile"
+	"github.com/drover-hpc/drover/internal/node"
+	"github.com/drover-hpc/drover/internal/results"
+	"github.com/drover-hpc/drover/internal/topology"
+)
+
+// Options configure a Run.
+type Options struct {
+	Nodes   []node.Node
+	OutDir  string
+	BaseDir string // relative `files` resolve against it
+	// Retries applies to jobs that do not set their own.
+	Retries int
+	// Grace is the time between SIGTERM and SIGKILL when stopping.
+	Grace time.Duration
+	// Skip names instances that already succeeded (--resume).
+	Skip map[string]bool
+	// Hard, when it fires after ctx is cancelled, kills instead of waiting
+	// out the grace (a second Ctrl-C).
+	Hard     <-chan struct{}
+	Progress func(Counts)
+	Logger   *slog.Logger
+}
+
+// Counts is a snapshot for progress displays.
+type Counts struct {
+	Total, Succeeded, Failed, Lost, Skipped, Running int
+	Start                                            time.Time
+}
+
+// Done is the number of instances that reached a final state.
+func (c Counts) Done() int { return c.Succeeded + c.Failed + c.Lost + c.Skipped }
+
+type phase int
+
+const (
+	pending phase = iota
+	starting
+	running
+	final
+)
+
+type instance struct {
+	job      *jobState
+	index    int
+	name     string
+	attempt  int
+	phase    phase
+	node     *nodeState
+	cores    []int // indices into node's cores
+	hw       []int
+	start    time.Time
+	timer    *time.Timer
+	timedOut bool
+	// early holds an exit that arrived before the start was acknowledged.
+	early *node.Exit
+	// lastNode is where the previous attempt was lost; retries avoid it.
+	lostOn *nodeState
+	result results.InstanceResult
+}
+
+type jobState struct {
+	job     *jobfile.Job
+	next    int         // next index never tried
+	retry   []*instance // failed attempts waiting for another go
+	retries int
+	skip    map[string]bool
+}
+
+func (j *jobState) hasPending() bool { return len(j.retry) > 0 || j.next < j.job.Repeat }
+
+type nodeState struct {
+	n       node.Node
+	idx     int
+	res     topology.Resources
+	free    []bool // per core
+	nFree   int
+	running map[string]*instance
+	gone    bool
+}
+
+type startResult struct {
+	inst *instance
+	st   node.Started
+	err  error
+}
+
+// timeoutAt names the attempt a timer was set for, so a late timer cannot
+// stop a later attempt.
+type timeoutAt struct {
+	inst    *instance
+	attempt int
+}
+
+type signal struct {
+	node int
+	gone bool
+}
+
+type runner struct {
+	opts    Options
+	log     *slog.Logger
+	events  *results.Log
+	jobs    []*jobState
+	nodes   []*nodeState
+	byName  map[string]*nodeState
+	all     []*instance // every instance that was created, in creation order
+	counts  Counts
+	live    int // instances starting or running
+	pending int // instances not yet final, not live
+	stopped string
+
+	starts   chan startResult
+	ready    chan signal
+	timeouts chan timeoutAt
+	quit     chan struct{}
+	evbuf    []results.Event
+}
+
+// Run runs jobs to completion (or until ctx is cancelled, then stops them)
+// and returns the summary, which it has also written to OutDir.
+func Run(ctx context.Context, jobs []*jobfile.Job, opts Options) (*results.Summary, error) {
+	if len(opts.Nodes) == 0 {
+		return nil, errors.New("run: no nodes")
+	}
+	if opts.Grace <= 0 {
+		opts.Grace = 10 * time.Second
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	events, err := results.OpenLog(opts.OutDir)
+	if err != nil {
+		return nil, err
+	}
+	r := &runner{
+		opts:     opts,
+		log:      log,
+		events:   events,
+		byName:   make(map[string]*nodeState),
+		starts:   make(chan startResult, 64),
+		ready:    make(chan signal, len(opts.Nodes)),
+		timeouts: make(chan timeoutAt, 16),
+		quit:     make(chan struct{}),
+	}
+	r.counts.Start = time.Now()
+	for _, j := range jobs {
+		js := &jobState{job: j, retries: opts.Retries, skip: opts.Skip}
+		if j.Retries != nil {
+			js.retries = *j.Retries
+		}
+		r.jobs = append(r.jobs, js)
+		r.counts.Total += j.Repeat
+	}
+	r.pending = r.counts.Total
+	r.emit(results.Event{Event: results.RunStart})
+	for i, n := range opts.Nodes {
+		res := n.Resources()
+		ns := &nodeState{n: n, idx: i, res: res, free: make([]bool, len(res.Cores)), nFree: len(res.Cores), running: make(map[string]*instance)}
+		for c := range ns.free {
+			ns.free[c] = true
+		}
+		r.nodes = append(r.nodes, ns)
+		r.byName[n.Name()] = ns
+		r.emit(results.Event{Event: results.NodeUp, Node: n.Name(), Cores: len(res.Cores)})
+	}
+
+	watchers := make(chan struct{}, len(r.nodes))
+	for _, ns := range r.nodes {
+		go r.watch(ns, watchers)
+	}
+	r.loop(ctx)
+	close(r.quit)
+	for range r.nodes {
+		<-watchers
+	}
+	sum := r.summary()
+	r.emit(results.Event{Event: results.RunEnd, Error: r.stopped})
+	r.flush()
+	err = errors.Join(results.WriteSummary(opts.OutDir, sum), events.Close())
+	return sum, err
+}
+
+// watch forwards a node's readiness into the single scheduler loop, and
+// tells it when the node is gone.
+func (r *runner) watch(ns *nodeState, done chan<- struct{}) {
+	defer func() { done <- struct{}{} }()
+	for {
+		select {
+		case _, ok := <-ns.n.Ready():
+			select {
+			case r.ready <- signal{node: ns.idx, gone: !ok}:
+			case <-r.quit:
+				return
+			}
+			if !ok {
+				return
+			}
+		case <-r.quit:
+			return
+		}
+	}
+}
+
+func (r *runner) loop(ctx context.Context) {
+	cancelled := false
+	hard := r.opts.Hard
+	done := ctx.Done()
+	for r.pending+r.live > 0 {
+		if !cancelled {
+			r.dispatch()
+		}
+		r.flush()
+		r.progress()
+		if cancelled && r.live == 0 {
+			break
+		}
+		select {
+		case <-done:
+			done = nil
+			cancelled = true
+			r.stopped = "interrupted"
+			r.log.Info("stopping every instance", "grace", r.opts.Grace)
+			r.cancelAll(r.opts.Grace)
+		case <-hard:
+			hard = nil
+			if cancelled {
+				r.cancelAll(0)
+			}
+		case res := <-r.starts:
+			r.started(res)
+		case sig := <-r.ready:
+			r.drain(r.nodes[sig.node])
+			if sig.gone {
+				r.nodeGone(r.nodes[sig.node])
+			}
+		case t := <-r.timeouts:
+			r.timeout(t)
+		}
+	}
+	// Whatever never started is final now.
+	for _, js := range r.jobs {
+		for js.hasPending() {
+			inst := r.take(js)
+			if inst == nil {
+				continue
+			}
+			reason := "not started: " + r.stopped
+			r.finish(inst, results.Event{Event: results.Failed, Error: reason}, results.StateCancelled)
+		}
+	}
+	r.flush()
+	r.progress()
+}
+
+func (r *runner) cancelAll(grace time.Duration) {
+	for _, ns := range r.nodes {
+		if ns.gone {
+			continue
+		}
+		go func(n node.Node) {
+			if err := n.CancelAll(context.Background(), grace); err != nil {
+				r.log.Warn("cancel all", "node", n.Name(), "err", err)
+			}
+		}(ns.n)
+	}
+}
+
+// take returns the next instance of js to place (a retry first), skipping
+// and finalising instances that already succeeded in an earlier run.
+func (r *runner) take(js *jobState) *instance {
+	if n := len(js.retry); n > 0 {
+		inst := js.retry[0]
+		js.retry = js.retry[1:]
+		return inst
+	}
+	for js.next < js.job.Repeat {
+		i := js.next
+		js.next++
+		name := js.job.Instance(i).Name
+		inst := &instance{job: js, index: i, name: name}
+		r.all = append(r.all, inst)
+		if js.skip[name] {
+			inst.result = results.InstanceResult{Name: name, State: results.StateSkipped}
+			inst.phase = final
+			r.pending--
+			r.counts.Skipped++
+			continue
+		}
+		return inst
+	}
+	return nil
+}
+
+// dispatch places every pending instance that fits now, in job order,
+// letting smaller instances fill cores a larger one cannot use yet.
+func (r *runner) dispatch() {
+	for _, js := range r.jobs {
+		for js.hasPending() {
+			ns, why := r.place(js)
+			if why != "" {
+				// It can never run: finish every pending instance of the job.
+				for js.hasPending() {
+					if inst := r.take(js); inst != nil {
+						r.finish(inst, results.Event{Event: results.Failed, Error: why}, results.StateFailed)
+					}
+				}
+				break
+			}
+			if ns == nil {
+				break
+			}
+			inst := r.take(js)
+			if inst == nil {
+				break
+			}
+			r.launch(inst, ns)
+		}
+	}
+}
+
+// place picks the node with the most free cores that can take one
+// instance of js now. It returns a reason when no node ever could.
+func (r *runner) place(js *jobState) (*nodeState, string) {
+	need := js.job.Cores
+	var best *nodeState
+	var lostOn *nodeState
+	if len(js.retry) > 0 {
+		lostOn = js.retry[0].lostOn
+	}
+	possible := false
+	for _, ns := range r.nodes {
+		if ns.gone || (js.job.Node != "" && ns.n.Name() != js.job.Node) || len(ns.res.Cores) < need {
+			continue
+		}
+		possible = true
+		if ns.nFree < need {
+			continue
+		}
+		if best == nil || (best == lostOn && ns != lostOn) || (ns != lostOn && ns.nFree > best.nFree) {
+			best = ns
+		}
+	}
+	if !possible {
+		return nil, r.unplaceable(js)
+	}
+	return best, ""
+}
+
+func (r *runner) unplaceable(js *jobState) string {
+	if js.job.Node != "" {
+		ns := r.byName[js.job.Node]
+		switch {
+		case ns == nil:
+			return fmt.Sprintf("no node named %q", js.job.Node)
+		case ns.gone:
+			return fmt.Sprintf("node %s was lost", js.job.Node)
+		default:
+			return fmt.Sprintf("needs %d cores; node %s has %d", js.job.Cores, js.job.Node, len(ns.res.Cores))
+		}
+	}
+	most := 0
+	for _, ns := range r.nodes {
+		if !ns.gone {
+			most = max(most, len(ns.res.Cores))
+		}
+	}
+	if most == 0 {
+		return "every node was lost"
+	}
+	return fmt.Sprintf("needs %d cores; the largest node has %d", js.job.Cores, most)
+}
+
+// launch reserves cores and starts the instance without blocking the loop.
+func (r *runner) launch(inst *instance, ns *nodeState) {
+	need := inst.job.job.Cores
+	inst.cores = inst.cores[:0]
+	inst.hw = inst.hw[:0]
+	for c := 0; c < len(ns.free) && len(inst.cores) < need; c++ {
+		if ns.free[c] {
+			ns.free[c] = false
+			inst.cores = append(inst.cores, c)
+			inst.hw = append(inst.hw, ns.res.Cores[c]...)
+		}
+	}
+	ns.nFree -= need
+	inst.node = ns
+	inst.attempt++
+	inst.phase = starting
+	ns.running[inst.name] = inst
+	r.pending--
+	r.live++
+	spec := r.spec(inst)
+	go func() {
+		st, err := prepare(inst.attempt, spec)
+		if err == nil {
+			st, err = ns.n.Start(context.Background(), spec)
+		}
+		r.starts <- startResult{inst: inst, st: st, err: err}
+	}()
+}
+
+// prepare makes the instance's results dir; a retry first moves the
+// previous attempt's output aside so nothing is lost.
+func prepare(attempt int, spec node.ProcessSpec) (node.Started, error) {
+	dir := spec.OutputDir
+	if attempt > 1 {
+		prev := filepath.Join(dir, fmt.Sprintf("attempt-%d", attempt-1))
+		if err := os.MkdirAll(prev, 0o755); err != nil {
+			return node.Started{}, fmt.Errorf("keep attempt %d output: %w", attempt-1, err)
+		}
+		for _, f := range []string{"stdout", "stderr"} {
+			if err := os.Rename(filepath.Join(dir, f), filepath.Join(prev, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return node.Started{}, fmt.Errorf("keep attempt %d output: %w", attempt-1, err)
+			}
+		}
+		return node.Started{}, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return node.Started{}, fmt.Errorf("results dir: %w", err)
+	}
+	return node.Started{}, nil
+}
+
+func (r *runner) spec(inst *instance) node.ProcessSpec {
+	j := inst.job.job
+	env := make(map[string]string, len(j.Env)+5)
+	for k, v := range j.Env {
+		env[k] = v
+	}
+	env["DROVER_JOB"] = j.Name
+	env["DROVER_INSTANCE"] = inst.name
+	env["DROVER_INDEX"] = strconv.Itoa(inst.index)
+	if _, set := env["OMP_NUM_THREADS"]; !set {
+		env["OMP_NUM_THREADS"] = strconv.Itoa(j.Cores)
+	}
+	out := filepath.Join(r.opts.OutDir, inst.name)
+	spec := node.ProcessSpec{
+		Name:      inst.name,
+		Args:      j.Instance(inst.index).Args,
+		Env:       env,
+		Dir:       j.Workdir,
+		Stdout:    filepath.Join(out, "stdout"),
+		Stderr:    filepath.Join(out, "stderr"),
+		Outputs:   j.Outputs,
+		OutputDir: out,
+		HWThreads: slices.Clone(inst.hw),
+		PortNames: j.Ports,
+	}
+	for _, f := range j.Files {
+		spec.Files = append(spec.Files, node.StageFile{Src: filepath.Join(r.opts.BaseDir, f), Dst: f})
+	}
+	return spec
+}
+
+func (r *runner) started(res startResult) {
+	inst := res.inst
+	if res.err != nil {
+		r.release(inst)
+		r.attemptOver(inst, results.Event{Event: results.Failed, Node: inst.node.n.Name(), Error: res.err.Error()}, results.StateFailed)
+		return
+	}
+	if inst.node.gone {
+		r.lose(inst) // the node was lost while the start was in flight
+		return
+	}
+	inst.phase = running
+	inst.start = time.Now()
+	r.emit(results.Event{Event: results.Started, Job: inst.name, Node: inst.node.n.Name(), Attempt: inst.attempt,
+		PID: res.st.PID, HWThreads: topology.FormatCPUList(inst.hw)})
+	if t := inst.job.job.Timeout; t > 0 {
+		at := timeoutAt{inst, inst.attempt}
+		inst.timer = time.AfterFunc(t, func() {
+			select {
+			case r.timeouts <- at:
+			case <-r.quit:
+			}
+		})
+	}
+	if e := inst.early; e != nil {
+		inst.early = nil
+		r.exited(inst, *e)
+	}
+}
+
+// drain takes a node's finished exits.
+func (r *runner) drain(ns *nodeState) {
+	for _, e := range ns.n.Finished() {
+		inst := ns.running[e.Name]
+		if inst == nil {
+			r.log.Warn("exit of an unknown process", "node", ns.n.Name(), "name", e.Name)
+			continue
+		}
+		if inst.phase == starting {
+			e := e
+			inst.early = &e
+			continue
+		}
+		r.exited(inst, e)
+	}
+}
+
+func (r *runner) exited(inst *instance, e node.Exit) {
+	ns := inst.node
+	if err := ns.n.Purge(context.Background(), inst.name); err != nil {
+		r.log.Warn("purge", "node", ns.n.Name(), "name", inst.name, "err", err)
+	}
+	if inst.timer != nil {
+		inst.timer.Stop()
+	}
+	ev := results.Event{Event: results.Finished, Node: ns.n.Name(), Error: e.Err}
+	if e.Signal != 0 {
+		ev.Signal = node.SignalName(e.Signal)
+	} else {
+		code := e.Code
+		ev.ExitCode = &code
+	}
+	if inst.timedOut {
+		ev.Error = fmt.Sprintf("timed out after %s", inst.job.job.Timeout)
+	}
+	r.release(inst)
+	state := results.StateSucceeded
+	if !e.Success() || inst.timedOut {
+		state = results.StateFailed
+	}
+	r.attemptOver(inst, ev, state)
+}
+
+// release gives the instance's cores back.
+func (r *runner) release(inst *instance) {
+	ns := inst.node
+	for _, c := range inst.cores {
+		ns.free[c] = true
+	}
+	ns.nFree += len(inst.cores)
+	inst.cores = inst.cores[:0]
+	delete(ns.running, inst.name)
+	r.live--
+}
+
+// attemptOver ends an attempt: a failure with retries left goes back to
+// the queue, anything else is final.
+func (r *runner) attemptOver(inst *instance, ev results.Event, state string) {
+	if state != results.StateSucceeded && inst.attempt <= inst.job.retries && r.stopped == "" {
+		ev.Event, ev.Job, ev.Attempt = results.AttemptFailed, inst.name, inst.attempt
+		r.emit(ev)
+		inst.phase = pending
+		inst.timedOut = false
+		inst.job.retry = append(inst.job.retry, inst)
+		r.pending++
+		return
+	}
+	r.finish(inst, ev, state)
+}
+
+func (r *runner) finish(inst *instance, ev results.Event, state string) {
+	if inst.phase == pending {
+		r.pending-- // a launched attempt already left the pending count
+	}
+	inst.phase = final
+	ev.Job, ev.Attempt = inst.name, inst.attempt
+	r.emit(ev)
+	res := results.InstanceResult{
+		Name: inst.name, State: state, Attempts: inst.attempt,
+		ExitCode: ev.ExitCode, Signal: ev.Signal, Error: ev.Error,
+		Start: inst.start, HWThreads: topology.FormatCPUList(inst.hw),
+	}
+	if inst.node != nil {
+		res.Node = inst.node.n.Name()
+	}
+	if !inst.start.IsZero() {
+		res.End = time.Now()
+	}
+	inst.result = res
+	if state == results.StateFailed || state == results.StateLost {
+		r.log.Warn(inst.name+" "+res.Outcome(), "node", res.Node, "attempts", inst.attempt)
+	}
+	switch state {
+	case results.StateSucceeded:
+		r.counts.Succeeded++
+	case results.StateLost:
+		r.counts.Lost++
+	default:
+		r.counts.Failed++
+	}
+}
+
+func (r *runner) timeout(t timeoutAt) {
+	inst := t.inst
+	if inst.phase != running || inst.attempt != t.attempt {
+		return
+	}
+	inst.timedOut = true
+	n, name, grace := inst.node.n, inst.name, r.opts.Grace
+	go func() {
+		if err := n.Stop(context.Background(), name, grace); err != nil {
+			r.log.Warn("stop after timeout", "node", n.Name(), "name", name, "err", err)
+		}
+	}()
+}
+
+// nodeGone makes everything still on a lost node `lost` (or retried).
+func (r *runner) nodeGone(ns *nodeState) {
+	if ns.gone {
+		return
+	}
+	ns.gone = true
+	r.emit(results.Event{Event: results.NodeLost, Node: ns.n.Name()})
+	for _, inst := range ns.running {
+		if inst.phase == starting {
+			continue // its start will fail and be handled then
+		}
+		r.lose(inst)
+	}
+}
+
+func (r *runner) lose(inst *instance) {
+	if inst.timer != nil {
+		inst.timer.Stop()
+	}
+	r.release(inst)
+	inst.lostOn = inst.node
+	r.attemptOver(inst, results.Event{Event: results.Lost, Node: inst.node.n.Name(), Error: "node lost"}, results.StateLost)
+}
+
+func (r *runner) emit(e results.Event) {
+	if e.Time.IsZero() {
+		e.Time = time.Now()
+	}
+	r.evbuf = append(r.evbuf, e)
+}
+
+// flush writes the events gathered in one turn of the loop with one write.
+func (r *runner) flush() {
+	if len(r.evbuf) == 0 {
+		return
+	}
+	if err := r.events.Append(r.evbuf...); err != nil {
+		r.log.Error("events log", "err", err)
+	}
+	r.evbuf = r.evbuf[:0]
+}
+
+func (r *runner) progress() {
+	if r.opts.Progress == nil {
+		return
+	}
+	c := r.counts
+	c.Running = r.live
+	r.opts.Progress(c)
+}
+
+func (r *runner) summary() *results.Summary {
+	s := &results.Summary{Start: r.counts.Start, End: time.Now(), StoppedBecause: r.stopped}
+	s.Instances = make([]results.InstanceResult, 0, len(r.all))
+	for _, inst := range r.all {
+		s.Instances = append(s.Instances, inst.result)
+	}
+	s.Count()
+	return s
+}

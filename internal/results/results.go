@@ -1,0 +1,254 @@
+// Package results owns the results directory of a run: the append-only
+// events log (events.jsonl), the summary (summary.json) and the per-instance
+// output directories.
+package results
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// Event kinds written to events.jsonl.
+const (
+	RunStart      = "run-start"
+	RunEnd        = "run-end"
+	NodeUp        = "node-up"
+	NodeLost      = "node-lost"
+	Started       = "started"
+	AttemptFailed = "attempt-failed" // a failed attempt that will be retried
+	Finished      = "finished"       // final: the process ran
+	Failed        = "failed"         // final: it could not start
+	Lost          = "lost"           // final: its node was lost
+)
+
+// Event is one line of events.jsonl.
+type Event struct {
+	Time      time.Time `json:"time"`
+	Event     string    `json:"event"`
+	Job       string    `json:"job,omitempty"` // the instance name
+	Node      string    `json:"node,omitempty"`
+	Attempt   int       `json:"attempt,omitempty"`
+	ExitCode  *int      `json:"exit_code,omitempty"`
+	Signal    string    `json:"signal,omitempty"`
+	Error     string    `json:"error,omitempty"`
+	PID       int       `json:"pid,omitempty"`
+	HWThreads string    `json:"hwthreads,omitempty"`
+	Cores     int       `json:"cores,omitempty"` // node-up: cores it offers
+}
+
+// Final reports whether e ends an instance.
+func (e Event) Final() bool {
+	return e.Event == Finished || e.Event == Failed || e.Event == Lost
+}
+
+// Log appends events to DIR/events.jsonl. Each Append is one write(2), so
+// a line is either wholly in the file or not at all once Append returns.
+type Log struct {
+	mu  sync.Mutex
+	f   *os.File
+	buf bytes.Buffer
+}
+
+// EventsFile and SummaryFile are the names inside the results directory.
+const (
+	EventsFile  = "events.jsonl"
+	SummaryFile = "summary.json"
+)
+
+// OpenLog opens (creating or appending) the events log in dir.
+func OpenLog(dir string) (*Log, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("open results dir: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, EventsFile), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("open events log: %w", err)
+	}
+	return &Log{f: f}, nil
+}
+
+// Append writes the events, in order, with one system call.
+func (l *Log) Append(evs ...Event) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.buf.Reset()
+	enc := json.NewEncoder(&l.buf)
+	for i := range evs {
+		if evs[i].Time.IsZero() {
+			evs[i].Time = time.Now()
+		}
+		if err := enc.Encode(&evs[i]); err != nil {
+			return fmt.Errorf("encode %s event: %w", evs[i].Event, err)
+		}
+	}
+	if _, err := l.f.Write(l.buf.Bytes()); err != nil {
+		return fmt.Errorf("append to events log: %w", err)
+	}
+	return nil
+}
+
+// Close syncs and closes the log.
+func (l *Log) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return errors.Join(l.f.Sync(), l.f.Close())
+}
+
+// ReadEvents reads an events log. A torn last line (a crash mid-write) is
+// ignored; a malformed line elsewhere is an error.
+func ReadEvents(r io.Reader, fn func(Event)) error {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64*1024), 16*1024*1024)
+	var bad error
+	line := 0
+	for sc.Scan() {
+		line++
+		if bad != nil {
+			return bad // the malformed line was not the last one
+		}
+		var e Event
+		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
+			bad = fmt.Errorf("events log line %d: %w", line, err)
+			continue
+		}
+		fn(e)
+	}
+	return sc.Err()
+}
+
+// Succeeded returns the instances whose latest final event in DIR's log is
+// `finished` with exit code 0: the ones --resume does not run again. A
+// missing log means nothing has run.
+func Succeeded(dir string) (map[string]bool, error) {
+	f, err := os.Open(filepath.Join(dir, EventsFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return map[string]bool{}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("resume: %w", err)
+	}
+	defer f.Close()
+	done := make(map[string]bool)
+	err = ReadEvents(f, func(e Event) {
+		if !e.Final() {
+			return
+		}
+		done[e.Job] = e.Event == Finished && e.ExitCode != nil && *e.ExitCode == 0 && e.Error == ""
+	})
+	if err != nil {
+		return nil, fmt.Errorf("resume from %s: %w", dir, err)
+	}
+	for k, ok := range done {
+		if !ok {
+			delete(done, k)
+		}
+	}
+	return done, nil
+}
+
+// Instance states in the summary.
+const (
+	StateSucceeded = "succeeded"
+	StateFailed    = "failed"
+	StateLost      = "lost"
+	StateCancelled = "cancelled" // never started: the run was stopped first
+	StateSkipped   = "skipped"   // already succeeded in an earlier run (--resume)
+)
+
+// InstanceResult is one instance's final state in summary.json.
+type InstanceResult struct {
+	Name      string    `json:"name"`
+	State     string    `json:"state"`
+	Node      string    `json:"node,omitempty"`
+	Attempts  int       `json:"attempts,omitempty"`
+	ExitCode  *int      `json:"exit_code,omitempty"`
+	Signal    string    `json:"signal,omitempty"`
+	Error     string    `json:"error,omitempty"`
+	Start     time.Time `json:"start,omitzero"`
+	End       time.Time `json:"end,omitzero"`
+	HWThreads string    `json:"hwthreads,omitempty"`
+}
+
+// Outcome says how the instance ended, e.g. "failed, exit 3: timed out".
+func (in InstanceResult) Outcome() string {
+	what := in.State
+	switch {
+	case in.Signal != "":
+		what += ", signal " + in.Signal
+	case in.ExitCode != nil:
+		what += ", exit " + strconv.Itoa(*in.ExitCode)
+	}
+	if in.Error != "" {
+		what += ": " + in.Error
+	}
+	return what
+}
+
+// Summary is summary.json.
+type Summary struct {
+	Start          time.Time        `json:"start"`
+	End            time.Time        `json:"end"`
+	Total          int              `json:"total"`
+	Succeeded      int              `json:"succeeded"`
+	Failed         int              `json:"failed"`
+	Lost           int              `json:"lost"`
+	Cancelled      int              `json:"cancelled"`
+	Skipped        int              `json:"skipped"`
+	StoppedBecause string           `json:"stopped_because,omitempty"`
+	Instances      []InstanceResult `json:"instances"`
+}
+
+// OK reports whether every instance succeeded (or had already).
+func (s *Summary) OK() bool {
+	return s.Failed == 0 && s.Lost == 0 && s.Cancelled == 0
+}
+
+// Count fills the totals from Instances.
+func (s *Summary) Count() {
+	s.Total, s.Succeeded, s.Failed, s.Lost, s.Cancelled, s.Skipped = len(s.Instances), 0, 0, 0, 0, 0
+	for _, in := range s.Instances {
+		switch in.State {
+		case StateSucceeded:
+			s.Succeeded++
+		case StateFailed:
+			s.Failed++
+		case StateLost:
+			s.Lost++
+		case StateCancelled:
+			s.Cancelled++
+		case StateSkipped:
+			s.Skipped++
+		}
+	}
+}
+
+// WriteSummary writes DIR/summary.json atomically (temp file and rename).
+func WriteSummary(dir string, s *Summary) error {
+	data, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return fmt.Errorf("write summary: %w", err)
+	}
+	tmp, err := os.CreateTemp(dir, ".summary-*.json")
+	if err != nil {
+		return fmt.Errorf("write summary: %w", err)
+	}
+	_, err = tmp.Write(append(data, '\n'))
+	err = errors.Join(err, tmp.Sync(), tmp.Close())
+	if err == nil {
+		err = os.Rename(tmp.Name(), filepath.Join(dir, SummaryFile))
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("write summary: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,292 @@
+//go:build linux
+
+package supervise
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"golang.org/x/sys/unix"
+
+	"github.com/drover-hpc/drover/internal/node"
+)
+
+// helperEnv makes the test binary run helperMain instead of the tests.
+const helperEnv = "DROVER_SUPERVISE_HELPER"
+
+// helperEnvList is the whole environment of a helper child. Under -race, a
+// child would otherwise sleep a second at exit (atexit_sleep_ms).
+func helperEnvList() []string {
+	return []string{helperEnv + "=1", "GORACE=atexit_sleep_ms=0"}
+}
+
+func TestMain(m *testing.M) {
+	if os.Getenv(helperEnv) == "1" {
+		os.Exit(helperMain(os.Args[1:]))
+	}
+	// goleak knows about os/signal's own goroutine.
+	goleak.VerifyTestMain(m)
+}
+
+func sleepForever() {
+	for {
+		time.Sleep(time.Hour)
+	}
+}
+
+// helperMain is the child side of the tests; args[0] is the mode.
+func helperMain(args []string) int {
+	if len(args) == 0 {
+		fmt.Fprintln(os.Stderr, "helper: no mode")
+		return 100
+	}
+	switch mode := args[0]; mode {
+	case "exit": // exit N
+		n, _ := strconv.Atoi(args[1])
+		return n
+	case "sleep":
+		sleepForever()
+	case "killself": // killself SIGNUM
+		n, _ := strconv.Atoi(args[1])
+		_ = syscall.Kill(os.Getpid(), syscall.Signal(n))
+		sleepForever()
+	case "print": // argv, one env var, cwd to stdout; a line to stderr
+		wd, _ := os.Getwd()
+		fmt.Printf("args=%s\n", strings.Join(args[1:], "|"))
+		fmt.Printf("FOO=%s\n", os.Getenv("FOO"))
+		fmt.Printf("envlen=%d\n", len(os.Environ()))
+		fmt.Printf("cwd=%s\n", wd)
+		fmt.Fprintf(os.Stderr, "to stderr\n")
+	case "grandchild": // start a grandchild in our group, then sleep
+		exe, _ := os.Executable()
+		cmd := exec.Command(exe, "gsleep")
+		cmd.Stdout = os.Stdout // the very file: no copying goroutine
+		if err := cmd.Start(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 101
+		}
+		sleepForever()
+	case "gsleep":
+		pgid, _ := syscall.Getpgid(0)
+		fmt.Printf("gpid %d pgid %d\n", os.Getpid(), pgid)
+		sleepForever()
+	case "echo": // stdin lines to stdout until EOF
+		sc := bufio.NewScanner(os.Stdin)
+		for sc.Scan() {
+			fmt.Printf("echo: %s\n", sc.Text())
+		}
+		fmt.Println("eof")
+	case "cpus":
+		st, err := os.ReadFile("/proc/self/status")
+		if err != nil {
+			return 102
+		}
+		fmt.Println(cpusAllowed(st))
+	case "ignoreterm":
+		signal.Ignore(syscall.SIGTERM)
+		fmt.Println("ready")
+		sleepForever()
+	case "supervisor": // supervisor FIFO: a Supervisor whose child sleeps
+		s, err := New(Options{Node: "helper"})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 103
+		}
+		exe, _ := os.Executable()
+		pid, err := s.Start(Spec{Name: "sleeper", Args: []string{exe, "sleep"}, Env: helperEnvList(), Stdout: args[1]})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 104
+		}
+		fmt.Printf("pid %d\n", pid)
+		sleepForever()
+	default:
+		fmt.Fprintf(os.Stderr, "helper: unknown mode %q\n", mode)
+		return 100
+	}
+	return 0
+}
+
+func cpusAllowed(status []byte) string {
+	for line := range bytes.Lines(status) {
+		if v, ok := bytes.CutPrefix(line, []byte("Cpus_allowed_list:")); ok {
+			return string(bytes.TrimSpace(v))
+		}
+	}
+	return "?"
+}
+
+// ---- test utilities ----
+
+const patience = 60 * time.Second // generous: we wait for events, not for time
+
+func testExe(t testing.TB) string {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return exe
+}
+
+// helper is a Spec that runs the test binary in a helper mode.
+func helper(t testing.TB, name string, args ...string) Spec {
+	return Spec{
+		Name: name,
+		Args: append([]string{testExe(t)}, args...),
+		Env:  helperEnvList(),
+	}
+}
+
+// newSup opens a Supervisor that is closed (and checked) when the test ends.
+func newSup(t *testing.T, opts Options) *Supervisor {
+	t.Helper()
+	s, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(0); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+		if n := s.Running(); n != 0 {
+			t.Errorf("Running after Close = %d", n)
+		}
+	})
+	return s
+}
+
+// exits collects Finished reports and checks each name comes once.
+type exits struct {
+	t   *testing.T
+	s   *Supervisor
+	got map[string]node.Exit
+}
+
+func newExits(t *testing.T, s *Supervisor) *exits {
+	return &exits{t: t, s: s, got: map[string]node.Exit{}}
+}
+
+func (x *exits) take() {
+	for _, e := range x.s.Finished() {
+		if _, dup := x.got[e.Name]; dup {
+			x.t.Errorf("exit of %s reported twice", e.Name)
+		}
+		x.got[e.Name] = e
+	}
+}
+
+// wait returns the exit of name, waiting for it.
+func (x *exits) wait(name string) node.Exit {
+	x.t.Helper()
+	deadline := time.NewTimer(patience)
+	defer deadline.Stop()
+	for {
+		x.take()
+		if e, ok := x.got[name]; ok {
+			delete(x.got, name)
+			return e
+		}
+		select {
+		case <-x.s.Ready():
+		case <-deadline.C:
+			x.t.Fatalf("no exit of %s after %v", name, patience)
+		}
+	}
+}
+
+// fifo makes a named pipe and opens its read end without blocking; a
+// child writing into it is seen line by line, and its end (with all its
+// group holding the write end) as EOF.
+type fifo struct {
+	t    *testing.T
+	Path string
+	f    *os.File
+	r    *bufio.Reader
+}
+
+func newFIFO(t *testing.T) *fifo {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "fifo")
+	if err := unix.Mkfifo(path, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return &fifo{t: t, Path: path, f: f, r: bufio.NewReader(f)}
+}
+
+// line reads one line. Call it only once a writer has opened the FIFO
+// (after Start returned): with no writer at all, a read is EOF.
+func (ff *fifo) line() string {
+	ff.t.Helper()
+	_ = ff.f.SetReadDeadline(time.Now().Add(patience))
+	s, err := ff.r.ReadString('\n')
+	if err != nil {
+		ff.t.Fatalf("read fifo: %q, %v", s, err)
+	}
+	return strings.TrimSuffix(s, "\n")
+}
+
+// eof waits until every writer has closed the FIFO: every process that
+// held it has exited.
+func (ff *fifo) eof() {
+	ff.t.Helper()
+	_ = ff.f.SetReadDeadline(time.Now().Add(patience))
+	rest, err := io.ReadAll(ff.r)
+	if err != nil {
+		ff.t.Fatalf("waiting for EOF: %v (read %q)", err, rest)
+	}
+}
+
+// procDead reports whether pid has exited: no /proc entry, or a zombie.
+func procDead(pid int) (bool, string) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ESRCH) {
+		return true, "gone"
+	}
+	if err != nil {
+		return false, err.Error()
+	}
+	// pid (comm) S ...: the state follows the last ')'.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 || i+2 >= len(b) {
+		return false, string(b)
+	}
+	st := b[i+2]
+	return st == 'Z' || st == 'X', string(st)
+}
+
+// waitDead waits for a process we cannot wait for (not our child) to be
+// dead. Its exit has already been observed (EOF on its output), so this
+// only covers the moment between closing its files and becoming a zombie.
+func waitDead(t *testing.T, pid int) {
+	t.Helper()
+	deadline := time.Now().Add(patience)
+	for {
+		dead, st := procDead(pid)
+		if dead {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pid %d still alive (state %s)", pid, st)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

@@ -1,0 +1,256 @@
+//go:build linux
+
+package supervise
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// maxCPUs is the number of CPUs a unix.CPUSet can hold.
+const maxCPUs = int(unsafe.Sizeof(unix.CPUSet{})) * 8
+
+type spawnReq struct {
+	spec *Spec
+	p    *proc
+	done chan error // capacity 1
+}
+
+// spawner serves spawn requests on a thread it never gives back: children
+// forked here get Pdeathsig from this thread, which lives until every child
+// has been reaped (Close), and it is the thread whose affinity they inherit.
+func (s *Supervisor) spawner() {
+	defer s.spawnWG.Done()
+	runtime.LockOSThread()
+	// No UnlockOSThread: the thread exits with this goroutine.
+	cur := s.origMask
+	if err := unix.SchedSetaffinity(0, &cur); err != nil {
+		s.log.Warn("spawner: set cpu affinity", "err", err)
+		cur = unix.CPUSet{} // unknown: set it before the next fork
+	}
+	for {
+		select {
+		case req := <-s.reqs:
+			req.done <- s.spawn(req.spec, req.p, &cur)
+		case <-s.quit:
+			return
+		}
+	}
+}
+
+// notFoundError is the error for a missing executable.
+type notFoundError struct{ name string }
+
+func (e *notFoundError) Error() string { return fmt.Sprintf("executable %q not found", e.name) }
+func (e *notFoundError) Unwrap() error { return fs.ErrNotExist }
+
+// spawn forks and execs one child on the calling (locked) spawner thread
+// and records it. cur is the thread's current affinity.
+func (s *Supervisor) spawn(spec *Spec, p *proc, cur *unix.CPUSet) error {
+	if spec.Dir != "" {
+		var st unix.Stat_t
+		if err := unix.Stat(spec.Dir, &st); err != nil {
+			return fmt.Errorf("work dir %s: %w", spec.Dir, err)
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+			return fmt.Errorf("work dir %s: %w", spec.Dir, unix.ENOTDIR)
+		}
+	}
+	exe, err := findExecutable(spec)
+	if err != nil {
+		return err
+	}
+	want := s.origMask
+	if len(spec.HWThreads) > 0 {
+		want.Zero()
+		for _, c := range spec.HWThreads {
+			if c < 0 || c >= maxCPUs {
+				return fmt.Errorf("cpu affinity %v: cpu %d out of range", spec.HWThreads, c)
+			}
+			want.Set(c)
+		}
+	}
+
+	// Child ends of stdin, stdout, stderr; the parent's copies are closed
+	// right after the fork.
+	stdout, stderr := s.devNull, s.devNull
+	defer func() {
+		if stdout != s.devNull {
+			_ = unix.Close(stdout)
+		}
+		if stderr != s.devNull && stderr != stdout {
+			_ = unix.Close(stderr)
+		}
+	}()
+	outPath := relTo(spec.Dir, spec.Stdout)
+	errPath := relTo(spec.Dir, spec.Stderr)
+	if outPath != "" {
+		if stdout, err = openOutput(outPath); err != nil {
+			stdout = s.devNull
+			return &fs.PathError{Op: "open stdout", Path: outPath, Err: err}
+		}
+	}
+	switch {
+	case errPath == "":
+	case errPath == outPath:
+		stderr = stdout
+	default:
+		if stderr, err = openOutput(errPath); err != nil {
+			stderr = s.devNull
+			return &fs.PathError{Op: "open stderr", Path: errPath, Err: err}
+		}
+	}
+	var pipe [2]int
+	if err := unix.Pipe2(pipe[:], unix.O_CLOEXEC); err != nil {
+		return fmt.Errorf("stdin pipe: %w", err)
+	}
+	defer unix.Close(pipe[0])
+
+	if want != *cur {
+		if err := unix.SchedSetaffinity(0, &want); err != nil {
+			_ = unix.Close(pipe[1])
+			*cur = unix.CPUSet{} // unknown now
+			return fmt.Errorf("cpu affinity %v: %w", spec.HWThreads, err)
+		}
+		*cur = want
+	}
+	attr := &syscall.ProcAttr{
+		Dir:   spec.Dir,
+		Env:   spec.Env,
+		Files: []uintptr{uintptr(pipe[0]), uintptr(stdout), uintptr(stderr)},
+		Sys: &syscall.SysProcAttr{
+			Setpgid:   true,
+			Pdeathsig: syscall.SIGKILL,
+		},
+	}
+
+	// Hold forkMu for reading from fork until the pid is registered: the
+	// reaper collects with it held for writing, so it never sees a pid it
+	// cannot dispatch.
+	forkMu.RLock()
+	start := time.Now()
+	pid, err := syscall.ForkExec(exe, spec.Args, attr)
+	if err == nil {
+		s.mu.Lock()
+		p.pid, p.start, p.stdinFD, p.state = pid, start, pipe[1], stateRunning
+		s.running++
+		switch {
+		case p.killPending:
+			s.signalLocked(p, unix.SIGKILL)
+		case p.termPending:
+			s.signalLocked(p, unix.SIGTERM)
+			s.armKillLocked(p, p.killAt)
+		}
+		s.mu.Unlock()
+		register(pid, s, p)
+	}
+	forkMu.RUnlock()
+
+	if *cur != s.origMask {
+		if err := unix.SchedSetaffinity(0, &s.origMask); err != nil {
+			*cur = unix.CPUSet{}
+		} else {
+			*cur = s.origMask
+		}
+	}
+	if err != nil {
+		_ = unix.Close(pipe[1])
+		return execError(spec.Args[0], err)
+	}
+	return nil
+}
+
+func execError(arg0 string, err error) error {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		switch errno {
+		case unix.ENOENT:
+			// The work dir was checked before: it is the executable (or
+			// its interpreter) that is missing.
+			return &notFoundError{arg0}
+		case unix.EACCES, unix.ENOEXEC, unix.ENOTDIR, unix.ELOOP, unix.ENAMETOOLONG:
+			return fmt.Errorf("executable %q: %w", arg0, errno)
+		}
+	}
+	return fmt.Errorf("fork/exec %q: %w", arg0, err)
+}
+
+// findExecutable resolves Args[0]: as given when it has a slash, else by
+// the PATH of the child's environment (this process's when it has none).
+// Relative results are relative to Dir, where the child will exec them.
+func findExecutable(spec *Spec) (string, error) {
+	name := spec.Args[0]
+	if strings.Contains(name, "/") {
+		return name, nil
+	}
+	path, ok := envPath(spec.Env)
+	if !ok {
+		path = os.Getenv("PATH")
+	}
+	for _, dir := range filepath.SplitList(path) {
+		if dir == "" {
+			dir = "." // POSIX: an empty PATH entry is the current directory
+		}
+		cand := filepath.Join(dir, name)
+		if !filepath.IsAbs(cand) {
+			cand = "./" + cand // keep it a path for execve
+		}
+		if isExecutable(relTo(spec.Dir, cand)) {
+			return cand, nil
+		}
+	}
+	return "", &notFoundError{name}
+}
+
+// envPath is the first PATH in env, as getenv in the child would find it.
+func envPath(env []string) (string, bool) {
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, "PATH="); ok {
+			return v, true
+		}
+	}
+	return "", false
+}
+
+func isExecutable(path string) bool {
+	var st unix.Stat_t
+	if unix.Stat(path, &st) != nil {
+		return false
+	}
+	return st.Mode&unix.S_IFMT == unix.S_IFREG && st.Mode&0o111 != 0
+}
+
+// relTo resolves a relative path against dir.
+func relTo(dir, path string) string {
+	if path == "" || dir == "" || filepath.IsAbs(path) {
+		return path
+	}
+	return filepath.Join(dir, path)
+}
+
+// openOutput creates or truncates an output file for a child. It opens
+// without blocking, so a FIFO without a reader is an error (ENXIO) rather
+// than a spawner stuck forever, then makes the descriptor blocking for the
+// child.
+func openOutput(path string) (int, error) {
+	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_CREAT|unix.O_TRUNC|unix.O_CLOEXEC|unix.O_NONBLOCK, 0o644)
+	if err != nil {
+		return -1, err
+	}
+	// Clear O_NONBLOCK (and the other F_SETFL flags, none of which we set).
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFL, 0); err != nil {
+		_ = unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}

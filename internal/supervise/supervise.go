@@ -1,0 +1,568 @@
+//go:build linux
+
+// Package supervise is the per-node process supervisor: it starts named
+// processes, reports every exit exactly once, and stops, kills, feeds and
+// forgets them on request.
+//
+// # Design
+//
+// Every child leads its own process group, so Stop and Kill reach the whole
+// group, grandchildren included (a grandchild that calls setsid escapes; only
+// a cgroup catches that). When a process that was asked to stop or be killed
+// exits, whatever is left of its group is killed with SIGKILL while the
+// leader is still an unreaped zombie, so the group id cannot have been reused.
+//
+// Children are forked by a small pool of spawner goroutines that are locked
+// to their OS threads for good: Pdeathsig is tied to the forking thread
+// (golang/go#27505), so a child dies with the supervisor's process but never
+// because some Go thread went away. The spawner thread also sets the CPU
+// affinity just before the fork, so the child inherits it without an extra
+// exec, and puts its own mask back afterwards.
+//
+// One reaper goroutine per process, woken by SIGCHLD, collects every exited
+// child with waitid(P_ALL)/wait4 and dispatches by pid. A spawner holds a
+// read lock from fork until the pid is recorded; before the reaper treats a
+// pid as not its own, it takes the write lock and looks again, so a child
+// that exits before its Start has recorded it is never lost.
+//
+// # The supervisor owns reaping
+//
+// While any Supervisor is open, the reaper reaps every child of the process,
+// not just its own. Nothing else in the process may start child processes
+// (os/exec, os.StartProcess, syscall.ForkExec) while a Supervisor is open:
+// their Wait would find the status already taken. Several Supervisors may be
+// open at once; they share the reaper.
+package supervise
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"runtime"
+	"slices"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/drover-hpc/drover/internal/node"
+)
+
+// Errors returned (wrapped, with the operation and the process name) by the
+// Supervisor's methods. Test with errors.Is.
+var (
+	ErrDuplicate  = errors.New("name already in use")
+	ErrUnknown    = errors.New("unknown process")
+	ErrRunning    = errors.New("process is running")
+	ErrNotRunning = errors.New("process is not running")
+	ErrClosed     = errors.New("supervisor is closed")
+)
+
+// Options configures a Supervisor.
+type Options struct {
+	Node     string       // node name written into every node.Exit
+	Logger   *slog.Logger // nil: discard
+	Spawners int          // spawner threads; 0: max(2, min(runtime.NumCPU(), 8))
+}
+
+// Spec describes one process to start.
+type Spec struct {
+	Name string
+	// Args is the argv. Args[0] without a slash is looked up in the PATH of
+	// Env (or, when Env has no PATH, in this process's PATH); a relative
+	// path is relative to Dir.
+	Args []string
+	// Env is the complete environment, "K=V" each; nil is an empty one.
+	Env []string
+	// Dir is the work dir and must exist; "" is this process's work dir.
+	Dir string
+	// Stdout is a file path, created or truncated (mode 0644 before umask);
+	// "" is /dev/null. A relative path is relative to Dir.
+	Stdout string
+	// Stderr is like Stdout. The same path as Stdout shares one file
+	// descriptor, like 2>&1.
+	Stderr string
+	// HWThreads is the CPU affinity of the child (logical CPU numbers);
+	// empty is the affinity this process had when New was called.
+	HWThreads []int
+}
+
+type procState uint8
+
+const (
+	stateStarting procState = iota // name reserved, spawn in flight
+	stateRunning                   // forked, not yet reaped
+	stateExited                    // reaped
+)
+
+type proc struct {
+	name  string
+	state procState
+	pid   int
+	start time.Time
+	exit  node.Exit
+	// The write end of the child's stdin: a bare descriptor until the first
+	// Send makes it a pollable *os.File (most processes are never sent
+	// anything). Both are closed when the child exits.
+	stdinFD int
+	stdin   *os.File
+
+	sendMu sync.Mutex // one Send at a time
+
+	// stopping: Stop or Kill was asked for, so the rest of the group is
+	// killed when the leader exits.
+	stopping bool
+	// While starting, signals that are due once the pid is known.
+	termPending, killPending bool
+	killAt                   time.Time   // SIGKILL deadline of a Stop
+	timer                    *time.Timer // fires at killAt
+}
+
+// Supervisor starts and supervises processes. Its methods are safe for
+// concurrent use.
+type Supervisor struct {
+	node     string
+	log      *slog.Logger
+	origMask unix.CPUSet
+	devNull  int
+
+	reqs    chan *spawnReq
+	quit    chan struct{} // closed to stop the spawners
+	spawnWG sync.WaitGroup
+	ready   chan struct{}
+
+	mu       sync.Mutex
+	cond     sync.Cond // on mu: running or inflight dropped while closing
+	procs    map[string]*proc
+	finished []node.Exit
+	running  int // forked and not yet reaped
+	inflight int // Start calls between reservation and answer
+	closing  bool
+
+	closeOnce sync.Once
+	closed    chan struct{}
+}
+
+// New starts a Supervisor: its spawner threads and, if it is the first open
+// Supervisor of the process, the reaper (see the package comment: from now
+// on the Supervisor reaps every child of the process).
+func New(opts Options) (*Supervisor, error) {
+	n := opts.Spawners
+	if n < 0 {
+		return nil, fmt.Errorf("supervise: invalid number of spawners %d", n)
+	}
+	if n == 0 {
+		n = max(2, min(runtime.NumCPU(), 8))
+	}
+	s := &Supervisor{
+		node:    opts.Node,
+		log:     opts.Logger,
+		reqs:    make(chan *spawnReq),
+		quit:    make(chan struct{}),
+		ready:   make(chan struct{}, 1),
+		procs:   make(map[string]*proc),
+		closed:  make(chan struct{}),
+		devNull: -1,
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	s.cond.L = &s.mu
+	// The affinity of the main thread is the process's affinity as tools
+	// such as taskset show it.
+	if err := unix.SchedGetaffinity(os.Getpid(), &s.origMask); err != nil {
+		return nil, fmt.Errorf("supervise: get cpu affinity: %w", err)
+	}
+	fd, err := unix.Open("/dev/null", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("supervise: open /dev/null: %w", err)
+	}
+	s.devNull = fd
+	acquireReaper(s)
+	s.spawnWG.Add(n)
+	for range n {
+		go s.spawner()
+	}
+	return s, nil
+}
+
+// Start starts a process and returns its pid once it runs (the exec
+// succeeded). A bad spec is an error for this start only.
+func (s *Supervisor) Start(spec Spec) (pid int, err error) {
+	if spec.Name == "" {
+		return 0, errors.New("start: empty process name")
+	}
+	if len(spec.Args) == 0 || spec.Args[0] == "" {
+		return 0, fmt.Errorf("start %s: no command", spec.Name)
+	}
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return 0, fmt.Errorf("start %s: %w", spec.Name, ErrClosed)
+	}
+	if _, ok := s.procs[spec.Name]; ok {
+		s.mu.Unlock()
+		return 0, fmt.Errorf("start %s: %w", spec.Name, ErrDuplicate)
+	}
+	p := &proc{name: spec.Name, state: stateStarting, stdinFD: -1}
+	s.procs[spec.Name] = p
+	s.inflight++
+	s.mu.Unlock()
+
+	req := &spawnReq{spec: &spec, p: p, done: make(chan error, 1)}
+	s.reqs <- req // spawners live until inflight is back to 0 after closing
+	err = <-req.done
+
+	s.mu.Lock()
+	s.inflight--
+	if err != nil {
+		delete(s.procs, spec.Name)
+	} else {
+		pid = p.pid
+	}
+	if s.closing {
+		s.cond.Broadcast()
+	}
+	s.mu.Unlock()
+	if err != nil {
+		s.log.Debug("start failed", "name", spec.Name, "err", err)
+		return 0, fmt.Errorf("start %s: %w", spec.Name, err)
+	}
+	s.log.Debug("started", "name", spec.Name, "pid", pid)
+	return pid, nil
+}
+
+// Poll reports the named processes, or every known one (sorted by name)
+// when no names are given. A process whose Start has not returned yet is
+// reported as running.
+func (s *Supervisor) Poll(names ...string) ([]node.Status, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(names) == 0 {
+		out := make([]node.Status, 0, len(s.procs))
+		for _, p := range s.procs {
+			out = append(out, p.status())
+		}
+		slices.SortFunc(out, func(a, b node.Status) int {
+			switch {
+			case a.Name < b.Name:
+				return -1
+			case a.Name > b.Name:
+				return 1
+			}
+			return 0
+		})
+		return out, nil
+	}
+	out := make([]node.Status, 0, len(names))
+	for _, n := range names {
+		p, ok := s.procs[n]
+		if !ok {
+			return nil, fmt.Errorf("poll %s: %w", n, ErrUnknown)
+		}
+		out = append(out, p.status())
+	}
+	return out, nil
+}
+
+func (p *proc) status() node.Status {
+	if p.state == stateExited {
+		return node.Status{Name: p.name, State: node.Exited, Exit: p.exit}
+	}
+	return node.Status{Name: p.name, State: node.Running}
+}
+
+// Stop sends SIGTERM to the process group now and SIGKILL to the group
+// after grace if the leader is still running; it returns at once. When the
+// leader exits, what is left of its group is killed. Stopping a process that
+// has already exited is ErrNotRunning.
+func (s *Supervisor) Stop(name string, grace time.Duration) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, err := s.liveLocked("stop", name)
+	if err != nil {
+		return err
+	}
+	s.stopLocked(p, grace)
+	return nil
+}
+
+// Kill sends SIGKILL to the process group.
+func (s *Supervisor) Kill(name string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, err := s.liveLocked("kill", name)
+	if err != nil {
+		return err
+	}
+	p.stopping = true
+	if p.state == stateStarting {
+		p.killPending = true
+		return nil
+	}
+	s.signalLocked(p, unix.SIGKILL)
+	return nil
+}
+
+func (s *Supervisor) liveLocked(op, name string) (*proc, error) {
+	p, ok := s.procs[name]
+	if !ok {
+		return nil, fmt.Errorf("%s %s: %w", op, name, ErrUnknown)
+	}
+	if p.state == stateExited {
+		return nil, fmt.Errorf("%s %s: %w", op, name, ErrNotRunning)
+	}
+	return p, nil
+}
+
+func (s *Supervisor) stopLocked(p *proc, grace time.Duration) {
+	p.stopping = true
+	deadline := time.Now().Add(max(grace, 0))
+	if p.state == stateStarting {
+		p.termPending = true
+		if p.killAt.IsZero() || deadline.Before(p.killAt) {
+			p.killAt = deadline
+		}
+		return
+	}
+	s.signalLocked(p, unix.SIGTERM)
+	s.armKillLocked(p, deadline)
+}
+
+// armKillLocked makes sure SIGKILL follows no later than deadline.
+func (s *Supervisor) armKillLocked(p *proc, deadline time.Time) {
+	if p.timer != nil {
+		if !deadline.Before(p.killAt) {
+			return
+		}
+		p.timer.Stop()
+	}
+	p.killAt = deadline
+	p.timer = time.AfterFunc(time.Until(deadline), func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if p.state == stateRunning {
+			s.log.Debug("grace expired", "name", p.name, "pid", p.pid)
+			s.signalLocked(p, unix.SIGKILL)
+		}
+	})
+}
+
+// signalLocked signals the process group of a running (unreaped) process.
+// Holding mu keeps the reaper from reaping the leader meanwhile, so neither
+// the pid nor the group id can have been reused.
+func (s *Supervisor) signalLocked(p *proc, sig unix.Signal) {
+	err := unix.Kill(-p.pid, sig)
+	if err == unix.ESRCH {
+		// The leader left its group (setpgid/setsid): signal it alone.
+		err = unix.Kill(p.pid, sig)
+	}
+	if err != nil {
+		s.log.Debug("signal failed", "name", p.name, "pid", p.pid, "signal", node.SignalName(sig), "err", err)
+	}
+}
+
+// Purge forgets a process that has exited, so that its name may be started
+// again. Its exit is still delivered by Finished if it was not yet.
+func (s *Supervisor) Purge(name string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, ok := s.procs[name]
+	if !ok {
+		return fmt.Errorf("purge %s: %w", name, ErrUnknown)
+	}
+	if p.state != stateExited {
+		return fmt.Errorf("purge %s: %w", name, ErrRunning)
+	}
+	delete(s.procs, name)
+	return nil
+}
+
+// Send writes data to the process's stdin. It honours the deadline and the
+// cancellation of ctx; it fails with ErrNotRunning once the process exited
+// (its stdin is closed then).
+func (s *Supervisor) Send(ctx context.Context, name string, data []byte) error {
+	s.mu.Lock()
+	p, err := s.liveLocked("send", name)
+	if err == nil && p.state == stateStarting {
+		err = fmt.Errorf("send %s: %w", name, ErrNotRunning)
+	}
+	s.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	p.sendMu.Lock()
+	defer p.sendMu.Unlock()
+	s.mu.Lock()
+	w, err := p.stdinFile()
+	s.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("send %s: %w", name, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("send %s: %w", name, err)
+	}
+	dl, _ := ctx.Deadline()
+	_ = w.SetWriteDeadline(dl) // zero: none
+	var fired chan struct{}
+	stop := func() bool { return true }
+	if ctx.Done() != nil {
+		fired = make(chan struct{})
+		stop = context.AfterFunc(ctx, func() {
+			_ = w.SetWriteDeadline(time.Unix(1, 0))
+			close(fired)
+		})
+	}
+	_, err = w.Write(data)
+	if !stop() {
+		<-fired // do not let a late callback hit the next Send
+	}
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		<-ctx.Done() // the deadline came from ctx, which is done or about to be
+		return fmt.Errorf("send %s: %w", name, ctx.Err())
+	case errors.Is(err, os.ErrClosed), errors.Is(err, syscall.EPIPE):
+		return fmt.Errorf("send %s: %w", name, ErrNotRunning)
+	}
+	return fmt.Errorf("send %s: %w", name, err)
+}
+
+// stdinFile returns the write end of p's stdin as a non-blocking, pollable
+// *os.File, so writes honour deadlines. Called with mu held.
+func (p *proc) stdinFile() (*os.File, error) {
+	if p.stdin == nil {
+		if p.stdinFD < 0 {
+			return nil, ErrNotRunning
+		}
+		if err := unix.SetNonblock(p.stdinFD, true); err != nil {
+			return nil, err
+		}
+		p.stdin = os.NewFile(uintptr(p.stdinFD), "stdin of "+p.name)
+		p.stdinFD = -1
+	}
+	return p.stdin, nil
+}
+
+// CancelAll stops every running process (see Stop); it returns at once.
+func (s *Supervisor) CancelAll(grace time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.cancelAllLocked(grace)
+}
+
+func (s *Supervisor) cancelAllLocked(grace time.Duration) {
+	for _, p := range s.procs {
+		if p.state != stateExited {
+			s.stopLocked(p, grace)
+		}
+	}
+}
+
+// Finished returns the exits since the last call, each exactly once, in the
+// order the processes were reaped.
+func (s *Supervisor) Finished() []node.Exit {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := s.finished
+	s.finished = nil
+	return out
+}
+
+// Ready is signalled (capacity 1, never blocking the supervisor) whenever
+// Finished has something new. It is never closed.
+func (s *Supervisor) Ready() <-chan struct{} { return s.ready }
+
+// Running is the number of processes that have been started and have not
+// exited yet.
+func (s *Supervisor) Running() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.running
+}
+
+// Close stops every process (SIGTERM, then SIGKILL after grace), waits until
+// all of them are reaped, and stops the spawner threads and, when this is
+// the last open Supervisor, the reaper. Starts are refused with ErrClosed
+// from the moment Close begins. Poll, Purge and Finished keep working on
+// what is known. Close is idempotent; later calls wait for the first.
+func (s *Supervisor) Close(grace time.Duration) error {
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		s.closing = true
+		s.cancelAllLocked(grace)
+		for s.running > 0 || s.inflight > 0 {
+			s.cond.Wait()
+		}
+		s.mu.Unlock()
+		close(s.quit)
+		s.spawnWG.Wait()
+		releaseReaper(s)
+		_ = unix.Close(s.devNull)
+		close(s.closed)
+	})
+	<-s.closed
+	return nil
+}
+
+// exited records the exit of p, whose leader pid is an unreaped zombie, and
+// reaps it. Called by the reaper.
+func (s *Supervisor) exited(p *proc, info *chldInfo) {
+	s.mu.Lock()
+	pid := p.pid
+	if p.stopping {
+		// The zombie leader still holds the group id: kill the stragglers.
+		if err := unix.Kill(-pid, unix.SIGKILL); err != nil && err != unix.ESRCH {
+			s.log.Debug("kill group", "name", p.name, "pid", pid, "err", err)
+		}
+	}
+	e := node.Exit{Name: p.name, Node: s.node, Start: p.start}
+	var ws unix.WaitStatus
+	wpid, err := wait4(pid, &ws)
+	e.End = time.Now()
+	reaped := err == nil && wpid == pid
+	switch {
+	case reaped && ws.Signaled():
+		e.Code, e.Signal = -1, syscall.Signal(ws.Signal())
+	case reaped:
+		e.Code = ws.ExitStatus()
+	case info.code == cldKilled || info.code == cldDumped:
+		// Reaped by someone else: fall back to what waitid saw.
+		e.Code, e.Signal = -1, syscall.Signal(info.status)
+	default: // cldExited
+		e.Code = int(info.status)
+	}
+	if !reaped {
+		s.log.Warn("child reaped elsewhere", "name", p.name, "pid", pid, "err", err)
+	}
+	p.state = stateExited
+	p.exit = e
+	if p.timer != nil {
+		p.timer.Stop()
+		p.timer = nil
+	}
+	stdin, stdinFD := p.stdin, p.stdinFD
+	p.stdin, p.stdinFD = nil, -1
+	s.running--
+	s.finished = append(s.finished, e)
+	if s.closing {
+		s.cond.Broadcast()
+	}
+	s.mu.Unlock()
+	if stdin != nil {
+		_ = stdin.Close() // also ends a Send blocked on a full pipe
+	} else if stdinFD >= 0 {
+		_ = unix.Close(stdinFD)
+	}
+	select {
+	case s.ready <- struct{}{}:
+	default:
+	}
+	if s.log.Enabled(context.Background(), slog.LevelDebug) {
+		s.log.Debug("exited", "name", e.Name, "pid", pid, "exit", e.String())
+	}
+}
