@@ -224,13 +224,13 @@ func (r *runner) loop(ctx context.Context) {
 	cancelled := false
 	hard := r.opts.Hard
 	done := ctx.Done()
-	for r.pending+r.live > 0 {
+	for {
 		if !cancelled {
 			r.dispatch()
 		}
 		r.flush()
 		r.progress()
-		if cancelled && r.live == 0 {
+		if r.live == 0 && (r.pending == 0 || cancelled) {
 			break
 		}
 		select {

@@ -70,16 +70,23 @@ func helperMain(args []string) int {
 		fmt.Printf("envlen=%d\n", len(os.Environ()))
 		fmt.Printf("cwd=%s\n", wd)
 		fmt.Fprintf(os.Stderr, "to stderr\n")
-	case "grandchild": // start a grandchild in our group, then sleep
+	case "grandchild": // grandchild [MODE]: start a grandchild in our group, then sleep
 		exe, _ := os.Executable()
-		cmd := exec.Command(exe, "gsleep")
+		gmode := "gsleep"
+		if len(args) > 1 {
+			gmode = args[1]
+		}
+		cmd := exec.Command(exe, gmode)
 		cmd.Stdout = os.Stdout // the very file: no copying goroutine
 		if err := cmd.Start(); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 101
 		}
 		sleepForever()
-	case "gsleep":
+	case "gsleep", "gignore": // print pid and group, then sleep; gignore ignores SIGTERM
+		if mode == "gignore" {
+			signal.Ignore(syscall.SIGTERM)
+		}
 		pgid, _ := syscall.Getpgid(0)
 		fmt.Printf("gpid %d pgid %d\n", os.Getpid(), pgid)
 		sleepForever()

@@ -106,6 +106,9 @@ func drain() {
 		pid := int(info.pid)
 		e, ok := take(pid)
 		if !ok {
+			if h := testHookUnknown.Load(); h != nil {
+				(*h)(pid)
+			}
 			forkMu.Lock()
 			if e, ok = take(pid); !ok {
 				reapUnknown(pid)

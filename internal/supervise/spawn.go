@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -19,6 +20,10 @@ import (
 
 // maxCPUs is the number of CPUs a unix.CPUSet can hold.
 const maxCPUs = int(unsafe.Sizeof(unix.CPUSet{})) * 8
+
+// Test hooks: testHookForked runs in a spawner between fork and record,
+// testHookUnknown in the reaper when it meets a pid not registered (yet).
+var testHookForked, testHookUnknown atomic.Pointer[func(pid int)]
 
 type spawnReq struct {
 	spec *Spec
@@ -135,12 +140,15 @@ func (s *Supervisor) spawn(spec *Spec, p *proc, cur *unix.CPUSet) error {
 	}
 
 	// Hold forkMu for reading from fork until the pid is registered: the
-	// reaper collects with it held for writing, so it never sees a pid it
-	// cannot dispatch.
+	// reaper takes it for writing before it decides that a pid is not ours,
+	// so a child that exits at once is still dispatched to its process.
 	forkMu.RLock()
 	start := time.Now()
 	pid, err := syscall.ForkExec(exe, spec.Args, attr)
 	if err == nil {
+		if h := testHookForked.Load(); h != nil {
+			(*h)(pid)
+		}
 		s.mu.Lock()
 		p.pid, p.start, p.stdinFD, p.state = pid, start, pipe[1], stateRunning
 		s.running++

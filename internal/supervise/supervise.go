@@ -278,7 +278,9 @@ func (p *proc) status() node.Status {
 // Stop sends SIGTERM to the process group now and SIGKILL to the group
 // after grace if the leader is still running; it returns at once. When the
 // leader exits, what is left of its group is killed. Stopping a process that
-// has already exited is ErrNotRunning.
+// has already exited is ErrNotRunning; one whose Start has not returned yet
+// is signalled as soon as it runs. A second Stop can only bring the SIGKILL
+// forward.
 func (s *Supervisor) Stop(name string, grace time.Duration) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -290,7 +292,7 @@ func (s *Supervisor) Stop(name string, grace time.Duration) error {
 	return nil
 }
 
-// Kill sends SIGKILL to the process group.
+// Kill sends SIGKILL to the process group (see Stop for the details).
 func (s *Supervisor) Kill(name string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -383,7 +385,9 @@ func (s *Supervisor) Purge(name string) error {
 
 // Send writes data to the process's stdin. It honours the deadline and the
 // cancellation of ctx; it fails with ErrNotRunning once the process exited
-// (its stdin is closed then).
+// (its stdin is closed then), and with syscall.EPIPE when nothing reads the
+// stdin any more while the process has not been reaped (it closed its stdin,
+// or it is just dying).
 func (s *Supervisor) Send(ctx context.Context, name string, data []byte) error {
 	s.mu.Lock()
 	p, err := s.liveLocked("send", name)
@@ -426,8 +430,17 @@ func (s *Supervisor) Send(ctx context.Context, name string, data []byte) error {
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		<-ctx.Done() // the deadline came from ctx, which is done or about to be
 		return fmt.Errorf("send %s: %w", name, ctx.Err())
-	case errors.Is(err, os.ErrClosed), errors.Is(err, syscall.EPIPE):
+	case errors.Is(err, os.ErrClosed): // closed because the child exited
 		return fmt.Errorf("send %s: %w", name, ErrNotRunning)
+	case errors.Is(err, syscall.EPIPE):
+		s.mu.Lock()
+		exited := p.state == stateExited
+		s.mu.Unlock()
+		if exited {
+			return fmt.Errorf("send %s: %w", name, ErrNotRunning)
+		}
+		// Nothing reads the process's stdin any more; it may still run.
+		return fmt.Errorf("send %s: stdin closed: %w", name, syscall.EPIPE)
 	}
 	return fmt.Errorf("send %s: %w", name, err)
 }

@@ -211,6 +211,32 @@ func TestStopKillsGroup(t *testing.T) {
 	}
 }
 
+// TestStopKillsStragglers: the leader dies of SIGTERM at once, a grandchild
+// ignores it; the grandchild is killed when the leader exits, not an hour
+// later when the grace would end.
+func TestStopKillsStragglers(t *testing.T) {
+	s := newSup(t, Options{})
+	x := newExits(t, s)
+	out := newFIFO(t)
+	spec := helper(t, "tree", "grandchild", "gignore")
+	spec.Stdout = out.Path
+	if _, err := s.Start(spec); err != nil {
+		t.Fatal(err)
+	}
+	var gpid int
+	if _, err := fmt.Sscanf(out.line(), "gpid %d", &gpid); err != nil { // SIGTERM ignored from now on
+		t.Fatal(err)
+	}
+	if err := s.Stop("tree", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if e := x.wait("tree"); e.Signal != syscall.SIGTERM {
+		t.Errorf("exit = %+v, want SIGTERM", e)
+	}
+	out.eof()
+	waitDead(t, gpid)
+}
+
 func TestStopEscalatesToKill(t *testing.T) {
 	s := newSup(t, Options{})
 	x := newExits(t, s)
@@ -350,7 +376,8 @@ func TestSend(t *testing.T) {
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("Send to a full pipe = %v, want deadline exceeded", err)
 	}
-	// A blocked Send is released with ErrNotRunning when the child exits.
+	// A blocked Send is released when the child exits: by EPIPE when the
+	// dying child closed the pipe first, else by ErrNotRunning.
 	errc := make(chan error, 1)
 	go func() { errc <- s.Send(ctx, "deaf", make([]byte, 4<<20)) }()
 	if err := s.Kill("deaf"); err != nil {
@@ -359,8 +386,8 @@ func TestSend(t *testing.T) {
 	x.wait("deaf")
 	select {
 	case err := <-errc:
-		if !errors.Is(err, ErrNotRunning) {
-			t.Errorf("blocked Send = %v, want ErrNotRunning", err)
+		if !errors.Is(err, ErrNotRunning) && !errors.Is(err, syscall.EPIPE) {
+			t.Errorf("blocked Send = %v, want ErrNotRunning or EPIPE", err)
 		}
 	case <-time.After(patience):
 		t.Fatal("blocked Send not released")
@@ -495,18 +522,21 @@ func TestFIFOWithoutReader(t *testing.T) {
 }
 
 func TestManyStarts(t *testing.T) {
-	const goroutines, per = 16, 500 / 16
+	const goroutines, total = 16, 500
 	s := newSup(t, Options{})
 	args := []string{"true"}
 	env := []string{"PATH=" + os.Getenv("PATH")}
 	if _, err := exec.LookPath("true"); err != nil {
 		args, env = []string{testExe(t), "exit", "0"}, helperEnvList()
 	}
-	total := goroutines * per
 	want := make(map[string]bool, total)
 	var wg sync.WaitGroup
 	errc := make(chan error, goroutines)
 	for g := range goroutines {
+		per := total / goroutines
+		if g < total%goroutines {
+			per++
+		}
 		for i := range per {
 			want[fmt.Sprintf("m%d.%d", g, i)] = true
 		}
@@ -880,5 +910,54 @@ func TestUnknownChildReaped(t *testing.T) {
 func TestSpawnersOption(t *testing.T) {
 	if _, err := New(Options{Spawners: -1}); err == nil {
 		t.Error("negative Spawners accepted")
+	}
+}
+
+// TestExitBeforeRecorded: the child has exited, and the reaper has met its
+// pid, before the spawner records it. The reaper must wait for the record,
+// not drop the pid as unknown.
+func TestExitBeforeRecorded(t *testing.T) {
+	s := newSup(t, Options{})
+	x := newExits(t, s)
+	met := make(chan int, 100)
+	unknown := func(pid int) { met <- pid }
+	forked := func(pid int) {
+		// Wait until the child is a zombie (without reaping it) and the
+		// reaper has found its pid unregistered.
+		var info unix.Siginfo
+		for {
+			err := unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
+			if err != unix.EINTR {
+				if err != nil {
+					t.Errorf("waitid: %v", err)
+				}
+				break
+			}
+		}
+		timeout := time.After(patience)
+		for {
+			select {
+			case p := <-met:
+				if p == pid {
+					return
+				}
+			case <-timeout:
+				t.Errorf("reaper did not meet pid %d", pid)
+				return
+			}
+		}
+	}
+	testHookUnknown.Store(&unknown)
+	testHookForked.Store(&forked)
+	defer testHookForked.Store(nil)
+	defer testHookUnknown.Store(nil)
+	for i := range 5 {
+		name := fmt.Sprint("early", i)
+		if _, err := s.Start(helper(t, name, "exit", fmt.Sprint(10+i))); err != nil {
+			t.Fatal(err)
+		}
+		if e := x.wait(name); e.Code != 10+i {
+			t.Errorf("%s: %+v", name, e)
+		}
 	}
 }
