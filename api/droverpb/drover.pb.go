@@ -1249,6 +1249,7 @@ type ProcessSpec struct {
 	OutputDir     string                 `protobuf:"bytes,9,opt,name=output_dir,json=outputDir,proto3" json:"output_dir,omitempty"`
 	Hwthreads     []int32                `protobuf:"varint,10,rep,packed,name=hwthreads,proto3" json:"hwthreads,omitempty"`
 	PortNames     []string               `protobuf:"bytes,11,rep,name=port_names,json=portNames,proto3" json:"port_names,omitempty"`
+	AutoPurge     bool                   `protobuf:"varint,12,opt,name=auto_purge,json=autoPurge,proto3" json:"auto_purge,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1358,6 +1359,13 @@ func (x *ProcessSpec) GetPortNames() []string {
 		return x.PortNames
 	}
 	return nil
+}
+
+func (x *ProcessSpec) GetAutoPurge() bool {
+	if x != nil {
+		return x.AutoPurge
+	}
+	return false
 }
 
 type Reply struct {
@@ -3003,7 +3011,7 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\bgrace_ms\x18\x01 \x01(\x03R\agraceMs\"/\n" +
 	"\tStageFile\x12\x10\n" +
 	"\x03src\x18\x01 \x01(\tR\x03src\x12\x10\n" +
-	"\x03dst\x18\x02 \x01(\tR\x03dst\"\x84\x03\n" +
+	"\x03dst\x18\x02 \x01(\tR\x03dst\"\xa3\x03\n" +
 	"\vProcessSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04args\x18\x02 \x03(\tR\x04args\x121\n" +
@@ -3018,7 +3026,9 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\thwthreads\x18\n" +
 	" \x03(\x05R\thwthreads\x12\x1d\n" +
 	"\n" +
-	"port_names\x18\v \x03(\tR\tportNames\x1a6\n" +
+	"port_names\x18\v \x03(\tR\tportNames\x12\x1d\n" +
+	"\n" +
+	"auto_purge\x18\f \x01(\bR\tautoPurge\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9f\x02\n" +

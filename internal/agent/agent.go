@@ -66,6 +66,7 @@ type afterExit struct {
 	freshDir  bool   // made by us: remove after outputs are collected
 	outputs   []string
 	outputDir string
+	autoPurge bool
 }
 
 // New starts an agent with its supervisor.
@@ -152,7 +153,7 @@ func (a *Agent) start(spec node.ProcessSpec) (node.Started, error) {
 		a.mu.Unlock()
 		return node.Started{}, supervise.ErrDuplicate
 	}
-	after := &afterExit{dir: spec.Dir, outputs: spec.Outputs, outputDir: spec.OutputDir}
+	after := &afterExit{dir: spec.Dir, outputs: spec.Outputs, outputDir: spec.OutputDir, autoPurge: spec.AutoPurge}
 	a.pending[spec.Name] = after // claims the name while we stage
 	env := make([]string, 0, len(a.env)+len(spec.Env)+8)
 	for k, v := range a.env {
@@ -269,6 +270,11 @@ func (a *Agent) collect() {
 		if after.freshDir {
 			if err := os.RemoveAll(after.dir); err != nil {
 				a.log.Warn("remove work dir", "dir", after.dir, "err", err)
+			}
+		}
+		if after.autoPurge {
+			if err := a.sup.Purge(exits[i].Name); err != nil {
+				a.log.Warn("purge", "name", exits[i].Name, "err", err)
 			}
 		}
 	}

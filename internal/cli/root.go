@@ -94,6 +94,6 @@ allocation, binds them to cores, keeps every output and reports every exit.`,
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
 		return &exitError{ExitUsage, err}
 	})
-	root.AddCommand(newResources(e), newRun(e))
+	root.AddCommand(newResources(e), newRun(e), newAgent(e))
 	return root
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -14,13 +16,12 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/drover-hpc/drover/internal/agent"
 	"github.com/drover-hpc/drover/internal/jobfile"
 	"github.com/drover-hpc/drover/internal/node"
 	"github.com/drover-hpc/drover/internal/progress"
 	"github.com/drover-hpc/drover/internal/queue"
 	"github.com/drover-hpc/drover/internal/results"
-	"github.com/drover-hpc/drover/internal/topology"
+	"github.com/drover-hpc/drover/internal/manager"
 )
 
 type runFlags struct {
@@ -123,29 +124,33 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 		baseDir = file.Dir
 	}
 
-	log := e.logger(e.stderr)
-	res, err := topology.Detect(topology.Options{})
+	rep := progress.Start(os.Stderr, mode)
+	log := e.logger(rep.Writer())
+	m, nodes, err := startCluster(f, e, log, rep.Writer())
 	if err != nil {
+		rep.Stop()
 		return &exitError{ExitFailed, err}
 	}
-	local, err := agent.New(agent.Options{Name: res.Node, Resources: res, Logger: log, Level: e.level})
-	if err != nil {
-		return &exitError{ExitFailed, err}
+	stopCluster := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), f.grace+30*time.Second)
+		defer cancel()
+		return m.Close(ctx)
 	}
-	nodes := []node.Node{local}
 
 	if dash >= 0 {
 		jobs, err = adHocJobs(args, f, nodes)
 		if err != nil {
-			local.Close()
+			rep.Stop()
+			stopCluster()
 			return err
 		}
 	}
 
 	var skip map[string]bool
 	if f.resume {
-		if skip, err = results.Succeeded(f.out); err != nil {
-			local.Close()
+		if skip, err = results.Succeeded(out); err != nil {
+			rep.Stop()
+			stopCluster()
 			return &exitError{ExitUsage, err}
 		}
 	}
@@ -166,8 +171,6 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 		}
 	}()
 
-	rep := progress.Start(os.Stderr, mode)
-	log = e.logger(rep.Writer())
 	sum, runErr := queue.Run(ctx, jobs, queue.Options{
 		Nodes:    nodes,
 		OutDir:   out,
@@ -182,7 +185,7 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 	rep.Stop()
 	signal.Stop(sigs)
 	close(sigs)
-	closeErr := local.Close()
+	closeErr := stopCluster()
 	if runErr != nil && sum == nil {
 		return &exitError{ExitFailed, runErr}
 	}
@@ -196,6 +199,40 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 	}
 	return nil
 }
+
+// startCluster starts the manager and its agents and waits for their nodes.
+func startCluster(f *runFlags, e *env, log *slog.Logger, agentLogs io.Writer) (*manager.Manager, []node.Node, error) {
+	m, err := manager.New(manager.Options{
+		NodeTimeout:    f.nodeTimeout,
+		MonitorTimeout: f.monitorTimeout,
+		Grace:          f.grace,
+		Logger:         log,
+		AgentLogLevel:  e.logLevel,
+		AgentLogs:      agentLogs,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	name, err := os.Hostname()
+	if err == nil {
+		err = m.LaunchLocal(name)
+	}
+	var nodes []node.Node
+	if err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), agentStartTimeout)
+		nodes, err = m.WaitNodes(ctx, 1)
+		cancel()
+	}
+	if err != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), f.grace)
+		defer cancel()
+		return nil, nil, errors.Join(err, m.Close(ctx))
+	}
+	return m, nodes, nil
+}
+
+// agentStartTimeout bounds the wait for agents to dial in.
+const agentStartTimeout = 30 * time.Second
 
 func pickLauncher(f *runFlags) (string, error) {
 	if f.hostfile != "" || len(f.hosts) > 0 {

@@ -37,6 +37,9 @@ type ProcessSpec struct {
 	// reservation until the instant before fork. Each port is exported as
 	// DROVER_PORT_<NAME> and replaces "{port:name}" in Args.
 	PortNames []string
+	// AutoPurge forgets the process once its exit is reported, so its
+	// name is free again without a Purge (the batch queue's way).
+	AutoPurge bool
 }
 
 // State is what Poll reports for a process.

@@ -464,6 +464,7 @@ func (r *runner) spec(inst *instance) node.ProcessSpec {
 		OutputDir: out,
 		HWThreads: slices.Clone(inst.hw),
 		PortNames: j.Ports,
+		AutoPurge: true,
 	}
 	for _, f := range j.Files {
 		spec.Files = append(spec.Files, node.StageFile{Src: filepath.Join(r.opts.BaseDir, f), Dst: f})
@@ -520,9 +521,6 @@ func (r *runner) drain(ns *nodeState) {
 
 func (r *runner) exited(inst *instance, e node.Exit) {
 	ns := inst.node
-	if err := ns.n.Purge(context.Background(), inst.name); err != nil {
-		r.log.Warn("purge", "node", ns.n.Name(), "name", inst.name, "err", err)
-	}
 	if inst.timer != nil {
 		inst.timer.Stop()
 	}

@@ -1,0 +1,838 @@
+package wire
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/drover-hpc/drover/api/droverpb"
+	"github.com/drover-hpc/drover/internal/node"
+	"github.com/drover-hpc/drover/internal/topology"
+)
+
+// ServerOptions configure the manager side.
+type ServerOptions struct {
+	NodeTimeout       time.Duration // no message from an agent for this long: its node is lost (default 5s)
+	HeartbeatInterval time.Duration // both sides send a heartbeat at least this often (default 1s)
+	MonitorTimeout    time.Duration // told to agents in Welcome (default 30s)
+	Logger            *slog.Logger
+	// Authorize checks the connecting peer (from the stream context, e.g.
+	// its TLS certificate) against the node name it claims in hello; an
+	// error refuses the session (PermissionDenied). nil allows any.
+	Authorize func(ctx context.Context, hello *droverpb.Hello) error
+	// OnNode is called once per new agent (not on a resumed session), in
+	// the session's handler, with the session already running: it may call
+	// the node. The session ends only after OnNode returned.
+	OnNode func(*RemoteNode)
+}
+
+// Server is the manager's end of the agent sessions: it implements
+// droverpb.AgentSessionServer and turns each agent into a RemoteNode.
+type Server struct {
+	droverpb.UnimplementedAgentSessionServer
+	opts ServerOptions
+	log  *slog.Logger
+
+	mu       sync.Mutex
+	closed   bool
+	sessions map[string]*RemoteNode // by session id, lost ones included
+	order    []*RemoteNode
+	wg       sync.WaitGroup // senders and receivers of sessions
+}
+
+// NewServer makes a Server; Register it with a grpc.Server.
+func NewServer(opts ServerOptions) *Server {
+	if opts.NodeTimeout <= 0 {
+		opts.NodeTimeout = 5 * time.Second
+	}
+	if opts.HeartbeatInterval <= 0 {
+		opts.HeartbeatInterval = time.Second
+	}
+	if opts.MonitorTimeout <= 0 {
+		opts.MonitorTimeout = 30 * time.Second
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Server{opts: opts, log: log, sessions: make(map[string]*RemoteNode)}
+}
+
+// Register adds the AgentSession service to g.
+func (s *Server) Register(g *grpc.Server) { droverpb.RegisterAgentSessionServer(g, s) }
+
+// Nodes returns every node that ever connected, in order of arrival, lost
+// ones included.
+func (s *Server) Nodes() []*RemoteNode {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.order)
+}
+
+// Close ends every session: each node is lost (pending calls fail with
+// ErrNodeLost, Ready is closed), and an agent that reconnects is told to
+// give up. It returns when the session goroutines are gone. It does not
+// stop the grpc.Server.
+func (s *Server) Close() {
+	s.mu.Lock()
+	s.closed = true
+	nodes := slices.Clone(s.order)
+	s.mu.Unlock()
+	for _, n := range nodes {
+		n.lose("the manager closed the session")
+	}
+	s.wg.Wait()
+}
+
+var errDetached = errors.New("session taken over or ended")
+
+// Connect is one agent stream: Hello, Welcome, then commands one way and
+// replies, exits and heartbeats the other, until the stream breaks or the
+// node is lost.
+func (s *Server) Connect(stream droverpb.AgentSession_ConnectServer) error {
+	ctx := stream.Context()
+	first, err := s.hello(stream)
+	if err != nil {
+		return err
+	}
+	h := first.GetHello()
+	if h == nil || h.GetNode() == "" {
+		s.log.Warn("agent session refused: no Hello", "peer", peerAddr(ctx))
+		return status.Error(codes.InvalidArgument, "the first message must be a Hello naming the node")
+	}
+	if s.opts.Authorize != nil {
+		if err := s.opts.Authorize(ctx, h); err != nil {
+			s.log.Warn("agent session refused", "node", h.GetNode(), "peer", peerAddr(ctx), "err", err)
+			return status.Errorf(codes.PermissionDenied, "node %s refused: %v", h.GetNode(), err)
+		}
+	}
+	n, att, isNew, err := s.attach(h)
+	if err != nil {
+		s.log.Warn("agent session refused", "node", h.GetNode(), "peer", peerAddr(ctx), "err", err)
+		return err
+	}
+	if att == nil {
+		s.log.Info("agent of a lost node came back: told to give up", "node", h.GetNode(), "peer", peerAddr(ctx))
+		return stream.Send(&droverpb.ManagerMsg{Welcome: &droverpb.Welcome{Session: h.GetSession(), GivenUp: true}})
+	}
+	if isNew {
+		s.log.Info("node up", "node", n.name, "peer", peerAddr(ctx), "version", h.GetVersion(), "cores", len(n.res.Cores))
+	} else {
+		s.log.Info("node reconnected", "node", n.name, "peer", peerAddr(ctx))
+	}
+
+	// attach counted both goroutines in s.wg.
+	sendDone := make(chan error, 1)
+	recvDone := make(chan error, 1)
+	go func() {
+		defer s.wg.Done()
+		sendDone <- n.sendLoop(att, stream)
+	}()
+	go func() {
+		// Blocked in Recv, it may outlive this handler by a moment: the
+		// stream's end unblocks it.
+		defer s.wg.Done()
+		recvDone <- n.recvLoop(att, stream, first)
+	}()
+	if isNew && s.opts.OnNode != nil {
+		s.opts.OnNode(n)
+	}
+	sent := false
+	select {
+	case err = <-recvDone:
+	case err = <-sendDone:
+		sent = true
+	case <-att.done:
+		err = errDetached
+	}
+	if errors.Is(err, io.EOF) {
+		// A half-close: the agent ended its session after a Shutdown.
+		n.lose(reasonEnded)
+		err = nil
+	}
+	n.detach(att, err)
+	if !sent {
+		<-sendDone // att.done is closed: the sender returns
+	}
+	if errors.Is(err, errDetached) {
+		return status.Error(codes.Aborted, "session ended by the manager")
+	}
+	return err
+}
+
+// hello receives the first message, waiting at most NodeTimeout.
+func (s *Server) hello(stream droverpb.AgentSession_ConnectServer) (*droverpb.AgentMsg, error) {
+	s.mu.Lock()
+	if s.closed {
+		// No more goroutines; an agent that comes back is still told to
+		// give up.
+		s.mu.Unlock()
+		return stream.Recv()
+	}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	type result struct {
+		m   *droverpb.AgentMsg
+		err error
+	}
+	got := make(chan result, 1)
+	go func() {
+		// If the Hello never comes, the handler's return ends this Recv.
+		defer s.wg.Done()
+		m, err := stream.Recv()
+		got <- result{m, err}
+	}()
+	t := time.NewTimer(s.opts.NodeTimeout)
+	defer t.Stop()
+	select {
+	case r := <-got:
+		return r.m, r.err
+	case <-t.C:
+		s.log.Warn("agent session refused: no Hello in time", "peer", peerAddr(stream.Context()))
+		return nil, status.Errorf(codes.DeadlineExceeded, "no Hello within %v", s.opts.NodeTimeout)
+	}
+}
+
+func peerAddr(ctx context.Context) string {
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		return p.Addr.String()
+	}
+	return "?"
+}
+
+// attach finds or makes the RemoteNode of a Hello and gives it a new
+// attachment. A nil attachment (and no error) means: tell the agent to give
+// up.
+func (s *Server) attach(h *droverpb.Hello) (n *RemoteNode, att *attachment, isNew bool, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if h.GetSession() != "" {
+		n = s.sessions[h.GetSession()]
+		if n == nil {
+			return nil, nil, false, nil // not ours (an earlier manager's): give up
+		}
+		if n.name != h.GetNode() {
+			return nil, nil, false, status.Errorf(codes.PermissionDenied, "session belongs to node %s, not %s", n.name, h.GetNode())
+		}
+		if s.closed {
+			return n, nil, false, nil
+		}
+		att = n.resume(s.opts)
+		if att != nil {
+			s.wg.Add(2)
+		}
+		return n, att, false, nil
+	}
+	if s.closed {
+		return nil, nil, false, status.Error(codes.Unavailable, "the manager is closing")
+	}
+	id, err := newSessionID()
+	if err != nil {
+		return nil, nil, false, status.Errorf(codes.Internal, "session id: %v", err)
+	}
+	n = newRemoteNode(s, id, h)
+	s.sessions[id] = n
+	s.order = append(s.order, n)
+	att = n.resume(s.opts)
+	s.wg.Add(2)
+	return n, att, true, nil
+}
+
+func newSessionID() (string, error) {
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(b), nil
+}
+
+// RemoteNode is a node.Node whose agent is at the other end of a session.
+// It outlives broken streams: an agent that reconnects with its session id
+// within NodeTimeout carries on where it left off.
+type RemoteNode struct {
+	srv     *Server
+	log     *slog.Logger
+	name    string
+	res     topology.Resources
+	version string
+	session string
+	timeout time.Duration
+	hb      time.Duration
+
+	ready chan struct{} // cap 1; closed once the node is lost
+	gone  chan struct{} // closed once the node is lost
+
+	mu        sync.Mutex
+	att       *attachment // current stream; nil while disconnected
+	lost      bool
+	lostErr   error
+	lastHeard time.Time
+	timer     *time.Timer // NodeTimeout watchdog
+
+	nextID  uint64
+	calls   map[uint64]*call // sent or queued, not answered yet
+	unsent  []uint64         // ids to send on the current attachment
+	cancels []uint64         // abandoned ids to tell the agent about
+
+	lastSeq  uint64 // highest exit seq delivered
+	finished []node.Exit
+
+	hbSent   int64 // sent_unix_nano of our last heartbeat
+	hbSentAt time.Time
+	rtt      time.Duration
+}
+
+// call is one command waiting for its reply.
+type call struct {
+	op        string
+	cmd       *droverpb.Command
+	size      int  // of cmd, encoded
+	sent      bool // written to some stream: the agent may have it
+	abandoned bool // the caller gave up; the reply only frees the entry
+	done      chan struct{}
+	reply     *droverpb.Reply
+	err       error
+}
+
+// attachment is one stream of a session.
+type attachment struct {
+	welcome  *droverpb.ManagerMsg // sent first
+	wake     chan struct{}        // cap 1: something to send
+	done     chan struct{}        // closed when this stream is no longer the node's
+	doneOnce sync.Once
+
+	// Guarded by the node's mu.
+	welcomed   bool
+	ackExits   uint64 // last ack_exits sent on this stream
+	ackReplies uint64 // last ack_replies sent on this stream
+	echo       int64  // peer heartbeat to echo
+}
+
+func (a *attachment) wakeup() {
+	select {
+	case a.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (a *attachment) close() { a.doneOnce.Do(func() { close(a.done) }) }
+
+func newRemoteNode(s *Server, session string, h *droverpb.Hello) *RemoteNode {
+	res := resourcesFromPB(h.GetResources())
+	if res.Node == "" {
+		res.Node = h.GetNode()
+	}
+	n := &RemoteNode{
+		srv:       s,
+		log:       s.log.With("node", h.GetNode()),
+		name:      h.GetNode(),
+		res:       res,
+		version:   h.GetVersion(),
+		session:   session,
+		timeout:   s.opts.NodeTimeout,
+		hb:        s.opts.HeartbeatInterval,
+		ready:     make(chan struct{}, 1),
+		gone:      make(chan struct{}),
+		calls:     make(map[uint64]*call),
+		lastHeard: time.Now(),
+	}
+	n.mu.Lock()
+	n.timer = time.AfterFunc(n.timeout, n.checkAlive)
+	n.mu.Unlock()
+	return n
+}
+
+// resume gives the node a new attachment, replacing any current one, and
+// queues every unanswered command again. nil when the node is lost.
+func (n *RemoteNode) resume(opts ServerOptions) *attachment {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.lost {
+		return nil
+	}
+	if n.att != nil {
+		n.att.close()
+	}
+	att := &attachment{
+		welcome: &droverpb.ManagerMsg{Welcome: &droverpb.Welcome{
+			Session:             n.session,
+			HeartbeatIntervalMs: millis(opts.HeartbeatInterval),
+			MonitorTimeoutMs:    millis(opts.MonitorTimeout),
+		}},
+		wake: make(chan struct{}, 1),
+		done: make(chan struct{}),
+	}
+	att.wakeup() // the Welcome
+	n.att = att
+	n.lastHeard = time.Now() // the Hello
+	n.unsent, n.cancels = n.unsent[:0], n.cancels[:0]
+	for id, c := range n.calls {
+		if c.abandoned {
+			n.cancels = append(n.cancels, id)
+		} else {
+			n.unsent = append(n.unsent, id)
+		}
+	}
+	slices.Sort(n.unsent)
+	slices.Sort(n.cancels)
+	return att
+}
+
+// detach ends an attachment; the node is "disconnected" if it was current.
+func (n *RemoteNode) detach(att *attachment, err error) {
+	n.mu.Lock()
+	current := n.att == att
+	if current {
+		n.att = nil
+	}
+	lost := n.lost
+	n.mu.Unlock()
+	att.close()
+	if current && !lost {
+		n.log.Info("node disconnected", "err", err)
+	}
+}
+
+// checkAlive is the NodeTimeout watchdog.
+func (n *RemoteNode) checkAlive() {
+	n.mu.Lock()
+	if n.lost {
+		n.mu.Unlock()
+		return
+	}
+	if idle := time.Since(n.lastHeard); idle < n.timeout {
+		n.timer.Reset(n.timeout - idle)
+		n.mu.Unlock()
+		return
+	}
+	n.loseLocked(fmt.Sprintf("no message from its agent for %v", n.timeout))
+	n.mu.Unlock()
+}
+
+func (n *RemoteNode) lose(reason string) {
+	n.mu.Lock()
+	n.loseLocked(reason)
+	n.mu.Unlock()
+}
+
+// loseLocked makes the node lost for good: pending calls fail, Finished
+// keeps what was delivered, Ready is closed.
+func (n *RemoteNode) loseLocked(reason string) {
+	if n.lost {
+		return
+	}
+	n.lost = true
+	n.lostErr = fmt.Errorf("%w: %s", ErrNodeLost, reason)
+	for _, c := range n.calls {
+		c.err = fmt.Errorf("%s on %s: %w", c.op, n.name, n.lostErr)
+		close(c.done)
+	}
+	n.calls = nil
+	n.unsent, n.cancels = nil, nil
+	if n.att != nil {
+		n.att.close()
+		n.att = nil
+	}
+	n.timer.Stop()
+	close(n.ready)
+	close(n.gone)
+	if reason == reasonEnded {
+		n.log.Info("node left", "reason", reason)
+		return
+	}
+	n.log.Warn("node lost", "reason", reason)
+}
+
+// reasonEnded is the orderly end of a session, after a Shutdown.
+const reasonEnded = "its agent ended the session"
+
+// recvLoop takes the agent's messages until the stream ends.
+func (n *RemoteNode) recvLoop(att *attachment, stream droverpb.AgentSession_ConnectServer, first *droverpb.AgentMsg) error {
+	if !n.handle(att, first) {
+		return errDetached
+	}
+	for {
+		m, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		if !n.handle(att, m) {
+			return errDetached
+		}
+	}
+}
+
+// handle applies one AgentMsg; false when att is no longer current.
+func (n *RemoteNode) handle(att *attachment, m *droverpb.AgentMsg) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.att != att || n.lost {
+		return false
+	}
+	n.lastHeard = time.Now()
+	for _, r := range m.GetReplies() {
+		c := n.calls[r.GetId()]
+		if c == nil {
+			continue // a repeat, or a call abandoned before it was sent
+		}
+		delete(n.calls, r.GetId())
+		if !c.abandoned {
+			c.reply = r
+			close(c.done)
+		}
+	}
+	delivered := false
+	for _, x := range m.GetExits() {
+		if x.GetSeq() <= n.lastSeq {
+			continue // delivered before a reconnect
+		}
+		n.lastSeq = x.GetSeq()
+		e := exitFromPB(x.GetExit())
+		if e.Node == "" {
+			e.Node = n.name
+		}
+		n.finished = append(n.finished, e)
+		delivered = true
+	}
+	wake := delivered // the ack
+	if hb := m.GetHeartbeat(); hb != nil {
+		if hb.GetEchoUnixNano() != 0 && hb.GetEchoUnixNano() == n.hbSent {
+			n.rtt = time.Since(n.hbSentAt)
+		}
+		if hb.GetSentUnixNano() != 0 {
+			att.echo = hb.GetSentUnixNano()
+			wake = true
+		}
+	}
+	if delivered {
+		select {
+		case n.ready <- struct{}{}:
+		default:
+		}
+	}
+	if wake {
+		att.wakeup()
+	}
+	return true
+}
+
+// sendLoop is the single writer of an attachment: each message carries
+// everything that was queued while the previous one was being sent.
+func (n *RemoteNode) sendLoop(att *attachment, stream droverpb.AgentSession_ConnectServer) error {
+	tick := time.NewTicker(n.hb)
+	defer tick.Stop()
+	hbDue := false
+	for {
+		select {
+		case <-att.wake:
+		case <-tick.C:
+			hbDue = true
+		case <-att.done:
+			return nil
+		}
+		for {
+			m := n.collect(att, hbDue)
+			hbDue = false
+			if m == nil {
+				break
+			}
+			if err := stream.Send(m); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// collect builds the next ManagerMsg, or nil when there is nothing to send.
+func (n *RemoteNode) collect(att *attachment, hbDue bool) *droverpb.ManagerMsg {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.att != att {
+		return nil
+	}
+	m := &droverpb.ManagerMsg{}
+	urgent := false
+	if !att.welcomed {
+		m.Welcome = att.welcome.Welcome
+		att.welcomed = true
+		urgent = true
+	}
+	size, i := 0, 0
+	for ; i < len(n.unsent) && size < maxBatchBytes; i++ {
+		if c := n.calls[n.unsent[i]]; c != nil && !c.abandoned {
+			c.sent = true
+			m.Commands = append(m.Commands, c.cmd)
+			size += c.size
+		}
+	}
+	n.unsent = append(n.unsent[:0], n.unsent[i:]...) // the rest goes next
+	if len(n.cancels) > 0 {
+		m.Cancel = n.cancels
+		n.cancels = nil
+	}
+	if n.lastSeq > att.ackExits {
+		m.AckExits = n.lastSeq
+		att.ackExits = n.lastSeq
+	}
+	if hbDue || att.echo != 0 {
+		hb := &droverpb.Heartbeat{EchoUnixNano: att.echo}
+		att.echo = 0
+		if hbDue {
+			now := time.Now()
+			hb.SentUnixNano = now.UnixNano()
+			n.hbSent, n.hbSentAt = hb.SentUnixNano, now
+		}
+		m.Heartbeat = hb
+	}
+	if !urgent && len(m.Commands) == 0 && len(m.Cancel) == 0 && m.AckExits == 0 && m.Heartbeat == nil {
+		return nil
+	}
+	// The reply acknowledgement rides along with whatever goes anyway.
+	if w := n.answeredLocked(); w > att.ackReplies {
+		m.AckReplies = w
+		att.ackReplies = w
+	}
+	return m
+}
+
+// answeredLocked is the highest id such that every command up to it has
+// been answered (or given up before it was ever sent).
+func (n *RemoteNode) answeredLocked() uint64 {
+	w := n.nextID
+	for id := range n.calls {
+		if id <= w {
+			w = id - 1
+		}
+	}
+	return w
+}
+
+// call sends one command and waits for its reply, ctx, or the node's loss.
+func (n *RemoteNode) call(ctx context.Context, op string, cmd *droverpb.Command) (*droverpb.Reply, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("%s on %s: %w", op, n.name, err)
+	}
+	c := &call{op: op, cmd: cmd, done: make(chan struct{})}
+	n.mu.Lock()
+	if n.lost {
+		err := n.lostErr
+		n.mu.Unlock()
+		return nil, fmt.Errorf("%s on %s: %w", op, n.name, err)
+	}
+	n.nextID++
+	cmd.Id = n.nextID
+	c.size = proto.Size(cmd)
+	n.calls[cmd.Id] = c
+	n.unsent = append(n.unsent, cmd.Id)
+	att := n.att
+	n.mu.Unlock()
+	if att != nil {
+		att.wakeup()
+	}
+	select {
+	case <-c.done:
+	case <-ctx.Done():
+		if n.abandon(c) {
+			return nil, fmt.Errorf("%s on %s: %w", op, n.name, ctx.Err())
+		}
+		<-c.done // answered or lost meanwhile
+	}
+	if c.err != nil {
+		return nil, c.err
+	}
+	if err := replyError(c.reply); err != nil {
+		return c.reply, err
+	}
+	return c.reply, nil
+}
+
+// abandon gives up on a call whose caller went away; false when it has
+// already been answered (or failed).
+func (n *RemoteNode) abandon(c *call) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	id := c.cmd.GetId()
+	if n.calls[id] != c {
+		return false
+	}
+	if !c.sent {
+		delete(n.calls, id) // the agent never saw it
+		return true
+	}
+	c.abandoned = true
+	n.cancels = append(n.cancels, id)
+	if n.att != nil {
+		n.att.wakeup()
+	}
+	return true
+}
+
+// Name is the node name the agent gave in its Hello.
+func (n *RemoteNode) Name() string { return n.name }
+
+// Resources are what the agent reported in its Hello.
+func (n *RemoteNode) Resources() topology.Resources { return n.res }
+
+// Version is the agent's version from its Hello.
+func (n *RemoteNode) Version() string { return n.version }
+
+// State is "up" (a stream is attached), "disconnected" (none, for less
+// than NodeTimeout) or "lost" (for good).
+func (n *RemoteNode) State() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	switch {
+	case n.lost:
+		return "lost"
+	case n.att != nil:
+		return "up"
+	}
+	return "disconnected"
+}
+
+// RTT is the round trip of the last heartbeat answered.
+func (n *RemoteNode) RTT() time.Duration {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.rtt
+}
+
+// Err is why the node was lost; nil while it is not.
+func (n *RemoteNode) Err() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.lostErr
+}
+
+// Gone is closed when the node is lost.
+func (n *RemoteNode) Gone() <-chan struct{} { return n.gone }
+
+func (n *RemoteNode) Start(ctx context.Context, spec node.ProcessSpec) (node.Started, error) {
+	r, err := n.call(ctx, "start "+spec.Name, &droverpb.Command{Op: &droverpb.Command_Start{Start: specToPB(spec)}})
+	if err != nil {
+		return node.Started{}, err
+	}
+	return startedFromPB(r.GetStarted()), nil
+}
+
+func (n *RemoteNode) Poll(ctx context.Context, names ...string) ([]node.Status, error) {
+	r, err := n.call(ctx, "poll", &droverpb.Command{Op: &droverpb.Command_Poll{Poll: &droverpb.PollRequest{Names: names}}})
+	if err != nil {
+		return nil, err
+	}
+	return statusesFromPB(r.GetPoll()), nil
+}
+
+func (n *RemoteNode) Stop(ctx context.Context, name string, grace time.Duration) error {
+	_, err := n.call(ctx, "stop "+name, &droverpb.Command{Op: &droverpb.Command_Stop{Stop: &droverpb.Named{Name: name, GraceMs: millis(grace)}}})
+	return err
+}
+
+func (n *RemoteNode) Kill(ctx context.Context, name string) error {
+	_, err := n.call(ctx, "kill "+name, &droverpb.Command{Op: &droverpb.Command_Kill{Kill: &droverpb.Named{Name: name}}})
+	return err
+}
+
+func (n *RemoteNode) Purge(ctx context.Context, name string) error {
+	_, err := n.call(ctx, "purge "+name, &droverpb.Command{Op: &droverpb.Command_Purge{Purge: &droverpb.Named{Name: name}}})
+	return err
+}
+
+// Send writes data to the process's stdin; at most MaxSendBytes at a time.
+func (n *RemoteNode) Send(ctx context.Context, name string, data []byte) error {
+	if len(data) > MaxSendBytes {
+		return fmt.Errorf("send %s on %s: %w: %d bytes, at most %d at a time", name, n.name, ErrInvalid, len(data), MaxSendBytes)
+	}
+	_, err := n.call(ctx, "send "+name, &droverpb.Command{Op: &droverpb.Command_Send{Send: &droverpb.SendInput{Name: name, Data: data}}})
+	return err
+}
+
+func (n *RemoteNode) CancelAll(ctx context.Context, grace time.Duration) error {
+	_, err := n.call(ctx, "cancel all", &droverpb.Command{Op: &droverpb.Command_CancelAll{CancelAll: &droverpb.Named{GraceMs: millis(grace)}}})
+	return err
+}
+
+// Finished returns the exits delivered since the last call, each exactly
+// once; after the node is lost, what was delivered before.
+func (n *RemoteNode) Finished() []node.Exit {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	f := n.finished
+	n.finished = nil
+	return f
+}
+
+// Ready is signalled when Finished has something new and closed once the
+// node is lost.
+func (n *RemoteNode) Ready() <-chan struct{} { return n.ready }
+
+func (n *RemoteNode) GetEnv(ctx context.Context, key string) (string, bool, error) {
+	r, err := n.call(ctx, "get env "+key, &droverpb.Command{Op: &droverpb.Command_EnvGet{EnvGet: &droverpb.EnvKey{Key: key}}})
+	if err != nil {
+		return "", false, err
+	}
+	return r.GetEnv().GetValue(), r.GetEnv().GetSet(), nil
+}
+
+func (n *RemoteNode) SetEnv(ctx context.Context, key, value string) error {
+	_, err := n.call(ctx, "set env "+key, &droverpb.Command{Op: &droverpb.Command_EnvSet{EnvSet: &droverpb.EnvKV{Key: key, Value: value}}})
+	return err
+}
+
+func (n *RemoteNode) BindPorts(ctx context.Context, udp bool, count int) ([]int, error) {
+	r, err := n.call(ctx, "bind ports", &droverpb.Command{Op: &droverpb.Command_PortsBind{PortsBind: &droverpb.PortsRequest{Udp: udp, N: int32(count)}}})
+	if err != nil {
+		return nil, err
+	}
+	return ints(r.GetPorts().GetPorts()), nil
+}
+
+func (n *RemoteNode) ReleasePorts(ctx context.Context, udp bool, ports []int) error {
+	_, err := n.call(ctx, "release ports", &droverpb.Command{Op: &droverpb.Command_PortsRelease{PortsRelease: &droverpb.PortsRequest{Udp: udp, Ports: ints32(ports)}}})
+	return err
+}
+
+func (n *RemoteNode) SetLogLevel(ctx context.Context, level string) error {
+	_, err := n.call(ctx, "set log level", &droverpb.Command{Op: &droverpb.Command_LogLevel{LogLevel: level}})
+	return err
+}
+
+// Close asks the agent to stop every process, report their exits and end
+// its session (Shutdown with the agent's own grace), and waits until the
+// session is over or the node is lost. Ready is closed afterwards.
+func (n *RemoteNode) Close() error { return n.Shutdown(context.Background(), 0) }
+
+// Shutdown is Close with a grace (SIGTERM to SIGKILL; 0: the agent's own)
+// and a context that bounds the wait.
+func (n *RemoteNode) Shutdown(ctx context.Context, grace time.Duration) error {
+	select {
+	case <-n.gone:
+		return nil
+	default:
+	}
+	_, err := n.call(ctx, "shutdown", &droverpb.Command{Op: &droverpb.Command_Shutdown{Shutdown: &droverpb.Shutdown{GraceMs: millis(grace)}}})
+	if err != nil && !errors.Is(err, ErrNodeLost) {
+		return err
+	}
+	select {
+	case <-n.gone:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("shutdown on %s: %w", n.name, ctx.Err())
+	}
+}
+
+var _ node.Node = (*RemoteNode)(nil)
