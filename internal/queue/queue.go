@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/drover-hpc/drover/internal/cores"
 	"github.com/drover-hpc/drover/internal/jobfile"
 	"github.com/drover-hpc/drover/internal/node"
 	"github.com/drover-hpc/drover/internal/results"
@@ -37,6 +38,9 @@ type Options struct {
 	Hard     <-chan struct{}
 	Progress func(Counts)
 	Logger   *slog.Logger
+	// Cores is shared with whoever else places processes on these nodes;
+	// nil makes a private pool of every node's cores.
+	Cores *cores.Pool
 }
 
 // Counts is a snapshot for progress displays.
@@ -88,10 +92,9 @@ func (j *jobState) hasPending() bool { return len(j.retry) > 0 || j.next < j.job
 
 type nodeState struct {
 	n       node.Node
+	name    string
 	idx     int
 	res     topology.Resources
-	free    []bool // per core
-	nFree   int
 	running map[string]*instance
 	gone    bool
 }
@@ -117,6 +120,8 @@ type signal struct {
 type runner struct {
 	opts    Options
 	log     *slog.Logger
+	pool    *cores.Pool
+	ownPool bool
 	events  *results.Log
 	jobs    []*jobState
 	nodes   []*nodeState
@@ -162,6 +167,9 @@ func Run(ctx context.Context, jobs []*jobfile.Job, opts Options) (*results.Summa
 		quit:     make(chan struct{}),
 	}
 	r.counts.Start = time.Now()
+	if r.pool = opts.Cores; r.pool == nil {
+		r.pool, r.ownPool = cores.NewPool(), true
+	}
 	for _, j := range jobs {
 		js := &jobState{job: j, retries: opts.Retries, skip: opts.Skip}
 		if j.Retries != nil {
@@ -174,9 +182,9 @@ func Run(ctx context.Context, jobs []*jobfile.Job, opts Options) (*results.Summa
 	r.emit(results.Event{Event: results.RunStart})
 	for i, n := range opts.Nodes {
 		res := n.Resources()
-		ns := &nodeState{n: n, idx: i, res: res, free: make([]bool, len(res.Cores)), nFree: len(res.Cores), running: make(map[string]*instance)}
-		for c := range ns.free {
-			ns.free[c] = true
+		ns := &nodeState{n: n, name: n.Name(), idx: i, res: res, running: make(map[string]*instance)}
+		if r.ownPool {
+			r.pool.AddNode(ns.name, res.Cores)
 		}
 		r.nodes = append(r.nodes, ns)
 		r.byName[n.Name()] = ns
@@ -225,6 +233,7 @@ func (r *runner) loop(ctx context.Context) {
 	hard := r.opts.Hard
 	done := ctx.Done()
 	for {
+		changed := r.pool.Changed() // before dispatch, so no release is missed
 		if !cancelled {
 			r.dispatch()
 		}
@@ -254,6 +263,7 @@ func (r *runner) loop(ctx context.Context) {
 			}
 		case t := <-r.timeouts:
 			r.timeout(t)
+		case <-changed:
 		}
 	}
 	// Whatever never started is final now.
@@ -328,11 +338,16 @@ func (r *runner) dispatch() {
 			if ns == nil {
 				break
 			}
+			idx, hw, ok := r.pool.Take(ns.name, js.job.Cores)
+			if !ok {
+				break // taken by another user of the pool meanwhile
+			}
 			inst := r.take(js)
 			if inst == nil {
+				r.pool.Release(ns.name, idx)
 				break
 			}
-			r.launch(inst, ns)
+			r.launch(inst, ns, idx, hw)
 		}
 	}
 }
@@ -341,8 +356,8 @@ func (r *runner) dispatch() {
 // instance of js now. It returns a reason when no node ever could.
 func (r *runner) place(js *jobState) (*nodeState, string) {
 	need := js.job.Cores
-	var best *nodeState
-	var lostOn *nodeState
+	var best, lostOn *nodeState
+	bestFree := 0
 	if len(js.retry) > 0 {
 		lostOn = js.retry[0].lostOn
 	}
@@ -352,11 +367,12 @@ func (r *runner) place(js *jobState) (*nodeState, string) {
 			continue
 		}
 		possible = true
-		if ns.nFree < need {
+		free := r.pool.Free(ns.name)
+		if free < need {
 			continue
 		}
-		if best == nil || (best == lostOn && ns != lostOn) || (ns != lostOn && ns.nFree > best.nFree) {
-			best = ns
+		if best == nil || (best == lostOn && ns != lostOn) || (ns != lostOn && free > bestFree) {
+			best, bestFree = ns, free
 		}
 	}
 	if !possible {
@@ -389,19 +405,10 @@ func (r *runner) unplaceable(js *jobState) string {
 	return fmt.Sprintf("needs %d cores; the largest node has %d", js.job.Cores, most)
 }
 
-// launch reserves cores and starts the instance without blocking the loop.
-func (r *runner) launch(inst *instance, ns *nodeState) {
-	need := inst.job.job.Cores
-	inst.cores = inst.cores[:0]
-	inst.hw = inst.hw[:0]
-	for c := 0; c < len(ns.free) && len(inst.cores) < need; c++ {
-		if ns.free[c] {
-			ns.free[c] = false
-			inst.cores = append(inst.cores, c)
-			inst.hw = append(inst.hw, ns.res.Cores[c]...)
-		}
-	}
-	ns.nFree -= need
+// launch starts the instance on the cores reserved for it, without
+// blocking the loop.
+func (r *runner) launch(inst *instance, ns *nodeState, idx, hw []int) {
+	inst.cores, inst.hw = idx, hw
 	inst.node = ns
 	inst.attempt++
 	inst.phase = starting
@@ -545,11 +552,8 @@ func (r *runner) exited(inst *instance, e node.Exit) {
 // release gives the instance's cores back.
 func (r *runner) release(inst *instance) {
 	ns := inst.node
-	for _, c := range inst.cores {
-		ns.free[c] = true
-	}
-	ns.nFree += len(inst.cores)
-	inst.cores = inst.cores[:0]
+	r.pool.Release(ns.name, inst.cores)
+	inst.cores = nil
 	delete(ns.running, inst.name)
 	r.live--
 }
@@ -621,6 +625,9 @@ func (r *runner) nodeGone(ns *nodeState) {
 		return
 	}
 	ns.gone = true
+	if r.ownPool {
+		r.pool.RemoveNode(ns.name)
+	}
 	r.emit(results.Event{Event: results.NodeLost, Node: ns.n.Name()})
 	for _, inst := range ns.running {
 		if inst.phase == starting {

@@ -1,0 +1,85 @@
+// Package cluster is the library form of drover's AgentManager: the
+// operations `drover serve` offers (start, poll, stop, kill, purge, send,
+// logs, finished, cancel-all, env, ports, log level, submit, jobs) over the
+// nodes of a running manager, in plain Go. The gRPC control service and the
+// CLI verbs are adapters over the API interface; nothing here knows about
+// the wire.
+package cluster
+
+import (
+	"context"
+	"io"
+	"time"
+
+	"github.com/drover-hpc/drover/internal/jobfile"
+	"github.com/drover-hpc/drover/internal/node"
+	"github.com/drover-hpc/drover/internal/topology"
+)
+
+// NodeInfo describes one node for `drover nodes`.
+type NodeInfo struct {
+	Name          string             `json:"name"`
+	State         string             `json:"state"` // up, busy, lost, error
+	Error         string             `json:"error,omitempty"`
+	Resources     topology.Resources `json:"resources"`
+	BusyHWThreads []int              `json:"busy_hwthreads"`
+	Processes     int                `json:"processes"`
+}
+
+// StartRequest is `drover start`.
+type StartRequest struct {
+	Node  string
+	Spec  node.ProcessSpec // Name, Args, Env, Dir, Stdout, Stderr used
+	Cores int              // reserve and bind this many whole cores; 0 = unbound, none reserved
+}
+
+// StartResult tells where a process runs.
+type StartResult struct {
+	Node      string
+	PID       int
+	HWThreads []int
+}
+
+// JobInfo is one submitted instance, for `drover jobs`.
+type JobInfo struct {
+	Submission int    `json:"submission"`
+	Instance   string `json:"instance"`
+	State      string `json:"state"` // pending, running, succeeded, failed, lost, cancelled
+	Node       string `json:"node,omitempty"`
+	Attempts   int    `json:"attempts,omitempty"`
+	Outcome    string `json:"outcome,omitempty"`
+	OutDir     string `json:"out_dir,omitempty"`
+}
+
+// API is what `drover serve` offers. Process names are unique across the
+// cluster, so verbs other than start need no node. Errors wrap typed core
+// errors (ErrUnknownNode, supervise.ErrUnknown, ...) so adapters can map
+// them to statuses.
+type API interface {
+	Nodes(ctx context.Context) ([]NodeInfo, error)
+	Start(ctx context.Context, req StartRequest) (StartResult, error)
+	Poll(ctx context.Context, names ...string) ([]node.Status, error)
+	Stop(ctx context.Context, name string, grace time.Duration) error
+	Kill(ctx context.Context, name string) error
+	Purge(ctx context.Context, name string) error
+	Send(ctx context.Context, name string, data []byte) error
+	// Logs streams a process's stdout (or stderr) from the start; with
+	// follow it keeps streaming until the process has exited and all its
+	// output is sent, or ctx ends.
+	Logs(ctx context.Context, name string, stderr, follow bool, w io.Writer) error
+	// Finished returns the exits of processes started with Start since the
+	// last call, each exactly once.
+	Finished(ctx context.Context) ([]node.Exit, error)
+	CancelAll(ctx context.Context, grace time.Duration) error
+	GetEnv(ctx context.Context, nodeName, key string) (string, bool, error)
+	SetEnv(ctx context.Context, nodeName, key, value string) error
+	BindPorts(ctx context.Context, nodeName string, udp bool, n int) ([]int, error)
+	ReleasePorts(ctx context.Context, nodeName string, udp bool, ports []int) error
+	SetLogLevel(ctx context.Context, nodeName, level string) error
+	// Submit queues a job file's jobs; they run on free cores beside the
+	// processes started with Start. It returns the instance names.
+	Submit(ctx context.Context, file *jobfile.File) ([]string, error)
+	Jobs(ctx context.Context) ([]JobInfo, error)
+	// Shutdown stops everything; agents exit; then the manager exits.
+	Shutdown(ctx context.Context) error
+}
