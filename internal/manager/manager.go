@@ -38,6 +38,8 @@ type Options struct {
 	AgentLogs      io.Writer // where local agents' own logs go; nil = discard
 	// Register adds more services (the control API) to the gRPC server.
 	Register func(*grpc.Server)
+	// OnNode is told of every node that joins (drover serve's cluster).
+	OnNode func(node.Node)
 }
 
 // Manager owns the listener, the agent sessions and the launched agents.
@@ -138,6 +140,9 @@ func (m *Manager) join(n *wire.RemoteNode) {
 	m.mu.Lock()
 	m.joined = append(m.joined, n)
 	m.mu.Unlock()
+	if m.opts.OnNode != nil {
+		m.opts.OnNode(n)
+	}
 	m.signal()
 }
 
