@@ -91,6 +91,76 @@ func (ErrorKind) EnumDescriptor() ([]byte, []int) {
 	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{0}
 }
 
+type ControlErrorKind int32
+
+const (
+	ControlErrorKind_CONTROL_ERROR_KIND_UNSPECIFIED     ControlErrorKind = 0
+	ControlErrorKind_CONTROL_ERROR_KIND_UNKNOWN_PROCESS ControlErrorKind = 1
+	ControlErrorKind_CONTROL_ERROR_KIND_UNKNOWN_NODE    ControlErrorKind = 2
+	ControlErrorKind_CONTROL_ERROR_KIND_DUPLICATE       ControlErrorKind = 3
+	ControlErrorKind_CONTROL_ERROR_KIND_RUNNING         ControlErrorKind = 4
+	ControlErrorKind_CONTROL_ERROR_KIND_NOT_RUNNING     ControlErrorKind = 5
+	ControlErrorKind_CONTROL_ERROR_KIND_NO_CORES        ControlErrorKind = 6
+	ControlErrorKind_CONTROL_ERROR_KIND_INVALID         ControlErrorKind = 7
+	ControlErrorKind_CONTROL_ERROR_KIND_NODE_LOST       ControlErrorKind = 8
+	ControlErrorKind_CONTROL_ERROR_KIND_CLOSED          ControlErrorKind = 9
+)
+
+// Enum value maps for ControlErrorKind.
+var (
+	ControlErrorKind_name = map[int32]string{
+		0: "CONTROL_ERROR_KIND_UNSPECIFIED",
+		1: "CONTROL_ERROR_KIND_UNKNOWN_PROCESS",
+		2: "CONTROL_ERROR_KIND_UNKNOWN_NODE",
+		3: "CONTROL_ERROR_KIND_DUPLICATE",
+		4: "CONTROL_ERROR_KIND_RUNNING",
+		5: "CONTROL_ERROR_KIND_NOT_RUNNING",
+		6: "CONTROL_ERROR_KIND_NO_CORES",
+		7: "CONTROL_ERROR_KIND_INVALID",
+		8: "CONTROL_ERROR_KIND_NODE_LOST",
+		9: "CONTROL_ERROR_KIND_CLOSED",
+	}
+	ControlErrorKind_value = map[string]int32{
+		"CONTROL_ERROR_KIND_UNSPECIFIED":     0,
+		"CONTROL_ERROR_KIND_UNKNOWN_PROCESS": 1,
+		"CONTROL_ERROR_KIND_UNKNOWN_NODE":    2,
+		"CONTROL_ERROR_KIND_DUPLICATE":       3,
+		"CONTROL_ERROR_KIND_RUNNING":         4,
+		"CONTROL_ERROR_KIND_NOT_RUNNING":     5,
+		"CONTROL_ERROR_KIND_NO_CORES":        6,
+		"CONTROL_ERROR_KIND_INVALID":         7,
+		"CONTROL_ERROR_KIND_NODE_LOST":       8,
+		"CONTROL_ERROR_KIND_CLOSED":          9,
+	}
+)
+
+func (x ControlErrorKind) Enum() *ControlErrorKind {
+	p := new(ControlErrorKind)
+	*p = x
+	return p
+}
+
+func (x ControlErrorKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ControlErrorKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_api_droverpb_drover_proto_enumTypes[1].Descriptor()
+}
+
+func (ControlErrorKind) Type() protoreflect.EnumType {
+	return &file_api_droverpb_drover_proto_enumTypes[1]
+}
+
+func (x ControlErrorKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ControlErrorKind.Descriptor instead.
+func (ControlErrorKind) EnumDescriptor() ([]byte, []int) {
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{1}
+}
+
 type AgentMsg struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Hello         *Hello                 `protobuf:"bytes,1,opt,name=hello,proto3" json:"hello,omitempty"`     // first message only
@@ -1250,6 +1320,7 @@ type ProcessSpec struct {
 	Hwthreads     []int32                `protobuf:"varint,10,rep,packed,name=hwthreads,proto3" json:"hwthreads,omitempty"`
 	PortNames     []string               `protobuf:"bytes,11,rep,name=port_names,json=portNames,proto3" json:"port_names,omitempty"`
 	AutoPurge     bool                   `protobuf:"varint,12,opt,name=auto_purge,json=autoPurge,proto3" json:"auto_purge,omitempty"`
+	After         string                 `protobuf:"bytes,13,opt,name=after,proto3" json:"after,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1366,6 +1437,13 @@ func (x *ProcessSpec) GetAutoPurge() bool {
 		return x.AutoPurge
 	}
 	return false
+}
+
+func (x *ProcessSpec) GetAfter() string {
+	if x != nil {
+		return x.After
+	}
+	return ""
 }
 
 type Reply struct {
@@ -1970,6 +2048,51 @@ func (x *LogRecord) GetAttrs() map[string]string {
 	return nil
 }
 
+// ControlError is the detail of a typed error status.
+type ControlError struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Kind          ControlErrorKind       `protobuf:"varint,1,opt,name=kind,proto3,enum=drover.v1.ControlErrorKind" json:"kind,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ControlError) Reset() {
+	*x = ControlError{}
+	mi := &file_api_droverpb_drover_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ControlError) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ControlError) ProtoMessage() {}
+
+func (x *ControlError) ProtoReflect() protoreflect.Message {
+	mi := &file_api_droverpb_drover_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ControlError.ProtoReflect.Descriptor instead.
+func (*ControlError) Descriptor() ([]byte, []int) {
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ControlError) GetKind() ControlErrorKind {
+	if x != nil {
+		return x.Kind
+	}
+	return ControlErrorKind_CONTROL_ERROR_KIND_UNSPECIFIED
+}
+
 type Empty struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1978,7 +2101,7 @@ type Empty struct {
 
 func (x *Empty) Reset() {
 	*x = Empty{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[26]
+	mi := &file_api_droverpb_drover_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1990,7 +2113,7 @@ func (x *Empty) String() string {
 func (*Empty) ProtoMessage() {}
 
 func (x *Empty) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[26]
+	mi := &file_api_droverpb_drover_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2003,7 +2126,7 @@ func (x *Empty) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Empty.ProtoReflect.Descriptor instead.
 func (*Empty) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{26}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{27}
 }
 
 type NodesRequest struct {
@@ -2014,7 +2137,7 @@ type NodesRequest struct {
 
 func (x *NodesRequest) Reset() {
 	*x = NodesRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[27]
+	mi := &file_api_droverpb_drover_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2026,7 +2149,7 @@ func (x *NodesRequest) String() string {
 func (*NodesRequest) ProtoMessage() {}
 
 func (x *NodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[27]
+	mi := &file_api_droverpb_drover_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2039,7 +2162,7 @@ func (x *NodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodesRequest.ProtoReflect.Descriptor instead.
 func (*NodesRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{27}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{28}
 }
 
 type NodeInfo struct {
@@ -2056,7 +2179,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[28]
+	mi := &file_api_droverpb_drover_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2068,7 +2191,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[28]
+	mi := &file_api_droverpb_drover_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2081,7 +2204,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{28}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *NodeInfo) GetName() string {
@@ -2135,7 +2258,7 @@ type NodesReply struct {
 
 func (x *NodesReply) Reset() {
 	*x = NodesReply{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[29]
+	mi := &file_api_droverpb_drover_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2147,7 +2270,7 @@ func (x *NodesReply) String() string {
 func (*NodesReply) ProtoMessage() {}
 
 func (x *NodesReply) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[29]
+	mi := &file_api_droverpb_drover_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2160,7 +2283,7 @@ func (x *NodesReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodesReply.ProtoReflect.Descriptor instead.
 func (*NodesReply) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{29}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *NodesReply) GetNodes() []*NodeInfo {
@@ -2173,15 +2296,20 @@ func (x *NodesReply) GetNodes() []*NodeInfo {
 type StartRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
-	Spec          *ProcessSpec           `protobuf:"bytes,2,opt,name=spec,proto3" json:"spec,omitempty"`
-	Cores         int32                  `protobuf:"varint,3,opt,name=cores,proto3" json:"cores,omitempty"` // reserve this many whole cores and bind to them
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Args          []string               `protobuf:"bytes,3,rep,name=args,proto3" json:"args,omitempty"`                                                                         // argv; args[0] is looked up in PATH without a slash
+	Env           map[string]string      `protobuf:"bytes,4,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"` // added to the node's base environment
+	Workdir       string                 `protobuf:"bytes,5,opt,name=workdir,proto3" json:"workdir,omitempty"`                                                                   // absolute; "" = a fresh work dir
+	Stdout        string                 `protobuf:"bytes,6,opt,name=stdout,proto3" json:"stdout,omitempty"`                                                                     // absolute file path; "" = /dev/null
+	Stderr        string                 `protobuf:"bytes,7,opt,name=stderr,proto3" json:"stderr,omitempty"`
+	Cores         int32                  `protobuf:"varint,8,opt,name=cores,proto3" json:"cores,omitempty"` // reserve and bind this many whole cores; 0 = unbound
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StartRequest) Reset() {
 	*x = StartRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[30]
+	mi := &file_api_droverpb_drover_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2193,7 +2321,7 @@ func (x *StartRequest) String() string {
 func (*StartRequest) ProtoMessage() {}
 
 func (x *StartRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[30]
+	mi := &file_api_droverpb_drover_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2206,7 +2334,7 @@ func (x *StartRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartRequest.ProtoReflect.Descriptor instead.
 func (*StartRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{30}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *StartRequest) GetNode() string {
@@ -2216,11 +2344,46 @@ func (x *StartRequest) GetNode() string {
 	return ""
 }
 
-func (x *StartRequest) GetSpec() *ProcessSpec {
+func (x *StartRequest) GetName() string {
 	if x != nil {
-		return x.Spec
+		return x.Name
+	}
+	return ""
+}
+
+func (x *StartRequest) GetArgs() []string {
+	if x != nil {
+		return x.Args
 	}
 	return nil
+}
+
+func (x *StartRequest) GetEnv() map[string]string {
+	if x != nil {
+		return x.Env
+	}
+	return nil
+}
+
+func (x *StartRequest) GetWorkdir() string {
+	if x != nil {
+		return x.Workdir
+	}
+	return ""
+}
+
+func (x *StartRequest) GetStdout() string {
+	if x != nil {
+		return x.Stdout
+	}
+	return ""
+}
+
+func (x *StartRequest) GetStderr() string {
+	if x != nil {
+		return x.Stderr
+	}
+	return ""
 }
 
 func (x *StartRequest) GetCores() int32 {
@@ -2232,15 +2395,16 @@ func (x *StartRequest) GetCores() int32 {
 
 type StartReply struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Started       *Started               `protobuf:"bytes,1,opt,name=started,proto3" json:"started,omitempty"`
-	Hwthreads     []int32                `protobuf:"varint,2,rep,packed,name=hwthreads,proto3" json:"hwthreads,omitempty"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Pid           int32                  `protobuf:"varint,2,opt,name=pid,proto3" json:"pid,omitempty"`
+	Hwthreads     []int32                `protobuf:"varint,3,rep,packed,name=hwthreads,proto3" json:"hwthreads,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StartReply) Reset() {
 	*x = StartReply{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[31]
+	mi := &file_api_droverpb_drover_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2252,7 +2416,7 @@ func (x *StartReply) String() string {
 func (*StartReply) ProtoMessage() {}
 
 func (x *StartReply) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[31]
+	mi := &file_api_droverpb_drover_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2265,14 +2429,21 @@ func (x *StartReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartReply.ProtoReflect.Descriptor instead.
 func (*StartReply) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{31}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{32}
 }
 
-func (x *StartReply) GetStarted() *Started {
+func (x *StartReply) GetNode() string {
 	if x != nil {
-		return x.Started
+		return x.Node
 	}
-	return nil
+	return ""
+}
+
+func (x *StartReply) GetPid() int32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
 }
 
 func (x *StartReply) GetHwthreads() []int32 {
@@ -2284,14 +2455,14 @@ func (x *StartReply) GetHwthreads() []int32 {
 
 type ControlPollRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Names         []string               `protobuf:"bytes,1,rep,name=names,proto3" json:"names,omitempty"`
+	Names         []string               `protobuf:"bytes,1,rep,name=names,proto3" json:"names,omitempty"` // none = every known process
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ControlPollRequest) Reset() {
 	*x = ControlPollRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[32]
+	mi := &file_api_droverpb_drover_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2303,7 +2474,7 @@ func (x *ControlPollRequest) String() string {
 func (*ControlPollRequest) ProtoMessage() {}
 
 func (x *ControlPollRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[32]
+	mi := &file_api_droverpb_drover_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2316,7 +2487,7 @@ func (x *ControlPollRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlPollRequest.ProtoReflect.Descriptor instead.
 func (*ControlPollRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{32}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ControlPollRequest) GetNames() []string {
@@ -2326,29 +2497,28 @@ func (x *ControlPollRequest) GetNames() []string {
 	return nil
 }
 
-type NamedRequest struct {
+type ControlPollReply struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	GraceMs       int64                  `protobuf:"varint,2,opt,name=grace_ms,json=graceMs,proto3" json:"grace_ms,omitempty"`
+	Statuses      []*ProcessStatus       `protobuf:"bytes,1,rep,name=statuses,proto3" json:"statuses,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *NamedRequest) Reset() {
-	*x = NamedRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[33]
+func (x *ControlPollReply) Reset() {
+	*x = ControlPollReply{}
+	mi := &file_api_droverpb_drover_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *NamedRequest) String() string {
+func (x *ControlPollReply) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*NamedRequest) ProtoMessage() {}
+func (*ControlPollReply) ProtoMessage() {}
 
-func (x *NamedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[33]
+func (x *ControlPollReply) ProtoReflect() protoreflect.Message {
+	mi := &file_api_droverpb_drover_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2359,23 +2529,164 @@ func (x *NamedRequest) ProtoReflect() protoreflect.Message {
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use NamedRequest.ProtoReflect.Descriptor instead.
-func (*NamedRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{33}
+// Deprecated: Use ControlPollReply.ProtoReflect.Descriptor instead.
+func (*ControlPollReply) Descriptor() ([]byte, []int) {
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{34}
 }
 
-func (x *NamedRequest) GetName() string {
+func (x *ControlPollReply) GetStatuses() []*ProcessStatus {
+	if x != nil {
+		return x.Statuses
+	}
+	return nil
+}
+
+type NameRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NameRequest) Reset() {
+	*x = NameRequest{}
+	mi := &file_api_droverpb_drover_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NameRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NameRequest) ProtoMessage() {}
+
+func (x *NameRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_droverpb_drover_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NameRequest.ProtoReflect.Descriptor instead.
+func (*NameRequest) Descriptor() ([]byte, []int) {
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *NameRequest) GetName() string {
 	if x != nil {
 		return x.Name
 	}
 	return ""
 }
 
-func (x *NamedRequest) GetGraceMs() int64 {
+type StopRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	GraceMs       int64                  `protobuf:"varint,2,opt,name=grace_ms,json=graceMs,proto3" json:"grace_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StopRequest) Reset() {
+	*x = StopRequest{}
+	mi := &file_api_droverpb_drover_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StopRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StopRequest) ProtoMessage() {}
+
+func (x *StopRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_droverpb_drover_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StopRequest.ProtoReflect.Descriptor instead.
+func (*StopRequest) Descriptor() ([]byte, []int) {
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *StopRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *StopRequest) GetGraceMs() int64 {
 	if x != nil {
 		return x.GraceMs
 	}
 	return 0
+}
+
+type SendRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Data          []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SendRequest) Reset() {
+	*x = SendRequest{}
+	mi := &file_api_droverpb_drover_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SendRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SendRequest) ProtoMessage() {}
+
+func (x *SendRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_droverpb_drover_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SendRequest.ProtoReflect.Descriptor instead.
+func (*SendRequest) Descriptor() ([]byte, []int) {
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *SendRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SendRequest) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
 }
 
 type LogsRequest struct {
@@ -2389,7 +2700,7 @@ type LogsRequest struct {
 
 func (x *LogsRequest) Reset() {
 	*x = LogsRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[34]
+	mi := &file_api_droverpb_drover_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2401,7 +2712,7 @@ func (x *LogsRequest) String() string {
 func (*LogsRequest) ProtoMessage() {}
 
 func (x *LogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[34]
+	mi := &file_api_droverpb_drover_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2414,7 +2725,7 @@ func (x *LogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogsRequest.ProtoReflect.Descriptor instead.
 func (*LogsRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{34}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *LogsRequest) GetName() string {
@@ -2447,7 +2758,7 @@ type LogChunk struct {
 
 func (x *LogChunk) Reset() {
 	*x = LogChunk{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[35]
+	mi := &file_api_droverpb_drover_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2459,7 +2770,7 @@ func (x *LogChunk) String() string {
 func (*LogChunk) ProtoMessage() {}
 
 func (x *LogChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[35]
+	mi := &file_api_droverpb_drover_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2472,7 +2783,7 @@ func (x *LogChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogChunk.ProtoReflect.Descriptor instead.
 func (*LogChunk) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{35}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *LogChunk) GetData() []byte {
@@ -2480,6 +2791,42 @@ func (x *LogChunk) GetData() []byte {
 		return x.Data
 	}
 	return nil
+}
+
+type FinishedRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FinishedRequest) Reset() {
+	*x = FinishedRequest{}
+	mi := &file_api_droverpb_drover_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FinishedRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FinishedRequest) ProtoMessage() {}
+
+func (x *FinishedRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_droverpb_drover_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FinishedRequest.ProtoReflect.Descriptor instead.
+func (*FinishedRequest) Descriptor() ([]byte, []int) {
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{40}
 }
 
 type FinishedReply struct {
@@ -2491,7 +2838,7 @@ type FinishedReply struct {
 
 func (x *FinishedReply) Reset() {
 	*x = FinishedReply{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[36]
+	mi := &file_api_droverpb_drover_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2503,7 +2850,7 @@ func (x *FinishedReply) String() string {
 func (*FinishedReply) ProtoMessage() {}
 
 func (x *FinishedReply) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[36]
+	mi := &file_api_droverpb_drover_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2516,7 +2863,7 @@ func (x *FinishedReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FinishedReply.ProtoReflect.Descriptor instead.
 func (*FinishedReply) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{36}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *FinishedReply) GetExits() []*Exit {
@@ -2526,7 +2873,155 @@ func (x *FinishedReply) GetExits() []*Exit {
 	return nil
 }
 
-type NodeEnvRequest struct {
+type CancelAllRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	GraceMs       int64                  `protobuf:"varint,1,opt,name=grace_ms,json=graceMs,proto3" json:"grace_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelAllRequest) Reset() {
+	*x = CancelAllRequest{}
+	mi := &file_api_droverpb_drover_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelAllRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelAllRequest) ProtoMessage() {}
+
+func (x *CancelAllRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_droverpb_drover_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelAllRequest.ProtoReflect.Descriptor instead.
+func (*CancelAllRequest) Descriptor() ([]byte, []int) {
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *CancelAllRequest) GetGraceMs() int64 {
+	if x != nil {
+		return x.GraceMs
+	}
+	return 0
+}
+
+type GetEnvRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Key           string                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetEnvRequest) Reset() {
+	*x = GetEnvRequest{}
+	mi := &file_api_droverpb_drover_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetEnvRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetEnvRequest) ProtoMessage() {}
+
+func (x *GetEnvRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_droverpb_drover_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetEnvRequest.ProtoReflect.Descriptor instead.
+func (*GetEnvRequest) Descriptor() ([]byte, []int) {
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *GetEnvRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *GetEnvRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+type GetEnvReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Value         string                 `protobuf:"bytes,1,opt,name=value,proto3" json:"value,omitempty"`
+	Set           bool                   `protobuf:"varint,2,opt,name=set,proto3" json:"set,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetEnvReply) Reset() {
+	*x = GetEnvReply{}
+	mi := &file_api_droverpb_drover_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetEnvReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetEnvReply) ProtoMessage() {}
+
+func (x *GetEnvReply) ProtoReflect() protoreflect.Message {
+	mi := &file_api_droverpb_drover_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetEnvReply.ProtoReflect.Descriptor instead.
+func (*GetEnvReply) Descriptor() ([]byte, []int) {
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *GetEnvReply) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+func (x *GetEnvReply) GetSet() bool {
+	if x != nil {
+		return x.Set
+	}
+	return false
+}
+
+type SetEnvRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
 	Key           string                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
@@ -2535,21 +3030,21 @@ type NodeEnvRequest struct {
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *NodeEnvRequest) Reset() {
-	*x = NodeEnvRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[37]
+func (x *SetEnvRequest) Reset() {
+	*x = SetEnvRequest{}
+	mi := &file_api_droverpb_drover_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *NodeEnvRequest) String() string {
+func (x *SetEnvRequest) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*NodeEnvRequest) ProtoMessage() {}
+func (*SetEnvRequest) ProtoMessage() {}
 
-func (x *NodeEnvRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[37]
+func (x *SetEnvRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_droverpb_drover_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2560,57 +3055,56 @@ func (x *NodeEnvRequest) ProtoReflect() protoreflect.Message {
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use NodeEnvRequest.ProtoReflect.Descriptor instead.
-func (*NodeEnvRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{37}
+// Deprecated: Use SetEnvRequest.ProtoReflect.Descriptor instead.
+func (*SetEnvRequest) Descriptor() ([]byte, []int) {
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{45}
 }
 
-func (x *NodeEnvRequest) GetNode() string {
+func (x *SetEnvRequest) GetNode() string {
 	if x != nil {
 		return x.Node
 	}
 	return ""
 }
 
-func (x *NodeEnvRequest) GetKey() string {
+func (x *SetEnvRequest) GetKey() string {
 	if x != nil {
 		return x.Key
 	}
 	return ""
 }
 
-func (x *NodeEnvRequest) GetValue() string {
+func (x *SetEnvRequest) GetValue() string {
 	if x != nil {
 		return x.Value
 	}
 	return ""
 }
 
-type NodePortsRequest struct {
+type BindPortsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
 	Udp           bool                   `protobuf:"varint,2,opt,name=udp,proto3" json:"udp,omitempty"`
 	N             int32                  `protobuf:"varint,3,opt,name=n,proto3" json:"n,omitempty"`
-	Ports         []int32                `protobuf:"varint,4,rep,packed,name=ports,proto3" json:"ports,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *NodePortsRequest) Reset() {
-	*x = NodePortsRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[38]
+func (x *BindPortsRequest) Reset() {
+	*x = BindPortsRequest{}
+	mi := &file_api_droverpb_drover_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *NodePortsRequest) String() string {
+func (x *BindPortsRequest) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*NodePortsRequest) ProtoMessage() {}
+func (*BindPortsRequest) ProtoMessage() {}
 
-func (x *NodePortsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[38]
+func (x *BindPortsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_droverpb_drover_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2621,62 +3115,54 @@ func (x *NodePortsRequest) ProtoReflect() protoreflect.Message {
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use NodePortsRequest.ProtoReflect.Descriptor instead.
-func (*NodePortsRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{38}
+// Deprecated: Use BindPortsRequest.ProtoReflect.Descriptor instead.
+func (*BindPortsRequest) Descriptor() ([]byte, []int) {
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{46}
 }
 
-func (x *NodePortsRequest) GetNode() string {
+func (x *BindPortsRequest) GetNode() string {
 	if x != nil {
 		return x.Node
 	}
 	return ""
 }
 
-func (x *NodePortsRequest) GetUdp() bool {
+func (x *BindPortsRequest) GetUdp() bool {
 	if x != nil {
 		return x.Udp
 	}
 	return false
 }
 
-func (x *NodePortsRequest) GetN() int32 {
+func (x *BindPortsRequest) GetN() int32 {
 	if x != nil {
 		return x.N
 	}
 	return 0
 }
 
-func (x *NodePortsRequest) GetPorts() []int32 {
-	if x != nil {
-		return x.Ports
-	}
-	return nil
-}
-
-type NodeLogLevelRequest struct {
+type PortsReply struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
-	Level         string                 `protobuf:"bytes,2,opt,name=level,proto3" json:"level,omitempty"`
+	Ports         []int32                `protobuf:"varint,1,rep,packed,name=ports,proto3" json:"ports,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *NodeLogLevelRequest) Reset() {
-	*x = NodeLogLevelRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[39]
+func (x *PortsReply) Reset() {
+	*x = PortsReply{}
+	mi := &file_api_droverpb_drover_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *NodeLogLevelRequest) String() string {
+func (x *PortsReply) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*NodeLogLevelRequest) ProtoMessage() {}
+func (*PortsReply) ProtoMessage() {}
 
-func (x *NodeLogLevelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[39]
+func (x *PortsReply) ProtoReflect() protoreflect.Message {
+	mi := &file_api_droverpb_drover_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2687,19 +3173,124 @@ func (x *NodeLogLevelRequest) ProtoReflect() protoreflect.Message {
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use NodeLogLevelRequest.ProtoReflect.Descriptor instead.
-func (*NodeLogLevelRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{39}
+// Deprecated: Use PortsReply.ProtoReflect.Descriptor instead.
+func (*PortsReply) Descriptor() ([]byte, []int) {
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{47}
 }
 
-func (x *NodeLogLevelRequest) GetNode() string {
+func (x *PortsReply) GetPorts() []int32 {
+	if x != nil {
+		return x.Ports
+	}
+	return nil
+}
+
+type ReleasePortsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Udp           bool                   `protobuf:"varint,2,opt,name=udp,proto3" json:"udp,omitempty"`
+	Ports         []int32                `protobuf:"varint,3,rep,packed,name=ports,proto3" json:"ports,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleasePortsRequest) Reset() {
+	*x = ReleasePortsRequest{}
+	mi := &file_api_droverpb_drover_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleasePortsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleasePortsRequest) ProtoMessage() {}
+
+func (x *ReleasePortsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_droverpb_drover_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleasePortsRequest.ProtoReflect.Descriptor instead.
+func (*ReleasePortsRequest) Descriptor() ([]byte, []int) {
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *ReleasePortsRequest) GetNode() string {
 	if x != nil {
 		return x.Node
 	}
 	return ""
 }
 
-func (x *NodeLogLevelRequest) GetLevel() string {
+func (x *ReleasePortsRequest) GetUdp() bool {
+	if x != nil {
+		return x.Udp
+	}
+	return false
+}
+
+func (x *ReleasePortsRequest) GetPorts() []int32 {
+	if x != nil {
+		return x.Ports
+	}
+	return nil
+}
+
+type SetLogLevelRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Level         string                 `protobuf:"bytes,2,opt,name=level,proto3" json:"level,omitempty"` // debug, info, warn or error
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetLogLevelRequest) Reset() {
+	*x = SetLogLevelRequest{}
+	mi := &file_api_droverpb_drover_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetLogLevelRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetLogLevelRequest) ProtoMessage() {}
+
+func (x *SetLogLevelRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_droverpb_drover_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetLogLevelRequest.ProtoReflect.Descriptor instead.
+func (*SetLogLevelRequest) Descriptor() ([]byte, []int) {
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *SetLogLevelRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *SetLogLevelRequest) GetLevel() string {
 	if x != nil {
 		return x.Level
 	}
@@ -2707,17 +3298,20 @@ func (x *NodeLogLevelRequest) GetLevel() string {
 }
 
 type SubmitRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"` // file name, for error positions
-	JobFile       []byte                 `protobuf:"bytes,2,opt,name=job_file,json=jobFile,proto3" json:"job_file,omitempty"`
-	BaseDir       string                 `protobuf:"bytes,3,opt,name=base_dir,json=baseDir,proto3" json:"base_dir,omitempty"` // where relative files resolve
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is the job file's name, for error positions; dir is the absolute
+	// directory it was read from, where its files and relative work dirs
+	// resolve (on the manager's machine).
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	JobFile       []byte `protobuf:"bytes,2,opt,name=job_file,json=jobFile,proto3" json:"job_file,omitempty"`
+	Dir           string `protobuf:"bytes,3,opt,name=dir,proto3" json:"dir,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SubmitRequest) Reset() {
 	*x = SubmitRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[40]
+	mi := &file_api_droverpb_drover_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2729,7 +3323,7 @@ func (x *SubmitRequest) String() string {
 func (*SubmitRequest) ProtoMessage() {}
 
 func (x *SubmitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[40]
+	mi := &file_api_droverpb_drover_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2742,7 +3336,7 @@ func (x *SubmitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitRequest.ProtoReflect.Descriptor instead.
 func (*SubmitRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{40}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *SubmitRequest) GetName() string {
@@ -2759,9 +3353,9 @@ func (x *SubmitRequest) GetJobFile() []byte {
 	return nil
 }
 
-func (x *SubmitRequest) GetBaseDir() string {
+func (x *SubmitRequest) GetDir() string {
 	if x != nil {
-		return x.BaseDir
+		return x.Dir
 	}
 	return ""
 }
@@ -2775,7 +3369,7 @@ type SubmitReply struct {
 
 func (x *SubmitReply) Reset() {
 	*x = SubmitReply{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[41]
+	mi := &file_api_droverpb_drover_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2787,7 +3381,7 @@ func (x *SubmitReply) String() string {
 func (*SubmitReply) ProtoMessage() {}
 
 func (x *SubmitReply) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[41]
+	mi := &file_api_droverpb_drover_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2800,7 +3394,7 @@ func (x *SubmitReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitReply.ProtoReflect.Descriptor instead.
 func (*SubmitReply) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{41}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *SubmitReply) GetInstances() []string {
@@ -2810,20 +3404,58 @@ func (x *SubmitReply) GetInstances() []string {
 	return nil
 }
 
+type JobsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JobsRequest) Reset() {
+	*x = JobsRequest{}
+	mi := &file_api_droverpb_drover_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JobsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JobsRequest) ProtoMessage() {}
+
+func (x *JobsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_droverpb_drover_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JobsRequest.ProtoReflect.Descriptor instead.
+func (*JobsRequest) Descriptor() ([]byte, []int) {
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{52}
+}
+
 type JobInfo struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Instance      string                 `protobuf:"bytes,1,opt,name=instance,proto3" json:"instance,omitempty"`
-	State         string                 `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
-	Node          string                 `protobuf:"bytes,3,opt,name=node,proto3" json:"node,omitempty"`
-	Attempts      int32                  `protobuf:"varint,4,opt,name=attempts,proto3" json:"attempts,omitempty"`
-	Outcome       string                 `protobuf:"bytes,5,opt,name=outcome,proto3" json:"outcome,omitempty"`
+	Submission    int32                  `protobuf:"varint,1,opt,name=submission,proto3" json:"submission,omitempty"`
+	Instance      string                 `protobuf:"bytes,2,opt,name=instance,proto3" json:"instance,omitempty"`
+	State         string                 `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"` // pending, running, succeeded, failed, lost, cancelled
+	Node          string                 `protobuf:"bytes,4,opt,name=node,proto3" json:"node,omitempty"`
+	Attempts      int32                  `protobuf:"varint,5,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	Outcome       string                 `protobuf:"bytes,6,opt,name=outcome,proto3" json:"outcome,omitempty"`
+	OutDir        string                 `protobuf:"bytes,7,opt,name=out_dir,json=outDir,proto3" json:"out_dir,omitempty"` // stdout, stderr and outputs of the instance
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *JobInfo) Reset() {
 	*x = JobInfo{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[42]
+	mi := &file_api_droverpb_drover_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2835,7 +3467,7 @@ func (x *JobInfo) String() string {
 func (*JobInfo) ProtoMessage() {}
 
 func (x *JobInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[42]
+	mi := &file_api_droverpb_drover_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2848,7 +3480,14 @@ func (x *JobInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobInfo.ProtoReflect.Descriptor instead.
 func (*JobInfo) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{42}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{53}
+}
+
+func (x *JobInfo) GetSubmission() int32 {
+	if x != nil {
+		return x.Submission
+	}
+	return 0
 }
 
 func (x *JobInfo) GetInstance() string {
@@ -2886,6 +3525,13 @@ func (x *JobInfo) GetOutcome() string {
 	return ""
 }
 
+func (x *JobInfo) GetOutDir() string {
+	if x != nil {
+		return x.OutDir
+	}
+	return ""
+}
+
 type JobsReply struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Jobs          []*JobInfo             `protobuf:"bytes,1,rep,name=jobs,proto3" json:"jobs,omitempty"`
@@ -2895,7 +3541,7 @@ type JobsReply struct {
 
 func (x *JobsReply) Reset() {
 	*x = JobsReply{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[43]
+	mi := &file_api_droverpb_drover_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2907,7 +3553,7 @@ func (x *JobsReply) String() string {
 func (*JobsReply) ProtoMessage() {}
 
 func (x *JobsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[43]
+	mi := &file_api_droverpb_drover_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2920,7 +3566,7 @@ func (x *JobsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobsReply.ProtoReflect.Descriptor instead.
 func (*JobsReply) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{43}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *JobsReply) GetJobs() []*JobInfo {
@@ -2928,6 +3574,42 @@ func (x *JobsReply) GetJobs() []*JobInfo {
 		return x.Jobs
 	}
 	return nil
+}
+
+type ShutdownRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ShutdownRequest) Reset() {
+	*x = ShutdownRequest{}
+	mi := &file_api_droverpb_drover_proto_msgTypes[55]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShutdownRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShutdownRequest) ProtoMessage() {}
+
+func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_droverpb_drover_proto_msgTypes[55]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShutdownRequest.ProtoReflect.Descriptor instead.
+func (*ShutdownRequest) Descriptor() ([]byte, []int) {
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{55}
 }
 
 var File_api_droverpb_drover_proto protoreflect.FileDescriptor
@@ -3011,7 +3693,7 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\bgrace_ms\x18\x01 \x01(\x03R\agraceMs\"/\n" +
 	"\tStageFile\x12\x10\n" +
 	"\x03src\x18\x01 \x01(\tR\x03src\x12\x10\n" +
-	"\x03dst\x18\x02 \x01(\tR\x03dst\"\xa3\x03\n" +
+	"\x03dst\x18\x02 \x01(\tR\x03dst\"\xb9\x03\n" +
 	"\vProcessSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04args\x18\x02 \x03(\tR\x04args\x121\n" +
@@ -3028,7 +3710,8 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\n" +
 	"port_names\x18\v \x03(\tR\tportNames\x12\x1d\n" +
 	"\n" +
-	"auto_purge\x18\f \x01(\bR\tautoPurge\x1a6\n" +
+	"auto_purge\x18\f \x01(\bR\tautoPurge\x12\x14\n" +
+	"\x05after\x18\r \x01(\tR\x05after\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9f\x02\n" +
@@ -3081,7 +3764,9 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\n" +
 	"AttrsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\a\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"?\n" +
+	"\fControlError\x12/\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x1b.drover.v1.ControlErrorKindR\x04kind\"\a\n" +
 	"\x05Empty\"\x0e\n" +
 	"\fNodesRequest\"\xc3\x01\n" +
 	"\bNodeInfo\x12\x12\n" +
@@ -3093,54 +3778,91 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\tprocesses\x18\x06 \x01(\x05R\tprocesses\"7\n" +
 	"\n" +
 	"NodesReply\x12)\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x13.drover.v1.NodeInfoR\x05nodes\"d\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x13.drover.v1.NodeInfoR\x05nodes\"\x96\x02\n" +
 	"\fStartRequest\x12\x12\n" +
-	"\x04node\x18\x01 \x01(\tR\x04node\x12*\n" +
-	"\x04spec\x18\x02 \x01(\v2\x16.drover.v1.ProcessSpecR\x04spec\x12\x14\n" +
-	"\x05cores\x18\x03 \x01(\x05R\x05cores\"X\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
+	"\x04args\x18\x03 \x03(\tR\x04args\x122\n" +
+	"\x03env\x18\x04 \x03(\v2 .drover.v1.StartRequest.EnvEntryR\x03env\x12\x18\n" +
+	"\aworkdir\x18\x05 \x01(\tR\aworkdir\x12\x16\n" +
+	"\x06stdout\x18\x06 \x01(\tR\x06stdout\x12\x16\n" +
+	"\x06stderr\x18\a \x01(\tR\x06stderr\x12\x14\n" +
+	"\x05cores\x18\b \x01(\x05R\x05cores\x1a6\n" +
+	"\bEnvEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"P\n" +
 	"\n" +
-	"StartReply\x12,\n" +
-	"\astarted\x18\x01 \x01(\v2\x12.drover.v1.StartedR\astarted\x12\x1c\n" +
-	"\thwthreads\x18\x02 \x03(\x05R\thwthreads\"*\n" +
+	"StartReply\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x10\n" +
+	"\x03pid\x18\x02 \x01(\x05R\x03pid\x12\x1c\n" +
+	"\thwthreads\x18\x03 \x03(\x05R\thwthreads\"*\n" +
 	"\x12ControlPollRequest\x12\x14\n" +
-	"\x05names\x18\x01 \x03(\tR\x05names\"=\n" +
-	"\fNamedRequest\x12\x12\n" +
+	"\x05names\x18\x01 \x03(\tR\x05names\"H\n" +
+	"\x10ControlPollReply\x124\n" +
+	"\bstatuses\x18\x01 \x03(\v2\x18.drover.v1.ProcessStatusR\bstatuses\"!\n" +
+	"\vNameRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"<\n" +
+	"\vStopRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
-	"\bgrace_ms\x18\x02 \x01(\x03R\agraceMs\"Q\n" +
+	"\bgrace_ms\x18\x02 \x01(\x03R\agraceMs\"5\n" +
+	"\vSendRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"Q\n" +
 	"\vLogsRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06stderr\x18\x02 \x01(\bR\x06stderr\x12\x16\n" +
 	"\x06follow\x18\x03 \x01(\bR\x06follow\"\x1e\n" +
 	"\bLogChunk\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data\"6\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"\x11\n" +
+	"\x0fFinishedRequest\"6\n" +
 	"\rFinishedReply\x12%\n" +
-	"\x05exits\x18\x01 \x03(\v2\x0f.drover.v1.ExitR\x05exits\"L\n" +
-	"\x0eNodeEnvRequest\x12\x12\n" +
+	"\x05exits\x18\x01 \x03(\v2\x0f.drover.v1.ExitR\x05exits\"-\n" +
+	"\x10CancelAllRequest\x12\x19\n" +
+	"\bgrace_ms\x18\x01 \x01(\x03R\agraceMs\"5\n" +
+	"\rGetEnvRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\tR\x03key\"5\n" +
+	"\vGetEnvReply\x12\x14\n" +
+	"\x05value\x18\x01 \x01(\tR\x05value\x12\x10\n" +
+	"\x03set\x18\x02 \x01(\bR\x03set\"K\n" +
+	"\rSetEnvRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x03 \x01(\tR\x05value\"\\\n" +
-	"\x10NodePortsRequest\x12\x12\n" +
+	"\x05value\x18\x03 \x01(\tR\x05value\"F\n" +
+	"\x10BindPortsRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x10\n" +
 	"\x03udp\x18\x02 \x01(\bR\x03udp\x12\f\n" +
-	"\x01n\x18\x03 \x01(\x05R\x01n\x12\x14\n" +
-	"\x05ports\x18\x04 \x03(\x05R\x05ports\"?\n" +
-	"\x13NodeLogLevelRequest\x12\x12\n" +
+	"\x01n\x18\x03 \x01(\x05R\x01n\"\"\n" +
+	"\n" +
+	"PortsReply\x12\x14\n" +
+	"\x05ports\x18\x01 \x03(\x05R\x05ports\"Q\n" +
+	"\x13ReleasePortsRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x10\n" +
+	"\x03udp\x18\x02 \x01(\bR\x03udp\x12\x14\n" +
+	"\x05ports\x18\x03 \x03(\x05R\x05ports\">\n" +
+	"\x12SetLogLevelRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x14\n" +
-	"\x05level\x18\x02 \x01(\tR\x05level\"Y\n" +
+	"\x05level\x18\x02 \x01(\tR\x05level\"P\n" +
 	"\rSubmitRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
-	"\bjob_file\x18\x02 \x01(\fR\ajobFile\x12\x19\n" +
-	"\bbase_dir\x18\x03 \x01(\tR\abaseDir\"+\n" +
+	"\bjob_file\x18\x02 \x01(\fR\ajobFile\x12\x10\n" +
+	"\x03dir\x18\x03 \x01(\tR\x03dir\"+\n" +
 	"\vSubmitReply\x12\x1c\n" +
-	"\tinstances\x18\x01 \x03(\tR\tinstances\"\x85\x01\n" +
-	"\aJobInfo\x12\x1a\n" +
-	"\binstance\x18\x01 \x01(\tR\binstance\x12\x14\n" +
-	"\x05state\x18\x02 \x01(\tR\x05state\x12\x12\n" +
-	"\x04node\x18\x03 \x01(\tR\x04node\x12\x1a\n" +
-	"\battempts\x18\x04 \x01(\x05R\battempts\x12\x18\n" +
-	"\aoutcome\x18\x05 \x01(\tR\aoutcome\"3\n" +
+	"\tinstances\x18\x01 \x03(\tR\tinstances\"\r\n" +
+	"\vJobsRequest\"\xbe\x01\n" +
+	"\aJobInfo\x12\x1e\n" +
+	"\n" +
+	"submission\x18\x01 \x01(\x05R\n" +
+	"submission\x12\x1a\n" +
+	"\binstance\x18\x02 \x01(\tR\binstance\x12\x14\n" +
+	"\x05state\x18\x03 \x01(\tR\x05state\x12\x12\n" +
+	"\x04node\x18\x04 \x01(\tR\x04node\x12\x1a\n" +
+	"\battempts\x18\x05 \x01(\x05R\battempts\x12\x18\n" +
+	"\aoutcome\x18\x06 \x01(\tR\aoutcome\x12\x17\n" +
+	"\aout_dir\x18\a \x01(\tR\x06outDir\"3\n" +
 	"\tJobsReply\x12&\n" +
-	"\x04jobs\x18\x01 \x03(\v2\x12.drover.v1.JobInfoR\x04jobs*\xc4\x01\n" +
+	"\x04jobs\x18\x01 \x03(\v2\x12.drover.v1.JobInfoR\x04jobs\"\x11\n" +
+	"\x0fShutdownRequest*\xc4\x01\n" +
 	"\tErrorKind\x12\x1a\n" +
 	"\x16ERROR_KIND_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aERROR_KIND_UNKNOWN_PROCESS\x10\x01\x12\x18\n" +
@@ -3148,28 +3870,39 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\x12ERROR_KIND_RUNNING\x10\x03\x12\x1a\n" +
 	"\x16ERROR_KIND_NOT_RUNNING\x10\x04\x12\x15\n" +
 	"\x11ERROR_KIND_CLOSED\x10\x05\x12\x16\n" +
-	"\x12ERROR_KIND_INVALID\x10\x062I\n" +
+	"\x12ERROR_KIND_INVALID\x10\x06*\xeb\x02\n" +
+	"\x10ControlErrorKind\x12\"\n" +
+	"\x1eCONTROL_ERROR_KIND_UNSPECIFIED\x10\x00\x12&\n" +
+	"\"CONTROL_ERROR_KIND_UNKNOWN_PROCESS\x10\x01\x12#\n" +
+	"\x1fCONTROL_ERROR_KIND_UNKNOWN_NODE\x10\x02\x12 \n" +
+	"\x1cCONTROL_ERROR_KIND_DUPLICATE\x10\x03\x12\x1e\n" +
+	"\x1aCONTROL_ERROR_KIND_RUNNING\x10\x04\x12\"\n" +
+	"\x1eCONTROL_ERROR_KIND_NOT_RUNNING\x10\x05\x12\x1f\n" +
+	"\x1bCONTROL_ERROR_KIND_NO_CORES\x10\x06\x12\x1e\n" +
+	"\x1aCONTROL_ERROR_KIND_INVALID\x10\a\x12 \n" +
+	"\x1cCONTROL_ERROR_KIND_NODE_LOST\x10\b\x12\x1d\n" +
+	"\x19CONTROL_ERROR_KIND_CLOSED\x10\t2I\n" +
 	"\fAgentSession\x129\n" +
-	"\aConnect\x12\x13.drover.v1.AgentMsg\x1a\x15.drover.v1.ManagerMsg(\x010\x012\xf3\a\n" +
+	"\aConnect\x12\x13.drover.v1.AgentMsg\x1a\x15.drover.v1.ManagerMsg(\x010\x012\x9e\b\n" +
 	"\aControl\x127\n" +
 	"\x05Nodes\x12\x17.drover.v1.NodesRequest\x1a\x15.drover.v1.NodesReply\x127\n" +
-	"\x05Start\x12\x17.drover.v1.StartRequest\x1a\x15.drover.v1.StartReply\x12<\n" +
-	"\x04Poll\x12\x1d.drover.v1.ControlPollRequest\x1a\x15.drover.v1.PollResult\x121\n" +
-	"\x04Stop\x12\x17.drover.v1.NamedRequest\x1a\x10.drover.v1.Empty\x121\n" +
-	"\x04Kill\x12\x17.drover.v1.NamedRequest\x1a\x10.drover.v1.Empty\x122\n" +
-	"\x05Purge\x12\x17.drover.v1.NamedRequest\x1a\x10.drover.v1.Empty\x12.\n" +
-	"\x04Send\x12\x14.drover.v1.SendInput\x1a\x10.drover.v1.Empty\x125\n" +
-	"\x04Logs\x12\x16.drover.v1.LogsRequest\x1a\x13.drover.v1.LogChunk0\x01\x126\n" +
-	"\bFinished\x12\x10.drover.v1.Empty\x1a\x18.drover.v1.FinishedReply\x126\n" +
-	"\tCancelAll\x12\x17.drover.v1.NamedRequest\x1a\x10.drover.v1.Empty\x128\n" +
-	"\x06EnvGet\x12\x19.drover.v1.NodeEnvRequest\x1a\x13.drover.v1.EnvValue\x125\n" +
-	"\x06EnvSet\x12\x19.drover.v1.NodeEnvRequest\x1a\x10.drover.v1.Empty\x12=\n" +
-	"\tPortsBind\x12\x1b.drover.v1.NodePortsRequest\x1a\x13.drover.v1.PortList\x12=\n" +
-	"\fPortsRelease\x12\x1b.drover.v1.NodePortsRequest\x1a\x10.drover.v1.Empty\x12<\n" +
-	"\bLogLevel\x12\x1e.drover.v1.NodeLogLevelRequest\x1a\x10.drover.v1.Empty\x12:\n" +
-	"\x06Submit\x12\x18.drover.v1.SubmitRequest\x1a\x16.drover.v1.SubmitReply\x12.\n" +
-	"\x04Jobs\x12\x10.drover.v1.Empty\x1a\x14.drover.v1.JobsReply\x12.\n" +
-	"\bShutdown\x12\x10.drover.v1.Empty\x1a\x10.drover.v1.EmptyB+Z)github.com/drover-hpc/drover/api/droverpbb\x06proto3"
+	"\x05Start\x12\x17.drover.v1.StartRequest\x1a\x15.drover.v1.StartReply\x12B\n" +
+	"\x04Poll\x12\x1d.drover.v1.ControlPollRequest\x1a\x1b.drover.v1.ControlPollReply\x120\n" +
+	"\x04Stop\x12\x16.drover.v1.StopRequest\x1a\x10.drover.v1.Empty\x120\n" +
+	"\x04Kill\x12\x16.drover.v1.NameRequest\x1a\x10.drover.v1.Empty\x121\n" +
+	"\x05Purge\x12\x16.drover.v1.NameRequest\x1a\x10.drover.v1.Empty\x120\n" +
+	"\x04Send\x12\x16.drover.v1.SendRequest\x1a\x10.drover.v1.Empty\x125\n" +
+	"\x04Logs\x12\x16.drover.v1.LogsRequest\x1a\x13.drover.v1.LogChunk0\x01\x12@\n" +
+	"\bFinished\x12\x1a.drover.v1.FinishedRequest\x1a\x18.drover.v1.FinishedReply\x12:\n" +
+	"\tCancelAll\x12\x1b.drover.v1.CancelAllRequest\x1a\x10.drover.v1.Empty\x12:\n" +
+	"\x06GetEnv\x12\x18.drover.v1.GetEnvRequest\x1a\x16.drover.v1.GetEnvReply\x124\n" +
+	"\x06SetEnv\x12\x18.drover.v1.SetEnvRequest\x1a\x10.drover.v1.Empty\x12?\n" +
+	"\tBindPorts\x12\x1b.drover.v1.BindPortsRequest\x1a\x15.drover.v1.PortsReply\x12@\n" +
+	"\fReleasePorts\x12\x1e.drover.v1.ReleasePortsRequest\x1a\x10.drover.v1.Empty\x12>\n" +
+	"\vSetLogLevel\x12\x1d.drover.v1.SetLogLevelRequest\x1a\x10.drover.v1.Empty\x12:\n" +
+	"\x06Submit\x12\x18.drover.v1.SubmitRequest\x1a\x16.drover.v1.SubmitReply\x124\n" +
+	"\x04Jobs\x12\x16.drover.v1.JobsRequest\x1a\x14.drover.v1.JobsReply\x128\n" +
+	"\bShutdown\x12\x1a.drover.v1.ShutdownRequest\x1a\x10.drover.v1.EmptyB+Z)github.com/drover-hpc/drover/api/droverpbb\x06proto3"
 
 var (
 	file_api_droverpb_drover_proto_rawDescOnce sync.Once
@@ -3183,142 +3916,157 @@ func file_api_droverpb_drover_proto_rawDescGZIP() []byte {
 	return file_api_droverpb_drover_proto_rawDescData
 }
 
-var file_api_droverpb_drover_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_api_droverpb_drover_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
+var file_api_droverpb_drover_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_api_droverpb_drover_proto_msgTypes = make([]protoimpl.MessageInfo, 60)
 var file_api_droverpb_drover_proto_goTypes = []any{
 	(ErrorKind)(0),              // 0: drover.v1.ErrorKind
-	(*AgentMsg)(nil),            // 1: drover.v1.AgentMsg
-	(*ManagerMsg)(nil),          // 2: drover.v1.ManagerMsg
-	(*Hello)(nil),               // 3: drover.v1.Hello
-	(*Welcome)(nil),             // 4: drover.v1.Welcome
-	(*Heartbeat)(nil),           // 5: drover.v1.Heartbeat
-	(*Resources)(nil),           // 6: drover.v1.Resources
-	(*Core)(nil),                // 7: drover.v1.Core
-	(*Command)(nil),             // 8: drover.v1.Command
-	(*Named)(nil),               // 9: drover.v1.Named
-	(*SendInput)(nil),           // 10: drover.v1.SendInput
-	(*PollRequest)(nil),         // 11: drover.v1.PollRequest
-	(*EnvKey)(nil),              // 12: drover.v1.EnvKey
-	(*EnvKV)(nil),               // 13: drover.v1.EnvKV
-	(*PortsRequest)(nil),        // 14: drover.v1.PortsRequest
-	(*Shutdown)(nil),            // 15: drover.v1.Shutdown
-	(*StageFile)(nil),           // 16: drover.v1.StageFile
-	(*ProcessSpec)(nil),         // 17: drover.v1.ProcessSpec
-	(*Reply)(nil),               // 18: drover.v1.Reply
-	(*Started)(nil),             // 19: drover.v1.Started
-	(*ProcessStatus)(nil),       // 20: drover.v1.ProcessStatus
-	(*PollResult)(nil),          // 21: drover.v1.PollResult
-	(*EnvValue)(nil),            // 22: drover.v1.EnvValue
-	(*PortList)(nil),            // 23: drover.v1.PortList
-	(*Exit)(nil),                // 24: drover.v1.Exit
-	(*ExitReport)(nil),          // 25: drover.v1.ExitReport
-	(*LogRecord)(nil),           // 26: drover.v1.LogRecord
-	(*Empty)(nil),               // 27: drover.v1.Empty
-	(*NodesRequest)(nil),        // 28: drover.v1.NodesRequest
-	(*NodeInfo)(nil),            // 29: drover.v1.NodeInfo
-	(*NodesReply)(nil),          // 30: drover.v1.NodesReply
-	(*StartRequest)(nil),        // 31: drover.v1.StartRequest
-	(*StartReply)(nil),          // 32: drover.v1.StartReply
-	(*ControlPollRequest)(nil),  // 33: drover.v1.ControlPollRequest
-	(*NamedRequest)(nil),        // 34: drover.v1.NamedRequest
-	(*LogsRequest)(nil),         // 35: drover.v1.LogsRequest
-	(*LogChunk)(nil),            // 36: drover.v1.LogChunk
-	(*FinishedReply)(nil),       // 37: drover.v1.FinishedReply
-	(*NodeEnvRequest)(nil),      // 38: drover.v1.NodeEnvRequest
-	(*NodePortsRequest)(nil),    // 39: drover.v1.NodePortsRequest
-	(*NodeLogLevelRequest)(nil), // 40: drover.v1.NodeLogLevelRequest
-	(*SubmitRequest)(nil),       // 41: drover.v1.SubmitRequest
-	(*SubmitReply)(nil),         // 42: drover.v1.SubmitReply
-	(*JobInfo)(nil),             // 43: drover.v1.JobInfo
-	(*JobsReply)(nil),           // 44: drover.v1.JobsReply
-	nil,                         // 45: drover.v1.ProcessSpec.EnvEntry
-	nil,                         // 46: drover.v1.Started.PortsEntry
-	nil,                         // 47: drover.v1.LogRecord.AttrsEntry
+	(ControlErrorKind)(0),       // 1: drover.v1.ControlErrorKind
+	(*AgentMsg)(nil),            // 2: drover.v1.AgentMsg
+	(*ManagerMsg)(nil),          // 3: drover.v1.ManagerMsg
+	(*Hello)(nil),               // 4: drover.v1.Hello
+	(*Welcome)(nil),             // 5: drover.v1.Welcome
+	(*Heartbeat)(nil),           // 6: drover.v1.Heartbeat
+	(*Resources)(nil),           // 7: drover.v1.Resources
+	(*Core)(nil),                // 8: drover.v1.Core
+	(*Command)(nil),             // 9: drover.v1.Command
+	(*Named)(nil),               // 10: drover.v1.Named
+	(*SendInput)(nil),           // 11: drover.v1.SendInput
+	(*PollRequest)(nil),         // 12: drover.v1.PollRequest
+	(*EnvKey)(nil),              // 13: drover.v1.EnvKey
+	(*EnvKV)(nil),               // 14: drover.v1.EnvKV
+	(*PortsRequest)(nil),        // 15: drover.v1.PortsRequest
+	(*Shutdown)(nil),            // 16: drover.v1.Shutdown
+	(*StageFile)(nil),           // 17: drover.v1.StageFile
+	(*ProcessSpec)(nil),         // 18: drover.v1.ProcessSpec
+	(*Reply)(nil),               // 19: drover.v1.Reply
+	(*Started)(nil),             // 20: drover.v1.Started
+	(*ProcessStatus)(nil),       // 21: drover.v1.ProcessStatus
+	(*PollResult)(nil),          // 22: drover.v1.PollResult
+	(*EnvValue)(nil),            // 23: drover.v1.EnvValue
+	(*PortList)(nil),            // 24: drover.v1.PortList
+	(*Exit)(nil),                // 25: drover.v1.Exit
+	(*ExitReport)(nil),          // 26: drover.v1.ExitReport
+	(*LogRecord)(nil),           // 27: drover.v1.LogRecord
+	(*ControlError)(nil),        // 28: drover.v1.ControlError
+	(*Empty)(nil),               // 29: drover.v1.Empty
+	(*NodesRequest)(nil),        // 30: drover.v1.NodesRequest
+	(*NodeInfo)(nil),            // 31: drover.v1.NodeInfo
+	(*NodesReply)(nil),          // 32: drover.v1.NodesReply
+	(*StartRequest)(nil),        // 33: drover.v1.StartRequest
+	(*StartReply)(nil),          // 34: drover.v1.StartReply
+	(*ControlPollRequest)(nil),  // 35: drover.v1.ControlPollRequest
+	(*ControlPollReply)(nil),    // 36: drover.v1.ControlPollReply
+	(*NameRequest)(nil),         // 37: drover.v1.NameRequest
+	(*StopRequest)(nil),         // 38: drover.v1.StopRequest
+	(*SendRequest)(nil),         // 39: drover.v1.SendRequest
+	(*LogsRequest)(nil),         // 40: drover.v1.LogsRequest
+	(*LogChunk)(nil),            // 41: drover.v1.LogChunk
+	(*FinishedRequest)(nil),     // 42: drover.v1.FinishedRequest
+	(*FinishedReply)(nil),       // 43: drover.v1.FinishedReply
+	(*CancelAllRequest)(nil),    // 44: drover.v1.CancelAllRequest
+	(*GetEnvRequest)(nil),       // 45: drover.v1.GetEnvRequest
+	(*GetEnvReply)(nil),         // 46: drover.v1.GetEnvReply
+	(*SetEnvRequest)(nil),       // 47: drover.v1.SetEnvRequest
+	(*BindPortsRequest)(nil),    // 48: drover.v1.BindPortsRequest
+	(*PortsReply)(nil),          // 49: drover.v1.PortsReply
+	(*ReleasePortsRequest)(nil), // 50: drover.v1.ReleasePortsRequest
+	(*SetLogLevelRequest)(nil),  // 51: drover.v1.SetLogLevelRequest
+	(*SubmitRequest)(nil),       // 52: drover.v1.SubmitRequest
+	(*SubmitReply)(nil),         // 53: drover.v1.SubmitReply
+	(*JobsRequest)(nil),         // 54: drover.v1.JobsRequest
+	(*JobInfo)(nil),             // 55: drover.v1.JobInfo
+	(*JobsReply)(nil),           // 56: drover.v1.JobsReply
+	(*ShutdownRequest)(nil),     // 57: drover.v1.ShutdownRequest
+	nil,                         // 58: drover.v1.ProcessSpec.EnvEntry
+	nil,                         // 59: drover.v1.Started.PortsEntry
+	nil,                         // 60: drover.v1.LogRecord.AttrsEntry
+	nil,                         // 61: drover.v1.StartRequest.EnvEntry
 }
 var file_api_droverpb_drover_proto_depIdxs = []int32{
-	3,  // 0: drover.v1.AgentMsg.hello:type_name -> drover.v1.Hello
-	18, // 1: drover.v1.AgentMsg.replies:type_name -> drover.v1.Reply
-	25, // 2: drover.v1.AgentMsg.exits:type_name -> drover.v1.ExitReport
-	26, // 3: drover.v1.AgentMsg.logs:type_name -> drover.v1.LogRecord
-	5,  // 4: drover.v1.AgentMsg.heartbeat:type_name -> drover.v1.Heartbeat
-	4,  // 5: drover.v1.ManagerMsg.welcome:type_name -> drover.v1.Welcome
-	8,  // 6: drover.v1.ManagerMsg.commands:type_name -> drover.v1.Command
-	5,  // 7: drover.v1.ManagerMsg.heartbeat:type_name -> drover.v1.Heartbeat
-	6,  // 8: drover.v1.Hello.resources:type_name -> drover.v1.Resources
-	7,  // 9: drover.v1.Resources.cores:type_name -> drover.v1.Core
-	17, // 10: drover.v1.Command.start:type_name -> drover.v1.ProcessSpec
-	9,  // 11: drover.v1.Command.stop:type_name -> drover.v1.Named
-	9,  // 12: drover.v1.Command.kill:type_name -> drover.v1.Named
-	9,  // 13: drover.v1.Command.purge:type_name -> drover.v1.Named
-	10, // 14: drover.v1.Command.send:type_name -> drover.v1.SendInput
-	9,  // 15: drover.v1.Command.cancel_all:type_name -> drover.v1.Named
-	11, // 16: drover.v1.Command.poll:type_name -> drover.v1.PollRequest
-	12, // 17: drover.v1.Command.env_get:type_name -> drover.v1.EnvKey
-	13, // 18: drover.v1.Command.env_set:type_name -> drover.v1.EnvKV
-	14, // 19: drover.v1.Command.ports_bind:type_name -> drover.v1.PortsRequest
-	14, // 20: drover.v1.Command.ports_release:type_name -> drover.v1.PortsRequest
-	15, // 21: drover.v1.Command.shutdown:type_name -> drover.v1.Shutdown
-	45, // 22: drover.v1.ProcessSpec.env:type_name -> drover.v1.ProcessSpec.EnvEntry
-	16, // 23: drover.v1.ProcessSpec.files:type_name -> drover.v1.StageFile
+	4,  // 0: drover.v1.AgentMsg.hello:type_name -> drover.v1.Hello
+	19, // 1: drover.v1.AgentMsg.replies:type_name -> drover.v1.Reply
+	26, // 2: drover.v1.AgentMsg.exits:type_name -> drover.v1.ExitReport
+	27, // 3: drover.v1.AgentMsg.logs:type_name -> drover.v1.LogRecord
+	6,  // 4: drover.v1.AgentMsg.heartbeat:type_name -> drover.v1.Heartbeat
+	5,  // 5: drover.v1.ManagerMsg.welcome:type_name -> drover.v1.Welcome
+	9,  // 6: drover.v1.ManagerMsg.commands:type_name -> drover.v1.Command
+	6,  // 7: drover.v1.ManagerMsg.heartbeat:type_name -> drover.v1.Heartbeat
+	7,  // 8: drover.v1.Hello.resources:type_name -> drover.v1.Resources
+	8,  // 9: drover.v1.Resources.cores:type_name -> drover.v1.Core
+	18, // 10: drover.v1.Command.start:type_name -> drover.v1.ProcessSpec
+	10, // 11: drover.v1.Command.stop:type_name -> drover.v1.Named
+	10, // 12: drover.v1.Command.kill:type_name -> drover.v1.Named
+	10, // 13: drover.v1.Command.purge:type_name -> drover.v1.Named
+	11, // 14: drover.v1.Command.send:type_name -> drover.v1.SendInput
+	10, // 15: drover.v1.Command.cancel_all:type_name -> drover.v1.Named
+	12, // 16: drover.v1.Command.poll:type_name -> drover.v1.PollRequest
+	13, // 17: drover.v1.Command.env_get:type_name -> drover.v1.EnvKey
+	14, // 18: drover.v1.Command.env_set:type_name -> drover.v1.EnvKV
+	15, // 19: drover.v1.Command.ports_bind:type_name -> drover.v1.PortsRequest
+	15, // 20: drover.v1.Command.ports_release:type_name -> drover.v1.PortsRequest
+	16, // 21: drover.v1.Command.shutdown:type_name -> drover.v1.Shutdown
+	58, // 22: drover.v1.ProcessSpec.env:type_name -> drover.v1.ProcessSpec.EnvEntry
+	17, // 23: drover.v1.ProcessSpec.files:type_name -> drover.v1.StageFile
 	0,  // 24: drover.v1.Reply.error_kind:type_name -> drover.v1.ErrorKind
-	19, // 25: drover.v1.Reply.started:type_name -> drover.v1.Started
-	21, // 26: drover.v1.Reply.poll:type_name -> drover.v1.PollResult
-	22, // 27: drover.v1.Reply.env:type_name -> drover.v1.EnvValue
-	23, // 28: drover.v1.Reply.ports:type_name -> drover.v1.PortList
-	46, // 29: drover.v1.Started.ports:type_name -> drover.v1.Started.PortsEntry
-	24, // 30: drover.v1.ProcessStatus.exit:type_name -> drover.v1.Exit
-	20, // 31: drover.v1.PollResult.statuses:type_name -> drover.v1.ProcessStatus
-	24, // 32: drover.v1.ExitReport.exit:type_name -> drover.v1.Exit
-	47, // 33: drover.v1.LogRecord.attrs:type_name -> drover.v1.LogRecord.AttrsEntry
-	6,  // 34: drover.v1.NodeInfo.resources:type_name -> drover.v1.Resources
-	29, // 35: drover.v1.NodesReply.nodes:type_name -> drover.v1.NodeInfo
-	17, // 36: drover.v1.StartRequest.spec:type_name -> drover.v1.ProcessSpec
-	19, // 37: drover.v1.StartReply.started:type_name -> drover.v1.Started
-	24, // 38: drover.v1.FinishedReply.exits:type_name -> drover.v1.Exit
-	43, // 39: drover.v1.JobsReply.jobs:type_name -> drover.v1.JobInfo
-	1,  // 40: drover.v1.AgentSession.Connect:input_type -> drover.v1.AgentMsg
-	28, // 41: drover.v1.Control.Nodes:input_type -> drover.v1.NodesRequest
-	31, // 42: drover.v1.Control.Start:input_type -> drover.v1.StartRequest
-	33, // 43: drover.v1.Control.Poll:input_type -> drover.v1.ControlPollRequest
-	34, // 44: drover.v1.Control.Stop:input_type -> drover.v1.NamedRequest
-	34, // 45: drover.v1.Control.Kill:input_type -> drover.v1.NamedRequest
-	34, // 46: drover.v1.Control.Purge:input_type -> drover.v1.NamedRequest
-	10, // 47: drover.v1.Control.Send:input_type -> drover.v1.SendInput
-	35, // 48: drover.v1.Control.Logs:input_type -> drover.v1.LogsRequest
-	27, // 49: drover.v1.Control.Finished:input_type -> drover.v1.Empty
-	34, // 50: drover.v1.Control.CancelAll:input_type -> drover.v1.NamedRequest
-	38, // 51: drover.v1.Control.EnvGet:input_type -> drover.v1.NodeEnvRequest
-	38, // 52: drover.v1.Control.EnvSet:input_type -> drover.v1.NodeEnvRequest
-	39, // 53: drover.v1.Control.PortsBind:input_type -> drover.v1.NodePortsRequest
-	39, // 54: drover.v1.Control.PortsRelease:input_type -> drover.v1.NodePortsRequest
-	40, // 55: drover.v1.Control.LogLevel:input_type -> drover.v1.NodeLogLevelRequest
-	41, // 56: drover.v1.Control.Submit:input_type -> drover.v1.SubmitRequest
-	27, // 57: drover.v1.Control.Jobs:input_type -> drover.v1.Empty
-	27, // 58: drover.v1.Control.Shutdown:input_type -> drover.v1.Empty
-	2,  // 59: drover.v1.AgentSession.Connect:output_type -> drover.v1.ManagerMsg
-	30, // 60: drover.v1.Control.Nodes:output_type -> drover.v1.NodesReply
-	32, // 61: drover.v1.Control.Start:output_type -> drover.v1.StartReply
-	21, // 62: drover.v1.Control.Poll:output_type -> drover.v1.PollResult
-	27, // 63: drover.v1.Control.Stop:output_type -> drover.v1.Empty
-	27, // 64: drover.v1.Control.Kill:output_type -> drover.v1.Empty
-	27, // 65: drover.v1.Control.Purge:output_type -> drover.v1.Empty
-	27, // 66: drover.v1.Control.Send:output_type -> drover.v1.Empty
-	36, // 67: drover.v1.Control.Logs:output_type -> drover.v1.LogChunk
-	37, // 68: drover.v1.Control.Finished:output_type -> drover.v1.FinishedReply
-	27, // 69: drover.v1.Control.CancelAll:output_type -> drover.v1.Empty
-	22, // 70: drover.v1.Control.EnvGet:output_type -> drover.v1.EnvValue
-	27, // 71: drover.v1.Control.EnvSet:output_type -> drover.v1.Empty
-	23, // 72: drover.v1.Control.PortsBind:output_type -> drover.v1.PortList
-	27, // 73: drover.v1.Control.PortsRelease:output_type -> drover.v1.Empty
-	27, // 74: drover.v1.Control.LogLevel:output_type -> drover.v1.Empty
-	42, // 75: drover.v1.Control.Submit:output_type -> drover.v1.SubmitReply
-	44, // 76: drover.v1.Control.Jobs:output_type -> drover.v1.JobsReply
-	27, // 77: drover.v1.Control.Shutdown:output_type -> drover.v1.Empty
-	59, // [59:78] is the sub-list for method output_type
-	40, // [40:59] is the sub-list for method input_type
-	40, // [40:40] is the sub-list for extension type_name
-	40, // [40:40] is the sub-list for extension extendee
-	0,  // [0:40] is the sub-list for field type_name
+	20, // 25: drover.v1.Reply.started:type_name -> drover.v1.Started
+	22, // 26: drover.v1.Reply.poll:type_name -> drover.v1.PollResult
+	23, // 27: drover.v1.Reply.env:type_name -> drover.v1.EnvValue
+	24, // 28: drover.v1.Reply.ports:type_name -> drover.v1.PortList
+	59, // 29: drover.v1.Started.ports:type_name -> drover.v1.Started.PortsEntry
+	25, // 30: drover.v1.ProcessStatus.exit:type_name -> drover.v1.Exit
+	21, // 31: drover.v1.PollResult.statuses:type_name -> drover.v1.ProcessStatus
+	25, // 32: drover.v1.ExitReport.exit:type_name -> drover.v1.Exit
+	60, // 33: drover.v1.LogRecord.attrs:type_name -> drover.v1.LogRecord.AttrsEntry
+	1,  // 34: drover.v1.ControlError.kind:type_name -> drover.v1.ControlErrorKind
+	7,  // 35: drover.v1.NodeInfo.resources:type_name -> drover.v1.Resources
+	31, // 36: drover.v1.NodesReply.nodes:type_name -> drover.v1.NodeInfo
+	61, // 37: drover.v1.StartRequest.env:type_name -> drover.v1.StartRequest.EnvEntry
+	21, // 38: drover.v1.ControlPollReply.statuses:type_name -> drover.v1.ProcessStatus
+	25, // 39: drover.v1.FinishedReply.exits:type_name -> drover.v1.Exit
+	55, // 40: drover.v1.JobsReply.jobs:type_name -> drover.v1.JobInfo
+	2,  // 41: drover.v1.AgentSession.Connect:input_type -> drover.v1.AgentMsg
+	30, // 42: drover.v1.Control.Nodes:input_type -> drover.v1.NodesRequest
+	33, // 43: drover.v1.Control.Start:input_type -> drover.v1.StartRequest
+	35, // 44: drover.v1.Control.Poll:input_type -> drover.v1.ControlPollRequest
+	38, // 45: drover.v1.Control.Stop:input_type -> drover.v1.StopRequest
+	37, // 46: drover.v1.Control.Kill:input_type -> drover.v1.NameRequest
+	37, // 47: drover.v1.Control.Purge:input_type -> drover.v1.NameRequest
+	39, // 48: drover.v1.Control.Send:input_type -> drover.v1.SendRequest
+	40, // 49: drover.v1.Control.Logs:input_type -> drover.v1.LogsRequest
+	42, // 50: drover.v1.Control.Finished:input_type -> drover.v1.FinishedRequest
+	44, // 51: drover.v1.Control.CancelAll:input_type -> drover.v1.CancelAllRequest
+	45, // 52: drover.v1.Control.GetEnv:input_type -> drover.v1.GetEnvRequest
+	47, // 53: drover.v1.Control.SetEnv:input_type -> drover.v1.SetEnvRequest
+	48, // 54: drover.v1.Control.BindPorts:input_type -> drover.v1.BindPortsRequest
+	50, // 55: drover.v1.Control.ReleasePorts:input_type -> drover.v1.ReleasePortsRequest
+	51, // 56: drover.v1.Control.SetLogLevel:input_type -> drover.v1.SetLogLevelRequest
+	52, // 57: drover.v1.Control.Submit:input_type -> drover.v1.SubmitRequest
+	54, // 58: drover.v1.Control.Jobs:input_type -> drover.v1.JobsRequest
+	57, // 59: drover.v1.Control.Shutdown:input_type -> drover.v1.ShutdownRequest
+	3,  // 60: drover.v1.AgentSession.Connect:output_type -> drover.v1.ManagerMsg
+	32, // 61: drover.v1.Control.Nodes:output_type -> drover.v1.NodesReply
+	34, // 62: drover.v1.Control.Start:output_type -> drover.v1.StartReply
+	36, // 63: drover.v1.Control.Poll:output_type -> drover.v1.ControlPollReply
+	29, // 64: drover.v1.Control.Stop:output_type -> drover.v1.Empty
+	29, // 65: drover.v1.Control.Kill:output_type -> drover.v1.Empty
+	29, // 66: drover.v1.Control.Purge:output_type -> drover.v1.Empty
+	29, // 67: drover.v1.Control.Send:output_type -> drover.v1.Empty
+	41, // 68: drover.v1.Control.Logs:output_type -> drover.v1.LogChunk
+	43, // 69: drover.v1.Control.Finished:output_type -> drover.v1.FinishedReply
+	29, // 70: drover.v1.Control.CancelAll:output_type -> drover.v1.Empty
+	46, // 71: drover.v1.Control.GetEnv:output_type -> drover.v1.GetEnvReply
+	29, // 72: drover.v1.Control.SetEnv:output_type -> drover.v1.Empty
+	49, // 73: drover.v1.Control.BindPorts:output_type -> drover.v1.PortsReply
+	29, // 74: drover.v1.Control.ReleasePorts:output_type -> drover.v1.Empty
+	29, // 75: drover.v1.Control.SetLogLevel:output_type -> drover.v1.Empty
+	53, // 76: drover.v1.Control.Submit:output_type -> drover.v1.SubmitReply
+	56, // 77: drover.v1.Control.Jobs:output_type -> drover.v1.JobsReply
+	29, // 78: drover.v1.Control.Shutdown:output_type -> drover.v1.Empty
+	60, // [60:79] is the sub-list for method output_type
+	41, // [41:60] is the sub-list for method input_type
+	41, // [41:41] is the sub-list for extension type_name
+	41, // [41:41] is the sub-list for extension extendee
+	0,  // [0:41] is the sub-list for field type_name
 }
 
 func init() { file_api_droverpb_drover_proto_init() }
@@ -3352,8 +4100,8 @@ func file_api_droverpb_drover_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_droverpb_drover_proto_rawDesc), len(file_api_droverpb_drover_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   47,
+			NumEnums:      2,
+			NumMessages:   60,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

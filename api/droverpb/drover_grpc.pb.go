@@ -135,11 +135,11 @@ const (
 	Control_Logs_FullMethodName         = "/drover.v1.Control/Logs"
 	Control_Finished_FullMethodName     = "/drover.v1.Control/Finished"
 	Control_CancelAll_FullMethodName    = "/drover.v1.Control/CancelAll"
-	Control_EnvGet_FullMethodName       = "/drover.v1.Control/EnvGet"
-	Control_EnvSet_FullMethodName       = "/drover.v1.Control/EnvSet"
-	Control_PortsBind_FullMethodName    = "/drover.v1.Control/PortsBind"
-	Control_PortsRelease_FullMethodName = "/drover.v1.Control/PortsRelease"
-	Control_LogLevel_FullMethodName     = "/drover.v1.Control/LogLevel"
+	Control_GetEnv_FullMethodName       = "/drover.v1.Control/GetEnv"
+	Control_SetEnv_FullMethodName       = "/drover.v1.Control/SetEnv"
+	Control_BindPorts_FullMethodName    = "/drover.v1.Control/BindPorts"
+	Control_ReleasePorts_FullMethodName = "/drover.v1.Control/ReleasePorts"
+	Control_SetLogLevel_FullMethodName  = "/drover.v1.Control/SetLogLevel"
 	Control_Submit_FullMethodName       = "/drover.v1.Control/Submit"
 	Control_Jobs_FullMethodName         = "/drover.v1.Control/Jobs"
 	Control_Shutdown_FullMethodName     = "/drover.v1.Control/Shutdown"
@@ -149,24 +149,39 @@ const (
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type ControlClient interface {
+	// Nodes lists the nodes that joined, in order.
 	Nodes(ctx context.Context, in *NodesRequest, opts ...grpc.CallOption) (*NodesReply, error)
+	// Start starts a named process on a node. Names are unique across the
+	// cluster, so the other verbs need no node.
 	Start(ctx context.Context, in *StartRequest, opts ...grpc.CallOption) (*StartReply, error)
-	Poll(ctx context.Context, in *ControlPollRequest, opts ...grpc.CallOption) (*PollResult, error)
-	Stop(ctx context.Context, in *NamedRequest, opts ...grpc.CallOption) (*Empty, error)
-	Kill(ctx context.Context, in *NamedRequest, opts ...grpc.CallOption) (*Empty, error)
-	Purge(ctx context.Context, in *NamedRequest, opts ...grpc.CallOption) (*Empty, error)
-	Send(ctx context.Context, in *SendInput, opts ...grpc.CallOption) (*Empty, error)
+	// Poll reports the named processes, or every known one.
+	Poll(ctx context.Context, in *ControlPollRequest, opts ...grpc.CallOption) (*ControlPollReply, error)
+	// Stop sends SIGTERM to the process group, then SIGKILL after the grace.
+	Stop(ctx context.Context, in *StopRequest, opts ...grpc.CallOption) (*Empty, error)
+	// Kill sends SIGKILL to the process group.
+	Kill(ctx context.Context, in *NameRequest, opts ...grpc.CallOption) (*Empty, error)
+	// Purge forgets a process that is no longer running.
+	Purge(ctx context.Context, in *NameRequest, opts ...grpc.CallOption) (*Empty, error)
+	// Send writes data to the process's stdin.
+	Send(ctx context.Context, in *SendRequest, opts ...grpc.CallOption) (*Empty, error)
+	// Logs streams a process's stdout or stderr from the start; with follow
+	// until the process has exited and all its output is sent.
 	Logs(ctx context.Context, in *LogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[LogChunk], error)
-	Finished(ctx context.Context, in *Empty, opts ...grpc.CallOption) (*FinishedReply, error)
-	CancelAll(ctx context.Context, in *NamedRequest, opts ...grpc.CallOption) (*Empty, error)
-	EnvGet(ctx context.Context, in *NodeEnvRequest, opts ...grpc.CallOption) (*EnvValue, error)
-	EnvSet(ctx context.Context, in *NodeEnvRequest, opts ...grpc.CallOption) (*Empty, error)
-	PortsBind(ctx context.Context, in *NodePortsRequest, opts ...grpc.CallOption) (*PortList, error)
-	PortsRelease(ctx context.Context, in *NodePortsRequest, opts ...grpc.CallOption) (*Empty, error)
-	LogLevel(ctx context.Context, in *NodeLogLevelRequest, opts ...grpc.CallOption) (*Empty, error)
+	// Finished returns the exits since the last call, each exactly once.
+	Finished(ctx context.Context, in *FinishedRequest, opts ...grpc.CallOption) (*FinishedReply, error)
+	// CancelAll stops every process (SIGTERM, grace, SIGKILL).
+	CancelAll(ctx context.Context, in *CancelAllRequest, opts ...grpc.CallOption) (*Empty, error)
+	GetEnv(ctx context.Context, in *GetEnvRequest, opts ...grpc.CallOption) (*GetEnvReply, error)
+	SetEnv(ctx context.Context, in *SetEnvRequest, opts ...grpc.CallOption) (*Empty, error)
+	BindPorts(ctx context.Context, in *BindPortsRequest, opts ...grpc.CallOption) (*PortsReply, error)
+	ReleasePorts(ctx context.Context, in *ReleasePortsRequest, opts ...grpc.CallOption) (*Empty, error)
+	SetLogLevel(ctx context.Context, in *SetLogLevelRequest, opts ...grpc.CallOption) (*Empty, error)
+	// Submit queues a job file's jobs; Jobs lists them.
 	Submit(ctx context.Context, in *SubmitRequest, opts ...grpc.CallOption) (*SubmitReply, error)
-	Jobs(ctx context.Context, in *Empty, opts ...grpc.CallOption) (*JobsReply, error)
-	Shutdown(ctx context.Context, in *Empty, opts ...grpc.CallOption) (*Empty, error)
+	Jobs(ctx context.Context, in *JobsRequest, opts ...grpc.CallOption) (*JobsReply, error)
+	// Shutdown stops everything; the agents exit, then serve exits. The
+	// reply is sent before serve stops listening.
+	Shutdown(ctx context.Context, in *ShutdownRequest, opts ...grpc.CallOption) (*Empty, error)
 }
 
 type controlClient struct {
@@ -197,9 +212,9 @@ func (c *controlClient) Start(ctx context.Context, in *StartRequest, opts ...grp
 	return out, nil
 }
 
-func (c *controlClient) Poll(ctx context.Context, in *ControlPollRequest, opts ...grpc.CallOption) (*PollResult, error) {
+func (c *controlClient) Poll(ctx context.Context, in *ControlPollRequest, opts ...grpc.CallOption) (*ControlPollReply, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(PollResult)
+	out := new(ControlPollReply)
 	err := c.cc.Invoke(ctx, Control_Poll_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
@@ -207,7 +222,7 @@ func (c *controlClient) Poll(ctx context.Context, in *ControlPollRequest, opts .
 	return out, nil
 }
 
-func (c *controlClient) Stop(ctx context.Context, in *NamedRequest, opts ...grpc.CallOption) (*Empty, error) {
+func (c *controlClient) Stop(ctx context.Context, in *StopRequest, opts ...grpc.CallOption) (*Empty, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(Empty)
 	err := c.cc.Invoke(ctx, Control_Stop_FullMethodName, in, out, cOpts...)
@@ -217,7 +232,7 @@ func (c *controlClient) Stop(ctx context.Context, in *NamedRequest, opts ...grpc
 	return out, nil
 }
 
-func (c *controlClient) Kill(ctx context.Context, in *NamedRequest, opts ...grpc.CallOption) (*Empty, error) {
+func (c *controlClient) Kill(ctx context.Context, in *NameRequest, opts ...grpc.CallOption) (*Empty, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(Empty)
 	err := c.cc.Invoke(ctx, Control_Kill_FullMethodName, in, out, cOpts...)
@@ -227,7 +242,7 @@ func (c *controlClient) Kill(ctx context.Context, in *NamedRequest, opts ...grpc
 	return out, nil
 }
 
-func (c *controlClient) Purge(ctx context.Context, in *NamedRequest, opts ...grpc.CallOption) (*Empty, error) {
+func (c *controlClient) Purge(ctx context.Context, in *NameRequest, opts ...grpc.CallOption) (*Empty, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(Empty)
 	err := c.cc.Invoke(ctx, Control_Purge_FullMethodName, in, out, cOpts...)
@@ -237,7 +252,7 @@ func (c *controlClient) Purge(ctx context.Context, in *NamedRequest, opts ...grp
 	return out, nil
 }
 
-func (c *controlClient) Send(ctx context.Context, in *SendInput, opts ...grpc.CallOption) (*Empty, error) {
+func (c *controlClient) Send(ctx context.Context, in *SendRequest, opts ...grpc.CallOption) (*Empty, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(Empty)
 	err := c.cc.Invoke(ctx, Control_Send_FullMethodName, in, out, cOpts...)
@@ -266,7 +281,7 @@ func (c *controlClient) Logs(ctx context.Context, in *LogsRequest, opts ...grpc.
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Control_LogsClient = grpc.ServerStreamingClient[LogChunk]
 
-func (c *controlClient) Finished(ctx context.Context, in *Empty, opts ...grpc.CallOption) (*FinishedReply, error) {
+func (c *controlClient) Finished(ctx context.Context, in *FinishedRequest, opts ...grpc.CallOption) (*FinishedReply, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(FinishedReply)
 	err := c.cc.Invoke(ctx, Control_Finished_FullMethodName, in, out, cOpts...)
@@ -276,7 +291,7 @@ func (c *controlClient) Finished(ctx context.Context, in *Empty, opts ...grpc.Ca
 	return out, nil
 }
 
-func (c *controlClient) CancelAll(ctx context.Context, in *NamedRequest, opts ...grpc.CallOption) (*Empty, error) {
+func (c *controlClient) CancelAll(ctx context.Context, in *CancelAllRequest, opts ...grpc.CallOption) (*Empty, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(Empty)
 	err := c.cc.Invoke(ctx, Control_CancelAll_FullMethodName, in, out, cOpts...)
@@ -286,50 +301,50 @@ func (c *controlClient) CancelAll(ctx context.Context, in *NamedRequest, opts ..
 	return out, nil
 }
 
-func (c *controlClient) EnvGet(ctx context.Context, in *NodeEnvRequest, opts ...grpc.CallOption) (*EnvValue, error) {
+func (c *controlClient) GetEnv(ctx context.Context, in *GetEnvRequest, opts ...grpc.CallOption) (*GetEnvReply, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(EnvValue)
-	err := c.cc.Invoke(ctx, Control_EnvGet_FullMethodName, in, out, cOpts...)
+	out := new(GetEnvReply)
+	err := c.cc.Invoke(ctx, Control_GetEnv_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
 	return out, nil
 }
 
-func (c *controlClient) EnvSet(ctx context.Context, in *NodeEnvRequest, opts ...grpc.CallOption) (*Empty, error) {
+func (c *controlClient) SetEnv(ctx context.Context, in *SetEnvRequest, opts ...grpc.CallOption) (*Empty, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(Empty)
-	err := c.cc.Invoke(ctx, Control_EnvSet_FullMethodName, in, out, cOpts...)
+	err := c.cc.Invoke(ctx, Control_SetEnv_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
 	return out, nil
 }
 
-func (c *controlClient) PortsBind(ctx context.Context, in *NodePortsRequest, opts ...grpc.CallOption) (*PortList, error) {
+func (c *controlClient) BindPorts(ctx context.Context, in *BindPortsRequest, opts ...grpc.CallOption) (*PortsReply, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(PortList)
-	err := c.cc.Invoke(ctx, Control_PortsBind_FullMethodName, in, out, cOpts...)
+	out := new(PortsReply)
+	err := c.cc.Invoke(ctx, Control_BindPorts_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
 	return out, nil
 }
 
-func (c *controlClient) PortsRelease(ctx context.Context, in *NodePortsRequest, opts ...grpc.CallOption) (*Empty, error) {
-	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(Empty)
-	err := c.cc.Invoke(ctx, Control_PortsRelease_FullMethodName, in, out, cOpts...)
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
-}
-
-func (c *controlClient) LogLevel(ctx context.Context, in *NodeLogLevelRequest, opts ...grpc.CallOption) (*Empty, error) {
+func (c *controlClient) ReleasePorts(ctx context.Context, in *ReleasePortsRequest, opts ...grpc.CallOption) (*Empty, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(Empty)
-	err := c.cc.Invoke(ctx, Control_LogLevel_FullMethodName, in, out, cOpts...)
+	err := c.cc.Invoke(ctx, Control_ReleasePorts_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlClient) SetLogLevel(ctx context.Context, in *SetLogLevelRequest, opts ...grpc.CallOption) (*Empty, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Empty)
+	err := c.cc.Invoke(ctx, Control_SetLogLevel_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -346,7 +361,7 @@ func (c *controlClient) Submit(ctx context.Context, in *SubmitRequest, opts ...g
 	return out, nil
 }
 
-func (c *controlClient) Jobs(ctx context.Context, in *Empty, opts ...grpc.CallOption) (*JobsReply, error) {
+func (c *controlClient) Jobs(ctx context.Context, in *JobsRequest, opts ...grpc.CallOption) (*JobsReply, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(JobsReply)
 	err := c.cc.Invoke(ctx, Control_Jobs_FullMethodName, in, out, cOpts...)
@@ -356,7 +371,7 @@ func (c *controlClient) Jobs(ctx context.Context, in *Empty, opts ...grpc.CallOp
 	return out, nil
 }
 
-func (c *controlClient) Shutdown(ctx context.Context, in *Empty, opts ...grpc.CallOption) (*Empty, error) {
+func (c *controlClient) Shutdown(ctx context.Context, in *ShutdownRequest, opts ...grpc.CallOption) (*Empty, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(Empty)
 	err := c.cc.Invoke(ctx, Control_Shutdown_FullMethodName, in, out, cOpts...)
@@ -370,24 +385,39 @@ func (c *controlClient) Shutdown(ctx context.Context, in *Empty, opts ...grpc.Ca
 // All implementations must embed UnimplementedControlServer
 // for forward compatibility.
 type ControlServer interface {
+	// Nodes lists the nodes that joined, in order.
 	Nodes(context.Context, *NodesRequest) (*NodesReply, error)
+	// Start starts a named process on a node. Names are unique across the
+	// cluster, so the other verbs need no node.
 	Start(context.Context, *StartRequest) (*StartReply, error)
-	Poll(context.Context, *ControlPollRequest) (*PollResult, error)
-	Stop(context.Context, *NamedRequest) (*Empty, error)
-	Kill(context.Context, *NamedRequest) (*Empty, error)
-	Purge(context.Context, *NamedRequest) (*Empty, error)
-	Send(context.Context, *SendInput) (*Empty, error)
+	// Poll reports the named processes, or every known one.
+	Poll(context.Context, *ControlPollRequest) (*ControlPollReply, error)
+	// Stop sends SIGTERM to the process group, then SIGKILL after the grace.
+	Stop(context.Context, *StopRequest) (*Empty, error)
+	// Kill sends SIGKILL to the process group.
+	Kill(context.Context, *NameRequest) (*Empty, error)
+	// Purge forgets a process that is no longer running.
+	Purge(context.Context, *NameRequest) (*Empty, error)
+	// Send writes data to the process's stdin.
+	Send(context.Context, *SendRequest) (*Empty, error)
+	// Logs streams a process's stdout or stderr from the start; with follow
+	// until the process has exited and all its output is sent.
 	Logs(*LogsRequest, grpc.ServerStreamingServer[LogChunk]) error
-	Finished(context.Context, *Empty) (*FinishedReply, error)
-	CancelAll(context.Context, *NamedRequest) (*Empty, error)
-	EnvGet(context.Context, *NodeEnvRequest) (*EnvValue, error)
-	EnvSet(context.Context, *NodeEnvRequest) (*Empty, error)
-	PortsBind(context.Context, *NodePortsRequest) (*PortList, error)
-	PortsRelease(context.Context, *NodePortsRequest) (*Empty, error)
-	LogLevel(context.Context, *NodeLogLevelRequest) (*Empty, error)
+	// Finished returns the exits since the last call, each exactly once.
+	Finished(context.Context, *FinishedRequest) (*FinishedReply, error)
+	// CancelAll stops every process (SIGTERM, grace, SIGKILL).
+	CancelAll(context.Context, *CancelAllRequest) (*Empty, error)
+	GetEnv(context.Context, *GetEnvRequest) (*GetEnvReply, error)
+	SetEnv(context.Context, *SetEnvRequest) (*Empty, error)
+	BindPorts(context.Context, *BindPortsRequest) (*PortsReply, error)
+	ReleasePorts(context.Context, *ReleasePortsRequest) (*Empty, error)
+	SetLogLevel(context.Context, *SetLogLevelRequest) (*Empty, error)
+	// Submit queues a job file's jobs; Jobs lists them.
 	Submit(context.Context, *SubmitRequest) (*SubmitReply, error)
-	Jobs(context.Context, *Empty) (*JobsReply, error)
-	Shutdown(context.Context, *Empty) (*Empty, error)
+	Jobs(context.Context, *JobsRequest) (*JobsReply, error)
+	// Shutdown stops everything; the agents exit, then serve exits. The
+	// reply is sent before serve stops listening.
+	Shutdown(context.Context, *ShutdownRequest) (*Empty, error)
 	mustEmbedUnimplementedControlServer()
 }
 
@@ -404,52 +434,52 @@ func (UnimplementedControlServer) Nodes(context.Context, *NodesRequest) (*NodesR
 func (UnimplementedControlServer) Start(context.Context, *StartRequest) (*StartReply, error) {
 	return nil, status.Error(codes.Unimplemented, "method Start not implemented")
 }
-func (UnimplementedControlServer) Poll(context.Context, *ControlPollRequest) (*PollResult, error) {
+func (UnimplementedControlServer) Poll(context.Context, *ControlPollRequest) (*ControlPollReply, error) {
 	return nil, status.Error(codes.Unimplemented, "method Poll not implemented")
 }
-func (UnimplementedControlServer) Stop(context.Context, *NamedRequest) (*Empty, error) {
+func (UnimplementedControlServer) Stop(context.Context, *StopRequest) (*Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method Stop not implemented")
 }
-func (UnimplementedControlServer) Kill(context.Context, *NamedRequest) (*Empty, error) {
+func (UnimplementedControlServer) Kill(context.Context, *NameRequest) (*Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method Kill not implemented")
 }
-func (UnimplementedControlServer) Purge(context.Context, *NamedRequest) (*Empty, error) {
+func (UnimplementedControlServer) Purge(context.Context, *NameRequest) (*Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method Purge not implemented")
 }
-func (UnimplementedControlServer) Send(context.Context, *SendInput) (*Empty, error) {
+func (UnimplementedControlServer) Send(context.Context, *SendRequest) (*Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method Send not implemented")
 }
 func (UnimplementedControlServer) Logs(*LogsRequest, grpc.ServerStreamingServer[LogChunk]) error {
 	return status.Error(codes.Unimplemented, "method Logs not implemented")
 }
-func (UnimplementedControlServer) Finished(context.Context, *Empty) (*FinishedReply, error) {
+func (UnimplementedControlServer) Finished(context.Context, *FinishedRequest) (*FinishedReply, error) {
 	return nil, status.Error(codes.Unimplemented, "method Finished not implemented")
 }
-func (UnimplementedControlServer) CancelAll(context.Context, *NamedRequest) (*Empty, error) {
+func (UnimplementedControlServer) CancelAll(context.Context, *CancelAllRequest) (*Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method CancelAll not implemented")
 }
-func (UnimplementedControlServer) EnvGet(context.Context, *NodeEnvRequest) (*EnvValue, error) {
-	return nil, status.Error(codes.Unimplemented, "method EnvGet not implemented")
+func (UnimplementedControlServer) GetEnv(context.Context, *GetEnvRequest) (*GetEnvReply, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetEnv not implemented")
 }
-func (UnimplementedControlServer) EnvSet(context.Context, *NodeEnvRequest) (*Empty, error) {
-	return nil, status.Error(codes.Unimplemented, "method EnvSet not implemented")
+func (UnimplementedControlServer) SetEnv(context.Context, *SetEnvRequest) (*Empty, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetEnv not implemented")
 }
-func (UnimplementedControlServer) PortsBind(context.Context, *NodePortsRequest) (*PortList, error) {
-	return nil, status.Error(codes.Unimplemented, "method PortsBind not implemented")
+func (UnimplementedControlServer) BindPorts(context.Context, *BindPortsRequest) (*PortsReply, error) {
+	return nil, status.Error(codes.Unimplemented, "method BindPorts not implemented")
 }
-func (UnimplementedControlServer) PortsRelease(context.Context, *NodePortsRequest) (*Empty, error) {
-	return nil, status.Error(codes.Unimplemented, "method PortsRelease not implemented")
+func (UnimplementedControlServer) ReleasePorts(context.Context, *ReleasePortsRequest) (*Empty, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReleasePorts not implemented")
 }
-func (UnimplementedControlServer) LogLevel(context.Context, *NodeLogLevelRequest) (*Empty, error) {
-	return nil, status.Error(codes.Unimplemented, "method LogLevel not implemented")
+func (UnimplementedControlServer) SetLogLevel(context.Context, *SetLogLevelRequest) (*Empty, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetLogLevel not implemented")
 }
 func (UnimplementedControlServer) Submit(context.Context, *SubmitRequest) (*SubmitReply, error) {
 	return nil, status.Error(codes.Unimplemented, "method Submit not implemented")
 }
-func (UnimplementedControlServer) Jobs(context.Context, *Empty) (*JobsReply, error) {
+func (UnimplementedControlServer) Jobs(context.Context, *JobsRequest) (*JobsReply, error) {
 	return nil, status.Error(codes.Unimplemented, "method Jobs not implemented")
 }
-func (UnimplementedControlServer) Shutdown(context.Context, *Empty) (*Empty, error) {
+func (UnimplementedControlServer) Shutdown(context.Context, *ShutdownRequest) (*Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method Shutdown not implemented")
 }
 func (UnimplementedControlServer) mustEmbedUnimplementedControlServer() {}
@@ -528,7 +558,7 @@ func _Control_Poll_Handler(srv interface{}, ctx context.Context, dec func(interf
 }
 
 func _Control_Stop_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(NamedRequest)
+	in := new(StopRequest)
 	if err := dec(in); err != nil {
 		return nil, err
 	}
@@ -540,13 +570,13 @@ func _Control_Stop_Handler(srv interface{}, ctx context.Context, dec func(interf
 		FullMethod: Control_Stop_FullMethodName,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(ControlServer).Stop(ctx, req.(*NamedRequest))
+		return srv.(ControlServer).Stop(ctx, req.(*StopRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
 
 func _Control_Kill_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(NamedRequest)
+	in := new(NameRequest)
 	if err := dec(in); err != nil {
 		return nil, err
 	}
@@ -558,13 +588,13 @@ func _Control_Kill_Handler(srv interface{}, ctx context.Context, dec func(interf
 		FullMethod: Control_Kill_FullMethodName,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(ControlServer).Kill(ctx, req.(*NamedRequest))
+		return srv.(ControlServer).Kill(ctx, req.(*NameRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
 
 func _Control_Purge_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(NamedRequest)
+	in := new(NameRequest)
 	if err := dec(in); err != nil {
 		return nil, err
 	}
@@ -576,13 +606,13 @@ func _Control_Purge_Handler(srv interface{}, ctx context.Context, dec func(inter
 		FullMethod: Control_Purge_FullMethodName,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(ControlServer).Purge(ctx, req.(*NamedRequest))
+		return srv.(ControlServer).Purge(ctx, req.(*NameRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
 
 func _Control_Send_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(SendInput)
+	in := new(SendRequest)
 	if err := dec(in); err != nil {
 		return nil, err
 	}
@@ -594,7 +624,7 @@ func _Control_Send_Handler(srv interface{}, ctx context.Context, dec func(interf
 		FullMethod: Control_Send_FullMethodName,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(ControlServer).Send(ctx, req.(*SendInput))
+		return srv.(ControlServer).Send(ctx, req.(*SendRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -611,7 +641,7 @@ func _Control_Logs_Handler(srv interface{}, stream grpc.ServerStream) error {
 type Control_LogsServer = grpc.ServerStreamingServer[LogChunk]
 
 func _Control_Finished_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(Empty)
+	in := new(FinishedRequest)
 	if err := dec(in); err != nil {
 		return nil, err
 	}
@@ -623,13 +653,13 @@ func _Control_Finished_Handler(srv interface{}, ctx context.Context, dec func(in
 		FullMethod: Control_Finished_FullMethodName,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(ControlServer).Finished(ctx, req.(*Empty))
+		return srv.(ControlServer).Finished(ctx, req.(*FinishedRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
 
 func _Control_CancelAll_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(NamedRequest)
+	in := new(CancelAllRequest)
 	if err := dec(in); err != nil {
 		return nil, err
 	}
@@ -641,97 +671,97 @@ func _Control_CancelAll_Handler(srv interface{}, ctx context.Context, dec func(i
 		FullMethod: Control_CancelAll_FullMethodName,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(ControlServer).CancelAll(ctx, req.(*NamedRequest))
+		return srv.(ControlServer).CancelAll(ctx, req.(*CancelAllRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
 
-func _Control_EnvGet_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(NodeEnvRequest)
+func _Control_GetEnv_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetEnvRequest)
 	if err := dec(in); err != nil {
 		return nil, err
 	}
 	if interceptor == nil {
-		return srv.(ControlServer).EnvGet(ctx, in)
+		return srv.(ControlServer).GetEnv(ctx, in)
 	}
 	info := &grpc.UnaryServerInfo{
 		Server:     srv,
-		FullMethod: Control_EnvGet_FullMethodName,
+		FullMethod: Control_GetEnv_FullMethodName,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(ControlServer).EnvGet(ctx, req.(*NodeEnvRequest))
+		return srv.(ControlServer).GetEnv(ctx, req.(*GetEnvRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
 
-func _Control_EnvSet_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(NodeEnvRequest)
+func _Control_SetEnv_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetEnvRequest)
 	if err := dec(in); err != nil {
 		return nil, err
 	}
 	if interceptor == nil {
-		return srv.(ControlServer).EnvSet(ctx, in)
+		return srv.(ControlServer).SetEnv(ctx, in)
 	}
 	info := &grpc.UnaryServerInfo{
 		Server:     srv,
-		FullMethod: Control_EnvSet_FullMethodName,
+		FullMethod: Control_SetEnv_FullMethodName,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(ControlServer).EnvSet(ctx, req.(*NodeEnvRequest))
+		return srv.(ControlServer).SetEnv(ctx, req.(*SetEnvRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
 
-func _Control_PortsBind_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(NodePortsRequest)
+func _Control_BindPorts_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BindPortsRequest)
 	if err := dec(in); err != nil {
 		return nil, err
 	}
 	if interceptor == nil {
-		return srv.(ControlServer).PortsBind(ctx, in)
+		return srv.(ControlServer).BindPorts(ctx, in)
 	}
 	info := &grpc.UnaryServerInfo{
 		Server:     srv,
-		FullMethod: Control_PortsBind_FullMethodName,
+		FullMethod: Control_BindPorts_FullMethodName,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(ControlServer).PortsBind(ctx, req.(*NodePortsRequest))
+		return srv.(ControlServer).BindPorts(ctx, req.(*BindPortsRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
 
-func _Control_PortsRelease_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(NodePortsRequest)
+func _Control_ReleasePorts_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReleasePortsRequest)
 	if err := dec(in); err != nil {
 		return nil, err
 	}
 	if interceptor == nil {
-		return srv.(ControlServer).PortsRelease(ctx, in)
+		return srv.(ControlServer).ReleasePorts(ctx, in)
 	}
 	info := &grpc.UnaryServerInfo{
 		Server:     srv,
-		FullMethod: Control_PortsRelease_FullMethodName,
+		FullMethod: Control_ReleasePorts_FullMethodName,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(ControlServer).PortsRelease(ctx, req.(*NodePortsRequest))
+		return srv.(ControlServer).ReleasePorts(ctx, req.(*ReleasePortsRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
 
-func _Control_LogLevel_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(NodeLogLevelRequest)
+func _Control_SetLogLevel_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetLogLevelRequest)
 	if err := dec(in); err != nil {
 		return nil, err
 	}
 	if interceptor == nil {
-		return srv.(ControlServer).LogLevel(ctx, in)
+		return srv.(ControlServer).SetLogLevel(ctx, in)
 	}
 	info := &grpc.UnaryServerInfo{
 		Server:     srv,
-		FullMethod: Control_LogLevel_FullMethodName,
+		FullMethod: Control_SetLogLevel_FullMethodName,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(ControlServer).LogLevel(ctx, req.(*NodeLogLevelRequest))
+		return srv.(ControlServer).SetLogLevel(ctx, req.(*SetLogLevelRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -755,7 +785,7 @@ func _Control_Submit_Handler(srv interface{}, ctx context.Context, dec func(inte
 }
 
 func _Control_Jobs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(Empty)
+	in := new(JobsRequest)
 	if err := dec(in); err != nil {
 		return nil, err
 	}
@@ -767,13 +797,13 @@ func _Control_Jobs_Handler(srv interface{}, ctx context.Context, dec func(interf
 		FullMethod: Control_Jobs_FullMethodName,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(ControlServer).Jobs(ctx, req.(*Empty))
+		return srv.(ControlServer).Jobs(ctx, req.(*JobsRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
 
 func _Control_Shutdown_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(Empty)
+	in := new(ShutdownRequest)
 	if err := dec(in); err != nil {
 		return nil, err
 	}
@@ -785,7 +815,7 @@ func _Control_Shutdown_Handler(srv interface{}, ctx context.Context, dec func(in
 		FullMethod: Control_Shutdown_FullMethodName,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(ControlServer).Shutdown(ctx, req.(*Empty))
+		return srv.(ControlServer).Shutdown(ctx, req.(*ShutdownRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -834,24 +864,24 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Control_CancelAll_Handler,
 		},
 		{
-			MethodName: "EnvGet",
-			Handler:    _Control_EnvGet_Handler,
+			MethodName: "GetEnv",
+			Handler:    _Control_GetEnv_Handler,
 		},
 		{
-			MethodName: "EnvSet",
-			Handler:    _Control_EnvSet_Handler,
+			MethodName: "SetEnv",
+			Handler:    _Control_SetEnv_Handler,
 		},
 		{
-			MethodName: "PortsBind",
-			Handler:    _Control_PortsBind_Handler,
+			MethodName: "BindPorts",
+			Handler:    _Control_BindPorts_Handler,
 		},
 		{
-			MethodName: "PortsRelease",
-			Handler:    _Control_PortsRelease_Handler,
+			MethodName: "ReleasePorts",
+			Handler:    _Control_ReleasePorts_Handler,
 		},
 		{
-			MethodName: "LogLevel",
-			Handler:    _Control_LogLevel_Handler,
+			MethodName: "SetLogLevel",
+			Handler:    _Control_SetLogLevel_Handler,
 		},
 		{
 			MethodName: "Submit",

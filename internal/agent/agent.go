@@ -52,6 +52,9 @@ type Agent struct {
 	pending  map[string]*afterExit // per running process: what to do once it exits
 	finished []node.Exit
 	closed   bool
+	// cancelled is closed (and replaced) by CancelAll and Close, failing
+	// starts that wait for another process (ProcessSpec.After).
+	cancelled chan struct{}
 
 	ready     chan struct{}
 	stopPump  chan struct{}
@@ -67,7 +70,12 @@ type afterExit struct {
 	outputs   []string
 	outputDir string
 	autoPurge bool
+	done      chan struct{} // closed when the exit is collected or the start failed
 }
+
+// ErrCancelled fails a start that waited for another process when
+// everything was cancelled first.
+var ErrCancelled = errors.New("cancelled before it started")
 
 // New starts an agent with its supervisor.
 func New(opts Options) (*Agent, error) {
@@ -100,18 +108,19 @@ func New(opts Options) (*Agent, error) {
 		base = os.Environ()
 	}
 	a := &Agent{
-		name:     opts.Name,
-		res:      opts.Resources,
-		log:      log,
-		level:    level,
-		sup:      sup,
-		ports:    ports.New(),
-		scratch:  scratch,
-		env:      envMap(base),
-		pending:  make(map[string]*afterExit),
-		ready:    make(chan struct{}, 1),
-		stopPump: make(chan struct{}),
-		pumpDone: make(chan struct{}),
+		name:      opts.Name,
+		res:       opts.Resources,
+		log:       log,
+		level:     level,
+		sup:       sup,
+		ports:     ports.New(),
+		scratch:   scratch,
+		env:       envMap(base),
+		pending:   make(map[string]*afterExit),
+		cancelled: make(chan struct{}),
+		ready:     make(chan struct{}, 1),
+		stopPump:  make(chan struct{}),
+		pumpDone:  make(chan struct{}),
 	}
 	go a.pump()
 	return a, nil
@@ -136,11 +145,34 @@ func (a *Agent) Start(ctx context.Context, spec node.ProcessSpec) (node.Started,
 	if err := ctx.Err(); err != nil {
 		return node.Started{}, fmt.Errorf("start %s on %s: %w", spec.Name, a.name, err)
 	}
+	if spec.After != "" {
+		if err := a.waitFor(ctx, spec.After); err != nil {
+			return node.Started{}, fmt.Errorf("start %s on %s: %w", spec.Name, a.name, err)
+		}
+	}
 	st, err := a.start(spec)
 	if err != nil {
 		return node.Started{}, fmt.Errorf("start %s on %s: %w", spec.Name, a.name, err)
 	}
 	return st, nil
+}
+
+// waitFor blocks until the named process's exit has been collected.
+func (a *Agent) waitFor(ctx context.Context, name string) error {
+	a.mu.Lock()
+	pred, cancelled := a.pending[name], a.cancelled
+	a.mu.Unlock()
+	if pred == nil {
+		return nil
+	}
+	select {
+	case <-pred.done:
+		return nil
+	case <-cancelled:
+		return ErrCancelled
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 func (a *Agent) start(spec node.ProcessSpec) (node.Started, error) {
@@ -153,7 +185,7 @@ func (a *Agent) start(spec node.ProcessSpec) (node.Started, error) {
 		a.mu.Unlock()
 		return node.Started{}, supervise.ErrDuplicate
 	}
-	after := &afterExit{dir: spec.Dir, outputs: spec.Outputs, outputDir: spec.OutputDir, autoPurge: spec.AutoPurge}
+	after := &afterExit{dir: spec.Dir, outputs: spec.Outputs, outputDir: spec.OutputDir, autoPurge: spec.AutoPurge, done: make(chan struct{})}
 	a.pending[spec.Name] = after // claims the name while we stage
 	env := make([]string, 0, len(a.env)+len(spec.Env)+8)
 	for k, v := range a.env {
@@ -172,6 +204,7 @@ func (a *Agent) start(spec node.ProcessSpec) (node.Started, error) {
 			if after.freshDir {
 				os.RemoveAll(after.dir)
 			}
+			close(after.done)
 		}
 	}()
 
@@ -277,6 +310,7 @@ func (a *Agent) collect() {
 				a.log.Warn("purge", "name", exits[i].Name, "err", err)
 			}
 		}
+		close(after.done)
 	}
 	a.mu.Lock()
 	a.finished = append(a.finished, exits...)
@@ -317,8 +351,16 @@ func (a *Agent) Send(ctx context.Context, name string, data []byte) error {
 }
 
 func (a *Agent) CancelAll(_ context.Context, grace time.Duration) error {
+	a.mu.Lock()
+	a.cancelWaitingLocked()
+	a.mu.Unlock()
 	a.sup.CancelAll(grace)
 	return nil
+}
+
+func (a *Agent) cancelWaitingLocked() {
+	close(a.cancelled)
+	a.cancelled = make(chan struct{})
 }
 
 func (a *Agent) wrap(err error) error {
@@ -382,6 +424,7 @@ func (a *Agent) Shutdown(grace time.Duration) error {
 	a.closeOnce.Do(func() {
 		a.mu.Lock()
 		a.closed = true
+		a.cancelWaitingLocked()
 		a.mu.Unlock()
 		err := a.sup.Close(grace)
 		close(a.stopPump)

@@ -40,6 +40,13 @@ type ProcessSpec struct {
 	// AutoPurge forgets the process once its exit is reported, so its
 	// name is free again without a Purge (the batch queue's way).
 	AutoPurge bool
+	// After makes the start wait until the process of that name on the
+	// same node has exited and its exit is collected; Start returns once
+	// this process has started. The batch queue uses it to hand a core
+	// from one instance to the next without a round trip to the manager.
+	// An After that is not running starts at once; CancelAll and Close
+	// fail waiting starts.
+	After string
 }
 
 // State is what Poll reports for a process.

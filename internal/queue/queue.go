@@ -41,6 +41,10 @@ type Options struct {
 	// Cores is shared with whoever else places processes on these nodes;
 	// nil makes a private pool of every node's cores.
 	Cores *cores.Pool
+	// OnEvent, if set, sees every event right after it was written to
+	// the events log, in order, from the queue's loop: it must return
+	// quickly.
+	OnEvent func(results.Event)
 }
 
 // Counts is a snapshot for progress displays.
@@ -75,8 +79,12 @@ type instance struct {
 	timedOut bool
 	// early holds an exit that arrived before the start was acknowledged.
 	early *node.Exit
-	// lastNode is where the previous attempt was lost; retries avoid it.
+	// lostOn is where the previous attempt was lost; retries avoid it.
 	lostOn *nodeState
+	// next waits on the node to take over this instance's cores the
+	// moment it exits (ProcessSpec.After); prev is the reverse link until
+	// the hand-over.
+	next, prev *instance
 	result results.InstanceResult
 }
 
@@ -132,6 +140,8 @@ type runner struct {
 	pending int // instances not yet final, not live
 	stopped string
 
+	// handoff lists instances that may get a successor queued behind them.
+	handoff  []*instance
 	starts   chan startResult
 	ready    chan signal
 	timeouts chan timeoutAt
@@ -347,9 +357,48 @@ func (r *runner) dispatch() {
 				r.pool.Release(ns.name, idx)
 				break
 			}
-			r.launch(inst, ns, idx, hw)
+			r.launch(inst, ns, idx, hw, nil)
 		}
 	}
+	r.prefetch()
+}
+
+// prefetch queues pending instances behind running ones that need the
+// same cores, so that each starts on its node as soon as its predecessor
+// exits, without waiting for the exit to travel to the manager and the
+// start back. One successor per instance at most.
+func (r *runner) prefetch() {
+	for len(r.handoff) > 0 {
+		pred := r.handoff[len(r.handoff)-1]
+		if pred.phase != starting && pred.phase != running || pred.next != nil || pred.node.gone {
+			r.handoff = r.handoff[:len(r.handoff)-1]
+			continue
+		}
+		js := r.successorJob(pred)
+		if js == nil {
+			return // nothing pending fits behind it; neither behind the rest, mostly
+		}
+		inst := r.take(js)
+		if inst == nil {
+			continue // only skipped instances were left in that job
+		}
+		r.handoff = r.handoff[:len(r.handoff)-1]
+		r.launch(inst, pred.node, nil, pred.hw, pred)
+	}
+}
+
+// successorJob finds the first job with pending instances that could run
+// on pred's cores.
+func (r *runner) successorJob(pred *instance) *jobState {
+	need := pred.job.job.Cores
+	for _, js := range r.jobs {
+		j := js.job
+		if js.hasPending() && j.Cores == need && (j.Node == "" || j.Node == pred.node.name) &&
+			(len(js.retry) == 0 || js.retry[0].lostOn != pred.node) {
+			return js
+		}
+	}
+	return nil
 }
 
 // place picks the node with the most free cores that can take one
@@ -405,17 +454,24 @@ func (r *runner) unplaceable(js *jobState) string {
 	return fmt.Sprintf("needs %d cores; the largest node has %d", js.job.Cores, most)
 }
 
-// launch starts the instance on the cores reserved for it, without
-// blocking the loop.
-func (r *runner) launch(inst *instance, ns *nodeState, idx, hw []int) {
+// launch starts the instance on the cores reserved for it, or behind
+// pred on pred's cores, without blocking the loop.
+func (r *runner) launch(inst *instance, ns *nodeState, idx, hw []int, pred *instance) {
 	inst.cores, inst.hw = idx, hw
 	inst.node = ns
+	if pred != nil {
+		inst.prev, pred.next = pred, inst
+	}
+	r.handoff = append(r.handoff, inst)
 	inst.attempt++
 	inst.phase = starting
 	ns.running[inst.name] = inst
 	r.pending--
 	r.live++
 	spec := r.spec(inst)
+	if pred != nil {
+		spec.After = pred.name
+	}
 	go func() {
 		st, err := prepare(inst.attempt, spec)
 		if err == nil {
@@ -483,7 +539,11 @@ func (r *runner) started(res startResult) {
 	inst := res.inst
 	if res.err != nil {
 		r.release(inst)
-		r.attemptOver(inst, results.Event{Event: results.Failed, Node: inst.node.n.Name(), Error: res.err.Error()}, results.StateFailed)
+		state := results.StateFailed
+		if r.stopped != "" {
+			state = results.StateCancelled
+		}
+		r.attemptOver(inst, results.Event{Event: results.Failed, Node: inst.node.n.Name(), Error: res.err.Error()}, state)
 		return
 	}
 	if inst.node.gone {
@@ -549,10 +609,19 @@ func (r *runner) exited(inst *instance, e node.Exit) {
 	r.attemptOver(inst, ev, state)
 }
 
-// release gives the instance's cores back.
+// release gives the instance's cores back, or hands them to the
+// successor waiting for them.
 func (r *runner) release(inst *instance) {
 	ns := inst.node
-	r.pool.Release(ns.name, inst.cores)
+	if prev := inst.prev; prev != nil {
+		// It never got its predecessor's cores: nothing to give back.
+		prev.next, inst.prev = nil, nil
+	}
+	if next := inst.next; next != nil {
+		next.cores, next.prev, inst.next = inst.cores, nil, nil
+	} else {
+		r.pool.Release(ns.name, inst.cores)
+	}
 	inst.cores = nil
 	delete(ns.running, inst.name)
 	r.live--
@@ -660,6 +729,11 @@ func (r *runner) flush() {
 	}
 	if err := r.events.Append(r.evbuf...); err != nil {
 		r.log.Error("events log", "err", err)
+	}
+	if r.opts.OnEvent != nil {
+		for _, e := range r.evbuf {
+			r.opts.OnEvent(e)
+		}
 	}
 	r.evbuf = r.evbuf[:0]
 }

@@ -146,6 +146,7 @@ func specToPB(s node.ProcessSpec) *droverpb.ProcessSpec {
 		Hwthreads: ints32(s.HWThreads),
 		PortNames: s.PortNames,
 		AutoPurge: s.AutoPurge,
+		After:     s.After,
 	}
 	for _, f := range s.Files {
 		out.Files = append(out.Files, &droverpb.StageFile{Src: f.Src, Dst: f.Dst})
@@ -166,6 +167,7 @@ func specFromPB(s *droverpb.ProcessSpec) node.ProcessSpec {
 		HWThreads: ints(s.GetHwthreads()),
 		PortNames: s.GetPortNames(),
 		AutoPurge: s.GetAutoPurge(),
+		After:     s.GetAfter(),
 	}
 	for _, f := range s.GetFiles() {
 		out.Files = append(out.Files, node.StageFile{Src: f.GetSrc(), Dst: f.GetDst()})
