@@ -9,6 +9,8 @@ import (
 	"log/slog"
 
 	"github.com/spf13/cobra"
+
+	"github.com/drover-hpc/drover/internal/jobfile"
 )
 
 // Exit statuses, per the contract.
@@ -54,13 +56,20 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
+	stopProfiles := startProfiles(stderr)
 	err := root.Execute()
+	stopProfiles()
 	if err == nil {
 		return ExitOK
 	}
 	var ee *exitError
 	if errors.As(err, &ee) {
-		if msg := ee.Error(); msg != "" {
+		var positioned jobfile.Errors
+		switch msg := ee.Error(); {
+		case errors.As(err, &positioned):
+			// FILE:LINE:COL: lines, as editors and grep expect them.
+			fmt.Fprintln(stderr, msg)
+		case msg != "":
 			fmt.Fprintln(stderr, "drover:", msg)
 		}
 		return ee.code
@@ -94,6 +103,6 @@ allocation, binds them to cores, keeps every output and reports every exit.`,
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
 		return &exitError{ExitUsage, err}
 	})
-	root.AddCommand(newResources(e), newRun(e), newAgent(e))
+	root.AddCommand(append([]*cobra.Command{newResources(e), newRun(e), newAgent(e), newServe(e)}, newVerbs(e)...)...)
 	return root
 }

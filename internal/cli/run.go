@@ -85,6 +85,12 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 	if f.retries < 0 {
 		return usageError("--retries must be >= 0")
 	}
+	if f.repeat < 1 {
+		return usageError("--repeat must be >= 1")
+	}
+	if f.eachNode && cmd.Flags().Changed("repeat") {
+		return usageError("--repeat and --each-node do not go together")
+	}
 	launcher, err := pickLauncher(f)
 	if err != nil {
 		return err
@@ -124,6 +130,9 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 		baseDir = file.Dir
 	}
 
+	if err := usableDir(out); err != nil {
+		return usageError("--out: %v", err)
+	}
 	rep := progress.Start(os.Stderr, mode)
 	log := e.logger(rep.Writer())
 	m, nodes, err := startCluster(f, e, log, rep.Writer())
@@ -234,6 +243,20 @@ func startCluster(f *runFlags, e *env, log *slog.Logger, agentLogs io.Writer) (*
 // agentStartTimeout bounds the wait for agents to dial in.
 const agentStartTimeout = 30 * time.Second
 
+// usableDir checks that dir is, or can be made, a writable directory,
+// before anything starts.
+func usableDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(dir, ".drover-probe-*")
+	if err != nil {
+		return err
+	}
+	f.Close()
+	return os.Remove(f.Name())
+}
+
 func pickLauncher(f *runFlags) (string, error) {
 	if f.hostfile != "" || len(f.hosts) > 0 {
 		if f.launcher == "" {
@@ -265,9 +288,6 @@ func adHocJobs(args []string, f *runFlags, nodes []node.Node) ([]*jobfile.Job, e
 		name = "cmd"
 	}
 	if f.eachNode {
-		if cmdRepeatSet := f.repeat != 1; cmdRepeatSet {
-			return nil, usageError("--repeat and --each-node do not go together")
-		}
 		var jobs []*jobfile.Job
 		for _, n := range nodes {
 			j := &jobfile.Job{Name: name + "." + unsafeName.ReplaceAllString(n.Name(), "_"), Command: args, Node: n.Name()}

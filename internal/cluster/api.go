@@ -44,11 +44,14 @@ type StartResult struct {
 type JobInfo struct {
 	Submission int    `json:"submission"`
 	Instance   string `json:"instance"`
-	State      string `json:"state"` // pending, running, succeeded, failed, lost, cancelled
-	Node       string `json:"node,omitempty"`
-	Attempts   int    `json:"attempts,omitempty"`
-	Outcome    string `json:"outcome,omitempty"`
-	OutDir     string `json:"out_dir,omitempty"`
+	// Process is the instance's cluster-wide process name, "N.INSTANCE",
+	// which poll, logs, stop and the other verbs take.
+	Process  string `json:"process"`
+	State    string `json:"state"` // pending, running, succeeded, failed, lost, cancelled
+	Node     string `json:"node,omitempty"`
+	Attempts int    `json:"attempts,omitempty"`
+	Outcome  string `json:"outcome,omitempty"`
+	OutDir   string `json:"out_dir,omitempty"`
 }
 
 // API is what `drover serve` offers. Process names are unique across the
@@ -77,7 +80,8 @@ type API interface {
 	ReleasePorts(ctx context.Context, nodeName string, udp bool, ports []int) error
 	SetLogLevel(ctx context.Context, nodeName, level string) error
 	// Submit queues a job file's jobs; they run on free cores beside the
-	// processes started with Start. It returns the instance names.
+	// processes started with Start. It returns the instance names as the
+	// verbs know them: "N.INSTANCE" for submission N.
 	Submit(ctx context.Context, file *jobfile.File) ([]string, error)
 	Jobs(ctx context.Context) ([]JobInfo, error)
 	// Shutdown stops everything; agents exit; then the manager exits.

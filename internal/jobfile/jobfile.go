@@ -143,10 +143,7 @@ func (j *Job) Instances() []Instance {
 // Instance makes instance i of j on demand, so a queue of millions holds
 // no argv it has not started yet.
 func (j *Job) Instance(i int) Instance {
-	name := j.Name
-	if j.Repeat > 1 {
-		name += "." + strconv.Itoa(i)
-	}
+	name := j.InstanceName(i)
 	index := strconv.Itoa(i)
 	expand := func(s string) string { return strings.ReplaceAll(s, "{index}", index) }
 
@@ -175,6 +172,15 @@ func (j *Job) Instance(i int) Instance {
 		}
 	}
 	return Instance{Job: j, Name: name, Index: i, Args: args}
+}
+
+// InstanceName is the name of instance i: "sim.3", or "sim" when the job
+// has one instance.
+func (j *Job) InstanceName(i int) string {
+	if j.Repeat > 1 {
+		return j.Name + "." + strconv.Itoa(i)
+	}
+	return j.Name
 }
 
 // Instances lists the instances of all jobs, in file order.

@@ -162,6 +162,9 @@ func Line(c queue.Counts, now time.Time) string {
 	if c.Lost > 0 {
 		fmt.Fprintf(&b, ", %d lost", c.Lost)
 	}
+	if c.Cancelled > 0 {
+		fmt.Fprintf(&b, ", %d cancelled", c.Cancelled)
+	}
 	if c.Skipped > 0 {
 		fmt.Fprintf(&b, ", %d skipped", c.Skipped)
 	}

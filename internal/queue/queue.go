@@ -49,12 +49,12 @@ type Options struct {
 
 // Counts is a snapshot for progress displays.
 type Counts struct {
-	Total, Succeeded, Failed, Lost, Skipped, Running int
-	Start                                            time.Time
+	Total, Succeeded, Failed, Lost, Cancelled, Skipped, Running int
+	Start                                                       time.Time
 }
 
 // Done is the number of instances that reached a final state.
-func (c Counts) Done() int { return c.Succeeded + c.Failed + c.Lost + c.Skipped }
+func (c Counts) Done() int { return c.Succeeded + c.Failed + c.Lost + c.Cancelled + c.Skipped }
 
 type phase int
 
@@ -85,10 +85,45 @@ type instance struct {
 	// moment it exits (ProcessSpec.After); prev is the reverse link until
 	// the hand-over.
 	next, prev *instance
-	result results.InstanceResult
+}
+
+// outcome is an instance's final state, kept small: a run of millions of
+// instances holds one of these each and nothing more.
+type outcome struct {
+	job      *jobState
+	index    int
+	state    string // one of the results.State* constants
+	attempts int32
+	exitCode int32 // valid when hasCode
+	hasCode  bool
+	signal   string
+	err      string
+	node     *nodeState
+	hw       []int
+	start    int64 // unix nano; 0 = never started
+	end      int64
+}
+
+func (o *outcome) result() results.InstanceResult {
+	in := results.InstanceResult{
+		Name: o.job.job.InstanceName(o.index), State: o.state, Attempts: int(o.attempts),
+		Signal: o.signal, Error: o.err, HWThreads: topology.FormatCPUList(o.hw),
+	}
+	if o.hasCode {
+		code := int(o.exitCode)
+		in.ExitCode = &code
+	}
+	if o.node != nil {
+		in.Node = o.node.name
+	}
+	if o.start != 0 {
+		in.Start, in.End = time.Unix(0, o.start), time.Unix(0, o.end)
+	}
+	return in
 }
 
 type jobState struct {
+	order   int // position in the job list
 	job     *jobfile.Job
 	next    int         // next index never tried
 	retry   []*instance // failed attempts waiting for another go
@@ -134,7 +169,7 @@ type runner struct {
 	jobs    []*jobState
 	nodes   []*nodeState
 	byName  map[string]*nodeState
-	all     []*instance // every instance that was created, in creation order
+	done    []outcome // every instance's final state, in the order they ended
 	counts  Counts
 	live    int // instances starting or running
 	pending int // instances not yet final, not live
@@ -181,7 +216,7 @@ func Run(ctx context.Context, jobs []*jobfile.Job, opts Options) (*results.Summa
 		r.pool, r.ownPool = cores.NewPool(), true
 	}
 	for _, j := range jobs {
-		js := &jobState{job: j, retries: opts.Retries, skip: opts.Skip}
+		js := &jobState{order: len(r.jobs), job: j, retries: opts.Retries, skip: opts.Skip}
 		if j.Retries != nil {
 			js.retries = *j.Retries
 		}
@@ -213,7 +248,7 @@ func Run(ctx context.Context, jobs []*jobfile.Job, opts Options) (*results.Summa
 	sum := r.summary()
 	r.emit(results.Event{Event: results.RunEnd, Error: r.stopped})
 	r.flush()
-	err = errors.Join(results.WriteSummary(opts.OutDir, sum), events.Close())
+	err = errors.Join(results.WriteSummary(opts.OutDir, sum, r.all), events.Close())
 	return sum, err
 }
 
@@ -315,17 +350,14 @@ func (r *runner) take(js *jobState) *instance {
 	for js.next < js.job.Repeat {
 		i := js.next
 		js.next++
-		name := js.job.Instance(i).Name
-		inst := &instance{job: js, index: i, name: name}
-		r.all = append(r.all, inst)
+		name := js.job.InstanceName(i)
 		if js.skip[name] {
-			inst.result = results.InstanceResult{Name: name, State: results.StateSkipped}
-			inst.phase = final
+			r.done = append(r.done, outcome{job: js, index: i, state: results.StateSkipped})
 			r.pending--
 			r.counts.Skipped++
 			continue
 		}
-		return inst
+		return &instance{job: js, index: i, name: name}
 	}
 	return nil
 }
@@ -370,7 +402,7 @@ func (r *runner) dispatch() {
 func (r *runner) prefetch() {
 	for len(r.handoff) > 0 {
 		pred := r.handoff[len(r.handoff)-1]
-		if pred.phase != starting && pred.phase != running || pred.next != nil || pred.node.gone {
+		if pred.phase != running || pred.next != nil || pred.node.gone {
 			r.handoff = r.handoff[:len(r.handoff)-1]
 			continue
 		}
@@ -462,7 +494,6 @@ func (r *runner) launch(inst *instance, ns *nodeState, idx, hw []int, pred *inst
 	if pred != nil {
 		inst.prev, pred.next = pred, inst
 	}
-	r.handoff = append(r.handoff, inst)
 	inst.attempt++
 	inst.phase = starting
 	ns.running[inst.name] = inst
@@ -552,6 +583,9 @@ func (r *runner) started(res startResult) {
 	}
 	inst.phase = running
 	inst.start = time.Now()
+	// Only now may a successor queue behind it: the node knows the name,
+	// so the successor waits for this process instead of racing it.
+	r.handoff = append(r.handoff, inst)
 	r.emit(results.Event{Event: results.Started, Job: inst.name, Node: inst.node.n.Name(), Attempt: inst.attempt,
 		PID: res.st.PID, HWThreads: topology.FormatCPUList(inst.hw)})
 	if t := inst.job.job.Timeout; t > 0 {
@@ -648,20 +682,21 @@ func (r *runner) finish(inst *instance, ev results.Event, state string) {
 	}
 	inst.phase = final
 	ev.Job, ev.Attempt = inst.name, inst.attempt
-	r.emit(ev)
-	res := results.InstanceResult{
-		Name: inst.name, State: state, Attempts: inst.attempt,
-		ExitCode: ev.ExitCode, Signal: ev.Signal, Error: ev.Error,
-		Start: inst.start, HWThreads: topology.FormatCPUList(inst.hw),
+	if ev.Time.IsZero() {
+		ev.Time = time.Now()
 	}
-	if inst.node != nil {
-		res.Node = inst.node.n.Name()
+	r.emit(ev)
+	o := outcome{job: inst.job, index: inst.index, state: state, attempts: int32(inst.attempt),
+		signal: ev.Signal, err: ev.Error, node: inst.node, hw: inst.hw}
+	if ev.ExitCode != nil {
+		o.exitCode, o.hasCode = int32(*ev.ExitCode), true
 	}
 	if !inst.start.IsZero() {
-		res.End = time.Now()
+		o.start, o.end = inst.start.UnixNano(), ev.Time.UnixNano()
 	}
-	inst.result = res
+	r.done = append(r.done, o)
 	if state == results.StateFailed || state == results.StateLost {
+		res := o.result()
 		r.log.Warn(inst.name+" "+res.Outcome(), "node", res.Node, "attempts", inst.attempt)
 	}
 	switch state {
@@ -669,6 +704,8 @@ func (r *runner) finish(inst *instance, ev results.Event, state string) {
 		r.counts.Succeeded++
 	case results.StateLost:
 		r.counts.Lost++
+	case results.StateCancelled:
+		r.counts.Cancelled++
 	default:
 		r.counts.Failed++
 	}
@@ -747,12 +784,30 @@ func (r *runner) progress() {
 	r.opts.Progress(c)
 }
 
+// summary counts the outcomes and lists those that did not succeed;
+// all streams every instance's result for summary.json.
 func (r *runner) summary() *results.Summary {
-	s := &results.Summary{Start: r.counts.Start, End: time.Now(), StoppedBecause: r.stopped}
-	s.Instances = make([]results.InstanceResult, 0, len(r.all))
-	for _, inst := range r.all {
-		s.Instances = append(s.Instances, inst.result)
+	slices.SortFunc(r.done, func(a, b outcome) int {
+		if a.job != b.job {
+			return a.job.order - b.job.order
+		}
+		return a.index - b.index
+	})
+	c := r.counts
+	s := &results.Summary{Start: c.Start, End: time.Now(), StoppedBecause: r.stopped,
+		Total: len(r.done), Succeeded: c.Succeeded, Failed: c.Failed, Lost: c.Lost, Cancelled: c.Cancelled, Skipped: c.Skipped}
+	for i := range r.done {
+		if st := r.done[i].state; st != results.StateSucceeded && st != results.StateSkipped {
+			s.Instances = append(s.Instances, r.done[i].result())
+		}
 	}
-	s.Count()
 	return s
+}
+
+func (r *runner) all(yield func(results.InstanceResult) bool) {
+	for i := range r.done {
+		if !yield(r.done[i].result()) {
+			return
+		}
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -193,7 +194,9 @@ func (in InstanceResult) Outcome() string {
 	return what
 }
 
-// Summary is summary.json.
+// Summary is summary.json. The one a queue run returns lists in Instances
+// only the instances that did not succeed, so a run of millions holds no
+// list of them all; summary.json itself lists every instance.
 type Summary struct {
 	Start          time.Time        `json:"start"`
 	End            time.Time        `json:"end"`
@@ -212,36 +215,48 @@ func (s *Summary) OK() bool {
 	return s.Failed == 0 && s.Lost == 0 && s.Cancelled == 0
 }
 
-// Count fills the totals from Instances.
-func (s *Summary) Count() {
-	s.Total, s.Succeeded, s.Failed, s.Lost, s.Cancelled, s.Skipped = len(s.Instances), 0, 0, 0, 0, 0
-	for _, in := range s.Instances {
-		switch in.State {
-		case StateSucceeded:
-			s.Succeeded++
-		case StateFailed:
-			s.Failed++
-		case StateLost:
-			s.Lost++
-		case StateCancelled:
-			s.Cancelled++
-		case StateSkipped:
-			s.Skipped++
-		}
-	}
-}
-
-// WriteSummary writes DIR/summary.json atomically (temp file and rename).
-func WriteSummary(dir string, s *Summary) error {
-	data, err := json.MarshalIndent(s, "", "  ")
-	if err != nil {
-		return fmt.Errorf("write summary: %w", err)
-	}
+// WriteSummary writes DIR/summary.json atomically (temp file and rename),
+// with s's totals and every instance that all yields, streamed so that no
+// list of them is built in memory.
+func WriteSummary(dir string, s *Summary, all iter.Seq[InstanceResult]) error {
 	tmp, err := os.CreateTemp(dir, ".summary-*.json")
 	if err != nil {
 		return fmt.Errorf("write summary: %w", err)
 	}
-	_, err = tmp.Write(append(data, '\n'))
+	w := bufio.NewWriterSize(tmp, 64*1024)
+	head := *s
+	head.Instances = nil
+	data, err := json.MarshalIndent(&head, "", "  ")
+	if err == nil {
+		// Reopen the object to append the instances to it.
+		data = bytes.TrimSuffix(bytes.TrimSuffix(data, []byte("}")), []byte("\n"))
+		data = bytes.Replace(data, []byte(`"instances": null`), []byte(`"instances": [`), 1)
+		_, err = w.Write(data)
+	}
+	first := true
+	for in := range all {
+		if err != nil {
+			break
+		}
+		var line []byte
+		if line, err = json.Marshal(in); err == nil {
+			sep := ",\n    "
+			if first {
+				sep, first = "\n    ", false
+			}
+			w.WriteString(sep)
+			_, err = w.Write(line)
+		}
+	}
+	if err == nil {
+		if !first {
+			w.WriteString("\n  ")
+		}
+		_, err = w.WriteString("]\n}\n")
+	}
+	if err == nil {
+		err = w.Flush()
+	}
 	err = errors.Join(err, tmp.Sync(), tmp.Close())
 	if err == nil {
 		err = os.Rename(tmp.Name(), filepath.Join(dir, SummaryFile))

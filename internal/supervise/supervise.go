@@ -112,9 +112,6 @@ type proc struct {
 
 	sendMu sync.Mutex // one Send at a time
 
-	// stopping: Stop or Kill was asked for, so the rest of the group is
-	// killed when the leader exits.
-	stopping bool
 	// While starting, signals that are due once the pid is known.
 	termPending, killPending bool
 	killAt                   time.Time   // SIGKILL deadline of a Stop
@@ -300,7 +297,6 @@ func (s *Supervisor) Kill(name string) error {
 	if err != nil {
 		return err
 	}
-	p.stopping = true
 	if p.state == stateStarting {
 		p.killPending = true
 		return nil
@@ -321,7 +317,6 @@ func (s *Supervisor) liveLocked(op, name string) (*proc, error) {
 }
 
 func (s *Supervisor) stopLocked(p *proc, grace time.Duration) {
-	p.stopping = true
 	deadline := time.Now().Add(max(grace, 0))
 	if p.state == stateStarting {
 		p.termPending = true
@@ -527,11 +522,11 @@ func (s *Supervisor) Close(grace time.Duration) error {
 func (s *Supervisor) exited(p *proc, info *chldInfo) {
 	s.mu.Lock()
 	pid := p.pid
-	if p.stopping {
-		// The zombie leader still holds the group id: kill the stragglers.
-		if err := unix.Kill(-pid, unix.SIGKILL); err != nil && err != unix.ESRCH {
-			s.log.Debug("kill group", "name", p.name, "pid", pid, "err", err)
-		}
+	// A process is over when its leader is, so nothing it left behind in
+	// its group may outlive it (no orphans). The zombie leader still holds
+	// the group id, so the id cannot have been reused.
+	if err := unix.Kill(-pid, unix.SIGKILL); err != nil && err != unix.ESRCH {
+		s.log.Debug("kill group", "name", p.name, "pid", pid, "err", err)
 	}
 	e := node.Exit{Name: p.name, Node: s.node, Start: p.start}
 	var ws unix.WaitStatus

@@ -1,0 +1,747 @@
+// Package client drives a running `drover serve` from Go: the library form
+// of the AgentManager, with one method per control verb.
+//
+// `drover serve` writes $DROVER_HOME/serve.json (default ~/.drover) with
+// its address and the client credentials of its run; Dial reads it, so a
+// program on the same machine, as the same user, needs nothing else:
+//
+//	c, err := client.Dial(ctx, client.Options{})
+//	if err != nil {
+//		return err // errors.Is(err, client.ErrNoServe): start drover serve
+//	}
+//	defer c.Close()
+//	if _, err := c.Start(ctx, client.StartRequest{
+//		Node: "node1", Name: "sim", Args: []string{"./sim", "--fast"}, Stdout: "sim.out",
+//	}); err != nil {
+//		return err
+//	}
+//	for {
+//		exits, err := c.Finished(ctx) // each exit exactly once
+//		...
+//	}
+//
+// Errors of the manager come back typed: test them with errors.Is against
+// ErrNotFound, ErrUnknownNode, ErrExists, ErrRunning, ErrNotRunning,
+// ErrNoCores, ErrInvalid, ErrNodeLost and ErrShuttingDown; connection
+// problems are ErrNoServe (nothing listens, or serve.json is stale),
+// ErrRefused (the credentials do not fit that manager) or ErrUnavailable.
+package client
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	"github.com/drover-hpc/drover/api/droverpb"
+	"github.com/drover-hpc/drover/internal/creds"
+	"github.com/drover-hpc/drover/internal/jobfile"
+)
+
+// Errors a Client returns, wrapped in an *Error with the manager's
+// message. Test with errors.Is.
+var (
+	// ErrNoServe: no drover serve runs for this DROVER_HOME: there is no
+	// serve.json, the process that wrote it has exited, or nothing
+	// listens at its address.
+	ErrNoServe = errors.New("no drover serve is running")
+	// ErrRefused: the TLS handshake or the manager refused the
+	// credentials, or the manager's certificate is not of their CA:
+	// serve.json belongs to another serve.
+	ErrRefused = errors.New("credentials refused")
+	// ErrUnavailable: the manager could not be reached or the connection
+	// broke, for another reason than ErrNoServe or ErrRefused.
+	ErrUnavailable = errors.New("manager unavailable")
+
+	ErrNotFound     = errors.New("unknown process")
+	ErrUnknownNode  = errors.New("unknown node")
+	ErrExists       = errors.New("name already in use")
+	ErrRunning      = errors.New("process is running")
+	ErrNotRunning   = errors.New("process is not running")
+	ErrNoCores      = errors.New("not enough free cores")
+	ErrInvalid      = errors.New("invalid request")
+	ErrNodeLost     = errors.New("node lost")
+	ErrShuttingDown = errors.New("drover serve is shutting down")
+)
+
+// Error is an error of a Client call: Kind is one of the Err values (nil
+// when the manager gave no kind), Msg says what happened.
+type Error struct {
+	Kind error
+	Msg  string
+}
+
+func (e *Error) Error() string { return e.Msg }
+func (e *Error) Unwrap() error { return e.Kind }
+
+// ServeFile is the name of the file `drover serve` writes in its home.
+const ServeFile = "serve.json"
+
+// ServeInfo is the content of serve.json.
+type ServeInfo struct {
+	Address     string       `json:"address"` // HOST:PORT of the agents and the control API
+	HTTP        string       `json:"http"`    // http://HOST:PORT of the read-only status pages
+	PID         int          `json:"pid"`     // of drover serve
+	Host        string       `json:"host"`    // where it runs (os.Hostname)
+	Started     time.Time    `json:"started"`
+	Credentials *Credentials `json:"credentials"`
+}
+
+// Credentials are PEM-encoded client credentials of a run.
+type Credentials struct {
+	CA   string `json:"ca"`
+	Cert string `json:"cert"`
+	Key  string `json:"key"`
+}
+
+// Home is DROVER_HOME: home when not empty, else $DROVER_HOME, else
+// ~/.drover.
+func Home(home string) (string, error) {
+	if home == "" {
+		home = os.Getenv("DROVER_HOME")
+	}
+	if home == "" {
+		h, err := os.UserHomeDir()
+		if err != nil {
+			return "", fmt.Errorf("no DROVER_HOME and no home directory: %w", err)
+		}
+		home = filepath.Join(h, ".drover")
+	}
+	return filepath.Abs(home)
+}
+
+// ReadServeInfo reads home's serve.json (which must be mode 0600).
+func ReadServeInfo(home string) (*ServeInfo, error) {
+	var info ServeInfo
+	if err := creds.ReadFile(filepath.Join(home, ServeFile), &info); err != nil {
+		return nil, err
+	}
+	return &info, nil
+}
+
+// WriteServeInfo writes home's serve.json, readable by its owner only.
+func WriteServeInfo(home string, info *ServeInfo) error {
+	return creds.WriteFile(filepath.Join(home, ServeFile), info)
+}
+
+// Options say which serve to dial.
+type Options struct {
+	// Home is DROVER_HOME; "" = $DROVER_HOME, else ~/.drover. Its
+	// serve.json gives the address and the credentials.
+	Home string
+	// Manager is HOST:PORT to dial instead of serve.json's address (the
+	// credentials still come from serve.json). The check that serve.json's
+	// process is alive is skipped then.
+	Manager string
+}
+
+// Client is a connection to a drover serve. Its methods are safe for
+// concurrent use.
+type Client struct {
+	conn *grpc.ClientConn
+	rpc  droverpb.ControlClient
+	home string
+	addr string
+	info *ServeInfo
+	tls  *tls.Config
+}
+
+// Dial reads serve.json and makes a client of that serve. The connection
+// is made by the first call, so a serve that is not there shows in that
+// call's error (ErrNoServe, ErrRefused); Dial fails early only when
+// serve.json is missing, unreadable or stale (its process on this host has
+// exited).
+func Dial(ctx context.Context, opts Options) (*Client, error) {
+	home, err := Home(opts.Home)
+	if err != nil {
+		return nil, err
+	}
+	info, err := ReadServeInfo(home)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		if opts.Manager != "" {
+			return nil, &Error{ErrNoServe, fmt.Sprintf("no credentials for the manager at %s: DROVER_HOME=%s has no %s; copy the one of that drover serve there", opts.Manager, home, ServeFile)}
+		}
+		return nil, &Error{ErrNoServe, fmt.Sprintf("no drover serve is running (DROVER_HOME=%s): start one with drover serve", home)}
+	case err != nil:
+		return nil, err
+	}
+	if info.Credentials == nil {
+		return nil, &Error{ErrRefused, fmt.Sprintf("%s has no credentials; restart drover serve", filepath.Join(home, ServeFile))}
+	}
+	addr := opts.Manager
+	if addr == "" {
+		if dead, why := info.Stale(); dead {
+			return nil, &Error{ErrNoServe, fmt.Sprintf("no drover serve is running (DROVER_HOME=%s; its %s is stale: %s): start one with drover serve", home, ServeFile, why)}
+		}
+		addr = info.Address
+	}
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return nil, &Error{ErrInvalid, fmt.Sprintf("manager address %q: %v", addr, err)}
+	}
+	b := &creds.Bundle{CA: info.Credentials.CA, Cert: info.Credentials.Cert, Key: info.Credentials.Key}
+	tlsConf, err := b.ClientTLS("")
+	if err != nil {
+		return nil, &Error{ErrRefused, fmt.Sprintf("the credentials in %s are broken (%v); restart drover serve", filepath.Join(home, ServeFile), err)}
+	}
+	checkAcceptable(tlsConf)
+	conn, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)))
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", addr, err)
+	}
+	return &Client{conn: conn, rpc: droverpb.NewControlClient(conn), home: home, addr: addr, info: info, tls: tlsConf}, nil
+}
+
+// checkAcceptable makes the handshake fail here, with a clear error, when
+// the manager asks for a certificate of a CA that ours is not of, instead
+// of going on without one and being refused by the manager after the
+// handshake, which shows as a broken connection.
+func checkAcceptable(conf *tls.Config) {
+	if len(conf.Certificates) != 1 {
+		return
+	}
+	cert := conf.Certificates[0]
+	conf.Certificates = nil
+	conf.GetClientCertificate = func(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		if err := cri.SupportsCertificate(&cert); err != nil {
+			return nil, fmt.Errorf("the manager does not accept our certificate (it is of another CA): %w", err)
+		}
+		return &cert, nil
+	}
+}
+
+// Stale reports whether the serve that wrote info has certainly exited:
+// it ran on this host and its process is gone. It says why.
+func (info *ServeInfo) Stale() (bool, string) {
+	host, _ := os.Hostname()
+	if info.PID <= 0 || info.Host == "" || info.Host != host {
+		return false, ""
+	}
+	if !ProcessAlive(info.PID) {
+		return true, fmt.Sprintf("pid %d has exited", info.PID)
+	}
+	return false, ""
+}
+
+// Close closes the connection.
+func (c *Client) Close() error { return c.conn.Close() }
+
+// Addr is the address dialled.
+func (c *Client) Addr() string { return c.addr }
+
+// Home is the DROVER_HOME whose serve.json was read.
+func (c *Client) Home() string { return c.home }
+
+// Info is the serve.json read by Dial.
+func (c *Client) Info() ServeInfo { return *c.info }
+
+// fail turns the error of an RPC into an *Error (or a context error).
+func (c *Client) fail(err error) error {
+	if err == nil {
+		return nil
+	}
+	st, ok := status.FromError(err)
+	if !ok {
+		return err
+	}
+	msg := st.Message()
+	for _, d := range st.Details() {
+		if ce, ok := d.(*droverpb.ControlError); ok {
+			if kind, ok := errKinds[ce.GetKind()]; ok {
+				return &Error{kind, msg}
+			}
+		}
+	}
+	switch st.Code() {
+	case codes.Canceled:
+		return fmt.Errorf("%s: %w", msg, context.Canceled)
+	case codes.DeadlineExceeded:
+		return fmt.Errorf("%s: %w", msg, context.DeadlineExceeded)
+	case codes.Unauthenticated, codes.PermissionDenied:
+		return &Error{ErrRefused, fmt.Sprintf("the manager at %s refused the credentials in %s: %s", c.addr, c.serveFile(), msg)}
+	case codes.Unavailable:
+		return c.connError(msg)
+	case codes.NotFound:
+		return &Error{ErrNotFound, msg}
+	case codes.AlreadyExists:
+		return &Error{ErrExists, msg}
+	case codes.InvalidArgument:
+		return &Error{ErrInvalid, msg}
+	}
+	return &Error{nil, msg}
+}
+
+func (c *Client) serveFile() string { return filepath.Join(c.home, ServeFile) }
+
+// connError classifies an UNAVAILABLE status without a kind: the
+// connection could not be made or broke.
+func (c *Client) connError(msg string) error {
+	low := strings.ToLower(msg)
+	switch {
+	case strings.Contains(low, "connection refused"):
+		return c.noServe()
+	case tlsTrouble(low):
+		return c.refused(msg)
+	case strings.Contains(low, "broken pipe"), strings.Contains(low, "reset by peer"), strings.Contains(low, "eof"),
+		strings.Contains(low, "preface"):
+		// The manager may have refused the credentials right after the
+		// handshake (TLS 1.3 tells the client late): ask again and listen.
+		if err := c.diagnose(); err != nil {
+			return err
+		}
+	}
+	return &Error{ErrUnavailable, fmt.Sprintf("the manager at %s is unavailable: %s", c.addr, msg)}
+}
+
+func tlsTrouble(low string) bool {
+	for _, s := range []string{"tls:", "x509:", "certificate", "handshake"} {
+		if strings.Contains(low, s) {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *Client) noServe() error {
+	return &Error{ErrNoServe, fmt.Sprintf("no drover serve answers at %s (DROVER_HOME=%s): start one with drover serve", c.addr, c.home)}
+}
+
+func (c *Client) refused(msg string) error {
+	return &Error{ErrRefused, fmt.Sprintf("the manager at %s refused the credentials in %s, or they are of another drover serve (restart it, or check DROVER_HOME): %s", c.addr, c.serveFile(), msg)}
+}
+
+// diagnose makes a TLS connection to the manager and waits for its first
+// bytes (a gRPC server speaks first) or its alert. It returns ErrNoServe
+// or ErrRefused when that is what happens, else nil.
+func (c *Client) diagnose() error {
+	d := &net.Dialer{Timeout: 5 * time.Second}
+	conn, err := tls.DialWithDialer(d, "tcp", c.addr, c.tls.Clone())
+	if err != nil {
+		low := strings.ToLower(err.Error())
+		switch {
+		case strings.Contains(low, "connection refused"):
+			return c.noServe()
+		case tlsTrouble(low):
+			return c.refused(err.Error())
+		}
+		return nil
+	}
+	defer conn.Close()
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := conn.Read(make([]byte, 1)); err != nil && tlsTrouble(strings.ToLower(err.Error())) {
+		return c.refused(err.Error())
+	}
+	return nil
+}
+
+var errKinds = map[droverpb.ControlErrorKind]error{
+	droverpb.ControlErrorKind_CONTROL_ERROR_KIND_UNKNOWN_PROCESS: ErrNotFound,
+	droverpb.ControlErrorKind_CONTROL_ERROR_KIND_UNKNOWN_NODE:    ErrUnknownNode,
+	droverpb.ControlErrorKind_CONTROL_ERROR_KIND_DUPLICATE:       ErrExists,
+	droverpb.ControlErrorKind_CONTROL_ERROR_KIND_RUNNING:         ErrRunning,
+	droverpb.ControlErrorKind_CONTROL_ERROR_KIND_NOT_RUNNING:     ErrNotRunning,
+	droverpb.ControlErrorKind_CONTROL_ERROR_KIND_NO_CORES:        ErrNoCores,
+	droverpb.ControlErrorKind_CONTROL_ERROR_KIND_INVALID:         ErrInvalid,
+	droverpb.ControlErrorKind_CONTROL_ERROR_KIND_NODE_LOST:       ErrNodeLost,
+	droverpb.ControlErrorKind_CONTROL_ERROR_KIND_CLOSED:          ErrShuttingDown,
+}
+
+// Resources are a node's hardware threads, grouped by core, and memory.
+type Resources struct {
+	Node        string  `json:"node"`
+	Cores       [][]int `json:"cores"`
+	MemoryBytes int64   `json:"memory_bytes"`
+}
+
+// NodeInfo describes one node.
+type NodeInfo struct {
+	Name          string    `json:"name"`
+	State         string    `json:"state"` // up, busy, lost, error
+	Error         string    `json:"error,omitempty"`
+	Resources     Resources `json:"resources"`
+	BusyHWThreads []int     `json:"busy_hwthreads"`
+	Processes     int       `json:"processes"`
+}
+
+// Nodes lists the nodes that joined, in order.
+func (c *Client) Nodes(ctx context.Context) ([]NodeInfo, error) {
+	r, err := c.rpc.Nodes(ctx, &droverpb.NodesRequest{})
+	if err != nil {
+		return nil, c.fail(err)
+	}
+	out := make([]NodeInfo, 0, len(r.GetNodes()))
+	for _, n := range r.GetNodes() {
+		res := Resources{Node: n.GetResources().GetNode(), MemoryBytes: n.GetResources().GetMemoryBytes(), Cores: [][]int{}}
+		for _, core := range n.GetResources().GetCores() {
+			res.Cores = append(res.Cores, ints(core.GetHwthreads()))
+		}
+		busy := ints(n.GetBusyHwthreads())
+		if busy == nil {
+			busy = []int{}
+		}
+		out = append(out, NodeInfo{
+			Name:          n.GetName(),
+			State:         n.GetState(),
+			Error:         n.GetError(),
+			Resources:     res,
+			BusyHWThreads: busy,
+			Processes:     int(n.GetProcesses()),
+		})
+	}
+	return out, nil
+}
+
+// StartRequest is one process to start.
+type StartRequest struct {
+	Node string
+	Name string   // unique across the cluster
+	Args []string // argv; Args[0] is looked up in PATH when it has no slash
+	Env  map[string]string
+	// Dir is the work dir, which must exist; "" = a fresh one. Dir, Stdout
+	// and Stderr are made absolute against this process's work dir.
+	Dir    string
+	Stdout string // file, created or truncated; "" = the manager keeps it for Logs
+	Stderr string
+	Cores  int // reserve and bind this many whole cores; 0 = unbound
+}
+
+// StartResult tells where a process runs.
+type StartResult struct {
+	Node      string
+	PID       int
+	HWThreads []int // bound to these; empty when unbound
+}
+
+// Start starts a process.
+func (c *Client) Start(ctx context.Context, req StartRequest) (StartResult, error) {
+	paths := []*string{&req.Dir, &req.Stdout, &req.Stderr}
+	for _, p := range paths {
+		if *p == "" {
+			continue
+		}
+		abs, err := filepath.Abs(*p)
+		if err != nil {
+			return StartResult{}, &Error{ErrInvalid, fmt.Sprintf("start %s: %v", req.Name, err)}
+		}
+		*p = abs
+	}
+	r, err := c.rpc.Start(ctx, &droverpb.StartRequest{
+		Node:    req.Node,
+		Name:    req.Name,
+		Args:    req.Args,
+		Env:     req.Env,
+		Workdir: req.Dir,
+		Stdout:  req.Stdout,
+		Stderr:  req.Stderr,
+		Cores:   int32(req.Cores),
+	})
+	if err != nil {
+		return StartResult{}, c.fail(err)
+	}
+	return StartResult{Node: r.GetNode(), PID: int(r.GetPid()), HWThreads: ints(r.GetHwthreads())}, nil
+}
+
+// Exit is the final report of one process.
+type Exit struct {
+	Name   string    `json:"name"`
+	Node   string    `json:"node"`
+	Code   int       `json:"code"`             // exit status; -1 when killed by a signal
+	Signal string    `json:"signal,omitempty"` // "SIGKILL"; "" unless killed by a signal
+	Start  time.Time `json:"start"`
+	End    time.Time `json:"end"`
+	// Err is set when the result is not all there: outputs not collected,
+	// or the node was lost before it reported the exit.
+	Err string `json:"error,omitempty"`
+}
+
+// String is "exit N" or "signal SIG", as `drover poll` prints it.
+func (e Exit) String() string {
+	if e.Signal != "" {
+		return "signal " + e.Signal
+	}
+	return fmt.Sprintf("exit %d", e.Code)
+}
+
+// Success reports whether the process exited with status 0 and its
+// results were kept.
+func (e Exit) Success() bool { return e.Signal == "" && e.Code == 0 && e.Err == "" }
+
+func exitFromPB(e *droverpb.Exit) Exit {
+	out := Exit{Name: e.GetName(), Node: e.GetNode(), Code: int(e.GetCode()), Signal: e.GetSignal(), Err: e.GetError()}
+	if e.GetStartUnixNano() != 0 {
+		out.Start = time.Unix(0, e.GetStartUnixNano())
+	}
+	if e.GetEndUnixNano() != 0 {
+		out.End = time.Unix(0, e.GetEndUnixNano())
+	}
+	return out
+}
+
+// Status is a process as Poll sees it.
+type Status struct {
+	Name    string
+	Running bool
+	Exit    Exit // when not Running
+}
+
+// String is "running", "exit N" or "signal SIG".
+func (s Status) String() string {
+	if s.Running {
+		return "running"
+	}
+	return s.Exit.String()
+}
+
+// Poll reports the named processes, or every known one when none is named.
+func (c *Client) Poll(ctx context.Context, names ...string) ([]Status, error) {
+	r, err := c.rpc.Poll(ctx, &droverpb.ControlPollRequest{Names: names})
+	if err != nil {
+		return nil, c.fail(err)
+	}
+	out := make([]Status, 0, len(r.GetStatuses()))
+	for _, s := range r.GetStatuses() {
+		st := Status{Name: s.GetName(), Running: s.GetRunning()}
+		if !st.Running {
+			st.Exit = exitFromPB(s.GetExit())
+			if st.Exit.Name == "" {
+				st.Exit.Name = st.Name
+			}
+		}
+		out = append(out, st)
+	}
+	return out, nil
+}
+
+func graceMillis(d time.Duration) int64 {
+	if d <= 0 {
+		return 0
+	}
+	return int64((d + time.Millisecond - 1) / time.Millisecond)
+}
+
+// Stop sends SIGTERM to the process group, then SIGKILL after grace (0 =
+// serve's --grace).
+func (c *Client) Stop(ctx context.Context, name string, grace time.Duration) error {
+	_, err := c.rpc.Stop(ctx, &droverpb.StopRequest{Name: name, GraceMs: graceMillis(grace)})
+	return c.fail(err)
+}
+
+// Kill sends SIGKILL to the process group.
+func (c *Client) Kill(ctx context.Context, name string) error {
+	_, err := c.rpc.Kill(ctx, &droverpb.NameRequest{Name: name})
+	return c.fail(err)
+}
+
+// Purge forgets a process that is no longer running.
+func (c *Client) Purge(ctx context.Context, name string) error {
+	_, err := c.rpc.Purge(ctx, &droverpb.NameRequest{Name: name})
+	return c.fail(err)
+}
+
+// Send writes data to the process's stdin.
+func (c *Client) Send(ctx context.Context, name string, data []byte) error {
+	_, err := c.rpc.Send(ctx, &droverpb.SendRequest{Name: name, Data: data})
+	return c.fail(err)
+}
+
+// Logs writes a process's stdout (or stderr) to w from the start; with
+// follow it goes on until the process has exited and all its output is
+// written, or ctx ends.
+func (c *Client) Logs(ctx context.Context, name string, stderr, follow bool, w io.Writer) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := c.rpc.Logs(ctx, &droverpb.LogsRequest{Name: name, Stderr: stderr, Follow: follow})
+	if err != nil {
+		return c.fail(err)
+	}
+	for {
+		chunk, err := stream.Recv()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return c.fail(err)
+		}
+		if _, err := w.Write(chunk.GetData()); err != nil {
+			return err
+		}
+	}
+}
+
+// Finished returns the exits of the processes started with Start since the
+// last call (by anyone), each exactly once.
+func (c *Client) Finished(ctx context.Context) ([]Exit, error) {
+	r, err := c.rpc.Finished(ctx, &droverpb.FinishedRequest{})
+	if err != nil {
+		return nil, c.fail(err)
+	}
+	out := make([]Exit, 0, len(r.GetExits()))
+	for _, e := range r.GetExits() {
+		out = append(out, exitFromPB(e))
+	}
+	return out, nil
+}
+
+// CancelAll stops every process (SIGTERM, grace, SIGKILL; 0 = serve's
+// --grace).
+func (c *Client) CancelAll(ctx context.Context, grace time.Duration) error {
+	_, err := c.rpc.CancelAll(ctx, &droverpb.CancelAllRequest{GraceMs: graceMillis(grace)})
+	return c.fail(err)
+}
+
+// GetEnv returns a variable of a node's base environment and whether it
+// is set.
+func (c *Client) GetEnv(ctx context.Context, node, key string) (string, bool, error) {
+	r, err := c.rpc.GetEnv(ctx, &droverpb.GetEnvRequest{Node: node, Key: key})
+	if err != nil {
+		return "", false, c.fail(err)
+	}
+	return r.GetValue(), r.GetSet(), nil
+}
+
+// SetEnv sets a variable of a node's base environment, for later starts.
+func (c *Client) SetEnv(ctx context.Context, node, key, value string) error {
+	_, err := c.rpc.SetEnv(ctx, &droverpb.SetEnvRequest{Node: node, Key: key, Value: value})
+	return c.fail(err)
+}
+
+// BindPorts reserves n free TCP (or UDP) ports on a node; they are held
+// until released.
+func (c *Client) BindPorts(ctx context.Context, node string, udp bool, n int) ([]int, error) {
+	r, err := c.rpc.BindPorts(ctx, &droverpb.BindPortsRequest{Node: node, Udp: udp, N: int32(n)})
+	if err != nil {
+		return nil, c.fail(err)
+	}
+	return ints(r.GetPorts()), nil
+}
+
+// ReleasePorts gives reserved ports back.
+func (c *Client) ReleasePorts(ctx context.Context, node string, udp bool, ports []int) error {
+	p := make([]int32, len(ports))
+	for i, x := range ports {
+		p[i] = int32(x)
+	}
+	_, err := c.rpc.ReleasePorts(ctx, &droverpb.ReleasePortsRequest{Node: node, Udp: udp, Ports: p})
+	return c.fail(err)
+}
+
+// SetLogLevel sets a node agent's log level: debug, info, warn or error.
+func (c *Client) SetLogLevel(ctx context.Context, node, level string) error {
+	_, err := c.rpc.SetLogLevel(ctx, &droverpb.SetLogLevelRequest{Node: node, Level: level})
+	return c.fail(err)
+}
+
+// Submit queues the jobs of the job file at path and returns their
+// instance names. The file is checked here first: its problems come back
+// as an error that errors.Is ErrInvalid and reads FILE:LINE:COL: what. Its
+// relative files and work dirs resolve against its directory, on the
+// manager's machine.
+func (c *Client) Submit(ctx context.Context, path string) ([]string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, &invalidError{err}
+	}
+	f, err := jobfile.Parse(path, data)
+	if err != nil {
+		return nil, &invalidError{err}
+	}
+	r, err := c.rpc.Submit(ctx, &droverpb.SubmitRequest{Name: filepath.Base(path), JobFile: data, Dir: f.Dir})
+	if err != nil {
+		return nil, c.fail(err)
+	}
+	return r.GetInstances(), nil
+}
+
+// invalidError keeps a local error's text and makes it ErrInvalid.
+type invalidError struct{ err error }
+
+func (e *invalidError) Error() string   { return e.err.Error() }
+func (e *invalidError) Unwrap() []error { return []error{ErrInvalid, e.err} }
+
+// JobInfo is one submitted instance.
+type JobInfo struct {
+	Submission int    `json:"submission"`
+	Instance   string `json:"instance"`
+	State      string `json:"state"` // pending, running, succeeded, failed, lost, cancelled
+	Node       string `json:"node,omitempty"`
+	Attempts   int    `json:"attempts,omitempty"`
+	Outcome    string `json:"outcome,omitempty"`
+	OutDir     string `json:"out_dir,omitempty"` // its stdout, stderr and outputs
+}
+
+// Jobs lists the submitted instances.
+func (c *Client) Jobs(ctx context.Context) ([]JobInfo, error) {
+	r, err := c.rpc.Jobs(ctx, &droverpb.JobsRequest{})
+	if err != nil {
+		return nil, c.fail(err)
+	}
+	out := make([]JobInfo, 0, len(r.GetJobs()))
+	for _, j := range r.GetJobs() {
+		out = append(out, JobInfo{
+			Submission: int(j.GetSubmission()),
+			Instance:   j.GetInstance(),
+			State:      j.GetState(),
+			Node:       j.GetNode(),
+			Attempts:   int(j.GetAttempts()),
+			Outcome:    j.GetOutcome(),
+			OutDir:     j.GetOutDir(),
+		})
+	}
+	return out, nil
+}
+
+// Shutdown stops every process; the agents exit, then serve exits. It
+// returns once serve has done its part of the work; serve's process may
+// still be exiting (see WaitExit). A connection that breaks during the
+// call counts as done: serve closes it on its way out.
+func (c *Client) Shutdown(ctx context.Context) error {
+	_, err := c.rpc.Shutdown(ctx, &droverpb.ShutdownRequest{})
+	err = c.fail(err)
+	var e *Error
+	if errors.As(err, &e) && e.Kind == ErrUnavailable {
+		return nil
+	}
+	return err
+}
+
+// WaitExit waits until the serve that wrote serve.json has exited, when it
+// runs on this host; elsewhere it returns at once. It fails when ctx ends
+// first.
+func (c *Client) WaitExit(ctx context.Context) error {
+	host, _ := os.Hostname()
+	if c.info.PID <= 0 || c.info.Host != host {
+		return nil
+	}
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for ProcessAlive(c.info.PID) {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("drover serve (pid %d) has not exited: %w", c.info.PID, ctx.Err())
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
+func ints(v []int32) []int {
+	if v == nil {
+		return nil
+	}
+	out := make([]int, len(v))
+	for i, x := range v {
+		out[i] = int(x)
+	}
+	return out
+}

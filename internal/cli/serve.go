@@ -1,0 +1,410 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"html/template"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+
+	"github.com/drover-hpc/drover/client"
+	"github.com/drover-hpc/drover/internal/cluster"
+	"github.com/drover-hpc/drover/internal/control"
+	"github.com/drover-hpc/drover/internal/creds"
+	"github.com/drover-hpc/drover/internal/manager"
+)
+
+type serveFlags struct {
+	listen         string
+	http           string
+	launcher       string
+	hosts          []string
+	hostfile       string
+	monitorTimeout time.Duration
+	nodeTimeout    time.Duration
+	grace          time.Duration
+}
+
+func newServe(e *env) *cobra.Command {
+	f := &serveFlags{}
+	cmd := &cobra.Command{
+		Use:   "serve [flags]",
+		Short: "Run the manager as a daemon that the control verbs drive",
+		Long: `Runs the manager and its agents until Ctrl-C, SIGTERM or drover shutdown.
+The control verbs (drover nodes, start, poll, stop, ..., submit, jobs) and
+the Go package github.com/drover-hpc/drover/client drive it.
+
+It writes $DROVER_HOME/serve.json (default ~/.drover; mode 0600) with the
+address, the status page's URL, its pid and the client credentials of the
+run; the verbs find it there. Every connection is mutual TLS: only holders
+of those credentials get in. --http serves a read-only status page.
+
+On the way out every process is stopped (SIGTERM, then SIGKILL after
+--grace), the agents exit and serve.json is removed. Only one serve runs
+per DROVER_HOME.`,
+		Example: `  drover serve &
+  drover nodes
+  drover start --node "$(hostname)" --name sim -- ./sim --fast
+  drover shutdown
+
+  DROVER_HOME=/tmp/d drover serve --listen 0.0.0.0:7700 --http 127.0.0.1:8080`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runServe(e, f)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.listen, "listen", "127.0.0.1:0", "address for agents and clients (mutual TLS)")
+	fl.StringVar(&f.http, "http", "127.0.0.1:0", "address of the read-only status page")
+	fl.StringVar(&f.launcher, "launcher", "", "how agents reach the nodes: local, ssh or slurm (default: slurm inside an allocation, ssh with --hosts, else local)")
+	fl.StringSliceVar(&f.hosts, "hosts", nil, "SSH nodes, [user@]host,...")
+	fl.StringVar(&f.hostfile, "hostfile", "", "file with one SSH node per line")
+	fl.DurationVar(&f.monitorTimeout, "monitor-timeout", 30*time.Second, "an agent stops its processes and exits after this long without the manager")
+	fl.DurationVar(&f.nodeTimeout, "node-timeout", 5*time.Second, "the manager declares a silent node lost after this long")
+	fl.DurationVar(&f.grace, "grace", 10*time.Second, "time between SIGTERM and SIGKILL when stopping processes")
+	return cmd
+}
+
+func runServe(e *env, f *serveFlags) error {
+	launcher, err := pickLauncher(&runFlags{launcher: f.launcher, hosts: f.hosts, hostfile: f.hostfile})
+	if err != nil {
+		return err
+	}
+	if launcher != "local" {
+		return usageError("launcher %q is not available in this build; use --launcher local", launcher)
+	}
+	if f.http == "" {
+		return usageError("--http needs HOST:PORT (port 0 for a free one)")
+	}
+	if f.grace < 0 || f.monitorTimeout <= 0 || f.nodeTimeout <= 0 {
+		return usageError("--grace must be >= 0, --monitor-timeout and --node-timeout > 0")
+	}
+	home, err := client.Home("")
+	if err != nil {
+		return &exitError{ExitFailed, err}
+	}
+	if err := os.MkdirAll(home, 0o700); err != nil {
+		return &exitError{ExitFailed, fmt.Errorf("DROVER_HOME: %w", err)}
+	}
+	log := e.logger(e.stderr)
+
+	unlock, err := claimHome(home, log)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+
+	httpLis, err := net.Listen("tcp", f.http)
+	if err != nil {
+		return &exitError{ExitFailed, fmt.Errorf("--http: %w", err)}
+	}
+	defer httpLis.Close()
+
+	cl := cluster.New(cluster.Options{Logger: log, Home: home, Grace: f.grace})
+	ctl := control.New(cl, control.Options{Logger: log, Grace: f.grace})
+	m, err := manager.New(manager.Options{
+		Listen:         f.listen,
+		NodeTimeout:    f.nodeTimeout,
+		MonitorTimeout: f.monitorTimeout,
+		Grace:          f.grace,
+		Logger:         log,
+		AgentLogLevel:  e.logLevel,
+		AgentLogs:      e.stderr,
+		Register:       func(s *grpc.Server) { ctl.Register(s) },
+		OnNode:         cl.AddNode,
+	})
+	if err != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return &exitError{ExitFailed, errors.Join(err, cl.Close(ctx))}
+	}
+	// stop takes everything down, in order; it is safe to call twice.
+	stopped := false
+	stop := func(ctx context.Context, shutdown bool) error {
+		if stopped {
+			return nil
+		}
+		stopped = true
+		var errs []error
+		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if err := ctl.Drain(dctx); err != nil {
+			log.Warn("serve: control calls still running", "err", err)
+		}
+		cancel()
+		if shutdown {
+			if err := cl.Shutdown(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("shutdown: %w", err))
+			}
+		}
+		if err := cl.Close(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("close cluster: %w", err))
+		}
+		if err := m.Close(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("close manager: %w", err))
+		}
+		return errors.Join(errs...)
+	}
+
+	// Signals are caught from here on: one while the agent starts ends
+	// the start, and serve takes down what it started.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+
+	host, _ := os.Hostname()
+	err = m.LaunchLocal(host)
+	if err == nil {
+		err = waitAgent(m, sigs)
+	}
+	var bundle *creds.Bundle
+	if err == nil {
+		bundle, err = m.CA().Issue(creds.RoleClient, "drover-client", nil)
+	}
+	info := &client.ServeInfo{
+		Address: dialable(m.Addr()),
+		HTTP:    "http://" + dialable(httpLis.Addr().String()),
+		PID:     os.Getpid(),
+		Host:    host,
+		Started: time.Now().UTC().Truncate(time.Second),
+	}
+	if err == nil {
+		info.Credentials = &client.Credentials{CA: bundle.CA, Cert: bundle.Cert, Key: bundle.Key}
+		err = client.WriteServeInfo(home, info)
+	}
+	if err != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), f.grace+30*time.Second)
+		defer cancel()
+		return &exitError{ExitFailed, errors.Join(err, stop(ctx, true))}
+	}
+	serveFile := filepath.Join(home, client.ServeFile)
+	defer removeServeFile(serveFile, info.PID, log)
+
+	web := &http.Server{Handler: statusPage(cl, info), ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := web.Serve(httpLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("serve: status page", "err", err)
+		}
+	}()
+
+	fmt.Fprintf(e.stderr, "drover serve: manager at %s, status page %s, pid %d; credentials in %s\n",
+		info.Address, info.HTTP, info.PID, serveFile)
+
+	viaSignal := false
+	select {
+	case s := <-sigs:
+		log.Info("serve: shutting down", "signal", s)
+		viaSignal = true
+	case <-cl.Done():
+		log.Info("serve: shutting down: asked by a client")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), f.grace+30*time.Second)
+	defer cancel()
+	// A second signal cuts the grace short: SIGKILL for every process now.
+	// (Cancelling ctx instead would leave them to their agents.)
+	go func() {
+		select {
+		case <-sigs:
+			log.Warn("serve: second signal: killing every process")
+			if err := cl.CancelAll(ctx, 0); err != nil {
+				log.Warn("serve: kill every process", "err", err)
+			}
+		case <-ctx.Done():
+		}
+	}()
+	wctx, wcancel := context.WithTimeout(ctx, 2*time.Second)
+	_ = web.Shutdown(wctx)
+	wcancel()
+	if err := stop(ctx, viaSignal); err != nil {
+		fmt.Fprintln(e.stderr, "drover serve:", err)
+		return errFailed
+	}
+	return nil
+}
+
+// waitAgent waits for the local agent's node, up to agentStartTimeout or
+// a signal.
+func waitAgent(m *manager.Manager, sigs <-chan os.Signal) error {
+	ctx, cancel := context.WithTimeout(context.Background(), agentStartTimeout)
+	defer cancel()
+	waited := make(chan error, 1)
+	go func() {
+		_, err := m.WaitNodes(ctx, 1)
+		waited <- err
+	}()
+	select {
+	case err := <-waited:
+		return err
+	case s := <-sigs:
+		cancel()
+		<-waited
+		return fmt.Errorf("%s while the agent was starting", s)
+	}
+}
+
+// claimHome makes sure no other serve uses home: it takes home/serve.lock
+// (held until unlock, released by the kernel should this process die) and
+// refuses when another process holds it. Where the file system has no
+// locks it falls back to serve.json's pid. A stale serve.json is removed.
+func claimHome(home string, log *slog.Logger) (unlock func(), err error) {
+	serveFile := filepath.Join(home, client.ServeFile)
+	old, readErr := client.ReadServeInfo(home)
+	running := func() error {
+		if old != nil {
+			return &exitError{ExitFailed, fmt.Errorf("a drover serve is already running (pid %d, %s); stop it with drover shutdown, or use another DROVER_HOME", old.PID, old.Address)}
+		}
+		return &exitError{ExitFailed, fmt.Errorf("a drover serve is already running with DROVER_HOME=%s; stop it with drover shutdown, or use another DROVER_HOME", home)}
+	}
+	lock, err := os.OpenFile(filepath.Join(home, "serve.lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, &exitError{ExitFailed, fmt.Errorf("DROVER_HOME: %w", err)}
+	}
+	unlock = func() { lock.Close() }
+	switch err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); {
+	case err == nil:
+	case errors.Is(err, unix.EWOULDBLOCK):
+		unlock()
+		return nil, running()
+	case errors.Is(err, unix.ENOLCK), errors.Is(err, unix.ENOSYS), errors.Is(err, unix.EOPNOTSUPP):
+		// No locks here: serve.json is all there is to go by.
+	default:
+		unlock()
+		return nil, &exitError{ExitFailed, fmt.Errorf("lock DROVER_HOME: %w", err)}
+	}
+	// Even with the lock ours, a serve.json whose process lives (or, from
+	// another host, whose address answers) may be a serve whose lock we
+	// cannot see: on another host over a file system without shared
+	// locks, say. A live pid alone may have been reused: it must answer.
+	if old != nil {
+		if dead, _ := old.Stale(); !dead && serveAnswers(old.Address) {
+			unlock()
+			return nil, running()
+		}
+	}
+	switch {
+	case old != nil:
+		log.Warn("serve: replacing a stale serve.json", "pid", old.PID, "address", old.Address)
+		_ = os.Remove(serveFile)
+	case readErr != nil && !errors.Is(readErr, os.ErrNotExist):
+		log.Warn("serve: replacing an unreadable serve.json", "err", readErr)
+		_ = os.Remove(serveFile)
+	}
+	return unlock, nil
+}
+
+// serveAnswers reports whether something accepts connections at addr.
+func serveAnswers(addr string) bool {
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
+// removeServeFile removes serve.json if it is still the one of pid.
+func removeServeFile(path string, pid int, log *slog.Logger) {
+	info, err := client.ReadServeInfo(filepath.Dir(path))
+	if err != nil || info.PID != pid {
+		return
+	}
+	if err := os.Remove(path); err != nil {
+		log.Warn("serve: remove serve.json", "err", err)
+	}
+}
+
+// dialable turns a listener's address into one to dial: an unspecified
+// host (0.0.0.0, ::) becomes loopback.
+func dialable(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		if ip.To4() != nil {
+			host = "127.0.0.1"
+		} else {
+			host = "::1"
+		}
+	}
+	return net.JoinHostPort(host, port)
+}
+
+var statusTmpl = template.Must(template.New("status").Funcs(template.FuncMap{
+	"ints": func(v []int) string {
+		s := make([]string, len(v))
+		for i, x := range v {
+			s[i] = fmt.Sprint(x)
+		}
+		return strings.Join(s, ",")
+	},
+	"hwthreads": func(r [][]int) int {
+		n := 0
+		for _, c := range r {
+			n += len(c)
+		}
+		return n
+	},
+}).Parse(`<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
+<title>drover serve</title>
+<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left}</style>
+</head><body>
+<h1>drover serve</h1>
+<p>Manager at {{.Info.Address}}, pid {{.Info.PID}} on {{.Info.Host}}, up since {{.Info.Started.Format "2006-01-02 15:04:05 MST"}}.</p>
+{{with .Err}}<p><strong>{{.}}</strong></p>{{end}}
+<h2>Nodes</h2>
+{{if .Nodes}}<table><tr><th>node</th><th>state</th><th>cores</th><th>hwthreads</th><th>busy hwthreads</th><th>processes</th></tr>
+{{range .Nodes}}<tr><td>{{.Name}}</td><td>{{.State}}{{with .Error}}: {{.}}{{end}}</td><td>{{len .Resources.Cores}}</td><td>{{hwthreads .Resources.Cores}}</td><td>{{ints .BusyHWThreads}}</td><td>{{.Processes}}</td></tr>
+{{end}}</table>{{else}}<p>No nodes.</p>{{end}}
+<h2>Jobs</h2>
+{{if .Jobs}}<table><tr><th>submission</th><th>instance</th><th>state</th><th>node</th><th>attempts</th><th>outcome</th></tr>
+{{range .Jobs}}<tr><td>{{.Submission}}</td><td>{{.Instance}}</td><td>{{.State}}</td><td>{{.Node}}</td><td>{{.Attempts}}</td><td>{{.Outcome}}</td></tr>
+{{end}}</table>{{else}}<p>No jobs submitted.</p>{{end}}
+</body></html>
+`))
+
+// statusPage is the read-only HTTP side of serve: the status page at /,
+// 404 elsewhere.
+func statusPage(api cluster.API, info *client.ServeInfo) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/" {
+			http.NotFound(w, r)
+			return
+		}
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			w.Header().Set("Allow", "GET, HEAD")
+			http.Error(w, "read-only", http.StatusMethodNotAllowed)
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		defer cancel()
+		data := struct {
+			Info  *client.ServeInfo
+			Nodes []cluster.NodeInfo
+			Jobs  []cluster.JobInfo
+			Err   error
+		}{Info: info}
+		var errN, errJ error
+		data.Nodes, errN = api.Nodes(ctx)
+		data.Jobs, errJ = api.Jobs(ctx)
+		data.Err = errors.Join(errN, errJ)
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		if err := statusTmpl.Execute(w, data); err != nil {
+			// Headers are out; nothing more to say to the client.
+			return
+		}
+	})
+}

@@ -1,0 +1,713 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/drover-hpc/drover/client"
+	"github.com/drover-hpc/drover/internal/control"
+	"github.com/drover-hpc/drover/internal/jobfile"
+)
+
+// The control verbs talk to a running `drover serve` through the client
+// package. Exit statuses: 0 done; 2 bad usage or what was named does not
+// exist (an unknown process or node, an invalid request or job file, a
+// name already in use): nothing was done; 1 anything else failed: no
+// serve runs, the credentials are refused, a node was lost, the process
+// is (not) running.
+
+// verbFlags are the flags every verb has.
+type verbFlags struct {
+	manager string
+}
+
+func addVerbFlags(cmd *cobra.Command, vf *verbFlags) {
+	cmd.Flags().StringVar(&vf.manager, "manager", "", "HOST:PORT of the drover serve (default: the address in $DROVER_HOME/serve.json; the credentials come from there in any case)")
+}
+
+// withClient dials the serve and runs fn with a context that ends on
+// SIGINT or SIGTERM; errors get their exit status.
+func withClient(vf *verbFlags, fn func(ctx context.Context, c *client.Client) error) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	c, err := client.Dial(ctx, client.Options{Manager: vf.manager})
+	if err != nil {
+		return verbError(err)
+	}
+	defer c.Close()
+	return verbError(fn(ctx, c))
+}
+
+// verbError gives an error of a verb its exit status.
+func verbError(err error) error {
+	if err == nil {
+		return nil
+	}
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return err
+	}
+	for _, usage := range []error{client.ErrNotFound, client.ErrUnknownNode, client.ErrInvalid, client.ErrExists} {
+		if errors.Is(err, usage) {
+			return &exitError{ExitUsage, err}
+		}
+	}
+	return &exitError{ExitFailed, err}
+}
+
+// newVerbs makes the control verbs.
+func newVerbs(e *env) []*cobra.Command {
+	return []*cobra.Command{
+		newNodes(e), newStart(e), newPoll(e), newStop(e), newKill(e), newPurge(e), newSend(e),
+		newLogs(e), newFinished(e), newCancelAll(e), newEnv(e), newPorts(e), newLogLevel(e),
+		newSubmit(e), newJobs(e), newShutdown(e),
+	}
+}
+
+const verbNote = `
+
+It talks to the drover serve of $DROVER_HOME (default ~/.drover), or the one
+at --manager. Exit status: 0 done; 2 bad usage, or the process, node or job
+file is unknown or invalid; 1 anything else failed (no serve running,
+credentials refused, ...).`
+
+func newNodes(e *env) *cobra.Command {
+	vf := &verbFlags{}
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "nodes [--json]",
+		Short: "List the nodes of the running drover serve",
+		Long: `Lists the nodes that joined the drover serve: state (up, busy, lost,
+error), cores, hardware threads, the hardware threads busy with bound
+processes and the number of processes. --json prints a JSON array of
+{"name", "state", "resources": {"node", "cores", "memory_bytes"},
+"busy_hwthreads", "processes"}.` + verbNote,
+		Example: `  drover nodes
+  drover nodes --json | jq '.[].name'`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return withClient(vf, func(ctx context.Context, c *client.Client) error {
+				nodes, err := c.Nodes(ctx)
+				if err != nil {
+					return err
+				}
+				if asJSON {
+					return printJSON(e, nodes)
+				}
+				tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "NODE\tSTATE\tCORES\tHWTHREADS\tBUSY\tPROCESSES")
+				for _, n := range nodes {
+					state := n.State
+					if n.Error != "" {
+						state += " (" + n.Error + ")"
+					}
+					hw := 0
+					for _, core := range n.Resources.Cores {
+						hw += len(core)
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%d\n", n.Name, state, len(n.Resources.Cores), hw, intList(n.BusyHWThreads, "-"), n.Processes)
+				}
+				return tw.Flush()
+			})
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	addVerbFlags(cmd, vf)
+	return cmd
+}
+
+func newStart(e *env) *cobra.Command {
+	vf := &verbFlags{}
+	var req client.StartRequest
+	var envs []string
+	cmd := &cobra.Command{
+		Use:   "start --node N --name NAME [flags] -- CMD [ARG...]",
+		Short: "Start a named process on a node",
+		Long: `Starts CMD as the process NAME on node N. Names are unique across the
+cluster; the other verbs (poll, stop, kill, purge, send, logs) take just
+the name. Its stdin stays open for drover send. --stdout and --stderr name
+files to write (relative paths, like --workdir, are taken from here);
+without them serve keeps the output for drover logs. --cores reserves that
+many whole cores and binds the process to their hardware threads.
+
+It prints the node, pid and bound hardware threads.` + verbNote,
+		Example: `  drover start --node node1 --name sim -- ./sim --seed 3
+  drover start --node node1 --name srv --cores 2 --env OMP_PROC_BIND=true --stdout srv.log -- ./server
+  drover start --node node1 --name echo -- cat`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if dash := cmd.ArgsLenAtDash(); dash > 0 {
+				return usageError("start: unexpected arguments before --: %q", args[:dash])
+			}
+			if len(args) == 0 {
+				return usageError("start: no command; give it after --")
+			}
+			if req.Node == "" || req.Name == "" {
+				return usageError("start needs --node and --name")
+			}
+			if req.Cores < 0 {
+				return usageError("--cores must be >= 0")
+			}
+			req.Args = args
+			for _, kv := range envs {
+				k, v, ok := strings.Cut(kv, "=")
+				if !ok || k == "" {
+					return usageError("--env wants KEY=VALUE, got %q", kv)
+				}
+				if req.Env == nil {
+					req.Env = make(map[string]string)
+				}
+				req.Env[k] = v
+			}
+			return withClient(vf, func(ctx context.Context, c *client.Client) error {
+				res, err := c.Start(ctx, req)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(e.stdout, "%s started on %s, pid %d", req.Name, res.Node, res.PID)
+				if len(res.HWThreads) > 0 {
+					fmt.Fprintf(e.stdout, ", hwthreads %s", intList(res.HWThreads, ""))
+				}
+				fmt.Fprintln(e.stdout)
+				return nil
+			})
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&req.Node, "node", "", "node to start on (see drover nodes)")
+	fl.StringVar(&req.Name, "name", "", "name of the process, unique across the cluster")
+	fl.StringVar(&req.Dir, "workdir", "", "work dir, which must exist (default: a fresh one)")
+	fl.StringVar(&req.Stdout, "stdout", "", "file for its stdout (default: kept for drover logs)")
+	fl.StringVar(&req.Stderr, "stderr", "", "file for its stderr (default: kept for drover logs)")
+	fl.StringArrayVar(&envs, "env", nil, "KEY=VALUE added to its environment; repeatable")
+	fl.IntVar(&req.Cores, "cores", 0, "whole cores to reserve and bind it to (default: none, unbound)")
+	addVerbFlags(cmd, vf)
+	return cmd
+}
+
+func newPoll(e *env) *cobra.Command {
+	vf := &verbFlags{}
+	cmd := &cobra.Command{
+		Use:   "poll [NAME...]",
+		Short: "Show whether processes are running or how they ended",
+		Long: `Prints a line for each named process, or each known one: "NAME running",
+"NAME exit N" or "NAME signal SIG". A process is known from its start until
+it is purged.` + verbNote,
+		Example: `  drover poll
+  drover poll sim srv`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return withClient(vf, func(ctx context.Context, c *client.Client) error {
+				sts, err := c.Poll(ctx, args...)
+				if err != nil {
+					return err
+				}
+				for _, s := range sts {
+					fmt.Fprintf(e.stdout, "%s %s\n", s.Name, s)
+				}
+				return nil
+			})
+		},
+	}
+	addVerbFlags(cmd, vf)
+	return cmd
+}
+
+func newStop(e *env) *cobra.Command {
+	vf := &verbFlags{}
+	var grace time.Duration
+	cmd := &cobra.Command{
+		Use:   "stop NAME [--grace D]",
+		Short: "Stop a process: SIGTERM to its process group, SIGKILL after the grace",
+		Long: `Sends SIGTERM to the process group of NAME, and SIGKILL after --grace
+(default: serve's --grace) if it is still there. It returns once the
+signal is sent; drover poll and drover finished show the end.` + verbNote,
+		Example: `  drover stop sim
+  drover stop --grace 30s srv`,
+		Args: exactArgs(1, "stop NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if grace < 0 {
+				return usageError("--grace must be >= 0")
+			}
+			return withClient(vf, func(ctx context.Context, c *client.Client) error {
+				return c.Stop(ctx, args[0], grace)
+			})
+		},
+	}
+	cmd.Flags().DurationVar(&grace, "grace", 0, "time between SIGTERM and SIGKILL (default: serve's --grace)")
+	addVerbFlags(cmd, vf)
+	return cmd
+}
+
+func newKill(e *env) *cobra.Command {
+	vf := &verbFlags{}
+	cmd := &cobra.Command{
+		Use:     "kill NAME",
+		Short:   "Kill a process: SIGKILL to its process group",
+		Long:    `Sends SIGKILL to the process group of NAME.` + verbNote,
+		Example: `  drover kill sim`,
+		Args:    exactArgs(1, "kill NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return withClient(vf, func(ctx context.Context, c *client.Client) error {
+				return c.Kill(ctx, args[0])
+			})
+		},
+	}
+	addVerbFlags(cmd, vf)
+	return cmd
+}
+
+func newPurge(e *env) *cobra.Command {
+	vf := &verbFlags{}
+	cmd := &cobra.Command{
+		Use:   "purge NAME",
+		Short: "Forget a process that is no longer running",
+		Long: `Forgets NAME, which must have ended, so that poll no longer shows it and
+its name may be used again.` + verbNote,
+		Example: `  drover purge sim`,
+		Args:    exactArgs(1, "purge NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return withClient(vf, func(ctx context.Context, c *client.Client) error {
+				return c.Purge(ctx, args[0])
+			})
+		},
+	}
+	addVerbFlags(cmd, vf)
+	return cmd
+}
+
+func newSend(e *env) *cobra.Command {
+	vf := &verbFlags{}
+	cmd := &cobra.Command{
+		Use:     "send NAME TEXT",
+		Short:   "Write a line to a process's stdin",
+		Long:    `Writes TEXT and a newline to the stdin of NAME.` + verbNote,
+		Example: `  drover send repl 'print(1+1)'`,
+		Args:    exactArgs(2, "send NAME TEXT"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return withClient(vf, func(ctx context.Context, c *client.Client) error {
+				return c.Send(ctx, args[0], []byte(args[1]+"\n"))
+			})
+		},
+	}
+	addVerbFlags(cmd, vf)
+	return cmd
+}
+
+func newLogs(e *env) *cobra.Command {
+	vf := &verbFlags{}
+	var stderr, follow bool
+	cmd := &cobra.Command{
+		Use:   "logs NAME [--stderr] [-f]",
+		Short: "Print a process's output",
+		Long: `Prints the stdout (or with --stderr the stderr) of NAME from the start.
+With -f it follows the output live until the process has ended and all of
+it is printed, or Ctrl-C.` + verbNote,
+		Example: `  drover logs sim
+  drover logs -f --stderr sim`,
+		Args: exactArgs(1, "logs NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return withClient(vf, func(ctx context.Context, c *client.Client) error {
+				err := c.Logs(ctx, args[0], stderr, follow, e.stdout)
+				if follow && ctx.Err() != nil && errors.Is(err, context.Canceled) {
+					return nil // Ctrl-C ends following
+				}
+				return err
+			})
+		},
+	}
+	cmd.Flags().BoolVar(&stderr, "stderr", false, "print stderr instead of stdout")
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "follow the output until the process has ended")
+	addVerbFlags(cmd, vf)
+	return cmd
+}
+
+func newFinished(e *env) *cobra.Command {
+	vf := &verbFlags{}
+	cmd := &cobra.Command{
+		Use:   "finished",
+		Short: "Print the processes that ended since the last call",
+		Long: `Prints "NAME exit N" or "NAME signal SIG" for each process started with
+drover start that ended since the last drover finished (by anyone): each
+exit exactly once. A process whose node was lost before it reported its
+end shows as "NAME exit -1 (node lost)".` + verbNote,
+		Example: `  drover finished`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return withClient(vf, func(ctx context.Context, c *client.Client) error {
+				exits, err := c.Finished(ctx)
+				if err != nil {
+					return err
+				}
+				for _, x := range exits {
+					if x.Err != "" {
+						fmt.Fprintf(e.stdout, "%s %s (%s)\n", x.Name, x, x.Err)
+					} else {
+						fmt.Fprintf(e.stdout, "%s %s\n", x.Name, x)
+					}
+				}
+				return nil
+			})
+		},
+	}
+	addVerbFlags(cmd, vf)
+	return cmd
+}
+
+func newCancelAll(e *env) *cobra.Command {
+	vf := &verbFlags{}
+	var grace time.Duration
+	cmd := &cobra.Command{
+		Use:   "cancel-all [--grace D]",
+		Short: "Stop every process on every node",
+		Long: `Stops every process on every node: SIGTERM to each process group, SIGKILL
+after --grace (default: serve's --grace).` + verbNote,
+		Example: `  drover cancel-all
+  drover cancel-all --grace 1s`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if grace < 0 {
+				return usageError("--grace must be >= 0")
+			}
+			return withClient(vf, func(ctx context.Context, c *client.Client) error {
+				return c.CancelAll(ctx, grace)
+			})
+		},
+	}
+	cmd.Flags().DurationVar(&grace, "grace", 0, "time between SIGTERM and SIGKILL (default: serve's --grace)")
+	addVerbFlags(cmd, vf)
+	return cmd
+}
+
+func newEnv(e *env) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "env get|set --node N KEY [VALUE]",
+		Short: "Get or set a node's base environment",
+		Long: `The base environment of a node is what every process started there later
+gets, besides its own --env.` + verbNote,
+		Example: `  drover env set --node node1 OMP_PROC_BIND true
+  drover env get --node node1 OMP_PROC_BIND`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return usageError("env needs get or set; see drover env -h")
+		},
+	}
+	get := func() *cobra.Command {
+		vf := &verbFlags{}
+		var nodeName string
+		c := &cobra.Command{
+			Use:   "get --node N KEY",
+			Short: "Print a variable of a node's base environment",
+			Long: `Prints the value of KEY in node N's base environment; exits 1 (printing
+nothing) when it is not set.` + verbNote,
+			Example: `  drover env get --node node1 PATH`,
+			Args:    exactArgs(1, "env get --node N KEY"),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				if nodeName == "" {
+					return usageError("env get needs --node")
+				}
+				return withClient(vf, func(ctx context.Context, c *client.Client) error {
+					v, ok, err := c.GetEnv(ctx, nodeName, args[0])
+					if err != nil {
+						return err
+					}
+					if !ok {
+						return errFailed
+					}
+					fmt.Fprintln(e.stdout, v)
+					return nil
+				})
+			},
+		}
+		c.Flags().StringVar(&nodeName, "node", "", "the node")
+		addVerbFlags(c, vf)
+		return c
+	}()
+	set := func() *cobra.Command {
+		vf := &verbFlags{}
+		var nodeName string
+		c := &cobra.Command{
+			Use:     "set --node N KEY VALUE",
+			Short:   "Set a variable of a node's base environment",
+			Long:    `Sets KEY to VALUE in node N's base environment, for processes started later.` + verbNote,
+			Example: `  drover env set --node node1 OMP_NUM_THREADS 4`,
+			Args:    exactArgs(2, "env set --node N KEY VALUE"),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				if nodeName == "" {
+					return usageError("env set needs --node")
+				}
+				if args[0] == "" || strings.ContainsAny(args[0], "=\x00") {
+					return usageError("env set: invalid variable name %q", args[0])
+				}
+				return withClient(vf, func(ctx context.Context, c *client.Client) error {
+					return c.SetEnv(ctx, nodeName, args[0], args[1])
+				})
+			},
+		}
+		c.Flags().StringVar(&nodeName, "node", "", "the node")
+		addVerbFlags(c, vf)
+		return c
+	}()
+	cmd.AddCommand(get, set)
+	return cmd
+}
+
+func newPorts(e *env) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "ports bind|release --node N ...",
+		Short: "Reserve free ports on a node, or give them back",
+		Long: `Reserved ports are held (bound, so nothing else takes them) until
+released.` + verbNote,
+		Example: `  drover ports bind --node node1 -n 2
+  drover ports release --node node1 40123 40124`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return usageError("ports needs bind or release; see drover ports -h")
+		},
+	}
+	bind := func() *cobra.Command {
+		vf := &verbFlags{}
+		var nodeName string
+		var udp bool
+		var n int
+		c := &cobra.Command{
+			Use:     "bind --node N [--udp] [-n K]",
+			Short:   "Reserve free ports on a node and print them",
+			Long:    `Reserves K free TCP (or UDP) ports on node N and prints them, one a line.` + verbNote,
+			Example: `  drover ports bind --node node1 -n 3`,
+			Args:    cobra.NoArgs,
+			RunE: func(cmd *cobra.Command, _ []string) error {
+				if nodeName == "" {
+					return usageError("ports bind needs --node")
+				}
+				if n < 1 {
+					return usageError("-n must be >= 1")
+				}
+				return withClient(vf, func(ctx context.Context, c *client.Client) error {
+					ports, err := c.BindPorts(ctx, nodeName, udp, n)
+					if err != nil {
+						return err
+					}
+					for _, p := range ports {
+						fmt.Fprintln(e.stdout, p)
+					}
+					return nil
+				})
+			},
+		}
+		c.Flags().StringVar(&nodeName, "node", "", "the node")
+		c.Flags().BoolVar(&udp, "udp", false, "UDP ports instead of TCP")
+		c.Flags().IntVarP(&n, "n", "n", 1, "how many ports")
+		addVerbFlags(c, vf)
+		return c
+	}()
+	release := func() *cobra.Command {
+		vf := &verbFlags{}
+		var nodeName string
+		var udp bool
+		c := &cobra.Command{
+			Use:     "release --node N [--udp] PORT...",
+			Short:   "Give reserved ports back",
+			Long:    `Releases ports reserved with drover ports bind on node N.` + verbNote,
+			Example: `  drover ports release --node node1 40123`,
+			RunE: func(cmd *cobra.Command, args []string) error {
+				if nodeName == "" {
+					return usageError("ports release needs --node")
+				}
+				if len(args) == 0 {
+					return usageError("ports release needs the ports to release")
+				}
+				var ports []int
+				for _, a := range args {
+					p, err := strconv.Atoi(a)
+					if err != nil || p < 1 || p > 65535 {
+						return usageError("ports release: %q is not a port", a)
+					}
+					ports = append(ports, p)
+				}
+				return withClient(vf, func(ctx context.Context, c *client.Client) error {
+					return c.ReleasePorts(ctx, nodeName, udp, ports)
+				})
+			},
+		}
+		c.Flags().StringVar(&nodeName, "node", "", "the node")
+		c.Flags().BoolVar(&udp, "udp", false, "UDP ports instead of TCP")
+		addVerbFlags(c, vf)
+		return c
+	}()
+	cmd.AddCommand(bind, release)
+	return cmd
+}
+
+func newLogLevel(e *env) *cobra.Command {
+	vf := &verbFlags{}
+	var nodeName string
+	cmd := &cobra.Command{
+		Use:     "log-level --node N LEVEL",
+		Short:   "Set a node agent's log level",
+		Long:    `Sets the log level of node N's agent: debug, info, warn or error.` + verbNote,
+		Example: `  drover log-level --node node1 debug`,
+		Args:    exactArgs(1, "log-level --node N LEVEL"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if nodeName == "" {
+				return usageError("log-level needs --node")
+			}
+			level := strings.ToLower(args[0])
+			if !slices.Contains(control.LogLevels, level) {
+				return usageError("log-level must be debug, info, warn or error, got %q", args[0])
+			}
+			return withClient(vf, func(ctx context.Context, c *client.Client) error {
+				return c.SetLogLevel(ctx, nodeName, level)
+			})
+		},
+	}
+	cmd.Flags().StringVar(&nodeName, "node", "", "the node")
+	addVerbFlags(cmd, vf)
+	return cmd
+}
+
+func newSubmit(e *env) *cobra.Command {
+	vf := &verbFlags{}
+	cmd := &cobra.Command{
+		Use:   "submit JOBFILE",
+		Short: "Queue a job file's jobs on the running drover serve",
+		Long: `Checks JOBFILE (the format of drover run) and queues its jobs; they run on
+free cores beside the processes of drover start, and drover jobs lists
+them with where their results are. It prints the instance names. An
+invalid job file exits 2 with FILE:LINE:COL: what is wrong, before
+anything is sent.` + verbNote,
+		Example: `  drover submit jobs.yaml
+  drover jobs`,
+		Args: exactArgs(1, "submit JOBFILE"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if _, err := jobfile.Load(args[0]); err != nil {
+				return &exitError{ExitUsage, err}
+			}
+			return withClient(vf, func(ctx context.Context, c *client.Client) error {
+				names, err := c.Submit(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				for _, n := range names {
+					fmt.Fprintln(e.stdout, n)
+				}
+				return nil
+			})
+		},
+	}
+	addVerbFlags(cmd, vf)
+	return cmd
+}
+
+func newJobs(e *env) *cobra.Command {
+	vf := &verbFlags{}
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "jobs [--json]",
+		Short: "List the submitted jobs' instances",
+		Long: `Lists each instance of the jobs submitted with drover submit: its
+submission, state (pending, running, succeeded, failed, lost, cancelled),
+node, attempts, outcome and results directory (stdout, stderr, outputs).
+--json prints a JSON array of {"submission", "instance", "state", "node",
+"attempts", "outcome", "out_dir"}.` + verbNote,
+		Example: `  drover jobs
+  drover jobs --json | jq -r '.[] | select(.state=="failed") | .instance'`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return withClient(vf, func(ctx context.Context, c *client.Client) error {
+				jobs, err := c.Jobs(ctx)
+				if err != nil {
+					return err
+				}
+				if asJSON {
+					return printJSON(e, jobs)
+				}
+				tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "SUBMISSION\tINSTANCE\tSTATE\tNODE\tATTEMPTS\tOUTCOME\tRESULTS")
+				for _, j := range jobs {
+					fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\t%s\n", j.Submission, j.Instance, j.State,
+						dash(j.Node), j.Attempts, dash(j.Outcome), dash(j.OutDir))
+				}
+				return tw.Flush()
+			})
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	addVerbFlags(cmd, vf)
+	return cmd
+}
+
+// shutdownWait bounds how long drover shutdown waits for serve to exit.
+const shutdownWait = 2 * time.Minute
+
+func newShutdown(e *env) *cobra.Command {
+	vf := &verbFlags{}
+	cmd := &cobra.Command{
+		Use:   "shutdown",
+		Short: "Stop the running drover serve and everything it runs",
+		Long: `Stops every process on every node (SIGTERM, then SIGKILL after serve's
+--grace); the agents exit, then drover serve exits. On the machine of the
+serve it waits for that.` + verbNote,
+		Example: `  drover shutdown`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return withClient(vf, func(ctx context.Context, c *client.Client) error {
+				if err := c.Shutdown(ctx); err != nil {
+					return err
+				}
+				if vf.manager != "" {
+					return nil
+				}
+				wctx, cancel := context.WithTimeout(ctx, shutdownWait)
+				defer cancel()
+				return c.WaitExit(wctx)
+			})
+		},
+	}
+	addVerbFlags(cmd, vf)
+	return cmd
+}
+
+// exactArgs is cobra.ExactArgs with the usage in the message.
+func exactArgs(n int, usage string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) != n {
+			return usageError("usage: drover %s (got %d arguments)", usage, len(args))
+		}
+		return nil
+	}
+}
+
+func printJSON(e *env, v any) error {
+	enc := json.NewEncoder(e.stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func intList(v []int, empty string) string {
+	if len(v) == 0 {
+		return empty
+	}
+	s := make([]string, len(v))
+	for i, x := range v {
+		s[i] = strconv.Itoa(x)
+	}
+	return strings.Join(s, ",")
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
