@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/drover-hpc/drover/internal/cores"
@@ -66,17 +67,19 @@ const (
 )
 
 type instance struct {
-	job      *jobState
-	index    int
-	name     string
-	attempt  int
-	phase    phase
-	node     *nodeState
-	cores    []int // indices into node's cores
-	hw       []int
-	start    time.Time
-	timer    *time.Timer
-	timedOut bool
+	job     *jobState
+	index   int
+	name    string
+	attempt int
+	phase   phase
+	node    *nodeState
+	cores   []int // indices into node's cores, while it holds them
+	hw      []int
+	// usedCores are the cores of the current attempt, kept for the summary.
+	usedCores []int
+	start     time.Time
+	timer     *time.Timer
+	timedOut  bool
 	// early holds an exit that arrived before the start was acknowledged.
 	early *node.Exit
 	// lostOn is where the previous attempt was lost; retries avoid it.
@@ -87,34 +90,61 @@ type instance struct {
 	next, prev *instance
 }
 
-// outcome is an instance's final state, kept small: a run of millions of
-// instances holds one of these each and nothing more.
+// outcome is an instance's final state, packed into 48 bytes: a run of
+// millions of instances holds one of these each and nothing more. The
+// rare long parts (an error, the cores of a multi-core instance) live in
+// the runner's extras.
 type outcome struct {
 	job      *jobState
-	index    int
-	state    string // one of the results.State* constants
-	attempts int32
-	exitCode int32 // valid when hasCode
-	hasCode  bool
-	signal   string
-	err      string
-	node     *nodeState
-	hw       []int
+	index    int32
+	node     int32 // index into runner.nodes; -1 if it never ran
+	core     int32 // its one core's index on the node; -1: none or see extras
+	exitCode int32 // valid when hasCode is set
+	attempts uint16
+	state    uint8 // index into outcomeStates
+	flags    uint8
+	signal   uint8
 	start    int64 // unix nano; 0 = never started
 	end      int64
 }
 
-func (o *outcome) result() results.InstanceResult {
+const hasCode = 1
+
+var outcomeStates = []string{results.StateSucceeded, results.StateFailed, results.StateLost, results.StateCancelled, results.StateSkipped}
+
+func stateIndex(state string) uint8 { return uint8(slices.Index(outcomeStates, state)) }
+
+// outcomeExtra holds what does not fit in an outcome.
+type outcomeExtra struct {
+	err   string
+	cores []int
+}
+
+func (r *runner) result(i int) results.InstanceResult {
+	o := &r.done[i]
 	in := results.InstanceResult{
-		Name: o.job.job.InstanceName(o.index), State: o.state, Attempts: int(o.attempts),
-		Signal: o.signal, Error: o.err, HWThreads: topology.FormatCPUList(o.hw),
+		Name: o.job.job.InstanceName(int(o.index)), State: outcomeStates[o.state], Attempts: int(o.attempts),
 	}
-	if o.hasCode {
+	if o.signal != 0 {
+		in.Signal = node.SignalName(syscall.Signal(o.signal))
+	}
+	if o.flags&hasCode != 0 {
 		code := int(o.exitCode)
 		in.ExitCode = &code
 	}
-	if o.node != nil {
-		in.Node = o.node.name
+	x := r.extras[i]
+	in.Error = x.err
+	if o.node >= 0 {
+		ns := r.nodes[o.node]
+		in.Node = ns.name
+		var hw []int
+		if o.core >= 0 {
+			hw = ns.res.Cores[o.core]
+		}
+		for _, c := range x.cores {
+			hw = append(hw, ns.res.Cores[c]...)
+		}
+		in.HWThreads = topology.FormatCPUList(hw)
 	}
 	if o.start != 0 {
 		in.Start, in.End = time.Unix(0, o.start), time.Unix(0, o.end)
@@ -170,6 +200,7 @@ type runner struct {
 	nodes   []*nodeState
 	byName  map[string]*nodeState
 	done    []outcome // every instance's final state, in the order they ended
+	extras  map[int]outcomeExtra
 	counts  Counts
 	live    int // instances starting or running
 	pending int // instances not yet final, not live
@@ -202,6 +233,7 @@ func Run(ctx context.Context, jobs []*jobfile.Job, opts Options) (*results.Summa
 		return nil, err
 	}
 	r := &runner{
+		extras:   make(map[int]outcomeExtra),
 		opts:     opts,
 		log:      log,
 		events:   events,
@@ -352,7 +384,7 @@ func (r *runner) take(js *jobState) *instance {
 		js.next++
 		name := js.job.InstanceName(i)
 		if js.skip[name] {
-			r.done = append(r.done, outcome{job: js, index: i, state: results.StateSkipped})
+			r.done = append(r.done, outcome{job: js, index: int32(i), node: -1, core: -1, state: stateIndex(results.StateSkipped)})
 			r.pending--
 			r.counts.Skipped++
 			continue
@@ -489,10 +521,11 @@ func (r *runner) unplaceable(js *jobState) string {
 // launch starts the instance on the cores reserved for it, or behind
 // pred on pred's cores, without blocking the loop.
 func (r *runner) launch(inst *instance, ns *nodeState, idx, hw []int, pred *instance) {
-	inst.cores, inst.hw = idx, hw
+	inst.cores, inst.hw, inst.usedCores = idx, hw, idx
 	inst.node = ns
 	if pred != nil {
 		inst.prev, pred.next = pred, inst
+		inst.usedCores = pred.usedCores
 	}
 	inst.attempt++
 	inst.phase = starting
@@ -686,17 +719,32 @@ func (r *runner) finish(inst *instance, ev results.Event, state string) {
 		ev.Time = time.Now()
 	}
 	r.emit(ev)
-	o := outcome{job: inst.job, index: inst.index, state: state, attempts: int32(inst.attempt),
-		signal: ev.Signal, err: ev.Error, node: inst.node, hw: inst.hw}
+	o := outcome{job: inst.job, index: int32(inst.index), node: -1, core: -1, state: stateIndex(state), attempts: uint16(inst.attempt)}
+	if sig, ok := node.ParseSignal(ev.Signal); ok && ev.Signal != "" {
+		o.signal = uint8(sig)
+	}
 	if ev.ExitCode != nil {
-		o.exitCode, o.hasCode = int32(*ev.ExitCode), true
+		o.exitCode, o.flags = int32(*ev.ExitCode), o.flags|hasCode
+	}
+	var x outcomeExtra
+	if inst.node != nil {
+		o.node = int32(inst.node.idx)
+		if len(inst.usedCores) == 1 {
+			o.core = int32(inst.usedCores[0])
+		} else {
+			x.cores = inst.usedCores
+		}
 	}
 	if !inst.start.IsZero() {
 		o.start, o.end = inst.start.UnixNano(), ev.Time.UnixNano()
 	}
+	x.err = ev.Error
+	if x.err != "" || x.cores != nil {
+		r.extras[len(r.done)] = x
+	}
 	r.done = append(r.done, o)
 	if state == results.StateFailed || state == results.StateLost {
-		res := o.result()
+		res := r.result(len(r.done) - 1)
 		r.log.Warn(inst.name+" "+res.Outcome(), "node", res.Node, "attempts", inst.attempt)
 	}
 	switch state {
@@ -784,29 +832,39 @@ func (r *runner) progress() {
 	r.opts.Progress(c)
 }
 
-// summary counts the outcomes and lists those that did not succeed;
-// all streams every instance's result for summary.json.
+// summary counts the outcomes and lists those that did not succeed.
 func (r *runner) summary() *results.Summary {
-	slices.SortFunc(r.done, func(a, b outcome) int {
-		if a.job != b.job {
-			return a.job.order - b.job.order
-		}
-		return a.index - b.index
-	})
 	c := r.counts
 	s := &results.Summary{Start: c.Start, End: time.Now(), StoppedBecause: r.stopped,
 		Total: len(r.done), Succeeded: c.Succeeded, Failed: c.Failed, Lost: c.Lost, Cancelled: c.Cancelled, Skipped: c.Skipped}
-	for i := range r.done {
-		if st := r.done[i].state; st != results.StateSucceeded && st != results.StateSkipped {
-			s.Instances = append(s.Instances, r.done[i].result())
+	for _, i := range r.inOrder() {
+		if st := outcomeStates[r.done[i].state]; st != results.StateSucceeded && st != results.StateSkipped {
+			s.Instances = append(s.Instances, r.result(i))
 		}
 	}
 	return s
 }
 
+// inOrder lists the outcomes' positions in job order, then index order.
+func (r *runner) inOrder() []int {
+	order := make([]int, len(r.done))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortFunc(order, func(a, b int) int {
+		oa, ob := &r.done[a], &r.done[b]
+		if oa.job != ob.job {
+			return oa.job.order - ob.job.order
+		}
+		return int(oa.index - ob.index)
+	})
+	return order
+}
+
+// all yields every instance's result, in job order, for summary.json.
 func (r *runner) all(yield func(results.InstanceResult) bool) {
-	for i := range r.done {
-		if !yield(r.done[i].result()) {
+	for _, i := range r.inOrder() {
+		if !yield(r.result(i)) {
 			return
 		}
 	}
