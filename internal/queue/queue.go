@@ -71,15 +71,19 @@ type instance struct {
 	index   int
 	name    string
 	attempt int
-	phase   phase
-	node    *nodeState
-	cores   []int // indices into node's cores, while it holds them
-	hw      []int
+	// proc is the process name on the node: the instance name, with
+	// "~N" for attempt N > 1 so that nothing meant for an earlier attempt
+	// (a late timeout stop) can reach a later one.
+	proc  string
+	phase phase
+	node  *nodeState
+	cores []int // indices into node's cores, while it holds them
+	hw    []int
 	// usedCores are the cores of the current attempt, kept for the summary.
-	usedCores []int
-	start     time.Time
-	timer     *time.Timer
-	timedOut  bool
+	usedCores  []int
+	start, end time.Time
+	timer      *time.Timer
+	timedOut   bool
 	// early holds an exit that arrived before the start was acknowledged.
 	early *node.Exit
 	// lostOn is where the previous attempt was lost; retries avoid it.
@@ -205,6 +209,9 @@ type runner struct {
 	live    int // instances starting or running
 	pending int // instances not yet final, not live
 	stopped string
+	// stopGrace is the grace of the latest stop, for instances whose start
+	// completes after it.
+	stopGrace time.Duration
 
 	// handoff lists instances that may get a successor queued behind them.
 	handoff  []*instance
@@ -306,31 +313,31 @@ func (r *runner) watch(ns *nodeState, done chan<- struct{}) {
 }
 
 func (r *runner) loop(ctx context.Context) {
-	cancelled := false
 	hard := r.opts.Hard
 	done := ctx.Done()
 	for {
 		changed := r.pool.Changed() // before dispatch, so no release is missed
-		if !cancelled {
+		if r.stopped == "" && ctx.Err() != nil {
+			r.stop(r.opts.Grace)
+		}
+		if r.stopped == "" {
 			r.dispatch()
 		}
 		r.flush()
 		r.progress()
-		if r.live == 0 && (r.pending == 0 || cancelled) {
+		if r.live == 0 && (r.pending == 0 || r.stopped != "") {
 			break
 		}
 		select {
 		case <-done:
 			done = nil
-			cancelled = true
-			r.stopped = "interrupted"
-			r.log.Info("stopping every instance", "grace", r.opts.Grace)
-			r.cancelAll(r.opts.Grace)
+			if r.stopped == "" {
+				r.stop(r.opts.Grace)
+			}
 		case <-hard:
 			hard = nil
-			if cancelled {
-				r.cancelAll(0)
-			}
+			// A second Ctrl-C may win the race with the first one.
+			r.stop(0)
 		case res := <-r.starts:
 			r.started(res)
 		case sig := <-r.ready:
@@ -356,6 +363,17 @@ func (r *runner) loop(ctx context.Context) {
 	}
 	r.flush()
 	r.progress()
+}
+
+// stop ends the run: nothing more starts, and every instance is stopped
+// (SIGTERM, then SIGKILL after grace).
+func (r *runner) stop(grace time.Duration) {
+	if r.stopped == "" {
+		r.stopped = "interrupted"
+		r.log.Info("stopping every instance", "grace", grace)
+	}
+	r.stopGrace = grace
+	r.cancelAll(grace)
 }
 
 func (r *runner) cancelAll(grace time.Duration) {
@@ -529,12 +547,16 @@ func (r *runner) launch(inst *instance, ns *nodeState, idx, hw []int, pred *inst
 	}
 	inst.attempt++
 	inst.phase = starting
-	ns.running[inst.name] = inst
+	inst.proc = inst.name
+	if inst.attempt > 1 {
+		inst.proc += "~" + strconv.Itoa(inst.attempt)
+	}
+	ns.running[inst.proc] = inst
 	r.pending--
 	r.live++
 	spec := r.spec(inst)
 	if pred != nil {
-		spec.After = pred.name
+		spec.After = pred.proc
 	}
 	go func() {
 		st, err := prepare(inst.attempt, spec)
@@ -581,7 +603,7 @@ func (r *runner) spec(inst *instance) node.ProcessSpec {
 	}
 	out := filepath.Join(r.opts.OutDir, inst.name)
 	spec := node.ProcessSpec{
-		Name:      inst.name,
+		Name:      inst.proc,
 		Args:      j.Instance(inst.index).Args,
 		Env:       env,
 		Dir:       j.Workdir,
@@ -601,6 +623,10 @@ func (r *runner) spec(inst *instance) node.ProcessSpec {
 
 func (r *runner) started(res startResult) {
 	inst := res.inst
+	if res.err != nil && inst.node.gone {
+		r.lose(inst)
+		return
+	}
 	if res.err != nil {
 		r.release(inst)
 		state := results.StateFailed
@@ -616,6 +642,15 @@ func (r *runner) started(res startResult) {
 	}
 	inst.phase = running
 	inst.start = time.Now()
+	if r.stopped != "" {
+		// It started after the run was stopped: stop it too.
+		n, name, grace := inst.node.n, inst.proc, r.stopGrace
+		go func() {
+			if err := n.Stop(context.Background(), name, grace); err != nil {
+				r.log.Debug("stop a late start", "node", n.Name(), "name", name, "err", err)
+			}
+		}()
+	}
 	// Only now may a successor queue behind it: the node knows the name,
 	// so the successor waits for this process instead of racing it.
 	r.handoff = append(r.handoff, inst)
@@ -668,6 +703,11 @@ func (r *runner) exited(inst *instance, e node.Exit) {
 	if inst.timedOut {
 		ev.Error = fmt.Sprintf("timed out after %s", inst.job.job.Timeout)
 	}
+	if !e.Start.IsZero() {
+		// The node's own clock, when the process really ran: the queue
+		// hears of starts and exits a little later, and not in order.
+		inst.start, inst.end = e.Start, e.End
+	}
 	r.release(inst)
 	state := results.StateSucceeded
 	if !e.Success() || inst.timedOut {
@@ -690,7 +730,7 @@ func (r *runner) release(inst *instance) {
 		r.pool.Release(ns.name, inst.cores)
 	}
 	inst.cores = nil
-	delete(ns.running, inst.name)
+	delete(ns.running, inst.proc)
 	r.live--
 }
 
@@ -702,6 +742,7 @@ func (r *runner) attemptOver(inst *instance, ev results.Event, state string) {
 		r.emit(ev)
 		inst.phase = pending
 		inst.timedOut = false
+		inst.end = time.Time{}
 		inst.job.retry = append(inst.job.retry, inst)
 		r.pending++
 		return
@@ -736,7 +777,11 @@ func (r *runner) finish(inst *instance, ev results.Event, state string) {
 		}
 	}
 	if !inst.start.IsZero() {
-		o.start, o.end = inst.start.UnixNano(), ev.Time.UnixNano()
+		end := inst.end
+		if end.IsZero() {
+			end = ev.Time
+		}
+		o.start, o.end = inst.start.UnixNano(), end.UnixNano()
 	}
 	x.err = ev.Error
 	if x.err != "" || x.cores != nil {
@@ -765,7 +810,7 @@ func (r *runner) timeout(t timeoutAt) {
 		return
 	}
 	inst.timedOut = true
-	n, name, grace := inst.node.n, inst.name, r.opts.Grace
+	n, name, grace := inst.node.n, inst.proc, r.opts.Grace
 	go func() {
 		if err := n.Stop(context.Background(), name, grace); err != nil {
 			r.log.Warn("stop after timeout", "node", n.Name(), "name", name, "err", err)

@@ -1,0 +1,114 @@
+package results
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestLogAndSucceeded(t *testing.T) {
+	dir := t.TempDir()
+	l, err := OpenLog(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	zero, three := 0, 3
+	err = l.Append(
+		Event{Event: Started, Job: "a"},
+		Event{Event: Finished, Job: "a", ExitCode: &zero},
+		Event{Event: Finished, Job: "b", ExitCode: &three},
+		Event{Event: Finished, Job: "c", ExitCode: &zero},
+		Event{Event: Lost, Job: "c"}, // a later final event wins
+		Event{Event: Finished, Job: "d", ExitCode: &zero, Error: "outputs not collected"},
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// A torn last line, as a crash mid-write leaves it, is ignored.
+	f, _ := os.OpenFile(filepath.Join(dir, EventsFile), os.O_APPEND|os.O_WRONLY, 0)
+	f.WriteString(`{"time":"2026-01-01T00:00:00Z","event":"fin`)
+	f.Close()
+	done, err := Succeeded(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(done) != 1 || !done["a"] {
+		t.Fatalf("Succeeded = %v, want only a", done)
+	}
+	// A malformed line that is not the last one is an error.
+	f, _ = os.OpenFile(filepath.Join(dir, EventsFile), os.O_APPEND|os.O_WRONLY, 0)
+	f.WriteString("\n{}\n")
+	f.Close()
+	if _, err := Succeeded(dir); err == nil {
+		t.Fatal("a malformed line in the middle was accepted")
+	}
+}
+
+func TestSucceededWithoutLog(t *testing.T) {
+	done, err := Succeeded(t.TempDir())
+	if err != nil || len(done) != 0 {
+		t.Fatalf("Succeeded of an empty dir = %v, %v", done, err)
+	}
+}
+
+func TestWriteSummaryStreams(t *testing.T) {
+	for _, n := range []int{0, 1, 3} {
+		dir := t.TempDir()
+		s := &Summary{Start: time.Now(), End: time.Now(), Total: n, Succeeded: n}
+		all := func(yield func(InstanceResult) bool) {
+			for i := range n {
+				if !yield(InstanceResult{Name: "x." + strings.Repeat("i", i), State: StateSucceeded}) {
+					return
+				}
+			}
+		}
+		if err := WriteSummary(dir, s, all); err != nil {
+			t.Fatal(err)
+		}
+		data, err := os.ReadFile(filepath.Join(dir, SummaryFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var back Summary
+		if err := json.Unmarshal(data, &back); err != nil {
+			t.Fatalf("n=%d: summary.json is not JSON: %v\n%s", n, err, data)
+		}
+		if back.Total != n || len(back.Instances) != n {
+			t.Fatalf("n=%d: total %d, %d instances", n, back.Total, len(back.Instances))
+		}
+		var names []string
+		for _, in := range back.Instances {
+			names = append(names, in.Name)
+		}
+		if n == 3 && !slices.Equal(names, []string{"x.", "x.i", "x.ii"}) {
+			t.Fatalf("names = %v", names)
+		}
+		if m, _ := filepath.Glob(filepath.Join(dir, ".summary-*")); len(m) != 0 {
+			t.Fatalf("temp files left: %v", m)
+		}
+	}
+}
+
+func TestOutcome(t *testing.T) {
+	three := 3
+	cases := []struct {
+		in   InstanceResult
+		want string
+	}{
+		{InstanceResult{State: StateFailed, ExitCode: &three}, "failed, exit 3"},
+		{InstanceResult{State: StateFailed, Signal: "SIGKILL", Error: "timed out after 1s"}, "failed, signal SIGKILL: timed out after 1s"},
+		{InstanceResult{State: StateLost, Error: "node lost"}, "lost: node lost"},
+	}
+	for _, c := range cases {
+		if got := c.in.Outcome(); got != c.want {
+			t.Errorf("Outcome() = %q, want %q", got, c.want)
+		}
+	}
+}
