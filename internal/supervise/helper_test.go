@@ -106,14 +106,21 @@ func helperMain(args []string) int {
 		signal.Ignore(syscall.SIGTERM)
 		fmt.Println("ready")
 		sleepForever()
-	case "supervisor": // supervisor FIFO: a Supervisor whose child sleeps
-		s, err := New(Options{Node: "helper"})
+	case "supervisor": // supervisor FIFO [keeper]: a Supervisor whose child sleeps
+		// With "keeper", the Supervisor has a keeper and its child leaves a
+		// grandchild in its group.
+		keep := len(args) > 2 && args[2] == "keeper"
+		s, err := New(Options{Node: "helper", Keeper: keep})
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 103
 		}
 		exe, _ := os.Executable()
-		pid, err := s.Start(Spec{Name: "sleeper", Args: []string{exe, "sleep"}, Env: helperEnvList(), Stdout: args[1]})
+		child := []string{exe, "sleep"}
+		if keep {
+			child = []string{exe, "grandchild"}
+		}
+		pid, err := s.Start(Spec{Name: "sleeper", Args: child, Env: helperEnvList(), Stdout: args[1]})
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 104

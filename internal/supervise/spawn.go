@@ -161,6 +161,7 @@ func (s *Supervisor) spawn(spec *Spec, p *proc, cur *unix.CPUSet) error {
 		}
 		s.mu.Unlock()
 		register(pid, s, p)
+		s.keeper.add(pid)
 	}
 	forkMu.RUnlock()
 

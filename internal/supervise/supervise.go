@@ -66,6 +66,10 @@ type Options struct {
 	Node     string       // node name written into every node.Exit
 	Logger   *slog.Logger // nil: discard
 	Spawners int          // spawner threads; 0: max(2, min(runtime.NumCPU(), 8))
+	// Keeper starts a small watcher process that kills what is left of
+	// every process group if this process dies without stopping them
+	// (SIGKILL): an agent's promise that nothing it started outlives it.
+	Keeper bool
 }
 
 // Spec describes one process to start.
@@ -141,6 +145,7 @@ type Supervisor struct {
 
 	closeOnce sync.Once
 	closed    chan struct{}
+	keeper    *keeper // nil unless Options.Keeper
 }
 
 // New starts a Supervisor: its spawner threads and, if it is the first open
@@ -179,6 +184,13 @@ func New(opts Options) (*Supervisor, error) {
 	}
 	s.devNull = fd
 	acquireReaper(s)
+	if opts.Keeper {
+		if s.keeper, err = startKeeper(fd); err != nil {
+			releaseReaper(s)
+			unix.Close(fd)
+			return nil, fmt.Errorf("supervise: %w", err)
+		}
+	}
 	s.spawnWG.Add(n)
 	for range n {
 		go s.spawner()
@@ -509,6 +521,7 @@ func (s *Supervisor) Close(grace time.Duration) error {
 		s.mu.Unlock()
 		close(s.quit)
 		s.spawnWG.Wait()
+		s.keeper.close()
 		releaseReaper(s)
 		_ = unix.Close(s.devNull)
 		close(s.closed)
@@ -528,6 +541,7 @@ func (s *Supervisor) exited(p *proc, info *chldInfo) {
 	if err := unix.Kill(-pid, unix.SIGKILL); err != nil && err != unix.ESRCH {
 		s.log.Debug("kill group", "name", p.name, "pid", pid, "err", err)
 	}
+	s.keeper.remove(pid)
 	e := node.Exit{Name: p.name, Node: s.node, Start: p.start}
 	var ws unix.WaitStatus
 	wpid, err := wait4(pid, &ws)

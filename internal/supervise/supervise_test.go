@@ -623,15 +623,22 @@ func TestHWThreads(t *testing.T) {
 
 // TestPdeathsig kills, with SIGKILL, a process that runs a Supervisor, and
 // checks that its child dies too.
-func TestPdeathsig(t *testing.T) {
-	out := newFIFO(t) // the grandchild's stdout: EOF when it is gone
+func TestPdeathsig(t *testing.T) { testHostKilled(t, "") }
+
+// TestKeeper kills, with SIGKILL, a process that runs a Supervisor with a
+// keeper, and checks that the grandchild its child left in its group dies
+// too: Pdeathsig alone would orphan it.
+func TestKeeper(t *testing.T) { testHostKilled(t, "keeper") }
+
+func testHostKilled(t *testing.T, mode string) {
+	out := newFIFO(t) // stdout of the child (and grandchild): EOF when all are gone
 	r, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer r.Close()
 	// No Supervisor is open in this process now, so os/exec may be used.
-	cmd := exec.Command(testExe(t), "supervisor", out.Path)
+	cmd := exec.Command(testExe(t), "supervisor", out.Path, mode)
 	cmd.Env = helperEnvList()
 	cmd.Stdout = w
 	cmd.Stderr = os.Stderr
@@ -653,6 +660,12 @@ func TestPdeathsig(t *testing.T) {
 	}
 	if err := syscall.Kill(pid, 0); err != nil {
 		t.Fatalf("child %d not running: %v", pid, err)
+	}
+	if mode == "keeper" {
+		// The grandchild says hello: it runs, holding the FIFO open.
+		if l := out.line(); !strings.HasPrefix(l, "gpid ") {
+			t.Fatalf("grandchild said %q", l)
+		}
 	}
 	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)

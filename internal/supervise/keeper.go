@@ -1,0 +1,70 @@
+//go:build linux
+
+package supervise
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+	"syscall"
+)
+
+// keeperScript kills, when its stdin ends, every process group still
+// registered on it ("+ PGID" registers, "- PGID" forgets). It ignores the
+// signals a dying session sends, so it outlives the supervisor's process.
+const keeperScript = `trap '' HUP INT TERM QUIT PIPE
+exec awk '$1 == "+" { g[$2] = 1; next } $1 == "-" { delete g[$2]; next } END { for (k in g) system("kill -9 -" k " 2>/dev/null") }'`
+
+// keeper is a small process outside the supervisor that kills what is
+// left of every group when the supervisor's process dies, however it dies
+// (SIGKILL included): Pdeathsig reaches only the direct children, not what
+// they started in their groups. One pipe write per start and per exit.
+type keeper struct {
+	mu sync.Mutex
+	w  *os.File
+}
+
+func startKeeper(devNull int) (*keeper, error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("start keeper: %w", err)
+	}
+	defer r.Close()
+	_, err = syscall.ForkExec("/bin/sh", []string{"sh", "-c", keeperScript}, &syscall.ProcAttr{
+		Dir:   "/",
+		Env:   []string{"PATH=/usr/bin:/bin"},
+		Files: []uintptr{r.Fd(), uintptr(devNull), uintptr(devNull)},
+		// Its own group, so that signals to ours do not reach it.
+		Sys: &syscall.SysProcAttr{Setpgid: true},
+	})
+	if err != nil {
+		w.Close()
+		return nil, fmt.Errorf("start keeper: %w", err)
+	}
+	return &keeper{w: w}, nil
+}
+
+func (k *keeper) send(op byte, pgid int) {
+	if k == nil {
+		return
+	}
+	line := append([]byte{op, ' '}, strconv.Itoa(pgid)...)
+	line = append(line, '\n')
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	_, _ = k.w.Write(line) // a dead keeper cannot be helped here
+}
+
+func (k *keeper) add(pgid int)    { k.send('+', pgid) }
+func (k *keeper) remove(pgid int) { k.send('-', pgid) }
+
+// close ends the keeper; with every group removed it kills nothing.
+func (k *keeper) close() {
+	if k == nil {
+		return
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.w.Close()
+}
