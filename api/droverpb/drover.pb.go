@@ -29,6 +29,58 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type FileKind int32
+
+const (
+	FileKind_FILE_KIND_UNSPECIFIED FileKind = 0
+	FileKind_FILE_KIND_STDOUT      FileKind = 1
+	FileKind_FILE_KIND_STDERR      FileKind = 2 // not sent when it is the same file as stdout
+	FileKind_FILE_KIND_OUTPUT      FileKind = 3
+)
+
+// Enum value maps for FileKind.
+var (
+	FileKind_name = map[int32]string{
+		0: "FILE_KIND_UNSPECIFIED",
+		1: "FILE_KIND_STDOUT",
+		2: "FILE_KIND_STDERR",
+		3: "FILE_KIND_OUTPUT",
+	}
+	FileKind_value = map[string]int32{
+		"FILE_KIND_UNSPECIFIED": 0,
+		"FILE_KIND_STDOUT":      1,
+		"FILE_KIND_STDERR":      2,
+		"FILE_KIND_OUTPUT":      3,
+	}
+)
+
+func (x FileKind) Enum() *FileKind {
+	p := new(FileKind)
+	*p = x
+	return p
+}
+
+func (x FileKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (FileKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_api_droverpb_drover_proto_enumTypes[0].Descriptor()
+}
+
+func (FileKind) Type() protoreflect.EnumType {
+	return &file_api_droverpb_drover_proto_enumTypes[0]
+}
+
+func (x FileKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use FileKind.Descriptor instead.
+func (FileKind) EnumDescriptor() ([]byte, []int) {
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{0}
+}
+
 // ErrorKind lets typed errors of the core cross the wire.
 type ErrorKind int32
 
@@ -75,11 +127,11 @@ func (x ErrorKind) String() string {
 }
 
 func (ErrorKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_api_droverpb_drover_proto_enumTypes[0].Descriptor()
+	return file_api_droverpb_drover_proto_enumTypes[1].Descriptor()
 }
 
 func (ErrorKind) Type() protoreflect.EnumType {
-	return &file_api_droverpb_drover_proto_enumTypes[0]
+	return &file_api_droverpb_drover_proto_enumTypes[1]
 }
 
 func (x ErrorKind) Number() protoreflect.EnumNumber {
@@ -88,7 +140,7 @@ func (x ErrorKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ErrorKind.Descriptor instead.
 func (ErrorKind) EnumDescriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{0}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{1}
 }
 
 type ControlErrorKind int32
@@ -145,11 +197,11 @@ func (x ControlErrorKind) String() string {
 }
 
 func (ControlErrorKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_api_droverpb_drover_proto_enumTypes[1].Descriptor()
+	return file_api_droverpb_drover_proto_enumTypes[2].Descriptor()
 }
 
 func (ControlErrorKind) Type() protoreflect.EnumType {
-	return &file_api_droverpb_drover_proto_enumTypes[1]
+	return &file_api_droverpb_drover_proto_enumTypes[2]
 }
 
 func (x ControlErrorKind) Number() protoreflect.EnumNumber {
@@ -158,16 +210,23 @@ func (x ControlErrorKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ControlErrorKind.Descriptor instead.
 func (ControlErrorKind) EnumDescriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{1}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{2}
 }
 
 type AgentMsg struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Hello         *Hello                 `protobuf:"bytes,1,opt,name=hello,proto3" json:"hello,omitempty"`     // first message only
-	Replies       []*Reply               `protobuf:"bytes,2,rep,name=replies,proto3" json:"replies,omitempty"` // answers to commands, any order
-	Exits         []*ExitReport          `protobuf:"bytes,3,rep,name=exits,proto3" json:"exits,omitempty"`     // in seq order; resent until acked
-	Logs          []*LogRecord           `protobuf:"bytes,4,rep,name=logs,proto3" json:"logs,omitempty"`
-	Heartbeat     *Heartbeat             `protobuf:"bytes,5,opt,name=heartbeat,proto3" json:"heartbeat,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Hello     *Hello                 `protobuf:"bytes,1,opt,name=hello,proto3" json:"hello,omitempty"`     // first message only
+	Replies   []*Reply               `protobuf:"bytes,2,rep,name=replies,proto3" json:"replies,omitempty"` // answers to commands, any order
+	Exits     []*ExitReport          `protobuf:"bytes,3,rep,name=exits,proto3" json:"exits,omitempty"`     // in seq order; resent until acked
+	Logs      []*LogRecord           `protobuf:"bytes,4,rep,name=logs,proto3" json:"logs,omitempty"`
+	Heartbeat *Heartbeat             `protobuf:"bytes,5,opt,name=heartbeat,proto3" json:"heartbeat,omitempty"`
+	// files: the results (stdout, stderr, outputs) of processes started with
+	// ProcessSpec.results, in chunks, each file's chunks in offset order and
+	// every chunk of a process ahead of its exit report (the manager writes
+	// a message's files before it delivers its exits). After a reconnect
+	// they are sent again with their unacknowledged exit; writes are
+	// addressed by offset, so a repeat is harmless.
+	Files         []*FileData `protobuf:"bytes,6,rep,name=files,proto3" json:"files,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -233,6 +292,13 @@ func (x *AgentMsg) GetLogs() []*LogRecord {
 func (x *AgentMsg) GetHeartbeat() *Heartbeat {
 	if x != nil {
 		return x.Heartbeat
+	}
+	return nil
+}
+
+func (x *AgentMsg) GetFiles() []*FileData {
+	if x != nil {
+		return x.Files
 	}
 	return nil
 }
@@ -334,7 +400,12 @@ type Hello struct {
 	Version   string                 `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
 	// session is empty on the first connect and the Welcome's session on a
 	// reconnect, so the manager can tell a resumed session from a new agent.
-	Session       string `protobuf:"bytes,4,opt,name=session,proto3" json:"session,omitempty"`
+	Session string `protobuf:"bytes,4,opt,name=session,proto3" json:"session,omitempty"`
+	// remote_fs: this agent does not see the manager's filesystem under the
+	// same paths (it runs on another host without a shared mount): staged
+	// files and results cross this session (PutFile commands, FileData).
+	// Otherwise (an agent on the manager's machine) they go by path.
+	RemoteFs      bool `protobuf:"varint,5,opt,name=remote_fs,json=remoteFs,proto3" json:"remote_fs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -395,6 +466,13 @@ func (x *Hello) GetSession() string {
 		return x.Session
 	}
 	return ""
+}
+
+func (x *Hello) GetRemoteFs() bool {
+	if x != nil {
+		return x.RemoteFs
+	}
+	return false
 }
 
 type Welcome struct {
@@ -658,6 +736,7 @@ type Command struct {
 	//	*Command_PortsRelease
 	//	*Command_LogLevel
 	//	*Command_Shutdown
+	//	*Command_PutFile
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -824,6 +903,15 @@ func (x *Command) GetShutdown() *Shutdown {
 	return nil
 }
 
+func (x *Command) GetPutFile() *PutFile {
+	if x != nil {
+		if x, ok := x.Op.(*Command_PutFile); ok {
+			return x.PutFile
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -880,6 +968,10 @@ type Command_Shutdown struct {
 	Shutdown *Shutdown `protobuf:"bytes,14,opt,name=shutdown,proto3,oneof"`
 }
 
+type Command_PutFile struct {
+	PutFile *PutFile `protobuf:"bytes,15,opt,name=put_file,json=putFile,proto3,oneof"`
+}
+
 func (*Command_Start) isCommand_Op() {}
 
 func (*Command_Stop) isCommand_Op() {}
@@ -906,6 +998,189 @@ func (*Command_LogLevel) isCommand_Op() {}
 
 func (*Command_Shutdown) isCommand_Op() {}
 
+func (*Command_PutFile) isCommand_Op() {}
+
+// PutFile is one chunk of a file for the agent's content cache, addressed
+// by the SHA-256 of the whole content. Chunks of one file come in offset
+// order; the last one carries the total size, and the agent checks size and
+// hash before the content may be staged (StageFile.sha256).
+type PutFile struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sha256        []byte                 `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	Offset        int64                  `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
+	Data          []byte                 `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`
+	Last          bool                   `protobuf:"varint,4,opt,name=last,proto3" json:"last,omitempty"`
+	Size          int64                  `protobuf:"varint,5,opt,name=size,proto3" json:"size,omitempty"` // with last
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutFile) Reset() {
+	*x = PutFile{}
+	mi := &file_api_droverpb_drover_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutFile) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutFile) ProtoMessage() {}
+
+func (x *PutFile) ProtoReflect() protoreflect.Message {
+	mi := &file_api_droverpb_drover_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutFile.ProtoReflect.Descriptor instead.
+func (*PutFile) Descriptor() ([]byte, []int) {
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *PutFile) GetSha256() []byte {
+	if x != nil {
+		return x.Sha256
+	}
+	return nil
+}
+
+func (x *PutFile) GetOffset() int64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *PutFile) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *PutFile) GetLast() bool {
+	if x != nil {
+		return x.Last
+	}
+	return false
+}
+
+func (x *PutFile) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+// FileData is one chunk of a process's results, sent by the agent.
+type FileData struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ResultsId     uint64                 `protobuf:"varint,1,opt,name=results_id,json=resultsId,proto3" json:"results_id,omitempty"` // ProcessSpec.results.id
+	Seq           uint64                 `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`                              // the seq of the exit report it precedes
+	Kind          FileKind               `protobuf:"varint,3,opt,name=kind,proto3,enum=drover.v1.FileKind" json:"kind,omitempty"`
+	Path          string                 `protobuf:"bytes,4,opt,name=path,proto3" json:"path,omitempty"` // outputs: slash-separated, relative to output_dir
+	Offset        int64                  `protobuf:"varint,5,opt,name=offset,proto3" json:"offset,omitempty"`
+	Data          []byte                 `protobuf:"bytes,6,opt,name=data,proto3" json:"data,omitempty"`
+	Last          bool                   `protobuf:"varint,7,opt,name=last,proto3" json:"last,omitempty"` // the file is complete at offset + len(data)
+	Mode          uint32                 `protobuf:"varint,8,opt,name=mode,proto3" json:"mode,omitempty"` // permission bits, for outputs
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FileData) Reset() {
+	*x = FileData{}
+	mi := &file_api_droverpb_drover_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FileData) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FileData) ProtoMessage() {}
+
+func (x *FileData) ProtoReflect() protoreflect.Message {
+	mi := &file_api_droverpb_drover_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FileData.ProtoReflect.Descriptor instead.
+func (*FileData) Descriptor() ([]byte, []int) {
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *FileData) GetResultsId() uint64 {
+	if x != nil {
+		return x.ResultsId
+	}
+	return 0
+}
+
+func (x *FileData) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *FileData) GetKind() FileKind {
+	if x != nil {
+		return x.Kind
+	}
+	return FileKind_FILE_KIND_UNSPECIFIED
+}
+
+func (x *FileData) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *FileData) GetOffset() int64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *FileData) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *FileData) GetLast() bool {
+	if x != nil {
+		return x.Last
+	}
+	return false
+}
+
+func (x *FileData) GetMode() uint32 {
+	if x != nil {
+		return x.Mode
+	}
+	return 0
+}
+
 type Named struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -916,7 +1191,7 @@ type Named struct {
 
 func (x *Named) Reset() {
 	*x = Named{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[8]
+	mi := &file_api_droverpb_drover_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -928,7 +1203,7 @@ func (x *Named) String() string {
 func (*Named) ProtoMessage() {}
 
 func (x *Named) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[8]
+	mi := &file_api_droverpb_drover_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -941,7 +1216,7 @@ func (x *Named) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Named.ProtoReflect.Descriptor instead.
 func (*Named) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{8}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Named) GetName() string {
@@ -968,7 +1243,7 @@ type SendInput struct {
 
 func (x *SendInput) Reset() {
 	*x = SendInput{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[9]
+	mi := &file_api_droverpb_drover_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -980,7 +1255,7 @@ func (x *SendInput) String() string {
 func (*SendInput) ProtoMessage() {}
 
 func (x *SendInput) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[9]
+	mi := &file_api_droverpb_drover_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -993,7 +1268,7 @@ func (x *SendInput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendInput.ProtoReflect.Descriptor instead.
 func (*SendInput) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{9}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SendInput) GetName() string {
@@ -1019,7 +1294,7 @@ type PollRequest struct {
 
 func (x *PollRequest) Reset() {
 	*x = PollRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[10]
+	mi := &file_api_droverpb_drover_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1031,7 +1306,7 @@ func (x *PollRequest) String() string {
 func (*PollRequest) ProtoMessage() {}
 
 func (x *PollRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[10]
+	mi := &file_api_droverpb_drover_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1044,7 +1319,7 @@ func (x *PollRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PollRequest.ProtoReflect.Descriptor instead.
 func (*PollRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{10}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *PollRequest) GetNames() []string {
@@ -1063,7 +1338,7 @@ type EnvKey struct {
 
 func (x *EnvKey) Reset() {
 	*x = EnvKey{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[11]
+	mi := &file_api_droverpb_drover_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1075,7 +1350,7 @@ func (x *EnvKey) String() string {
 func (*EnvKey) ProtoMessage() {}
 
 func (x *EnvKey) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[11]
+	mi := &file_api_droverpb_drover_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1088,7 +1363,7 @@ func (x *EnvKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnvKey.ProtoReflect.Descriptor instead.
 func (*EnvKey) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{11}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *EnvKey) GetKey() string {
@@ -1108,7 +1383,7 @@ type EnvKV struct {
 
 func (x *EnvKV) Reset() {
 	*x = EnvKV{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[12]
+	mi := &file_api_droverpb_drover_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1120,7 +1395,7 @@ func (x *EnvKV) String() string {
 func (*EnvKV) ProtoMessage() {}
 
 func (x *EnvKV) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[12]
+	mi := &file_api_droverpb_drover_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1133,7 +1408,7 @@ func (x *EnvKV) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnvKV.ProtoReflect.Descriptor instead.
 func (*EnvKV) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{12}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *EnvKV) GetKey() string {
@@ -1161,7 +1436,7 @@ type PortsRequest struct {
 
 func (x *PortsRequest) Reset() {
 	*x = PortsRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[13]
+	mi := &file_api_droverpb_drover_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1173,7 +1448,7 @@ func (x *PortsRequest) String() string {
 func (*PortsRequest) ProtoMessage() {}
 
 func (x *PortsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[13]
+	mi := &file_api_droverpb_drover_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1186,7 +1461,7 @@ func (x *PortsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortsRequest.ProtoReflect.Descriptor instead.
 func (*PortsRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{13}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PortsRequest) GetUdp() bool {
@@ -1219,7 +1494,7 @@ type Shutdown struct {
 
 func (x *Shutdown) Reset() {
 	*x = Shutdown{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[14]
+	mi := &file_api_droverpb_drover_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1231,7 +1506,7 @@ func (x *Shutdown) String() string {
 func (*Shutdown) ProtoMessage() {}
 
 func (x *Shutdown) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[14]
+	mi := &file_api_droverpb_drover_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1244,7 +1519,7 @@ func (x *Shutdown) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Shutdown.ProtoReflect.Descriptor instead.
 func (*Shutdown) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{14}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Shutdown) GetGraceMs() int64 {
@@ -1256,15 +1531,17 @@ func (x *Shutdown) GetGraceMs() int64 {
 
 type StageFile struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Src           string                 `protobuf:"bytes,1,opt,name=src,proto3" json:"src,omitempty"`
+	Src           string                 `protobuf:"bytes,1,opt,name=src,proto3" json:"src,omitempty"` // a path on the agent's machine; empty with sha256
 	Dst           string                 `protobuf:"bytes,2,opt,name=dst,proto3" json:"dst,omitempty"`
+	Sha256        []byte                 `protobuf:"bytes,3,opt,name=sha256,proto3" json:"sha256,omitempty"` // content from the agent's cache (PutFile)
+	Mode          uint32                 `protobuf:"varint,4,opt,name=mode,proto3" json:"mode,omitempty"`    // permission bits of the copy; 0: those of src
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StageFile) Reset() {
 	*x = StageFile{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[15]
+	mi := &file_api_droverpb_drover_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1276,7 +1553,7 @@ func (x *StageFile) String() string {
 func (*StageFile) ProtoMessage() {}
 
 func (x *StageFile) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[15]
+	mi := &file_api_droverpb_drover_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1289,7 +1566,7 @@ func (x *StageFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StageFile.ProtoReflect.Descriptor instead.
 func (*StageFile) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{15}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *StageFile) GetSrc() string {
@@ -1304,6 +1581,100 @@ func (x *StageFile) GetDst() string {
 		return x.Dst
 	}
 	return ""
+}
+
+func (x *StageFile) GetSha256() []byte {
+	if x != nil {
+		return x.Sha256
+	}
+	return nil
+}
+
+func (x *StageFile) GetMode() uint32 {
+	if x != nil {
+		return x.Mode
+	}
+	return 0
+}
+
+// ResultsSpec asks the agent to keep stdout, stderr and outputs in its own
+// scratch space and send them back as FileData ahead of the exit report,
+// for an agent that does not share the manager's filesystem. The spec's
+// stdout, stderr and output_dir are empty then.
+type ResultsSpec struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Id             uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`                                                 // chosen by the manager, echoed in FileData
+	Stdout         bool                   `protobuf:"varint,2,opt,name=stdout,proto3" json:"stdout,omitempty"`                                         // capture stdout
+	Stderr         bool                   `protobuf:"varint,3,opt,name=stderr,proto3" json:"stderr,omitempty"`                                         // capture stderr
+	StderrIsStdout bool                   `protobuf:"varint,4,opt,name=stderr_is_stdout,json=stderrIsStdout,proto3" json:"stderr_is_stdout,omitempty"` // one file for both, like 2>&1
+	Outputs        bool                   `protobuf:"varint,5,opt,name=outputs,proto3" json:"outputs,omitempty"`                                       // collect the outputs (ProcessSpec.outputs)
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ResultsSpec) Reset() {
+	*x = ResultsSpec{}
+	mi := &file_api_droverpb_drover_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResultsSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResultsSpec) ProtoMessage() {}
+
+func (x *ResultsSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_api_droverpb_drover_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResultsSpec.ProtoReflect.Descriptor instead.
+func (*ResultsSpec) Descriptor() ([]byte, []int) {
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ResultsSpec) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *ResultsSpec) GetStdout() bool {
+	if x != nil {
+		return x.Stdout
+	}
+	return false
+}
+
+func (x *ResultsSpec) GetStderr() bool {
+	if x != nil {
+		return x.Stderr
+	}
+	return false
+}
+
+func (x *ResultsSpec) GetStderrIsStdout() bool {
+	if x != nil {
+		return x.StderrIsStdout
+	}
+	return false
+}
+
+func (x *ResultsSpec) GetOutputs() bool {
+	if x != nil {
+		return x.Outputs
+	}
+	return false
 }
 
 type ProcessSpec struct {
@@ -1321,13 +1692,14 @@ type ProcessSpec struct {
 	PortNames     []string               `protobuf:"bytes,11,rep,name=port_names,json=portNames,proto3" json:"port_names,omitempty"`
 	AutoPurge     bool                   `protobuf:"varint,12,opt,name=auto_purge,json=autoPurge,proto3" json:"auto_purge,omitempty"`
 	After         string                 `protobuf:"bytes,13,opt,name=after,proto3" json:"after,omitempty"`
+	Results       *ResultsSpec           `protobuf:"bytes,14,opt,name=results,proto3" json:"results,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ProcessSpec) Reset() {
 	*x = ProcessSpec{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[16]
+	mi := &file_api_droverpb_drover_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1339,7 +1711,7 @@ func (x *ProcessSpec) String() string {
 func (*ProcessSpec) ProtoMessage() {}
 
 func (x *ProcessSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[16]
+	mi := &file_api_droverpb_drover_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1352,7 +1724,7 @@ func (x *ProcessSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessSpec.ProtoReflect.Descriptor instead.
 func (*ProcessSpec) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{16}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ProcessSpec) GetName() string {
@@ -1446,6 +1818,13 @@ func (x *ProcessSpec) GetAfter() string {
 	return ""
 }
 
+func (x *ProcessSpec) GetResults() *ResultsSpec {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
 type Reply struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Id        uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -1464,7 +1843,7 @@ type Reply struct {
 
 func (x *Reply) Reset() {
 	*x = Reply{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[17]
+	mi := &file_api_droverpb_drover_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1476,7 +1855,7 @@ func (x *Reply) String() string {
 func (*Reply) ProtoMessage() {}
 
 func (x *Reply) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[17]
+	mi := &file_api_droverpb_drover_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1489,7 +1868,7 @@ func (x *Reply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reply.ProtoReflect.Descriptor instead.
 func (*Reply) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{17}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Reply) GetId() uint64 {
@@ -1594,7 +1973,7 @@ type Started struct {
 
 func (x *Started) Reset() {
 	*x = Started{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[18]
+	mi := &file_api_droverpb_drover_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1606,7 +1985,7 @@ func (x *Started) String() string {
 func (*Started) ProtoMessage() {}
 
 func (x *Started) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[18]
+	mi := &file_api_droverpb_drover_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1619,7 +1998,7 @@ func (x *Started) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Started.ProtoReflect.Descriptor instead.
 func (*Started) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{18}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Started) GetPid() int32 {
@@ -1647,7 +2026,7 @@ type ProcessStatus struct {
 
 func (x *ProcessStatus) Reset() {
 	*x = ProcessStatus{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[19]
+	mi := &file_api_droverpb_drover_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1659,7 +2038,7 @@ func (x *ProcessStatus) String() string {
 func (*ProcessStatus) ProtoMessage() {}
 
 func (x *ProcessStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[19]
+	mi := &file_api_droverpb_drover_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1672,7 +2051,7 @@ func (x *ProcessStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessStatus.ProtoReflect.Descriptor instead.
 func (*ProcessStatus) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{19}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ProcessStatus) GetName() string {
@@ -1705,7 +2084,7 @@ type PollResult struct {
 
 func (x *PollResult) Reset() {
 	*x = PollResult{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[20]
+	mi := &file_api_droverpb_drover_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1717,7 +2096,7 @@ func (x *PollResult) String() string {
 func (*PollResult) ProtoMessage() {}
 
 func (x *PollResult) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[20]
+	mi := &file_api_droverpb_drover_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1730,7 +2109,7 @@ func (x *PollResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PollResult.ProtoReflect.Descriptor instead.
 func (*PollResult) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{20}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *PollResult) GetStatuses() []*ProcessStatus {
@@ -1750,7 +2129,7 @@ type EnvValue struct {
 
 func (x *EnvValue) Reset() {
 	*x = EnvValue{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[21]
+	mi := &file_api_droverpb_drover_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1762,7 +2141,7 @@ func (x *EnvValue) String() string {
 func (*EnvValue) ProtoMessage() {}
 
 func (x *EnvValue) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[21]
+	mi := &file_api_droverpb_drover_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1775,7 +2154,7 @@ func (x *EnvValue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnvValue.ProtoReflect.Descriptor instead.
 func (*EnvValue) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{21}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *EnvValue) GetValue() string {
@@ -1801,7 +2180,7 @@ type PortList struct {
 
 func (x *PortList) Reset() {
 	*x = PortList{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[22]
+	mi := &file_api_droverpb_drover_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1813,7 +2192,7 @@ func (x *PortList) String() string {
 func (*PortList) ProtoMessage() {}
 
 func (x *PortList) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[22]
+	mi := &file_api_droverpb_drover_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1826,7 +2205,7 @@ func (x *PortList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortList.ProtoReflect.Descriptor instead.
 func (*PortList) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{22}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *PortList) GetPorts() []int32 {
@@ -1851,7 +2230,7 @@ type Exit struct {
 
 func (x *Exit) Reset() {
 	*x = Exit{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[23]
+	mi := &file_api_droverpb_drover_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1863,7 +2242,7 @@ func (x *Exit) String() string {
 func (*Exit) ProtoMessage() {}
 
 func (x *Exit) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[23]
+	mi := &file_api_droverpb_drover_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1876,7 +2255,7 @@ func (x *Exit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Exit.ProtoReflect.Descriptor instead.
 func (*Exit) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{23}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Exit) GetName() string {
@@ -1932,13 +2311,14 @@ type ExitReport struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
 	Exit          *Exit                  `protobuf:"bytes,2,opt,name=exit,proto3" json:"exit,omitempty"`
+	ResultsId     uint64                 `protobuf:"varint,3,opt,name=results_id,json=resultsId,proto3" json:"results_id,omitempty"` // of a process started with ProcessSpec.results
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ExitReport) Reset() {
 	*x = ExitReport{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[24]
+	mi := &file_api_droverpb_drover_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1950,7 +2330,7 @@ func (x *ExitReport) String() string {
 func (*ExitReport) ProtoMessage() {}
 
 func (x *ExitReport) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[24]
+	mi := &file_api_droverpb_drover_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1963,7 +2343,7 @@ func (x *ExitReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExitReport.ProtoReflect.Descriptor instead.
 func (*ExitReport) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{24}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ExitReport) GetSeq() uint64 {
@@ -1980,6 +2360,13 @@ func (x *ExitReport) GetExit() *Exit {
 	return nil
 }
 
+func (x *ExitReport) GetResultsId() uint64 {
+	if x != nil {
+		return x.ResultsId
+	}
+	return 0
+}
+
 type LogRecord struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	TimeUnixNano  int64                  `protobuf:"varint,1,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
@@ -1992,7 +2379,7 @@ type LogRecord struct {
 
 func (x *LogRecord) Reset() {
 	*x = LogRecord{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[25]
+	mi := &file_api_droverpb_drover_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2004,7 +2391,7 @@ func (x *LogRecord) String() string {
 func (*LogRecord) ProtoMessage() {}
 
 func (x *LogRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[25]
+	mi := &file_api_droverpb_drover_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2017,7 +2404,7 @@ func (x *LogRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogRecord.ProtoReflect.Descriptor instead.
 func (*LogRecord) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{25}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *LogRecord) GetTimeUnixNano() int64 {
@@ -2058,7 +2445,7 @@ type ControlError struct {
 
 func (x *ControlError) Reset() {
 	*x = ControlError{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[26]
+	mi := &file_api_droverpb_drover_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2070,7 +2457,7 @@ func (x *ControlError) String() string {
 func (*ControlError) ProtoMessage() {}
 
 func (x *ControlError) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[26]
+	mi := &file_api_droverpb_drover_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2083,7 +2470,7 @@ func (x *ControlError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlError.ProtoReflect.Descriptor instead.
 func (*ControlError) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{26}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ControlError) GetKind() ControlErrorKind {
@@ -2101,7 +2488,7 @@ type Empty struct {
 
 func (x *Empty) Reset() {
 	*x = Empty{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[27]
+	mi := &file_api_droverpb_drover_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2113,7 +2500,7 @@ func (x *Empty) String() string {
 func (*Empty) ProtoMessage() {}
 
 func (x *Empty) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[27]
+	mi := &file_api_droverpb_drover_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2126,7 +2513,7 @@ func (x *Empty) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Empty.ProtoReflect.Descriptor instead.
 func (*Empty) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{27}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{30}
 }
 
 type NodesRequest struct {
@@ -2137,7 +2524,7 @@ type NodesRequest struct {
 
 func (x *NodesRequest) Reset() {
 	*x = NodesRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[28]
+	mi := &file_api_droverpb_drover_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2149,7 +2536,7 @@ func (x *NodesRequest) String() string {
 func (*NodesRequest) ProtoMessage() {}
 
 func (x *NodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[28]
+	mi := &file_api_droverpb_drover_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2162,7 +2549,7 @@ func (x *NodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodesRequest.ProtoReflect.Descriptor instead.
 func (*NodesRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{28}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{31}
 }
 
 type NodeInfo struct {
@@ -2179,7 +2566,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[29]
+	mi := &file_api_droverpb_drover_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2191,7 +2578,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[29]
+	mi := &file_api_droverpb_drover_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2204,7 +2591,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{29}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *NodeInfo) GetName() string {
@@ -2258,7 +2645,7 @@ type NodesReply struct {
 
 func (x *NodesReply) Reset() {
 	*x = NodesReply{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[30]
+	mi := &file_api_droverpb_drover_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2270,7 +2657,7 @@ func (x *NodesReply) String() string {
 func (*NodesReply) ProtoMessage() {}
 
 func (x *NodesReply) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[30]
+	mi := &file_api_droverpb_drover_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2283,7 +2670,7 @@ func (x *NodesReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodesReply.ProtoReflect.Descriptor instead.
 func (*NodesReply) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{30}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *NodesReply) GetNodes() []*NodeInfo {
@@ -2309,7 +2696,7 @@ type StartRequest struct {
 
 func (x *StartRequest) Reset() {
 	*x = StartRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[31]
+	mi := &file_api_droverpb_drover_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2321,7 +2708,7 @@ func (x *StartRequest) String() string {
 func (*StartRequest) ProtoMessage() {}
 
 func (x *StartRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[31]
+	mi := &file_api_droverpb_drover_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2334,7 +2721,7 @@ func (x *StartRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartRequest.ProtoReflect.Descriptor instead.
 func (*StartRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{31}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *StartRequest) GetNode() string {
@@ -2404,7 +2791,7 @@ type StartReply struct {
 
 func (x *StartReply) Reset() {
 	*x = StartReply{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[32]
+	mi := &file_api_droverpb_drover_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2416,7 +2803,7 @@ func (x *StartReply) String() string {
 func (*StartReply) ProtoMessage() {}
 
 func (x *StartReply) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[32]
+	mi := &file_api_droverpb_drover_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2429,7 +2816,7 @@ func (x *StartReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartReply.ProtoReflect.Descriptor instead.
 func (*StartReply) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{32}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *StartReply) GetNode() string {
@@ -2462,7 +2849,7 @@ type ControlPollRequest struct {
 
 func (x *ControlPollRequest) Reset() {
 	*x = ControlPollRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[33]
+	mi := &file_api_droverpb_drover_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2474,7 +2861,7 @@ func (x *ControlPollRequest) String() string {
 func (*ControlPollRequest) ProtoMessage() {}
 
 func (x *ControlPollRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[33]
+	mi := &file_api_droverpb_drover_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2487,7 +2874,7 @@ func (x *ControlPollRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlPollRequest.ProtoReflect.Descriptor instead.
 func (*ControlPollRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{33}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ControlPollRequest) GetNames() []string {
@@ -2506,7 +2893,7 @@ type ControlPollReply struct {
 
 func (x *ControlPollReply) Reset() {
 	*x = ControlPollReply{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[34]
+	mi := &file_api_droverpb_drover_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2518,7 +2905,7 @@ func (x *ControlPollReply) String() string {
 func (*ControlPollReply) ProtoMessage() {}
 
 func (x *ControlPollReply) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[34]
+	mi := &file_api_droverpb_drover_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2531,7 +2918,7 @@ func (x *ControlPollReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlPollReply.ProtoReflect.Descriptor instead.
 func (*ControlPollReply) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{34}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ControlPollReply) GetStatuses() []*ProcessStatus {
@@ -2550,7 +2937,7 @@ type NameRequest struct {
 
 func (x *NameRequest) Reset() {
 	*x = NameRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[35]
+	mi := &file_api_droverpb_drover_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2562,7 +2949,7 @@ func (x *NameRequest) String() string {
 func (*NameRequest) ProtoMessage() {}
 
 func (x *NameRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[35]
+	mi := &file_api_droverpb_drover_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2575,7 +2962,7 @@ func (x *NameRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NameRequest.ProtoReflect.Descriptor instead.
 func (*NameRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{35}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *NameRequest) GetName() string {
@@ -2595,7 +2982,7 @@ type StopRequest struct {
 
 func (x *StopRequest) Reset() {
 	*x = StopRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[36]
+	mi := &file_api_droverpb_drover_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2607,7 +2994,7 @@ func (x *StopRequest) String() string {
 func (*StopRequest) ProtoMessage() {}
 
 func (x *StopRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[36]
+	mi := &file_api_droverpb_drover_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2620,7 +3007,7 @@ func (x *StopRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopRequest.ProtoReflect.Descriptor instead.
 func (*StopRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{36}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *StopRequest) GetName() string {
@@ -2647,7 +3034,7 @@ type SendRequest struct {
 
 func (x *SendRequest) Reset() {
 	*x = SendRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[37]
+	mi := &file_api_droverpb_drover_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2659,7 +3046,7 @@ func (x *SendRequest) String() string {
 func (*SendRequest) ProtoMessage() {}
 
 func (x *SendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[37]
+	mi := &file_api_droverpb_drover_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2672,7 +3059,7 @@ func (x *SendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendRequest.ProtoReflect.Descriptor instead.
 func (*SendRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{37}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *SendRequest) GetName() string {
@@ -2700,7 +3087,7 @@ type LogsRequest struct {
 
 func (x *LogsRequest) Reset() {
 	*x = LogsRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[38]
+	mi := &file_api_droverpb_drover_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2712,7 +3099,7 @@ func (x *LogsRequest) String() string {
 func (*LogsRequest) ProtoMessage() {}
 
 func (x *LogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[38]
+	mi := &file_api_droverpb_drover_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2725,7 +3112,7 @@ func (x *LogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogsRequest.ProtoReflect.Descriptor instead.
 func (*LogsRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{38}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *LogsRequest) GetName() string {
@@ -2758,7 +3145,7 @@ type LogChunk struct {
 
 func (x *LogChunk) Reset() {
 	*x = LogChunk{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[39]
+	mi := &file_api_droverpb_drover_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2770,7 +3157,7 @@ func (x *LogChunk) String() string {
 func (*LogChunk) ProtoMessage() {}
 
 func (x *LogChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[39]
+	mi := &file_api_droverpb_drover_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2783,7 +3170,7 @@ func (x *LogChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogChunk.ProtoReflect.Descriptor instead.
 func (*LogChunk) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{39}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *LogChunk) GetData() []byte {
@@ -2801,7 +3188,7 @@ type FinishedRequest struct {
 
 func (x *FinishedRequest) Reset() {
 	*x = FinishedRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[40]
+	mi := &file_api_droverpb_drover_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2813,7 +3200,7 @@ func (x *FinishedRequest) String() string {
 func (*FinishedRequest) ProtoMessage() {}
 
 func (x *FinishedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[40]
+	mi := &file_api_droverpb_drover_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2826,7 +3213,7 @@ func (x *FinishedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FinishedRequest.ProtoReflect.Descriptor instead.
 func (*FinishedRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{40}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{43}
 }
 
 type FinishedReply struct {
@@ -2838,7 +3225,7 @@ type FinishedReply struct {
 
 func (x *FinishedReply) Reset() {
 	*x = FinishedReply{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[41]
+	mi := &file_api_droverpb_drover_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2850,7 +3237,7 @@ func (x *FinishedReply) String() string {
 func (*FinishedReply) ProtoMessage() {}
 
 func (x *FinishedReply) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[41]
+	mi := &file_api_droverpb_drover_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2863,7 +3250,7 @@ func (x *FinishedReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FinishedReply.ProtoReflect.Descriptor instead.
 func (*FinishedReply) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{41}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *FinishedReply) GetExits() []*Exit {
@@ -2882,7 +3269,7 @@ type CancelAllRequest struct {
 
 func (x *CancelAllRequest) Reset() {
 	*x = CancelAllRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[42]
+	mi := &file_api_droverpb_drover_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2894,7 +3281,7 @@ func (x *CancelAllRequest) String() string {
 func (*CancelAllRequest) ProtoMessage() {}
 
 func (x *CancelAllRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[42]
+	mi := &file_api_droverpb_drover_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2907,7 +3294,7 @@ func (x *CancelAllRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelAllRequest.ProtoReflect.Descriptor instead.
 func (*CancelAllRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{42}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *CancelAllRequest) GetGraceMs() int64 {
@@ -2927,7 +3314,7 @@ type GetEnvRequest struct {
 
 func (x *GetEnvRequest) Reset() {
 	*x = GetEnvRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[43]
+	mi := &file_api_droverpb_drover_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2939,7 +3326,7 @@ func (x *GetEnvRequest) String() string {
 func (*GetEnvRequest) ProtoMessage() {}
 
 func (x *GetEnvRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[43]
+	mi := &file_api_droverpb_drover_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2952,7 +3339,7 @@ func (x *GetEnvRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEnvRequest.ProtoReflect.Descriptor instead.
 func (*GetEnvRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{43}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *GetEnvRequest) GetNode() string {
@@ -2979,7 +3366,7 @@ type GetEnvReply struct {
 
 func (x *GetEnvReply) Reset() {
 	*x = GetEnvReply{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[44]
+	mi := &file_api_droverpb_drover_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2991,7 +3378,7 @@ func (x *GetEnvReply) String() string {
 func (*GetEnvReply) ProtoMessage() {}
 
 func (x *GetEnvReply) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[44]
+	mi := &file_api_droverpb_drover_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3004,7 +3391,7 @@ func (x *GetEnvReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEnvReply.ProtoReflect.Descriptor instead.
 func (*GetEnvReply) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{44}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *GetEnvReply) GetValue() string {
@@ -3032,7 +3419,7 @@ type SetEnvRequest struct {
 
 func (x *SetEnvRequest) Reset() {
 	*x = SetEnvRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[45]
+	mi := &file_api_droverpb_drover_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3044,7 +3431,7 @@ func (x *SetEnvRequest) String() string {
 func (*SetEnvRequest) ProtoMessage() {}
 
 func (x *SetEnvRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[45]
+	mi := &file_api_droverpb_drover_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3057,7 +3444,7 @@ func (x *SetEnvRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetEnvRequest.ProtoReflect.Descriptor instead.
 func (*SetEnvRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{45}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *SetEnvRequest) GetNode() string {
@@ -3092,7 +3479,7 @@ type BindPortsRequest struct {
 
 func (x *BindPortsRequest) Reset() {
 	*x = BindPortsRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[46]
+	mi := &file_api_droverpb_drover_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3104,7 +3491,7 @@ func (x *BindPortsRequest) String() string {
 func (*BindPortsRequest) ProtoMessage() {}
 
 func (x *BindPortsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[46]
+	mi := &file_api_droverpb_drover_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3117,7 +3504,7 @@ func (x *BindPortsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BindPortsRequest.ProtoReflect.Descriptor instead.
 func (*BindPortsRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{46}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *BindPortsRequest) GetNode() string {
@@ -3150,7 +3537,7 @@ type PortsReply struct {
 
 func (x *PortsReply) Reset() {
 	*x = PortsReply{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[47]
+	mi := &file_api_droverpb_drover_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3162,7 +3549,7 @@ func (x *PortsReply) String() string {
 func (*PortsReply) ProtoMessage() {}
 
 func (x *PortsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[47]
+	mi := &file_api_droverpb_drover_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3175,7 +3562,7 @@ func (x *PortsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortsReply.ProtoReflect.Descriptor instead.
 func (*PortsReply) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{47}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *PortsReply) GetPorts() []int32 {
@@ -3196,7 +3583,7 @@ type ReleasePortsRequest struct {
 
 func (x *ReleasePortsRequest) Reset() {
 	*x = ReleasePortsRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[48]
+	mi := &file_api_droverpb_drover_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3208,7 +3595,7 @@ func (x *ReleasePortsRequest) String() string {
 func (*ReleasePortsRequest) ProtoMessage() {}
 
 func (x *ReleasePortsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[48]
+	mi := &file_api_droverpb_drover_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3221,7 +3608,7 @@ func (x *ReleasePortsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleasePortsRequest.ProtoReflect.Descriptor instead.
 func (*ReleasePortsRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{48}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ReleasePortsRequest) GetNode() string {
@@ -3255,7 +3642,7 @@ type SetLogLevelRequest struct {
 
 func (x *SetLogLevelRequest) Reset() {
 	*x = SetLogLevelRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[49]
+	mi := &file_api_droverpb_drover_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3267,7 +3654,7 @@ func (x *SetLogLevelRequest) String() string {
 func (*SetLogLevelRequest) ProtoMessage() {}
 
 func (x *SetLogLevelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[49]
+	mi := &file_api_droverpb_drover_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3280,7 +3667,7 @@ func (x *SetLogLevelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetLogLevelRequest.ProtoReflect.Descriptor instead.
 func (*SetLogLevelRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{49}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *SetLogLevelRequest) GetNode() string {
@@ -3311,7 +3698,7 @@ type SubmitRequest struct {
 
 func (x *SubmitRequest) Reset() {
 	*x = SubmitRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[50]
+	mi := &file_api_droverpb_drover_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3323,7 +3710,7 @@ func (x *SubmitRequest) String() string {
 func (*SubmitRequest) ProtoMessage() {}
 
 func (x *SubmitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[50]
+	mi := &file_api_droverpb_drover_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3336,7 +3723,7 @@ func (x *SubmitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitRequest.ProtoReflect.Descriptor instead.
 func (*SubmitRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{50}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *SubmitRequest) GetName() string {
@@ -3369,7 +3756,7 @@ type SubmitReply struct {
 
 func (x *SubmitReply) Reset() {
 	*x = SubmitReply{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[51]
+	mi := &file_api_droverpb_drover_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3381,7 +3768,7 @@ func (x *SubmitReply) String() string {
 func (*SubmitReply) ProtoMessage() {}
 
 func (x *SubmitReply) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[51]
+	mi := &file_api_droverpb_drover_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3394,7 +3781,7 @@ func (x *SubmitReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitReply.ProtoReflect.Descriptor instead.
 func (*SubmitReply) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{51}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *SubmitReply) GetInstances() []string {
@@ -3412,7 +3799,7 @@ type JobsRequest struct {
 
 func (x *JobsRequest) Reset() {
 	*x = JobsRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[52]
+	mi := &file_api_droverpb_drover_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3424,7 +3811,7 @@ func (x *JobsRequest) String() string {
 func (*JobsRequest) ProtoMessage() {}
 
 func (x *JobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[52]
+	mi := &file_api_droverpb_drover_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3437,7 +3824,7 @@ func (x *JobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobsRequest.ProtoReflect.Descriptor instead.
 func (*JobsRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{52}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{55}
 }
 
 type JobInfo struct {
@@ -3455,7 +3842,7 @@ type JobInfo struct {
 
 func (x *JobInfo) Reset() {
 	*x = JobInfo{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[53]
+	mi := &file_api_droverpb_drover_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3467,7 +3854,7 @@ func (x *JobInfo) String() string {
 func (*JobInfo) ProtoMessage() {}
 
 func (x *JobInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[53]
+	mi := &file_api_droverpb_drover_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3480,7 +3867,7 @@ func (x *JobInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobInfo.ProtoReflect.Descriptor instead.
 func (*JobInfo) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{53}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *JobInfo) GetSubmission() int32 {
@@ -3541,7 +3928,7 @@ type JobsReply struct {
 
 func (x *JobsReply) Reset() {
 	*x = JobsReply{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[54]
+	mi := &file_api_droverpb_drover_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3553,7 +3940,7 @@ func (x *JobsReply) String() string {
 func (*JobsReply) ProtoMessage() {}
 
 func (x *JobsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[54]
+	mi := &file_api_droverpb_drover_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3566,7 +3953,7 @@ func (x *JobsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobsReply.ProtoReflect.Descriptor instead.
 func (*JobsReply) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{54}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *JobsReply) GetJobs() []*JobInfo {
@@ -3584,7 +3971,7 @@ type ShutdownRequest struct {
 
 func (x *ShutdownRequest) Reset() {
 	*x = ShutdownRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[55]
+	mi := &file_api_droverpb_drover_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3596,7 +3983,7 @@ func (x *ShutdownRequest) String() string {
 func (*ShutdownRequest) ProtoMessage() {}
 
 func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[55]
+	mi := &file_api_droverpb_drover_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3609,20 +3996,21 @@ func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownRequest.ProtoReflect.Descriptor instead.
 func (*ShutdownRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{55}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{58}
 }
 
 var File_api_droverpb_drover_proto protoreflect.FileDescriptor
 
 const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\n" +
-	"\x19api/droverpb/drover.proto\x12\tdrover.v1\"\xe9\x01\n" +
+	"\x19api/droverpb/drover.proto\x12\tdrover.v1\"\x94\x02\n" +
 	"\bAgentMsg\x12&\n" +
 	"\x05hello\x18\x01 \x01(\v2\x10.drover.v1.HelloR\x05hello\x12*\n" +
 	"\areplies\x18\x02 \x03(\v2\x10.drover.v1.ReplyR\areplies\x12+\n" +
 	"\x05exits\x18\x03 \x03(\v2\x15.drover.v1.ExitReportR\x05exits\x12(\n" +
 	"\x04logs\x18\x04 \x03(\v2\x14.drover.v1.LogRecordR\x04logs\x122\n" +
-	"\theartbeat\x18\x05 \x01(\v2\x14.drover.v1.HeartbeatR\theartbeat\"\xf4\x01\n" +
+	"\theartbeat\x18\x05 \x01(\v2\x14.drover.v1.HeartbeatR\theartbeat\x12)\n" +
+	"\x05files\x18\x06 \x03(\v2\x13.drover.v1.FileDataR\x05files\"\xf4\x01\n" +
 	"\n" +
 	"ManagerMsg\x12,\n" +
 	"\awelcome\x18\x01 \x01(\v2\x12.drover.v1.WelcomeR\awelcome\x12.\n" +
@@ -3631,12 +4019,13 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\theartbeat\x18\x04 \x01(\v2\x14.drover.v1.HeartbeatR\theartbeat\x12\x1f\n" +
 	"\vack_replies\x18\x05 \x01(\x04R\n" +
 	"ackReplies\x12\x16\n" +
-	"\x06cancel\x18\x06 \x03(\x04R\x06cancel\"\x83\x01\n" +
+	"\x06cancel\x18\x06 \x03(\x04R\x06cancel\"\xa0\x01\n" +
 	"\x05Hello\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x122\n" +
 	"\tresources\x18\x02 \x01(\v2\x14.drover.v1.ResourcesR\tresources\x12\x18\n" +
 	"\aversion\x18\x03 \x01(\tR\aversion\x12\x18\n" +
-	"\asession\x18\x04 \x01(\tR\asession\"\xa0\x01\n" +
+	"\asession\x18\x04 \x01(\tR\asession\x12\x1b\n" +
+	"\tremote_fs\x18\x05 \x01(\bR\bremoteFs\"\xa0\x01\n" +
 	"\aWelcome\x12\x18\n" +
 	"\asession\x18\x01 \x01(\tR\asession\x12\x19\n" +
 	"\bgiven_up\x18\x02 \x01(\bR\agivenUp\x122\n" +
@@ -3652,7 +4041,7 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\x05cores\x18\x02 \x03(\v2\x0f.drover.v1.CoreR\x05cores\x12!\n" +
 	"\fmemory_bytes\x18\x03 \x01(\x03R\vmemoryBytes\"$\n" +
 	"\x04Core\x12\x1c\n" +
-	"\thwthreads\x18\x01 \x03(\x05R\thwthreads\"\xfd\x04\n" +
+	"\thwthreads\x18\x01 \x03(\x05R\thwthreads\"\xae\x05\n" +
 	"\aCommand\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12.\n" +
 	"\x05start\x18\x02 \x01(\v2\x16.drover.v1.ProcessSpecH\x00R\x05start\x12&\n" +
@@ -3670,8 +4059,25 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"ports_bind\x18\v \x01(\v2\x17.drover.v1.PortsRequestH\x00R\tportsBind\x12>\n" +
 	"\rports_release\x18\f \x01(\v2\x17.drover.v1.PortsRequestH\x00R\fportsRelease\x12\x1d\n" +
 	"\tlog_level\x18\r \x01(\tH\x00R\blogLevel\x121\n" +
-	"\bshutdown\x18\x0e \x01(\v2\x13.drover.v1.ShutdownH\x00R\bshutdownB\x04\n" +
-	"\x02op\"6\n" +
+	"\bshutdown\x18\x0e \x01(\v2\x13.drover.v1.ShutdownH\x00R\bshutdown\x12/\n" +
+	"\bput_file\x18\x0f \x01(\v2\x12.drover.v1.PutFileH\x00R\aputFileB\x04\n" +
+	"\x02op\"u\n" +
+	"\aPutFile\x12\x16\n" +
+	"\x06sha256\x18\x01 \x01(\fR\x06sha256\x12\x16\n" +
+	"\x06offset\x18\x02 \x01(\x03R\x06offset\x12\x12\n" +
+	"\x04data\x18\x03 \x01(\fR\x04data\x12\x12\n" +
+	"\x04last\x18\x04 \x01(\bR\x04last\x12\x12\n" +
+	"\x04size\x18\x05 \x01(\x03R\x04size\"\xcc\x01\n" +
+	"\bFileData\x12\x1d\n" +
+	"\n" +
+	"results_id\x18\x01 \x01(\x04R\tresultsId\x12\x10\n" +
+	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12'\n" +
+	"\x04kind\x18\x03 \x01(\x0e2\x13.drover.v1.FileKindR\x04kind\x12\x12\n" +
+	"\x04path\x18\x04 \x01(\tR\x04path\x12\x16\n" +
+	"\x06offset\x18\x05 \x01(\x03R\x06offset\x12\x12\n" +
+	"\x04data\x18\x06 \x01(\fR\x04data\x12\x12\n" +
+	"\x04last\x18\a \x01(\bR\x04last\x12\x12\n" +
+	"\x04mode\x18\b \x01(\rR\x04mode\"6\n" +
 	"\x05Named\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
 	"\bgrace_ms\x18\x02 \x01(\x03R\agraceMs\"3\n" +
@@ -3690,10 +4096,18 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\x01n\x18\x02 \x01(\x05R\x01n\x12\x14\n" +
 	"\x05ports\x18\x03 \x03(\x05R\x05ports\"%\n" +
 	"\bShutdown\x12\x19\n" +
-	"\bgrace_ms\x18\x01 \x01(\x03R\agraceMs\"/\n" +
+	"\bgrace_ms\x18\x01 \x01(\x03R\agraceMs\"[\n" +
 	"\tStageFile\x12\x10\n" +
 	"\x03src\x18\x01 \x01(\tR\x03src\x12\x10\n" +
-	"\x03dst\x18\x02 \x01(\tR\x03dst\"\xb9\x03\n" +
+	"\x03dst\x18\x02 \x01(\tR\x03dst\x12\x16\n" +
+	"\x06sha256\x18\x03 \x01(\fR\x06sha256\x12\x12\n" +
+	"\x04mode\x18\x04 \x01(\rR\x04mode\"\x91\x01\n" +
+	"\vResultsSpec\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x16\n" +
+	"\x06stdout\x18\x02 \x01(\bR\x06stdout\x12\x16\n" +
+	"\x06stderr\x18\x03 \x01(\bR\x06stderr\x12(\n" +
+	"\x10stderr_is_stdout\x18\x04 \x01(\bR\x0estderrIsStdout\x12\x18\n" +
+	"\aoutputs\x18\x05 \x01(\bR\aoutputs\"\xeb\x03\n" +
 	"\vProcessSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04args\x18\x02 \x03(\tR\x04args\x121\n" +
@@ -3711,7 +4125,8 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"port_names\x18\v \x03(\tR\tportNames\x12\x1d\n" +
 	"\n" +
 	"auto_purge\x18\f \x01(\bR\tautoPurge\x12\x14\n" +
-	"\x05after\x18\r \x01(\tR\x05after\x1a6\n" +
+	"\x05after\x18\r \x01(\tR\x05after\x120\n" +
+	"\aresults\x18\x0e \x01(\v2\x16.drover.v1.ResultsSpecR\aresults\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9f\x02\n" +
@@ -3751,11 +4166,13 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\x06signal\x18\x04 \x01(\tR\x06signal\x12&\n" +
 	"\x0fstart_unix_nano\x18\x05 \x01(\x03R\rstartUnixNano\x12\"\n" +
 	"\rend_unix_nano\x18\x06 \x01(\x03R\vendUnixNano\x12\x14\n" +
-	"\x05error\x18\a \x01(\tR\x05error\"C\n" +
+	"\x05error\x18\a \x01(\tR\x05error\"b\n" +
 	"\n" +
 	"ExitReport\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12#\n" +
-	"\x04exit\x18\x02 \x01(\v2\x0f.drover.v1.ExitR\x04exit\"\xd2\x01\n" +
+	"\x04exit\x18\x02 \x01(\v2\x0f.drover.v1.ExitR\x04exit\x12\x1d\n" +
+	"\n" +
+	"results_id\x18\x03 \x01(\x04R\tresultsId\"\xd2\x01\n" +
 	"\tLogRecord\x12$\n" +
 	"\x0etime_unix_nano\x18\x01 \x01(\x03R\ftimeUnixNano\x12\x14\n" +
 	"\x05level\x18\x02 \x01(\tR\x05level\x12\x18\n" +
@@ -3862,7 +4279,12 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\aout_dir\x18\a \x01(\tR\x06outDir\"3\n" +
 	"\tJobsReply\x12&\n" +
 	"\x04jobs\x18\x01 \x03(\v2\x12.drover.v1.JobInfoR\x04jobs\"\x11\n" +
-	"\x0fShutdownRequest*\xc4\x01\n" +
+	"\x0fShutdownRequest*g\n" +
+	"\bFileKind\x12\x19\n" +
+	"\x15FILE_KIND_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10FILE_KIND_STDOUT\x10\x01\x12\x14\n" +
+	"\x10FILE_KIND_STDERR\x10\x02\x12\x14\n" +
+	"\x10FILE_KIND_OUTPUT\x10\x03*\xc4\x01\n" +
 	"\tErrorKind\x12\x1a\n" +
 	"\x16ERROR_KIND_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aERROR_KIND_UNKNOWN_PROCESS\x10\x01\x12\x18\n" +
@@ -3916,157 +4338,165 @@ func file_api_droverpb_drover_proto_rawDescGZIP() []byte {
 	return file_api_droverpb_drover_proto_rawDescData
 }
 
-var file_api_droverpb_drover_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_api_droverpb_drover_proto_msgTypes = make([]protoimpl.MessageInfo, 60)
+var file_api_droverpb_drover_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_api_droverpb_drover_proto_msgTypes = make([]protoimpl.MessageInfo, 63)
 var file_api_droverpb_drover_proto_goTypes = []any{
-	(ErrorKind)(0),              // 0: drover.v1.ErrorKind
-	(ControlErrorKind)(0),       // 1: drover.v1.ControlErrorKind
-	(*AgentMsg)(nil),            // 2: drover.v1.AgentMsg
-	(*ManagerMsg)(nil),          // 3: drover.v1.ManagerMsg
-	(*Hello)(nil),               // 4: drover.v1.Hello
-	(*Welcome)(nil),             // 5: drover.v1.Welcome
-	(*Heartbeat)(nil),           // 6: drover.v1.Heartbeat
-	(*Resources)(nil),           // 7: drover.v1.Resources
-	(*Core)(nil),                // 8: drover.v1.Core
-	(*Command)(nil),             // 9: drover.v1.Command
-	(*Named)(nil),               // 10: drover.v1.Named
-	(*SendInput)(nil),           // 11: drover.v1.SendInput
-	(*PollRequest)(nil),         // 12: drover.v1.PollRequest
-	(*EnvKey)(nil),              // 13: drover.v1.EnvKey
-	(*EnvKV)(nil),               // 14: drover.v1.EnvKV
-	(*PortsRequest)(nil),        // 15: drover.v1.PortsRequest
-	(*Shutdown)(nil),            // 16: drover.v1.Shutdown
-	(*StageFile)(nil),           // 17: drover.v1.StageFile
-	(*ProcessSpec)(nil),         // 18: drover.v1.ProcessSpec
-	(*Reply)(nil),               // 19: drover.v1.Reply
-	(*Started)(nil),             // 20: drover.v1.Started
-	(*ProcessStatus)(nil),       // 21: drover.v1.ProcessStatus
-	(*PollResult)(nil),          // 22: drover.v1.PollResult
-	(*EnvValue)(nil),            // 23: drover.v1.EnvValue
-	(*PortList)(nil),            // 24: drover.v1.PortList
-	(*Exit)(nil),                // 25: drover.v1.Exit
-	(*ExitReport)(nil),          // 26: drover.v1.ExitReport
-	(*LogRecord)(nil),           // 27: drover.v1.LogRecord
-	(*ControlError)(nil),        // 28: drover.v1.ControlError
-	(*Empty)(nil),               // 29: drover.v1.Empty
-	(*NodesRequest)(nil),        // 30: drover.v1.NodesRequest
-	(*NodeInfo)(nil),            // 31: drover.v1.NodeInfo
-	(*NodesReply)(nil),          // 32: drover.v1.NodesReply
-	(*StartRequest)(nil),        // 33: drover.v1.StartRequest
-	(*StartReply)(nil),          // 34: drover.v1.StartReply
-	(*ControlPollRequest)(nil),  // 35: drover.v1.ControlPollRequest
-	(*ControlPollReply)(nil),    // 36: drover.v1.ControlPollReply
-	(*NameRequest)(nil),         // 37: drover.v1.NameRequest
-	(*StopRequest)(nil),         // 38: drover.v1.StopRequest
-	(*SendRequest)(nil),         // 39: drover.v1.SendRequest
-	(*LogsRequest)(nil),         // 40: drover.v1.LogsRequest
-	(*LogChunk)(nil),            // 41: drover.v1.LogChunk
-	(*FinishedRequest)(nil),     // 42: drover.v1.FinishedRequest
-	(*FinishedReply)(nil),       // 43: drover.v1.FinishedReply
-	(*CancelAllRequest)(nil),    // 44: drover.v1.CancelAllRequest
-	(*GetEnvRequest)(nil),       // 45: drover.v1.GetEnvRequest
-	(*GetEnvReply)(nil),         // 46: drover.v1.GetEnvReply
-	(*SetEnvRequest)(nil),       // 47: drover.v1.SetEnvRequest
-	(*BindPortsRequest)(nil),    // 48: drover.v1.BindPortsRequest
-	(*PortsReply)(nil),          // 49: drover.v1.PortsReply
-	(*ReleasePortsRequest)(nil), // 50: drover.v1.ReleasePortsRequest
-	(*SetLogLevelRequest)(nil),  // 51: drover.v1.SetLogLevelRequest
-	(*SubmitRequest)(nil),       // 52: drover.v1.SubmitRequest
-	(*SubmitReply)(nil),         // 53: drover.v1.SubmitReply
-	(*JobsRequest)(nil),         // 54: drover.v1.JobsRequest
-	(*JobInfo)(nil),             // 55: drover.v1.JobInfo
-	(*JobsReply)(nil),           // 56: drover.v1.JobsReply
-	(*ShutdownRequest)(nil),     // 57: drover.v1.ShutdownRequest
-	nil,                         // 58: drover.v1.ProcessSpec.EnvEntry
-	nil,                         // 59: drover.v1.Started.PortsEntry
-	nil,                         // 60: drover.v1.LogRecord.AttrsEntry
-	nil,                         // 61: drover.v1.StartRequest.EnvEntry
+	(FileKind)(0),               // 0: drover.v1.FileKind
+	(ErrorKind)(0),              // 1: drover.v1.ErrorKind
+	(ControlErrorKind)(0),       // 2: drover.v1.ControlErrorKind
+	(*AgentMsg)(nil),            // 3: drover.v1.AgentMsg
+	(*ManagerMsg)(nil),          // 4: drover.v1.ManagerMsg
+	(*Hello)(nil),               // 5: drover.v1.Hello
+	(*Welcome)(nil),             // 6: drover.v1.Welcome
+	(*Heartbeat)(nil),           // 7: drover.v1.Heartbeat
+	(*Resources)(nil),           // 8: drover.v1.Resources
+	(*Core)(nil),                // 9: drover.v1.Core
+	(*Command)(nil),             // 10: drover.v1.Command
+	(*PutFile)(nil),             // 11: drover.v1.PutFile
+	(*FileData)(nil),            // 12: drover.v1.FileData
+	(*Named)(nil),               // 13: drover.v1.Named
+	(*SendInput)(nil),           // 14: drover.v1.SendInput
+	(*PollRequest)(nil),         // 15: drover.v1.PollRequest
+	(*EnvKey)(nil),              // 16: drover.v1.EnvKey
+	(*EnvKV)(nil),               // 17: drover.v1.EnvKV
+	(*PortsRequest)(nil),        // 18: drover.v1.PortsRequest
+	(*Shutdown)(nil),            // 19: drover.v1.Shutdown
+	(*StageFile)(nil),           // 20: drover.v1.StageFile
+	(*ResultsSpec)(nil),         // 21: drover.v1.ResultsSpec
+	(*ProcessSpec)(nil),         // 22: drover.v1.ProcessSpec
+	(*Reply)(nil),               // 23: drover.v1.Reply
+	(*Started)(nil),             // 24: drover.v1.Started
+	(*ProcessStatus)(nil),       // 25: drover.v1.ProcessStatus
+	(*PollResult)(nil),          // 26: drover.v1.PollResult
+	(*EnvValue)(nil),            // 27: drover.v1.EnvValue
+	(*PortList)(nil),            // 28: drover.v1.PortList
+	(*Exit)(nil),                // 29: drover.v1.Exit
+	(*ExitReport)(nil),          // 30: drover.v1.ExitReport
+	(*LogRecord)(nil),           // 31: drover.v1.LogRecord
+	(*ControlError)(nil),        // 32: drover.v1.ControlError
+	(*Empty)(nil),               // 33: drover.v1.Empty
+	(*NodesRequest)(nil),        // 34: drover.v1.NodesRequest
+	(*NodeInfo)(nil),            // 35: drover.v1.NodeInfo
+	(*NodesReply)(nil),          // 36: drover.v1.NodesReply
+	(*StartRequest)(nil),        // 37: drover.v1.StartRequest
+	(*StartReply)(nil),          // 38: drover.v1.StartReply
+	(*ControlPollRequest)(nil),  // 39: drover.v1.ControlPollRequest
+	(*ControlPollReply)(nil),    // 40: drover.v1.ControlPollReply
+	(*NameRequest)(nil),         // 41: drover.v1.NameRequest
+	(*StopRequest)(nil),         // 42: drover.v1.StopRequest
+	(*SendRequest)(nil),         // 43: drover.v1.SendRequest
+	(*LogsRequest)(nil),         // 44: drover.v1.LogsRequest
+	(*LogChunk)(nil),            // 45: drover.v1.LogChunk
+	(*FinishedRequest)(nil),     // 46: drover.v1.FinishedRequest
+	(*FinishedReply)(nil),       // 47: drover.v1.FinishedReply
+	(*CancelAllRequest)(nil),    // 48: drover.v1.CancelAllRequest
+	(*GetEnvRequest)(nil),       // 49: drover.v1.GetEnvRequest
+	(*GetEnvReply)(nil),         // 50: drover.v1.GetEnvReply
+	(*SetEnvRequest)(nil),       // 51: drover.v1.SetEnvRequest
+	(*BindPortsRequest)(nil),    // 52: drover.v1.BindPortsRequest
+	(*PortsReply)(nil),          // 53: drover.v1.PortsReply
+	(*ReleasePortsRequest)(nil), // 54: drover.v1.ReleasePortsRequest
+	(*SetLogLevelRequest)(nil),  // 55: drover.v1.SetLogLevelRequest
+	(*SubmitRequest)(nil),       // 56: drover.v1.SubmitRequest
+	(*SubmitReply)(nil),         // 57: drover.v1.SubmitReply
+	(*JobsRequest)(nil),         // 58: drover.v1.JobsRequest
+	(*JobInfo)(nil),             // 59: drover.v1.JobInfo
+	(*JobsReply)(nil),           // 60: drover.v1.JobsReply
+	(*ShutdownRequest)(nil),     // 61: drover.v1.ShutdownRequest
+	nil,                         // 62: drover.v1.ProcessSpec.EnvEntry
+	nil,                         // 63: drover.v1.Started.PortsEntry
+	nil,                         // 64: drover.v1.LogRecord.AttrsEntry
+	nil,                         // 65: drover.v1.StartRequest.EnvEntry
 }
 var file_api_droverpb_drover_proto_depIdxs = []int32{
-	4,  // 0: drover.v1.AgentMsg.hello:type_name -> drover.v1.Hello
-	19, // 1: drover.v1.AgentMsg.replies:type_name -> drover.v1.Reply
-	26, // 2: drover.v1.AgentMsg.exits:type_name -> drover.v1.ExitReport
-	27, // 3: drover.v1.AgentMsg.logs:type_name -> drover.v1.LogRecord
-	6,  // 4: drover.v1.AgentMsg.heartbeat:type_name -> drover.v1.Heartbeat
-	5,  // 5: drover.v1.ManagerMsg.welcome:type_name -> drover.v1.Welcome
-	9,  // 6: drover.v1.ManagerMsg.commands:type_name -> drover.v1.Command
-	6,  // 7: drover.v1.ManagerMsg.heartbeat:type_name -> drover.v1.Heartbeat
-	7,  // 8: drover.v1.Hello.resources:type_name -> drover.v1.Resources
-	8,  // 9: drover.v1.Resources.cores:type_name -> drover.v1.Core
-	18, // 10: drover.v1.Command.start:type_name -> drover.v1.ProcessSpec
-	10, // 11: drover.v1.Command.stop:type_name -> drover.v1.Named
-	10, // 12: drover.v1.Command.kill:type_name -> drover.v1.Named
-	10, // 13: drover.v1.Command.purge:type_name -> drover.v1.Named
-	11, // 14: drover.v1.Command.send:type_name -> drover.v1.SendInput
-	10, // 15: drover.v1.Command.cancel_all:type_name -> drover.v1.Named
-	12, // 16: drover.v1.Command.poll:type_name -> drover.v1.PollRequest
-	13, // 17: drover.v1.Command.env_get:type_name -> drover.v1.EnvKey
-	14, // 18: drover.v1.Command.env_set:type_name -> drover.v1.EnvKV
-	15, // 19: drover.v1.Command.ports_bind:type_name -> drover.v1.PortsRequest
-	15, // 20: drover.v1.Command.ports_release:type_name -> drover.v1.PortsRequest
-	16, // 21: drover.v1.Command.shutdown:type_name -> drover.v1.Shutdown
-	58, // 22: drover.v1.ProcessSpec.env:type_name -> drover.v1.ProcessSpec.EnvEntry
-	17, // 23: drover.v1.ProcessSpec.files:type_name -> drover.v1.StageFile
-	0,  // 24: drover.v1.Reply.error_kind:type_name -> drover.v1.ErrorKind
-	20, // 25: drover.v1.Reply.started:type_name -> drover.v1.Started
-	22, // 26: drover.v1.Reply.poll:type_name -> drover.v1.PollResult
-	23, // 27: drover.v1.Reply.env:type_name -> drover.v1.EnvValue
-	24, // 28: drover.v1.Reply.ports:type_name -> drover.v1.PortList
-	59, // 29: drover.v1.Started.ports:type_name -> drover.v1.Started.PortsEntry
-	25, // 30: drover.v1.ProcessStatus.exit:type_name -> drover.v1.Exit
-	21, // 31: drover.v1.PollResult.statuses:type_name -> drover.v1.ProcessStatus
-	25, // 32: drover.v1.ExitReport.exit:type_name -> drover.v1.Exit
-	60, // 33: drover.v1.LogRecord.attrs:type_name -> drover.v1.LogRecord.AttrsEntry
-	1,  // 34: drover.v1.ControlError.kind:type_name -> drover.v1.ControlErrorKind
-	7,  // 35: drover.v1.NodeInfo.resources:type_name -> drover.v1.Resources
-	31, // 36: drover.v1.NodesReply.nodes:type_name -> drover.v1.NodeInfo
-	61, // 37: drover.v1.StartRequest.env:type_name -> drover.v1.StartRequest.EnvEntry
-	21, // 38: drover.v1.ControlPollReply.statuses:type_name -> drover.v1.ProcessStatus
-	25, // 39: drover.v1.FinishedReply.exits:type_name -> drover.v1.Exit
-	55, // 40: drover.v1.JobsReply.jobs:type_name -> drover.v1.JobInfo
-	2,  // 41: drover.v1.AgentSession.Connect:input_type -> drover.v1.AgentMsg
-	30, // 42: drover.v1.Control.Nodes:input_type -> drover.v1.NodesRequest
-	33, // 43: drover.v1.Control.Start:input_type -> drover.v1.StartRequest
-	35, // 44: drover.v1.Control.Poll:input_type -> drover.v1.ControlPollRequest
-	38, // 45: drover.v1.Control.Stop:input_type -> drover.v1.StopRequest
-	37, // 46: drover.v1.Control.Kill:input_type -> drover.v1.NameRequest
-	37, // 47: drover.v1.Control.Purge:input_type -> drover.v1.NameRequest
-	39, // 48: drover.v1.Control.Send:input_type -> drover.v1.SendRequest
-	40, // 49: drover.v1.Control.Logs:input_type -> drover.v1.LogsRequest
-	42, // 50: drover.v1.Control.Finished:input_type -> drover.v1.FinishedRequest
-	44, // 51: drover.v1.Control.CancelAll:input_type -> drover.v1.CancelAllRequest
-	45, // 52: drover.v1.Control.GetEnv:input_type -> drover.v1.GetEnvRequest
-	47, // 53: drover.v1.Control.SetEnv:input_type -> drover.v1.SetEnvRequest
-	48, // 54: drover.v1.Control.BindPorts:input_type -> drover.v1.BindPortsRequest
-	50, // 55: drover.v1.Control.ReleasePorts:input_type -> drover.v1.ReleasePortsRequest
-	51, // 56: drover.v1.Control.SetLogLevel:input_type -> drover.v1.SetLogLevelRequest
-	52, // 57: drover.v1.Control.Submit:input_type -> drover.v1.SubmitRequest
-	54, // 58: drover.v1.Control.Jobs:input_type -> drover.v1.JobsRequest
-	57, // 59: drover.v1.Control.Shutdown:input_type -> drover.v1.ShutdownRequest
-	3,  // 60: drover.v1.AgentSession.Connect:output_type -> drover.v1.ManagerMsg
-	32, // 61: drover.v1.Control.Nodes:output_type -> drover.v1.NodesReply
-	34, // 62: drover.v1.Control.Start:output_type -> drover.v1.StartReply
-	36, // 63: drover.v1.Control.Poll:output_type -> drover.v1.ControlPollReply
-	29, // 64: drover.v1.Control.Stop:output_type -> drover.v1.Empty
-	29, // 65: drover.v1.Control.Kill:output_type -> drover.v1.Empty
-	29, // 66: drover.v1.Control.Purge:output_type -> drover.v1.Empty
-	29, // 67: drover.v1.Control.Send:output_type -> drover.v1.Empty
-	41, // 68: drover.v1.Control.Logs:output_type -> drover.v1.LogChunk
-	43, // 69: drover.v1.Control.Finished:output_type -> drover.v1.FinishedReply
-	29, // 70: drover.v1.Control.CancelAll:output_type -> drover.v1.Empty
-	46, // 71: drover.v1.Control.GetEnv:output_type -> drover.v1.GetEnvReply
-	29, // 72: drover.v1.Control.SetEnv:output_type -> drover.v1.Empty
-	49, // 73: drover.v1.Control.BindPorts:output_type -> drover.v1.PortsReply
-	29, // 74: drover.v1.Control.ReleasePorts:output_type -> drover.v1.Empty
-	29, // 75: drover.v1.Control.SetLogLevel:output_type -> drover.v1.Empty
-	53, // 76: drover.v1.Control.Submit:output_type -> drover.v1.SubmitReply
-	56, // 77: drover.v1.Control.Jobs:output_type -> drover.v1.JobsReply
-	29, // 78: drover.v1.Control.Shutdown:output_type -> drover.v1.Empty
-	60, // [60:79] is the sub-list for method output_type
-	41, // [41:60] is the sub-list for method input_type
-	41, // [41:41] is the sub-list for extension type_name
-	41, // [41:41] is the sub-list for extension extendee
-	0,  // [0:41] is the sub-list for field type_name
+	5,  // 0: drover.v1.AgentMsg.hello:type_name -> drover.v1.Hello
+	23, // 1: drover.v1.AgentMsg.replies:type_name -> drover.v1.Reply
+	30, // 2: drover.v1.AgentMsg.exits:type_name -> drover.v1.ExitReport
+	31, // 3: drover.v1.AgentMsg.logs:type_name -> drover.v1.LogRecord
+	7,  // 4: drover.v1.AgentMsg.heartbeat:type_name -> drover.v1.Heartbeat
+	12, // 5: drover.v1.AgentMsg.files:type_name -> drover.v1.FileData
+	6,  // 6: drover.v1.ManagerMsg.welcome:type_name -> drover.v1.Welcome
+	10, // 7: drover.v1.ManagerMsg.commands:type_name -> drover.v1.Command
+	7,  // 8: drover.v1.ManagerMsg.heartbeat:type_name -> drover.v1.Heartbeat
+	8,  // 9: drover.v1.Hello.resources:type_name -> drover.v1.Resources
+	9,  // 10: drover.v1.Resources.cores:type_name -> drover.v1.Core
+	22, // 11: drover.v1.Command.start:type_name -> drover.v1.ProcessSpec
+	13, // 12: drover.v1.Command.stop:type_name -> drover.v1.Named
+	13, // 13: drover.v1.Command.kill:type_name -> drover.v1.Named
+	13, // 14: drover.v1.Command.purge:type_name -> drover.v1.Named
+	14, // 15: drover.v1.Command.send:type_name -> drover.v1.SendInput
+	13, // 16: drover.v1.Command.cancel_all:type_name -> drover.v1.Named
+	15, // 17: drover.v1.Command.poll:type_name -> drover.v1.PollRequest
+	16, // 18: drover.v1.Command.env_get:type_name -> drover.v1.EnvKey
+	17, // 19: drover.v1.Command.env_set:type_name -> drover.v1.EnvKV
+	18, // 20: drover.v1.Command.ports_bind:type_name -> drover.v1.PortsRequest
+	18, // 21: drover.v1.Command.ports_release:type_name -> drover.v1.PortsRequest
+	19, // 22: drover.v1.Command.shutdown:type_name -> drover.v1.Shutdown
+	11, // 23: drover.v1.Command.put_file:type_name -> drover.v1.PutFile
+	0,  // 24: drover.v1.FileData.kind:type_name -> drover.v1.FileKind
+	62, // 25: drover.v1.ProcessSpec.env:type_name -> drover.v1.ProcessSpec.EnvEntry
+	20, // 26: drover.v1.ProcessSpec.files:type_name -> drover.v1.StageFile
+	21, // 27: drover.v1.ProcessSpec.results:type_name -> drover.v1.ResultsSpec
+	1,  // 28: drover.v1.Reply.error_kind:type_name -> drover.v1.ErrorKind
+	24, // 29: drover.v1.Reply.started:type_name -> drover.v1.Started
+	26, // 30: drover.v1.Reply.poll:type_name -> drover.v1.PollResult
+	27, // 31: drover.v1.Reply.env:type_name -> drover.v1.EnvValue
+	28, // 32: drover.v1.Reply.ports:type_name -> drover.v1.PortList
+	63, // 33: drover.v1.Started.ports:type_name -> drover.v1.Started.PortsEntry
+	29, // 34: drover.v1.ProcessStatus.exit:type_name -> drover.v1.Exit
+	25, // 35: drover.v1.PollResult.statuses:type_name -> drover.v1.ProcessStatus
+	29, // 36: drover.v1.ExitReport.exit:type_name -> drover.v1.Exit
+	64, // 37: drover.v1.LogRecord.attrs:type_name -> drover.v1.LogRecord.AttrsEntry
+	2,  // 38: drover.v1.ControlError.kind:type_name -> drover.v1.ControlErrorKind
+	8,  // 39: drover.v1.NodeInfo.resources:type_name -> drover.v1.Resources
+	35, // 40: drover.v1.NodesReply.nodes:type_name -> drover.v1.NodeInfo
+	65, // 41: drover.v1.StartRequest.env:type_name -> drover.v1.StartRequest.EnvEntry
+	25, // 42: drover.v1.ControlPollReply.statuses:type_name -> drover.v1.ProcessStatus
+	29, // 43: drover.v1.FinishedReply.exits:type_name -> drover.v1.Exit
+	59, // 44: drover.v1.JobsReply.jobs:type_name -> drover.v1.JobInfo
+	3,  // 45: drover.v1.AgentSession.Connect:input_type -> drover.v1.AgentMsg
+	34, // 46: drover.v1.Control.Nodes:input_type -> drover.v1.NodesRequest
+	37, // 47: drover.v1.Control.Start:input_type -> drover.v1.StartRequest
+	39, // 48: drover.v1.Control.Poll:input_type -> drover.v1.ControlPollRequest
+	42, // 49: drover.v1.Control.Stop:input_type -> drover.v1.StopRequest
+	41, // 50: drover.v1.Control.Kill:input_type -> drover.v1.NameRequest
+	41, // 51: drover.v1.Control.Purge:input_type -> drover.v1.NameRequest
+	43, // 52: drover.v1.Control.Send:input_type -> drover.v1.SendRequest
+	44, // 53: drover.v1.Control.Logs:input_type -> drover.v1.LogsRequest
+	46, // 54: drover.v1.Control.Finished:input_type -> drover.v1.FinishedRequest
+	48, // 55: drover.v1.Control.CancelAll:input_type -> drover.v1.CancelAllRequest
+	49, // 56: drover.v1.Control.GetEnv:input_type -> drover.v1.GetEnvRequest
+	51, // 57: drover.v1.Control.SetEnv:input_type -> drover.v1.SetEnvRequest
+	52, // 58: drover.v1.Control.BindPorts:input_type -> drover.v1.BindPortsRequest
+	54, // 59: drover.v1.Control.ReleasePorts:input_type -> drover.v1.ReleasePortsRequest
+	55, // 60: drover.v1.Control.SetLogLevel:input_type -> drover.v1.SetLogLevelRequest
+	56, // 61: drover.v1.Control.Submit:input_type -> drover.v1.SubmitRequest
+	58, // 62: drover.v1.Control.Jobs:input_type -> drover.v1.JobsRequest
+	61, // 63: drover.v1.Control.Shutdown:input_type -> drover.v1.ShutdownRequest
+	4,  // 64: drover.v1.AgentSession.Connect:output_type -> drover.v1.ManagerMsg
+	36, // 65: drover.v1.Control.Nodes:output_type -> drover.v1.NodesReply
+	38, // 66: drover.v1.Control.Start:output_type -> drover.v1.StartReply
+	40, // 67: drover.v1.Control.Poll:output_type -> drover.v1.ControlPollReply
+	33, // 68: drover.v1.Control.Stop:output_type -> drover.v1.Empty
+	33, // 69: drover.v1.Control.Kill:output_type -> drover.v1.Empty
+	33, // 70: drover.v1.Control.Purge:output_type -> drover.v1.Empty
+	33, // 71: drover.v1.Control.Send:output_type -> drover.v1.Empty
+	45, // 72: drover.v1.Control.Logs:output_type -> drover.v1.LogChunk
+	47, // 73: drover.v1.Control.Finished:output_type -> drover.v1.FinishedReply
+	33, // 74: drover.v1.Control.CancelAll:output_type -> drover.v1.Empty
+	50, // 75: drover.v1.Control.GetEnv:output_type -> drover.v1.GetEnvReply
+	33, // 76: drover.v1.Control.SetEnv:output_type -> drover.v1.Empty
+	53, // 77: drover.v1.Control.BindPorts:output_type -> drover.v1.PortsReply
+	33, // 78: drover.v1.Control.ReleasePorts:output_type -> drover.v1.Empty
+	33, // 79: drover.v1.Control.SetLogLevel:output_type -> drover.v1.Empty
+	57, // 80: drover.v1.Control.Submit:output_type -> drover.v1.SubmitReply
+	60, // 81: drover.v1.Control.Jobs:output_type -> drover.v1.JobsReply
+	33, // 82: drover.v1.Control.Shutdown:output_type -> drover.v1.Empty
+	64, // [64:83] is the sub-list for method output_type
+	45, // [45:64] is the sub-list for method input_type
+	45, // [45:45] is the sub-list for extension type_name
+	45, // [45:45] is the sub-list for extension extendee
+	0,  // [0:45] is the sub-list for field type_name
 }
 
 func init() { file_api_droverpb_drover_proto_init() }
@@ -4088,8 +4518,9 @@ func file_api_droverpb_drover_proto_init() {
 		(*Command_PortsRelease)(nil),
 		(*Command_LogLevel)(nil),
 		(*Command_Shutdown)(nil),
+		(*Command_PutFile)(nil),
 	}
-	file_api_droverpb_drover_proto_msgTypes[17].OneofWrappers = []any{
+	file_api_droverpb_drover_proto_msgTypes[20].OneofWrappers = []any{
 		(*Reply_Started)(nil),
 		(*Reply_Poll)(nil),
 		(*Reply_Env)(nil),
@@ -4100,8 +4531,8 @@ func file_api_droverpb_drover_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_droverpb_drover_proto_rawDesc), len(file_api_droverpb_drover_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   60,
+			NumEnums:      3,
+			NumMessages:   63,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -85,7 +86,10 @@ func New(opts Options) (*Agent, error) {
 	}
 	level := opts.Level
 	if level == nil {
+		// SetLogLevel must work on any logger: filter it by our own level.
 		level = new(slog.LevelVar)
+		level.Set(slog.LevelDebug - 4) // filters nothing until SetLogLevel
+		log = slog.New(levelHandler{log.Handler(), level})
 	}
 	scratchRoot := opts.Scratch
 	if scratchRoot == "" {
@@ -98,7 +102,7 @@ func New(opts Options) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent %s: scratch dir: %w", opts.Name, err)
 	}
-	sup, err := supervise.New(supervise.Options{Node: opts.Name, Logger: log, Spawners: opts.Spawners})
+	sup, err := supervise.New(supervise.Options{Node: opts.Name, Logger: log, Spawners: opts.Spawners, Keeper: true})
 	if err != nil {
 		os.Remove(scratch)
 		return nil, fmt.Errorf("agent %s: %w", opts.Name, err)
@@ -187,9 +191,16 @@ func (a *Agent) start(spec node.ProcessSpec) (node.Started, error) {
 	}
 	after := &afterExit{dir: spec.Dir, outputs: spec.Outputs, outputDir: spec.OutputDir, autoPurge: spec.AutoPurge, done: make(chan struct{})}
 	a.pending[spec.Name] = after // claims the name while we stage
+	// Later layers win: the base environment, the spec's, then the
+	// agent's own variables. Each name appears once, since a child's
+	// getenv takes the first of duplicates.
+	own := map[string]bool{"DROVER_NODE": true, "DROVER_WORKDIR": true, "DROVER_HWTHREADS": true}
+	for _, p := range spec.PortNames {
+		own["DROVER_PORT_"+strings.ToUpper(p)] = true
+	}
 	env := make([]string, 0, len(a.env)+len(spec.Env)+8)
 	for k, v := range a.env {
-		if _, overridden := spec.Env[k]; !overridden {
+		if _, overridden := spec.Env[k]; !overridden && !own[k] {
 			env = append(env, k+"="+v)
 		}
 	}
@@ -209,6 +220,9 @@ func (a *Agent) start(spec node.ProcessSpec) (node.Started, error) {
 	}()
 
 	if after.dir == "" {
+		if strings.ContainsRune(spec.Name, '/') || spec.Name == "." || spec.Name == ".." {
+			return node.Started{}, fmt.Errorf("invalid process name %q: it names its work dir", spec.Name)
+		}
 		dir := filepath.Join(a.scratch, spec.Name)
 		if err := os.Mkdir(dir, 0o755); err != nil {
 			return node.Started{}, fmt.Errorf("work dir: %w", err)
@@ -221,11 +235,13 @@ func (a *Agent) start(spec node.ProcessSpec) (node.Started, error) {
 		}
 	}
 	for k, v := range spec.Env {
-		env = append(env, k+"="+v)
+		if !own[k] {
+			env = append(env, k+"="+v)
+		}
 	}
 	env = append(env, "DROVER_NODE="+a.name, "DROVER_WORKDIR="+after.dir)
 	if len(spec.HWThreads) > 0 {
-		env = append(env, "DROVER_HWTHREADS="+topology.FormatCPUList(spec.HWThreads))
+		env = append(env, "DROVER_HWTHREADS="+commaList(spec.HWThreads))
 	}
 
 	args := spec.Args
@@ -262,10 +278,22 @@ func (a *Agent) start(spec node.ProcessSpec) (node.Started, error) {
 		HWThreads: spec.HWThreads,
 	})
 	if err != nil {
-		return node.Started{}, errors.Unwrap(err) // the supervisor's message repeats "start NAME"
+		if inner := errors.Unwrap(err); inner != nil {
+			err = inner // the supervisor's message repeats "start NAME"
+		}
+		return node.Started{}, err
 	}
 	ok = true
 	return node.Started{PID: pid, Ports: byName}, nil
+}
+
+// commaList is the DROVER_HWTHREADS form: "0,1,8".
+func commaList(ids []int) string {
+	s := make([]string, len(ids))
+	for i, id := range ids {
+		s[i] = strconv.Itoa(id)
+	}
+	return strings.Join(s, ",")
 }
 
 // pump moves exits from the supervisor to our finished list, collecting
@@ -433,4 +461,22 @@ func (a *Agent) Shutdown(grace time.Duration) error {
 		a.closeErr = errors.Join(err, a.ports.Close(), os.RemoveAll(a.scratch))
 	})
 	return a.closeErr
+}
+
+// levelHandler drops records below a level that can change at run time.
+type levelHandler struct {
+	slog.Handler
+	level *slog.LevelVar
+}
+
+func (h levelHandler) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= h.level.Level() && h.Handler.Enabled(ctx, l)
+}
+
+func (h levelHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return levelHandler{h.Handler.WithAttrs(attrs), h.level}
+}
+
+func (h levelHandler) WithGroup(name string) slog.Handler {
+	return levelHandler{h.Handler.WithGroup(name), h.level}
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strings"
 
 	"github.com/drover-hpc/drover/internal/node"
 )
@@ -40,11 +41,20 @@ func stageIn(f node.StageFile, dir string) error {
 			return fmt.Errorf("stage %s: %w", f.Src, err)
 		}
 	}
-	dst, err := root.OpenFile(f.Dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, info.Mode().Perm())
+	perm := info.Mode().Perm()
+	if f.Mode != 0 {
+		perm = f.Mode.Perm()
+	}
+	dst, err := root.OpenFile(f.Dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, perm)
 	if err != nil {
 		return fmt.Errorf("stage %s: %w", f.Src, err)
 	}
-	_, err = io.Copy(dst, src)
+	// A file already there (an earlier attempt's) keeps its mode through
+	// O_CREATE; the copy must have the source's.
+	err = dst.Chmod(perm)
+	if err == nil {
+		_, err = io.Copy(dst, src)
+	}
 	return errors.Join(wrapStage(f.Src, err), wrapStage(f.Src, dst.Close()))
 }
 
@@ -70,10 +80,27 @@ func collectOutputs(dir string, patterns []string, outDir string) error {
 	defer root.Close()
 	var errs []error
 	for _, pat := range patterns {
-		matches, err := fs.Glob(root.FS(), pat)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("collect outputs %q: %w", pat, err))
-			continue
+		var matches []string
+		if !strings.ContainsAny(pat, `*?[\`) {
+			// A literal name: fs.Glob would Stat it, and a symlink out of
+			// the work dir would silently match nothing. Lstat it instead,
+			// so copyOut reports it.
+			name := path.Clean(pat)
+			if !fs.ValidPath(name) {
+				errs = append(errs, fmt.Errorf("collect outputs %q: not a path inside the work dir", pat))
+				continue
+			}
+			if _, err := root.Lstat(name); errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
+			matches = []string{name}
+		} else {
+			var err error
+			matches, err = fs.Glob(root.FS(), pat)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("collect outputs %q: %w", pat, err))
+				continue
+			}
 		}
 		for _, m := range matches {
 			if err := copyOut(root, m, outDir); err != nil {

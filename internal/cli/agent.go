@@ -2,9 +2,15 @@ package cli
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
+	"log/slog"
+	"net"
 	"os"
+	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
@@ -41,6 +47,9 @@ func runAgent(e *env) error {
 	if err != nil {
 		return usageError("%v", err)
 	}
+	if cfg, err = cfg.Select(agentNames()...); err != nil {
+		return &exitError{ExitFailed, err}
+	}
 	if cfg.LogLevel != "" {
 		if err := e.level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
 			return usageError("agent log level: %v", err)
@@ -51,9 +60,16 @@ func runAgent(e *env) error {
 	if err != nil {
 		return &exitError{ExitFailed, err}
 	}
-	res, err := topology.Detect(topology.Options{Hostname: cfg.Node})
+	res, err := agentResources(cfg, log)
 	if err != nil {
 		return &exitError{ExitFailed, err}
+	}
+	managerAddr := cfg.Manager
+	if len(cfg.ManagerAddrs) > 0 {
+		if managerAddr, err = pickManager(cfg.ManagerAddrs, tlsConf, log); err != nil {
+			log.Error("agent: cannot reach the manager", "err", err)
+			return &exitError{ExitFailed, err}
+		}
 	}
 	a, err := agent.New(agent.Options{Name: cfg.Node, Resources: res, Logger: log, Level: e.level, Scratch: cfg.Scratch})
 	if err != nil {
@@ -72,9 +88,11 @@ func runAgent(e *env) error {
 	err = wire.RunAgent(ctx, wire.AgentOptions{
 		Node: a,
 		Dial: func(context.Context) (*grpc.ClientConn, error) {
-			return grpc.NewClient(cfg.Manager, grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)))
+			return grpc.NewClient(managerAddr, grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)))
 		},
 		Version:        Version,
+		RemoteFS:       cfg.RemoteFS,
+		Scratch:        cfg.Scratch,
 		MonitorTimeout: cfg.MonitorTimeout,
 		Grace:          cfg.Grace,
 		Logger:         log,
@@ -90,4 +108,147 @@ func runAgent(e *env) error {
 		log.Error("agent stopped", "err", err)
 		return errFailed
 	}
+}
+
+// agentNames are the names this node may have in a many-node config (an
+// srun broadcast): Slurm's name for it, then its hostname, then the
+// hostname without its domain. Each is matched exactly.
+func agentNames() []string {
+	var names []string
+	if n := os.Getenv("SLURMD_NODENAME"); n != "" {
+		names = append(names, n)
+	}
+	if h, err := os.Hostname(); err == nil && h != "" {
+		names = append(names, h)
+		if short, _, ok := strings.Cut(h, "."); ok && short != "" {
+			names = append(names, short)
+		}
+	}
+	return names
+}
+
+// agentResources detects the node's resources. When the launcher says how
+// many CPUs the allocation gives the job here (Slurm), the agent reports
+// that share rather than only the mask its own step got (MUSCLE3 #318: a
+// step bound to one core made everything run on that core): with fewer
+// hardware threads in its affinity mask than expected it widens to its
+// cgroup cpuset, which for a step of the whole allocation is the job's
+// CPUs on the node, and it can bind its children anywhere in it; with
+// more (no cgroup confinement) it keeps whole cores, lowest first, up to
+// the expected count.
+func agentResources(cfg *launch.AgentConfig, log *slog.Logger) (topology.Resources, error) {
+	res, err := topology.Detect(topology.Options{Hostname: cfg.Node})
+	if err != nil || cfg.ExpectCPUs <= 0 {
+		return res, err
+	}
+	n := threadCount(res)
+	if n < cfg.ExpectCPUs {
+		wide, err := topology.Detect(topology.Options{Hostname: cfg.Node, IgnoreAffinity: true})
+		if err == nil && threadCount(wide) > n {
+			log.Info("agent: the step's CPU mask is narrower than the job's share of this node; using the cgroup's CPUs",
+				"mask_hwthreads", n, "cgroup_hwthreads", threadCount(wide), "job_cpus", cfg.ExpectCPUs)
+			res, n = wide, threadCount(wide)
+		}
+		if n < cfg.ExpectCPUs {
+			log.Warn("agent: fewer hardware threads usable than the allocation gives the job on this node",
+				"usable", n, "job_cpus", cfg.ExpectCPUs)
+		}
+	}
+	if n > cfg.ExpectCPUs {
+		var kept [][]int
+		total := 0
+		for _, core := range res.Cores {
+			if total >= cfg.ExpectCPUs {
+				break
+			}
+			kept = append(kept, core)
+			total += len(core)
+		}
+		log.Info("agent: keeping the job's share of this node", "usable", n, "job_cpus", cfg.ExpectCPUs, "kept_hwthreads", total)
+		res.Cores = kept
+	}
+	return res, nil
+}
+
+func threadCount(r topology.Resources) int {
+	n := 0
+	for _, c := range r.Cores {
+		n += len(c)
+	}
+	return n
+}
+
+// pickManager finds which of the candidate addresses reaches the run's
+// manager: the first to complete a TLS handshake in which the manager
+// proves its certificate. Addresses in a subnet of one of this node's own
+// interfaces are tried first, the rest only when none of those answers.
+func pickManager(cands []string, tlsConf *tls.Config, log *slog.Logger) (string, error) {
+	var near, far []string
+	for _, c := range cands {
+		if onLocalSubnet(c) {
+			near = append(near, c)
+		} else {
+			far = append(far, c)
+		}
+	}
+	var errs []error
+	for _, group := range [][]string{near, far} {
+		if len(group) == 0 {
+			continue
+		}
+		addr, err := firstHandshake(group, tlsConf)
+		if err == nil {
+			log.Debug("agent: manager reached", "addr", addr)
+			return addr, nil
+		}
+		errs = append(errs, err)
+	}
+	return "", fmt.Errorf("none of the manager's addresses %v answered: %w", cands, errors.Join(errs...))
+}
+
+func firstHandshake(addrs []string, tlsConf *tls.Config) (string, error) {
+	conf := tlsConf.Clone()
+	conf.NextProtos = []string{"h2"}
+	type result struct {
+		addr string
+		err  error
+	}
+	results := make(chan result, len(addrs))
+	for _, a := range addrs {
+		go func() {
+			d := &net.Dialer{Timeout: 5 * time.Second}
+			conn, err := tls.DialWithDialer(d, "tcp", a, conf)
+			if err == nil {
+				conn.Close()
+			}
+			results <- result{a, err}
+		}()
+	}
+	var errs []error
+	for range addrs {
+		r := <-results
+		if r.err == nil {
+			return r.addr, nil
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", r.addr, r.err))
+	}
+	return "", errors.Join(errs...)
+}
+
+func onLocalSubnet(hostport string) bool {
+	host, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	if ip == nil {
+		return false
+	}
+	addrs, _ := net.InterfaceAddrs()
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok && ipn.Contains(ip) {
+			return true
+		}
+	}
+	return false
 }

@@ -103,6 +103,6 @@ allocation, binds them to cores, keeps every output and reports every exit.`,
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
 		return &exitError{ExitUsage, err}
 	})
-	root.AddCommand(append([]*cobra.Command{newResources(e), newRun(e), newAgent(e), newServe(e)}, newVerbs(e)...)...)
+	root.AddCommand(append([]*cobra.Command{newResources(e), newRun(e), newAgent(e), newServe(e), newReport(e), newCompletion(e)}, newVerbs(e)...)...)
 	return root
 }

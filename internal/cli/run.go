@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/drover-hpc/drover/internal/jobfile"
+	"github.com/drover-hpc/drover/internal/launch"
 	"github.com/drover-hpc/drover/internal/manager"
 	"github.com/drover-hpc/drover/internal/node"
 	"github.com/drover-hpc/drover/internal/progress"
@@ -28,6 +29,7 @@ type runFlags struct {
 	launcher       string
 	hosts          []string
 	hostfile       string
+	sshConfig      string
 	out            string
 	resume         bool
 	retries        int
@@ -37,6 +39,7 @@ type runFlags struct {
 	nodeTimeout    time.Duration
 	progress       string
 	grace          time.Duration
+	dashboard      string
 }
 
 func newRun(e *env) *cobra.Command {
@@ -64,6 +67,7 @@ Ctrl-C kills at once) and still writes the summary.`,
 	fl.StringVar(&f.launcher, "launcher", "", "how agents reach the nodes: local, ssh or slurm (default: slurm inside an allocation, ssh with --hosts, else local)")
 	fl.StringSliceVar(&f.hosts, "hosts", nil, "SSH nodes, [user@]host,...")
 	fl.StringVar(&f.hostfile, "hostfile", "", "file with one SSH node per line")
+	fl.StringVarP(&f.sshConfig, "ssh-config", "F", "", "ssh config file for the ssh launcher (ssh -F)")
 	fl.StringVar(&f.out, "out", "drover-out", "results directory")
 	fl.BoolVar(&f.resume, "resume", false, "skip instances that already finished with exit 0 in --out")
 	fl.IntVar(&f.retries, "retries", 0, "retries for jobs that do not set their own")
@@ -73,6 +77,8 @@ Ctrl-C kills at once) and still writes the summary.`,
 	fl.DurationVar(&f.nodeTimeout, "node-timeout", 5*time.Second, "the manager declares a silent node lost after this long")
 	fl.StringVar(&f.progress, "progress", "auto", "auto (a bar on a terminal, plain lines otherwise), plain or none")
 	fl.DurationVar(&f.grace, "grace", 10*time.Second, "time between SIGTERM and SIGKILL when stopping instances")
+	fl.StringVar(&f.dashboard, "dashboard", "", "serve a live web dashboard and /metrics at ADDR while the run lasts (loopback, a free port, when given without =ADDR)")
+	fl.Lookup("dashboard").NoOptDefVal = defaultDashboard
 	return cmd
 }
 
@@ -95,8 +101,9 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 	if err != nil {
 		return err
 	}
-	if launcher != "local" {
-		return usageError("launcher %q is not available in this build; use --launcher local", launcher)
+	where, err := clusterPlan(launcher, f.hosts, f.hostfile, f.sshConfig)
+	if err != nil {
+		return err
 	}
 
 	out, err := filepath.Abs(f.out)
@@ -135,7 +142,7 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 	}
 	rep := progress.Start(os.Stderr, mode)
 	log := e.logger(rep.Writer())
-	m, nodes, err := startCluster(f, e, log, rep.Writer())
+	m, nodes, err := startCluster(f, where, e, log, rep.Writer())
 	if err != nil {
 		rep.Stop()
 		return &exitError{ExitFailed, err}
@@ -180,6 +187,15 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 		}
 	}()
 
+	board, boardURL, err := startRunDashboard(f.dashboard, out, jobs, skip, nodes, log)
+	if err != nil {
+		rep.Stop()
+		stopCluster()
+		return &exitError{ExitFailed, err}
+	}
+	if board != nil {
+		fmt.Fprintf(rep.Writer(), "drover: dashboard at %s\n", boardURL)
+	}
 	sum, runErr := queue.Run(ctx, jobs, queue.Options{
 		Nodes:    nodes,
 		OutDir:   out,
@@ -190,7 +206,9 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 		Hard:     hard,
 		Progress: rep.Update,
 		Logger:   log,
+		OnEvent:  board.onEvent(),
 	})
+	board.stop(sum)
 	rep.Stop()
 	signal.Stop(sigs)
 	close(sigs)
@@ -199,6 +217,7 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 		return &exitError{ExitFailed, runErr}
 	}
 	printSummary(e, sum, f.out)
+	printLaunchFailures(e.stderr, m.LaunchFailures())
 	if err := errors.Join(runErr, closeErr); err != nil {
 		fmt.Fprintln(e.stderr, "drover:", err)
 		return errFailed
@@ -210,8 +229,9 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 }
 
 // startCluster starts the manager and its agents and waits for their nodes.
-func startCluster(f *runFlags, e *env, log *slog.Logger, agentLogs io.Writer) (*manager.Manager, []node.Node, error) {
+func startCluster(f *runFlags, where *plan, e *env, log *slog.Logger, agentLogs io.Writer) (*manager.Manager, []node.Node, error) {
 	m, err := manager.New(manager.Options{
+		Listen:         where.listen(""),
 		NodeTimeout:    f.nodeTimeout,
 		MonitorTimeout: f.monitorTimeout,
 		Grace:          f.grace,
@@ -222,22 +242,116 @@ func startCluster(f *runFlags, e *env, log *slog.Logger, agentLogs io.Writer) (*
 	if err != nil {
 		return nil, nil, err
 	}
-	name, err := os.Hostname()
-	if err == nil {
-		err = m.LaunchLocal(name)
-	}
-	var nodes []node.Node
-	if err == nil {
-		ctx, cancel := context.WithTimeout(context.Background(), agentStartTimeout)
-		nodes, err = m.WaitNodes(ctx, 1)
-		cancel()
-	}
+	ctx, cancel := context.WithTimeout(context.Background(), agentStartTimeout)
+	nodes, err := where.launch(ctx, m, log)
+	cancel()
 	if err != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), f.grace)
+		ctx, cancel := context.WithTimeout(context.Background(), f.grace+30*time.Second)
 		defer cancel()
 		return nil, nil, errors.Join(err, m.Close(ctx))
 	}
 	return m, nodes, nil
+}
+
+// plan is where the agents go: the launcher and what it needs, checked
+// before anything starts.
+type plan struct {
+	launcher  string
+	hosts     []string
+	sshConfig string
+	alloc     *launch.Allocation
+}
+
+// clusterPlan checks the cluster flags: bad ones are usage errors.
+func clusterPlan(launcher string, hosts []string, hostfile, sshConfig string) (*plan, error) {
+	p := &plan{launcher: launcher, sshConfig: sshConfig}
+	if sshConfig != "" && launcher != "ssh" {
+		return nil, usageError("--ssh-config is for the ssh launcher")
+	}
+	switch launcher {
+	case "ssh":
+		for _, h := range hosts {
+			if h = strings.TrimSpace(h); h != "" {
+				p.hosts = append(p.hosts, h)
+			}
+		}
+		if hostfile != "" {
+			data, err := os.ReadFile(hostfile)
+			if err != nil {
+				return nil, usageError("--hostfile: %v", err)
+			}
+			for line := range strings.Lines(string(data)) {
+				line, _, _ = strings.Cut(line, "#")
+				p.hosts = append(p.hosts, strings.Fields(line)...)
+			}
+		}
+		if len(p.hosts) == 0 {
+			return nil, usageError("the ssh launcher needs hosts: --hosts H1,H2 or --hostfile F")
+		}
+		for _, h := range p.hosts {
+			if strings.HasPrefix(h, "-") || strings.ContainsAny(h, "'\"\\`$;&|<>()") {
+				return nil, usageError("bad host %q", h)
+			}
+		}
+		if sshConfig != "" {
+			if _, err := os.Stat(sshConfig); err != nil {
+				return nil, usageError("--ssh-config: %v", err)
+			}
+		}
+	case "slurm":
+		alloc, err := launch.SlurmAllocation(os.Getenv)
+		if err != nil {
+			return nil, usageError("--launcher slurm: %v", err)
+		}
+		p.alloc = alloc
+	}
+	return p, nil
+}
+
+// listen is the manager's listen address: what the user gave, else the
+// loopback for local agents and every address for remote ones (only
+// holders of the run's credentials get in).
+func (p *plan) listen(given string) string {
+	if given != "" || p.launcher == "local" {
+		return given
+	}
+	return ":0"
+}
+
+// launch starts the agents and waits for the nodes that launched.
+func (p *plan) launch(ctx context.Context, m *manager.Manager, log *slog.Logger) ([]node.Node, error) {
+	t0 := time.Now()
+	var nodes []node.Node
+	var err error
+	switch p.launcher {
+	case "ssh":
+		if _, err = m.LaunchSSH(ctx, p.hosts, manager.SSHLaunch{ConfigFile: p.sshConfig}); err == nil {
+			nodes, err = m.WaitLaunched(ctx)
+		}
+	case "slurm":
+		if err = m.LaunchSlurm(p.alloc, manager.SlurmLaunch{}); err == nil {
+			nodes, err = m.WaitLaunched(ctx)
+		}
+	default:
+		var name string
+		if name, err = os.Hostname(); err == nil {
+			err = m.LaunchLocal(name)
+		}
+		if err == nil {
+			nodes, err = m.WaitNodes(ctx, 1)
+		}
+	}
+	if err == nil {
+		log.Info("agents up", "launcher", p.launcher, "nodes", len(nodes), "failed", len(m.LaunchFailures()), "took", time.Since(t0).Round(time.Millisecond))
+	}
+	return nodes, err
+}
+
+// printLaunchFailures says which nodes did not join, and why.
+func printLaunchFailures(w io.Writer, fs []manager.LaunchFailure) {
+	for _, f := range fs {
+		fmt.Fprintf(w, "drover: node %s not used: %s\n", f.Node, f.Reason)
+	}
 }
 
 // agentStartTimeout bounds the wait for agents to dial in.

@@ -4,14 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"html/template"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
@@ -32,6 +30,7 @@ type serveFlags struct {
 	launcher       string
 	hosts          []string
 	hostfile       string
+	sshConfig      string
 	monitorTimeout time.Duration
 	nodeTimeout    time.Duration
 	grace          time.Duration
@@ -49,7 +48,9 @@ the Go package github.com/drover-hpc/drover/client drive it.
 It writes $DROVER_HOME/serve.json (default ~/.drover; mode 0600) with the
 address, the status page's URL, its pid and the client credentials of the
 run; the verbs find it there. Every connection is mutual TLS: only holders
-of those credentials get in. --http serves a read-only status page.
+of those credentials get in. --http serves a read-only web dashboard at /
+(cluster map, jobs, instance output, timeline; live) and Prometheus
+metrics at /metrics.
 
 On the way out every process is stopped (SIGTERM, then SIGKILL after
 --grace), the agents exit and serve.json is removed. Only one serve runs
@@ -62,28 +63,37 @@ per DROVER_HOME.`,
   DROVER_HOME=/tmp/d drover serve --listen 0.0.0.0:7700 --http 127.0.0.1:8080`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runServe(e, f)
+			return runServe(e, f, cmd.Flags().Changed("listen"))
 		},
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.listen, "listen", "127.0.0.1:0", "address for agents and clients (mutual TLS)")
-	fl.StringVar(&f.http, "http", "127.0.0.1:0", "address of the read-only status page")
+	fl.StringVar(&f.http, "http", "127.0.0.1:0", "address of the read-only web dashboard and /metrics")
 	fl.StringVar(&f.launcher, "launcher", "", "how agents reach the nodes: local, ssh or slurm (default: slurm inside an allocation, ssh with --hosts, else local)")
 	fl.StringSliceVar(&f.hosts, "hosts", nil, "SSH nodes, [user@]host,...")
 	fl.StringVar(&f.hostfile, "hostfile", "", "file with one SSH node per line")
+	fl.StringVarP(&f.sshConfig, "ssh-config", "F", "", "ssh config file for the ssh launcher (ssh -F)")
 	fl.DurationVar(&f.monitorTimeout, "monitor-timeout", 30*time.Second, "an agent stops its processes and exits after this long without the manager")
 	fl.DurationVar(&f.nodeTimeout, "node-timeout", 5*time.Second, "the manager declares a silent node lost after this long")
 	fl.DurationVar(&f.grace, "grace", 10*time.Second, "time between SIGTERM and SIGKILL when stopping processes")
 	return cmd
 }
 
-func runServe(e *env, f *serveFlags) error {
+func runServe(e *env, f *serveFlags, listenChanged bool) error {
 	launcher, err := pickLauncher(&runFlags{launcher: f.launcher, hosts: f.hosts, hostfile: f.hostfile})
 	if err != nil {
 		return err
 	}
-	if launcher != "local" {
-		return usageError("launcher %q is not available in this build; use --launcher local", launcher)
+	where, err := clusterPlan(launcher, f.hosts, f.hostfile, f.sshConfig)
+	if err != nil {
+		return err
+	}
+	listen := f.listen
+	if !listenChanged {
+		listen = where.listen("")
+		if listen == "" {
+			listen = f.listen
+		}
 	}
 	if f.http == "" {
 		return usageError("--http needs HOST:PORT (port 0 for a free one)")
@@ -115,7 +125,7 @@ func runServe(e *env, f *serveFlags) error {
 	cl := cluster.New(cluster.Options{Logger: log, Home: home, Grace: f.grace})
 	ctl := control.New(cl, control.Options{Logger: log, Grace: f.grace})
 	m, err := manager.New(manager.Options{
-		Listen:         f.listen,
+		Listen:         listen,
 		NodeTimeout:    f.nodeTimeout,
 		MonitorTimeout: f.monitorTimeout,
 		Grace:          f.grace,
@@ -124,6 +134,9 @@ func runServe(e *env, f *serveFlags) error {
 		AgentLogs:      e.stderr,
 		Register:       func(s *grpc.Server) { ctl.Register(s) },
 		OnNode:         cl.AddNode,
+		OnLaunchFailure: func(lf manager.LaunchFailure) {
+			cl.AddFailedNode(lf.Node, lf.Reason)
+		},
 	})
 	if err != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -164,10 +177,11 @@ func runServe(e *env, f *serveFlags) error {
 	defer signal.Stop(sigs)
 
 	host, _ := os.Hostname()
-	err = m.LaunchLocal(host)
-	if err == nil {
-		err = waitAgent(m, sigs)
-	}
+	err = waitAgent(m, sigs, func(ctx context.Context) error {
+		_, err := where.launch(ctx, m, log)
+		return err
+	})
+	printLaunchFailures(e.stderr, m.LaunchFailures())
 	var bundle *creds.Bundle
 	if err == nil {
 		bundle, err = m.CA().Issue(creds.RoleClient, "drover-client", nil)
@@ -191,7 +205,11 @@ func runServe(e *env, f *serveFlags) error {
 	serveFile := filepath.Join(home, client.ServeFile)
 	defer removeServeFile(serveFile, info.PID, log)
 
-	web := &http.Server{Handler: statusPage(cl, info), ReadHeaderTimeout: 10 * time.Second}
+	dashCtx, stopDash := context.WithCancel(context.Background())
+	defer stopDash()
+	web := &http.Server{Handler: serveDashboard(dashCtx, cl, m), ReadHeaderTimeout: 10 * time.Second,
+		// stopDash ends the dashboard's event streams and followed logs.
+		BaseContext: func(net.Listener) context.Context { return dashCtx }}
 	go func() {
 		if err := web.Serve(httpLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("serve: status page", "err", err)
@@ -223,6 +241,7 @@ func runServe(e *env, f *serveFlags) error {
 		case <-ctx.Done():
 		}
 	}()
+	stopDash()
 	wctx, wcancel := context.WithTimeout(ctx, 2*time.Second)
 	_ = web.Shutdown(wctx)
 	wcancel()
@@ -233,15 +252,14 @@ func runServe(e *env, f *serveFlags) error {
 	return nil
 }
 
-// waitAgent waits for the local agent's node, up to agentStartTimeout or
-// a signal.
-func waitAgent(m *manager.Manager, sigs <-chan os.Signal) error {
+// waitAgent launches the agents and waits for their nodes, up to
+// agentStartTimeout or a signal.
+func waitAgent(m *manager.Manager, sigs <-chan os.Signal, launch func(context.Context) error) error {
 	ctx, cancel := context.WithTimeout(context.Background(), agentStartTimeout)
 	defer cancel()
 	waited := make(chan error, 1)
 	go func() {
-		_, err := m.WaitNodes(ctx, 1)
-		waited <- err
+		waited <- launch(ctx)
 	}()
 	select {
 	case err := <-waited:
@@ -339,72 +357,4 @@ func dialable(addr string) string {
 		}
 	}
 	return net.JoinHostPort(host, port)
-}
-
-var statusTmpl = template.Must(template.New("status").Funcs(template.FuncMap{
-	"ints": func(v []int) string {
-		s := make([]string, len(v))
-		for i, x := range v {
-			s[i] = fmt.Sprint(x)
-		}
-		return strings.Join(s, ",")
-	},
-	"hwthreads": func(r [][]int) int {
-		n := 0
-		for _, c := range r {
-			n += len(c)
-		}
-		return n
-	},
-}).Parse(`<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
-<title>drover serve</title>
-<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left}</style>
-</head><body>
-<h1>drover serve</h1>
-<p>Manager at {{.Info.Address}}, pid {{.Info.PID}} on {{.Info.Host}}, up since {{.Info.Started.Format "2006-01-02 15:04:05 MST"}}.</p>
-{{with .Err}}<p><strong>{{.}}</strong></p>{{end}}
-<h2>Nodes</h2>
-{{if .Nodes}}<table><tr><th>node</th><th>state</th><th>cores</th><th>hwthreads</th><th>busy hwthreads</th><th>processes</th></tr>
-{{range .Nodes}}<tr><td>{{.Name}}</td><td>{{.State}}{{with .Error}}: {{.}}{{end}}</td><td>{{len .Resources.Cores}}</td><td>{{hwthreads .Resources.Cores}}</td><td>{{ints .BusyHWThreads}}</td><td>{{.Processes}}</td></tr>
-{{end}}</table>{{else}}<p>No nodes.</p>{{end}}
-<h2>Jobs</h2>
-{{if .Jobs}}<table><tr><th>submission</th><th>instance</th><th>state</th><th>node</th><th>attempts</th><th>outcome</th></tr>
-{{range .Jobs}}<tr><td>{{.Submission}}</td><td>{{.Instance}}</td><td>{{.State}}</td><td>{{.Node}}</td><td>{{.Attempts}}</td><td>{{.Outcome}}</td></tr>
-{{end}}</table>{{else}}<p>No jobs submitted.</p>{{end}}
-</body></html>
-`))
-
-// statusPage is the read-only HTTP side of serve: the status page at /,
-// 404 elsewhere.
-func statusPage(api cluster.API, info *client.ServeInfo) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/" {
-			http.NotFound(w, r)
-			return
-		}
-		if r.Method != http.MethodGet && r.Method != http.MethodHead {
-			w.Header().Set("Allow", "GET, HEAD")
-			http.Error(w, "read-only", http.StatusMethodNotAllowed)
-			return
-		}
-		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
-		defer cancel()
-		data := struct {
-			Info  *client.ServeInfo
-			Nodes []cluster.NodeInfo
-			Jobs  []cluster.JobInfo
-			Err   error
-		}{Info: info}
-		var errN, errJ error
-		data.Nodes, errN = api.Nodes(ctx)
-		data.Jobs, errJ = api.Jobs(ctx)
-		data.Err = errors.Join(errN, errJ)
-		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		w.Header().Set("Cache-Control", "no-store")
-		if err := statusTmpl.Execute(w, data); err != nil {
-			// Headers are out; nothing more to say to the client.
-			return
-		}
-	})
 }

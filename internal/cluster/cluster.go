@@ -121,6 +121,7 @@ type Cluster struct {
 	subs     []*submission
 	subByNum map[int]*submission
 	lastSub  int
+	failed   []NodeInfo // nodes that could not be launched (AddFailedNode)
 }
 
 var _ API = (*Cluster)(nil)
@@ -495,7 +496,20 @@ func (c *Cluster) Nodes(ctx context.Context) ([]NodeInfo, error) {
 		}
 		out = append(out, info)
 	}
+	for _, f := range c.failed {
+		if c.byName[f.Name] == nil {
+			out = append(out, f)
+		}
+	}
 	return out, nil
+}
+
+// AddFailedNode lists a node that could not be launched, in state error
+// with the reason, until a node of that name joins.
+func (c *Cluster) AddFailedNode(name, reason string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.failed = append(c.failed, NodeInfo{Name: name, State: "error", Error: reason, BusyHWThreads: []int{}})
 }
 
 // reservedLocked reports whether name is "N.INSTANCE" of submission N.

@@ -24,6 +24,44 @@ type AgentConfig struct {
 	Grace          time.Duration `json:"grace"`
 	LogLevel       string        `json:"log_level"`
 	Scratch        string        `json:"scratch,omitempty"`
+	// RemoteFS: the agent does not share the manager's filesystem, so
+	// files and results travel over its session.
+	RemoteFS bool `json:"remote_fs,omitempty"`
+
+	// Many-node form, for launchers that broadcast one stdin to every
+	// node's agent (srun --input=all): each agent takes its own entry of
+	// Nodes by its node name, matched exactly (see Select); Node and
+	// Credentials are then empty.
+	Nodes map[string]*creds.Bundle `json:"nodes,omitempty"`
+	// CPUs is the number of CPUs the allocation gives the job on each node
+	// (SLURM_JOB_CPUS_PER_NODE), by node name; 0 or missing = unknown.
+	CPUs map[string]int `json:"cpus,omitempty"`
+	// ManagerAddrs are more host:port candidates for the manager, tried
+	// when Manager cannot be reached (the agent picks the first that
+	// completes a TLS handshake with the run's manager).
+	ManagerAddrs []string `json:"manager_addrs,omitempty"`
+	// ExpectCPUs is what Select sets from CPUs for the chosen node.
+	ExpectCPUs int `json:"expect_cpus,omitempty"`
+}
+
+// Select turns a many-node config into the one for the first of names
+// that has an entry in Nodes, matched exactly (node1 never takes node10's
+// credentials). A single-node config is returned as it is.
+func (c *AgentConfig) Select(names ...string) (*AgentConfig, error) {
+	if len(c.Nodes) == 0 {
+		return c, nil
+	}
+	for _, n := range names {
+		b, ok := c.Nodes[n]
+		if n == "" || !ok || b == nil {
+			continue
+		}
+		one := *c
+		one.Node, one.Credentials, one.Nodes, one.CPUs = n, b, nil, nil
+		one.ExpectCPUs = c.CPUs[n]
+		return &one, nil
+	}
+	return nil, fmt.Errorf("agent config: none of the node names %q is in this run's node list", names)
 }
 
 // ReadConfig reads the one JSON object a launcher writes first on the
@@ -33,8 +71,8 @@ func ReadConfig(r io.Reader) (*AgentConfig, error) {
 	if err := json.NewDecoder(r).Decode(&c); err != nil {
 		return nil, fmt.Errorf("read agent config: %w", err)
 	}
-	if c.Manager == "" || c.Node == "" || c.Credentials == nil {
-		return nil, fmt.Errorf("read agent config: manager, node and credentials are required")
+	if c.Manager == "" || (len(c.Nodes) == 0 && (c.Node == "" || c.Credentials == nil)) {
+		return nil, fmt.Errorf("read agent config: manager, and node and credentials (or nodes) are required")
 	}
 	return &c, nil
 }

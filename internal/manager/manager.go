@@ -40,6 +40,24 @@ type Options struct {
 	Register func(*grpc.Server)
 	// OnNode is told of every node that joins (drover serve's cluster).
 	OnNode func(node.Node)
+	// OnLaunchFailure is told of every node that could not be launched or
+	// whose agent ended before it joined; it may be called from several
+	// goroutines at once.
+	OnLaunchFailure func(LaunchFailure)
+}
+
+// LaunchFailure is a node (or, for ssh, the host as given) that did not
+// join, and why.
+type LaunchFailure struct {
+	Node   string `json:"node"`
+	Reason string `json:"reason"`
+}
+
+// expected is a node a launcher started an agent for.
+type expected struct {
+	agent  launch.Agent
+	joined bool
+	failed bool
 }
 
 // Manager owns the listener, the agent sessions and the launched agents.
@@ -53,10 +71,13 @@ type Manager struct {
 	served chan struct{}
 
 	mu       sync.Mutex
-	children []*launch.Child
+	children []launch.Agent
 	exited   int // launched agents that have exited
 	joined   []*wire.RemoteNode
 	changed  chan struct{} // signalled on every join and agent exit
+	expect   map[string]*expected
+	failures []LaunchFailure
+	claimed  map[string]string // node name -> host it was launched on (ssh)
 }
 
 // New makes the credentials, listens and starts serving.
@@ -91,7 +112,8 @@ func New(opts Options) (*Manager, error) {
 		lis.Close()
 		return nil, fmt.Errorf("manager: %w", err)
 	}
-	m := &Manager{opts: opts, log: log, ca: ca, lis: lis, served: make(chan struct{}), changed: make(chan struct{}, 1)}
+	m := &Manager{opts: opts, log: log, ca: ca, lis: lis, served: make(chan struct{}), changed: make(chan struct{}, 1),
+		expect: make(map[string]*expected), claimed: make(map[string]string)}
 	m.server = wire.NewServer(wire.ServerOptions{
 		NodeTimeout:    opts.NodeTimeout,
 		MonitorTimeout: opts.MonitorTimeout,
@@ -100,7 +122,10 @@ func New(opts Options) (*Manager, error) {
 		OnNode:         m.join,
 	})
 	m.grpc = grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(ca.ServerTLS(mine))),
+		grpc.Creds(&loggedCreds{TransportCredentials: credentials.NewTLS(ca.ServerTLS(mine)), log: log}),
+		// A connection that never finishes its handshake (a port scan, a
+		// hung client) must not hold up Close for gRPC's default 120 s.
+		grpc.ConnectionTimeout(5*time.Second),
 		// Dead connections are found by our own heartbeats; these only
 		// keep idle clients' connections from being dropped as abusive.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
@@ -139,6 +164,9 @@ func (m *Manager) join(n *wire.RemoteNode) {
 	m.log.Info("node up", "node", n.Name(), "cores", len(n.Resources().Cores), "version", n.Version())
 	m.mu.Lock()
 	m.joined = append(m.joined, n)
+	if e := m.expect[n.Name()]; e != nil {
+		e.joined = true
+	}
 	m.mu.Unlock()
 	if m.opts.OnNode != nil {
 		m.opts.OnNode(n)
@@ -200,17 +228,157 @@ func (m *Manager) LaunchLocal(name string) error {
 	if err != nil {
 		return err
 	}
+	m.addAgent(c, name)
+	return nil
+}
+
+// addAgent follows a launched agent that runs the nodes names.
+func (m *Manager) addAgent(a launch.Agent, names ...string) {
 	m.mu.Lock()
-	m.children = append(m.children, c)
+	m.children = append(m.children, a)
+	for _, n := range names {
+		e := &expected{agent: a}
+		for _, f := range m.failures { // failed while being launched
+			if f.Node == n {
+				e.failed = true
+			}
+		}
+		m.expect[n] = e
+	}
 	m.mu.Unlock()
 	go func() {
-		<-c.Done()
+		<-a.Done()
 		m.mu.Lock()
 		m.exited++
+		var failed []string
+		for _, n := range names {
+			if e := m.expect[n]; e != nil && e.agent == a && !e.joined && !e.failed {
+				failed = append(failed, n)
+			}
+		}
 		m.mu.Unlock()
+		reason := "agent exited before it joined"
+		if err := a.Err(); err != nil {
+			reason += ": " + err.Error()
+		}
+		for _, n := range failed {
+			m.fail(n, reason)
+		}
 		m.signal()
 	}()
-	return nil
+}
+
+// fail records that node will not join. A node that joined, or failed
+// already, is left alone.
+func (m *Manager) fail(name, reason string) {
+	m.mu.Lock()
+	if e := m.expect[name]; e != nil {
+		if e.joined || e.failed {
+			m.mu.Unlock()
+			return
+		}
+		e.failed = true
+	}
+	f := LaunchFailure{Node: name, Reason: reason}
+	m.failures = append(m.failures, f)
+	m.mu.Unlock()
+	m.log.Error("node failed to launch", "node", name, "reason", reason)
+	if m.opts.OnLaunchFailure != nil {
+		m.opts.OnLaunchFailure(f)
+	}
+	m.signal()
+}
+
+// LaunchFailures lists the nodes that did not join, and why, in the order
+// they failed.
+func (m *Manager) LaunchFailures() []LaunchFailure {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]LaunchFailure(nil), m.failures...)
+}
+
+// WaitLaunched waits until every node a launcher started an agent for has
+// joined or failed. When ctx ends first the nodes still missing fail with
+// "did not join". It returns the joined nodes, and an error only when no
+// node joined (with every failure's reason).
+func (m *Manager) WaitLaunched(ctx context.Context) ([]node.Node, error) {
+	for {
+		m.mu.Lock()
+		var missing []string
+		for name, e := range m.expect {
+			if !e.joined && !e.failed {
+				missing = append(missing, name)
+			}
+		}
+		m.mu.Unlock()
+		if len(missing) == 0 {
+			break
+		}
+		select {
+		case <-m.changed:
+			continue
+		case <-ctx.Done():
+		}
+		for _, name := range missing {
+			m.fail(name, fmt.Sprintf("agent launched but did not join (%v)", context.Cause(ctx)))
+		}
+		break
+	}
+	var nodes []node.Node
+	for _, rn := range m.Nodes() {
+		nodes = append(nodes, rn)
+	}
+	if len(nodes) == 0 {
+		var errs []error
+		for _, f := range m.LaunchFailures() {
+			errs = append(errs, fmt.Errorf("%s: %s", f.Node, f.Reason))
+		}
+		if len(errs) == 0 {
+			errs = append(errs, errors.New("nothing was launched"))
+		}
+		return nil, fmt.Errorf("no node joined:\n%w", errors.Join(errs...))
+	}
+	return nodes, nil
+}
+
+// remoteListen reports whether the manager listens on every address (a
+// wildcard), so agents may dial whichever address reaches it.
+func (m *Manager) wildcard() bool {
+	host, _, err := net.SplitHostPort(m.Addr())
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsUnspecified()
+}
+
+func (m *Manager) port() string {
+	_, port, _ := net.SplitHostPort(m.Addr())
+	return port
+}
+
+// Candidates are the addresses an agent on another host may reach the
+// manager at: the listen address when it is a specific one, else every
+// address of this machine's interfaces (loopback last).
+func (m *Manager) Candidates() []string {
+	if !m.wildcard() {
+		return []string{m.Addr()}
+	}
+	var out, loop []string
+	addrs, _ := net.InterfaceAddrs()
+	for _, a := range addrs {
+		ipn, ok := a.(*net.IPNet)
+		if !ok || ipn.IP.IsLinkLocalUnicast() || ipn.IP.IsMulticast() {
+			continue
+		}
+		hp := net.JoinHostPort(ipn.IP.String(), m.port())
+		if ipn.IP.IsLoopback() {
+			loop = append(loop, hp)
+		} else {
+			out = append(out, hp)
+		}
+	}
+	return append(out, loop...)
 }
 
 // WaitNodes waits until n nodes have joined. It fails early when every
@@ -258,9 +426,13 @@ func (m *Manager) Close(ctx context.Context) error {
 	m.mu.Lock()
 	children := m.children
 	m.mu.Unlock()
-	var errs []error
+	errc := make(chan error, len(children))
 	for _, c := range children {
-		if err := c.Stop(ctx); err != nil {
+		go func() { errc <- c.Stop(ctx) }()
+	}
+	var errs []error
+	for range children {
+		if err := <-errc; err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -8,6 +8,7 @@ package node
 import (
 	"context"
 	"fmt"
+	"os"
 	"syscall"
 	"time"
 
@@ -83,6 +84,8 @@ type Exit struct {
 type StageFile struct {
 	Src string
 	Dst string
+	// Mode is the permission bits of the copy; 0 takes those of Src.
+	Mode os.FileMode
 }
 
 // String renders the exit the way `drover poll` and `drover finished` print it.

@@ -56,15 +56,6 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// knownBug skips a test that shows a known bug in non-test code, unless
-// DROVER_TEST_BUGS=1 asks to see it fail.
-func knownBug(t *testing.T, what string) {
-	t.Helper()
-	if os.Getenv(bugsVar) != "1" {
-		t.Skip("BUG: " + what + " (DROVER_TEST_BUGS=1 runs it)")
-	}
-}
-
 // helperEnv is a complete environment for a helper child, for agents given
 // an explicit BaseEnv.
 func helperEnv(extra ...string) []string {

@@ -311,7 +311,6 @@ func TestClosedAgentMidRun(t *testing.T) {
 
 // A start that completes after the run was cancelled must be stopped too.
 func TestCancelWhileStarting(t *testing.T) {
-	knownBug(t, "queue.go started(): an instance whose Start returns after ctx was cancelled (CancelAll already sent) is marked running and never stopped, so Run waits for it to end on its own")
 	a := newAgent(t, "n1")
 	f := newFake(t, a)
 	f.gate = make(chan struct{})
@@ -343,7 +342,6 @@ func TestCancelWhileStarting(t *testing.T) {
 
 // A run whose context is already cancelled starts nothing, and returns.
 func TestRunWithCancelledContext(t *testing.T) {
-	knownBug(t, "queue.go loop(): dispatch() runs before ctx.Done() is looked at, so instances are launched after cancellation; those whose Start returns after CancelAll are never stopped and Run hangs (most runs)")
 	a := newAgent(t, "n1")
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
@@ -410,7 +408,6 @@ func TestHardStopArrivingWithTheCancel(t *testing.T) {
 	if n < 2 {
 		t.Skip("needs two cores")
 	}
-	knownBug(t, "queue.go loop(): `case <-hard: hard = nil; if cancelled {...}` drops a Hard that the select picks before ctx.Done() (both ready at once, e.g. two quick Ctrl-C), so the run then waits out the whole grace")
 	for iter := range 8 {
 		a := newAgent(t, fmt.Sprintf("n%d", iter))
 		dir := t.TempDir()
@@ -473,7 +470,6 @@ func TestHardStopArrivingWithTheCancel(t *testing.T) {
 // A timeout's Stop that reaches the node late must not stop the next
 // attempt, which runs under the same name.
 func TestLateTimeoutStopSparesTheRetry(t *testing.T) {
-	knownBug(t, "queue.go timeout(): the Stop runs in a goroutine keyed by name only; if the attempt exits on its own meanwhile and is retried on the same node, the late Stop kills the new attempt")
 	a := newAgent(t, "n1")
 	f := newFake(t, a)
 	f.stopGate = make(chan struct{})

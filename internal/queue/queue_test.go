@@ -879,7 +879,6 @@ func TestCoresAreExclusive(t *testing.T) {
 // summary.json's start and end times of instances that shared a hwthread
 // must not overlap: they did not run at the same time.
 func TestSummaryTimesDoNotOverlapOnAHWThread(t *testing.T) {
-	knownBug(t, "queue.go finish()/started(): with pipelined starts (ProcessSpec.After) a successor's start can be recorded before its predecessor's end, since End is when the queue handles the exit (time.Now()), not node.Exit.End; summary.json then shows two instances on one hwthread at once")
 	res := detect(t)
 	jobs := []*jobfile.Job{job(t, "q", func(j *jobfile.Job) { j.Repeat = 30 * len(res.Cores) }, "exit=0")}
 	o := run(t, context.Background(), jobs, queue.Options{})

@@ -21,6 +21,12 @@ type Options struct {
 	Root     string // filesystem root under which /sys and /proc are read; "" means "/". Tests point it at a fake tree.
 	Affinity []int  // the process's allowed CPUs; nil means read this process's affinity with sched_getaffinity
 	Hostname string // "" means os.Hostname()
+	// IgnoreAffinity leaves the affinity mask out: the usable threads are
+	// the online ones in the cgroup cpuset. An agent whose launcher gave
+	// it a narrower mask than its allocation (srun binding one task to one
+	// core) uses this to see the whole allocation; it can bind its
+	// children anywhere in its cpuset.
+	IgnoreAffinity bool
 }
 
 // Detect reports the hardware threads this process may run on, grouped by
@@ -50,6 +56,9 @@ func detect(opts Options) (Resources, error) {
 		return Resources{}, err
 	}
 	affinity := opts.Affinity
+	if opts.IgnoreAffinity {
+		affinity = online
+	}
 	if affinity == nil {
 		if affinity, err = processAffinity(); err != nil {
 			return Resources{}, err

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sort"
 	"sync"
 	"time"
@@ -42,6 +43,16 @@ type AgentOptions struct {
 	// way out (and for a Shutdown command without one). 0: 10s.
 	Grace  time.Duration
 	Logger *slog.Logger
+	// RemoteFS tells the manager that this agent does not see the
+	// manager's filesystem under the same paths (another host, no shared
+	// mount): staged files and results then cross the session, staged
+	// contents into a cache and stdout, stderr and outputs into a spool,
+	// both under Scratch, whence they are sent back after each exit.
+	// Without it they go by path, as for an agent on the manager's machine.
+	RemoteFS bool
+	// Scratch is where that cache and spool go, in a private directory
+	// removed when RunAgent returns; "" is os.TempDir().
+	Scratch string
 }
 
 const (
@@ -80,6 +91,7 @@ func RunAgent(ctx context.Context, opts AgentOptions) error {
 		running:      make(map[uint64]context.CancelFunc),
 		monitor:      opts.MonitorTimeout,
 		hb:           opts.HeartbeatInterval,
+		files:        &agentFiles{scratch: opts.Scratch, spools: make(map[string][]*spool)},
 	}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
@@ -149,6 +161,12 @@ func RunAgent(ctx context.Context, opts AgentOptions) error {
 	a.cmdWG.Wait()
 	close(pumpQuit)
 	<-pumpDone
+	a.mu.Lock()
+	a.cur.reset()
+	a.mu.Unlock()
+	if rerr := a.files.remove(); rerr != nil {
+		a.log.Warn("remove the agent's file space", "err", rerr)
+	}
 	return err
 }
 
@@ -181,9 +199,12 @@ type agentRun struct {
 	ackedReplies uint64                        // the manager has every reply up to this id
 	replyQ       []*droverpb.Reply             // to send on the current stream
 
-	outbox  []*droverpb.ExitReport // unacknowledged, in seq order
+	outbox  []*outItem // unacknowledged, in seq order
 	nextSeq uint64
-	sentSeq uint64 // highest seq sent on the current stream
+	sentSeq uint64     // highest seq sent on the current stream
+	cur     shipCursor // results of the exit after sentSeq sent so far
+
+	files *agentFiles
 
 	echo     int64 // manager heartbeat to echo
 	hbSent   int64
@@ -285,6 +306,7 @@ func (a *agentRun) runSession() (welcomed bool, err error) {
 		Resources: resourcesToPB(a.node.Resources()),
 		Version:   a.opts.Version,
 		Session:   a.session,
+		RemoteFs:  a.opts.RemoteFS,
 	}
 	a.mu.Unlock()
 	defer func() {
@@ -366,6 +388,7 @@ func (a *agentRun) welcome(w *droverpb.Welcome) {
 		}
 	}
 	a.sentSeq = 0
+	a.cur.reset()  // results of unacknowledged exits go again, from the start
 	a.replyQ = nil // the manager repeats every unanswered command
 	a.echo = 0
 	a.closeSent = false
@@ -376,8 +399,15 @@ func (a *agentRun) welcome(w *droverpb.Welcome) {
 func (a *agentRun) handle(m *droverpb.ManagerMsg) {
 	a.mu.Lock()
 	a.lastHeard = time.Now()
+	var spools []string
 	if ack := m.GetAckExits(); ack > 0 {
-		i := sort.Search(len(a.outbox), func(i int) bool { return a.outbox[i].GetSeq() > ack })
+		i := sort.Search(len(a.outbox), func(i int) bool { return a.outbox[i].report.GetSeq() > ack })
+		for j, it := range a.outbox[:i] {
+			if it.dir != "" {
+				spools = append(spools, it.dir)
+			}
+			a.outbox[j] = nil
+		}
 		a.outbox = a.outbox[i:]
 	}
 	if ack := m.GetAckReplies(); ack > a.ackedReplies {
@@ -402,6 +432,11 @@ func (a *agentRun) handle(m *droverpb.ManagerMsg) {
 		wake = true // time to close the stream
 	}
 	a.mu.Unlock()
+	for _, d := range spools {
+		if err := os.RemoveAll(d); err != nil {
+			a.log.Warn("remove results spool", "err", err)
+		}
+	}
 	for _, c := range m.GetCommands() {
 		a.command(c)
 	}
@@ -501,10 +536,20 @@ func (a *agentRun) execute(ctx context.Context, c *droverpb.Command) *droverpb.R
 	var err error
 	switch op := c.GetOp().(type) {
 	case *droverpb.Command_Start:
-		var st node.Started
-		if st, err = n.Start(ctx, specFromPB(op.Start)); err == nil {
-			r.Result = &droverpb.Reply_Started{Started: startedToPB(st)}
+		spec := specFromPB(op.Start)
+		var sp *spool
+		if sp, err = a.files.prepare(op.Start, &spec); err != nil {
+			err = fmt.Errorf("start %s on %s: %w", spec.Name, n.Name(), err)
+			break
 		}
+		var st node.Started
+		if st, err = n.Start(ctx, spec); err == nil {
+			r.Result = &droverpb.Reply_Started{Started: startedToPB(st)}
+		} else if sp != nil {
+			a.files.abandon(spec.Name, sp)
+		}
+	case *droverpb.Command_PutFile:
+		err = a.files.put(op.PutFile)
 	case *droverpb.Command_Stop:
 		err = n.Stop(ctx, op.Stop.GetName(), fromMillis(op.Stop.GetGraceMs()))
 	case *droverpb.Command_Kill:
@@ -552,10 +597,27 @@ func (a *agentRun) pump(quit <-chan struct{}, done chan<- struct{}) {
 		select {
 		case _, ok := <-ready:
 			exits := a.node.Finished()
+			items := make([]*outItem, len(exits))
+			for i, e := range exits {
+				it := &outItem{report: &droverpb.ExitReport{Exit: exitToPB(e)}}
+				if sp := a.files.take(e.Name); sp != nil {
+					it.report.ResultsId, it.dir = sp.id, sp.dir
+					var err error
+					if it.files, err = sp.list(); err != nil {
+						x := it.report.Exit
+						if x.Error != "" {
+							x.Error += "; "
+						}
+						x.Error += "results: " + err.Error()
+					}
+				}
+				items[i] = it
+			}
 			a.mu.Lock()
-			for _, e := range exits {
+			for _, it := range items {
 				a.nextSeq++
-				a.outbox = append(a.outbox, &droverpb.ExitReport{Seq: a.nextSeq, Exit: exitToPB(e)})
+				it.report.Seq = a.nextSeq
+				a.outbox = append(a.outbox, it)
 			}
 			if !ok {
 				a.pumpOver = true
@@ -624,11 +686,30 @@ func (a *agentRun) collect(hbDue bool) (*droverpb.AgentMsg, bool) {
 	if len(a.replyQ) == 0 {
 		a.replyQ = nil
 	}
-	i := sort.Search(len(a.outbox), func(i int) bool { return a.outbox[i].GetSeq() > a.sentSeq })
+	// Each exit goes after the results of its process, a message's worth
+	// at a time: files are read here, a chunk at a time, so that a big
+	// stdout never sits in memory (and Send waits on flow control).
+	i := sort.Search(len(a.outbox), func(i int) bool { return a.outbox[i].report.GetSeq() > a.sentSeq })
 	for ; i < len(a.outbox) && size < maxBatchBytes; i++ {
-		m.Exits = append(m.Exits, a.outbox[i])
-		a.sentSeq = a.outbox[i].GetSeq()
-		size += proto.Size(a.outbox[i])
+		it := a.outbox[i]
+		seq := it.report.GetSeq()
+		if a.cur.seq != seq {
+			a.cur.reset()
+			a.cur.seq = seq
+		}
+		for a.cur.file < len(it.files) && size < maxBatchBytes {
+			if fd := a.cur.nextChunk(it); fd != nil {
+				m.Files = append(m.Files, fd)
+				size += len(fd.Data) + 64
+			}
+		}
+		if a.cur.file < len(it.files) {
+			break // the next message carries on
+		}
+		a.cur.reset()
+		m.Exits = append(m.Exits, it.report)
+		a.sentSeq = seq
+		size += proto.Size(it.report)
 	}
 	if hbDue || a.echo != 0 {
 		hb := &droverpb.Heartbeat{EchoUnixNano: a.echo}
@@ -644,7 +725,7 @@ func (a *agentRun) collect(hbDue bool) (*droverpb.AgentMsg, bool) {
 	if closeSend {
 		a.closeSent = true
 	}
-	if len(m.Replies) == 0 && len(m.Exits) == 0 && m.Heartbeat == nil {
+	if len(m.Replies) == 0 && len(m.Exits) == 0 && len(m.Files) == 0 && m.Heartbeat == nil {
 		m = nil
 	}
 	return m, closeSend

@@ -2,6 +2,7 @@ package wire
 
 import (
 	"errors"
+	"os"
 	"time"
 
 	"github.com/drover-hpc/drover/api/droverpb"
@@ -149,7 +150,7 @@ func specToPB(s node.ProcessSpec) *droverpb.ProcessSpec {
 		After:     s.After,
 	}
 	for _, f := range s.Files {
-		out.Files = append(out.Files, &droverpb.StageFile{Src: f.Src, Dst: f.Dst})
+		out.Files = append(out.Files, &droverpb.StageFile{Src: f.Src, Dst: f.Dst, Mode: uint32(f.Mode.Perm())})
 	}
 	return out
 }
@@ -170,7 +171,7 @@ func specFromPB(s *droverpb.ProcessSpec) node.ProcessSpec {
 		After:     s.GetAfter(),
 	}
 	for _, f := range s.GetFiles() {
-		out.Files = append(out.Files, node.StageFile{Src: f.GetSrc(), Dst: f.GetDst()})
+		out.Files = append(out.Files, node.StageFile{Src: f.GetSrc(), Dst: f.GetDst(), Mode: os.FileMode(f.GetMode()).Perm()})
 	}
 	return out
 }

@@ -3,9 +3,13 @@ package wire
 import (
 	"bufio"
 	"context"
+	"fmt"
+	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -47,6 +51,45 @@ func helperMain(args []string) int {
 		n, _ := strconv.Atoi(args[1])
 		time.Sleep(time.Duration(n) * time.Millisecond)
 		return 0
+	case "pattern": // pattern N M: N bytes of patternData on stdout, M on stderr
+		n, _ := strconv.ParseInt(args[1], 10, 64)
+		m, _ := strconv.ParseInt(args[2], 10, 64)
+		if _, err := io.Copy(os.Stdout, io.LimitReader(&patternReader{}, n)); err != nil {
+			return 2
+		}
+		if _, err := io.Copy(os.Stderr, io.LimitReader(&patternReader{}, m)); err != nil {
+			return 2
+		}
+		return 0
+	case "files": // files [cat=PATH | mode=PATH | write=PATH=TEXT | link=PATH=TARGET]...
+		for _, a := range args[1:] {
+			op, rest, _ := strings.Cut(a, "=")
+			p, v, _ := strings.Cut(rest, "=")
+			var err error
+			switch op {
+			case "cat":
+				var b []byte
+				if b, err = os.ReadFile(p); err == nil {
+					_, err = os.Stdout.Write(b)
+				}
+			case "mode":
+				var st os.FileInfo
+				if st, err = os.Stat(p); err == nil {
+					fmt.Fprintf(os.Stderr, "%s %o\n", p, st.Mode().Perm())
+				}
+			case "write":
+				if err = os.MkdirAll(filepath.Dir(p), 0o755); err == nil {
+					err = os.WriteFile(p, []byte(v), 0o640)
+				}
+			case "link":
+				err = os.Symlink(v, p)
+			}
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 3
+			}
+		}
+		return 0
 	case "readline": // exit 7 when the first stdin line is "hello", else 8
 		line, _ := bufio.NewReader(os.Stdin).ReadString('\n')
 		if line == "hello\n" {
@@ -84,6 +127,21 @@ func ctxT(t testing.TB) context.Context {
 	t.Cleanup(cancel)
 	return ctx
 }
+
+// patternReader is an endless deterministic byte stream that does not
+// repeat with any power-of-two period below 2^24, so a misplaced chunk
+// shows.
+type patternReader struct{ off int64 }
+
+func (r *patternReader) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = patternByte(r.off + int64(i))
+	}
+	r.off += int64(len(p))
+	return len(p), nil
+}
+
+func patternByte(i int64) byte { return byte(i*7 + i>>8 + i>>16 + i/24571) }
 
 // ---- the manager side ----
 
@@ -152,16 +210,18 @@ func (m *manager) node(t testing.TB) *RemoteNode {
 
 // ---- the agent side ----
 
-// countingNode counts the Starts that reach the agent.
+// countingNode counts the Starts that reach the agent, and keeps their specs.
 type countingNode struct {
 	*agent.Agent
 	mu     sync.Mutex
 	starts map[string]int
+	specs  []node.ProcessSpec
 }
 
 func (c *countingNode) Start(ctx context.Context, spec node.ProcessSpec) (node.Started, error) {
 	c.mu.Lock()
 	c.starts[spec.Name]++
+	c.specs = append(c.specs, spec)
 	c.mu.Unlock()
 	return c.Agent.Start(ctx, spec)
 }

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -37,6 +38,11 @@ type ServerOptions struct {
 	// the session's handler, with the session already running: it may call
 	// the node. The session ends only after OnNode returned.
 	OnNode func(*RemoteNode)
+	// SharedFS tells whether an agent sees this machine's filesystem under
+	// the same paths; then staged files and results go by path, as on one
+	// machine. Otherwise their contents cross the session. nil takes the
+	// agent's word (Hello.remote_fs, from AgentOptions.RemoteFS).
+	SharedFS func(hello *droverpb.Hello) bool
 }
 
 // Server is the manager's end of the agent sessions: it implements
@@ -51,6 +57,9 @@ type Server struct {
 	sessions map[string]*RemoteNode // by session id, lost ones included
 	order    []*RemoteNode
 	wg       sync.WaitGroup // senders and receivers of sessions
+
+	hashes hashCache     // of staged files, for every node
+	putSem chan struct{} // PutFile chunks in flight to all nodes
 }
 
 // NewServer makes a Server; Register it with a grpc.Server.
@@ -68,7 +77,7 @@ func NewServer(opts ServerOptions) *Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{opts: opts, log: log, sessions: make(map[string]*RemoteNode)}
+	return &Server{opts: opts, log: log, sessions: make(map[string]*RemoteNode), putSem: make(chan struct{}, putWindowAll)}
 }
 
 // Register adds the AgentSession service to g.
@@ -293,6 +302,15 @@ type RemoteNode struct {
 	hbSent   int64 // sent_unix_nano of our last heartbeat
 	hbSentAt time.Time
 	rtt      time.Duration
+
+	// Files, for an agent that does not share our filesystem (files.go).
+	shared      bool
+	putSem      chan struct{} // PutFile chunks in flight
+	putChunks   atomic.Int64  // PutFile chunks sent, for tests
+	fmu         sync.Mutex    // guards the fields below; taken after mu, never before
+	have        map[digest]*flight
+	results     map[uint64]*resultsTarget // by ResultsSpec.id
+	nextResults uint64
 }
 
 // call is one command waiting for its reply.
@@ -348,6 +366,13 @@ func newRemoteNode(s *Server, session string, h *droverpb.Hello) *RemoteNode {
 		gone:      make(chan struct{}),
 		calls:     make(map[uint64]*call),
 		lastHeard: time.Now(),
+		shared:    !h.GetRemoteFs(),
+		putSem:    make(chan struct{}, putWindow),
+		have:      make(map[digest]*flight),
+		results:   make(map[uint64]*resultsTarget),
+	}
+	if s.opts.SharedFS != nil {
+		n.shared = s.opts.SharedFS(h)
 	}
 	n.mu.Lock()
 	n.timer = time.AfterFunc(n.timeout, n.checkAlive)
@@ -447,6 +472,12 @@ func (n *RemoteNode) loseLocked(reason string) {
 		n.att = nil
 	}
 	n.timer.Stop()
+	n.fmu.Lock()
+	for id, t := range n.results {
+		t.close()
+		delete(n.results, id)
+	}
+	n.fmu.Unlock()
 	close(n.ready)
 	close(n.gone)
 	if reason == reasonEnded {
@@ -461,7 +492,7 @@ const reasonEnded = "its agent ended the session"
 
 // recvLoop takes the agent's messages until the stream ends.
 func (n *RemoteNode) recvLoop(att *attachment, stream droverpb.AgentSession_ConnectServer, first *droverpb.AgentMsg) error {
-	if !n.handle(att, first) {
+	if !n.handle(att, first, nil) {
 		return errDetached
 	}
 	for {
@@ -469,14 +500,20 @@ func (n *RemoteNode) recvLoop(att *attachment, stream droverpb.AgentSession_Conn
 		if err != nil {
 			return err
 		}
-		if !n.handle(att, m) {
+		// Results are written before their exits are delivered, and the
+		// next message is not read meanwhile: the agent's sends wait
+		// (flow control), so a big output streams through a little memory.
+		errs := n.receiveFiles(att, m)
+		if !n.handle(att, m, errs) {
 			return errDetached
 		}
 	}
 }
 
 // handle applies one AgentMsg; false when att is no longer current.
-func (n *RemoteNode) handle(att *attachment, m *droverpb.AgentMsg) bool {
+// resultErrs are the errors of results that could not be written, by exit
+// seq.
+func (n *RemoteNode) handle(att *attachment, m *droverpb.AgentMsg, resultErrs map[uint64]string) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.att != att || n.lost {
@@ -503,6 +540,12 @@ func (n *RemoteNode) handle(att *attachment, m *droverpb.AgentMsg) bool {
 		e := exitFromPB(x.GetExit())
 		if e.Node == "" {
 			e.Node = n.name
+		}
+		if msg, ok := resultErrs[x.GetSeq()]; ok {
+			if e.Err != "" {
+				e.Err += "; "
+			}
+			e.Err += msg
 		}
 		n.finished = append(n.finished, e)
 		delivered = true
@@ -720,13 +763,42 @@ func (n *RemoteNode) Err() error {
 // Gone is closed when the node is lost.
 func (n *RemoteNode) Gone() <-chan struct{} { return n.gone }
 
+// Start starts a process. On a node that does not share this machine's
+// filesystem (SharedFS), the staged files are sent to the node first (each
+// content once per node), and stdout, stderr and outputs come back over
+// the session: the exit is delivered once they are written here.
+// Relative Stdout and Stderr paths are then relative to this process's
+// work dir.
 func (n *RemoteNode) Start(ctx context.Context, spec node.ProcessSpec) (node.Started, error) {
-	r, err := n.call(ctx, "start "+spec.Name, &droverpb.Command{Op: &droverpb.Command_Start{Start: specToPB(spec)}})
+	op := "start " + spec.Name
+	if n.shared {
+		r, err := n.call(ctx, op, &droverpb.Command{Op: &droverpb.Command_Start{Start: specToPB(spec)}})
+		if err != nil {
+			return node.Started{}, err
+		}
+		return startedFromPB(r.GetStarted()), nil
+	}
+	if err := ctx.Err(); err != nil {
+		return node.Started{}, fmt.Errorf("%s on %s: %w", op, n.name, err)
+	}
+	pb, id, err := n.remoteSpec(ctx, spec)
 	if err != nil {
+		return node.Started{}, fmt.Errorf("%s on %s: %w", op, n.name, err)
+	}
+	r, err := n.call(ctx, op, &droverpb.Command{Op: &droverpb.Command_Start{Start: pb}})
+	if err != nil {
+		var re *remoteError
+		if errors.As(err, &re) || errors.Is(err, ErrNodeLost) {
+			n.dropResults(id) // it did not start; else its exit may still come
+		}
 		return node.Started{}, err
 	}
 	return startedFromPB(r.GetStarted()), nil
 }
+
+// SharedFS tells whether the node's agent sees this machine's files under
+// the same paths (see ServerOptions.SharedFS).
+func (n *RemoteNode) SharedFS() bool { return n.shared }
 
 func (n *RemoteNode) Poll(ctx context.Context, names ...string) ([]node.Status, error) {
 	r, err := n.call(ctx, "poll", &droverpb.Command{Op: &droverpb.Command_Poll{Poll: &droverpb.PollRequest{Names: names}}})

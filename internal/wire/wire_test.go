@@ -694,8 +694,8 @@ func TestBatchesAreBounded(t *testing.T) {
 	a := &agentRun{}
 	for i := range 100000 {
 		a.nextSeq++
-		a.outbox = append(a.outbox, &droverpb.ExitReport{Seq: a.nextSeq, Exit: exitToPB(node.Exit{
-			Name: fmt.Sprintf("job-with-a-longish-name.%d", i), Node: "n1", Code: 1, Start: time.Now(), End: time.Now(), Err: "outputs: " + strings.Repeat("e", 40)})})
+		a.outbox = append(a.outbox, &outItem{report: &droverpb.ExitReport{Seq: a.nextSeq, Exit: exitToPB(node.Exit{
+			Name: fmt.Sprintf("job-with-a-longish-name.%d", i), Node: "n1", Code: 1, Start: time.Now(), End: time.Now(), Err: "outputs: " + strings.Repeat("e", 40)})}})
 		a.replyQ = append(a.replyQ, &droverpb.Reply{Id: uint64(i + 1), Error: strings.Repeat("r", 30)})
 	}
 	var seqs, replies int

@@ -1,0 +1,359 @@
+package agent_test
+
+// The test binary doubles as the child program of these tests, like Go's
+// own os/exec tests: when DROVER_TEST_HELPER is set, TestMain runs
+// helperMain instead of the tests. No test here may start a process by any
+// other means than the agent (the supervisor reaps every child of the
+// process while it is open).
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+const (
+	helperVar = "DROVER_TEST_HELPER"
+	// ownerVar holds the pid of the test process: a helper (grandchildren
+	// in particular, which have no parent-death signal) ends when the test
+	// process is gone, so a crashed test leaves nothing behind for long.
+	ownerVar = "DROVER_TEST_OWNER"
+	// bugsVar set to 1 runs the tests of known bugs instead of skipping them.
+	bugsVar = "DROVER_TEST_BUGS"
+)
+
+// helperExe is the absolute path of the test binary.
+var helperExe string
+
+func TestMain(m *testing.M) {
+	if os.Getenv(helperVar) == "1" {
+		os.Exit(helperMain(os.Args[1:]))
+	}
+	exe, err := filepath.Abs(os.Args[0])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "test binary path:", err)
+		os.Exit(2)
+	}
+	helperExe = exe
+	// Children inherit these through the agent's default base environment.
+	// Under -race a child would otherwise sleep a second at exit.
+	os.Setenv(helperVar, "1")
+	os.Setenv(ownerVar, strconv.Itoa(os.Getpid()))
+	os.Setenv("GORACE", "atexit_sleep_ms=0")
+	goleak.VerifyTestMain(m)
+}
+
+// helperEnv is a complete environment for a helper child, for agents given
+// an explicit BaseEnv.
+func helperEnv(extra ...string) []string {
+	return append([]string{
+		helperVar + "=1",
+		ownerVar + "=" + strconv.Itoa(os.Getpid()),
+		"GORACE=atexit_sleep_ms=0",
+		"PATH=" + os.Getenv("PATH"),
+	}, extra...)
+}
+
+// helper returns the argv that runs the helper with the given steps.
+func helper(steps ...string) []string {
+	return append([]string{helperExe}, steps...)
+}
+
+// helperMain runs the steps in args in order; each step is "verb" or
+// "verb=arg". It returns the exit status.
+func helperMain(args []string) int {
+	out := bufio.NewWriter(os.Stdout)
+	defer out.Flush()
+	fail := func(format string, a ...any) int {
+		out.Flush()
+		fmt.Fprintf(os.Stderr, "helper: "+format+"\n", a...)
+		return 100
+	}
+	for _, step := range args {
+		verb, arg, _ := strings.Cut(step, "=")
+		switch verb {
+		case "out": // out=TEXT: a line to stdout
+			fmt.Fprintln(out, arg)
+		case "err": // err=TEXT: a line to stderr
+			fmt.Fprintln(os.Stderr, arg)
+		case "env": // env=KEY: "KEY=value" or "KEY unset"
+			if v, ok := os.LookupEnv(arg); ok {
+				fmt.Fprintf(out, "%s=%s\n", arg, v)
+			} else {
+				fmt.Fprintf(out, "%s unset\n", arg)
+			}
+		case "envcount": // envcount=KEY: how often KEY appears in the raw environment
+			raw, err := os.ReadFile("/proc/self/environ")
+			if err != nil {
+				return fail("%v", err)
+			}
+			n := 0
+			for _, kv := range strings.Split(string(raw), "\x00") {
+				if strings.HasPrefix(kv, arg+"=") {
+					n++
+				}
+			}
+			fmt.Fprintf(out, "%s count=%d\n", arg, n)
+		case "cwd":
+			wd, err := os.Getwd()
+			if err != nil {
+				return fail("%v", err)
+			}
+			fmt.Fprintf(out, "cwd=%s\n", wd)
+		case "cpus": // the CPU affinity as the kernel shows it
+			v, err := procStatus("Cpus_allowed_list")
+			if err != nil {
+				return fail("%v", err)
+			}
+			fmt.Fprintf(out, "cpus=%s\n", v)
+		case "pgid":
+			fmt.Fprintf(out, "pgid=%d pid=%d\n", syscall.Getpgrp(), os.Getpid())
+		case "write": // write=NAME=CONTENT, relative to the work dir
+			name, content, _ := strings.Cut(arg, "=")
+			if err := os.MkdirAll(filepath.Dir(name), 0o755); err != nil {
+				return fail("%v", err)
+			}
+			if err := os.WriteFile(name, []byte(content), 0o644); err != nil {
+				return fail("%v", err)
+			}
+		case "symlink": // symlink=NAME=TARGET
+			name, target, _ := strings.Cut(arg, "=")
+			if err := os.Symlink(target, name); err != nil {
+				return fail("%v", err)
+			}
+		case "cat": // cat=NAME: the file's content and mode
+			data, err := os.ReadFile(arg)
+			if err != nil {
+				return fail("%v", err)
+			}
+			st, err := os.Stat(arg)
+			if err != nil {
+				return fail("%v", err)
+			}
+			fmt.Fprintf(out, "cat %s mode=%o content=%q\n", arg, st.Mode().Perm(), data)
+		case "touch": // touch=PATH: create PATH atomically (a readiness signal)
+			if err := atomicWrite(arg, ""); err != nil {
+				return fail("%v", err)
+			}
+		case "ignoreterm":
+			signal.Ignore(syscall.SIGTERM)
+		case "grandchild": // grandchild=PIDFILE: a sleeping child in our process group
+			out.Flush()
+			null, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+			if err != nil {
+				return fail("%v", err)
+			}
+			p, err := os.StartProcess(os.Args[0], []string{os.Args[0], "sleep=2m"}, &os.ProcAttr{
+				Env:   os.Environ(),
+				Files: []*os.File{null, null, null},
+			})
+			null.Close()
+			if err != nil {
+				return fail("start grandchild: %v", err)
+			}
+			if err := atomicWrite(arg, strconv.Itoa(p.Pid)); err != nil {
+				return fail("%v", err)
+			}
+			p.Release()
+		case "sleep": // sleep=DURATION, cut short when the test process is gone
+			d, err := time.ParseDuration(arg)
+			if err != nil {
+				return fail("%v", err)
+			}
+			out.Flush()
+			helperSleep(d)
+		case "stdin": // copy stdin to stdout line by line until EOF or "quit"
+			sc := bufio.NewScanner(os.Stdin)
+			for sc.Scan() {
+				if sc.Text() == "quit" {
+					break
+				}
+				fmt.Fprintf(out, "got %s\n", sc.Text())
+				out.Flush()
+			}
+		case "listen": // listen=PORT: bind a TCP port
+			l, err := net.Listen("tcp", ":"+arg)
+			if err != nil {
+				return fail("listen: %v", err)
+			}
+			l.Close()
+			fmt.Fprintf(out, "listened %s\n", arg)
+		case "listenenv": // listenenv=VAR: bind the TCP port named by $VAR
+			l, err := net.Listen("tcp", ":"+os.Getenv(arg))
+			if err != nil {
+				return fail("listen: %v", err)
+			}
+			l.Close()
+			fmt.Fprintf(out, "listened %s=%s\n", arg, os.Getenv(arg))
+		case "kill": // kill=SIGNUM: kill ourselves
+			n, err := strconv.Atoi(arg)
+			if err != nil {
+				return fail("%v", err)
+			}
+			out.Flush()
+			signal.Reset()
+			syscall.Kill(os.Getpid(), syscall.Signal(n))
+			helperSleep(time.Minute)
+			return fail("still alive after signal %d", n)
+		case "waitfile": // waitfile=PATH: wait until PATH exists
+			out.Flush()
+			for {
+				if _, err := os.Stat(arg); err == nil {
+					break
+				}
+				helperSleep(10 * time.Millisecond)
+			}
+		case "exit": // exit=N
+			n, err := strconv.Atoi(arg)
+			if err != nil {
+				return fail("%v", err)
+			}
+			return n
+		default:
+			return fail("unknown step %q", step)
+		}
+	}
+	return 0
+}
+
+// helperSleep sleeps for d, or less when the test process has gone.
+func helperSleep(d time.Duration) {
+	owner, _ := strconv.Atoi(os.Getenv(ownerVar))
+	end := time.Now().Add(d)
+	for time.Now().Before(end) {
+		if owner > 0 && syscall.Kill(owner, 0) == syscall.ESRCH {
+			os.Exit(99)
+		}
+		time.Sleep(min(100*time.Millisecond, time.Until(end)))
+	}
+}
+
+func procStatus(key string) (string, error) {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return "", err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, key+":"); ok {
+			return strings.TrimSpace(v), nil
+		}
+	}
+	return "", fmt.Errorf("no %s in /proc/self/status", key)
+}
+
+func atomicWrite(path, content string) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// --- test-side helpers ---
+
+// waitFile waits for path to exist and returns its content.
+func waitFile(t *testing.T, path string) string {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		data, err := os.ReadFile(path)
+		if err == nil {
+			return string(data)
+		}
+		if !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("read %s: %v", path, err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not appear", path)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// alive reports whether pid names a process that has not yet died (a
+// zombie counts as dead).
+func alive(pid int) bool {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// pid (comm) S ...; comm may contain spaces and parentheses.
+	s := string(data)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 || i+2 >= len(s) {
+		return false
+	}
+	return s[i+2] != 'Z' && s[i+2] != 'X'
+}
+
+// waitGone waits until pid is dead; it fails the test if it never is.
+func waitGone(t *testing.T, pid int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for alive(pid) {
+		if time.Now().After(deadline) {
+			syscall.Kill(pid, syscall.SIGKILL)
+			t.Fatalf("process %d is still alive", pid)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// lines parses "KEY=VALUE" lines of helper output into a map.
+func lines(text string) map[string]string {
+	m := make(map[string]string)
+	for _, l := range strings.Split(text, "\n") {
+		if k, v, ok := strings.Cut(l, "="); ok {
+			m[k] = v
+		}
+	}
+	return m
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(data)
+}
+
+// cpuSet parses a cpu list such as "0-2,5" into a sorted slice.
+func cpuSet(t *testing.T, list string) []int {
+	t.Helper()
+	var out []int
+	for _, part := range strings.Split(strings.TrimSpace(list), ",") {
+		if part == "" {
+			continue
+		}
+		lo, hi, isRange := strings.Cut(part, "-")
+		a, err := strconv.Atoi(lo)
+		if err != nil {
+			t.Fatalf("bad cpu list %q", list)
+		}
+		b := a
+		if isRange {
+			if b, err = strconv.Atoi(hi); err != nil {
+				t.Fatalf("bad cpu list %q", list)
+			}
+		}
+		for c := a; c <= b; c++ {
+			out = append(out, c)
+		}
+	}
+	sort.Ints(out)
+	return out
+}

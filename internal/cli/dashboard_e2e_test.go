@@ -1,0 +1,446 @@
+package cli_test
+
+// End-to-end tests of the dashboard, /metrics, drover report and drover
+// completion, against the real binary. The browser test drives headless
+// Chromium over the DevTools protocol (chromedp).
+//
+// With DROVER_DOCS=1 the tests also refresh docs/dashboard.png (a
+// screenshot of the cluster map) and docs/report.html (the report of
+// examples/hello.yaml).
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+)
+
+// dashState is the part of /api/state the tests look at.
+type dashState struct {
+	Nodes []struct {
+		Name  string `json:"name"`
+		State string `json:"state"`
+	} `json:"nodes"`
+	Instances []struct {
+		Name     string `json:"name"`
+		State    string `json:"state"`
+		Attempts int    `json:"attempts"`
+	} `json:"instances"`
+}
+
+func getState(t *testing.T, base string) dashState {
+	t.Helper()
+	resp, err := http.Get(base + "/api/state")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var st dashState
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// waitStates waits until the dashboard shows each named instance in its
+// state.
+func waitStates(t *testing.T, base string, want map[string]string) {
+	t.Helper()
+	eventually(t, func() string {
+		st := getState(t, base)
+		got := map[string]string{}
+		for _, in := range st.Instances {
+			got[in.Name] = in.State
+		}
+		for n, s := range want {
+			if got[n] != s {
+				return fmt.Sprintf("dashboard states %v, want %v", got, want)
+			}
+		}
+		return ""
+	})
+}
+
+// metricValues scrapes /metrics into "name{label=value}" -> value (the
+// sample count for histograms).
+func metricValues(t *testing.T, base string) map[string]float64 {
+	t.Helper()
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/plain") {
+		t.Errorf("/metrics content type %q", ct)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("/metrics does not parse: %v", err)
+	}
+	out := map[string]float64{}
+	for name, f := range fams {
+		for _, m := range f.GetMetric() {
+			key := name
+			for _, l := range m.GetLabel() {
+				key += "{" + l.GetName() + "=" + l.GetValue() + "}"
+			}
+			switch {
+			case m.Counter != nil:
+				out[key] = m.Counter.GetValue()
+			case m.Gauge != nil:
+				out[key] = m.Gauge.GetValue()
+			case m.Histogram != nil:
+				out[key] = float64(m.Histogram.GetSampleCount())
+			}
+		}
+	}
+	return out
+}
+
+// /metrics against a real serve: the counts match what ran.
+func TestMetricsMatchServeRun(t *testing.T) {
+	t.Parallel()
+	home := filepath.Join(t.TempDir(), "home")
+	s := startServe(t, home)
+	dir := t.TempDir()
+	writeFile(t, dir, "jobs.yaml", `jobs:
+  - name: ok
+    command: [sh, -c, 'echo fine']
+    repeat: 3
+  - name: bad
+    shell: 'echo broken >&2; exit 4'
+  - name: flaky
+    shell: 'exit 1'
+    retries: 1
+`)
+	wantCode(t, droverHome(t, home, dir, "submit", "jobs.yaml"), 0)
+	waitStates(t, s.info.HTTP, map[string]string{"1.ok.0": "succeeded", "1.ok.1": "succeeded", "1.ok.2": "succeeded", "1.bad": "failed", "1.flaky": "failed"})
+
+	// The same counts as drover jobs, and one start per attempt.
+	var jobs []struct{ State string }
+	r := droverHome(t, home, dir, "jobs", "--json")
+	wantCode(t, r, 0)
+	if err := json.Unmarshal([]byte(r.stdout), &jobs); err != nil {
+		t.Fatalf("jobs --json: %v\n%s", err, r)
+	}
+	byState := map[string]float64{}
+	for _, j := range jobs {
+		byState[j.State]++
+	}
+	m := metricValues(t, s.info.HTTP)
+	for _, c := range []struct {
+		key  string
+		want float64
+	}{
+		{"drover_instances{state=succeeded}", byState["succeeded"]},
+		{"drover_instances{state=failed}", byState["failed"]},
+		{"drover_instances{state=running}", 0},
+		{"drover_instance_finishes_total{outcome=succeeded}", 3},
+		{"drover_instance_finishes_total{outcome=failed}", 2},
+		{"drover_instance_starts_total", 6},
+		{"drover_attempt_failures_total", 1},
+		{"drover_nodes{state=up}", 1},
+		{"drover_launch_latency_seconds", 6},
+		{"drover_staged_bytes_total", 0},
+	} {
+		if got, ok := m[c.key]; !ok || got != c.want {
+			t.Errorf("%s = %v (present %v), want %v", c.key, got, ok, c.want)
+		}
+	}
+	if byState["succeeded"] != 3 || byState["failed"] != 2 {
+		t.Errorf("drover jobs: %v", byState)
+	}
+	// Observed after the events are in (one per final exit), and the
+	// RTT once a heartbeat came back.
+	eventually(t, func() string {
+		m := metricValues(t, s.info.HTTP)
+		if got := m["drover_time_to_report_seconds"]; got != 5 {
+			return fmt.Sprintf("drover_time_to_report_seconds count %v, want 5", got)
+		}
+		for k := range m {
+			if strings.HasPrefix(k, "drover_node_heartbeat_rtt_seconds{node=") {
+				return ""
+			}
+		}
+		return "no heartbeat RTT in /metrics"
+	})
+
+	// Output through the dashboard's log endpoint.
+	resp, err := http.Get(s.info.HTTP + "/api/logs?name=1.bad&stream=stderr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(body) != "broken\n" {
+		t.Errorf("stderr of 1.bad through the dashboard: %q", body)
+	}
+}
+
+// drover run --dashboard serves while the run lasts.
+func TestRunDashboard(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), backstop)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, droverBin, "run", "--dashboard", "--progress", "plain", "--out", "out", "--repeat", "2", "--", "sleep", "3")
+	cmd.Dir = dir
+	cmd.Env = testEnv()
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGQUIT) }
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	url := ""
+	sc := bufio.NewScanner(stderr)
+	re := regexp.MustCompile(`dashboard at (http://127\.0\.0\.1:\d+)/`)
+	var lines []string
+	for sc.Scan() {
+		lines = append(lines, sc.Text())
+		if m := re.FindStringSubmatch(sc.Text()); m != nil {
+			url = m[1]
+			break
+		}
+	}
+	go io.Copy(io.Discard, stderr)
+	if url == "" {
+		cmd.Wait()
+		t.Fatalf("no dashboard URL on stderr:\n%s", strings.Join(lines, "\n"))
+	}
+	waitStates(t, url, map[string]string{"sleep.0": "running", "sleep.1": "running"})
+	m := metricValues(t, url)
+	if m["drover_instance_starts_total"] != 2 || m["drover_instances{state=running}"] != 2 {
+		t.Errorf("metrics during the run: starts %v, running %v", m["drover_instance_starts_total"], m["drover_instances{state=running}"])
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("drover run: %v", err)
+	}
+	if _, err := http.Get(url + "/api/state"); err == nil {
+		t.Errorf("the dashboard still answers after the run")
+	}
+}
+
+func TestReportFromRun(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	r := drover(t, dir, "run", "--progress", "none", "--out", "out", filepath.Join(repoRoot, "examples", "hello.yaml"))
+	wantCode(t, r, 1) // broken fails on purpose
+	out := filepath.Join(dir, "out")
+	r = drover(t, dir, "report", "out")
+	wantCode(t, r, 0)
+	if strings.TrimSpace(r.stdout) != filepath.Join("out", "report.html") && strings.TrimSpace(r.stdout) != filepath.Join(out, "report.html") {
+		t.Errorf("report prints %q", r.stdout)
+	}
+	html := readFile(t, filepath.Join(out, "report.html"))
+	for _, want := range []string{"<svg", "hello.0", "wide", "broken", "about to fail", "failed, exit 3", "Slowest", ">8<", ">7<"} {
+		if !strings.Contains(html, want) {
+			t.Errorf("report.html lacks %q", want)
+		}
+	}
+	// Self-contained: no scripts, nothing fetched.
+	for _, bad := range []string{"<script", "src=", "<link", "@import", "url(http"} {
+		if strings.Contains(html, bad) {
+			t.Errorf("report.html has %q", bad)
+		}
+	}
+	if os.Getenv("DROVER_DOCS") == "1" {
+		writeDoc(t, "report.html", []byte(strings.ReplaceAll(html, out, "drover-out")))
+	}
+	// Not a results directory: usage error.
+	r = drover(t, dir, "report", dir)
+	wantCode(t, r, 2)
+}
+
+func writeDoc(t *testing.T, name string, data []byte) {
+	t.Helper()
+	docs := filepath.Join(repoRoot, "docs")
+	if err := os.MkdirAll(docs, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(docs, name), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestCompletion(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	for shell, want := range map[string]string{"bash": "complete -o default -F __start_drover drover", "zsh": "#compdef drover", "fish": "complete -c drover"} {
+		r := drover(t, dir, "completion", shell)
+		wantCode(t, r, 0)
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("completion %s lacks %q", shell, want)
+		}
+	}
+	wantCode(t, drover(t, dir, "completion", "tcsh"), 2)
+	wantCode(t, drover(t, dir, "completion"), 2)
+}
+
+// findChromium finds Debian's chromium, installing it when it is missing
+// and apt-get can (as root).
+func findChromium(t *testing.T) string {
+	t.Helper()
+	for _, name := range []string{"chromium", "chromium-browser", "google-chrome", "headless_shell"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	if os.Geteuid() == 0 {
+		if _, err := exec.LookPath("apt-get"); err == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, "apt-get", "install", "-y", "-q", "chromium")
+			cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+			if out, err := cmd.CombinedOutput(); err != nil {
+				t.Logf("apt-get install chromium: %v\n%s", err, out)
+			} else if p, err := exec.LookPath("chromium"); err == nil {
+				return p
+			}
+		}
+	}
+	t.Skip("skipping the browser test: no chromium found and it could not be installed (apt-get install -y chromium)")
+	return ""
+}
+
+// The dashboard in a real browser, against a real serve.
+func TestDashboardBrowser(t *testing.T) {
+	t.Parallel()
+	chromium := findChromium(t)
+	home := filepath.Join(t.TempDir(), "home")
+	s := startServe(t, home)
+	dir := t.TempDir()
+	// longrun comes last: the queue may queue an instance behind a running
+	// one on its core (pipelined starts), which should not be longrun.
+	writeFile(t, dir, "jobs.yaml", `jobs:
+  - name: hi
+    shell: 'echo "hello from the dashboard test"; echo "a warning" >&2'
+  - name: bad
+    shell: 'echo "this fails" >&2; exit 7'
+  - name: longrun
+    command: [sleep, "120"]
+`)
+	writeFile(t, dir, "later.yaml", "jobs:\n  - name: later\n    command: [sleep, \"120\"]\n")
+	wantCode(t, droverHome(t, home, dir, "submit", "jobs.yaml"), 0)
+	waitStates(t, s.info.HTTP, map[string]string{"1.longrun": "running", "1.hi": "succeeded", "1.bad": "failed"})
+
+	opts := []chromedp.ExecAllocatorOption{
+		chromedp.ExecPath(chromium),
+		chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun,
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.WindowSize(1280, 800),
+	}
+	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
+	defer cancelA()
+	bctx, cancelC := chromedp.NewContext(actx)
+	defer cancelC()
+	// The first call starts the browser, which lives as long as its
+	// context: no timeout on that one.
+	if err := chromedp.Do(bctx); err != nil {
+		t.Fatalf("start chromium: %v", err)
+	}
+	base := s.info.HTTP + "/"
+	page := func() string {
+		ctx, cancel := context.WithTimeout(bctx, 5*time.Second)
+		defer cancel()
+		html, _ := chromedp.Run(ctx, chromedp.OuterHTML(chromedp.CSS("main")))
+		return html
+	}
+	do := func(what string, steps ...chromedp.Action[chromedp.Void]) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(bctx, backstop)
+		defer cancel()
+		if err := chromedp.Do(ctx, steps...); err != nil {
+			t.Fatalf("%s: %v\npage: %.3000s", what, err, page())
+		}
+	}
+	text := func(sel string) string {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(bctx, backstop)
+		defer cancel()
+		s, err := chromedp.Run(ctx, chromedp.TextContent(chromedp.CSS(sel)))
+		if err != nil {
+			t.Fatalf("text of %s: %v\npage: %.3000s", sel, err, page())
+		}
+		return s
+	}
+	css := func(sel string) chromedp.CSS { return chromedp.CSS(sel) }
+
+	// The cluster map: the node and the running instance on a hwthread.
+	do("cluster map", chromedp.Navigate(base+"#/map"), chromedp.WaitVisible(css(`#map .hw.used[data-instance="1.longrun"]`)))
+	if txt := text(`#map .node`); !strings.Contains(txt, "1.longrun") || !strings.Contains(txt, "up") && !strings.Contains(txt, "busy") {
+		t.Errorf("cluster map: %q", txt)
+	}
+	// A marker that a reload would lose.
+	ctx, cancel := context.WithTimeout(bctx, backstop)
+	defer cancel()
+	if _, err := chromedp.Run(ctx, chromedp.Evaluate[int](`window.droverTestMarker = 42`)); err != nil {
+		t.Fatal(err)
+	}
+
+	// The jobs table: every instance with its state as text.
+	do("jobs table", chromedp.Navigate(base+"#/jobs"), chromedp.WaitVisible(css(`#jobs tr[data-instance="1.bad"]`)))
+	if txt := text(`#jobs tr[data-instance="1.bad"]`); !strings.Contains(txt, "failed") || !strings.Contains(txt, "exit 7") {
+		t.Errorf("jobs row of 1.bad: %q", txt)
+	}
+	if txt := text(`#jobs tr[data-instance="1.hi"]`); !strings.Contains(txt, "succeeded") {
+		t.Errorf("jobs row of 1.hi: %q", txt)
+	}
+	do("filter failed", chromedp.Click(css(`button[data-filter="failed"]`)),
+		chromedp.WaitNotPresent(css(`#jobs tr[data-instance="1.hi"]`)),
+		chromedp.WaitVisible(css(`#jobs tr[data-instance="1.bad"]`)))
+
+	// A finished instance's output on its page.
+	do("instance page", chromedp.Navigate(base+"#/instance/1.hi"),
+		chromedp.WaitVisible(css(`#out-stdout[data-complete="1"]`)), chromedp.WaitVisible(css(`#out-stderr[data-complete="1"]`)))
+	if txt := text(`#out-stdout`); !strings.Contains(txt, "hello from the dashboard test") {
+		t.Errorf("stdout of 1.hi on its page: %q", txt)
+	}
+	if txt := text(`#out-stderr`); !strings.Contains(txt, "a warning") {
+		t.Errorf("stderr of 1.hi on its page: %q", txt)
+	}
+	do("instance events", chromedp.WaitVisible(css(`#inst-events tr.ev-finished`)))
+
+	// The failure on the timeline, marked by more than colour.
+	do("timeline", chromedp.Navigate(base+"#/timeline"),
+		chromedp.WaitVisible(css(`#timeline-svg g[data-instance="1.bad"][data-result="failed"]`)))
+	if txt := text(`#timeline-svg g[data-instance="1.bad"] text.mark`); !strings.Contains(txt, "✗") {
+		t.Errorf("failure mark on the timeline: %q", txt)
+	}
+
+	// A new instance shows up without a reload.
+	do("back to the map", chromedp.Navigate(base+"#/map"), chromedp.WaitVisible(css(`#map`)))
+	wantCode(t, droverHome(t, home, dir, "submit", "later.yaml"), 0)
+	do("live update", chromedp.WaitVisible(css(`#map .hw.used[data-instance="2.later"]`)))
+	if marker, err := chromedp.Run(ctx, chromedp.Evaluate[int](`window.droverTestMarker || 0`)); err != nil || marker != 42 {
+		t.Errorf("the page was reloaded (marker %d, %v)", marker, err)
+	}
+	if os.Getenv("DROVER_DOCS") == "1" {
+		do("settle", chromedp.Sleep(300*time.Millisecond))
+		png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+		if err != nil {
+			t.Fatal(err)
+		}
+		writeDoc(t, "dashboard.png", png)
+	}
+}

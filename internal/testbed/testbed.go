@@ -1,0 +1,220 @@
+// Package testbed gives tests the multi-host test bed of scripts/testbed:
+// K hosts h1..hK on this machine, each a network namespace with its own
+// address and hostname, an sshd reachable with a key made for the run, and a
+// slurmd of a real Slurm cluster. The hosts share this machine's file system.
+//
+// Require brings the bed up (once per test binary) and returns it. It never
+// takes it down: that is the suite's job (`scripts/testbed down`), so several
+// test binaries can share one bed.
+package testbed
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// DefaultDir is the bed's state directory unless DROVER_TESTBED_DIR says
+// otherwise.
+const DefaultDir = "/tmp/drover-testbed"
+
+// Bed is a running test bed.
+type Bed struct {
+	Dir       string // state directory: ssh_config, key, hosts, env, slurm/
+	Hosts     []Host // h1..hK in order
+	SSHConfig string // ssh -F file with Host h1..hK
+	SlurmConf string // slurm.conf of the bed's cluster (SLURM_CONF)
+	Bridge    string // the bridge's address, reachable from every host
+	Subnet    string // the only network the hosts can reach, e.g. 10.231.0.0/24
+}
+
+// Host is one test host: its name (also its hostname and Slurm node name,
+// and its ssh_config Host) and its address on the bed's subnet.
+type Host struct {
+	Name, Addr string
+}
+
+// Names returns the host names, h1..hK.
+func (b *Bed) Names() []string {
+	names := make([]string, len(b.Hosts))
+	for i, h := range b.Hosts {
+		names[i] = h.Name
+	}
+	return names
+}
+
+// HostFile is a file with one host name per line (drover's --hostfile).
+func (b *Bed) HostFile() string { return filepath.Join(b.Dir, "hosts") }
+
+// BinDir holds ssh and scp wrappers that add -F SSHConfig: put it first in
+// PATH for code that runs the system ssh with host names h1..hK.
+func (b *Bed) BinDir() string { return filepath.Join(b.Dir, "bin") }
+
+// SSH returns `ssh -F SSHConfig host args...`. As with ssh itself, args are
+// joined with spaces and run by the remote user's shell.
+func (b *Bed) SSH(ctx context.Context, host string, args ...string) *exec.Cmd {
+	return exec.CommandContext(ctx, "ssh", append([]string{"-F", b.SSHConfig, host}, args...)...)
+}
+
+// Env returns this process's environment for slurm commands against the
+// bed: every SLURM_* variable dropped (so a test run inside an allocation
+// does not leak it) and SLURM_CONF set to the bed's slurm.conf.
+func (b *Bed) Env() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, "SLURM_") {
+			continue
+		}
+		env = append(env, kv)
+	}
+	return append(env, "SLURM_CONF="+b.SlurmConf)
+}
+
+var (
+	once      sync.Once
+	theBed    *Bed
+	skipWhy   string
+	failWhy   error
+	upTimeout = 10 * time.Minute
+)
+
+// exitCannot is scripts/testbed's exit status when this machine cannot host
+// the bed (not root, no network namespaces).
+const exitCannot = 3
+
+// Require brings the bed up with `scripts/testbed up` (once per test binary;
+// K from DROVER_TESTBED_K, default 3) and returns it. It skips the test when
+// the machine cannot host the bed (not root, not Linux, no network
+// namespaces); any other failure fails the test.
+func Require(t testing.TB) *Bed {
+	t.Helper()
+	once.Do(func() { theBed, skipWhy, failWhy = up() })
+	switch {
+	case skipWhy != "":
+		t.Skip("testbed: " + skipWhy)
+	case failWhy != nil:
+		t.Fatalf("testbed: %v", failWhy)
+	}
+	return theBed
+}
+
+func up() (*Bed, string, error) {
+	if runtime.GOOS != "linux" {
+		return nil, "needs Linux (network namespaces)", nil
+	}
+	if os.Geteuid() != 0 {
+		return nil, "needs root (network namespaces, sshd, slurm); run the tests as root", nil
+	}
+	root, err := repoRoot()
+	if err != nil {
+		return nil, "", err
+	}
+	args := []string{filepath.Join(root, "scripts", "testbed"), "up"}
+	if k := os.Getenv("DROVER_TESTBED_K"); k != "" {
+		args = append(args, k)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), upTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "bash", args...)
+	cmd.Dir = root
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	start := time.Now()
+	err = cmd.Run()
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee) && ee.ExitCode() == exitCannot:
+		return nil, strings.TrimSpace(out.String()), nil
+	case ctx.Err() != nil:
+		return nil, "", fmt.Errorf("scripts/testbed up did not finish in %v:\n%s", upTimeout, out.String())
+	case err != nil:
+		return nil, "", fmt.Errorf("scripts/testbed up: %v after %v:\n%s", err, time.Since(start).Round(time.Millisecond), out.String())
+	}
+	dir := os.Getenv("DROVER_TESTBED_DIR")
+	if dir == "" {
+		dir = DefaultDir
+	}
+	b, err := Load(dir)
+	if err != nil {
+		return nil, "", fmt.Errorf("after scripts/testbed up: %v", err)
+	}
+	return b, "", nil
+}
+
+// Load reads a bed that is up from its state directory's env file.
+func Load(dir string) (*Bed, error) {
+	f, err := os.Open(filepath.Join(dir, "env"))
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	env := map[string]string{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), "=")
+		if ok {
+			env[k] = v
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	b := &Bed{
+		Dir:       dir,
+		SSHConfig: env["TESTBED_SSH_CONFIG"],
+		SlurmConf: env["SLURM_CONF"],
+		Bridge:    env["TESTBED_BRIDGE"],
+		Subnet:    env["TESTBED_SUBNET"],
+	}
+	for _, name := range strings.Split(env["TESTBED_HOSTS"], ",") {
+		if name == "" {
+			continue
+		}
+		addr := env["TESTBED_ADDR_"+name]
+		if addr == "" {
+			return nil, fmt.Errorf("%s/env: no address for %s", dir, name)
+		}
+		b.Hosts = append(b.Hosts, Host{Name: name, Addr: addr})
+	}
+	if len(b.Hosts) == 0 || b.SSHConfig == "" || b.SlurmConf == "" || b.Bridge == "" {
+		return nil, fmt.Errorf("%s/env is incomplete", dir)
+	}
+	return b, nil
+}
+
+// repoRoot is the directory of the go.mod above the working directory (go
+// test runs tests in their package's directory), else `go env GOMOD`'s.
+func repoRoot() (string, error) {
+	if wd, err := os.Getwd(); err == nil {
+		for d := wd; ; d = filepath.Dir(d) {
+			if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+				if _, err := os.Stat(filepath.Join(d, "scripts", "testbed")); err == nil {
+					return d, nil
+				}
+			}
+			if filepath.Dir(d) == d {
+				break
+			}
+		}
+	}
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err == nil {
+		if mod := strings.TrimSpace(string(out)); mod != "" && mod != os.DevNull {
+			d := filepath.Dir(mod)
+			if _, err := os.Stat(filepath.Join(d, "scripts", "testbed")); err == nil {
+				return d, nil
+			}
+		}
+	}
+	return "", errors.New("cannot find the repository root (a go.mod with scripts/testbed next to it)")
+}

@@ -1,0 +1,218 @@
+package web
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/drover-hpc/drover/internal/node"
+	"github.com/drover-hpc/drover/internal/results"
+)
+
+// RunSource is the Source of a queue run (drover run --dashboard): the
+// queue's OnEvent feeds it, the nodes' resources come from the nodes, and
+// the output is read from the results directory.
+type RunSource struct {
+	*Model
+	out   string
+	nodes []node.Node
+}
+
+// RunOptions configure a RunSource.
+type RunOptions struct {
+	Title  string
+	OutDir string // the results directory
+	Nodes  []node.Node
+	// Instances lists every instance of the run, in order; Skipped those
+	// that --resume skips.
+	Instances []string
+	Skipped   map[string]bool
+}
+
+// NewRunSource makes the source; call OnEvent from the queue, Run in a
+// goroutine for the nodes' state, and Finish with the summary.
+func NewRunSource(opts RunOptions) *RunSource {
+	s := &RunSource{Model: NewModel(opts.Title, "run"), out: opts.OutDir, nodes: opts.Nodes}
+	s.Add(0, opts.Instances...)
+	for name := range opts.Skipped {
+		s.SetState(name, results.StateSkipped, "skipped (already done)")
+	}
+	s.refreshNodes()
+	return s
+}
+
+// OnEvent is the queue's hook: quick, never blocks.
+func (s *RunSource) OnEvent(e results.Event) { s.Apply(0, e.Job, e) }
+
+// Finish takes the final states from the run's summary and ends the run.
+func (s *RunSource) Finish(sum *results.Summary) {
+	if sum != nil {
+		for _, in := range sum.Instances {
+			s.SetState(in.Name, in.State, in.Outcome())
+		}
+	}
+	s.refreshNodes()
+	s.End()
+}
+
+// Run refreshes the nodes' state (connection, heartbeat RTT, busy
+// hwthreads) every second until ctx ends.
+func (s *RunSource) Run(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.refreshNodes()
+		}
+	}
+}
+
+func (s *RunSource) refreshNodes() {
+	busy := map[string][]int{}
+	procs := map[string]int{}
+	s.mu.Lock()
+	for _, p := range s.byName {
+		if p.State == StateRunning {
+			busy[p.Node] = append(busy[p.Node], p.HWThreads...)
+			procs[p.Node]++
+		}
+	}
+	lost := map[string]bool{}
+	for _, n := range s.nodes {
+		if s.nodeLostLocked(n.Name()) {
+			lost[n.Name()] = true
+		}
+	}
+	s.mu.Unlock()
+	nodes := make([]Node, 0, len(s.nodes))
+	for _, n := range s.nodes {
+		res := n.Resources()
+		b := busy[n.Name()]
+		slices.Sort(b)
+		if b == nil {
+			b = []int{}
+		}
+		info := Node{Name: n.Name(), State: "up", Cores: res.Cores, MemoryBytes: res.MemoryBytes, Busy: b, Processes: procs[n.Name()]}
+		if st, ok := n.(interface{ State() string }); ok && st.State() != "" {
+			info.State = st.State()
+		}
+		if lost[n.Name()] {
+			info.State = "lost"
+		}
+		if info.State == "lost" {
+			info.Error = "node lost"
+			if e, ok := n.(interface{ Err() error }); ok && e.Err() != nil {
+				info.Error = e.Err().Error()
+			}
+		} else if hw := len(res.HWThreads()); hw > 0 && len(b) >= hw {
+			info.State = "busy"
+		}
+		if r, ok := n.(interface{ RTT() time.Duration }); ok {
+			info.RTTSeconds = r.RTT().Seconds()
+		}
+		nodes = append(nodes, info)
+	}
+	s.SetNodes(nodes)
+}
+
+func (s *RunSource) nodeLostLocked(name string) bool {
+	for _, n := range s.Model.nodes {
+		if n.Name == name {
+			return n.State == "lost"
+		}
+	}
+	return false
+}
+
+// Logs implements Source: DIR/<instance>/stdout or stderr.
+func (s *RunSource) Logs(ctx context.Context, name string, stderr, follow bool, w io.Writer) error {
+	if s.lookup(name) == nil {
+		return fmt.Errorf("logs %s: %w", name, errUnknown)
+	}
+	which := "stdout"
+	if stderr {
+		which = "stderr"
+	}
+	path := filepath.Join(s.out, name, which)
+	return followFile(ctx, path, follow, w, func() bool {
+		in := s.lookup(name)
+		return in == nil || in.Final() || s.isEnded()
+	})
+}
+
+func (m *Model) isEnded() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.ended
+}
+
+var errUnknown = errors.New("unknown instance")
+
+// followTick is how often a followed file is looked at.
+const followTick = 200 * time.Millisecond
+
+// followFile writes path to w; with follow it keeps writing what is
+// appended until over() says the writer is done and the file is drained.
+// A file replaced under the same path (a retry moves the old output
+// aside) is reopened.
+func followFile(ctx context.Context, path string, follow bool, w io.Writer, over func() bool) error {
+	var f *os.File
+	defer func() {
+		if f != nil {
+			f.Close()
+		}
+	}()
+	tick := time.NewTicker(followTick)
+	defer tick.Stop()
+	for {
+		ended := !follow || over()
+		if f != nil {
+			if fi, err := os.Stat(path); err == nil {
+				if cur, err := f.Stat(); err == nil && !os.SameFile(fi, cur) {
+					io.Copy(w, f) // what the old file still had
+					f.Close()
+					f = nil
+					fmt.Fprintf(w, "\n--- drover: a new attempt's output ---\n")
+				}
+			}
+		}
+		if f == nil {
+			var err error
+			f, err = os.Open(path)
+			switch {
+			case errors.Is(err, fs.ErrNotExist):
+				f = nil
+				if !follow {
+					return nil // not started yet: nothing to show
+				}
+			case err != nil:
+				return err
+			}
+		}
+		if f != nil {
+			if _, err := io.Copy(w, f); err != nil {
+				return err
+			}
+			if fl, ok := w.(interface{ Flush() }); ok {
+				fl.Flush()
+			}
+		}
+		if ended {
+			return nil
+		}
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
