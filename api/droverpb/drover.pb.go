@@ -92,6 +92,7 @@ const (
 	ErrorKind_ERROR_KIND_NOT_RUNNING     ErrorKind = 4
 	ErrorKind_ERROR_KIND_CLOSED          ErrorKind = 5
 	ErrorKind_ERROR_KIND_INVALID         ErrorKind = 6
+	ErrorKind_ERROR_KIND_AFTER_TIMEOUT   ErrorKind = 7
 )
 
 // Enum value maps for ErrorKind.
@@ -104,6 +105,7 @@ var (
 		4: "ERROR_KIND_NOT_RUNNING",
 		5: "ERROR_KIND_CLOSED",
 		6: "ERROR_KIND_INVALID",
+		7: "ERROR_KIND_AFTER_TIMEOUT",
 	}
 	ErrorKind_value = map[string]int32{
 		"ERROR_KIND_UNSPECIFIED":     0,
@@ -113,6 +115,7 @@ var (
 		"ERROR_KIND_NOT_RUNNING":     4,
 		"ERROR_KIND_CLOSED":          5,
 		"ERROR_KIND_INVALID":         6,
+		"ERROR_KIND_AFTER_TIMEOUT":   7,
 	}
 )
 
@@ -1678,23 +1681,24 @@ func (x *ResultsSpec) GetOutputs() bool {
 }
 
 type ProcessSpec struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Args          []string               `protobuf:"bytes,2,rep,name=args,proto3" json:"args,omitempty"`
-	Env           map[string]string      `protobuf:"bytes,3,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Dir           string                 `protobuf:"bytes,4,opt,name=dir,proto3" json:"dir,omitempty"`
-	Stdout        string                 `protobuf:"bytes,5,opt,name=stdout,proto3" json:"stdout,omitempty"`
-	Stderr        string                 `protobuf:"bytes,6,opt,name=stderr,proto3" json:"stderr,omitempty"`
-	Files         []*StageFile           `protobuf:"bytes,7,rep,name=files,proto3" json:"files,omitempty"`
-	Outputs       []string               `protobuf:"bytes,8,rep,name=outputs,proto3" json:"outputs,omitempty"`
-	OutputDir     string                 `protobuf:"bytes,9,opt,name=output_dir,json=outputDir,proto3" json:"output_dir,omitempty"`
-	Hwthreads     []int32                `protobuf:"varint,10,rep,packed,name=hwthreads,proto3" json:"hwthreads,omitempty"`
-	PortNames     []string               `protobuf:"bytes,11,rep,name=port_names,json=portNames,proto3" json:"port_names,omitempty"`
-	AutoPurge     bool                   `protobuf:"varint,12,opt,name=auto_purge,json=autoPurge,proto3" json:"auto_purge,omitempty"`
-	After         string                 `protobuf:"bytes,13,opt,name=after,proto3" json:"after,omitempty"`
-	Results       *ResultsSpec           `protobuf:"bytes,14,opt,name=results,proto3" json:"results,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Name           string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Args           []string               `protobuf:"bytes,2,rep,name=args,proto3" json:"args,omitempty"`
+	Env            map[string]string      `protobuf:"bytes,3,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Dir            string                 `protobuf:"bytes,4,opt,name=dir,proto3" json:"dir,omitempty"`
+	Stdout         string                 `protobuf:"bytes,5,opt,name=stdout,proto3" json:"stdout,omitempty"`
+	Stderr         string                 `protobuf:"bytes,6,opt,name=stderr,proto3" json:"stderr,omitempty"`
+	Files          []*StageFile           `protobuf:"bytes,7,rep,name=files,proto3" json:"files,omitempty"`
+	Outputs        []string               `protobuf:"bytes,8,rep,name=outputs,proto3" json:"outputs,omitempty"`
+	OutputDir      string                 `protobuf:"bytes,9,opt,name=output_dir,json=outputDir,proto3" json:"output_dir,omitempty"`
+	Hwthreads      []int32                `protobuf:"varint,10,rep,packed,name=hwthreads,proto3" json:"hwthreads,omitempty"`
+	PortNames      []string               `protobuf:"bytes,11,rep,name=port_names,json=portNames,proto3" json:"port_names,omitempty"`
+	AutoPurge      bool                   `protobuf:"varint,12,opt,name=auto_purge,json=autoPurge,proto3" json:"auto_purge,omitempty"`
+	After          string                 `protobuf:"bytes,13,opt,name=after,proto3" json:"after,omitempty"`
+	AfterTimeoutMs int64                  `protobuf:"varint,15,opt,name=after_timeout_ms,json=afterTimeoutMs,proto3" json:"after_timeout_ms,omitempty"`
+	Results        *ResultsSpec           `protobuf:"bytes,14,opt,name=results,proto3" json:"results,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *ProcessSpec) Reset() {
@@ -1816,6 +1820,13 @@ func (x *ProcessSpec) GetAfter() string {
 		return x.After
 	}
 	return ""
+}
+
+func (x *ProcessSpec) GetAfterTimeoutMs() int64 {
+	if x != nil {
+		return x.AfterTimeoutMs
+	}
+	return 0
 }
 
 func (x *ProcessSpec) GetResults() *ResultsSpec {
@@ -4107,7 +4118,7 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\x06stdout\x18\x02 \x01(\bR\x06stdout\x12\x16\n" +
 	"\x06stderr\x18\x03 \x01(\bR\x06stderr\x12(\n" +
 	"\x10stderr_is_stdout\x18\x04 \x01(\bR\x0estderrIsStdout\x12\x18\n" +
-	"\aoutputs\x18\x05 \x01(\bR\aoutputs\"\xeb\x03\n" +
+	"\aoutputs\x18\x05 \x01(\bR\aoutputs\"\x95\x04\n" +
 	"\vProcessSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04args\x18\x02 \x03(\tR\x04args\x121\n" +
@@ -4125,7 +4136,8 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"port_names\x18\v \x03(\tR\tportNames\x12\x1d\n" +
 	"\n" +
 	"auto_purge\x18\f \x01(\bR\tautoPurge\x12\x14\n" +
-	"\x05after\x18\r \x01(\tR\x05after\x120\n" +
+	"\x05after\x18\r \x01(\tR\x05after\x12(\n" +
+	"\x10after_timeout_ms\x18\x0f \x01(\x03R\x0eafterTimeoutMs\x120\n" +
 	"\aresults\x18\x0e \x01(\v2\x16.drover.v1.ResultsSpecR\aresults\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
@@ -4284,7 +4296,7 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\x15FILE_KIND_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10FILE_KIND_STDOUT\x10\x01\x12\x14\n" +
 	"\x10FILE_KIND_STDERR\x10\x02\x12\x14\n" +
-	"\x10FILE_KIND_OUTPUT\x10\x03*\xc4\x01\n" +
+	"\x10FILE_KIND_OUTPUT\x10\x03*\xe2\x01\n" +
 	"\tErrorKind\x12\x1a\n" +
 	"\x16ERROR_KIND_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aERROR_KIND_UNKNOWN_PROCESS\x10\x01\x12\x18\n" +
@@ -4292,7 +4304,8 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\x12ERROR_KIND_RUNNING\x10\x03\x12\x1a\n" +
 	"\x16ERROR_KIND_NOT_RUNNING\x10\x04\x12\x15\n" +
 	"\x11ERROR_KIND_CLOSED\x10\x05\x12\x16\n" +
-	"\x12ERROR_KIND_INVALID\x10\x06*\xeb\x02\n" +
+	"\x12ERROR_KIND_INVALID\x10\x06\x12\x1c\n" +
+	"\x18ERROR_KIND_AFTER_TIMEOUT\x10\a*\xeb\x02\n" +
 	"\x10ControlErrorKind\x12\"\n" +
 	"\x1eCONTROL_ERROR_KIND_UNSPECIFIED\x10\x00\x12&\n" +
 	"\"CONTROL_ERROR_KIND_UNKNOWN_PROCESS\x10\x01\x12#\n" +

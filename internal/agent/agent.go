@@ -150,7 +150,7 @@ func (a *Agent) Start(ctx context.Context, spec node.ProcessSpec) (node.Started,
 		return node.Started{}, fmt.Errorf("start %s on %s: %w", spec.Name, a.name, err)
 	}
 	if spec.After != "" {
-		if err := a.waitFor(ctx, spec.After); err != nil {
+		if err := a.waitFor(ctx, spec.After, spec.AfterTimeout); err != nil {
 			return node.Started{}, fmt.Errorf("start %s on %s: %w", spec.Name, a.name, err)
 		}
 	}
@@ -161,19 +161,28 @@ func (a *Agent) Start(ctx context.Context, spec node.ProcessSpec) (node.Started,
 	return st, nil
 }
 
-// waitFor blocks until the named process's exit has been collected.
-func (a *Agent) waitFor(ctx context.Context, name string) error {
+// waitFor blocks until the named process's exit has been collected, for
+// at most limit (0: no limit).
+func (a *Agent) waitFor(ctx context.Context, name string, limit time.Duration) error {
 	a.mu.Lock()
 	pred, cancelled := a.pending[name], a.cancelled
 	a.mu.Unlock()
 	if pred == nil {
 		return nil
 	}
+	var expired <-chan time.Time
+	if limit > 0 {
+		t := time.NewTimer(limit)
+		defer t.Stop()
+		expired = t.C
+	}
 	select {
 	case <-pred.done:
 		return nil
 	case <-cancelled:
 		return ErrCancelled
+	case <-expired:
+		return node.ErrAfterTimeout
 	case <-ctx.Done():
 		return ctx.Err()
 	}

@@ -7,6 +7,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"syscall"
@@ -48,7 +49,14 @@ type ProcessSpec struct {
 	// An After that is not running starts at once; CancelAll and Close
 	// fail waiting starts.
 	After string
+	// AfterTimeout bounds the wait for After: past it the start fails
+	// with ErrAfterTimeout and nothing runs, so that the caller can place
+	// the process elsewhere. 0 waits as long as it takes.
+	AfterTimeout time.Duration
 }
+
+// ErrAfterTimeout fails a start whose After process ran past AfterTimeout.
+var ErrAfterTimeout = errors.New("waited too long for the process before it")
 
 // State is what Poll reports for a process.
 type State int

@@ -80,7 +80,9 @@ type instance struct {
 	cores []int // indices into node's cores, while it holds them
 	hw    []int
 	// usedCores are the cores of the current attempt, kept for the summary.
-	usedCores  []int
+	usedCores []int
+	// prepared is the attempt whose results dir is set up.
+	prepared   int
 	start, end time.Time
 	timer      *time.Timer
 	timedOut   bool
@@ -163,7 +165,26 @@ type jobState struct {
 	retry   []*instance // failed attempts waiting for another go
 	retries int
 	skip    map[string]bool
+	// ran and ranFor observe finished attempts: prefetching pays off only
+	// behind instances that finish soon.
+	ran    int
+	ranFor time.Duration
 }
+
+// short reports whether the job's instances have so far run briefly
+// enough to queue a successor behind them.
+func (j *jobState) short() bool {
+	return j.ran > 0 && j.ranFor < time.Duration(j.ran)*prefetchBelow
+}
+
+// Prefetching: a successor is queued behind an instance of a job whose
+// attempts have taken under prefetchBelow on average, and gives up (to be
+// placed anew) if its predecessor is still running after prefetchWait, so
+// an unusually long instance cannot hold it back while other cores idle.
+const (
+	prefetchBelow = 250 * time.Millisecond
+	prefetchWait  = 500 * time.Millisecond
+)
 
 func (j *jobState) hasPending() bool { return len(j.retry) > 0 || j.next < j.job.Repeat }
 
@@ -452,7 +473,7 @@ func (r *runner) dispatch() {
 func (r *runner) prefetch() {
 	for len(r.handoff) > 0 {
 		pred := r.handoff[len(r.handoff)-1]
-		if pred.phase != running || pred.next != nil || pred.node.gone {
+		if pred.phase != running || pred.next != nil || pred.node.gone || !pred.job.short() {
 			r.handoff = r.handoff[:len(r.handoff)-1]
 			continue
 		}
@@ -557,9 +578,15 @@ func (r *runner) launch(inst *instance, ns *nodeState, idx, hw []int, pred *inst
 	spec := r.spec(inst)
 	if pred != nil {
 		spec.After = pred.proc
+		spec.AfterTimeout = prefetchWait
 	}
+	// An attempt whose start was withdrawn is launched again: its output
+	// dir is ready, and moving it aside again would bury the previous
+	// attempt's output under an empty one.
+	keepPrev := inst.attempt > 1 && inst.prepared < inst.attempt
+	inst.prepared = inst.attempt
 	go func() {
-		st, err := prepare(inst.attempt, spec)
+		st, err := prepare(keepPrev, inst.attempt, spec)
 		if err == nil {
 			st, err = ns.n.Start(context.Background(), spec)
 		}
@@ -569,9 +596,9 @@ func (r *runner) launch(inst *instance, ns *nodeState, idx, hw []int, pred *inst
 
 // prepare makes the instance's results dir; a retry first moves the
 // previous attempt's output aside so nothing is lost.
-func prepare(attempt int, spec node.ProcessSpec) (node.Started, error) {
+func prepare(keepPrev bool, attempt int, spec node.ProcessSpec) (node.Started, error) {
 	dir := spec.OutputDir
-	if attempt > 1 {
+	if keepPrev {
 		prev := filepath.Join(dir, fmt.Sprintf("attempt-%d", attempt-1))
 		if err := os.MkdirAll(prev, 0o755); err != nil {
 			return node.Started{}, fmt.Errorf("keep attempt %d output: %w", attempt-1, err)
@@ -623,6 +650,15 @@ func (r *runner) spec(inst *instance) node.ProcessSpec {
 
 func (r *runner) started(res startResult) {
 	inst := res.inst
+	if errors.Is(res.err, node.ErrAfterTimeout) {
+		// Its predecessor ran long: place it anew; this was no attempt.
+		r.release(inst)
+		inst.attempt--
+		inst.phase = pending
+		inst.job.retry = append([]*instance{inst}, inst.job.retry...)
+		r.pending++
+		return
+	}
 	if res.err != nil && inst.node.gone {
 		r.lose(inst)
 		return
@@ -707,6 +743,8 @@ func (r *runner) exited(inst *instance, e node.Exit) {
 		// The node's own clock, when the process really ran: the queue
 		// hears of starts and exits a little later, and not in order.
 		inst.start, inst.end = e.Start, e.End
+		inst.job.ran++
+		inst.job.ranFor += e.End.Sub(e.Start)
 	}
 	r.release(inst)
 	state := results.StateSucceeded

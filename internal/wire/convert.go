@@ -47,6 +47,7 @@ var kinds = []struct {
 	{droverpb.ErrorKind_ERROR_KIND_NOT_RUNNING, supervise.ErrNotRunning},
 	{droverpb.ErrorKind_ERROR_KIND_CLOSED, supervise.ErrClosed},
 	{droverpb.ErrorKind_ERROR_KIND_INVALID, ErrInvalid},
+	{droverpb.ErrorKind_ERROR_KIND_AFTER_TIMEOUT, node.ErrAfterTimeout},
 }
 
 func errorKind(err error) droverpb.ErrorKind {
@@ -136,18 +137,19 @@ func ints(v []int32) []int {
 
 func specToPB(s node.ProcessSpec) *droverpb.ProcessSpec {
 	out := &droverpb.ProcessSpec{
-		Name:      s.Name,
-		Args:      s.Args,
-		Env:       s.Env,
-		Dir:       s.Dir,
-		Stdout:    s.Stdout,
-		Stderr:    s.Stderr,
-		Outputs:   s.Outputs,
-		OutputDir: s.OutputDir,
-		Hwthreads: ints32(s.HWThreads),
-		PortNames: s.PortNames,
-		AutoPurge: s.AutoPurge,
-		After:     s.After,
+		Name:           s.Name,
+		Args:           s.Args,
+		Env:            s.Env,
+		Dir:            s.Dir,
+		Stdout:         s.Stdout,
+		Stderr:         s.Stderr,
+		Outputs:        s.Outputs,
+		OutputDir:      s.OutputDir,
+		Hwthreads:      ints32(s.HWThreads),
+		PortNames:      s.PortNames,
+		AutoPurge:      s.AutoPurge,
+		After:          s.After,
+		AfterTimeoutMs: millis(s.AfterTimeout),
 	}
 	for _, f := range s.Files {
 		out.Files = append(out.Files, &droverpb.StageFile{Src: f.Src, Dst: f.Dst, Mode: uint32(f.Mode.Perm())})
@@ -157,18 +159,19 @@ func specToPB(s node.ProcessSpec) *droverpb.ProcessSpec {
 
 func specFromPB(s *droverpb.ProcessSpec) node.ProcessSpec {
 	out := node.ProcessSpec{
-		Name:      s.GetName(),
-		Args:      s.GetArgs(),
-		Env:       s.GetEnv(),
-		Dir:       s.GetDir(),
-		Stdout:    s.GetStdout(),
-		Stderr:    s.GetStderr(),
-		Outputs:   s.GetOutputs(),
-		OutputDir: s.GetOutputDir(),
-		HWThreads: ints(s.GetHwthreads()),
-		PortNames: s.GetPortNames(),
-		AutoPurge: s.GetAutoPurge(),
-		After:     s.GetAfter(),
+		Name:         s.GetName(),
+		Args:         s.GetArgs(),
+		Env:          s.GetEnv(),
+		Dir:          s.GetDir(),
+		Stdout:       s.GetStdout(),
+		Stderr:       s.GetStderr(),
+		Outputs:      s.GetOutputs(),
+		OutputDir:    s.GetOutputDir(),
+		HWThreads:    ints(s.GetHwthreads()),
+		PortNames:    s.GetPortNames(),
+		AutoPurge:    s.GetAutoPurge(),
+		After:        s.GetAfter(),
+		AfterTimeout: fromMillis(s.GetAfterTimeoutMs()),
 	}
 	for _, f := range s.GetFiles() {
 		out.Files = append(out.Files, node.StageFile{Src: f.GetSrc(), Dst: f.GetDst(), Mode: os.FileMode(f.GetMode()).Perm()})
