@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -49,6 +50,8 @@ type Agent struct {
 	scratch string
 
 	mu       sync.Mutex
+	freeDirs []string // empty work dirs to hand out again
+	dirs     int      // work dirs made, for their names
 	env      map[string]string
 	pending  map[string]*afterExit // per running process: what to do once it exits
 	finished []node.Exit
@@ -56,6 +59,13 @@ type Agent struct {
 	// cancelled is closed (and replaced) by CancelAll and Close, failing
 	// starts that wait for another process (ProcessSpec.After).
 	cancelled chan struct{}
+	// changed is closed (and replaced) whenever a name is claimed or is
+	// over, for starts waiting on a name not seen yet.
+	changed chan struct{}
+	// over remembers recent names whose process has exited or failed to
+	// start, so a start that waits on one knows it need not.
+	over     map[string]bool
+	overRing []string
 
 	ready     chan struct{}
 	stopPump  chan struct{}
@@ -122,6 +132,8 @@ func New(opts Options) (*Agent, error) {
 		env:       envMap(base),
 		pending:   make(map[string]*afterExit),
 		cancelled: make(chan struct{}),
+		changed:   make(chan struct{}),
+		over:      make(map[string]bool),
 		ready:     make(chan struct{}, 1),
 		stopPump:  make(chan struct{}),
 		pumpDone:  make(chan struct{}),
@@ -149,12 +161,7 @@ func (a *Agent) Start(ctx context.Context, spec node.ProcessSpec) (node.Started,
 	if err := ctx.Err(); err != nil {
 		return node.Started{}, fmt.Errorf("start %s on %s: %w", spec.Name, a.name, err)
 	}
-	if spec.After != "" {
-		if err := a.waitFor(ctx, spec.After, spec.AfterTimeout); err != nil {
-			return node.Started{}, fmt.Errorf("start %s on %s: %w", spec.Name, a.name, err)
-		}
-	}
-	st, err := a.start(spec)
+	st, err := a.start(ctx, spec)
 	if err != nil {
 		return node.Started{}, fmt.Errorf("start %s on %s: %w", spec.Name, a.name, err)
 	}
@@ -162,33 +169,65 @@ func (a *Agent) Start(ctx context.Context, spec node.ProcessSpec) (node.Started,
 }
 
 // waitFor blocks until the named process's exit has been collected, for
-// at most limit (0: no limit).
+// at most limit (0: no limit). With a limit, a name not seen yet is waited
+// for too: the queue may send a start behind one whose own start is still
+// on its way.
 func (a *Agent) waitFor(ctx context.Context, name string, limit time.Duration) error {
-	a.mu.Lock()
-	pred, cancelled := a.pending[name], a.cancelled
-	a.mu.Unlock()
-	if pred == nil {
-		return nil
-	}
 	var expired <-chan time.Time
 	if limit > 0 {
 		t := time.NewTimer(limit)
 		defer t.Stop()
 		expired = t.C
 	}
-	select {
-	case <-pred.done:
-		return nil
-	case <-cancelled:
-		return ErrCancelled
-	case <-expired:
-		return node.ErrAfterTimeout
-	case <-ctx.Done():
-		return ctx.Err()
+	for {
+		a.mu.Lock()
+		pred, over, changed, cancelled := a.pending[name], a.over[name], a.changed, a.cancelled
+		a.mu.Unlock()
+		if over || (pred == nil && limit == 0) {
+			// Over, or never seen with no bound on the wait: go ahead.
+			return nil
+		}
+		var done <-chan struct{}
+		if pred != nil {
+			done, changed = pred.done, nil
+		}
+		select {
+		case <-done:
+			return nil
+		case <-changed:
+		case <-cancelled:
+			return ErrCancelled
+		case <-expired:
+			return node.ErrAfterTimeout
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 }
 
-func (a *Agent) start(spec node.ProcessSpec) (node.Started, error) {
+// maxOver bounds the names remembered as over.
+const maxOver = 4096
+
+// claimedLocked and overLocked wake the starts waiting on a name.
+func (a *Agent) claimedLocked() {
+	close(a.changed)
+	a.changed = make(chan struct{})
+}
+
+func (a *Agent) overLocked(name string) {
+	if !a.over[name] {
+		a.over[name] = true
+		a.overRing = append(a.overRing, name)
+		if len(a.overRing) > maxOver {
+			delete(a.over, a.overRing[0])
+			a.overRing = a.overRing[1:]
+		}
+	}
+	delete(a.pending, name)
+	a.claimedLocked()
+}
+
+func (a *Agent) start(ctx context.Context, spec node.ProcessSpec) (node.Started, error) {
 	a.mu.Lock()
 	if a.closed {
 		a.mu.Unlock()
@@ -200,6 +239,7 @@ func (a *Agent) start(spec node.ProcessSpec) (node.Started, error) {
 	}
 	after := &afterExit{dir: spec.Dir, outputs: spec.Outputs, outputDir: spec.OutputDir, autoPurge: spec.AutoPurge, done: make(chan struct{})}
 	a.pending[spec.Name] = after // claims the name while we stage
+	a.claimedLocked()
 	// Later layers win: the base environment, the spec's, then the
 	// agent's own variables. Each name appears once, since a child's
 	// getenv takes the first of duplicates.
@@ -218,22 +258,19 @@ func (a *Agent) start(spec node.ProcessSpec) (node.Started, error) {
 	ok := false
 	defer func() {
 		if !ok {
-			a.mu.Lock()
-			delete(a.pending, spec.Name)
-			a.mu.Unlock()
 			if after.freshDir {
-				os.RemoveAll(after.dir)
+				a.dropWorkDir(after.dir)
 			}
+			a.mu.Lock()
+			a.overLocked(spec.Name)
+			a.mu.Unlock()
 			close(after.done)
 		}
 	}()
 
 	if after.dir == "" {
-		if strings.ContainsRune(spec.Name, '/') || spec.Name == "." || spec.Name == ".." {
-			return node.Started{}, fmt.Errorf("invalid process name %q: it names its work dir", spec.Name)
-		}
-		dir := filepath.Join(a.scratch, spec.Name)
-		if err := os.Mkdir(dir, 0o755); err != nil {
+		dir, err := a.newWorkDir()
+		if err != nil {
 			return node.Started{}, fmt.Errorf("work dir: %w", err)
 		}
 		after.dir, after.freshDir = dir, true
@@ -251,6 +288,27 @@ func (a *Agent) start(spec node.ProcessSpec) (node.Started, error) {
 	env = append(env, "DROVER_NODE="+a.name, "DROVER_WORKDIR="+after.dir)
 	if len(spec.HWThreads) > 0 {
 		env = append(env, "DROVER_HWTHREADS="+commaList(spec.HWThreads))
+	}
+
+	if spec.After != "" {
+		// Everything above is done while the process before it still
+		// runs; once it exits only the fork and exec are left. Creating
+		// the output files now is part of that: on a slow file system an
+		// inode costs more than a short process's whole run.
+		for _, p := range []string{spec.Stdout, spec.Stderr} {
+			if p == "" {
+				continue
+			}
+			if !filepath.IsAbs(p) {
+				p = filepath.Join(after.dir, p)
+			}
+			if f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE, 0o644); err == nil {
+				f.Close() // errors show when the supervisor opens it
+			}
+		}
+		if err := a.waitFor(ctx, spec.After, spec.AfterTimeout); err != nil {
+			return node.Started{}, err
+		}
 	}
 
 	args := spec.Args
@@ -296,6 +354,57 @@ func (a *Agent) start(spec node.ProcessSpec) (node.Started, error) {
 	return node.Started{PID: pid, Ports: byName}, nil
 }
 
+// maxFreeDirs bounds the empty work dirs kept for reuse.
+const maxFreeDirs = 256
+
+// newWorkDir hands out an empty work dir: one left empty by an earlier
+// process, or a new one. On a slow file system a mkdir and an rmdir cost
+// more than the fork and exec of a short process.
+func (a *Agent) newWorkDir() (string, error) {
+	a.mu.Lock()
+	if n := len(a.freeDirs); n > 0 {
+		dir := a.freeDirs[n-1]
+		a.freeDirs = a.freeDirs[:n-1]
+		a.mu.Unlock()
+		return dir, nil
+	}
+	a.dirs++
+	dir := filepath.Join(a.scratch, "w"+strconv.Itoa(a.dirs))
+	a.mu.Unlock()
+	return dir, os.Mkdir(dir, 0o755)
+}
+
+// dropWorkDir keeps a work dir for reuse if the process left it as it
+// found it (empty, mode 0755), else removes it.
+func (a *Agent) dropWorkDir(dir string) {
+	if pristine(dir) {
+		a.mu.Lock()
+		if len(a.freeDirs) < maxFreeDirs && !a.closed {
+			a.freeDirs = append(a.freeDirs, dir)
+			a.mu.Unlock()
+			return
+		}
+		a.mu.Unlock()
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		a.log.Warn("remove work dir", "dir", dir, "err", err)
+	}
+}
+
+func pristine(dir string) bool {
+	info, err := os.Lstat(dir)
+	if err != nil || !info.IsDir() || info.Mode().Perm() != 0o755 {
+		return false
+	}
+	f, err := os.Open(dir)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	_, err = f.Readdirnames(1)
+	return err == io.EOF
+}
+
 // commaList is the DROVER_HWTHREADS form: "0,1,8".
 func commaList(ids []int) string {
 	s := make([]string, len(ids))
@@ -329,7 +438,6 @@ func (a *Agent) collect() {
 	for i := range exits {
 		a.mu.Lock()
 		after := a.pending[exits[i].Name]
-		delete(a.pending, exits[i].Name)
 		a.mu.Unlock()
 		if after == nil {
 			continue
@@ -338,15 +446,16 @@ func (a *Agent) collect() {
 			exits[i].Err = err.Error()
 		}
 		if after.freshDir {
-			if err := os.RemoveAll(after.dir); err != nil {
-				a.log.Warn("remove work dir", "dir", after.dir, "err", err)
-			}
+			a.dropWorkDir(after.dir)
 		}
 		if after.autoPurge {
 			if err := a.sup.Purge(exits[i].Name); err != nil {
 				a.log.Warn("purge", "name", exits[i].Name, "err", err)
 			}
 		}
+		a.mu.Lock()
+		a.overLocked(exits[i].Name)
+		a.mu.Unlock()
 		close(after.done)
 	}
 	a.mu.Lock()

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -539,14 +540,10 @@ func TestStageRejectsEscapes(t *testing.T) {
 			t.Errorf("%s was written outside the work dir", p)
 		}
 	}
-	// Nothing escaped the fresh work dir either: the scratch root holds
-	// only the agent's own directory, and that is empty again.
-	entries, _ := os.ReadDir(scratch)
-	for _, e := range entries {
-		sub, _ := os.ReadDir(filepath.Join(scratch, e.Name()))
-		if !e.IsDir() || len(sub) != 0 {
-			t.Errorf("scratch holds %s (%d entries)", e.Name(), len(sub))
-		}
+	// Nothing escaped the fresh work dir either, and nothing is left in
+	// scratch but empty work dirs kept for reuse.
+	if left := filesUnder(t, scratch); len(left) != 0 {
+		t.Errorf("scratch holds %v", left)
 	}
 	// The agent keeps working.
 	start(t, a, node.ProcessSpec{Name: "after", Args: helper("exit=0")})
@@ -751,14 +748,27 @@ func TestBadStartsAreErrorsAndTheAgentGoesOn(t *testing.T) {
 	if len(r.seen) != 2 {
 		t.Errorf("exits reported for failed starts: %v", r.seen)
 	}
-	// No fresh work dir of a failed start is left behind.
-	entries, _ := os.ReadDir(scratch)
-	for _, d := range entries {
-		sub, _ := os.ReadDir(filepath.Join(scratch, d.Name()))
-		if len(sub) != 0 {
-			t.Errorf("work dirs left in scratch: %v", sub)
-		}
+	// Failed starts leave nothing in scratch but empty work dirs kept for
+	// reuse.
+	if left := filesUnder(t, scratch); len(left) != 0 {
+		t.Errorf("files left in scratch: %v", left)
 	}
+}
+
+// filesUnder lists everything under root that is not a directory.
+func filesUnder(t *testing.T, root string) []string {
+	t.Helper()
+	var left []string
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			left = append(left, p)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return left
 }
 
 // A start that does not start a process must be an error: otherwise no exit
@@ -1282,5 +1292,76 @@ func TestFreshWorkDirStaysInScratch(t *testing.T) {
 	wd := lines(readFile(t, out))["cwd"]
 	if rel, err := filepath.Rel(canonical(t, scratch), wd); err != nil || strings.HasPrefix(rel, "..") {
 		t.Errorf("the work dir of %q is %s, outside the scratch dir %s", "../../escaped", wd, scratch)
+	}
+}
+
+// TestWorkDirReuse: a work dir its process left empty is handed out again,
+// one it wrote into is removed, so every process still starts in an empty
+// directory.
+func TestWorkDirReuse(t *testing.T) {
+	scratch := t.TempDir()
+	res, err := topology.Detect(topology.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := agent.New(agent.Options{Name: "n", Resources: res, Scratch: scratch})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	r := newReports(a)
+	dirOf := func(name string, steps ...string) string {
+		t.Helper()
+		out := filepath.Join(t.TempDir(), "out")
+		start(t, a, node.ProcessSpec{Name: name, Args: helper(append([]string{"cwd"}, steps...)...), Stdout: out})
+		r.wait(t, name)
+		b, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimPrefix(strings.TrimSpace(string(b)), "cwd=")
+	}
+	first := dirOf("clean")
+	if again := dirOf("again"); again != first {
+		t.Errorf("an empty work dir was not reused: %s then %s", first, again)
+	}
+	dirty := dirOf("dirty", "write=junk=x")
+	if exists(dirty) {
+		t.Errorf("a work dir with files in it was kept: %s", dirty)
+	}
+	if next := dirOf("next"); next == dirty {
+		t.Errorf("the dirty work dir %s was handed out again", next)
+	}
+}
+
+// TestAfterWaitsForANameNotSeenYet: a start queued behind a process whose
+// own start has not arrived yet waits for it (it must not take its core
+// first), and gives up with ErrAfterTimeout when that process never comes.
+func TestAfterWaitsForANameNotSeenYet(t *testing.T) {
+	a, _ := newAgent(t)
+	r := newReports(a)
+	done := make(chan error, 1)
+	go func() {
+		_, err := a.Start(context.Background(), node.ProcessSpec{Name: "second", Args: helper("exit=0"),
+			After: "first", AfterTimeout: time.Minute})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("the start behind an unseen name went ahead: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	start(t, a, node.ProcessSpec{Name: "first", Args: helper("exit=0")})
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	e := r.wait(t, "first", "second")
+	if e[1].Start.Before(e[0].End) {
+		t.Errorf("second started at %v, before first ended at %v", e[1].Start, e[0].End)
+	}
+	_, err := a.Start(context.Background(), node.ProcessSpec{Name: "orphan", Args: helper("exit=0"),
+		After: "never", AfterTimeout: 50 * time.Millisecond})
+	if !errors.Is(err, node.ErrAfterTimeout) {
+		t.Fatalf("start behind a name that never comes: %v, want ErrAfterTimeout", err)
 	}
 }

@@ -46,8 +46,10 @@ type ProcessSpec struct {
 	// same node has exited and its exit is collected; Start returns once
 	// this process has started. The batch queue uses it to hand a core
 	// from one instance to the next without a round trip to the manager.
-	// An After that is not running starts at once; CancelAll and Close
-	// fail waiting starts.
+	// An After that has exited, or (without AfterTimeout) is unknown,
+	// starts at once; with AfterTimeout an unknown After is waited for, as
+	// its own start may still be on its way. CancelAll and Close fail
+	// waiting starts.
 	After string
 	// AfterTimeout bounds the wait for After: past it the start fails
 	// with ErrAfterTimeout and nothing runs, so that the caller can place

@@ -473,7 +473,7 @@ func (r *runner) dispatch() {
 func (r *runner) prefetch() {
 	for len(r.handoff) > 0 {
 		pred := r.handoff[len(r.handoff)-1]
-		if pred.phase != running || pred.next != nil || pred.node.gone || !pred.job.short() {
+		if (pred.phase != starting && pred.phase != running) || pred.next != nil || pred.node.gone || !pred.job.short() {
 			r.handoff = r.handoff[:len(r.handoff)-1]
 			continue
 		}
@@ -565,6 +565,11 @@ func (r *runner) launch(inst *instance, ns *nodeState, idx, hw []int, pred *inst
 	if pred != nil {
 		inst.prev, pred.next = pred, inst
 		inst.usedCores = pred.usedCores
+	} else {
+		// A successor may queue behind it even before its start is
+		// confirmed: the node waits for a name it has not seen yet
+		// (bounded by AfterTimeout), so the two cannot race.
+		r.handoff = append(r.handoff, inst)
 	}
 	inst.attempt++
 	inst.phase = starting
@@ -687,9 +692,6 @@ func (r *runner) started(res startResult) {
 			}
 		}()
 	}
-	// Only now may a successor queue behind it: the node knows the name,
-	// so the successor waits for this process instead of racing it.
-	r.handoff = append(r.handoff, inst)
 	r.emit(results.Event{Event: results.Started, Job: inst.name, Node: inst.node.n.Name(), Attempt: inst.attempt,
 		PID: res.st.PID, HWThreads: topology.FormatCPUList(inst.hw)})
 	if t := inst.job.job.Timeout; t > 0 {
