@@ -382,11 +382,11 @@ func (c *Client) Nodes(ctx context.Context) ([]NodeInfo, error) {
 	}
 	out := make([]NodeInfo, 0, len(r.GetNodes()))
 	for _, n := range r.GetNodes() {
-		res := Resources{Node: n.GetResources().GetNode(), MemoryBytes: n.GetResources().GetMemoryBytes(), Cores: [][]int{}}
-		for _, core := range n.GetResources().GetCores() {
-			res.Cores = append(res.Cores, ints(core.GetHwthreads()))
+		res := Resources{Node: n.GetResources().GetNode(), MemoryBytes: n.GetResources().GetMemoryBytes(), Cores: n.GetResources().CoreLists()}
+		if res.Cores == nil {
+			res.Cores = [][]int{} // JSON: [] rather than null
 		}
-		busy := ints(n.GetBusyHwthreads())
+		busy := droverpb.Ints(n.GetBusyHwthreads())
 		if busy == nil {
 			busy = []int{}
 		}
@@ -449,7 +449,7 @@ func (c *Client) Start(ctx context.Context, req StartRequest) (StartResult, erro
 	if err != nil {
 		return StartResult{}, c.fail(err)
 	}
-	return StartResult{Node: r.GetNode(), PID: int(r.GetPid()), HWThreads: ints(r.GetHwthreads())}, nil
+	return StartResult{Node: r.GetNode(), PID: int(r.GetPid()), HWThreads: droverpb.Ints(r.GetHwthreads())}, nil
 }
 
 // Exit is the final report of one process.
@@ -623,7 +623,7 @@ func (c *Client) BindPorts(ctx context.Context, node string, udp bool, n int) ([
 	if err != nil {
 		return nil, c.fail(err)
 	}
-	return ints(r.GetPorts()), nil
+	return droverpb.Ints(r.GetPorts()), nil
 }
 
 // ReleasePorts gives reserved ports back.
@@ -733,15 +733,4 @@ func (c *Client) WaitExit(ctx context.Context) error {
 		}
 	}
 	return nil
-}
-
-func ints(v []int32) []int {
-	if v == nil {
-		return nil
-	}
-	out := make([]int, len(v))
-	for i, x := range v {
-		out[i] = int(x)
-	}
-	return out
 }

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/drover-hpc/drover/internal/agent"
+	"github.com/drover-hpc/drover/internal/childtest"
 	"github.com/drover-hpc/drover/internal/node"
 	"github.com/drover-hpc/drover/internal/supervise"
 	"github.com/drover-hpc/drover/internal/topology"
@@ -458,7 +459,7 @@ func TestStageFiles(t *testing.T) {
 	})
 	t.Run("executable", func(t *testing.T) {
 		// A staged program can be run from the work dir.
-		exe, err := os.ReadFile(helperExe)
+		exe, err := os.ReadFile(childtest.Exe())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -695,7 +696,7 @@ func TestHWThreadsBinding(t *testing.T) {
 			t.Errorf("%s: DROVER_HWTHREADS %q, want %v", name, got["DROVER_HWTHREADS"], want)
 		}
 	}
-	own, err := procStatus("Cpus_allowed_list")
+	own, err := childtest.ProcStatus("Cpus_allowed_list")
 	if err != nil {
 		t.Fatal(err)
 	}

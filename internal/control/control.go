@@ -30,7 +30,6 @@ import (
 	"github.com/drover-hpc/drover/internal/jobfile"
 	"github.com/drover-hpc/drover/internal/node"
 	"github.com/drover-hpc/drover/internal/supervise"
-	"github.com/drover-hpc/drover/internal/topology"
 	"github.com/drover-hpc/drover/internal/wire"
 )
 
@@ -283,8 +282,8 @@ func (s *Server) Nodes(ctx context.Context, _ *droverpb.NodesRequest) (*droverpb
 			Name:          n.Name,
 			State:         n.State,
 			Error:         n.Error,
-			Resources:     resourcesToPB(n.Resources),
-			BusyHwthreads: ints32(n.BusyHWThreads),
+			Resources:     droverpb.NewResources(n.Resources.Node, n.Resources.Cores, n.Resources.MemoryBytes),
+			BusyHwthreads: droverpb.Int32s(n.BusyHWThreads),
 			Processes:     int32(n.Processes),
 		})
 	}
@@ -325,7 +324,7 @@ func (s *Server) Start(ctx context.Context, req *droverpb.StartRequest) (*drover
 	if err != nil {
 		return nil, Status(err)
 	}
-	return &droverpb.StartReply{Node: res.Node, Pid: int32(res.PID), Hwthreads: ints32(res.HWThreads)}, nil
+	return &droverpb.StartReply{Node: res.Node, Pid: int32(res.PID), Hwthreads: droverpb.Int32s(res.HWThreads)}, nil
 }
 
 // Poll implements droverpb.ControlServer.
@@ -486,7 +485,7 @@ func (s *Server) BindPorts(ctx context.Context, req *droverpb.BindPortsRequest) 
 	if err != nil {
 		return nil, Status(err)
 	}
-	return &droverpb.PortsReply{Ports: ints32(ports)}, nil
+	return &droverpb.PortsReply{Ports: droverpb.Int32s(ports)}, nil
 }
 
 // ReleasePorts implements droverpb.ControlServer.
@@ -502,7 +501,7 @@ func (s *Server) ReleasePorts(ctx context.Context, req *droverpb.ReleasePortsReq
 			return nil, Status(invalid("ports release: %d is not a port", p))
 		}
 	}
-	return empty(s.api.ReleasePorts(ctx, req.GetNode(), req.GetUdp(), ints(req.GetPorts())))
+	return empty(s.api.ReleasePorts(ctx, req.GetNode(), req.GetUdp(), droverpb.Ints(req.GetPorts())))
 }
 
 // LogLevels are the levels SetLogLevel accepts.
@@ -589,36 +588,6 @@ func exitToPB(e node.Exit) *droverpb.Exit {
 	}
 	if !e.End.IsZero() {
 		out.EndUnixNano = e.End.UnixNano()
-	}
-	return out
-}
-
-func resourcesToPB(r topology.Resources) *droverpb.Resources {
-	out := &droverpb.Resources{Node: r.Node, MemoryBytes: r.MemoryBytes}
-	for _, c := range r.Cores {
-		out.Cores = append(out.Cores, &droverpb.Core{Hwthreads: ints32(c)})
-	}
-	return out
-}
-
-func ints32(v []int) []int32 {
-	if v == nil {
-		return nil
-	}
-	out := make([]int32, len(v))
-	for i, x := range v {
-		out[i] = int32(x)
-	}
-	return out
-}
-
-func ints(v []int32) []int {
-	if v == nil {
-		return nil
-	}
-	out := make([]int, len(v))
-	for i, x := range v {
-		out[i] = int(x)
 	}
 	return out
 }

@@ -576,10 +576,10 @@ func (a *agentRun) execute(ctx context.Context, c *droverpb.Command) *droverpb.R
 	case *droverpb.Command_PortsBind:
 		var p []int
 		if p, err = n.BindPorts(ctx, op.PortsBind.GetUdp(), int(op.PortsBind.GetN())); err == nil {
-			r.Result = &droverpb.Reply_Ports{Ports: &droverpb.PortList{Ports: ints32(p)}}
+			r.Result = &droverpb.Reply_Ports{Ports: &droverpb.PortList{Ports: droverpb.Int32s(p)}}
 		}
 	case *droverpb.Command_PortsRelease:
-		err = n.ReleasePorts(ctx, op.PortsRelease.GetUdp(), ints(op.PortsRelease.GetPorts()))
+		err = n.ReleasePorts(ctx, op.PortsRelease.GetUdp(), droverpb.Ints(op.PortsRelease.GetPorts()))
 	case *droverpb.Command_LogLevel:
 		err = n.SetLogLevel(ctx, op.LogLevel)
 	default:

@@ -98,41 +98,11 @@ func setError(r *droverpb.Reply, err error) {
 }
 
 func resourcesToPB(r topology.Resources) *droverpb.Resources {
-	out := &droverpb.Resources{Node: r.Node, MemoryBytes: r.MemoryBytes}
-	for _, c := range r.Cores {
-		out.Cores = append(out.Cores, &droverpb.Core{Hwthreads: ints32(c)})
-	}
-	return out
+	return droverpb.NewResources(r.Node, r.Cores, r.MemoryBytes)
 }
 
 func resourcesFromPB(r *droverpb.Resources) topology.Resources {
-	out := topology.Resources{Node: r.GetNode(), MemoryBytes: r.GetMemoryBytes()}
-	for _, c := range r.GetCores() {
-		out.Cores = append(out.Cores, ints(c.GetHwthreads()))
-	}
-	return out
-}
-
-func ints32(v []int) []int32 {
-	if v == nil {
-		return nil
-	}
-	out := make([]int32, len(v))
-	for i, x := range v {
-		out[i] = int32(x)
-	}
-	return out
-}
-
-func ints(v []int32) []int {
-	if v == nil {
-		return nil
-	}
-	out := make([]int, len(v))
-	for i, x := range v {
-		out[i] = int(x)
-	}
-	return out
+	return topology.Resources{Node: r.GetNode(), Cores: r.CoreLists(), MemoryBytes: r.GetMemoryBytes()}
 }
 
 func specToPB(s node.ProcessSpec) *droverpb.ProcessSpec {
@@ -145,7 +115,7 @@ func specToPB(s node.ProcessSpec) *droverpb.ProcessSpec {
 		Stderr:         s.Stderr,
 		Outputs:        s.Outputs,
 		OutputDir:      s.OutputDir,
-		Hwthreads:      ints32(s.HWThreads),
+		Hwthreads:      droverpb.Int32s(s.HWThreads),
 		PortNames:      s.PortNames,
 		AutoPurge:      s.AutoPurge,
 		After:          s.After,
@@ -167,7 +137,7 @@ func specFromPB(s *droverpb.ProcessSpec) node.ProcessSpec {
 		Stderr:       s.GetStderr(),
 		Outputs:      s.GetOutputs(),
 		OutputDir:    s.GetOutputDir(),
-		HWThreads:    ints(s.GetHwthreads()),
+		HWThreads:    droverpb.Ints(s.GetHwthreads()),
 		PortNames:    s.GetPortNames(),
 		AutoPurge:    s.GetAutoPurge(),
 		After:        s.GetAfter(),

@@ -869,11 +869,11 @@ func (n *RemoteNode) BindPorts(ctx context.Context, udp bool, count int) ([]int,
 	if err != nil {
 		return nil, err
 	}
-	return ints(r.GetPorts().GetPorts()), nil
+	return droverpb.Ints(r.GetPorts().GetPorts()), nil
 }
 
 func (n *RemoteNode) ReleasePorts(ctx context.Context, udp bool, ports []int) error {
-	_, err := n.call(ctx, "release ports", &droverpb.Command{Op: &droverpb.Command_PortsRelease{PortsRelease: &droverpb.PortsRequest{Udp: udp, Ports: ints32(ports)}}})
+	_, err := n.call(ctx, "release ports", &droverpb.Command{Op: &droverpb.Command_PortsRelease{PortsRelease: &droverpb.PortsRequest{Udp: udp, Ports: droverpb.Int32s(ports)}}})
 	return err
 }
 
