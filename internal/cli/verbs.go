@@ -1,15 +1,18 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -308,17 +311,29 @@ func newLogs(e *env) *cobra.Command {
 	vf := &verbFlags{}
 	var stderr, follow bool
 	cmd := &cobra.Command{
-		Use:   "logs NAME [--stderr] [-f]",
-		Short: "Print a process's output",
+		Use:   "logs NAME... [--stderr] [-f]",
+		Short: "Print processes' output",
 		Long: `Prints the stdout (or with --stderr the stderr) of NAME from the start.
 With -f it follows the output live until the process has ended and all of
-it is printed, or Ctrl-C.` + verbNote,
+it is printed, or Ctrl-C. With several names, each line is prefixed with
+"NAME | " and the outputs interleave line by line as they come.` + verbNote,
 		Example: `  drover logs sim
-  drover logs -f --stderr sim`,
-		Args: exactArgs(1, "logs NAME"),
+  drover logs -f --stderr sim
+  drover logs -f sim.0 sim.1 sim.2`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return usageError("usage: drover logs NAME... [--stderr] [-f]")
+			}
+			return nil
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return withClient(vf, func(ctx context.Context, c *client.Client) error {
-				err := c.Logs(ctx, args[0], stderr, follow, e.stdout)
+				var err error
+				if len(args) == 1 {
+					err = c.Logs(ctx, args[0], stderr, follow, e.stdout)
+				} else {
+					err = logsPrefixed(ctx, c, args, stderr, follow, e.stdout)
+				}
 				if follow && ctx.Err() != nil && errors.Is(err, context.Canceled) {
 					return nil // Ctrl-C ends following
 				}
@@ -710,4 +725,56 @@ func dash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// logsPrefixed streams several processes' output at once, each line
+// prefixed with its process's name; lines never tear.
+func logsPrefixed(ctx context.Context, c *client.Client, names []string, stderr, follow bool, out io.Writer) error {
+	var mu sync.Mutex
+	errs := make([]error, len(names))
+	var wg sync.WaitGroup
+	for i, name := range names {
+		wg.Go(func() {
+			w := &prefixWriter{prefix: name + " | ", mu: &mu, out: out}
+			errs[i] = c.Logs(ctx, name, stderr, follow, w)
+			w.flush()
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// prefixWriter writes whole lines, each behind a prefix, to a shared out.
+type prefixWriter struct {
+	prefix string
+	mu     *sync.Mutex
+	out    io.Writer
+	part   []byte // an unfinished line
+}
+
+func (w *prefixWriter) Write(p []byte) (int, error) {
+	w.part = append(w.part, p...)
+	i := bytes.LastIndexByte(w.part, '\n')
+	if i < 0 {
+		return len(p), nil
+	}
+	var buf bytes.Buffer
+	for line := range bytes.Lines(w.part[:i+1]) {
+		buf.WriteString(w.prefix)
+		buf.Write(line)
+	}
+	w.part = append(w.part[:0], w.part[i+1:]...)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if _, err := w.out.Write(buf.Bytes()); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// flush writes an unfinished last line, ending it.
+func (w *prefixWriter) flush() {
+	if len(w.part) > 0 {
+		w.Write([]byte("\n"))
+	}
 }
