@@ -27,11 +27,17 @@ import (
 
 // whereJob is a job file whose instances print their hostname and
 // addresses; marker is in every instance's command line.
+// whereJob writes a job file whose instances say where they ran, and
+// stage a file in and an output back (over the agents' sessions: remote
+// agents never read or write the manager's paths).
 func whereJob(t *testing.T, dir, marker string) string {
+	writeFile(t, dir, "input.txt", "payload "+marker+"\n")
 	return writeFile(t, dir, "where.yaml", fmt.Sprintf(`jobs:
   - name: where
-    shell: ": %s; sleep 0.3; echo $(hostname) $(hostname -I)"
+    shell: ": %s; sleep 0.3; cp input.txt got.out; echo {index} >> got.out; echo $(hostname) $(hostname -I)"
     repeat: 6
+    files: [input.txt]
+    outputs: ["*.out"]
 `, marker))
 }
 
@@ -47,6 +53,10 @@ func instanceHosts(t *testing.T, out string, n int) map[string]string {
 			continue
 		}
 		hosts[name] = strings.TrimSpace(addrs)
+		got := readFile(t, filepath.Join(out, fmt.Sprintf("where.%d", i), "got.out"))
+		if !strings.HasPrefix(got, "payload ") || !strings.HasSuffix(got, fmt.Sprintf("\n%d\n", i)) {
+			t.Errorf("where.%d: staged file and output came back as %q", i, got)
+		}
 	}
 	return hosts
 }
