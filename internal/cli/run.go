@@ -38,6 +38,7 @@ type runFlags struct {
 	monitorTimeout time.Duration
 	nodeTimeout    time.Duration
 	progress       string
+	halt           string
 	grace          time.Duration
 	dashboard      string
 }
@@ -75,6 +76,7 @@ Ctrl-C kills at once) and still writes the summary.`,
 	fl.BoolVar(&f.eachNode, "each-node", false, "ad-hoc mode: run CMD once on every node")
 	fl.DurationVar(&f.monitorTimeout, "monitor-timeout", 30*time.Second, "an agent stops its processes and exits after this long without the manager")
 	fl.DurationVar(&f.nodeTimeout, "node-timeout", 5*time.Second, "the manager declares a silent node lost after this long")
+	fl.StringVar(&f.halt, "halt", "never", "stop early once instances fail: never, soon,fail=N (start nothing more), now,fail=N (stop everything); N may be a percentage, e.g. now,fail=10%")
 	fl.StringVar(&f.progress, "progress", "auto", "auto (a bar on a terminal, plain lines otherwise), plain or none")
 	fl.DurationVar(&f.grace, "grace", 10*time.Second, "time between SIGTERM and SIGKILL when stopping instances")
 	fl.StringVar(&f.dashboard, "dashboard", "", "serve a live web dashboard and /metrics at ADDR while the run lasts (loopback, a free port, when given without =ADDR)")
@@ -90,6 +92,10 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 	}
 	if f.retries < 0 {
 		return usageError("--retries must be >= 0")
+	}
+	halt, err := queue.ParseHalt(f.halt)
+	if err != nil {
+		return usageError("%v", err)
 	}
 	if f.repeat < 1 {
 		return usageError("--repeat must be >= 1")
@@ -200,6 +206,7 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 		Nodes:    nodes,
 		OutDir:   out,
 		BaseDir:  baseDir,
+		Halt:     halt,
 		Retries:  f.retries,
 		Grace:    f.grace,
 		Skip:     skip,

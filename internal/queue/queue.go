@@ -42,6 +42,8 @@ type Options struct {
 	// Cores is shared with whoever else places processes on these nodes;
 	// nil makes a private pool of every node's cores.
 	Cores *cores.Pool
+	// Halt stops the run early once enough instances have failed.
+	Halt Halt
 	// OnEvent, if set, sees every event right after it was written to
 	// the events log, in order, from the queue's loop: it must return
 	// quickly.
@@ -230,6 +232,9 @@ type runner struct {
 	live    int // instances starting or running
 	pending int // instances not yet final, not live
 	stopped string
+	// killing: every instance is being stopped (interrupt, halt now), not
+	// only the launching (halt soon).
+	killing bool
 	// stopGrace is the grace of the latest stop, for instances whose start
 	// completes after it.
 	stopGrace time.Duration
@@ -338,7 +343,7 @@ func (r *runner) loop(ctx context.Context) {
 	done := ctx.Done()
 	for {
 		changed := r.pool.Changed() // before dispatch, so no release is missed
-		if r.stopped == "" && ctx.Err() != nil {
+		if !r.killing && ctx.Err() != nil {
 			r.stop(r.opts.Grace)
 		}
 		if r.stopped == "" {
@@ -352,7 +357,7 @@ func (r *runner) loop(ctx context.Context) {
 		select {
 		case <-done:
 			done = nil
-			if r.stopped == "" {
+			if !r.killing {
 				r.stop(r.opts.Grace)
 			}
 		case <-hard:
@@ -391,8 +396,11 @@ func (r *runner) loop(ctx context.Context) {
 func (r *runner) stop(grace time.Duration) {
 	if r.stopped == "" {
 		r.stopped = "interrupted"
-		r.log.Info("stopping every instance", "grace", grace)
 	}
+	if !r.killing {
+		r.log.Info("stopping every instance", "grace", grace, "because", r.stopped)
+	}
+	r.killing = true
 	r.stopGrace = grace
 	r.cancelAll(grace)
 }
@@ -683,7 +691,7 @@ func (r *runner) started(res startResult) {
 	}
 	inst.phase = running
 	inst.start = time.Now()
-	if r.stopped != "" {
+	if r.killing {
 		// It started after the run was stopped: stop it too.
 		n, name, grace := inst.node.n, inst.proc, r.stopGrace
 		go func() {
@@ -841,6 +849,23 @@ func (r *runner) finish(inst *instance, ev results.Event, state string) {
 		r.counts.Cancelled++
 	default:
 		r.counts.Failed++
+	}
+	if state == results.StateFailed || state == results.StateLost {
+		r.checkHalt()
+	}
+}
+
+// checkHalt applies the halt policy after a failure.
+func (r *runner) checkHalt() {
+	h := r.opts.Halt
+	failed := r.counts.Failed + r.counts.Lost
+	if r.stopped != "" || !h.reached(failed, r.counts.Done()-r.counts.Skipped) {
+		return
+	}
+	r.stopped = fmt.Sprintf("halt %s: %d instances failed", h, failed)
+	r.log.Warn("halting", "policy", h.String(), "failed", failed)
+	if h.Mode == HaltNow {
+		r.stop(r.opts.Grace)
 	}
 }
 
