@@ -70,11 +70,42 @@ func OpenLog(dir string) (*Log, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("open results dir: %w", err)
 	}
-	f, err := os.OpenFile(filepath.Join(dir, EventsFile), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	f, err := os.OpenFile(filepath.Join(dir, EventsFile), os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("open events log: %w", err)
 	}
+	if err := dropTornLine(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("open events log: %w", err)
+	}
 	return &Log{f: f}, nil
+}
+
+// dropTornLine cuts a last line that a crash left half-written, so that
+// what is appended next starts a line of its own. That event was never
+// wholly in the log, so nothing acted on it as recorded.
+func dropTornLine(f *os.File) error {
+	info, err := f.Stat()
+	if err != nil || info.Size() == 0 {
+		return err
+	}
+	size := info.Size()
+	buf := make([]byte, min(size, 64*1024))
+	for end := size; end > 0; {
+		start := max(end-int64(len(buf)), 0)
+		chunk := buf[:end-start]
+		if _, err := f.ReadAt(chunk, start); err != nil {
+			return err
+		}
+		if end == size && chunk[len(chunk)-1] == '\n' {
+			return nil // ends with a whole line
+		}
+		if i := bytes.LastIndexByte(chunk, '\n'); i >= 0 {
+			return f.Truncate(start + int64(i) + 1)
+		}
+		end = start
+	}
+	return f.Truncate(0)
 }
 
 // Append writes the events, in order, with one system call.

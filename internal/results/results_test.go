@@ -112,3 +112,35 @@ func TestOutcome(t *testing.T) {
 		}
 	}
 }
+
+// TestOpenLogDropsATornLine: a crash mid-write leaves half a line; the next
+// run's events must start on a line of their own, so the log stays whole.
+func TestOpenLogDropsATornLine(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, EventsFile)
+	whole := `{"time":"2026-01-01T00:00:00Z","event":"run-start"}` + "\n"
+	if err := os.WriteFile(path, []byte(whole+`{"time":"2026-01-01T00:00:01Z","event":"fin`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l, err := OpenLog(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Append(Event{Event: RunStart}); err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	f, _ := os.Open(path)
+	defer f.Close()
+	n := 0
+	if err := ReadEvents(f, func(Event) { n++ }); err != nil {
+		t.Fatalf("log after the torn line: %v", err)
+	}
+	if n != 2 {
+		t.Fatalf("%d events, want 2", n)
+	}
+	data, _ := os.ReadFile(path)
+	if strings.Contains(string(data), `"fin`) {
+		t.Fatalf("the torn line is still there:\n%s", data)
+	}
+}

@@ -1,0 +1,73 @@
+package faults_test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestManagerSIGKILLThenResume: drover run is SIGKILLed mid-run (its
+// events log may end in a torn line); `drover run --resume` with the same
+// --out runs only what did not finish with exit 0, and in the whole log no
+// instance has two successful final events: nothing ran twice and counted
+// twice.
+func TestManagerSIGKILLThenResume(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	out := filepath.Join(dir, "out")
+	const n = 400
+	args := []string{"run", "--progress", "none", "--out", out, "--repeat", "400", "--", "sh", "-c", "sleep 0.02"}
+	d := startDrover(t, dir, nil, args...)
+	// Let part of the run finish, then kill the manager outright.
+	deadline := time.Now().Add(2 * time.Minute)
+	for countEvents(out)["finished"] < n/4 {
+		if time.Now().After(deadline) || !d.running() {
+			t.Fatalf("the first run did not get going:\n%s", d.out)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := unix.Kill(d.pid(), unix.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	d.wait(t, slack)
+	before := countEvents(out)["finished"]
+	if before >= n {
+		t.Skipf("the run finished before it was killed (%d finished)", before)
+	}
+	// A crash mid-write leaves a torn last line: the next run drops it.
+	f, err := os.OpenFile(filepath.Join(out, "events.jsonl"), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString(`{"time":"2026-01-01T00:00:00Z","event":"finis`)
+	f.Close()
+
+	r := startDrover(t, dir, nil, append([]string{"run", "--resume"}, args[1:]...)...)
+	if code := r.wait(t, 5*time.Minute); code != 0 {
+		t.Fatalf("the resumed run exited %d:\n%s", code, r.out)
+	}
+	if !strings.Contains(r.out.String(), "skipped (already done)") {
+		t.Errorf("the resumed run skipped nothing:\n%s", r.out)
+	}
+	// The torn line is gone (readEvents wants whole lines only).
+	ok := map[string]int{}
+	for _, e := range readEvents(t, out) {
+		if e.Event == "finished" && e.ExitCode != nil && *e.ExitCode == 0 && e.Error == "" {
+			ok[e.Job]++
+		}
+	}
+	for _, name := range instanceNames("sh", n) {
+		switch ok[name] {
+		case 1:
+		case 0:
+			t.Errorf("%s never succeeded", name)
+		default:
+			t.Errorf("%s succeeded %d times: it ran again after it had counted", name, ok[name])
+		}
+	}
+	t.Logf("killed with %d of %d finished; resume ran the rest", before, n)
+}
