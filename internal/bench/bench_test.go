@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/drover-hpc/drover/internal/e2e"
 	"github.com/drover-hpc/drover/internal/topology"
 )
 
@@ -39,10 +40,7 @@ func setup(b *testing.B) tools {
 			buildErr = err
 			return
 		}
-		built.drover = filepath.Join(dir, "drover")
-		out, err := exec.Command("go", "build", "-o", built.drover, "github.com/drover-hpc/drover/cmd/drover").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("build drover: %v\n%s", err, out)
+		if built.drover, buildErr = e2e.Build(dir); buildErr != nil {
 			return
 		}
 		built.trivial, buildErr = trivialProgram(dir)

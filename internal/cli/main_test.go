@@ -10,7 +10,6 @@ package cli_test
 // deadlines are generous backstops that turn a hang into a failure.
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -22,12 +21,13 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/drover-hpc/drover/internal/e2e"
 )
 
 var (
@@ -42,7 +42,7 @@ const backstop = 2 * time.Minute
 func TestMain(m *testing.M) { os.Exit(testMain(m)) }
 
 func testMain(m *testing.M) int {
-	root, err := findRepoRoot()
+	root, err := e2e.ModuleRoot()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
 		return 1
@@ -53,68 +53,18 @@ func testMain(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	bin := filepath.Join(dir, "drover")
-	build := exec.Command("go", "build", "-o", bin, "github.com/drover-hpc/drover/cmd/drover")
-	build.Dir = root
-	// The contract wants CGO_ENABLED=0 builds to work: test that binary.
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "e2e: build drover:", err)
+	bin, err := e2e.Build(dir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
 		return 1
 	}
 	droverBin, repoRoot = bin, root
 	return m.Run()
 }
 
-func findRepoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if data, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil &&
-			bytes.Contains(data, []byte("module github.com/drover-hpc/drover\n")) {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("cannot find the drover module root above the test's directory")
-		}
-		dir = parent
-	}
-}
+var testEnv = e2e.Env
 
-// testEnv is this process's environment without what would change which
-// launcher drover picks (a Slurm allocation) or leak into instances.
-func testEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if strings.HasPrefix(kv, "SLURM_") || strings.HasPrefix(kv, "DROVER_") {
-			continue
-		}
-		env = append(env, kv)
-	}
-	return env
-}
-
-// safeBuffer is a bytes.Buffer that may be read while drover writes to it.
-type safeBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *safeBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *safeBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type safeBuffer = e2e.Buffer
 
 type result struct {
 	code           int

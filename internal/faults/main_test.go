@@ -8,17 +8,16 @@ package faults_test
 // timeout plus generous slack"; the measured times are logged.
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/drover-hpc/drover/internal/e2e"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -37,77 +36,22 @@ const slack = 10 * time.Second
 func TestMain(m *testing.M) { os.Exit(testMain(m)) }
 
 func testMain(m *testing.M) int {
-	root, err := moduleRoot()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "faults:", err)
-		return 1
-	}
 	dir, err := os.MkdirTemp("", "drover-faults-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "faults:", err)
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	bin := filepath.Join(dir, "drover")
-	build := exec.Command("go", "build", "-o", bin, "github.com/drover-hpc/drover/cmd/drover")
-	build.Dir = root
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "faults: build drover:", err)
+	if droverBin, err = e2e.Build(dir); err != nil {
+		fmt.Fprintln(os.Stderr, "faults:", err)
 		return 1
 	}
-	droverBin = bin
 	return m.Run()
 }
 
-func moduleRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		data, err := os.ReadFile(filepath.Join(dir, "go.mod"))
-		if err == nil && bytes.Contains(data, []byte("module github.com/drover-hpc/drover\n")) {
-			return dir, nil
-		}
-		up := filepath.Dir(dir)
-		if up == dir {
-			return "", errors.New("no drover module root above the test's directory")
-		}
-		dir = up
-	}
-}
+var baseEnv = e2e.Env
 
-// baseEnv is this process's environment without what would change the
-// launcher drover picks or leak into the jobs.
-func baseEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if strings.HasPrefix(kv, "SLURM_") || strings.HasPrefix(kv, "DROVER_") {
-			continue
-		}
-		env = append(env, kv)
-	}
-	return env
-}
-
-type safeBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *safeBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *safeBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type safeBuffer = e2e.Buffer
 
 // proc is a drover process running in the background.
 type proc struct {
