@@ -63,9 +63,17 @@ func BenchmarkRawExec(b *testing.B) {
 // BenchmarkStartWait: Start the trivial program and wait for its exit via
 // Ready/Finished (then Purge it), 2 processes in flight, 2 starting
 // goroutines.
-func BenchmarkStartWait(b *testing.B) {
+func BenchmarkStartWait(b *testing.B) { benchStartWait(b, Options{Node: "bench"}) }
+
+// BenchmarkStartWaitSubreaper: the same as a child subreaper, which looks
+// for orphans at every exit.
+func BenchmarkStartWaitSubreaper(b *testing.B) {
+	benchStartWait(b, Options{Node: "bench", Subreaper: true})
+}
+
+func benchStartWait(b *testing.B, opts Options) {
 	bin := trivialBinary(b)
-	s, err := New(Options{Node: "bench"})
+	s, err := New(opts)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -120,5 +128,15 @@ func BenchmarkStartWait(b *testing.B) {
 		b.ReportMetric(ratio, "x-rawexec-time")
 		b.Logf("N=%d: Start+wait %d ns/op, raw os/exec %d ns/op: %.2fx the time (%.0f vs %.0f starts/s)",
 			b.N, ours, raw, ratio, 1e9/float64(ours), 1e9/float64(raw))
+	}
+}
+
+// BenchmarkOrphanScan: what a subreaper adds to every exit when there is
+// no orphan, one read of the main thread's children.
+func BenchmarkOrphanScan(b *testing.B) {
+	for b.Loop() {
+		if o := orphans(false); len(o) != 0 {
+			b.Fatalf("orphans %v", o)
+		}
 	}
 }

@@ -90,6 +90,51 @@ func helperMain(args []string) int {
 		pgid, _ := syscall.Getpgid(0)
 		fmt.Printf("gpid %d pgid %d\n", os.Getpid(), pgid)
 		sleepForever()
+	case "escape": // escape setsid|daemon sleep|exit: leave a grandchild outside our group
+		// setsid: a child in a new session; daemon: a double fork (a child
+		// in a new session starts the grandchild and exits at once). The
+		// grandchild (gignore: only SIGKILL ends it) says hello, which we
+		// pass on before sleeping or exiting.
+		exe, _ := os.Executable()
+		r, w, err := os.Pipe()
+		if err != nil {
+			return 105
+		}
+		first := []string{"gignore"}
+		if args[1] == "daemon" {
+			first = []string{"fork1", "gignore"}
+		}
+		cmd := exec.Command(exe, first...)
+		cmd.Stdout = w
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		if err := cmd.Start(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 106
+		}
+		w.Close()
+		if args[1] == "daemon" {
+			if err := cmd.Wait(); err != nil { // the middle one is gone
+				fmt.Fprintln(os.Stderr, err)
+				return 107
+			}
+		}
+		line, err := bufio.NewReader(r).ReadString('\n')
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 108
+		}
+		fmt.Print(line)
+		if args[2] == "exit" {
+			return 0
+		}
+		sleepForever()
+	case "fork1": // fork1 MODE: start MODE with our stdout and exit at once
+		exe, _ := os.Executable()
+		cmd := exec.Command(exe, args[1])
+		cmd.Stdout = os.Stdout
+		if err := cmd.Start(); err != nil {
+			return 109
+		}
 	case "echo": // stdin lines to stdout until EOF
 		sc := bufio.NewScanner(os.Stdin)
 		for sc.Scan() {
@@ -300,6 +345,30 @@ func waitDead(t *testing.T, pid int) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("pid %d still alive (state %s)", pid, st)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// procStart is the start time of pid (clock ticks since boot) and its
+// state, or ok false when there is no such process.
+func procStart(pid int) (start uint64, state byte, ppid, pgid int, ok bool) {
+	st, ok := readStat(pid)
+	return st.start, st.state, st.ppid, st.pgid, ok
+}
+
+// waitGone waits until the process pid that started at start no longer
+// exists: not even as a zombie (it has been reaped).
+func waitGone(t *testing.T, pid int, start uint64) {
+	t.Helper()
+	deadline := time.Now().Add(patience)
+	for {
+		st, state, _, _, ok := procStart(pid)
+		if !ok || st != start {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pid %d still there (state %c)", pid, state)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}

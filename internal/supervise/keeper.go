@@ -21,8 +21,9 @@ exec awk '$1 == "+" { g[$2] = 1; next } $1 == "-" { delete g[$2]; next } END { f
 // (SIGKILL included): Pdeathsig reaches only the direct children, not what
 // they started in their groups. One pipe write per start and per exit.
 type keeper struct {
-	mu sync.Mutex
-	w  *os.File
+	mu  sync.Mutex
+	w   *os.File
+	pid int
 }
 
 func startKeeper(devNull int) (*keeper, error) {
@@ -31,7 +32,7 @@ func startKeeper(devNull int) (*keeper, error) {
 		return nil, fmt.Errorf("start keeper: %w", err)
 	}
 	defer r.Close()
-	_, err = syscall.ForkExec("/bin/sh", []string{"sh", "-c", keeperScript}, &syscall.ProcAttr{
+	pid, err := syscall.ForkExec("/bin/sh", []string{"sh", "-c", keeperScript}, &syscall.ProcAttr{
 		Dir:   "/",
 		Env:   []string{"PATH=/usr/bin:/bin"},
 		Files: []uintptr{r.Fd(), uintptr(devNull), uintptr(devNull)},
@@ -42,7 +43,10 @@ func startKeeper(devNull int) (*keeper, error) {
 		w.Close()
 		return nil, fmt.Errorf("start keeper: %w", err)
 	}
-	return &keeper{w: w}, nil
+	regMu.Lock()
+	keepers[pid] = struct{}{}
+	regMu.Unlock()
+	return &keeper{w: w, pid: pid}, nil
 }
 
 func (k *keeper) send(op byte, pgid int) {

@@ -3,6 +3,7 @@
 package supervise
 
 import (
+	"fmt"
 	"os"
 	"os/signal"
 	"sync"
@@ -44,12 +45,21 @@ func register(pid int, s *Supervisor, p *proc) {
 	regMu.Unlock()
 }
 
-func acquireReaper(s *Supervisor) {
+func acquireReaper(s *Supervisor) error {
+	reaper.mu.Lock()
+	defer reaper.mu.Unlock()
+	if s.subreaper {
+		if subreaper == 0 {
+			if err := setSubreaper(true); err != nil {
+				return fmt.Errorf("become child subreaper: %w", err)
+			}
+			subreaperOn.Store(true)
+		}
+		subreaper++
+	}
 	regMu.Lock()
 	sups[s] = struct{}{}
 	regMu.Unlock()
-	reaper.mu.Lock()
-	defer reaper.mu.Unlock()
 	if reaper.refs == 0 {
 		reaper.sig = make(chan os.Signal, 1) // coalescing is fine: each wakeup drains everything
 		reaper.stop = make(chan struct{})
@@ -58,16 +68,30 @@ func acquireReaper(s *Supervisor) {
 		go reapLoop(reaper.sig, reaper.stop, reaper.done)
 	}
 	reaper.refs++
+	return nil
 }
 
 func releaseReaper(s *Supervisor) {
 	reaper.mu.Lock()
+	if s.subreaper {
+		subreaper--
+		if subreaper == 0 {
+			subreaperOn.Store(false)
+			if err := setSubreaper(false); err != nil {
+				s.log.Warn("stop being a child subreaper", "err", err)
+			}
+		}
+	}
 	reaper.refs--
 	if reaper.refs == 0 {
 		signal.Stop(reaper.sig)
 		close(reaper.stop)
 		<-reaper.done
 		reaper.sig, reaper.stop, reaper.done = nil, nil, nil
+		if s.subreaper {
+			// Reap what Close swept and the reaper had no time for.
+			drain()
+		}
 	}
 	reaper.mu.Unlock()
 	regMu.Lock()
@@ -140,6 +164,7 @@ func reapUnknown(pid int) {
 		return // a failed spawn whose ForkExec reaped it meanwhile
 	}
 	regMu.Lock()
+	delete(keepers, pid)
 	logTo := make([]*Supervisor, 0, len(sups))
 	for s := range sups {
 		logTo = append(logTo, s)

@@ -143,7 +143,9 @@ func (s *Supervisor) spawn(spec *Spec, p *proc, cur *unix.CPUSet) error {
 	// reaper takes it for writing before it decides that a pid is not ours,
 	// so a child that exits at once is still dispatched to its process.
 	forkMu.RLock()
+	forking.Add(1)
 	start := time.Now()
+	p.startTick = bootTicks()
 	pid, err := syscall.ForkExec(exe, spec.Args, attr)
 	if err == nil {
 		if h := testHookForked.Load(); h != nil {
@@ -163,6 +165,7 @@ func (s *Supervisor) spawn(spec *Spec, p *proc, cur *unix.CPUSet) error {
 		register(pid, s, p)
 		s.keeper.add(pid)
 	}
+	forking.Add(-1)
 	forkMu.RUnlock()
 
 	if *cur != s.origMask {

@@ -7,10 +7,11 @@
 // # Design
 //
 // Every child leads its own process group, so Stop and Kill reach the whole
-// group, grandchildren included (a grandchild that calls setsid escapes; only
-// a cgroup catches that). When a process that was asked to stop or be killed
-// exits, whatever is left of its group is killed with SIGKILL while the
-// leader is still an unreaped zombie, so the group id cannot have been reused.
+// group, grandchildren included. When a process exits, whatever is left of
+// its group is killed with SIGKILL while the leader is still an unreaped
+// zombie, so the group id cannot have been reused. Descendants that left the
+// group (setsid, setpgid, a double fork) are found through /proc and, with
+// Options.Subreaper, by adopting orphans; see descend.go.
 //
 // Children are forked by a small pool of spawner goroutines that are locked
 // to their OS threads for good: Pdeathsig is tied to the forking thread
@@ -43,6 +44,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -70,6 +72,14 @@ type Options struct {
 	// every process group if this process dies without stopping them
 	// (SIGKILL): an agent's promise that nothing it started outlives it.
 	Keeper bool
+	// Subreaper makes this process a child subreaper while the Supervisor
+	// is open (PR_SET_CHILD_SUBREAPER), so that descendants whose parent
+	// dies are reparented to it rather than to init: then even those that
+	// left their process group (setsid, double fork) die with the process
+	// they came from (see descend.go), and Close leaves none behind. Every
+	// child of this process that no Supervisor started is taken for such
+	// an orphan.
+	Subreaper bool
 }
 
 // Spec describes one process to start.
@@ -120,6 +130,10 @@ type proc struct {
 	termPending, killPending bool
 	killAt                   time.Time   // SIGKILL deadline of a Stop
 	timer                    *time.Timer // fires at killAt
+
+	startTick uint64      // boot time in clock ticks before the fork; set before register
+	ending    atomic.Bool // signalled: it no longer owns orphans it may have left
+	members   []target    // descendants seen when it was signalled, pinned
 }
 
 // Supervisor starts and supervises processes. Its methods are safe for
@@ -146,6 +160,7 @@ type Supervisor struct {
 	closeOnce sync.Once
 	closed    chan struct{}
 	keeper    *keeper // nil unless Options.Keeper
+	subreaper bool    // Options.Subreaper
 }
 
 // New starts a Supervisor: its spawner threads and, if it is the first open
@@ -168,6 +183,8 @@ func New(opts Options) (*Supervisor, error) {
 		procs:   make(map[string]*proc),
 		closed:  make(chan struct{}),
 		devNull: -1,
+
+		subreaper: opts.Subreaper,
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -183,7 +200,10 @@ func New(opts Options) (*Supervisor, error) {
 		return nil, fmt.Errorf("supervise: open /dev/null: %w", err)
 	}
 	s.devNull = fd
-	acquireReaper(s)
+	if err := acquireReaper(s); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("supervise: %w", err)
+	}
 	if opts.Keeper {
 		if s.keeper, err = startKeeper(fd); err != nil {
 			releaseReaper(s)
@@ -363,7 +383,12 @@ func (s *Supervisor) armKillLocked(p *proc, deadline time.Time) {
 // signalLocked signals the process group of a running (unreaped) process.
 // Holding mu keeps the reaper from reaping the leader meanwhile, so neither
 // the pid nor the group id can have been reused.
+//
+// Every descendant is signalled too, including those that left the group:
+// the tree is walked first and its members recorded (see descend.go).
 func (s *Supervisor) signalLocked(p *proc, sig unix.Signal) {
+	p.ending.Store(true)
+	s.collectLocked(p)
 	err := unix.Kill(-p.pid, sig)
 	if err == unix.ESRCH {
 		// The leader left its group (setpgid/setsid): signal it alone.
@@ -371,6 +396,14 @@ func (s *Supervisor) signalLocked(p *proc, sig unix.Signal) {
 	}
 	if err != nil {
 		s.log.Debug("signal failed", "name", p.name, "pid", p.pid, "signal", node.SignalName(sig), "err", err)
+	}
+	for i := range p.members {
+		if m := &p.members[i]; sig == unix.SIGKILL || m.pgid != p.pid {
+			m.signal(sig)
+		}
+	}
+	if subreaperOn.Load() {
+		signalOrphans(p, sig, false, false)
 	}
 }
 
@@ -506,8 +539,9 @@ func (s *Supervisor) Running() int {
 }
 
 // Close stops every process (SIGTERM, then SIGKILL after grace), waits until
-// all of them are reaped, and stops the spawner threads and, when this is
-// the last open Supervisor, the reaper. Starts are refused with ErrClosed
+// all of them are reaped (with Options.Subreaper, also until every orphan
+// that no running process may own has been killed), and stops the spawner
+// threads and, when this is the last open Supervisor, the reaper. Starts are refused with ErrClosed
 // from the moment Close begins. Poll, Purge and Finished keep working on
 // what is known. Close is idempotent; later calls wait for the first.
 func (s *Supervisor) Close(grace time.Duration) error {
@@ -521,6 +555,9 @@ func (s *Supervisor) Close(grace time.Duration) error {
 		s.mu.Unlock()
 		close(s.quit)
 		s.spawnWG.Wait()
+		if s.subreaper {
+			sweep()
+		}
 		s.keeper.close()
 		releaseReaper(s)
 		_ = unix.Close(s.devNull)
@@ -540,6 +577,13 @@ func (s *Supervisor) exited(p *proc, info *chldInfo) {
 	// the group id, so the id cannot have been reused.
 	if err := unix.Kill(-pid, unix.SIGKILL); err != nil && err != unix.ESRCH {
 		s.log.Debug("kill group", "name", p.name, "pid", pid, "err", err)
+	}
+	// So may nothing that left the group: the members recorded when it
+	// was signalled, and the orphans that are its (its children have
+	// already been reparented to us: a zombie has none left to walk).
+	s.killMembersLocked(p)
+	if subreaperOn.Load() {
+		signalOrphans(p, unix.SIGKILL, false, false)
 	}
 	s.keeper.remove(pid)
 	e := node.Exit{Name: p.name, Node: s.node, Start: p.start}
