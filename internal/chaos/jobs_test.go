@@ -29,16 +29,16 @@ func TestSetsidDaemon(t *testing.T) {
 	d := startRun(t, bed, dir, nil, "--grace", "1s", "--out", out, job)
 	const within = 90 * time.Second
 	select {
-	case <-d.done:
+	case <-d.Done:
 	case <-time.After(within):
 		stuck := eventsSoFar(out)
 		killLeftovers(t, bed, marker)
-		code := d.wait(t, time.Minute)
+		code := d.Wait(t, time.Minute)
 		t.Skipf("BUG: drover run did not end within %v when its jobs left a setsid daemon holding their stdout "+
 			"(it ended, exit %d, only once the daemons were killed by the test); events so far: %v", within, code, stuck)
 	}
-	if code := d.wait(t, time.Minute); code != 0 {
-		t.Errorf("drover run exited %d, want 0\n%s", code, tail(d.out.String()))
+	if code := d.Wait(t, time.Minute); code != 0 {
+		t.Errorf("drover run exited %d, want 0\n%s", code, tail(d.Out.String()))
 	}
 	a := checkAccounting(t, out, instanceNames("s3", n))
 	hosts := map[string]bool{}
@@ -51,7 +51,7 @@ func TestSetsidDaemon(t *testing.T) {
 			t.Errorf("%s stdout: %q, %v", name, data, err)
 		}
 	}
-	t.Logf("instances ran on %d hosts; run took %v", len(hosts), d.exited.Sub(d.started).Round(time.Millisecond))
+	t.Logf("instances ran on %d hosts; run took %v", len(hosts), d.Exited.Sub(d.Started).Round(time.Millisecond))
 	for h, ps := range leftovers(t, bed, agentPattern(), 10*time.Second) {
 		t.Errorf("on %s, drover agent still running after the run: %q", h, ps)
 	}
@@ -82,8 +82,8 @@ func TestTimeoutIgnoresSIGTERM(t *testing.T) {
 		"trap '' TERM; "+sleep+" 60", n, timeout))
 
 	d := startRun(t, bed, dir, nil, "--grace", grace.String(), "--out", out, job)
-	if code := d.wait(t, backstop); code != 1 {
-		t.Errorf("drover run exited %d, want 1\n%s", code, tail(d.out.String()))
+	if code := d.Wait(t, backstop); code != 1 {
+		t.Errorf("drover run exited %d, want 1\n%s", code, tail(d.Out.String()))
 	}
 	a := checkAccounting(t, out, instanceNames("s4", n))
 	started := map[string]event{}
@@ -127,7 +127,7 @@ func TestGigabyteStdout(t *testing.T) {
 		": "+marker+"; head -c 1G /dev/zero", host))
 
 	d := startRun(t, bed, dir, nil, "--out", out, job)
-	pid := d.cmd.Process.Pid
+	pid := d.Cmd.Process.Pid
 	var peak int64
 	samples := 0
 	deadline := time.After(backstop)
@@ -138,17 +138,17 @@ sample:
 			samples++
 		}
 		select {
-		case <-d.done:
+		case <-d.Done:
 			break sample
 		case <-deadline:
 			break sample
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	if code := d.wait(t, time.Minute); code != 0 {
-		t.Errorf("drover run exited %d, want 0\n%s", code, tail(d.out.String()))
+	if code := d.Wait(t, time.Minute); code != 0 {
+		t.Errorf("drover run exited %d, want 0\n%s", code, tail(d.Out.String()))
 	}
-	elapsed := d.exited.Sub(d.started)
+	elapsed := d.Exited.Sub(d.Started)
 	a := checkAccounting(t, out, []string{"s5"})
 	if f := a.finals["s5"]; f.Event != "finished" || f.ExitCode == nil || *f.ExitCode != 0 || f.Node != host {
 		t.Errorf("s5: %v, want exit 0 on %s", f, host)
@@ -217,8 +217,8 @@ exec /usr/bin/ssh "${args[@]}"
 		sleep+" 0.5; touch \"$DROVER_WORKDIR/x\"; echo ok", n))
 
 	d := startRun(t, bed, dir, []string{"PATH=" + wrap + ":" + os.Getenv("PATH")}, "--out", out, job)
-	code := d.wait(t, backstop)
-	stderr := d.out.String()
+	code := d.Wait(t, backstop)
+	stderr := d.Out.String()
 	if code != 0 {
 		t.Errorf("drover run exited %d, want 0 (the other hosts do the work)\n%s", code, tail(stderr))
 	}

@@ -39,8 +39,8 @@ func TestLinkCutShort(t *testing.T) {
 	time.Sleep(cut)
 	restore()
 	upAt := time.Now()
-	if code := d.wait(t, backstop); code != 0 {
-		t.Errorf("drover run exited %d, want 0\n%s", code, tail(d.out.String()))
+	if code := d.Wait(t, backstop); code != 0 {
+		t.Errorf("drover run exited %d, want 0\n%s", code, tail(d.Out.String()))
 	}
 
 	a := checkAccounting(t, out, instanceNames("s1", n))
@@ -77,7 +77,7 @@ func TestLinkCutShort(t *testing.T) {
 		}
 	}
 	t.Logf("%s cut for %v: %d instances ran across the cut (exit reported at most %v later than the 3s run), %d started on it after; run took %v",
-		victim, cut, across, worst.Round(time.Millisecond), after, d.exited.Sub(d.started).Round(time.Millisecond))
+		victim, cut, across, worst.Round(time.Millisecond), after, d.Exited.Sub(d.Started).Round(time.Millisecond))
 	if across == 0 {
 		t.Errorf("no instance on %s ran across the cut: the scenario did not happen", victim)
 	}
@@ -157,8 +157,8 @@ func TestLinkCutLong(t *testing.T) {
 		t.Errorf("when the link came back the old agent still ran on %s: %q", victim, agentsLeft)
 	}
 
-	if code := d.wait(t, backstop); code != 0 {
-		t.Errorf("drover run exited %d, want 0 (every instance retried and succeeded)\n%s", code, tail(d.out.String()))
+	if code := d.Wait(t, backstop); code != 0 {
+		t.Errorf("drover run exited %d, want 0 (every instance retried and succeeded)\n%s", code, tail(d.Out.String()))
 	}
 	names := instanceNames("s2", n)
 	a := checkAccounting(t, out, names)
@@ -213,6 +213,6 @@ func TestLinkCutLong(t *testing.T) {
 		gone = goneAfter.Round(100 * time.Millisecond).String()
 	}
 	t.Logf("%s cut for %v: node-lost %v after the cut (node-timeout %v); its job processes gone %s after the cut (monitor-timeout %v, grace %v); %d instances retried; link up %v before the run ended",
-		victim, cut, detect.Round(time.Millisecond), nodeTimeout, gone, monitorTimeout, grace, len(onVictim), d.exited.Sub(upAt).Round(time.Millisecond))
+		victim, cut, detect.Round(time.Millisecond), nodeTimeout, gone, monitorTimeout, grace, len(onVictim), d.Exited.Sub(upAt).Round(time.Millisecond))
 	noneLeft(t, bed, marker)
 }

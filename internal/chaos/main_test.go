@@ -13,7 +13,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -128,15 +127,7 @@ func writeFile(t *testing.T, dir, name, content string) string {
 	return p
 }
 
-// proc is drover running in the background.
-type proc struct {
-	cmd     *exec.Cmd
-	out     *e2e.Buffer
-	done    chan struct{}
-	err     error
-	started time.Time
-	exited  time.Time
-}
+type proc = e2e.Proc
 
 // startRun starts `drover run --hosts h1,h2,h3 --ssh-config ... ARGS` in
 // dir. env is added to the environment. The cleanup kills it if it runs.
@@ -144,75 +135,10 @@ func startRun(t *testing.T, bed *testbed.Bed, dir string, env []string, args ...
 	t.Helper()
 	full := append([]string{"--log-level", "info", "run", "--hosts", strings.Join(bed.Names(), ","),
 		"--ssh-config", bed.SSHConfig, "--progress", "none"}, args...)
-	cmd := exec.Command(droverBin, full...)
-	cmd.Dir = dir
-	cmd.Env = append(e2e.Env(), env...)
-	p := &proc{cmd: cmd, out: &e2e.Buffer{}, done: make(chan struct{})}
-	cmd.Stdout, cmd.Stderr = p.out, p.out
-	p.started = time.Now()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		p.err = cmd.Wait()
-		p.exited = time.Now()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			_ = cmd.Process.Kill()
-			<-p.done
-		}
-	})
-	return p
+	return e2e.Start(t, droverBin, dir, env, full...)
 }
 
-func (p *proc) running() bool {
-	select {
-	case <-p.done:
-		return false
-	default:
-		return true
-	}
-}
-
-// wait waits up to within for drover to exit and returns its exit status.
-// On the backstop it asks for a goroutine dump (SIGQUIT) and fails.
-func (p *proc) wait(t *testing.T, within time.Duration) int {
-	t.Helper()
-	select {
-	case <-p.done:
-	case <-time.After(within):
-		_ = p.cmd.Process.Signal(syscall.SIGQUIT)
-		select {
-		case <-p.done:
-		case <-time.After(10 * time.Second):
-			_ = p.cmd.Process.Kill()
-			<-p.done
-		}
-		t.Fatalf("drover %q did not exit within %s\n%s", p.cmd.Args[1:], within, tail(p.out.String()))
-	}
-	var ee *exec.ExitError
-	switch {
-	case p.err == nil:
-		return 0
-	case errors.As(p.err, &ee) && ee.Exited():
-		return ee.ExitCode()
-	}
-	t.Fatalf("drover %q: %v\n%s", p.cmd.Args[1:], p.err, tail(p.out.String()))
-	return -1
-}
-
-// tail is the end of a long log.
-func tail(s string) string {
-	const max = 8000
-	if len(s) > max {
-		return "..." + s[len(s)-max:]
-	}
-	return s
-}
+var tail = e2e.Tail
 
 // event is one line of events.jsonl.
 type event struct {
@@ -296,11 +222,11 @@ func waitEvents(t *testing.T, p *proc, out string, within time.Duration, what st
 		if cond(evs) {
 			return evs
 		}
-		if !p.running() {
-			t.Fatalf("drover exited before %s\n%s", what, tail(p.out.String()))
+		if !p.Running() {
+			t.Fatalf("drover exited before %s\n%s", what, tail(p.Out.String()))
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no %s within %s\n%s", what, within, tail(p.out.String()))
+			t.Fatalf("no %s within %s\n%s", what, within, tail(p.Out.String()))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -48,7 +48,7 @@ func TestRandomKillStorm(t *testing.T) {
 		stop := time.Now().Add(backstop)
 		for len(kills) < maxKills && time.Now().Before(stop) {
 			select {
-			case <-d.done:
+			case <-d.Done:
 				return
 			case <-time.After(every):
 			}
@@ -68,11 +68,11 @@ func TestRandomKillStorm(t *testing.T) {
 		}
 	}()
 
-	code := d.wait(t, backstop)
+	code := d.Wait(t, backstop)
 	<-killerDone
 	a := checkAccounting(t, out, instanceNames("s7", n))
 	if want := map[bool]int{true: 0, false: 1}[a.sum.Failed == 0]; code != want {
-		t.Errorf("drover run exited %d with %d failed, want %d\n%s", code, a.sum.Failed, want, tail(d.out.String()))
+		t.Errorf("drover run exited %d with %d failed, want %d\n%s", code, a.sum.Failed, want, tail(d.Out.String()))
 	}
 	if a.sum.Lost != 0 || a.sum.Cancelled != 0 {
 		t.Errorf("summary: %d lost, %d cancelled, want none", a.sum.Lost, a.sum.Cancelled)
@@ -164,6 +164,6 @@ func TestRandomKillStorm(t *testing.T) {
 		t.Errorf("%d attempt-failed events, more than the %d kills", attemptFailed, len(kills))
 	}
 	t.Logf("%d instances in %v; %d kills (%d pgrep/kill misses), %d attempt-failed (%d by SIGKILL of the leader, the rest by exit 137), %d instances retried, %d failed for good; summary %d succeeded, %d failed",
-		n, d.exited.Sub(d.started).Round(time.Millisecond), len(kills), misses, attemptFailed, bySignal, retried, failedForGood, a.sum.Succeeded, a.sum.Failed)
+		n, d.Exited.Sub(d.Started).Round(time.Millisecond), len(kills), misses, attemptFailed, bySignal, retried, failedForGood, a.sum.Succeeded, a.sum.Failed)
 	noneLeft(t, bed, marker)
 }

@@ -12,6 +12,9 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
+	"testing"
+	"time"
 )
 
 // ModuleRoot finds the drover module's root above the working directory.
@@ -80,4 +83,91 @@ func (s *Buffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// Proc is a drover process running in the background of a test.
+type Proc struct {
+	Cmd     *exec.Cmd
+	Out     *Buffer // stdout and stderr
+	Done    chan struct{}
+	Err     error // from Wait, valid after Done
+	Started time.Time
+	Exited  time.Time
+}
+
+// Start starts bin with args in dir, with Env() plus env. The test's
+// cleanup SIGKILLs it if it still runs.
+func Start(t testing.TB, bin, dir string, env []string, args ...string) *Proc {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	cmd.Dir = dir
+	cmd.Env = append(Env(), env...)
+	p := &Proc{Cmd: cmd, Out: &Buffer{}, Done: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = p.Out, p.Out
+	p.Started = time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		p.Err = cmd.Wait()
+		p.Exited = time.Now()
+		close(p.Done)
+	}()
+	t.Cleanup(func() {
+		if p.Running() {
+			_ = cmd.Process.Kill()
+			<-p.Done
+		}
+	})
+	return p
+}
+
+// PID is the process's pid.
+func (p *Proc) PID() int { return p.Cmd.Process.Pid }
+
+// Running reports whether it has not exited yet.
+func (p *Proc) Running() bool {
+	select {
+	case <-p.Done:
+		return false
+	default:
+		return true
+	}
+}
+
+// Wait waits up to within for it to exit and returns its exit status (-1
+// when a signal ended it). On the backstop it asks for a goroutine dump
+// (SIGQUIT), then fails the test.
+func (p *Proc) Wait(t testing.TB, within time.Duration) int {
+	t.Helper()
+	select {
+	case <-p.Done:
+	case <-time.After(within):
+		_ = p.Cmd.Process.Signal(syscall.SIGQUIT)
+		select {
+		case <-p.Done:
+		case <-time.After(10 * time.Second):
+			_ = p.Cmd.Process.Kill()
+			<-p.Done
+		}
+		t.Fatalf("%q did not exit within %s\n%s", p.Cmd.Args, within, Tail(p.Out.String()))
+	}
+	var ee *exec.ExitError
+	switch {
+	case p.Err == nil:
+		return 0
+	case errors.As(p.Err, &ee):
+		return ee.ExitCode()
+	}
+	t.Fatalf("%q: %v\n%s", p.Cmd.Args, p.Err, Tail(p.Out.String()))
+	return -1
+}
+
+// Tail is the end of a long log, for failure messages.
+func Tail(s string) string {
+	const max = 8000
+	if len(s) > max {
+		return "..." + s[len(s)-max:]
+	}
+	return s
 }

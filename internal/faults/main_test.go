@@ -18,7 +18,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -53,80 +52,12 @@ var baseEnv = e2e.Env
 
 type safeBuffer = e2e.Buffer
 
-// proc is a drover process running in the background.
-type proc struct {
-	cmd    *exec.Cmd
-	out    *safeBuffer // stdout and stderr
-	done   chan struct{}
-	err    error
-	exited time.Time
-}
+type proc = e2e.Proc
 
-// startDrover starts the binary in dir with extra environment and args.
-// The test's cleanup SIGKILLs it if it still runs.
+// startDrover starts the binary under test in dir with extra environment.
 func startDrover(t *testing.T, dir string, env []string, args ...string) *proc {
 	t.Helper()
-	cmd := exec.Command(droverBin, args...)
-	cmd.Dir = dir
-	cmd.Env = append(baseEnv(), env...)
-	p := &proc{cmd: cmd, out: &safeBuffer{}, done: make(chan struct{})}
-	cmd.Stdout, cmd.Stderr = p.out, p.out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		p.err = cmd.Wait()
-		p.exited = time.Now()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			_ = cmd.Process.Kill()
-			<-p.done
-		}
-	})
-	return p
-}
-
-func (p *proc) pid() int { return p.cmd.Process.Pid }
-
-func (p *proc) running() bool {
-	select {
-	case <-p.done:
-		return false
-	default:
-		return true
-	}
-}
-
-// wait waits up to within for drover to exit and returns its exit status
-// (-1 when a signal ended it). On the backstop it asks for a goroutine dump
-// (SIGQUIT) and fails.
-func (p *proc) wait(t *testing.T, within time.Duration) int {
-	t.Helper()
-	select {
-	case <-p.done:
-	case <-time.After(within):
-		_ = p.cmd.Process.Signal(syscall.SIGQUIT)
-		select {
-		case <-p.done:
-		case <-time.After(10 * time.Second):
-			_ = p.cmd.Process.Kill()
-			<-p.done
-		}
-		t.Fatalf("drover %q did not exit within %s\n%s", p.cmd.Args[1:], within, p.out)
-	}
-	var ee *exec.ExitError
-	switch {
-	case p.err == nil:
-		return 0
-	case errors.As(p.err, &ee):
-		return ee.ExitCode()
-	}
-	t.Fatalf("drover %q: %v\n%s", p.cmd.Args[1:], p.err, p.out)
-	return -1
+	return e2e.Start(t, droverBin, dir, env, args...)
 }
 
 // procStat is what /proc/PID/stat says of a process.
@@ -186,7 +117,7 @@ func findAgent(t *testing.T, drover *proc) int {
 	t.Helper()
 	deadline := time.Now().Add(backstop)
 	for {
-		for _, c := range children(drover.pid()) {
+		for _, c := range children(drover.PID()) {
 			data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", c))
 			if err != nil {
 				continue
@@ -202,8 +133,8 @@ func findAgent(t *testing.T, drover *proc) int {
 				return c
 			}
 		}
-		if !drover.running() || time.Now().After(deadline) {
-			t.Fatalf("no `drover agent` child of drover (pid %d)\n%s", drover.pid(), drover.out)
+		if !drover.Running() || time.Now().After(deadline) {
+			t.Fatalf("no `drover agent` child of drover (pid %d)\n%s", drover.PID(), drover.Out)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -263,11 +194,11 @@ func waitJobs(t *testing.T, drover *proc, dir string, n int) []jobProc {
 			})
 			return jobs
 		}
-		if !drover.running() {
-			t.Fatalf("drover exited before %d jobs ran\n%s", n, drover.out)
+		if !drover.Running() {
+			t.Fatalf("drover exited before %d jobs ran\n%s", n, drover.Out)
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d jobs did not start within %s\n%s", n, backstop, drover.out)
+			t.Fatalf("%d jobs did not start within %s\n%s", n, backstop, drover.Out)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

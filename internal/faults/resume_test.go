@@ -25,15 +25,15 @@ func TestManagerSIGKILLThenResume(t *testing.T) {
 	// Let part of the run finish, then kill the manager outright.
 	deadline := time.Now().Add(2 * time.Minute)
 	for countEvents(out)["finished"] < n/4 {
-		if time.Now().After(deadline) || !d.running() {
-			t.Fatalf("the first run did not get going:\n%s", d.out)
+		if time.Now().After(deadline) || !d.Running() {
+			t.Fatalf("the first run did not get going:\n%s", d.Out)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if err := unix.Kill(d.pid(), unix.SIGKILL); err != nil {
+	if err := unix.Kill(d.PID(), unix.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	d.wait(t, slack)
+	d.Wait(t, slack)
 	before := countEvents(out)["finished"]
 	if before >= n {
 		t.Skipf("the run finished before it was killed (%d finished)", before)
@@ -47,11 +47,11 @@ func TestManagerSIGKILLThenResume(t *testing.T) {
 	f.Close()
 
 	r := startDrover(t, dir, nil, append([]string{"run", "--resume"}, args[1:]...)...)
-	if code := r.wait(t, 5*time.Minute); code != 0 {
-		t.Fatalf("the resumed run exited %d:\n%s", code, r.out)
+	if code := r.Wait(t, 5*time.Minute); code != 0 {
+		t.Fatalf("the resumed run exited %d:\n%s", code, r.Out)
 	}
-	if !strings.Contains(r.out.String(), "skipped (already done)") {
-		t.Errorf("the resumed run skipped nothing:\n%s", r.out)
+	if !strings.Contains(r.Out.String(), "skipped (already done)") {
+		t.Errorf("the resumed run skipped nothing:\n%s", r.Out)
 	}
 	// The torn line is gone (readEvents wants whole lines only).
 	ok := map[string]int{}

@@ -43,10 +43,10 @@ func TestAgentSIGKILL(t *testing.T) {
 	if err := unix.Kill(agent, unix.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	if code := d.wait(t, nodeTimeout+slack); code != 1 {
-		t.Errorf("drover run exited %d after its agent was killed, want 1\n%s", code, d.out)
+	if code := d.Wait(t, nodeTimeout+slack); code != 1 {
+		t.Errorf("drover run exited %d after its agent was killed, want 1\n%s", code, d.Out)
 	}
-	t.Logf("agent SIGKILLed: drover run exited %v later (node-timeout %v)", d.exited.Sub(killed).Round(time.Millisecond), nodeTimeout)
+	t.Logf("agent SIGKILLed: drover run exited %v later (node-timeout %v)", d.Exited.Sub(killed).Round(time.Millisecond), nodeTimeout)
 
 	evs := readEvents(t, out)
 	lost, ok := firstEvent(evs, "node-lost")
@@ -96,10 +96,10 @@ func TestManagerSIGKILL(t *testing.T) {
 	agent := findAgent(t, d)
 
 	killed := time.Now()
-	if err := d.cmd.Process.Kill(); err != nil {
+	if err := d.Cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	d.wait(t, backstop)
+	d.Wait(t, backstop)
 	agentGone := waitAgentGone(t, agent, monitor+grace+slack)
 	alive, _ := waitGone(jobs, monitor+grace+slack-time.Since(killed))
 	t.Logf("drover run SIGKILLed: agent exited %v later, job processes gone %v later (monitor-timeout %v, grace %v)",
@@ -123,8 +123,8 @@ func TestAgentSIGSTOPShort(t *testing.T) {
 	agent := findAgent(t, d)
 	deadline := time.Now().Add(backstop)
 	for countEvents(out)["started"] < 20 {
-		if !d.running() || time.Now().After(deadline) {
-			t.Fatalf("20 instances did not start\n%s", d.out)
+		if !d.Running() || time.Now().After(deadline) {
+			t.Fatalf("20 instances did not start\n%s", d.Out)
 		}
 		time.Sleep(time.Millisecond)
 	}
@@ -143,8 +143,8 @@ func TestAgentSIGSTOPShort(t *testing.T) {
 		t.Fatalf("the run was over before the agent was stopped")
 	}
 
-	if code := d.wait(t, backstop); code != 0 {
-		t.Errorf("drover run exited %d, want 0\n%s", code, d.out)
+	if code := d.Wait(t, backstop); code != 0 {
+		t.Errorf("drover run exited %d, want 0\n%s", code, d.Out)
 	}
 	evs := readEvents(t, out)
 	if _, ok := firstEvent(evs, "node-lost"); ok {
@@ -188,18 +188,18 @@ func TestAgentSIGSTOPLong(t *testing.T) {
 	resumed := time.Now()
 	t.Logf("agent stopped for %v (node-timeout %v, monitor-timeout %v)", resumed.Sub(stopped).Round(time.Millisecond), nodeTimeout, monitor)
 
-	if code := d.wait(t, backstop); code != 1 {
-		t.Errorf("drover run exited %d, want 1\n%s", code, d.out)
+	if code := d.Wait(t, backstop); code != 1 {
+		t.Errorf("drover run exited %d, want 1\n%s", code, d.Out)
 	}
 	waitAgentGone(t, agent, slack)
 	agentExited := time.Since(resumed)
 	alive, _ := waitGone(jobs, slack)
 	t.Logf("after SIGCONT: drover exited %v later, the agent %v later",
-		d.exited.Sub(resumed).Round(time.Millisecond), agentExited.Round(time.Millisecond))
+		d.Exited.Sub(resumed).Round(time.Millisecond), agentExited.Round(time.Millisecond))
 	if len(alive) > 0 {
 		t.Errorf("processes of the jobs still alive after the agent exited: %v", alive)
 	}
-	for line := range strings.Lines(d.out.String()) {
+	for line := range strings.Lines(d.Out.String()) {
 		if strings.Contains(line, "stopping every process") || strings.Contains(line, "stdin closed") {
 			t.Logf("agent: %s", strings.TrimSpace(line))
 		}
@@ -233,7 +233,7 @@ func TestManagerSIGSTOPLong(t *testing.T) {
 	d, out, names, jobs := runSleepers(t, "--monitor-timeout", monitor.String(), "--grace", grace.String(), "--retries", "0")
 	agent := findAgent(t, d)
 
-	if err := unix.Kill(d.pid(), unix.SIGSTOP); err != nil {
+	if err := unix.Kill(d.PID(), unix.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
 	stopped := time.Now()
@@ -241,7 +241,7 @@ func TestManagerSIGSTOPLong(t *testing.T) {
 	resume := func() {
 		if !resumed {
 			resumed = true
-			_ = unix.Kill(d.pid(), unix.SIGCONT)
+			_ = unix.Kill(d.PID(), unix.SIGCONT)
 		}
 	}
 	defer resume()
@@ -254,10 +254,10 @@ func TestManagerSIGSTOPLong(t *testing.T) {
 	}
 	resume()
 	resumedAt := time.Now()
-	if code := d.wait(t, backstop); code != 1 {
-		t.Errorf("drover run exited %d, want 1\n%s", code, d.out)
+	if code := d.Wait(t, backstop); code != 1 {
+		t.Errorf("drover run exited %d, want 1\n%s", code, d.Out)
 	}
-	t.Logf("manager resumed: drover run exited %v later", d.exited.Sub(resumedAt).Round(time.Millisecond))
+	t.Logf("manager resumed: drover run exited %v later", d.Exited.Sub(resumedAt).Round(time.Millisecond))
 	evs := readEvents(t, out)
 	for name, e := range finalsOf(t, evs, names) {
 		t.Logf("%s: %s %s %s", name, e.Event, e.Signal, e.Error)

@@ -51,11 +51,11 @@ func startServe(t *testing.T, flags ...string) *server {
 	deadline := time.Now().Add(backstop)
 	for {
 		data, err := os.ReadFile(filepath.Join(home, "serve.json"))
-		if err == nil && json.Unmarshal(data, &s.info) == nil && s.info.PID == p.pid() {
+		if err == nil && json.Unmarshal(data, &s.info) == nil && s.info.PID == p.PID() {
 			return s
 		}
-		if !p.running() || time.Now().After(deadline) {
-			t.Fatalf("drover serve wrote no serve.json\n%s", p.out)
+		if !p.Running() || time.Now().After(deadline) {
+			t.Fatalf("drover serve wrote no serve.json\n%s", p.Out)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -89,7 +89,7 @@ func (s *server) mustVerb(t *testing.T, args ...string) string {
 	t.Helper()
 	code, out := s.verb(t, args...)
 	if code != 0 {
-		t.Fatalf("drover %q exited %d:\n%s\n--- serve:\n%s", args, code, out, s.out)
+		t.Fatalf("drover %q exited %d:\n%s\n--- serve:\n%s", args, code, out, s.Out)
 	}
 	return out
 }
@@ -117,10 +117,10 @@ func TestServeSIGKILL(t *testing.T) {
 	agent := findAgent(t, s.proc)
 
 	killed := time.Now()
-	if err := s.cmd.Process.Kill(); err != nil {
+	if err := s.Cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	s.wait(t, backstop)
+	s.Wait(t, backstop)
 	agentGone := waitAgentGone(t, agent, monitor+grace+slack)
 	alive, _ := waitGone(jobs, monitor+grace+slack-time.Since(killed))
 	t.Logf("drover serve SIGKILLed: agent exited %v later, job processes gone %v later (monitor-timeout %v, grace %v)",
@@ -156,7 +156,7 @@ func TestServeAgentSIGSTOPLong(t *testing.T) {
 	if alive, _ := waitGone(jobs, slack); len(alive) > 0 {
 		t.Errorf("processes still alive after the agent exited: %v", alive)
 	}
-	for line := range strings.Lines(s.out.String()) {
+	for line := range strings.Lines(s.Out.String()) {
 		if strings.Contains(line, "stopping every process") || strings.Contains(line, "given up") || strings.Contains(line, "node lost") {
 			t.Logf("serve/agent: %s", strings.TrimSpace(line))
 		}
@@ -181,8 +181,8 @@ func TestServeAgentSIGSTOPLong(t *testing.T) {
 	if !strings.Contains(nodes, "lost") {
 		t.Errorf("drover nodes does not show the node lost:\n%s", nodes)
 	}
-	if !s.running() {
-		t.Errorf("drover serve exited after losing its node:\n%s", s.out)
+	if !s.Running() {
+		t.Errorf("drover serve exited after losing its node:\n%s", s.Out)
 	}
 }
 
@@ -288,12 +288,12 @@ func TestServeRefusesStrangers(t *testing.T) {
 		t.Errorf("drover nodes does not list %s:\n%s", s.info.Host, out)
 	}
 	s.mustVerb(t, "start", "--node", s.info.Host, "--name", "after", "--", "true")
-	if !s.running() {
-		t.Fatalf("drover serve exited:\n%s", s.out)
+	if !s.Running() {
+		t.Fatalf("drover serve exited:\n%s", s.Out)
 	}
 	idle.Close()
-	_ = s.cmd.Process.Signal(syscall.SIGTERM)
-	s.wait(t, backstop)
+	_ = s.Cmd.Process.Signal(syscall.SIGTERM)
+	s.Wait(t, backstop)
 }
 
 // The contract: a connection without the run's credentials is refused
@@ -311,10 +311,10 @@ func TestServeLogsRefusals(t *testing.T) {
 	_, _ = io.ReadAll(conn)
 	conn.Close()
 	s.mustVerb(t, "nodes")
-	_ = s.cmd.Process.Signal(syscall.SIGTERM)
-	s.wait(t, backstop)
+	_ = s.Cmd.Process.Signal(syscall.SIGTERM)
+	s.Wait(t, backstop)
 	_, port, _ := net.SplitHostPort(from)
-	log := s.out.String()
+	log := s.Out.String()
 	if !strings.Contains(log, ":"+port) && !strings.Contains(strings.ToLower(log), "handshake") {
 		t.Skipf("BUG: a plain-TCP connection from %s was refused but serve logged nothing about it, even with "+
 			"--log-level debug (the contract: \"Anything else is refused, logged, and runs nothing\"). "+
@@ -335,18 +335,18 @@ func TestServeStopsWithIdleConnection(t *testing.T) {
 	defer idle.Close()
 	s.mustVerb(t, "nodes") // serve works, the idle connection aside
 	sent := time.Now()
-	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	_ = s.Cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case <-s.done:
+	case <-s.Done:
 		t.Logf("serve exited %v after SIGTERM with an idle connection open", time.Since(sent).Round(time.Millisecond))
 		return
 	case <-time.After(grace + slack):
 	}
 	idle.Close()
 	select {
-	case <-s.done:
+	case <-s.Done:
 	case <-time.After(slack):
-		t.Fatalf("serve still runs %v after SIGTERM, even with the idle connection closed:\n%s", time.Since(sent), s.out)
+		t.Fatalf("serve still runs %v after SIGTERM, even with the idle connection closed:\n%s", time.Since(sent), s.Out)
 	}
 	t.Skipf("BUG: drover serve did not exit within grace %v + %v of SIGTERM while one TCP connection to its "+
 		"address sat idle; it exited %v after SIGTERM, at once when that connection was closed. "+
