@@ -346,6 +346,10 @@ func (r *runner) loop(ctx context.Context) {
 		if !r.killing && ctx.Err() != nil {
 			r.stop(r.opts.Grace)
 		}
+		// What the last turn learnt is in the log before anything acts on
+		// it: cores freed by an exit go to the next instance only once the
+		// exit is recorded.
+		r.flush()
 		if r.stopped == "" {
 			r.dispatch()
 		}
