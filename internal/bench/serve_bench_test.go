@@ -71,7 +71,8 @@ func startServe(b *testing.B, drover string) *serveProc {
 	}
 }
 
-// agentPID finds the `drover agent` child of pid.
+// agentPID finds the `drover agent` child of pid: the guard when pid is
+// the manager, the agent proper (`--guarded`) when pid is the guard.
 func agentPID(b *testing.B, pid int) int {
 	b.Helper()
 	entries, _ := os.ReadDir("/proc")
@@ -100,8 +101,11 @@ func agentPID(b *testing.B, pid int) int {
 }
 
 // statusKB reads a "Field:  N kB" line of /proc/PID/status.
-func statusKB(pid int, field string) int64 {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+func statusKB(pid int, field string) int64 { return procKB(pid, "status", field) }
+
+// procKB reads a "Field:  N kB" line of /proc/PID/FILE.
+func procKB(pid int, file, field string) int64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/%s", pid, file))
 	if err != nil {
 		return 0
 	}
@@ -215,20 +219,28 @@ func BenchmarkServeLatency(b *testing.B) {
 }
 
 // BenchmarkIdleAgentRSS starts drover serve and reports its agent's
-// resident set size once it has been idle for 2 s (and the manager's).
+// resident set size once it has been idle for 2 s, the guard's (its whole
+// RSS, and what is its own: most of the rest is the binary's pages,
+// shared with the agent) and the manager's.
 func BenchmarkIdleAgentRSS(b *testing.B) {
 	t := setup(b)
 	for b.Loop() {
 		s := startServe(b, t.drover)
-		agent := agentPID(b, s.cmd.Process.Pid)
+		guard := agentPID(b, s.cmd.Process.Pid)
+		agent := agentPID(b, guard)
 		time.Sleep(2 * time.Second)
 		rss := statusKB(agent, "VmRSS")
+		guardRSS := statusKB(guard, "VmRSS")
+		guardOwn := procKB(guard, "smaps_rollup", "Private_Dirty") + procKB(guard, "smaps_rollup", "Private_Clean")
 		mgr := statusKB(s.cmd.Process.Pid, "VmRSS")
-		if rss == 0 {
-			b.Fatalf("no VmRSS for agent %d", agent)
+		if rss == 0 || guardRSS == 0 {
+			b.Fatalf("no VmRSS for agent %d or guard %d", agent, guard)
 		}
 		b.ReportMetric(float64(rss)/1024, "agent-RSS-MB")
+		b.ReportMetric(float64(guardRSS)/1024, "guard-RSS-MB")
+		b.ReportMetric(float64(guardOwn)/1024, "guard-private-MB")
 		b.ReportMetric(float64(mgr)/1024, "serve-RSS-MB")
-		b.Logf("idle agent (pid %d) VmRSS %.1f MiB; drover serve VmRSS %.1f MiB", agent, float64(rss)/1024, float64(mgr)/1024)
+		b.Logf("idle agent (pid %d) VmRSS %.1f MiB; its guard VmRSS %.1f MiB, private %.1f MiB; drover serve VmRSS %.1f MiB",
+			agent, float64(rss)/1024, float64(guardRSS)/1024, float64(guardOwn)/1024, float64(mgr)/1024)
 	}
 }

@@ -13,11 +13,13 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
 	"github.com/drover-hpc/drover/internal/agent"
 	"github.com/drover-hpc/drover/internal/launch"
+	"github.com/drover-hpc/drover/internal/supervise"
 	"github.com/drover-hpc/drover/internal/topology"
 	"github.com/drover-hpc/drover/internal/wire"
 )
@@ -26,7 +28,8 @@ import (
 const Version = "0.1.0"
 
 func newAgent(e *env) *cobra.Command {
-	return &cobra.Command{
+	var guarded bool
+	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run a node agent (started by the launchers)",
 		Long: `Runs this node's agent: it dials the manager, runs the processes it is told
@@ -37,9 +40,54 @@ started and exits. It does the same after --monitor-timeout without word
 from the manager.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runAgent(e)
+			if guarded {
+				return runAgent(e)
+			}
+			return guardAgent(e)
 		},
 	}
+	cmd.Flags().BoolVar(&guarded, guardedFlag, false, "run as the agent proper, below its guard")
+	_ = cmd.Flags().MarkHidden(guardedFlag)
+	return cmd
+}
+
+const guardedFlag = "guarded"
+
+// guardAgent runs the agent proper as a child of this process (the guard),
+// so that when it dies, even by SIGKILL, whatever is left below it is
+// killed: see supervise.Guard. The guard reads nothing: the agent inherits
+// stdin (its configuration, then the lifeline), stdout and stderr.
+func guardAgent(e *env) error {
+	log := e.logger(e.stderr)
+	exe, err := os.Executable()
+	if err != nil {
+		return &exitError{ExitFailed, fmt.Errorf("agent guard: %w", err)}
+	}
+	argv := append([]string{os.Args[0]}, os.Args[1:]...)
+	argv = append(argv, "--"+guardedFlag)
+	status, killed, err := supervise.Guard(exe, argv, os.Environ())
+	if err != nil {
+		return &exitError{ExitFailed, err}
+	}
+	if killed > 0 || status.Signaled() {
+		log.Warn("agent guard: the agent ended; killed what was left below it",
+			"status", describeStatus(status), "killed", killed)
+	}
+	switch {
+	case status.Exited() && status.ExitStatus() == 0:
+		return nil
+	case status.Exited():
+		return &exitError{status.ExitStatus(), errors.New("")}
+	default:
+		return &exitError{128 + int(status.Signal()), errors.New("")}
+	}
+}
+
+func describeStatus(ws unix.WaitStatus) string {
+	if ws.Signaled() {
+		return "killed by " + unix.SignalName(ws.Signal())
+	}
+	return fmt.Sprintf("exit %d", ws.ExitStatus())
 }
 
 func runAgent(e *env) error {

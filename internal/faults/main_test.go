@@ -111,19 +111,22 @@ func children(pid int) []int {
 	return out
 }
 
-// findAgent returns the pid of the `drover agent` child of drover, waiting
-// for it up to the backstop.
+// findAgent returns the pid of the agent proper, the `drover agent
+// --guarded` child of the `drover agent` guard that drover started,
+// waiting for it up to the backstop. That is the process an OOM kill or a
+// crash would end; the guard only waits for it.
 func findAgent(t *testing.T, drover *proc) int {
 	t.Helper()
 	deadline := time.Now().Add(backstop)
 	for {
-		for _, c := range children(drover.PID()) {
-			data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", c))
-			if err != nil {
+		for _, guard := range children(drover.PID()) {
+			if args := cmdline(guard); len(args) < 2 || filepath.Base(args[0]) != "drover" || args[1] != "agent" {
 				continue
 			}
-			args := strings.Split(strings.TrimSuffix(string(data), "\x00"), "\x00")
-			if len(args) >= 2 && filepath.Base(args[0]) == "drover" && args[1] == "agent" {
+			for _, c := range children(guard) {
+				if !slices.Contains(cmdline(c), "--guarded") {
+					continue
+				}
 				t.Cleanup(func() {
 					if live(c, "drover") {
 						_ = unix.Kill(c, unix.SIGCONT)
@@ -134,10 +137,18 @@ func findAgent(t *testing.T, drover *proc) int {
 			}
 		}
 		if !drover.Running() || time.Now().After(deadline) {
-			t.Fatalf("no `drover agent` child of drover (pid %d)\n%s", drover.PID(), drover.Out)
+			t.Fatalf("no `drover agent --guarded` below drover (pid %d)\n%s", drover.PID(), drover.Out)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+func cmdline(pid int) []string {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return nil
+	}
+	return strings.Split(strings.TrimSuffix(string(data), "\x00"), "\x00")
 }
 
 // jobProc is one process a job started, as the job recorded it.
@@ -150,11 +161,12 @@ type jobProc struct {
 func (j jobProc) String() string { return fmt.Sprintf("%s %d (%s)", j.what, j.pid, j.comm) }
 
 // sleeperScript is a job's shell script: it starts a background sleep in
-// its process group, records its own pid and the sleep's in
-// DIR/pids.TAG (written whole, by rename) and waits.
+// its process group and a daemon sleep that leaves it (setsid), records
+// its own pid and theirs in DIR/pids.TAG (written whole, by rename) and
+// waits.
 func sleeperScript(dir, tag string) string {
 	tmp := filepath.Join(dir, "tmp."+tag)
-	return fmt.Sprintf(`sleep 600 & echo $$ $! > %q; mv %q %q; wait`, tmp, tmp, filepath.Join(dir, "pids."+tag))
+	return fmt.Sprintf(`sleep 600 & b=$!; setsid sleep 600 & echo $$ $b $! > %q; mv %q %q; wait`, tmp, tmp, filepath.Join(dir, "pids."+tag))
 }
 
 // waitJobs waits until n pids.* files are in dir and returns their
@@ -173,16 +185,17 @@ func waitJobs(t *testing.T, drover *proc, dir string, n int) []jobProc {
 					t.Fatal(err)
 				}
 				fields := strings.Fields(string(data))
-				if len(fields) != 2 {
-					t.Fatalf("%s: %q, want two pids", f, data)
+				if len(fields) != 3 {
+					t.Fatalf("%s: %q, want three pids", f, data)
 				}
 				tag := strings.TrimPrefix(filepath.Base(f), "pids.")
-				for i, comm := range []string{"sh", "sleep"} {
+				for i, what := range []string{"sh", "sleep", "setsid-sleep"} {
 					pid, err := strconv.Atoi(fields[i])
 					if err != nil || pid <= 1 {
 						t.Fatalf("%s: bad pid %q", f, fields[i])
 					}
-					jobs = append(jobs, jobProc{pid: pid, comm: comm, what: tag + "/" + comm})
+					comm := strings.TrimPrefix(what, "setsid-")
+					jobs = append(jobs, jobProc{pid: pid, comm: comm, what: tag + "/" + what})
 				}
 			}
 			t.Cleanup(func() {

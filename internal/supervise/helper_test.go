@@ -172,6 +172,14 @@ func helperMain(args []string) int {
 		}
 		fmt.Printf("pid %d\n", pid)
 		sleepForever()
+	case "guard": // guard MODE...: run MODE under Guard, then report
+		exe, _ := os.Executable()
+		status, killed, err := Guard(exe, append([]string{exe}, args[1:]...), os.Environ())
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 110
+		}
+		fmt.Printf("guarded child signalled %v, killed %d\n", status.Signaled(), killed)
 	default:
 		fmt.Fprintf(os.Stderr, "helper: unknown mode %q\n", mode)
 		return 100
