@@ -16,7 +16,7 @@
 //		return err
 //	}
 //	for {
-//		exits, err := c.Finished(ctx) // each exit exactly once
+//		exits, err := c.Finished(ctx, time.Minute) // each exit exactly once, as it comes
 //		...
 //	}
 //
@@ -580,9 +580,12 @@ func (c *Client) Logs(ctx context.Context, name string, stderr, follow bool, w i
 }
 
 // Finished returns the exits of the processes started with Start since the
-// last call (by anyone), each exactly once.
-func (c *Client) Finished(ctx context.Context) ([]Exit, error) {
-	r, err := c.rpc.Finished(ctx, &droverpb.FinishedRequest{})
+// last call (by anyone), each exactly once. When there is none yet it
+// waits up to wait for one, and returns as soon as one comes (wait 0
+// returns at once): a loop of Finished(ctx, time.Minute) sees each exit
+// the moment serve has it, without polling.
+func (c *Client) Finished(ctx context.Context, wait time.Duration) ([]Exit, error) {
+	r, err := c.rpc.Finished(ctx, &droverpb.FinishedRequest{WaitMs: wait.Milliseconds()})
 	if err != nil {
 		return nil, c.fail(err)
 	}

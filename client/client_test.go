@@ -83,7 +83,7 @@ func (f *fake) Logs(_ context.Context, name string, stderr, follow bool, w io.Wr
 	return err
 }
 
-func (f *fake) Finished(context.Context) ([]node.Exit, error) {
+func (f *fake) Finished(context.Context, time.Duration) ([]node.Exit, error) {
 	return []node.Exit{{Name: "c", Node: "n1", Code: -1, Signal: syscall.SIGKILL}}, f.fail()
 }
 
@@ -221,7 +221,7 @@ func TestCalls(t *testing.T) {
 		t.Errorf("logs: %q", buf.String())
 	}
 
-	exits, err := c.Finished(ctx)
+	exits, err := c.Finished(ctx, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -37,7 +37,7 @@ func Example() {
 		log.Fatal(err)
 	}
 	for {
-		exits, err := c.Finished(ctx)
+		exits, err := c.Finished(ctx, time.Minute) // returns as soon as one ends
 		if err != nil {
 			log.Fatal(err)
 		}
@@ -47,6 +47,5 @@ func Example() {
 				return
 			}
 		}
-		time.Sleep(time.Second)
 	}
 }

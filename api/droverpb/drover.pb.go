@@ -3193,6 +3193,7 @@ func (x *LogChunk) GetData() []byte {
 
 type FinishedRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
+	WaitMs        int64                  `protobuf:"varint,1,opt,name=wait_ms,json=waitMs,proto3" json:"wait_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3225,6 +3226,13 @@ func (x *FinishedRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use FinishedRequest.ProtoReflect.Descriptor instead.
 func (*FinishedRequest) Descriptor() ([]byte, []int) {
 	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *FinishedRequest) GetWaitMs() int64 {
+	if x != nil {
+		return x.WaitMs
+	}
+	return 0
 }
 
 type FinishedReply struct {
@@ -4242,8 +4250,9 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\x06stderr\x18\x02 \x01(\bR\x06stderr\x12\x16\n" +
 	"\x06follow\x18\x03 \x01(\bR\x06follow\"\x1e\n" +
 	"\bLogChunk\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data\"\x11\n" +
-	"\x0fFinishedRequest\"6\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"*\n" +
+	"\x0fFinishedRequest\x12\x17\n" +
+	"\await_ms\x18\x01 \x01(\x03R\x06waitMs\"6\n" +
 	"\rFinishedReply\x12%\n" +
 	"\x05exits\x18\x01 \x03(\v2\x0f.drover.v1.ExitR\x05exits\"-\n" +
 	"\x10CancelAllRequest\x12\x19\n" +

@@ -167,7 +167,8 @@ type ControlClient interface {
 	// Logs streams a process's stdout or stderr from the start; with follow
 	// until the process has exited and all its output is sent.
 	Logs(ctx context.Context, in *LogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[LogChunk], error)
-	// Finished returns the exits since the last call, each exactly once.
+	// Finished returns the exits since the last call, each exactly once;
+	// with wait_ms, when there is none yet, it waits up to that long for one.
 	Finished(ctx context.Context, in *FinishedRequest, opts ...grpc.CallOption) (*FinishedReply, error)
 	// CancelAll stops every process (SIGTERM, grace, SIGKILL).
 	CancelAll(ctx context.Context, in *CancelAllRequest, opts ...grpc.CallOption) (*Empty, error)
@@ -403,7 +404,8 @@ type ControlServer interface {
 	// Logs streams a process's stdout or stderr from the start; with follow
 	// until the process has exited and all its output is sent.
 	Logs(*LogsRequest, grpc.ServerStreamingServer[LogChunk]) error
-	// Finished returns the exits since the last call, each exactly once.
+	// Finished returns the exits since the last call, each exactly once;
+	// with wait_ms, when there is none yet, it waits up to that long for one.
 	Finished(context.Context, *FinishedRequest) (*FinishedReply, error)
 	// CancelAll stops every process (SIGTERM, grace, SIGKILL).
 	CancelAll(context.Context, *CancelAllRequest) (*Empty, error)

@@ -337,6 +337,12 @@ func TestServeVerbs(t *testing.T) {
 	if r := ok("finished"); r.stdout != "" {
 		t.Errorf("a second finished repeats exits: %q", r.stdout)
 	}
+	// --wait returns the next exit as it comes (a minute is only a bound).
+	ok("start", "--node", nodeName, "--name", "later", "--", "sh", "-c", "sleep 0.3; exit 4")
+	if r := ok("finished", "--wait", "1m"); r.stdout != "later exit 4\n" {
+		t.Errorf("finished --wait: %q", r.stdout)
+	}
+	wantCode(t, run("finished", "--wait", "-1s"), 2)
 	if data := readFile(t, filepath.Join(work, "env.out")); data != "forty two/own\n" {
 		t.Errorf("env.out (relative --stdout): %q", data)
 	}

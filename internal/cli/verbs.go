@@ -349,18 +349,25 @@ it is printed, or Ctrl-C. With several names, each line is prefixed with
 
 func newFinished(e *env) *cobra.Command {
 	vf := &verbFlags{}
+	var wait time.Duration
 	cmd := &cobra.Command{
 		Use:   "finished",
 		Short: "Print the processes that ended since the last call",
 		Long: `Prints "NAME exit N" or "NAME signal SIG" for each process started with
 drover start that ended since the last drover finished (by anyone): each
 exit exactly once. A process whose node was lost before it reported its
-end shows as "NAME exit -1 (node lost)".` + verbNote,
-		Example: `  drover finished`,
-		Args:    cobra.NoArgs,
+end shows as "NAME exit -1 (node lost)". With --wait, when none has ended
+yet, it waits up to that long and prints the first to end as soon as it
+does.` + verbNote,
+		Example: `  drover finished
+  drover finished --wait 1m   # block until something ends (at most a minute)`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if wait < 0 {
+				return usageError("--wait %v: must not be negative", wait)
+			}
 			return withClient(vf, func(ctx context.Context, c *client.Client) error {
-				exits, err := c.Finished(ctx)
+				exits, err := c.Finished(ctx, wait)
 				if err != nil {
 					return err
 				}
@@ -375,6 +382,7 @@ end shows as "NAME exit -1 (node lost)".` + verbNote,
 			})
 		},
 	}
+	cmd.Flags().DurationVar(&wait, "wait", 0, "when nothing has ended yet, wait up to this long for something to")
 	addVerbFlags(cmd, vf)
 	return cmd
 }

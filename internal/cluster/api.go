@@ -71,8 +71,9 @@ type API interface {
 	// output is sent, or ctx ends.
 	Logs(ctx context.Context, name string, stderr, follow bool, w io.Writer) error
 	// Finished returns the exits of processes started with Start since the
-	// last call, each exactly once.
-	Finished(ctx context.Context) ([]node.Exit, error)
+	// last call, each exactly once. When there is none yet it waits up to
+	// wait for one (0: it does not wait).
+	Finished(ctx context.Context, wait time.Duration) ([]node.Exit, error)
 	CancelAll(ctx context.Context, grace time.Duration) error
 	GetEnv(ctx context.Context, nodeName, key string) (string, bool, error)
 	SetEnv(ctx context.Context, nodeName, key, value string) error

@@ -118,6 +118,7 @@ type Cluster struct {
 	byName   map[string]*member // the current member of each name
 	procs    map[string]*proc   // every known process, by cluster-wide name
 	finished []node.Exit        // exits of Start-ed processes not yet returned
+	exitCame chan struct{}      // closed when finished gets an exit; nil if none waits
 	subs     []*submission
 	subByNum map[int]*submission
 	lastSub  int
@@ -308,6 +309,10 @@ func (c *Cluster) exitedLocked(p *proc, e node.Exit, real bool) {
 	c.releaseLocked(p)
 	if p.view == nil {
 		c.finished = append(c.finished, e)
+		if c.exitCame != nil {
+			close(c.exitCame)
+			c.exitCame = nil
+		}
 		return
 	}
 	delete(p.view.procs, p.name)

@@ -45,7 +45,7 @@ func TestStartOnNamedNodeAndFinishedOnce(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(c.opts.Home, "procs", "three", "stderr")); err != nil {
 		t.Fatal(err)
 	}
-	if f, _ := c.Finished(ctxT(t)); len(f) != 0 {
+	if f, _ := c.Finished(ctxT(t), 0); len(f) != 0 {
 		t.Fatalf("reported again: %+v", f)
 	}
 
@@ -907,5 +907,35 @@ func TestStopWhileStarting(t *testing.T) {
 	}
 	if j := jobs["1.w.1"]; j.State != results.StateFailed || !strings.Contains(j.Outcome, "signal") {
 		t.Errorf("w.1: %+v", j)
+	}
+}
+
+// Finished with a wait blocks until an exit comes and returns it then; with
+// nothing to come it returns none once the wait is over.
+func TestFinishedWaits(t *testing.T) {
+	c := newCluster(t, newAgent(t, "n1"))
+	if f, err := c.Finished(ctxT(t), 20*time.Millisecond); err != nil || len(f) != 0 {
+		t.Fatalf("Finished with nothing running: %+v %v", f, err)
+	}
+	start(t, c, "n1", "waiter", helper("stdin")...)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	got := make(chan []node.Exit, 1)
+	go func() {
+		f, err := c.Finished(ctx, time.Hour)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- f
+	}()
+	if err := c.Send(ctx, "waiter", []byte("quit\n")); err != nil {
+		t.Fatal(err)
+	}
+	f := <-got
+	if ctx.Err() != nil {
+		t.Fatalf("Finished returned only when its context ended: %+v", f)
+	}
+	if len(f) != 1 || f[0].Name != "waiter" || f[0].Code != 0 {
+		t.Fatalf("Finished returned %+v, want the exit of waiter", f)
 	}
 }

@@ -202,7 +202,7 @@ func (col *collector) wait(t *testing.T, names ...string) map[string]node.Exit {
 	t.Helper()
 	deadline := time.Now().Add(backstop)
 	for {
-		exits, err := col.c.Finished(context.Background())
+		exits, err := col.c.Finished(context.Background(), time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}

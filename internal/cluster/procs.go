@@ -270,11 +270,27 @@ func (c *Cluster) Purge(ctx context.Context, name string) error {
 // Finished returns the exits of processes started with Start since the
 // last call, each exactly once, in the order they arrived. A process whose
 // node was lost before it reported gets Exit{Code: -1, Err: "node lost"}.
-func (c *Cluster) Finished(ctx context.Context) ([]node.Exit, error) {
+func (c *Cluster) Finished(ctx context.Context, wait time.Duration) ([]node.Exit, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("finished: %w", err)
 	}
 	c.mu.Lock()
+	if len(c.finished) == 0 && wait > 0 {
+		if c.exitCame == nil {
+			c.exitCame = make(chan struct{})
+		}
+		came := c.exitCame
+		c.mu.Unlock()
+		timer := time.NewTimer(wait)
+		select {
+		case <-came:
+		case <-timer.C:
+		case <-ctx.Done():
+		case <-c.done:
+		}
+		timer.Stop()
+		c.mu.Lock()
+	}
 	defer c.mu.Unlock()
 	f := c.finished
 	c.finished = nil

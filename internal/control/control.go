@@ -423,8 +423,11 @@ func (s *Server) Logs(req *droverpb.LogsRequest, stream droverpb.Control_LogsSer
 }
 
 // Finished implements droverpb.ControlServer.
-func (s *Server) Finished(ctx context.Context, _ *droverpb.FinishedRequest) (*droverpb.FinishedReply, error) {
-	exits, err := s.api.Finished(ctx)
+func (s *Server) Finished(ctx context.Context, req *droverpb.FinishedRequest) (*droverpb.FinishedReply, error) {
+	if req.GetWaitMs() < 0 {
+		return nil, Status(fmt.Errorf("finished: wait %dms: %w", req.GetWaitMs(), cluster.ErrInvalid))
+	}
+	exits, err := s.api.Finished(ctx, time.Duration(req.GetWaitMs())*time.Millisecond)
 	if err != nil {
 		return nil, Status(err)
 	}

@@ -150,8 +150,8 @@ func (f *fakeAPI) Logs(ctx context.Context, name string, stderr, follow bool, w 
 	return nil
 }
 
-func (f *fakeAPI) Finished(ctx context.Context) ([]node.Exit, error) {
-	if err := f.call(ctx, "Finished"); err != nil {
+func (f *fakeAPI) Finished(ctx context.Context, wait time.Duration) ([]node.Exit, error) {
+	if err := f.call(ctx, "Finished %v", wait); err != nil {
 		return nil, err
 	}
 	return []node.Exit{
@@ -395,8 +395,9 @@ func TestRPCsMapArgumentsAndResults(t *testing.T) {
 		t.Errorf("Logs: got %d bytes in %d chunks, want the %d bytes written in several", len(got), chunks, len(api.logs))
 	}
 
-	fin, err := c.Finished(ctx, &droverpb.FinishedRequest{})
+	fin, err := c.Finished(ctx, &droverpb.FinishedRequest{WaitMs: 1500})
 	check(t, err)
+	wantCall(t, api, "Finished 1.5s")
 	wantProto(t, "Finished", fin, &droverpb.FinishedReply{Exits: []*droverpb.Exit{
 		{Name: "b", Node: "n1", Code: 3, StartUnixNano: t0.UnixNano(), EndUnixNano: t1.UnixNano()},
 		{Name: "c", Node: "n1", Code: -1, Signal: "SIGKILL"},
