@@ -110,7 +110,7 @@ func TestTimeoutIgnoresSIGTERM(t *testing.T) {
 			t.Errorf("%s: started to final %v, want about timeout %v + grace %v", name, dt, timeout, grace)
 		}
 	}
-	t.Logf("timeout %v + grace %v; started to SIGKILL report: %s", timeout, grace, strings.Join(took, ", "))
+	t.Logf("MEASURE: timeout %v + grace %v; started to SIGKILL report: %s", timeout, grace, strings.Join(took, ", "))
 	noneLeft(t, bed, marker)
 }
 
@@ -169,7 +169,7 @@ sample:
 			t.Errorf("%s is not all zero bytes (%v)", path, err)
 		}
 	}
-	t.Logf("1 GiB stdout from %s over ssh: run took %v (%.0f MB/s); manager peak RSS (VmHWM, %d samples) %.1f MiB",
+	t.Logf("MEASURE: 1 GiB stdout from %s over ssh: run took %v (%.0f MB/s); manager peak RSS (VmHWM, %d samples) %.1f MiB",
 		host, elapsed.Round(time.Millisecond), float64(size)/1e6/elapsed.Seconds(), samples, float64(peak)/(1<<20))
 	if peak == 0 {
 		t.Errorf("could not read the manager's VmHWM")

@@ -2,6 +2,7 @@ package chaos_test
 
 import (
 	"fmt"
+	"maps"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -18,6 +19,67 @@ func startedOn(host string) func([]event) bool {
 	return func(evs []event) bool {
 		return slices.ContainsFunc(evs, func(e event) bool { return e.Event == "started" && e.Node == host })
 	}
+}
+
+// runningOn lists the instances that ran on host at the time at: started
+// there before it, and no attempt-failed or final event of theirs since.
+func runningOn(evs []event, host string, at time.Time) []string {
+	run := map[string]bool{}
+	for _, e := range evs {
+		switch {
+		case !e.Time.Before(at):
+		case e.Event == "started" && e.Node == host:
+			run[e.Job] = true
+		case e.Event == "attempt-failed" || e.final():
+			delete(run, e.Job)
+		}
+	}
+	return slices.Sorted(maps.Keys(run))
+}
+
+// checkNodeLost checks a run with --retries 1 in which victim was lost
+// while the instances onVictim ran on it: one node-lost event, for victim;
+// nothing from victim after it (no second final); each of onVictim lost
+// its attempt there once (attempt-failed), then ran again elsewhere and
+// succeeded. It returns when the node was declared lost.
+func checkNodeLost(t *testing.T, a accounted, victim string, onVictim []string) time.Time {
+	t.Helper()
+	var lost []event
+	for _, e := range a.evs {
+		if e.Event == "node-lost" {
+			lost = append(lost, e)
+		}
+	}
+	if len(lost) != 1 || lost[0].Node != victim {
+		t.Fatalf("node-lost events %v, want exactly one, for %s", lost, victim)
+	}
+	lostAt := lost[0].Time
+	for _, e := range a.evs {
+		if e.Time.After(lostAt) && e.Node == victim && e.Event != "node-lost" && e.Error != "node lost" {
+			t.Errorf("event from %s after it was declared lost: %v", victim, e)
+		}
+	}
+	for _, name := range onVictim {
+		failed, restarted := 0, false
+		for _, e := range a.evs {
+			switch {
+			case e.Job != name:
+			case e.Event == "attempt-failed" && e.Node == victim:
+				failed++
+			case e.Event == "started" && e.Attempt == 2 && failed > 0:
+				restarted = true
+				if e.Node == victim {
+					t.Errorf("%s retried on the lost node: %v", name, e)
+				}
+			}
+		}
+		f := a.finals[name]
+		if failed != 1 || !restarted || f.Event != "finished" || f.ExitCode == nil || *f.ExitCode != 0 || f.Node == victim {
+			t.Errorf("%s ran on %s: want one attempt-failed there, a second attempt elsewhere and success; got %d attempt-failed, restarted %v, final %v",
+				name, victim, failed, restarted, f)
+		}
+	}
+	return lostAt
 }
 
 // A link cut for 2 s, well under --node-timeout 5s, in the middle of a
@@ -76,7 +138,7 @@ func TestLinkCutShort(t *testing.T) {
 			after++
 		}
 	}
-	t.Logf("%s cut for %v: %d instances ran across the cut (exit reported at most %v later than the 3s run), %d started on it after; run took %v",
+	t.Logf("MEASURE: %s cut for %v: %d instances ran across the cut (exit reported at most %v later than the 3s run), %d started on it after; run took %v",
 		victim, cut, across, worst.Round(time.Millisecond), after, d.Exited.Sub(d.Started).Round(time.Millisecond))
 	if across == 0 {
 		t.Errorf("no instance on %s ran across the cut: the scenario did not happen", victim)
@@ -118,12 +180,7 @@ func TestLinkCutLong(t *testing.T) {
 		}
 		return k == n
 	})
-	var onVictim []string
-	for _, e := range evs {
-		if e.Event == "started" && e.Node == victim {
-			onVictim = append(onVictim, e.Job)
-		}
-	}
+	onVictim := runningOn(evs, victim, time.Now())
 	if len(onVictim) == 0 {
 		t.Fatalf("nothing started on %s: %v", victim, evs)
 	}
@@ -162,48 +219,10 @@ func TestLinkCutLong(t *testing.T) {
 	}
 	names := instanceNames("s2", n)
 	a := checkAccounting(t, out, names)
-	var lostAt time.Time
-	for _, e := range a.evs {
-		if e.Event == "node-lost" {
-			if e.Node != victim {
-				t.Errorf("unexpected %v", e)
-			} else if lostAt.IsZero() {
-				lostAt = e.Time
-			}
-		}
-	}
-	if lostAt.IsZero() {
-		t.Fatalf("no node-lost event for %s after a %v cut (node-timeout %v)", victim, cut, nodeTimeout)
-	}
+	lostAt := checkNodeLost(t, a, victim, onVictim)
 	detect := lostAt.Sub(cutAt)
 	if detect < nodeTimeout-time.Second || detect > nodeTimeout+slack {
 		t.Errorf("node-lost %v after the cut, want about node-timeout %v", detect, nodeTimeout)
-	}
-	// After node-lost, nothing more from the victim: no second final.
-	for _, e := range a.evs {
-		if e.Time.After(lostAt) && e.Node == victim && e.Event != "node-lost" && e.Error != "node lost" {
-			t.Errorf("event from %s after it was declared lost: %v", victim, e)
-		}
-	}
-	for _, name := range onVictim {
-		var failed, restarted bool
-		for _, e := range a.evs {
-			switch {
-			case e.Job != name:
-			case e.Event == "attempt-failed" && e.Node == victim && e.Attempt == 1:
-				failed = true
-			case e.Event == "started" && e.Attempt == 2 && failed:
-				restarted = true
-				if e.Node == victim {
-					t.Errorf("%s retried on the lost node: %v", name, e)
-				}
-			}
-		}
-		f := a.finals[name]
-		if !failed || !restarted || f.Event != "finished" || f.ExitCode == nil || *f.ExitCode != 0 || f.Node == victim {
-			t.Errorf("%s ran on %s: want attempt-failed, a second attempt elsewhere and success; got attempt-failed %v, restarted %v, final %v",
-				name, victim, failed, restarted, f)
-		}
 	}
 	if a.sum.Succeeded != n {
 		t.Errorf("summary: %d of %d succeeded: %+v", a.sum.Succeeded, n, a.sum.Instances)
@@ -212,7 +231,7 @@ func TestLinkCutLong(t *testing.T) {
 	if goneAfter > 0 {
 		gone = goneAfter.Round(100 * time.Millisecond).String()
 	}
-	t.Logf("%s cut for %v: node-lost %v after the cut (node-timeout %v); its job processes gone %s after the cut (monitor-timeout %v, grace %v); %d instances retried; link up %v before the run ended",
+	t.Logf("MEASURE: %s cut for %v: node-lost %v after the cut (node-timeout %v); its job processes gone %s after the cut (monitor-timeout %v, grace %v); %d instances retried; link up %v before the run ended",
 		victim, cut, detect.Round(time.Millisecond), nodeTimeout, gone, monitorTimeout, grace, len(onVictim), d.Exited.Sub(upAt).Round(time.Millisecond))
 	noneLeft(t, bed, marker)
 }

@@ -291,7 +291,20 @@ type accounted struct {
 // final event and its counts add up, and that no attempt started twice.
 func checkAccounting(t *testing.T, out string, names []string) accounted {
 	t.Helper()
-	a := accounted{evs: readEvents(t, out), finals: map[string]event{}, entries: map[string]instanceResult{}}
+	return checkResumed(t, out, names, time.Time{}, nil)
+}
+
+// checkResumed is checkAccounting for a run resumed at since in the same
+// OUT: only the events from since on count, and the instances in done
+// (succeeded before) have none of them and are "skipped" in the summary.
+func checkResumed(t *testing.T, out string, names []string, since time.Time, done map[string]bool) accounted {
+	t.Helper()
+	a := accounted{finals: map[string]event{}, entries: map[string]instanceResult{}}
+	for _, e := range readEvents(t, out) {
+		if !e.Time.Before(since) {
+			a.evs = append(a.evs, e)
+		}
+	}
 	want := map[string]bool{}
 	for _, n := range names {
 		want[n] = true
@@ -304,12 +317,20 @@ func checkAccounting(t *testing.T, out string, names []string) accounted {
 		}
 		if e.Event == "started" {
 			starts[fmt.Sprintf("%s attempt %d", e.Job, e.Attempt)]++
+			if done[e.Job] {
+				t.Errorf("%s had succeeded before the resume, yet started again: %v", e.Job, e)
+			}
 		}
 	}
 	for _, n := range names {
-		if fs := all[n]; len(fs) == 1 {
+		switch fs := all[n]; {
+		case done[n]:
+			if len(fs) > 0 {
+				t.Errorf("instance %s had succeeded before the resume, yet has final events: %v", n, fs)
+			}
+		case len(fs) == 1:
 			a.finals[n] = fs[0]
-		} else {
+		default:
 			t.Errorf("instance %s has %d final events, want exactly 1: %v", n, len(fs), fs)
 		}
 	}
@@ -344,6 +365,12 @@ func checkAccounting(t *testing.T, out string, names []string) accounted {
 			continue
 		}
 		f, ok := a.finals[in.Name]
+		if done[in.Name] {
+			if in.State != "skipped" {
+				t.Errorf("summary says %s is %s, want skipped: it had succeeded before the resume", in.Name, in.State)
+			}
+			continue
+		}
 		if !ok {
 			continue
 		}
@@ -365,7 +392,7 @@ func checkAccounting(t *testing.T, out string, names []string) accounted {
 			t.Errorf("summary lacks %s", n)
 		}
 	}
-	if counts["succeeded"] != s.Succeeded || counts["failed"] != s.Failed || counts["lost"] != s.Lost {
+	if counts["succeeded"] != s.Succeeded || counts["failed"] != s.Failed || counts["lost"] != s.Lost || counts["skipped"] != s.Skipped {
 		t.Errorf("summary counts %+v disagree with its instances %v", s, counts)
 	}
 	return a
@@ -404,23 +431,83 @@ func leftovers(t *testing.T, bed *testbed.Bed, pat string, within time.Duration)
 	deadline := time.Now().Add(within)
 	left := map[string][]string{}
 	for _, h := range bed.Names() {
-		for {
-			ps := pgrep(t, bed, h, pat)
-			if len(ps) == 0 {
-				break
-			}
-			if time.Now().After(deadline) {
-				left[h] = ps
-				break
-			}
-			time.Sleep(200 * time.Millisecond)
+		if ps := waitNone(t, bed, h, pat, deadline); len(ps) > 0 {
+			left[h] = ps
 		}
 	}
 	return left
 }
 
+// waitNone waits, until deadline, until no process matching pat is left
+// on host, and returns what is still there.
+func waitNone(t *testing.T, bed *testbed.Bed, host, pat string, deadline time.Time) []string {
+	t.Helper()
+	for {
+		ps := pgrep(t, bed, host, pat)
+		if len(ps) == 0 || time.Now().After(deadline) {
+			return ps
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
 // agentPattern matches this test process's drover agents on the hosts.
 func agentPattern() string { return "[.]cache/drover/" + droverSHA + "/drover agent" }
+
+// agentProper finds the pid of the agent on host. An agent may run as two
+// processes with the same command line prefix, a guard and below it the
+// agent proper: that is the one whose parent matches too, else the only
+// one.
+func agentProper(t *testing.T, bed *testbed.Bed, host string) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := bed.SSH(ctx, host, hostProcs(agentPattern(), "echo $p $(ps -o ppid= -p $p)")).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ssh %s: find the agent: %v: %s", host, err, out)
+	}
+	parent := map[int]int{}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		var pid, ppid int
+		if _, err := fmt.Sscan(line, &pid, &ppid); err == nil {
+			parent[pid] = ppid
+		}
+	}
+	var deepest []int
+	for pid, ppid := range parent {
+		if _, ok := parent[ppid]; ok {
+			deepest = append(deepest, pid)
+		}
+	}
+	switch {
+	case len(deepest) == 1:
+		return deepest[0]
+	case len(deepest) == 0 && len(parent) == 1:
+		for pid := range parent {
+			return pid
+		}
+	}
+	t.Fatalf("on %s, no single agent proper among the agent processes (pid: parent) %v", host, parent)
+	return 0
+}
+
+// sendSignal sends sig (a kill(1) name) to pid on host over ssh and returns
+// when it was sent, as the host's clock says (the hosts share this
+// machine's), not when ssh came back.
+func sendSignal(t *testing.T, bed *testbed.Bed, host string, pid int, sig string) time.Time {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := bed.SSH(ctx, host, fmt.Sprintf("kill -%s %d && date +%%s%%N", sig, pid)).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ssh %s kill -%s %d: %v: %s", host, sig, pid, err, out)
+	}
+	ns, err := strconv.ParseInt(strings.TrimSpace(string(out)), 10, 64)
+	if err != nil {
+		t.Fatalf("ssh %s kill -%s %d: %q is not a time", host, sig, pid, out)
+	}
+	return time.Unix(0, ns)
+}
 
 // noneLeft checks, on every host over ssh, that no job process (marker)
 // and no agent of ours is left, allowing a few seconds for remote exits.
@@ -477,7 +564,7 @@ func cutLink(t *testing.T, host string) func() {
 // netnsProcs lists the live processes in host's network namespace whose
 // command line contains marker, read from this machine's /proc (the bed's
 // hosts have their own network namespaces but share the pid namespace):
-// the way to look at a host while its link is cut.
+// the way to look at a host while its link is cut, or quicker than ssh.
 func netnsProcs(host, marker string) []int {
 	var want syscall.Stat_t
 	if syscall.Stat("/run/netns/"+host, &want) != nil {
