@@ -72,6 +72,12 @@ func TestAgentSIGKILLOnHost(t *testing.T) {
 	if detect > nodeTimeout+slack {
 		t.Errorf("node-lost %v after the SIGKILL, beyond node-timeout %v + %v", detect, nodeTimeout, slack)
 	}
+	// Lost because ssh passed on the agent's end, not after the timeout.
+	for _, e := range a.evs {
+		if e.Event == "node-lost" && !strings.Contains(e.Error, "its agent ended") {
+			t.Errorf("node-lost because %q, want its agent ended", e.Error)
+		}
+	}
 	if a.sum.Succeeded != n {
 		t.Errorf("summary: %d of %d succeeded: %+v", a.sum.Succeeded, n, a.sum.Instances)
 	}

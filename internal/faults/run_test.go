@@ -54,9 +54,13 @@ func TestAgentSIGKILL(t *testing.T) {
 		t.Errorf("no node-lost event:\n%+v", evs)
 	} else {
 		detect := lost.Time.Sub(killed)
-		t.Logf("node-lost %v after the SIGKILL (node-timeout %v)", detect.Round(time.Millisecond), nodeTimeout)
+		t.Logf("node-lost %v after the SIGKILL (node-timeout %v): %s", detect.Round(time.Millisecond), nodeTimeout, lost.Error)
 		if detect > nodeTimeout+slack {
 			t.Errorf("node-lost %v after the SIGKILL, beyond node-timeout %v + %v", detect, nodeTimeout, slack)
+		}
+		// Lost because the agent was seen to end, not after the timeout.
+		if !strings.Contains(lost.Error, "its agent ended") {
+			t.Errorf("node-lost because %q, want its agent ended", lost.Error)
 		}
 	}
 	for name, e := range finalsOf(t, evs, names) {

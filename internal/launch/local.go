@@ -48,6 +48,10 @@ func StartLocal(exe string, cfg *AgentConfig, logs io.Writer) (*Child, error) {
 // Done is closed when the agent process has exited.
 func (c *Child) Done() <-chan struct{} { return c.done }
 
+// Ended is true: the process that ended is the agent (its guard, which
+// ends after the agent proper and whatever it left).
+func (c *Child) Ended() bool { return true }
+
 // Err is the agent's exit error, valid after Done.
 func (c *Child) Err() error { return c.err }
 

@@ -255,6 +255,10 @@ func (s *Step) Err() error {
 	return fmt.Errorf("srun: %w%s", s.err, s.tailSuffix())
 }
 
+// Ended reports whether srun ended by itself: then every task of the step,
+// each an agent, has ended.
+func (s *Step) Ended() bool { return exitedBySelf(s.err, -1) }
+
 // stepGrace is how long Stop waits for the agents to end by themselves
 // before it has srun cancel the step.
 const stepGrace = 15 * time.Second

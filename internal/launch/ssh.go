@@ -23,6 +23,11 @@ import (
 type Agent interface {
 	Done() <-chan struct{}
 	Err() error
+	// Ended reports, once Done is closed, whether the agent itself is
+	// known to have ended, as opposed to the launcher having lost sight of
+	// it (an ssh connection that failed): then its nodes are lost at once,
+	// not after the node timeout.
+	Ended() bool
 	Stop(ctx context.Context) error
 	Kill()
 }
@@ -433,6 +438,21 @@ func (r *Remote) Err() error {
 		return nil
 	}
 	return fmt.Errorf("%s: %w%s", r.Host, r.err, r.tailSuffix())
+}
+
+// Ended reports whether ssh passed on the remote command's end: it exited
+// by itself with a status other than 255, ssh's own failure (a broken
+// connection among them, after which the agent may still run).
+func (r *Remote) Ended() bool { return exitedBySelf(r.err, 255) }
+
+// exitedBySelf reports whether a process whose Wait returned err exited by
+// itself (not by a signal) with a status other than failed.
+func exitedBySelf(err error, failed int) bool {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.Exited() && ee.ExitCode() != failed
+	}
+	return err == nil
 }
 
 // Stop closes the lifeline: the agent stops its processes and exits, and

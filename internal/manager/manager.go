@@ -251,12 +251,30 @@ func (m *Manager) addAgent(a launch.Agent, names ...string) {
 		m.mu.Lock()
 		m.exited++
 		var failed []string
+		var ended []*wire.RemoteNode
 		for _, n := range names {
-			if e := m.expect[n]; e != nil && e.agent == a && !e.joined && !e.failed {
+			e := m.expect[n]
+			if e == nil || e.agent != a {
+				continue
+			}
+			if !e.joined && !e.failed {
 				failed = append(failed, n)
+			}
+			if e.joined && a.Ended() {
+				// The latest session of that name: e is a's, so no other
+				// agent was launched for it since.
+				for i := len(m.joined) - 1; i >= 0; i-- {
+					if m.joined[i].Name() == n {
+						ended = append(ended, m.joined[i])
+						break
+					}
+				}
 			}
 		}
 		m.mu.Unlock()
+		for _, rn := range ended {
+			go rn.AgentEnded(agentEndedReason(a.Err()))
+		}
 		reason := "agent exited before it joined"
 		if err := a.Err(); err != nil {
 			reason += ": " + err.Error()
@@ -266,6 +284,13 @@ func (m *Manager) addAgent(a launch.Agent, names ...string) {
 		}
 		m.signal()
 	}()
+}
+
+func agentEndedReason(err error) string {
+	if err != nil {
+		return "its agent ended: " + err.Error()
+	}
+	return "its agent ended"
 }
 
 // fail records that node will not join. A node that joined, or failed

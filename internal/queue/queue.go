@@ -896,7 +896,11 @@ func (r *runner) nodeGone(ns *nodeState) {
 	if r.ownPool {
 		r.pool.RemoveNode(ns.name)
 	}
-	r.emit(results.Event{Event: results.NodeLost, Node: ns.n.Name()})
+	ev := results.Event{Event: results.NodeLost, Node: ns.n.Name()}
+	if why, ok := ns.n.(interface{ Err() error }); ok && why.Err() != nil {
+		ev.Error = why.Err().Error() // say why: silence, or the agent's end
+	}
+	r.emit(ev)
 	for _, inst := range ns.running {
 		if inst.phase == starting {
 			continue // its start will fail and be handled then

@@ -447,6 +447,26 @@ func (n *RemoteNode) checkAlive() {
 	n.mu.Unlock()
 }
 
+// AgentEnded declares the node lost now, rather than after the node
+// timeout: its agent is known to have ended (its launcher saw it exit), so
+// no word can come from it any more. What it sent before it ended is read
+// first: the session, when there is one, ends with the agent's process.
+func (n *RemoteNode) AgentEnded(reason string) {
+	n.mu.Lock()
+	att := n.att
+	n.mu.Unlock()
+	if att != nil {
+		t := time.NewTimer(n.timeout)
+		select {
+		case <-att.done:
+		case <-n.gone:
+		case <-t.C: // the watchdog has lost it by now
+		}
+		t.Stop()
+	}
+	n.lose(reason)
+}
+
 func (n *RemoteNode) lose(reason string) {
 	n.mu.Lock()
 	n.loseLocked(reason)
