@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -37,7 +38,9 @@ to, and reports their exits. Launchers start it and hand it its
 configuration and credentials as one JSON object on stdin; the end of stdin
 then means the manager is gone, and the agent stops every process it
 started and exits. It does the same after --monitor-timeout without word
-from the manager.`,
+from the manager. It runs as two processes: a small guard, and below it
+the agent proper; if the agent proper dies, even by SIGKILL, the guard
+kills whatever it left behind.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if guarded {
@@ -63,8 +66,7 @@ func guardAgent(e *env) error {
 	if err != nil {
 		return &exitError{ExitFailed, fmt.Errorf("agent guard: %w", err)}
 	}
-	argv := append([]string{os.Args[0]}, os.Args[1:]...)
-	argv = append(argv, "--"+guardedFlag)
+	argv := append(slices.Clone(os.Args), "--"+guardedFlag)
 	status, killed, err := supervise.Guard(exe, argv, os.Environ())
 	if err != nil {
 		return &exitError{ExitFailed, err}
