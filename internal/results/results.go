@@ -56,23 +56,29 @@ func (e Event) Final() bool {
 // Log appends events to DIR/events.jsonl. Each Append is one write(2), so
 // once Append returns its lines are wholly in the file, and survive a crash
 // of this process. A background group commit makes them durable against a
-// crash of the machine: while one fdatasync runs, later appends gather and
-// the next fdatasync covers them all, so a power loss costs at most the
-// events of about one sync, never a torn or reordered log, and the caller
-// never waits for the disk. (Waiting for each sync before acting would make
-// every trivial job cost a disk flush; what a lost tail costs is that
-// --resume runs those instances again, and a run counts only when its
-// final event is in the log.)
+// crash of the machine: one fdatasync covers whatever was appended before
+// it began, and syncs are at least syncEvery apart, so a power cut loses at
+// most the events of about that long (never a torn or reordered log), and
+// the caller never waits for the disk. Waiting for a sync before acting on
+// each event, or syncing back to back, costs more than a trivial job on a
+// journaling file system (every sync is a journal commit, which the jobs'
+// own file creations then wait on); what a lost tail costs is that
+// --resume runs those instances again, since a run counts only through its
+// final event in the log.
 type Log struct {
 	mu  sync.Mutex
 	f   *os.File
 	buf bytes.Buffer
 
-	dirty    chan struct{} // holds a token while appends await a sync
-	synced   chan struct{} // closed when the syncer has stopped
-	syncErr  error         // the first failed sync; guarded by mu
-	syncOnce sync.Once
+	dirty     chan struct{} // holds a token while appends await a sync
+	closing   chan struct{} // closed by Close: sync no more
+	synced    chan struct{} // closed when the syncer has stopped
+	syncErr   error         // the first failed sync; guarded by mu
+	closeOnce sync.Once
 }
+
+// syncEvery is the least time between two syncs of the events log.
+const syncEvery = 200 * time.Millisecond
 
 // EventsFile and SummaryFile are the names inside the results directory.
 const (
@@ -93,22 +99,36 @@ func OpenLog(dir string) (*Log, error) {
 		f.Close()
 		return nil, fmt.Errorf("open events log: %w", err)
 	}
-	l := &Log{f: f, dirty: make(chan struct{}, 1), synced: make(chan struct{})}
+	l := &Log{f: f, dirty: make(chan struct{}, 1), closing: make(chan struct{}), synced: make(chan struct{})}
 	go l.syncer()
 	return l, nil
 }
 
 // syncer is the group commit: one fdatasync for whatever was appended
-// since the last one began.
+// since the last one began, at most one every syncEvery.
 func (l *Log) syncer() {
 	defer close(l.synced)
-	for range l.dirty {
+	wait := time.NewTimer(0)
+	defer wait.Stop()
+	for {
+		select {
+		case <-l.dirty:
+		case <-l.closing:
+			return // Close syncs the rest
+		}
+		start := time.Now()
 		if err := unix.Fdatasync(int(l.f.Fd())); err != nil {
 			l.mu.Lock()
 			if l.syncErr == nil {
 				l.syncErr = fmt.Errorf("sync events log: %w", err)
 			}
 			l.mu.Unlock()
+		}
+		wait.Reset(syncEvery - time.Since(start))
+		select {
+		case <-wait.C:
+		case <-l.closing:
+			return
 		}
 	}
 }
@@ -166,7 +186,7 @@ func (l *Log) Append(evs ...Event) error {
 
 // Close syncs and closes the log, reporting a sync that failed on the way.
 func (l *Log) Close() error {
-	l.syncOnce.Do(func() { close(l.dirty) })
+	l.closeOnce.Do(func() { close(l.closing) })
 	<-l.synced
 	l.mu.Lock()
 	defer l.mu.Unlock()
