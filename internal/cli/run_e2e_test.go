@@ -171,6 +171,11 @@ jobs:
 			}
 			r := drover(t, dir, args...)
 			wantCode(t, r, tc.code)
+			// A run that went well logs nothing: no warning from the agent
+			// or its guard, only the summary.
+			if tc.code == 0 && strings.Contains(r.stderr, "level=") {
+				t.Errorf("a clean run logged:\n%s", r.stderr)
+			}
 			s := readSummary(t, out)
 			wantCounts(t, s, tc.succeeded+len(tc.failed), tc.succeeded, len(tc.failed), 0, 0)
 			checkOneFinalEach(t, readEvents(t, out), s.names())

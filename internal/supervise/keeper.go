@@ -8,12 +8,16 @@ import (
 	"strconv"
 	"sync"
 	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // keeperScript kills, when its stdin ends, every process group still
 // registered on it ("+ PGID" registers, "- PGID" forgets). It ignores the
 // signals a dying session sends, so it outlives the supervisor's process.
-const keeperScript = `trap '' HUP INT TERM QUIT PIPE
+// A variable so that a test can record what the keeper is told.
+var keeperScript = `trap '' HUP INT TERM QUIT PIPE
 exec awk '$1 == "+" { g[$2] = 1; next } $1 == "-" { delete g[$2]; next } END { for (k in g) system("kill -9 -" k " 2>/dev/null") }'`
 
 // keeper is a small process outside the supervisor that kills what is
@@ -24,6 +28,7 @@ type keeper struct {
 	mu  sync.Mutex
 	w   *os.File
 	pid int
+	fd  int // pidfd of the keeper, -1 without pidfds
 }
 
 func startKeeper(devNull int) (*keeper, error) {
@@ -46,7 +51,13 @@ func startKeeper(devNull int) (*keeper, error) {
 	regMu.Lock()
 	keepers[pid] = struct{}{}
 	regMu.Unlock()
-	return &keeper{w: w, pid: pid}, nil
+	// The keeper is our child and unreaped until the reaper sees it end,
+	// so the pid is still the keeper's here.
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		fd = -1
+	}
+	return &keeper{w: w, pid: pid, fd: fd}, nil
 }
 
 func (k *keeper) send(op byte, pgid int) {
@@ -63,7 +74,10 @@ func (k *keeper) send(op byte, pgid int) {
 func (k *keeper) add(pgid int)    { k.send('+', pgid) }
 func (k *keeper) remove(pgid int) { k.send('-', pgid) }
 
-// close ends the keeper; with every group removed it kills nothing.
+// close ends the keeper; with every group removed it kills nothing. It
+// waits (boundedly) until the keeper has exited, so that a process that
+// exits after Close leaves nothing running behind it: its guard would
+// otherwise find the keeper still there and kill it.
 func (k *keeper) close() {
 	if k == nil {
 		return
@@ -71,4 +85,22 @@ func (k *keeper) close() {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.w.Close()
+	if k.fd < 0 {
+		return
+	}
+	fds := []unix.PollFd{{Fd: int32(k.fd), Events: unix.POLLIN}}
+	for deadline := time.Now().Add(keeperPatience); ; {
+		left := time.Until(deadline)
+		if left <= 0 {
+			break
+		}
+		if _, err := unix.Poll(fds, int(left.Milliseconds())+1); err != unix.EINTR {
+			break
+		}
+	}
+	_ = unix.Close(k.fd)
 }
+
+// keeperPatience bounds close's wait for the keeper: with no group left
+// it exits at once.
+const keeperPatience = time.Second

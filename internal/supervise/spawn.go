@@ -162,8 +162,12 @@ func (s *Supervisor) spawn(spec *Spec, p *proc, cur *unix.CPUSet) error {
 			s.armKillLocked(p, p.killAt)
 		}
 		s.mu.Unlock()
-		register(pid, s, p)
+		// The keeper hears of the group before the reaper can dispatch
+		// its exit: a removal written before the addition would leave a
+		// dead group on the keeper, to be killed (reused id and all) when
+		// the keeper ends.
 		s.keeper.add(pid)
+		register(pid, s, p)
 	}
 	forking.Add(-1)
 	forkMu.RUnlock()

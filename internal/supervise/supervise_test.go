@@ -974,3 +974,54 @@ func TestExitBeforeRecorded(t *testing.T) {
 		}
 	}
 }
+
+// TestKeeperToldInOrder records what the keeper is told over many short
+// lives: every group must be added before it is removed, and none may be
+// left at the end, or the keeper would kill a dead group's (maybe reused)
+// id when it ends.
+func TestKeeperToldInOrder(t *testing.T) {
+	record := filepath.Join(t.TempDir(), "keeper")
+	saved := keeperScript
+	keeperScript = "exec cat > " + record
+	t.Cleanup(func() { keeperScript = saved })
+	s, err := New(Options{Keeper: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := newExits(t, s)
+	const n, batch = 2000, 40
+	for i := 0; i < n; i += batch {
+		for j := i; j < i+batch; j++ {
+			if _, err := s.Start(Spec{Name: fmt.Sprintf("true%d", j), Args: []string{"/bin/true"}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for j := i; j < i+batch; j++ {
+			x.wait(fmt.Sprintf("true%d", j))
+		}
+	}
+	if err := s.Close(0); err != nil {
+		t.Fatal(err)
+	}
+	// Close waited for the keeper, so its record is complete.
+	data, err := os.ReadFile(record)
+	if err != nil {
+		t.Fatal(err)
+	}
+	added := map[string]bool{}
+	lines := strings.Split(strings.TrimSuffix(string(data), "\n"), "\n")
+	for _, l := range lines {
+		op, pgid, _ := strings.Cut(l, " ")
+		switch {
+		case op == "+" && !added[pgid]:
+			added[pgid] = true
+		case op == "-" && added[pgid]:
+			delete(added, pgid)
+		default:
+			t.Fatalf("keeper told %q out of order", l)
+		}
+	}
+	if len(lines) != 2*n || len(added) != 0 {
+		t.Errorf("keeper told %d lines, %d groups left registered; want %d, 0", len(lines), len(added), 2*n)
+	}
+}
