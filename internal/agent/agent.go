@@ -112,7 +112,7 @@ func New(opts Options) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent %s: scratch dir: %w", opts.Name, err)
 	}
-	sup, err := supervise.New(supervise.Options{Node: opts.Name, Logger: log, Spawners: opts.Spawners, Keeper: true, Subreaper: true})
+	sup, err := supervise.New(supervise.Options{Node: opts.Name, Logger: log, Spawners: opts.Spawners, Keeper: true, Subreaper: true, Cgroup: true})
 	if err != nil {
 		os.Remove(scratch)
 		return nil, fmt.Errorf("agent %s: %w", opts.Name, err)

@@ -33,15 +33,38 @@ func runSleepers(t *testing.T, flags ...string) (*proc, string, []string, []jobP
 // An agent that is SIGKILLed: the manager declares its node lost within
 // --node-timeout, reports every running instance lost (once), exits 1, and
 // nothing the jobs started survives the agent.
-func TestAgentSIGKILL(t *testing.T) {
+func TestAgentSIGKILL(t *testing.T) { testAgentSIGKILL(t, false) }
+
+// The guard SIGKILLed with the agent proper, as `pkill -9 drover` on the
+// node would: nothing is left to walk the tree, so the setsid daemons go
+// only through the agent's cgroup, which its keeper kills. Needs a node
+// that lets the agent make a cgroup (root here).
+func TestAgentAndGuardSIGKILL(t *testing.T) {
+	if os.Getenv("DROVER_TEST_CGROUP") != "1" {
+		t.Skip("needs a cgroup for the agent: DROVER_TEST_CGROUP=1 (scripts/test sets it as root with cgroup v2)")
+	}
+	testAgentSIGKILL(t, true)
+}
+
+func testAgentSIGKILL(t *testing.T, guardToo bool) {
 	t.Parallel()
 	const nodeTimeout = time.Second
 	d, out, names, jobs := runSleepers(t, "--node-timeout", nodeTimeout.String(), "--retries", "0")
 	agent := findAgent(t, d)
+	victims := []int{agent}
+	if guardToo {
+		st, ok := statOf(agent)
+		if !ok {
+			t.Fatal("the agent is gone before the test killed it")
+		}
+		victims = []int{st.ppid, agent}
+	}
 
 	killed := time.Now()
-	if err := unix.Kill(agent, unix.SIGKILL); err != nil {
-		t.Fatal(err)
+	for _, pid := range victims {
+		if err := unix.Kill(pid, unix.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if code := d.Wait(t, nodeTimeout+slack); code != 1 {
 		t.Errorf("drover run exited %d after its agent was killed, want 1\n%s", code, d.Out)
@@ -72,7 +95,8 @@ func TestAgentSIGKILL(t *testing.T) {
 
 	// Everything the jobs started goes with the agent: the leaders
 	// (Pdeathsig), their groups (the keeper) and the setsid daemons (the
-	// guard, a subreaper above the agent).
+	// guard, a subreaper above the agent; else the keeper, through the
+	// cgroup).
 	alive, took := waitGone(jobs, 2*time.Second)
 	t.Logf("job processes: %d of %d gone %v after drover exited", len(jobs)-len(alive), len(jobs), took.Round(time.Millisecond))
 	if len(alive) > 0 {

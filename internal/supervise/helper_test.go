@@ -151,19 +151,26 @@ func helperMain(args []string) int {
 		signal.Ignore(syscall.SIGTERM)
 		fmt.Println("ready")
 		sleepForever()
-	case "supervisor": // supervisor FIFO [keeper]: a Supervisor whose child sleeps
+	case "supervisor": // supervisor FIFO [keeper|cgroup]: a Supervisor whose child sleeps
 		// With "keeper", the Supervisor has a keeper and its child leaves a
-		// grandchild in its group.
-		keep := len(args) > 2 && args[2] == "keeper"
-		s, err := New(Options{Node: "helper", Keeper: keep})
+		// grandchild in its group; with "cgroup", also a cgroup, and the
+		// child leaves a double-forked daemon outside its group.
+		mode := ""
+		if len(args) > 2 {
+			mode = args[2]
+		}
+		s, err := New(Options{Node: "helper", Keeper: mode != "", Cgroup: mode == "cgroup"})
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 103
 		}
 		exe, _ := os.Executable()
 		child := []string{exe, "sleep"}
-		if keep {
+		switch mode {
+		case "keeper":
 			child = []string{exe, "grandchild"}
+		case "cgroup":
+			child = []string{exe, "escape", "daemon", "sleep"}
 		}
 		pid, err := s.Start(Spec{Name: "sleeper", Args: child, Env: helperEnvList(), Stdout: args[1]})
 		if err != nil {

@@ -14,11 +14,17 @@ import (
 )
 
 // keeperScript kills, when its stdin ends, every process group still
-// registered on it ("+ PGID" registers, "- PGID" forgets). It ignores the
-// signals a dying session sends, so it outlives the supervisor's process.
-// A variable so that a test can record what the keeper is told.
+// registered on it ("+ PGID" registers, "- PGID" forgets), then, when the
+// Supervisor has a cgroup ($CG) that is still there, everything in it, and
+// removes it. It ignores the signals a dying session sends, so it outlives
+// the supervisor's process. A variable so that a test can record what the
+// keeper is told.
 var keeperScript = `trap '' HUP INT TERM QUIT PIPE
-exec awk '$1 == "+" { g[$2] = 1; next } $1 == "-" { delete g[$2]; next } END { for (k in g) system("kill -9 -" k " 2>/dev/null") }'`
+awk '$1 == "+" { g[$2] = 1; next } $1 == "-" { delete g[$2]; next } END { for (k in g) system("kill -9 -" k " 2>/dev/null") }'
+[ -n "$CG" ] && [ -d "$CG" ] || exit 0
+echo 1 > "$CG/cgroup.kill"
+i=0
+until rmdir "$CG" 2>/dev/null || [ $i -ge 500 ]; do sleep 0.01; i=$((i+1)); done`
 
 // keeper is a small process outside the supervisor that kills what is
 // left of every group when the supervisor's process dies, however it dies
@@ -31,7 +37,7 @@ type keeper struct {
 	fd  int // pidfd of the keeper, -1 without pidfds
 }
 
-func startKeeper(devNull int) (*keeper, error) {
+func startKeeper(devNull int, cgroup string) (*keeper, error) {
 	r, w, err := os.Pipe()
 	if err != nil {
 		return nil, fmt.Errorf("start keeper: %w", err)
@@ -39,7 +45,7 @@ func startKeeper(devNull int) (*keeper, error) {
 	defer r.Close()
 	pid, err := syscall.ForkExec("/bin/sh", []string{"sh", "-c", keeperScript}, &syscall.ProcAttr{
 		Dir:   "/",
-		Env:   []string{"PATH=/usr/bin:/bin"},
+		Env:   []string{"PATH=/usr/bin:/bin", "CG=" + cgroup},
 		Files: []uintptr{r.Fd(), uintptr(devNull), uintptr(devNull)},
 		// Its own group, so that signals to ours do not reach it.
 		Sys: &syscall.SysProcAttr{Setpgid: true},

@@ -146,7 +146,7 @@ func (s *Supervisor) spawn(spec *Spec, p *proc, cur *unix.CPUSet) error {
 	forking.Add(1)
 	start := time.Now()
 	p.startTick = bootTicks()
-	pid, err := syscall.ForkExec(exe, spec.Args, attr)
+	pid, err := s.forkExec(exe, spec.Args, attr)
 	if err == nil {
 		if h := testHookForked.Load(); h != nil {
 			(*h)(pid)
@@ -184,6 +184,27 @@ func (s *Supervisor) spawn(spec *Spec, p *proc, cur *unix.CPUSet) error {
 		return execError(spec.Args[0], err)
 	}
 	return nil
+}
+
+// forkExec forks into the Supervisor's cgroup, if it has one. If that
+// fork fails but one outside succeeds, it was the cgroup (no clone3, no
+// right to move processes into it): later forks go without it.
+func (s *Supervisor) forkExec(exe string, args []string, attr *syscall.ProcAttr) (int, error) {
+	cg := s.cgroup
+	if cg == nil || !cg.on.Load() {
+		return syscall.ForkExec(exe, args, attr)
+	}
+	attr.Sys.UseCgroupFD, attr.Sys.CgroupFD = true, cg.fd
+	pid, err := syscall.ForkExec(exe, args, attr)
+	if err == nil {
+		return pid, nil
+	}
+	attr.Sys.UseCgroupFD = false
+	pid, err2 := syscall.ForkExec(exe, args, attr)
+	if err2 == nil && cg.on.CompareAndSwap(true, false) {
+		s.log.Info("processes run without a cgroup of their own", "cgroup", cg.path, "reason", err)
+	}
+	return pid, err2
 }
 
 func execError(arg0 string, err error) error {

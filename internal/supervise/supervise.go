@@ -80,6 +80,11 @@ type Options struct {
 	// child of this process that no Supervisor started is taken for such
 	// an orphan.
 	Subreaper bool
+	// Cgroup forks every child into a cgroup (v2) made for this
+	// Supervisor below this process's own, where the node allows it, so
+	// that nothing they start can outlive it: Close and the keeper end the
+	// whole cgroup. Without the right to make one, it is left out (logged).
+	Cgroup bool
 }
 
 // Spec describes one process to start.
@@ -159,8 +164,9 @@ type Supervisor struct {
 
 	closeOnce sync.Once
 	closed    chan struct{}
-	keeper    *keeper // nil unless Options.Keeper
-	subreaper bool    // Options.Subreaper
+	keeper    *keeper    // nil unless Options.Keeper
+	subreaper bool       // Options.Subreaper
+	cgroup    *jobCgroup // nil unless Options.Cgroup and the node allows it
 }
 
 // New starts a Supervisor: its spawner threads and, if it is the first open
@@ -204,8 +210,20 @@ func New(opts Options) (*Supervisor, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("supervise: %w", err)
 	}
+	if opts.Cgroup {
+		if s.cgroup, err = newJobCgroup(); err != nil {
+			s.log.Info("processes run without a cgroup of their own", "reason", err)
+		} else {
+			s.log.Debug("processes run in a cgroup of their own", "cgroup", s.cgroup.path)
+		}
+	}
 	if opts.Keeper {
-		if s.keeper, err = startKeeper(fd); err != nil {
+		cgPath := ""
+		if s.cgroup != nil {
+			cgPath = s.cgroup.path
+		}
+		if s.keeper, err = startKeeper(fd, cgPath); err != nil {
+			s.removeCgroup()
 			releaseReaper(s)
 			unix.Close(fd)
 			return nil, fmt.Errorf("supervise: %w", err)
@@ -558,6 +576,7 @@ func (s *Supervisor) Close(grace time.Duration) error {
 		if s.subreaper {
 			sweep()
 		}
+		s.removeCgroup()
 		s.keeper.close()
 		releaseReaper(s)
 		_ = unix.Close(s.devNull)
@@ -565,6 +584,17 @@ func (s *Supervisor) Close(grace time.Duration) error {
 	})
 	<-s.closed
 	return nil
+}
+
+// removeCgroup ends whatever is left in the cgroup (without a subreaper,
+// what escaped the process groups) and removes it.
+func (s *Supervisor) removeCgroup() {
+	if s.cgroup == nil {
+		return
+	}
+	if err := s.cgroup.remove(); err != nil {
+		s.log.Warn("cgroup of the processes", "err", err)
+	}
 }
 
 // exited records the exit of p, whose leader pid is an unreaped zombie, and

@@ -661,11 +661,14 @@ func testHostKilled(t *testing.T, mode string) {
 	if err := syscall.Kill(pid, 0); err != nil {
 		t.Fatalf("child %d not running: %v", pid, err)
 	}
-	if mode == "keeper" {
-		// The grandchild says hello: it runs, holding the FIFO open.
-		if l := out.line(); !strings.HasPrefix(l, "gpid ") {
+	gpid := 0
+	if mode != "" {
+		// The grandchild says hello: it runs.
+		l := out.line()
+		if _, err := fmt.Sscanf(l, "gpid %d", &gpid); err != nil {
 			t.Fatalf("grandchild said %q", l)
 		}
+		t.Cleanup(func() { _ = syscall.Kill(gpid, syscall.SIGKILL) }) // if the test fails
 	}
 	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -673,6 +676,9 @@ func testHostKilled(t *testing.T, mode string) {
 	killed = true
 	out.eof()
 	waitDead(t, pid)
+	if gpid != 0 {
+		waitDead(t, gpid)
+	}
 }
 
 func TestCancelAll(t *testing.T) {

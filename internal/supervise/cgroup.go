@@ -1,0 +1,143 @@
+//go:build linux
+
+package supervise
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// jobCgroup is a cgroup (v2) made below this process's own, into which
+// every child is forked (CLONE_INTO_CGROUP). A process cannot leave a
+// cgroup by setsid or a double fork, so writing cgroup.kill ends all that
+// the children ever started: the keeper does that when this process dies
+// without stopping them (SIGKILL), and Close does it before removing the
+// cgroup. It is the last line under the process-group kills and the
+// subreaper, and only where the node lets this process make a cgroup.
+type jobCgroup struct {
+	path string
+	fd   int         // the directory, for CLONE_INTO_CGROUP
+	on   atomic.Bool // false once forking into it has failed
+}
+
+// newJobCgroup makes the cgroup, or says why it cannot.
+func newJobCgroup() (*jobCgroup, error) {
+	mountinfo, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	self, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return nil, err
+	}
+	own, err := ownCgroupDir(mountinfo, self)
+	if err != nil {
+		return nil, err
+	}
+	path := filepath.Join(own, fmt.Sprintf("drover-%d-%d", os.Getpid(), time.Now().UnixNano()))
+	if err := unix.Mkdir(path, 0o755); err != nil {
+		return nil, fmt.Errorf("make cgroup %s: %w", path, err)
+	}
+	if err := unix.Access(filepath.Join(path, "cgroup.kill"), unix.W_OK); err != nil {
+		_ = unix.Rmdir(path)
+		return nil, fmt.Errorf("cgroup %s has no cgroup.kill (Linux 5.14 or later): %w", path, err)
+	}
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		_ = unix.Rmdir(path)
+		return nil, fmt.Errorf("open cgroup %s: %w", path, err)
+	}
+	c := &jobCgroup{path: path, fd: fd}
+	c.on.Store(true)
+	return c, nil
+}
+
+// ownCgroupDir finds this process's cgroup v2 directory from the texts of
+// /proc/self/mountinfo and /proc/self/cgroup.
+func ownCgroupDir(mountinfo, self []byte) (string, error) {
+	var rel string
+	found := false
+	for line := range bytes.Lines(self) {
+		if p, ok := bytes.CutPrefix(bytes.TrimSpace(line), []byte("0::")); ok {
+			rel, found = string(p), true
+		}
+	}
+	if !found {
+		return "", errors.New("no cgroup v2 in /proc/self/cgroup")
+	}
+	sc := bufio.NewScanner(bytes.NewReader(mountinfo))
+	for sc.Scan() {
+		// ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER
+		pre, post, ok := strings.Cut(sc.Text(), " - ")
+		if !ok || !strings.HasPrefix(post, "cgroup2 ") {
+			continue
+		}
+		f := strings.Fields(pre)
+		if len(f) < 5 {
+			continue
+		}
+		root, mnt := unescapeMount(f[3]), unescapeMount(f[4])
+		// The mount shows the hierarchy from root down; our cgroup must
+		// be inside what it shows.
+		sub, ok := strings.CutPrefix(rel, root)
+		if !ok || (sub != "" && root != "/" && !strings.HasPrefix(sub, "/")) {
+			continue
+		}
+		return filepath.Join(mnt, sub), nil
+	}
+	return "", errors.New("no cgroup v2 mount shows this process's cgroup")
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+4 <= len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// kill ends every process in the cgroup.
+func (c *jobCgroup) kill() error {
+	return os.WriteFile(filepath.Join(c.path, "cgroup.kill"), []byte("1"), 0)
+}
+
+// remove kills what is left in the cgroup and removes it, waiting
+// (boundedly) for the killed to exit.
+func (c *jobCgroup) remove() error {
+	defer unix.Close(c.fd)
+	if err := c.kill(); err != nil {
+		return fmt.Errorf("kill cgroup %s: %w", c.path, err)
+	}
+	var err error
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
+		if err = unix.Rmdir(c.path); err != unix.EBUSY {
+			break
+		}
+		time.Sleep(2 * time.Millisecond) // shutdown only: the killed are exiting
+	}
+	if err != nil {
+		return fmt.Errorf("remove cgroup %s: %w", c.path, err)
+	}
+	return nil
+}

@@ -1,0 +1,117 @@
+//go:build linux
+
+package supervise
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+func TestOwnCgroupDir(t *testing.T) {
+	hybrid := `25 30 0:22 / /sys rw,nosuid - sysfs sysfs rw
+35 25 0:30 / /sys/fs/cgroup/unified rw,relatime shared:9 - cgroup2 cgroup2 rw
+36 25 0:31 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+`
+	unified := `40 30 0:35 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate
+`
+	nested := `40 30 0:35 /user.slice /mnt/my\040cg rw - cgroup2 cgroup2 rw
+`
+	for _, tc := range []struct {
+		name, mountinfo, self, want string
+	}{
+		{"hybrid, root", hybrid, "4:memory:/x\n0::/\n", "/sys/fs/cgroup/unified"},
+		{"unified", unified, "0::/user.slice/user-0.slice/session-3.scope\n", "/sys/fs/cgroup/user.slice/user-0.slice/session-3.scope"},
+		{"mount of a subtree, escaped space", nested, "0::/user.slice/u1\n", "/mnt/my cg/u1"},
+		{"outside the mounted subtree", nested, "0::/system.slice\n", ""},
+		{"prefix is not a parent", nested, "0::/user.slicex\n", ""},
+		{"no v2 line", unified, "4:memory:/x\n", ""},
+		{"no v2 mount", "36 25 0:31 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n", "0::/\n", ""},
+	} {
+		got, err := ownCgroupDir([]byte(tc.mountinfo), []byte(tc.self))
+		if tc.want == "" {
+			if err == nil {
+				t.Errorf("%s: got %q, want an error", tc.name, got)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("%s: got %q, %v; want %q", tc.name, got, err, tc.want)
+		}
+	}
+}
+
+// needCgroup skips unless this process may make cgroups; where the suite
+// says it must (DROVER_TEST_CGROUP=1, set by scripts/test as root on a
+// machine with cgroup v2), it fails instead.
+func needCgroup(t *testing.T) {
+	t.Helper()
+	c, err := newJobCgroup()
+	if err != nil {
+		if os.Getenv("DROVER_TEST_CGROUP") == "1" {
+			t.Fatalf("no cgroup: %v", err)
+		}
+		t.Skipf("no cgroup: %v", err)
+	}
+	if err := c.remove(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestCgroupClose: a child's setsid-ed grandchild, orphaned to init (no
+// subreaper here), is in the Supervisor's cgroup, and Close ends it and
+// removes the cgroup.
+func TestCgroupClose(t *testing.T) {
+	needCgroup(t)
+	s, err := New(Options{Cgroup: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.cgroup == nil {
+		s.Close(0)
+		t.Fatal("no cgroup although one can be made")
+	}
+	path := s.cgroup.path
+	x := newExits(t, s)
+	out := newFIFO(t)
+	spec := helper(t, "escaper", "escape", "setsid", "exit")
+	spec.Stdout = out.Path
+	if _, err := s.Start(spec); err != nil {
+		t.Fatal(err)
+	}
+	line := out.line()
+	var gpid, pgid int
+	if _, err := fmt.Sscanf(line, "gpid %d pgid %d", &gpid, &pgid); err != nil {
+		t.Fatalf("grandchild said %q", line)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(gpid, syscall.SIGKILL) }) // if the test fails
+	if e := x.wait("escaper"); !e.Success() {
+		t.Fatalf("escaper: %+v", e)
+	}
+	cg, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", gpid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(cg), "0::") || !strings.HasSuffix(strings.TrimSpace(string(cg)), "/"+filepath.Base(path)) {
+		t.Fatalf("grandchild's cgroup %q, want %s", cg, path)
+	}
+	if err := s.Close(0); err != nil {
+		t.Fatal(err)
+	}
+	waitDead(t, gpid)
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Errorf("cgroup %s still there after Close: %v", path, err)
+	}
+}
+
+// TestCgroupKeeper kills, with SIGKILL, a process that runs a Supervisor
+// with a keeper and a cgroup, whose child left a double-forked daemon in
+// a session of its own: the keeper ends it through the cgroup (a keeper
+// alone kills process groups, which the daemon left).
+func TestCgroupKeeper(t *testing.T) {
+	needCgroup(t)
+	testHostKilled(t, "cgroup")
+}
