@@ -67,7 +67,7 @@ func guardAgent(e *env) error {
 		return &exitError{ExitFailed, fmt.Errorf("agent guard: %w", err)}
 	}
 	argv := append(slices.Clone(os.Args), "--"+guardedFlag)
-	status, killed, err := supervise.Guard(exe, argv, os.Environ())
+	status, killed, err := supervise.Guard(log, exe, argv, os.Environ())
 	if err != nil {
 		return &exitError{ExitFailed, err}
 	}

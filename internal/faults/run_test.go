@@ -1,6 +1,7 @@
 package faults_test
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -60,6 +61,8 @@ func testAgentSIGKILL(t *testing.T, guardToo bool) {
 		victims = []int{st.ppid, agent}
 	}
 
+	cgroup := jobCgroup(t, jobs[0].pid)
+
 	killed := time.Now()
 	for _, pid := range victims {
 		if err := unix.Kill(pid, unix.SIGKILL); err != nil {
@@ -102,6 +105,48 @@ func testAgentSIGKILL(t *testing.T, guardToo bool) {
 	if len(alive) > 0 {
 		t.Errorf("processes of the jobs still alive 2s after drover exited: %v", alive)
 	}
+	// Nor is the cgroup they ran in left (the guard, else the keeper,
+	// removes it).
+	if cgroup != "" {
+		if _, err := os.Stat(cgroup); !os.IsNotExist(err) {
+			t.Errorf("the jobs' cgroup %s is still there after drover exited: %v", cgroup, err)
+		}
+	}
+}
+
+// jobCgroup is the directory of the cgroup the agent made for its jobs,
+// as the job process pid shows it, or "" when the agent made none.
+func jobCgroup(t *testing.T, pid int) string {
+	t.Helper()
+	self, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rel string
+	for _, line := range strings.Split(string(self), "\n") {
+		if r, ok := strings.CutPrefix(line, "0::"); ok {
+			rel = r
+		}
+	}
+	if !strings.HasPrefix(filepath.Base(rel), "drover-") {
+		if os.Getenv("DROVER_TEST_CGROUP") == "1" {
+			t.Fatalf("job %d runs in cgroup %q, not one of the agent's", pid, rel)
+		}
+		return ""
+	}
+	mountinfo, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(mountinfo), "\n") {
+		if pre, post, ok := strings.Cut(line, " - "); ok && strings.HasPrefix(post, "cgroup2 ") {
+			if f := strings.Fields(pre); len(f) >= 5 && f[3] == "/" {
+				return filepath.Join(f[4], rel)
+			}
+		}
+	}
+	t.Fatalf("no cgroup2 mount for %q", rel)
+	return ""
 }
 
 // drover run SIGKILLed: its agent sees stdin close (and would see the

@@ -32,19 +32,11 @@ type jobCgroup struct {
 
 // newJobCgroup makes the cgroup, or says why it cannot.
 func newJobCgroup() (*jobCgroup, error) {
-	mountinfo, err := os.ReadFile("/proc/self/mountinfo")
+	own, err := ownCgroup()
 	if err != nil {
 		return nil, err
 	}
-	self, err := os.ReadFile("/proc/self/cgroup")
-	if err != nil {
-		return nil, err
-	}
-	own, err := ownCgroupDir(mountinfo, self)
-	if err != nil {
-		return nil, err
-	}
-	path := filepath.Join(own, fmt.Sprintf("drover-%d-%d", os.Getpid(), time.Now().UnixNano()))
+	path := filepath.Join(own, jobCgroupPrefix(os.Getpid())+strconv.FormatInt(time.Now().UnixNano(), 10))
 	if err := unix.Mkdir(path, 0o755); err != nil {
 		return nil, fmt.Errorf("make cgroup %s: %w", path, err)
 	}
@@ -60,6 +52,48 @@ func newJobCgroup() (*jobCgroup, error) {
 	c := &jobCgroup{path: path, fd: fd}
 	c.on.Store(true)
 	return c, nil
+}
+
+// jobCgroupPrefix begins the name of every cgroup the process pid makes,
+// so that its guard can find what it left.
+func jobCgroupPrefix(pid int) string { return fmt.Sprintf("drover-%d-", pid) }
+
+// ownCgroup is this process's cgroup v2 directory.
+func ownCgroup() (string, error) {
+	mountinfo, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return "", err
+	}
+	self, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return "", err
+	}
+	return ownCgroupDir(mountinfo, self)
+}
+
+// removeCgroupsOf removes the cgroups that the process pid, a child of
+// this one in the same cgroup, made and left behind: its guard calls it
+// once it has killed everything below, the keeper included, which would
+// otherwise have removed them.
+func removeCgroupsOf(pid int) error {
+	own, err := ownCgroup()
+	if err != nil {
+		return nil // then pid made none either
+	}
+	left, err := filepath.Glob(filepath.Join(own, jobCgroupPrefix(pid)+"*"))
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, path := range left {
+		fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		errs = append(errs, (&jobCgroup{path: path, fd: fd}).remove())
+	}
+	return errors.Join(errs...)
 }
 
 // ownCgroupDir finds this process's cgroup v2 directory from the texts of

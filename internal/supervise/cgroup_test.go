@@ -3,9 +3,12 @@
 package supervise
 
 import (
+	"bufio"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -114,4 +117,57 @@ func TestCgroupClose(t *testing.T) {
 func TestCgroupKeeper(t *testing.T) {
 	needCgroup(t)
 	testHostKilled(t, "cgroup")
+}
+
+// TestGuardRemovesCgroup: the guarded process made a cgroup for its
+// processes and is SIGKILLed; the guard kills everything below, its keeper
+// too, and then removes the cgroup the keeper would have removed.
+func TestGuardRemovesCgroup(t *testing.T) {
+	needCgroup(t)
+	out := newFIFO(t)
+	cmd := exec.Command(testExe(t), "guard", "supervisor", out.Path, "cgroup")
+	cmd.Env = helperEnvList()
+	cmd.Stderr = os.Stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	lines := bufio.NewScanner(stdout)
+	if !lines.Scan() || !strings.HasPrefix(lines.Text(), "pid ") {
+		t.Fatalf("supervisor helper said %q", lines.Text())
+	}
+	var gpid int
+	if _, err := fmt.Sscanf(out.line(), "gpid %d", &gpid); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(gpid, syscall.SIGKILL) })
+	host := slices.DeleteFunc(childrenOf(cmd.Process.Pid, nil), func(p int) bool { return p == gpid })
+	if len(host) != 1 {
+		t.Fatalf("guard %d has children %v besides %d, want one", cmd.Process.Pid, host, gpid)
+	}
+	own, err := ownCgroup()
+	if err != nil {
+		t.Fatal(err)
+	}
+	made, _ := filepath.Glob(filepath.Join(own, jobCgroupPrefix(host[0])+"*"))
+	if len(made) != 1 {
+		t.Fatalf("cgroups of the supervisor helper: %v, want one", made)
+	}
+	if err := syscall.Kill(host[0], syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if !lines.Scan() {
+		t.Fatal("guard helper ended without a report")
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("guard helper: %v", err)
+	}
+	waitDead(t, gpid)
+	if _, err := os.Stat(made[0]); !os.IsNotExist(err) {
+		t.Errorf("cgroup %s still there after the guard returned: %v", made[0], err)
+	}
 }

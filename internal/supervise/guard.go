@@ -4,6 +4,7 @@ package supervise
 
 import (
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
@@ -15,7 +16,9 @@ import (
 // Guard runs the program at path as a child of this process, which it
 // first makes a child subreaper, and waits for it. Once the child has
 // ended, however it ended, Guard kills and reaps every process still below
-// this one, and returns the child's wait status and how many it killed.
+// this one, removes the cgroups the child made for its processes (see
+// Options.Cgroup), and returns the child's wait status and how many it
+// killed.
 //
 // This is what makes "nothing outlives the agent" hold when the agent
 // itself is SIGKILLed (say by the OOM killer): its keeper kills its jobs'
@@ -26,7 +29,7 @@ import (
 //
 // SIGTERM, SIGINT, SIGHUP and SIGQUIT sent to this process are passed on
 // to the child, so the guard is transparent to whoever started it.
-func Guard(path string, argv, env []string) (status unix.WaitStatus, killed int, err error) {
+func Guard(log *slog.Logger, path string, argv, env []string) (status unix.WaitStatus, killed int, err error) {
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 		return 0, 0, fmt.Errorf("guard: become a subreaper: %w", err)
 	}
@@ -68,7 +71,11 @@ func Guard(path string, argv, env []string) (status unix.WaitStatus, killed int,
 	if err != nil {
 		return 0, 0, fmt.Errorf("guard: wait for %s: %w", path, err)
 	}
-	return status, killBelow(), nil
+	killed = killBelow()
+	if err := removeCgroupsOf(pid); err != nil {
+		log.Warn("guard: a cgroup of the processes is left", "err", err)
+	}
+	return status, killed, nil
 }
 
 // killBelow kills every descendant of this process and reaps them all,

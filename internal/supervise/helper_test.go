@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -181,7 +182,7 @@ func helperMain(args []string) int {
 		sleepForever()
 	case "guard": // guard MODE...: run MODE under Guard, then report
 		exe, _ := os.Executable()
-		status, killed, err := Guard(exe, append([]string{exe}, args[1:]...), os.Environ())
+		status, killed, err := Guard(slog.New(slog.NewTextHandler(os.Stderr, nil)), exe, append([]string{exe}, args[1:]...), os.Environ())
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 110
