@@ -17,7 +17,14 @@ import (
 // within --node-timeout, the instances that ran there fail that attempt
 // once and succeed on the other hosts, and nothing of the run is left on
 // h2, the daemons included.
-func TestAgentSIGKILLOnHost(t *testing.T) {
+func TestAgentSIGKILLOnHost(t *testing.T) { testAgentSIGKILLOnHost(t, false) }
+
+// The same with the guard SIGKILLed together with the agent proper (as
+// `pkill -9 drover` on the host would): no guard is left to walk the tree,
+// so the daemons go through the agent's cgroup, which its keeper kills.
+func TestAgentAndGuardSIGKILLOnHost(t *testing.T) { testAgentSIGKILLOnHost(t, true) }
+
+func testAgentSIGKILLOnHost(t *testing.T, guardToo bool) {
 	bed := testbed.Require(t)
 	const (
 		n, victim   = 12, "h2"
@@ -45,7 +52,11 @@ func TestAgentSIGKILLOnHost(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	killAt := sendSignal(t, bed, victim, agentProper(t, bed, victim), "KILL")
+	victims := []int{agentProper(t, bed, victim)}
+	if guardToo {
+		victims = append(victims, parentOf(t, bed, victim, victims[0]))
+	}
+	killAt := sendSignal(t, bed, victim, "KILL", victims...)
 	jobsLeft := waitNone(t, bed, victim, pattern(marker), killAt.Add(gone))
 	jobsGone := time.Since(killAt)
 	agentsLeft := waitNone(t, bed, victim, agentPattern(), killAt.Add(gone))
@@ -73,8 +84,10 @@ func TestAgentSIGKILLOnHost(t *testing.T) {
 		t.Errorf("node-lost %v after the SIGKILL, beyond node-timeout %v + %v", detect, nodeTimeout, slack)
 	}
 	// Lost because ssh passed on the agent's end, not after the timeout.
+	// A guard killed by a signal leaves ssh nothing to pass on but 255,
+	// which may as well be the connection's end: then it is the timeout.
 	for _, e := range a.evs {
-		if e.Event == "node-lost" && !strings.Contains(e.Error, "its agent ended") {
+		if e.Event == "node-lost" && !strings.Contains(e.Error, "its agent ended") && !(guardToo && strings.Contains(e.Error, "no message from its agent")) {
 			t.Errorf("node-lost because %q, want its agent ended", e.Error)
 		}
 	}
@@ -204,7 +217,7 @@ func TestAgentSIGSTOPOnHost(t *testing.T) {
 		"--grace", grace.String(), "--retries", "1", "--out", out, job)
 	waitEvents(t, d, out, 2*time.Minute, "start on "+victim, startedOn(victim))
 	pid := agentProper(t, bed, victim)
-	stopAt := sendSignal(t, bed, victim, pid, "STOP")
+	stopAt := sendSignal(t, bed, victim, "STOP", pid)
 	continued := false
 	t.Cleanup(func() {
 		if !continued {
@@ -218,7 +231,7 @@ func TestAgentSIGSTOPOnHost(t *testing.T) {
 	})
 	time.Sleep(time.Until(stopAt.Add(pause)))
 	jobsThen := pgrep(t, bed, victim, pattern(marker))
-	contAt := sendSignal(t, bed, victim, pid, "CONT")
+	contAt := sendSignal(t, bed, victim, "CONT", pid)
 	continued = true
 	jobsLeft := waitNone(t, bed, victim, pattern(marker), contAt.Add(slack))
 	jobsGone := time.Since(contAt)

@@ -494,19 +494,33 @@ func agentProper(t *testing.T, bed *testbed.Bed, host string) int {
 // sendSignal sends sig (a kill(1) name) to pid on host over ssh and returns
 // when it was sent, as the host's clock says (the hosts share this
 // machine's), not when ssh came back.
-func sendSignal(t *testing.T, bed *testbed.Bed, host string, pid int, sig string) time.Time {
+func sendSignal(t *testing.T, bed *testbed.Bed, host string, sig string, pids ...int) time.Time {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	out, err := bed.SSH(ctx, host, fmt.Sprintf("kill -%s %d && date +%%s%%N", sig, pid)).CombinedOutput()
+	list := strings.Trim(fmt.Sprint(pids), "[]")
+	out, err := bed.SSH(ctx, host, fmt.Sprintf("kill -%s %s && date +%%s%%N", sig, list)).CombinedOutput()
 	if err != nil {
-		t.Fatalf("ssh %s kill -%s %d: %v: %s", host, sig, pid, err, out)
+		t.Fatalf("ssh %s kill -%s %s: %v: %s", host, sig, list, err, out)
 	}
 	ns, err := strconv.ParseInt(strings.TrimSpace(string(out)), 10, 64)
 	if err != nil {
-		t.Fatalf("ssh %s kill -%s %d: %q is not a time", host, sig, pid, out)
+		t.Fatalf("ssh %s kill -%s %s: %q is not a time", host, sig, list, out)
 	}
 	return time.Unix(0, ns)
+}
+
+// parentOf is the parent of pid on host.
+func parentOf(t *testing.T, bed *testbed.Bed, host string, pid int) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := bed.SSH(ctx, host, fmt.Sprintf("ps -o ppid= -p %d", pid)).CombinedOutput()
+	ppid, perr := strconv.Atoi(strings.TrimSpace(string(out)))
+	if err != nil || perr != nil || ppid <= 1 {
+		t.Fatalf("ssh %s: parent of %d: %v: %q", host, pid, err, out)
+	}
+	return ppid
 }
 
 // noneLeft checks, on every host over ssh, that no job process (marker)
