@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestOwnCgroupDir(t *testing.T) {
@@ -169,5 +171,36 @@ func TestGuardRemovesCgroup(t *testing.T) {
 	waitDead(t, gpid)
 	if _, err := os.Stat(made[0]); !os.IsNotExist(err) {
 		t.Errorf("cgroup %s still there after the guard returned: %v", made[0], err)
+	}
+}
+
+// TestCgroupRefused: when forking into the cgroup fails (here: its fd is
+// not a cgroup's) but forking without succeeds, the start succeeds and
+// later starts go without the cgroup.
+func TestCgroupRefused(t *testing.T) {
+	needCgroup(t)
+	s := newSup(t, Options{Cgroup: true})
+	if s.cgroup == nil {
+		t.Fatal("no cgroup although one can be made")
+	}
+	notCgroup, err := unix.Open(t.TempDir(), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	real := s.cgroup.fd
+	s.cgroup.fd = notCgroup
+	t.Cleanup(func() { unix.Close(real) })
+	x := newExits(t, s)
+	for i := range 2 {
+		name := fmt.Sprintf("true%d", i)
+		if _, err := s.Start(Spec{Name: name, Args: []string{"/bin/true"}}); err != nil {
+			t.Fatalf("start %s: %v", name, err)
+		}
+		if e := x.wait(name); !e.Success() {
+			t.Fatalf("%s: %+v", name, e)
+		}
+	}
+	if s.cgroup.on.Load() {
+		t.Error("the cgroup is still used after a fork into it failed")
 	}
 }
