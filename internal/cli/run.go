@@ -168,14 +168,15 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 		}
 	}
 
-	var skip map[string]bool
+	var prior results.Prior
 	if f.resume {
-		if skip, err = results.Succeeded(out); err != nil {
+		if prior, err = results.ReadPrior(out); err != nil {
 			rep.Stop()
 			stopCluster()
 			return &exitError{ExitUsage, err}
 		}
 	}
+	skip := prior.Succeeded
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -210,6 +211,7 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 		Retries:  f.retries,
 		Grace:    f.grace,
 		Skip:     skip,
+		Prior:    prior.Attempts,
 		Hard:     hard,
 		Progress: rep.Update,
 		Logger:   log,

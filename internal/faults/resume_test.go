@@ -55,10 +55,31 @@ func TestManagerSIGKILLThenResume(t *testing.T) {
 	}
 	// The torn line is gone (readEvents wants whole lines only).
 	ok := map[string]int{}
+	// Instances cut short by the kill (started, no final event) go on with
+	// attempt 2, their first attempt's output moved aside, not truncated.
+	runs, cut := 0, map[string]bool{}
 	for _, e := range readEvents(t, out) {
+		switch {
+		case e.Event == "run-start":
+			runs++
+		case runs == 1 && e.Event == "started":
+			cut[e.Job] = true
+		case runs == 1 && e.final():
+			delete(cut, e.Job)
+		case runs == 2 && e.Event == "started" && cut[e.Job] && e.Attempt != 2:
+			t.Errorf("%s, cut short by the kill, resumed as attempt %d, want 2", e.Job, e.Attempt)
+		}
 		if e.Event == "finished" && e.ExitCode != nil && *e.ExitCode == 0 && e.Error == "" {
 			ok[e.Job]++
 		}
+	}
+	for name := range cut {
+		if _, err := os.Stat(filepath.Join(out, name, "attempt-1")); err != nil {
+			t.Errorf("%s, cut short by the kill: its first attempt's output is not kept: %v", name, err)
+		}
+	}
+	if len(cut) == 0 {
+		t.Errorf("no instance was running at the kill: the scenario did not happen")
 	}
 	for _, name := range instanceNames("sh", n) {
 		switch ok[name] {
@@ -69,5 +90,5 @@ func TestManagerSIGKILLThenResume(t *testing.T) {
 			t.Errorf("%s succeeded %d times: it ran again after it had counted", name, ok[name])
 		}
 	}
-	t.Logf("killed with %d of %d finished; resume ran the rest", before, n)
+	t.Logf("killed with %d of %d finished (%d running); resume ran the rest", before, n, len(cut))
 }

@@ -34,6 +34,11 @@ type Options struct {
 	Grace time.Duration
 	// Skip names instances that already succeeded (--resume).
 	Skip map[string]bool
+	// Prior gives, by instance, the attempts made in earlier runs into
+	// OutDir (--resume): attempt numbers go on from there, the output
+	// already there is moved aside like a retry's, and Retries counts
+	// the attempts of this run only.
+	Prior map[string]int
 	// Hard, when it fires after ctx is cancelled, kills instead of waiting
 	// out the grace (a second Ctrl-C).
 	Hard     <-chan struct{}
@@ -73,6 +78,8 @@ type instance struct {
 	index   int
 	name    string
 	attempt int
+	// prior is the attempts made in earlier runs (Options.Prior).
+	prior int
 	// proc is the process name on the node: the instance name, with
 	// "~N" for attempt N > 1 so that nothing meant for an earlier attempt
 	// (a late timeout stop) can reach a later one.
@@ -440,7 +447,10 @@ func (r *runner) take(js *jobState) *instance {
 			r.counts.Skipped++
 			continue
 		}
-		return &instance{job: js, index: i, name: name}
+		p := r.opts.Prior[name]
+		// prepared: the prior attempt's output is in place, so the next
+		// attempt moves it aside.
+		return &instance{job: js, index: i, name: name, attempt: p, prior: p, prepared: p}
 	}
 	return nil
 }
@@ -789,7 +799,7 @@ func (r *runner) release(inst *instance) {
 // attemptOver ends an attempt: a failure with retries left goes back to
 // the queue, anything else is final.
 func (r *runner) attemptOver(inst *instance, ev results.Event, state string) {
-	if state != results.StateSucceeded && inst.attempt <= inst.job.retries && r.stopped == "" {
+	if state != results.StateSucceeded && inst.attempt-inst.prior <= inst.job.retries && r.stopped == "" {
 		ev.Event, ev.Job, ev.Attempt = results.AttemptFailed, inst.name, inst.attempt
 		r.emit(ev)
 		inst.phase = pending

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -704,7 +705,7 @@ func TestResume(t *testing.T) {
 	opts := queue.Options{OutDir: out, Nodes: []node.Node{a}}
 	log := filepath.Join(t.TempDir(), "ran")
 	// Instance i exits with status i: only r.0 succeeds.
-	first := []*jobfile.Job{job(t, "r", func(j *jobfile.Job) { j.Repeat = 4 }, "stamp="+log+"=first", "exit={index}")}
+	first := []*jobfile.Job{job(t, "r", func(j *jobfile.Job) { j.Repeat = 4 }, "stamp="+log+"=first", "out=first {index}", "exit={index}")}
 	o := run(t, context.Background(), first, opts)
 	for i := range 4 {
 		e := o.only(t, fmt.Sprintf("r.%d", i))
@@ -712,18 +713,37 @@ func TestResume(t *testing.T) {
 			t.Errorf("r.%d: %+v ({index} not replaced?)", i, e)
 		}
 	}
-	skip, err := results.Succeeded(out)
+	prior, err := results.ReadPrior(out)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(skip) != 1 || !skip["r.0"] {
-		t.Fatalf("succeeded %v", skip)
+	if len(prior.Succeeded) != 1 || !prior.Succeeded["r.0"] {
+		t.Fatalf("succeeded %v", prior.Succeeded)
+	}
+	if want := map[string]int{"r.1": 1, "r.2": 1, "r.3": 1}; !maps.Equal(prior.Attempts, want) {
+		t.Fatalf("prior attempts %v, want %v", prior.Attempts, want)
 	}
 
-	// The second run (a fixed job) does not run r.0 again.
-	second := []*jobfile.Job{job(t, "r", func(j *jobfile.Job) { j.Repeat = 4 }, "stamp="+log+"=second", "exit=0")}
-	opts.Skip = skip
+	// The second run (a fixed job) does not run r.0 again; the others go
+	// on with attempt 2, the first run's output kept aside.
+	second := []*jobfile.Job{job(t, "r", func(j *jobfile.Job) { j.Repeat = 4 }, "stamp="+log+"=second", "out=second {index}", "exit=0")}
+	opts.Skip, opts.Prior = prior.Succeeded, prior.Attempts
 	o = run(t, context.Background(), second, opts)
+	for i := 1; i < 4; i++ {
+		name := fmt.Sprintf("r.%d", i)
+		if st := o.of(name, results.Started); len(st) != 1 || st[0].Attempt != 2 {
+			t.Errorf("%s: started events %+v, want one of attempt 2", name, st)
+		}
+		if got, want := o.file(t, name, "attempt-1", "stdout"), fmt.Sprintf("first %d\n", i); got != want {
+			t.Errorf("%s: the first run's stdout %q, want %q", name, got, want)
+		}
+		if got, want := o.file(t, name, "stdout"), fmt.Sprintf("second %d\n", i); got != want {
+			t.Errorf("%s: stdout %q, want %q", name, got, want)
+		}
+	}
+	if got := o.file(t, "r.0", "stdout"); got != "first 0\n" {
+		t.Errorf("r.0 (skipped): stdout %q", got)
+	}
 	if s := o.sum; s.Skipped != 1 || s.Succeeded != 3 || s.Total != 4 || !s.OK() {
 		t.Errorf("second summary %+v", *s)
 	}
@@ -751,8 +771,12 @@ func TestResume(t *testing.T) {
 	}
 
 	// Everything done: a third run runs nothing.
-	if opts.Skip, err = results.Succeeded(out); err != nil {
+	if prior, err = results.ReadPrior(out); err != nil {
 		t.Fatal(err)
+	}
+	opts.Skip, opts.Prior = prior.Succeeded, prior.Attempts
+	if len(prior.Attempts) != 0 {
+		t.Errorf("prior attempts %v after every instance succeeded", prior.Attempts)
 	}
 	o = run(t, context.Background(), second, opts)
 	if s := o.sum; s.Skipped != 4 || s.Total != 4 {
@@ -760,6 +784,37 @@ func TestResume(t *testing.T) {
 	}
 	if n := len(strings.Split(strings.TrimSpace(readFile(t, log)), "\n")); n != 7 {
 		t.Errorf("third run ran something: %d lines", n)
+	}
+}
+
+// Retries count the attempts of this run: an instance resumed after three
+// attempts still gets its one retry, numbered 4 and 5.
+func TestResumeRetriesCountThisRun(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "out")
+	if err := os.MkdirAll(filepath.Join(out, "x"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(out, "x", "stdout"), []byte("cut short\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	jobs := []*jobfile.Job{job(t, "x", nil, "out=again", "exit=4")}
+	o := run(t, context.Background(), jobs, queue.Options{OutDir: out, Retries: 1, Prior: map[string]int{"x": 3}})
+	var seq []string
+	for _, e := range o.events {
+		if e.Job == "x" {
+			seq = append(seq, fmt.Sprintf("%s/%d", e.Event, e.Attempt))
+		}
+	}
+	if want := []string{"started/4", "attempt-failed/4", "started/5", "finished/5"}; !slices.Equal(seq, want) {
+		t.Errorf("x events %v, want %v", seq, want)
+	}
+	if in := o.instance(t, "x"); in.State != results.StateFailed || in.Attempts != 5 {
+		t.Errorf("x summary %+v", in)
+	}
+	for dir, want := range map[string]string{"attempt-3": "cut short\n", "attempt-4": "again\n", ".": "again\n"} {
+		if got := o.file(t, "x", dir, "stdout"); got != want {
+			t.Errorf("x/%s/stdout %q, want %q", dir, got, want)
+		}
 	}
 }
 

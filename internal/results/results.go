@@ -215,34 +215,47 @@ func ReadEvents(r io.Reader, fn func(Event)) error {
 	return sc.Err()
 }
 
-// Succeeded returns the instances whose latest final event in DIR's log is
-// `finished` with exit code 0: the ones --resume does not run again. A
-// missing log means nothing has run.
-func Succeeded(dir string) (map[string]bool, error) {
+// Prior is what earlier runs into a results dir left, as --resume needs it.
+type Prior struct {
+	// Succeeded names the instances whose latest final event is
+	// `finished` with exit code 0: they are not run again.
+	Succeeded map[string]bool
+	// Attempts is, for every other instance that ever started, its
+	// highest attempt number: a resumed run goes on from there, so the
+	// output of an attempt cut short by a crash is kept, not overwritten.
+	Attempts map[string]int
+}
+
+// ReadPrior reads DIR's events log. A missing log means nothing has run.
+func ReadPrior(dir string) (Prior, error) {
+	p := Prior{Succeeded: map[string]bool{}, Attempts: map[string]int{}}
 	f, err := os.Open(filepath.Join(dir, EventsFile))
 	if errors.Is(err, os.ErrNotExist) {
-		return map[string]bool{}, nil
+		return p, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("resume: %w", err)
+		return Prior{}, fmt.Errorf("resume: %w", err)
 	}
 	defer f.Close()
-	done := make(map[string]bool)
 	err = ReadEvents(f, func(e Event) {
-		if !e.Final() {
-			return
+		if e.Attempt > p.Attempts[e.Job] {
+			p.Attempts[e.Job] = e.Attempt
 		}
-		done[e.Job] = e.Event == Finished && e.ExitCode != nil && *e.ExitCode == 0 && e.Error == ""
+		if e.Final() {
+			p.Succeeded[e.Job] = e.Event == Finished && e.ExitCode != nil && *e.ExitCode == 0 && e.Error == ""
+		}
 	})
 	if err != nil {
-		return nil, fmt.Errorf("resume from %s: %w", dir, err)
+		return Prior{}, fmt.Errorf("resume from %s: %w", dir, err)
 	}
-	for k, ok := range done {
-		if !ok {
-			delete(done, k)
+	for k, ok := range p.Succeeded {
+		if ok {
+			delete(p.Attempts, k)
+		} else {
+			delete(p.Succeeded, k)
 		}
 	}
-	return done, nil
+	return p, nil
 }
 
 // Instance states in the summary.

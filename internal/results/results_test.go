@@ -3,6 +3,7 @@ package results
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -16,7 +17,7 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-func TestLogAndSucceeded(t *testing.T) {
+func TestLogAndPrior(t *testing.T) {
 	dir := t.TempDir()
 	l, err := OpenLog(dir)
 	if err != nil {
@@ -24,9 +25,13 @@ func TestLogAndSucceeded(t *testing.T) {
 	}
 	zero, three := 0, 3
 	err = l.Append(
-		Event{Event: Started, Job: "a"},
-		Event{Event: Finished, Job: "a", ExitCode: &zero},
-		Event{Event: Finished, Job: "b", ExitCode: &three},
+		Event{Event: Started, Job: "a", Attempt: 1},
+		Event{Event: Finished, Job: "a", ExitCode: &zero, Attempt: 1},
+		Event{Event: Started, Job: "b", Attempt: 1},
+		Event{Event: AttemptFailed, Job: "b", ExitCode: &three, Attempt: 1},
+		Event{Event: Started, Job: "b", Attempt: 2},
+		Event{Event: Finished, Job: "b", ExitCode: &three, Attempt: 2},
+		Event{Event: Started, Job: "e", Attempt: 1}, // cut short by a crash
 		Event{Event: Finished, Job: "c", ExitCode: &zero},
 		Event{Event: Lost, Job: "c"}, // a later final event wins
 		Event{Event: Finished, Job: "d", ExitCode: &zero, Error: "outputs not collected"},
@@ -41,26 +46,29 @@ func TestLogAndSucceeded(t *testing.T) {
 	f, _ := os.OpenFile(filepath.Join(dir, EventsFile), os.O_APPEND|os.O_WRONLY, 0)
 	f.WriteString(`{"time":"2026-01-01T00:00:00Z","event":"fin`)
 	f.Close()
-	done, err := Succeeded(dir)
+	prior, err := ReadPrior(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(done) != 1 || !done["a"] {
-		t.Fatalf("Succeeded = %v, want only a", done)
+	if len(prior.Succeeded) != 1 || !prior.Succeeded["a"] {
+		t.Fatalf("Succeeded = %v, want only a", prior.Succeeded)
+	}
+	if want := map[string]int{"b": 2, "e": 1}; !maps.Equal(prior.Attempts, want) {
+		t.Fatalf("Attempts = %v, want %v", prior.Attempts, want)
 	}
 	// A malformed line that is not the last one is an error.
 	f, _ = os.OpenFile(filepath.Join(dir, EventsFile), os.O_APPEND|os.O_WRONLY, 0)
 	f.WriteString("\n{}\n")
 	f.Close()
-	if _, err := Succeeded(dir); err == nil {
+	if _, err := ReadPrior(dir); err == nil {
 		t.Fatal("a malformed line in the middle was accepted")
 	}
 }
 
-func TestSucceededWithoutLog(t *testing.T) {
-	done, err := Succeeded(t.TempDir())
-	if err != nil || len(done) != 0 {
-		t.Fatalf("Succeeded of an empty dir = %v, %v", done, err)
+func TestReadPriorWithoutLog(t *testing.T) {
+	prior, err := ReadPrior(t.TempDir())
+	if err != nil || len(prior.Succeeded) != 0 || len(prior.Attempts) != 0 {
+		t.Fatalf("ReadPrior of an empty dir = %+v, %v", prior, err)
 	}
 }
 
