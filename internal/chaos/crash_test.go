@@ -17,14 +17,19 @@ import (
 // within --node-timeout, the instances that ran there fail that attempt
 // once and succeed on the other hosts, and nothing of the run is left on
 // h2, the daemons included.
-func TestAgentSIGKILLOnHost(t *testing.T) { testAgentSIGKILLOnHost(t, false) }
+func TestAgentSIGKILLOnHost(t *testing.T) { testAgentSIGKILLOnHost(t, false, false) }
 
 // The same with the guard SIGKILLed together with the agent proper (as
 // `pkill -9 drover` on the host would): no guard is left to walk the tree,
 // so the daemons go through the agent's cgroup, which its keeper kills.
-func TestAgentAndGuardSIGKILLOnHost(t *testing.T) { testAgentSIGKILLOnHost(t, true) }
+func TestAgentAndGuardSIGKILLOnHost(t *testing.T) { testAgentSIGKILLOnHost(t, true, false) }
 
-func testAgentSIGKILLOnHost(t *testing.T, guardToo bool) {
+// The same inside a Slurm allocation: the agents are the tasks of one srun
+// step, which goes on with the others; srun's report of the task's end
+// makes the node lost at once.
+func TestAgentSIGKILLUnderSlurm(t *testing.T) { testAgentSIGKILLOnHost(t, false, true) }
+
+func testAgentSIGKILLOnHost(t *testing.T, guardToo, slurm bool) {
 	bed := testbed.Require(t)
 	const (
 		n, victim   = 12, "h2"
@@ -43,7 +48,13 @@ func testAgentSIGKILLOnHost(t *testing.T, guardToo bool) {
 	job := writeFile(t, dir, "jobs.yaml", fmt.Sprintf("jobs:\n  - name: k1\n    shell: %q\n    repeat: %d\n",
 		"setsid "+daemon+" </dev/null >/dev/null 2>&1 & "+sleep+" 4", n))
 
-	d := startRun(t, bed, dir, nil, "--node-timeout", nodeTimeout.String(), "--retries", "1", "--grace", "1s", "--out", out, job)
+	flags := []string{"--node-timeout", nodeTimeout.String(), "--retries", "1", "--grace", "1s", "--out", out, job}
+	var d *proc
+	if slurm {
+		d = startSallocRun(t, bed, dir, flags...)
+	} else {
+		d = startRun(t, bed, dir, nil, flags...)
+	}
 	waitEvents(t, d, out, 2*time.Minute, "start on "+victim, startedOn(victim))
 	// Anchored: the job's shell has the daemon's command line in its own.
 	for deadline := time.Now().Add(30 * time.Second); len(pgrep(t, bed, victim, "^"+pattern(daemon))) == 0; {
@@ -83,7 +94,7 @@ func testAgentSIGKILLOnHost(t *testing.T, guardToo bool) {
 	if detect > nodeTimeout+slack {
 		t.Errorf("node-lost %v after the SIGKILL, beyond node-timeout %v + %v", detect, nodeTimeout, slack)
 	}
-	// Lost because ssh passed on the agent's end, not after the timeout.
+	// Lost because ssh (or srun) passed on the agent's end, not after the timeout.
 	// A guard killed by a signal leaves ssh nothing to pass on but 255,
 	// which may as well be the connection's end: then it is the timeout.
 	for _, e := range a.evs {

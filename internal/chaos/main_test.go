@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -136,6 +137,19 @@ func startRun(t *testing.T, bed *testbed.Bed, dir string, env []string, args ...
 	full := append([]string{"--log-level", "info", "run", "--hosts", strings.Join(bed.Names(), ","),
 		"--ssh-config", bed.SSHConfig, "--progress", "none"}, args...)
 	return e2e.Start(t, droverBin, dir, env, full...)
+}
+
+// startSallocRun starts `drover run` inside `salloc -N<every host>`: the
+// agents are the tasks of one srun step, running drover where it is (the
+// hosts share this machine's file system).
+func startSallocRun(t *testing.T, bed *testbed.Bed, dir string, args ...string) *proc {
+	t.Helper()
+	if _, err := exec.LookPath("salloc"); err != nil {
+		t.Skip("no salloc")
+	}
+	full := append([]string{fmt.Sprintf("-N%d", len(bed.Hosts)), "--time=5", droverBin,
+		"--log-level", "info", "run", "--progress", "none"}, args...)
+	return e2e.Start(t, "salloc", dir, []string{"SLURM_CONF=" + bed.SlurmConf}, full...)
 }
 
 var tail = e2e.Tail
@@ -452,7 +466,9 @@ func waitNone(t *testing.T, bed *testbed.Bed, host, pat string, deadline time.Ti
 }
 
 // agentPattern matches this test process's drover agents on the hosts.
-func agentPattern() string { return "[.]cache/drover/" + droverSHA + "/drover agent" }
+func agentPattern() string {
+	return "([.]cache/drover/" + droverSHA + "/drover|^" + regexp.QuoteMeta(droverBin) + ") agent"
+}
 
 // agentProper finds the pid of the agent on host. An agent may run as two
 // processes with the same command line prefix, a guard and below it the

@@ -221,7 +221,7 @@ func StartSrun(opts SlurmOptions, cfg *AgentConfig) (*Step, error) {
 			line := sc.Text()
 			_, _ = s.tail.Write([]byte(line + "\n"))
 			if m := taskExitRE.FindStringSubmatch(line); m != nil && opts.OnTaskExit != nil {
-				opts.OnTaskExit(m[1], "agent ended: "+m[2])
+				opts.OnTaskExit(m[1], "srun: "+m[2])
 			}
 		}
 		_, _ = io.Copy(io.Discard, errR)

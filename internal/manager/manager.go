@@ -286,6 +286,29 @@ func (m *Manager) addAgent(a launch.Agent, names ...string) {
 	}()
 }
 
+// taskEnded: the launcher saw the agent of one of its nodes end while
+// others of the same launch go on (srun reports each task's end). A node
+// not joined yet failed to launch; a joined one is lost now, not after
+// --node-timeout of silence.
+func (m *Manager) taskEnded(name, reason string) {
+	m.mu.Lock()
+	var rn *wire.RemoteNode
+	if e := m.expect[name]; e != nil && e.joined {
+		for i := len(m.joined) - 1; i >= 0; i-- {
+			if m.joined[i].Name() == name {
+				rn = m.joined[i]
+				break
+			}
+		}
+	}
+	m.mu.Unlock()
+	if rn == nil {
+		m.fail(name, "agent ended: "+reason)
+		return
+	}
+	go rn.AgentEnded("its agent ended: " + reason)
+}
+
 func agentEndedReason(err error) string {
 	if err != nil {
 		return "its agent ended: " + err.Error()

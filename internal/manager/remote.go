@@ -184,14 +184,12 @@ func (m *Manager) LaunchSlurm(alloc *launch.Allocation, o SlurmLaunch) error {
 		cfg.Nodes[n] = b
 	}
 	step, err := launch.StartSrun(launch.SlurmOptions{
-		Srun:  o.Srun,
-		Exe:   exe,
-		Nodes: len(alloc.Nodes),
-		Env:   o.Env,
-		Logs:  m.opts.AgentLogs,
-		OnTaskExit: func(node, reason string) {
-			m.fail(node, reason)
-		},
+		Srun:       o.Srun,
+		Exe:        exe,
+		Nodes:      len(alloc.Nodes),
+		Env:        o.Env,
+		Logs:       m.opts.AgentLogs,
+		OnTaskExit: m.taskEnded,
 	}, cfg)
 	if err != nil {
 		for _, n := range alloc.Nodes {
