@@ -36,6 +36,7 @@ func newJobCgroup() (*jobCgroup, error) {
 	if err != nil {
 		return nil, err
 	}
+	removeOrphanCgroups(own)
 	path := filepath.Join(own, jobCgroupPrefix(os.Getpid())+strconv.FormatInt(time.Now().UnixNano(), 10))
 	if err := unix.Mkdir(path, 0o755); err != nil {
 		return nil, fmt.Errorf("make cgroup %s: %w", path, err)
@@ -57,6 +58,28 @@ func newJobCgroup() (*jobCgroup, error) {
 // jobCgroupPrefix begins the name of every cgroup the process pid makes,
 // so that its guard can find what it left.
 func jobCgroupPrefix(pid int) string { return fmt.Sprintf("drover-%d-", pid) }
+
+// removeOrphanCgroups removes the empty job cgroups in dir whose maker is
+// gone: a process that died with nobody left to remove its cgroup (its
+// keeper and guard killed too) leaves an empty one behind, and the next
+// agent on the node clears it. One whose maker's pid lives (or was
+// reused) is left alone; one with processes in it cannot be removed.
+func removeOrphanCgroups(dir string) {
+	left, _ := filepath.Glob(filepath.Join(dir, "drover-*-*"))
+	for _, path := range left {
+		f := strings.Split(filepath.Base(path), "-")
+		if len(f) != 3 {
+			continue
+		}
+		pid, err := strconv.Atoi(f[1])
+		if err != nil || pid <= 0 {
+			continue
+		}
+		if unix.Kill(pid, 0) == unix.ESRCH {
+			_ = unix.Rmdir(path)
+		}
+	}
+}
 
 // ownCgroup is this process's cgroup v2 directory.
 func ownCgroup() (string, error) {

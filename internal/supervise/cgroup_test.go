@@ -204,3 +204,38 @@ func TestCgroupRefused(t *testing.T) {
 		t.Error("the cgroup is still used after a fork into it failed")
 	}
 }
+
+// TestOrphanCgroupsRemoved: a job cgroup whose maker is gone is removed
+// when the next one is made; one whose maker lives is not.
+func TestOrphanCgroupsRemoved(t *testing.T) {
+	needCgroup(t)
+	own, err := ownCgroup()
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone := exec.Command("/bin/true")
+	if err := gone.Run(); err != nil {
+		t.Fatal(err)
+	}
+	orphan := filepath.Join(own, jobCgroupPrefix(gone.Process.Pid)+"1")
+	alive := filepath.Join(own, jobCgroupPrefix(os.Getpid())+"1")
+	for _, dir := range []string{orphan, alive} {
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = unix.Rmdir(dir) })
+	}
+	c, err := newJobCgroup()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.remove(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(orphan); !os.IsNotExist(err) {
+		t.Errorf("orphan cgroup %s still there: %v", orphan, err)
+	}
+	if _, err := os.Stat(alive); err != nil {
+		t.Errorf("the cgroup of a live maker was removed: %v", err)
+	}
+}
