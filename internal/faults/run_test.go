@@ -105,14 +105,29 @@ func testAgentSIGKILL(t *testing.T, guardToo bool) {
 	if len(alive) > 0 {
 		t.Errorf("processes of the jobs still alive 2s after drover exited: %v", alive)
 	}
-	// Nor is the cgroup they ran in left (the guard, else the keeper,
-	// removes it).
+	// Nor is the cgroup they ran in left: the guard removes it before it
+	// exits; without a guard the keeper does, once it has killed what was
+	// in it, which may be a moment after drover exited.
 	if cgroup != "" {
-		if _, err := os.Stat(cgroup); !os.IsNotExist(err) {
-			t.Errorf("the jobs' cgroup %s is still there after drover exited: %v", cgroup, err)
+		start := time.Now()
+		for {
+			_, err := os.Stat(cgroup)
+			if os.IsNotExist(err) {
+				t.Logf("the jobs' cgroup removed %v after drover exited", time.Since(start).Round(time.Millisecond))
+				break
+			}
+			if time.Since(start) > cgroupPatience {
+				t.Errorf("the jobs' cgroup %s is still there %v after drover exited: %v", cgroup, cgroupPatience, err)
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
 		}
 	}
 }
+
+// cgroupPatience is how long a keeper may take to remove the cgroup: its
+// rmdir retries for up to 5 s while the killed are exiting.
+const cgroupPatience = 10 * time.Second
 
 // jobCgroup is the directory of the cgroup the agent made for its jobs,
 // as the job process pid shows it, or "" when the agent made none.
