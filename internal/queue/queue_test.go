@@ -111,6 +111,17 @@ func (o *outcome) of(name, kind string) []results.Event {
 	return f
 }
 
+// attempts lists name's events of this run as "event/attempt".
+func (o *outcome) attempts(name string) []string {
+	var seq []string
+	for _, e := range o.events {
+		if e.Job == name {
+			seq = append(seq, fmt.Sprintf("%s/%d", e.Event, e.Attempt))
+		}
+	}
+	return seq
+}
+
 func (o *outcome) instance(t *testing.T, name string) results.InstanceResult {
 	t.Helper()
 	for _, in := range o.disk.Instances {
@@ -568,13 +579,7 @@ func TestRetries(t *testing.T) {
 		t.Errorf("second attempt's stdout %q", got)
 	}
 	// The order in the log: attempt 1 fails before attempt 2 starts.
-	var seq []string
-	for _, e := range o.events {
-		if e.Job == "flaky" {
-			seq = append(seq, fmt.Sprintf("%s/%d", e.Event, e.Attempt))
-		}
-	}
-	if want := []string{"started/1", "attempt-failed/1", "started/2", "finished/2"}; !slices.Equal(seq, want) {
+	if seq, want := o.attempts("flaky"), []string{"started/1", "attempt-failed/1", "started/2", "finished/2"}; !slices.Equal(seq, want) {
 		t.Errorf("flaky events %v, want %v", seq, want)
 	}
 
@@ -799,13 +804,7 @@ func TestResumeRetriesCountThisRun(t *testing.T) {
 	}
 	jobs := []*jobfile.Job{job(t, "x", nil, "out=again", "exit=4")}
 	o := run(t, context.Background(), jobs, queue.Options{OutDir: out, Retries: 1, Prior: map[string]int{"x": 3}})
-	var seq []string
-	for _, e := range o.events {
-		if e.Job == "x" {
-			seq = append(seq, fmt.Sprintf("%s/%d", e.Event, e.Attempt))
-		}
-	}
-	if want := []string{"started/4", "attempt-failed/4", "started/5", "finished/5"}; !slices.Equal(seq, want) {
+	if seq, want := o.attempts("x"), []string{"started/4", "attempt-failed/4", "started/5", "finished/5"}; !slices.Equal(seq, want) {
 		t.Errorf("x events %v, want %v", seq, want)
 	}
 	if in := o.instance(t, "x"); in.State != results.StateFailed || in.Attempts != 5 {
