@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -36,8 +37,12 @@ func testAgentSIGKILLOnHost(t *testing.T, guardToo, slurm bool) {
 		nodeTimeout = 2 * time.Second
 		// gone bounds how long after the kill anything of the run may be
 		// left on the victim: well under the daemons' 600 s and the jobs'
-		// 4 s, so only a kill makes it.
+		// run, so only a kill makes it.
 		gone = 3 * time.Second
+		// run is each job's length: long enough that the kill, a few ssh
+		// round trips after the first start on the victim, lands while
+		// that job runs, even on a loaded machine.
+		run = 8
 	)
 	dir := t.TempDir()
 	out := filepath.Join(dir, "out")
@@ -46,7 +51,7 @@ func testAgentSIGKILLOnHost(t *testing.T, guardToo, slurm bool) {
 	t.Cleanup(func() { killLeftovers(t, bed, marker) })
 	daemon := sleep + " 600"
 	job := writeFile(t, dir, "jobs.yaml", fmt.Sprintf("jobs:\n  - name: k1\n    shell: %q\n    repeat: %d\n",
-		"setsid "+daemon+" </dev/null >/dev/null 2>&1 & "+sleep+" 4", n))
+		"setsid "+daemon+" </dev/null >/dev/null 2>&1 & "+sleep+" "+strconv.Itoa(run), n))
 
 	flags := []string{"--node-timeout", nodeTimeout.String(), "--retries", "1", "--grace", "1s", "--out", out, job}
 	var d *proc
@@ -63,11 +68,13 @@ func testAgentSIGKILLOnHost(t *testing.T, guardToo, slurm bool) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	victims := []int{agentProper(t, bed, victim)}
+	agent := agentProper(t, bed, victim)
+	var killAt time.Time
 	if guardToo {
-		victims = append(victims, parentOf(t, bed, victim, victims[0]))
+		killAt = killWithParent(t, bed, victim, agent)
+	} else {
+		killAt = sendSignal(t, bed, victim, "KILL", agent)
 	}
-	killAt := sendSignal(t, bed, victim, "KILL", victims...)
 	jobsLeft := waitNone(t, bed, victim, pattern(marker), killAt.Add(gone))
 	jobsGone := time.Since(killAt)
 	agentsLeft := waitNone(t, bed, victim, agentPattern(), killAt.Add(gone))

@@ -526,17 +526,19 @@ func sendSignal(t *testing.T, bed *testbed.Bed, host string, sig string, pids ..
 	return time.Unix(0, ns)
 }
 
-// parentOf is the parent of pid on host.
-func parentOf(t *testing.T, bed *testbed.Bed, host string, pid int) int {
+// killWithParent SIGKILLs pid on host and its parent (an agent proper and
+// its guard) in one command, and returns when, as the host's clock says.
+func killWithParent(t *testing.T, bed *testbed.Bed, host string, pid int) time.Time {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	out, err := bed.SSH(ctx, host, fmt.Sprintf("ps -o ppid= -p %d", pid)).CombinedOutput()
-	ppid, perr := strconv.Atoi(strings.TrimSpace(string(out)))
-	if err != nil || perr != nil || ppid <= 1 {
-		t.Fatalf("ssh %s: parent of %d: %v: %q", host, pid, err, out)
+	cmd := fmt.Sprintf("p=$(ps -o ppid= -p %d) && [ $p -gt 1 ] && kill -KILL $p %d && date +%%s%%N", pid, pid)
+	out, err := bed.SSH(ctx, host, cmd).CombinedOutput()
+	ns, perr := strconv.ParseInt(strings.TrimSpace(string(out)), 10, 64)
+	if err != nil || perr != nil {
+		t.Fatalf("ssh %s: kill %d and its parent: %v: %q", host, pid, err, out)
 	}
-	return ppid
+	return time.Unix(0, ns)
 }
 
 // noneLeft checks, on every host over ssh, that no job process (marker)
