@@ -510,18 +510,17 @@ func agentProper(t *testing.T, bed *testbed.Bed, host string) int {
 // sendSignal sends sig (a kill(1) name) to pid on host over ssh and returns
 // when it was sent, as the host's clock says (the hosts share this
 // machine's), not when ssh came back.
-func sendSignal(t *testing.T, bed *testbed.Bed, host string, sig string, pids ...int) time.Time {
+func sendSignal(t *testing.T, bed *testbed.Bed, host string, sig string, pid int) time.Time {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	list := strings.Trim(fmt.Sprint(pids), "[]")
-	out, err := bed.SSH(ctx, host, fmt.Sprintf("kill -%s %s && date +%%s%%N", sig, list)).CombinedOutput()
+	out, err := bed.SSH(ctx, host, fmt.Sprintf("kill -%s %d && date +%%s%%N", sig, pid)).CombinedOutput()
 	if err != nil {
-		t.Fatalf("ssh %s kill -%s %s: %v: %s", host, sig, list, err, out)
+		t.Fatalf("ssh %s kill -%s %d: %v: %s", host, sig, pid, err, out)
 	}
 	ns, err := strconv.ParseInt(strings.TrimSpace(string(out)), 10, 64)
 	if err != nil {
-		t.Fatalf("ssh %s kill -%s %s: %q is not a time", host, sig, list, out)
+		t.Fatalf("ssh %s kill -%s %d: %q is not a time", host, sig, pid, out)
 	}
 	return time.Unix(0, ns)
 }

@@ -109,12 +109,7 @@ func removeCgroupsOf(pid int) error {
 	}
 	var errs []error
 	for _, path := range left {
-		fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		errs = append(errs, (&jobCgroup{path: path, fd: fd}).remove())
+		errs = append(errs, removeCgroup(path))
 	}
 	return errors.Join(errs...)
 }
@@ -174,27 +169,27 @@ func unescapeMount(s string) string {
 	return b.String()
 }
 
-// kill ends every process in the cgroup.
-func (c *jobCgroup) kill() error {
-	return os.WriteFile(filepath.Join(c.path, "cgroup.kill"), []byte("1"), 0)
+// remove closes the cgroup and removes it with whatever is left in it.
+func (c *jobCgroup) remove() error {
+	_ = unix.Close(c.fd)
+	return removeCgroup(c.path)
 }
 
-// remove kills what is left in the cgroup and removes it, waiting
-// (boundedly) for the killed to exit.
-func (c *jobCgroup) remove() error {
-	defer unix.Close(c.fd)
-	if err := c.kill(); err != nil {
-		return fmt.Errorf("kill cgroup %s: %w", c.path, err)
+// removeCgroup kills what is left in the cgroup at path and removes it,
+// waiting (boundedly) for the killed to exit.
+func removeCgroup(path string) error {
+	if err := os.WriteFile(filepath.Join(path, "cgroup.kill"), []byte("1"), 0); err != nil {
+		return fmt.Errorf("kill cgroup %s: %w", path, err)
 	}
 	var err error
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
-		if err = unix.Rmdir(c.path); err != unix.EBUSY {
+		if err = unix.Rmdir(path); err != unix.EBUSY {
 			break
 		}
 		time.Sleep(2 * time.Millisecond) // shutdown only: the killed are exiting
 	}
 	if err != nil {
-		return fmt.Errorf("remove cgroup %s: %w", c.path, err)
+		return fmt.Errorf("remove cgroup %s: %w", path, err)
 	}
 	return nil
 }
