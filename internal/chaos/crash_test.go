@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -39,10 +38,11 @@ func testAgentSIGKILLOnHost(t *testing.T, guardToo, slurm bool) {
 		// left on the victim: well under the daemons' 600 s and the jobs'
 		// run, so only a kill makes it.
 		gone = 3 * time.Second
-		// run is each job's length: long enough that the kill, a few ssh
-		// round trips after the first start on the victim, lands while
-		// that job runs, even on a loaded machine.
-		run = 8
+		// An attempt on the victim runs until the kill (at most stuck, so
+		// a kill that never comes still ends); elsewhere it takes run
+		// seconds. Timing alone (every job 8 s) let the kill land after
+		// the victim's jobs had ended on a loaded CI machine.
+		stuck, run = 120, 2
 	)
 	dir := t.TempDir()
 	out := filepath.Join(dir, "out")
@@ -50,8 +50,9 @@ func testAgentSIGKILLOnHost(t *testing.T, guardToo, slurm bool) {
 	sleep := markedSleep(t, dir, marker)
 	t.Cleanup(func() { killLeftovers(t, bed, marker) })
 	daemon := sleep + " 600"
-	job := writeFile(t, dir, "jobs.yaml", fmt.Sprintf("jobs:\n  - name: k1\n    shell: %q\n    repeat: %d\n",
-		"setsid "+daemon+" </dev/null >/dev/null 2>&1 & "+sleep+" "+strconv.Itoa(run), n))
+	shell := fmt.Sprintf(`setsid %s </dev/null >/dev/null 2>&1 & if [ "$DROVER_NODE" = %s ]; then %s %d; else %s %d; fi`,
+		daemon, victim, sleep, stuck, sleep, run)
+	job := writeFile(t, dir, "jobs.yaml", fmt.Sprintf("jobs:\n  - name: k1\n    shell: %q\n    repeat: %d\n", shell, n))
 
 	flags := []string{"--node-timeout", nodeTimeout.String(), "--retries", "1", "--grace", "1s", "--out", out, job}
 	var d *proc
