@@ -417,6 +417,35 @@ jobs:
 	wantCounts(t, readSummary(t, out), 3, 0, 0, 0, 3)
 }
 
+// A manager killed after its node started an instance on its own (queued
+// behind another) but before it logged that start leaves output and no
+// started event: the resumed run must number its attempt past that one
+// and keep its output, not truncate it.
+func TestRunResumeKeepsUnloggedAttempt(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	out := filepath.Join(dir, "out")
+	jobs := writeFile(t, dir, "jobs.yaml", "jobs:\n  - name: cut\n    shell: echo done\n")
+	if err := os.MkdirAll(filepath.Join(out, "cut"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, out, "events.jsonl", "")
+	writeFile(t, filepath.Join(out, "cut"), "stdout", "cut short\n")
+
+	r := drover(t, dir, "run", "--progress", "none", "--resume", "--out", out, jobs)
+	wantCode(t, r, 0)
+	fin := checkOneFinalEach(t, lastRun(t, readEvents(t, out)), []string{"cut"})
+	if fin["cut"].Attempt != 2 {
+		t.Errorf("resumed attempt %d, want 2 (attempt 1 left output without an event)", fin["cut"].Attempt)
+	}
+	if got := readFile(t, filepath.Join(out, "cut", "attempt-1", "stdout")); got != "cut short\n" {
+		t.Errorf("attempt-1/stdout = %q, want the unlogged attempt's output", got)
+	}
+	if got := readFile(t, filepath.Join(out, "cut", "stdout")); got != "done\n" {
+		t.Errorf("stdout = %q", got)
+	}
+}
+
 func TestRunRetries(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()

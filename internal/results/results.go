@@ -221,8 +221,9 @@ type Prior struct {
 	// `finished` with exit code 0: they are not run again.
 	Succeeded map[string]bool
 	// Attempts is, for every other instance that ever started, its
-	// highest attempt number: a resumed run goes on from there, so the
-	// output of an attempt cut short by a crash is kept, not overwritten.
+	// highest attempt number, logged or found in its output dir: a
+	// resumed run goes on from there, so the output of an attempt cut
+	// short by a crash is kept, not overwritten.
 	Attempts map[string]int
 }
 
@@ -249,13 +250,52 @@ func ReadPrior(dir string) (Prior, error) {
 		return Prior{}, fmt.Errorf("resume from %s: %w", dir, err)
 	}
 	for k, ok := range p.Succeeded {
-		if ok {
-			delete(p.Attempts, k)
-		} else {
+		if !ok {
 			delete(p.Succeeded, k)
 		}
 	}
+	if err := countUnloggedAttempts(dir, p); err != nil {
+		return Prior{}, fmt.Errorf("resume from %s: %w", dir, err)
+	}
+	for k := range p.Succeeded {
+		delete(p.Attempts, k)
+	}
 	return p, nil
+}
+
+// countUnloggedAttempts adds the attempts the log does not show but the
+// instances' output dirs do. A start the agent made on its own (an
+// instance queued behind another on the node starts the moment that one
+// exits) is logged only once the manager hears of it; a manager crash in
+// between leaves output without a started event. The next attempt must
+// not take that attempt's number, or it would truncate what it wrote.
+// An attempt started after attempt N moved N's output to attempt-N/; the
+// first one created stdout or stderr.
+func countUnloggedAttempts(dir string, p Prior) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		name := e.Name()
+		if !e.IsDir() || p.Succeeded[name] {
+			continue
+		}
+		n := p.Attempts[name]
+		var evidence []string
+		if n == 0 {
+			evidence = []string{"stdout", "stderr"}
+		} else {
+			evidence = []string{fmt.Sprintf("attempt-%d", n)}
+		}
+		for _, f := range evidence {
+			if _, err := os.Lstat(filepath.Join(dir, name, f)); err == nil {
+				p.Attempts[name] = n + 1
+				break
+			}
+		}
+	}
+	return nil
 }
 
 // Instance states in the summary.

@@ -65,6 +65,55 @@ func TestLogAndPrior(t *testing.T) {
 	}
 }
 
+// Starts the manager never logged (it crashed before hearing of them)
+// count through what they left in the instances' output dirs.
+func TestPriorCountsUnloggedAttempts(t *testing.T) {
+	dir := t.TempDir()
+	l, err := OpenLog(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	zero := 0
+	err = l.Append(
+		Event{Event: Started, Job: "a", Attempt: 1},
+		Event{Event: Finished, Job: "a", ExitCode: &zero, Attempt: 1},
+		Event{Event: Started, Job: "b", Attempt: 1},
+		Event{Event: Started, Job: "e", Attempt: 1},
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{
+		"a/stdout",           // succeeded: not run again, whatever its dir holds
+		"b/attempt-1/stdout", // attempt 2 moved attempt 1 aside and started
+		"b/stdout",
+		"e/stdout", // only the logged attempt
+		"f/stderr", // an attempt with no event at all
+		"g/.keep",  // a dir made, nothing started
+	} {
+		path := filepath.Join(dir, f)
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte("partial\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	prior, err := ReadPrior(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := map[string]int{"b": 2, "e": 1, "f": 1}; !maps.Equal(prior.Attempts, want) {
+		t.Fatalf("Attempts = %v, want %v", prior.Attempts, want)
+	}
+	if !maps.Equal(prior.Succeeded, map[string]bool{"a": true}) {
+		t.Fatalf("Succeeded = %v, want only a", prior.Succeeded)
+	}
+}
+
 func TestReadPriorWithoutLog(t *testing.T) {
 	prior, err := ReadPrior(t.TempDir())
 	if err != nil || len(prior.Succeeded) != 0 || len(prior.Attempts) != 0 {
