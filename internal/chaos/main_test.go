@@ -19,7 +19,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -661,12 +660,4 @@ func isZeros(r io.Reader) (bool, error) {
 			return false, err
 		}
 	}
-}
-
-// byTime sorts events by time (they are appended in order; this is for
-// safety when merging).
-func byTime(evs []event) []event {
-	s := slices.Clone(evs)
-	slices.SortStableFunc(s, func(a, b event) int { return a.Time.Compare(b.Time) })
-	return s
 }

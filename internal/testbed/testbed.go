@@ -53,13 +53,6 @@ func (b *Bed) Names() []string {
 	return names
 }
 
-// HostFile is a file with one host name per line (drover's --hostfile).
-func (b *Bed) HostFile() string { return filepath.Join(b.Dir, "hosts") }
-
-// BinDir holds ssh and scp wrappers that add -F SSHConfig: put it first in
-// PATH for code that runs the system ssh with host names h1..hK.
-func (b *Bed) BinDir() string { return filepath.Join(b.Dir, "bin") }
-
 // SSH returns `ssh -F SSHConfig host args...`. As with ssh itself, args are
 // joined with spaces and run by the remote user's shell.
 func (b *Bed) SSH(ctx context.Context, host string, args ...string) *exec.Cmd {

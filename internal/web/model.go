@@ -287,13 +287,7 @@ func (m *Model) SetNodes(nodes []Node) {
 	}
 }
 
-// updateNode changes one node in place (copy on write).
-func (m *Model) updateNode(name string, f func(*Node)) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.updateNodeLocked(name, f)
-}
-
+// updateNodeLocked changes one node in place (copy on write).
 func (m *Model) updateNodeLocked(name string, f func(*Node)) {
 	i := slices.IndexFunc(m.nodes, func(n Node) bool { return n.Name == name })
 	nodes := slices.Clone(m.nodes)
