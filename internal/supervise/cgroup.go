@@ -63,7 +63,8 @@ func jobCgroupPrefix(pid int) string { return fmt.Sprintf("drover-%d-", pid) }
 // gone: a process that died with nobody left to remove its cgroup (its
 // keeper and guard killed too) leaves an empty one behind, and the next
 // agent on the node clears it. One whose maker's pid lives (or was
-// reused) is left alone; one with processes in it cannot be removed.
+// reused) is left alone; one with processes in it (or in a cgroup below)
+// cannot be removed.
 func removeOrphanCgroups(dir string) {
 	left, _ := filepath.Glob(filepath.Join(dir, "drover-*-*"))
 	for _, path := range left {
@@ -76,7 +77,7 @@ func removeOrphanCgroups(dir string) {
 			continue
 		}
 		if unix.Kill(pid, 0) == unix.ESRCH {
-			_ = unix.Rmdir(path)
+			_ = removeCgroupTree(path)
 		}
 	}
 }
@@ -176,20 +177,48 @@ func (c *jobCgroup) remove() error {
 }
 
 // removeCgroup kills what is left in the cgroup at path and removes it,
-// waiting (boundedly) for the killed to exit.
+// waiting (boundedly) for the killed to exit. Its descendants go first: a
+// job may itself run drover (or anything else that makes cgroups), and
+// once killed, nothing is left to remove those; a cgroup with children
+// cannot be removed.
 func removeCgroup(path string) error {
 	if err := os.WriteFile(filepath.Join(path, "cgroup.kill"), []byte("1"), 0); err != nil {
 		return fmt.Errorf("kill cgroup %s: %w", path, err)
 	}
 	var err error
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
-		if err = unix.Rmdir(path); err != unix.EBUSY {
+		if err = removeCgroupTree(path); err != unix.EBUSY {
 			break
 		}
 		time.Sleep(2 * time.Millisecond) // shutdown only: the killed are exiting
 	}
 	if err != nil {
 		return fmt.Errorf("remove cgroup %s: %w", path, err)
+	}
+	return nil
+}
+
+// removeCgroupTree removes the cgroup at path and its descendants, the
+// deepest first. In a cgroup file system the directories are the child
+// cgroups; everything else is an interface file, which goes with its
+// cgroup.
+func removeCgroupTree(path string) error {
+	entries, err := os.ReadDir(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil // removed meanwhile (its own maker, or the keeper)
+		}
+		return err
+	}
+	for _, e := range entries {
+		if e.IsDir() {
+			if err := removeCgroupTree(filepath.Join(path, e.Name())); err != nil {
+				return err
+			}
+		}
+	}
+	if err := unix.Rmdir(path); err != nil && err != unix.ENOENT {
+		return err
 	}
 	return nil
 }

@@ -9,9 +9,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -220,10 +222,11 @@ func TestOrphanCgroupsRemoved(t *testing.T) {
 	orphan := filepath.Join(own, jobCgroupPrefix(gone.Process.Pid)+"1")
 	alive := filepath.Join(own, jobCgroupPrefix(os.Getpid())+"1")
 	for _, dir := range []string{orphan, alive} {
-		if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Cleanup(func() { _ = removeCgroupTree(dir) })
+		// An empty cgroup below does not keep an orphan.
+		if err := os.MkdirAll(filepath.Join(dir, "inner"), 0o755); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { _ = unix.Rmdir(dir) })
 	}
 	c, err := newJobCgroup()
 	if err != nil {
@@ -237,5 +240,67 @@ func TestOrphanCgroupsRemoved(t *testing.T) {
 	}
 	if _, err := os.Stat(alive); err != nil {
 		t.Errorf("the cgroup of a live maker was removed: %v", err)
+	}
+}
+
+// TestCgroupTreeRemoved: a job made cgroups below the jobs' cgroup (it
+// ran drover itself, say) and put a process in the deepest; killing the
+// job's cgroup killed whatever would have removed them. Both Close's
+// removal and the keeper's remove the whole tree, the process killed.
+func TestCgroupTreeRemoved(t *testing.T) {
+	needCgroup(t)
+	for _, by := range []string{"close", "keeper"} {
+		t.Run(by, func(t *testing.T) {
+			c, err := newJobCgroup()
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = removeCgroupTree(c.path) }) // if the test fails
+			deepest := filepath.Join(c.path, "drover-1-1", "deeper")
+			if err := os.MkdirAll(deepest, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			// No Supervisor is open in this process now, so os/exec may be used.
+			sleeper := exec.Command("sleep", "600")
+			if err := sleeper.Start(); err != nil {
+				t.Fatal(err)
+			}
+			waited := make(chan struct{})
+			go func() { _ = sleeper.Wait(); close(waited) }()
+			t.Cleanup(func() { _ = sleeper.Process.Kill(); <-waited })
+			if err := os.WriteFile(filepath.Join(deepest, "cgroup.procs"), []byte(strconv.Itoa(sleeper.Process.Pid)), 0); err != nil {
+				t.Fatal(err)
+			}
+			switch by {
+			case "close":
+				if err := c.remove(); err != nil {
+					t.Fatal(err)
+				}
+			case "keeper":
+				_ = unix.Close(c.fd)
+				devNull, err := unix.Open(os.DevNull, unix.O_RDWR|unix.O_CLOEXEC, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer unix.Close(devNull)
+				k, err := startKeeper(devNull, c.path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				k.close() // stdin ends: the keeper kills and removes, then exits
+				var ws unix.WaitStatus
+				if _, err := unix.Wait4(k.pid, &ws, 0, nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+			select {
+			case <-waited:
+			case <-time.After(patience):
+				t.Fatalf("the process in the nested cgroup %s still runs", deepest)
+			}
+			if _, err := os.Stat(c.path); !os.IsNotExist(err) {
+				t.Errorf("cgroup %s still there: %v", c.path, err)
+			}
+		})
 	}
 }

@@ -16,15 +16,15 @@ import (
 // keeperScript kills, when its stdin ends, every process group still
 // registered on it ("+ PGID" registers, "- PGID" forgets), then, when the
 // Supervisor has a cgroup ($CG) that is still there, everything in it, and
-// removes it. It ignores the signals a dying session sends, so it outlives
-// the supervisor's process. A variable so that a test can record what the
-// keeper is told.
+// removes it with any cgroups made below it (deepest first). It ignores
+// the signals a dying session sends, so it outlives the supervisor's
+// process. A variable so that a test can record what the keeper is told.
 var keeperScript = `trap '' HUP INT TERM QUIT PIPE
 awk '$1 == "+" { g[$2] = 1; next } $1 == "-" { delete g[$2]; next } END { for (k in g) system("kill -9 -" k " 2>/dev/null") }'
 [ -n "$CG" ] && [ -d "$CG" ] || exit 0
 echo 1 > "$CG/cgroup.kill"
 i=0
-until rmdir "$CG" 2>/dev/null || [ $i -ge 500 ]; do sleep 0.01; i=$((i+1)); done`
+until { find "$CG" -depth -type d -exec rmdir {} + ; [ ! -d "$CG" ]; } 2>/dev/null || [ $i -ge 500 ]; do sleep 0.01; i=$((i+1)); done`
 
 // keeper is a small process outside the supervisor that kills what is
 // left of every group when the supervisor's process dies, however it dies
