@@ -109,19 +109,26 @@ func testAgentSIGKILL(t *testing.T, guardToo bool) {
 	// exits; without a guard the keeper does, once it has killed what was
 	// in it, which may be a moment after drover exited.
 	if cgroup != "" {
-		start := time.Now()
-		for {
-			_, err := os.Stat(cgroup)
-			if os.IsNotExist(err) {
-				t.Logf("the jobs' cgroup removed %v after drover exited", time.Since(start).Round(time.Millisecond))
-				break
-			}
-			if time.Since(start) > cgroupPatience {
-				t.Errorf("the jobs' cgroup %s is still there %v after drover exited: %v", cgroup, cgroupPatience, err)
-				break
-			}
-			time.Sleep(10 * time.Millisecond)
+		waitCgroupGone(t, cgroup)
+	}
+}
+
+// waitCgroupGone waits, up to cgroupPatience after drover exited, until
+// the jobs' cgroup at path is removed.
+func waitCgroupGone(t *testing.T, path string) {
+	t.Helper()
+	start := time.Now()
+	for {
+		_, err := os.Stat(path)
+		if os.IsNotExist(err) {
+			t.Logf("the jobs' cgroup removed %v after drover exited", time.Since(start).Round(time.Millisecond))
+			return
 		}
+		if time.Since(start) > cgroupPatience {
+			t.Errorf("the jobs' cgroup %s is still there %v after drover exited: %v", path, cgroupPatience, err)
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
