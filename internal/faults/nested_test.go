@@ -34,7 +34,7 @@ func TestNestedRunTimedOut(t *testing.T) {
 	}
 	d := startDrover(t, dir, nil, "run", "--progress", "none", "--grace", "1s", "--out", filepath.Join(dir, "out"), jobs)
 	procs := waitJobs(t, d, pids, 1)
-	innerCgroup := jobCgroup(t, procs[0].pid)
+	innerCgroup := jobCgroup(t, procs[0].pid, true)
 	outerCgroup := filepath.Dir(innerCgroup)
 	if innerCgroup == "" || !strings.HasPrefix(filepath.Base(outerCgroup), "drover-") {
 		t.Fatalf("the inner run's job is in cgroup %q, want one below the outer run's job cgroup", innerCgroup)

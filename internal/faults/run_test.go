@@ -3,12 +3,14 @@ package faults_test
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/drover-hpc/drover/internal/e2e"
 	"golang.org/x/sys/unix"
 )
 
@@ -17,24 +19,67 @@ import (
 // run. It returns drover, the results dir and the jobs' processes.
 func runSleepers(t *testing.T, flags ...string) (*proc, string, []string, []jobProc) {
 	t.Helper()
+	return runSleepersAs(t, false, flags...)
+}
+
+// runSleepersAs is runSleepers, as user nobody when unprivileged (the
+// test runs as root): then the agent may not make a cgroup, as for most
+// users of a shared cluster.
+func runSleepersAs(t *testing.T, unprivileged bool, flags ...string) (*proc, string, []string, []jobProc) {
+	t.Helper()
 	n := numCores(t)
-	dir := t.TempDir()
+	dir, bin, prefix, env := t.TempDir(), droverBin, []string(nil), []string(nil)
+	if unprivileged {
+		dir, bin, prefix, env = asNobody(t)
+	}
 	out := filepath.Join(dir, "out")
 	pids := filepath.Join(dir, "pids")
-	if err := os.Mkdir(pids, 0o755); err != nil {
+	if err := os.Mkdir(pids, 0o777); err != nil {
 		t.Fatal(err)
 	}
-	args := append([]string{"run", "--progress", "none", "--out", out}, flags...)
+	if err := os.Chmod(pids, 0o777); err != nil { // past the umask
+		t.Fatal(err)
+	}
+	args := append(prefix, "run", "--progress", "none", "--out", out)
+	args = append(args, flags...)
 	args = append(args, "--repeat", strconv.Itoa(n), "--", "sh", "-c", sleeperScript(pids, "$DROVER_INDEX"))
-	d := startDrover(t, dir, nil, args...)
+	d := e2e.Start(t, bin, dir, env, args...)
 	jobs := waitJobs(t, d, pids, n)
 	return d, out, instanceNames("sh", n), jobs
+}
+
+// asNobody prepares to run drover as user nobody: a directory that user
+// may write (and everyone reach), a copy of the binary in it, and the
+// command (setpriv) and environment that switch to that user.
+func asNobody(t *testing.T) (dir, bin string, prefix, env []string) {
+	t.Helper()
+	setpriv, err := exec.LookPath("setpriv")
+	if os.Getuid() != 0 || err != nil {
+		t.Skip("needs root and setpriv to run drover as user nobody")
+	}
+	dir, err = os.MkdirTemp("", "drover-nobody-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(droverBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "drover"), data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	prefix = []string{"--reuid=nobody", "--regid=nogroup", "--clear-groups", "--", filepath.Join(dir, "drover")}
+	return dir, setpriv, prefix, []string{"HOME=" + dir, "TMPDIR=" + dir}
 }
 
 // An agent that is SIGKILLed: the manager declares its node lost within
 // --node-timeout, reports every running instance lost (once), exits 1, and
 // nothing the jobs started survives the agent.
-func TestAgentSIGKILL(t *testing.T) { testAgentSIGKILL(t, false) }
+func TestAgentSIGKILL(t *testing.T) { testAgentSIGKILL(t, agentOnly) }
 
 // The guard SIGKILLed with the agent proper, as `pkill -9 drover` on the
 // node would: nothing is left to walk the tree, so the setsid daemons go
@@ -44,16 +89,28 @@ func TestAgentAndGuardSIGKILL(t *testing.T) {
 	if os.Getenv("DROVER_TEST_CGROUP") != "1" {
 		t.Skip("needs a cgroup for the agent: DROVER_TEST_CGROUP=1 (scripts/test sets it as root with cgroup v2)")
 	}
-	testAgentSIGKILL(t, true)
+	testAgentSIGKILL(t, guardAlso)
 }
 
-func testAgentSIGKILL(t *testing.T, guardToo bool) {
+// The same for a user the node gives no cgroup (nobody here): the keeper
+// finds the setsid daemons by the mark in their environment.
+func TestAgentAndGuardSIGKILLUnprivileged(t *testing.T) { testAgentSIGKILL(t, guardAlsoUnprivileged) }
+
+// Which processes testAgentSIGKILL kills, and as whom drover runs.
+const (
+	agentOnly = iota
+	guardAlso
+	guardAlsoUnprivileged
+)
+
+func testAgentSIGKILL(t *testing.T, mode int) {
 	t.Parallel()
 	const nodeTimeout = time.Second
-	d, out, names, jobs := runSleepers(t, "--node-timeout", nodeTimeout.String(), "--retries", "0")
+	killGuard := mode != agentOnly
+	d, out, names, jobs := runSleepersAs(t, mode == guardAlsoUnprivileged, "--node-timeout", nodeTimeout.String(), "--retries", "0")
 	agent := findAgent(t, d)
 	victims := []int{agent}
-	if guardToo {
+	if killGuard {
 		st, ok := statOf(agent)
 		if !ok {
 			t.Fatal("the agent is gone before the test killed it")
@@ -61,7 +118,14 @@ func testAgentSIGKILL(t *testing.T, guardToo bool) {
 		victims = []int{st.ppid, agent}
 	}
 
-	cgroup := jobCgroup(t, jobs[0].pid)
+	cgroup := ""
+	if mode == guardAlsoUnprivileged {
+		if c := jobCgroup(t, jobs[0].pid, false); c != "" {
+			t.Fatalf("the agent of user nobody made cgroup %s: the case without one is not tested", c)
+		}
+	} else {
+		cgroup = jobCgroup(t, jobs[0].pid, os.Getenv("DROVER_TEST_CGROUP") == "1")
+	}
 
 	killed := time.Now()
 	for _, pid := range victims {
@@ -137,8 +201,9 @@ func waitCgroupGone(t *testing.T, path string) {
 const cgroupPatience = 10 * time.Second
 
 // jobCgroup is the directory of the cgroup the agent made for its jobs,
-// as the job process pid shows it, or "" when the agent made none.
-func jobCgroup(t *testing.T, pid int) string {
+// as the job process pid shows it, or "" when the agent made none, which
+// fails the test if it must have made one.
+func jobCgroup(t *testing.T, pid int, must bool) string {
 	t.Helper()
 	self, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
 	if err != nil {
@@ -151,7 +216,7 @@ func jobCgroup(t *testing.T, pid int) string {
 		}
 	}
 	if !strings.HasPrefix(filepath.Base(rel), "drover-") {
-		if os.Getenv("DROVER_TEST_CGROUP") == "1" {
+		if must {
 			t.Fatalf("job %d runs in cgroup %q, not one of the agent's", pid, rel)
 		}
 		return ""

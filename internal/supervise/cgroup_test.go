@@ -283,7 +283,7 @@ func TestCgroupTreeRemoved(t *testing.T) {
 					t.Fatal(err)
 				}
 				defer unix.Close(devNull)
-				k, err := startKeeper(devNull, c.path)
+				k, err := startKeeper(devNull, c.path, "")
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -152,10 +152,11 @@ func helperMain(args []string) int {
 		signal.Ignore(syscall.SIGTERM)
 		fmt.Println("ready")
 		sleepForever()
-	case "supervisor": // supervisor FIFO [keeper|cgroup]: a Supervisor whose child sleeps
+	case "supervisor": // supervisor FIFO [keeper|cgroup|daemon]: a Supervisor whose child sleeps
 		// With "keeper", the Supervisor has a keeper and its child leaves a
 		// grandchild in its group; with "cgroup", also a cgroup, and the
-		// child leaves a double-forked daemon outside its group.
+		// child leaves a double-forked daemon outside its group; with
+		// "daemon", the same daemon and a keeper, but no cgroup.
 		mode := ""
 		if len(args) > 2 {
 			mode = args[2]
@@ -170,7 +171,7 @@ func helperMain(args []string) int {
 		switch mode {
 		case "keeper":
 			child = []string{exe, "grandchild"}
-		case "cgroup":
+		case "cgroup", "daemon":
 			child = []string{exe, "escape", "daemon", "sleep"}
 		}
 		pid, err := s.Start(Spec{Name: "sleeper", Args: child, Env: helperEnvList(), Stdout: args[1]})

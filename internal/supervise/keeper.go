@@ -16,11 +16,21 @@ import (
 // keeperScript kills, when its stdin ends, every process group still
 // registered on it ("+ PGID" registers, "- PGID" forgets), then, when the
 // Supervisor has a cgroup ($CG) that is still there, everything in it, and
-// removes it with any cgroups made below it (deepest first). It ignores
-// the signals a dying session sends, so it outlives the supervisor's
-// process. A variable so that a test can record what the keeper is told.
+// removes it with any cgroups made below it (deepest first). Without a
+// cgroup, what left its group (a setsid daemon) is found by the mark in
+// its environment ($TREE, see treeEnv), a few rounds in case one forks
+// meanwhile. It ignores the signals a dying session sends, so it outlives
+// the supervisor's process. A variable so that a test can record what the
+// keeper is told.
 var keeperScript = `trap '' HUP INT TERM QUIT PIPE
 awk '$1 == "+" { g[$2] = 1; next } $1 == "-" { delete g[$2]; next } END { for (k in g) system("kill -9 -" k " 2>/dev/null") }'
+i=0
+while [ -n "$TREE" ] && [ $i -lt 5 ]; do
+  found=$(grep -lsxzF "` + treeEnv + `=$TREE" /proc/[0-9]*/environ)
+  [ -n "$found" ] || break
+  for f in $found; do f=${f#/proc/}; kill -9 "${f%/environ}" 2>/dev/null; done
+  i=$((i+1))
+done
 [ -n "$CG" ] && [ -d "$CG" ] || exit 0
 echo 1 > "$CG/cgroup.kill"
 i=0
@@ -37,7 +47,17 @@ type keeper struct {
 	fd  int // pidfd of the keeper, -1 without pidfds
 }
 
-func startKeeper(devNull int, cgroup string) (*keeper, error) {
+// treeEnv names the variable that marks every process a Supervisor with a
+// keeper but no cgroup starts; its value (crypto/rand.Text) is the
+// Supervisor's own, so one keeper never touches another's processes.
+// Processes inherit it, so it follows even those that left their process
+// group; a keeper finds them by it once the agent is gone and no guard is
+// left to walk the tree.
+const treeEnv = "DROVER_TREE"
+
+// startKeeper starts the keeper of a Supervisor whose processes run in
+// cgroup (or "") and carry token (or "") in their environment.
+func startKeeper(devNull int, cgroup, token string) (*keeper, error) {
 	r, w, err := os.Pipe()
 	if err != nil {
 		return nil, fmt.Errorf("start keeper: %w", err)
@@ -45,7 +65,7 @@ func startKeeper(devNull int, cgroup string) (*keeper, error) {
 	defer r.Close()
 	pid, err := syscall.ForkExec("/bin/sh", []string{"sh", "-c", keeperScript}, &syscall.ProcAttr{
 		Dir:   "/",
-		Env:   []string{"PATH=/usr/bin:/bin", "CG=" + cgroup},
+		Env:   []string{"PATH=/usr/bin:/bin", "CG=" + cgroup, "TREE=" + token},
 		Files: []uintptr{r.Fd(), uintptr(devNull), uintptr(devNull)},
 		// Its own group, so that signals to ours do not reach it.
 		Sys: &syscall.SysProcAttr{Setpgid: true},

@@ -129,9 +129,13 @@ func (s *Supervisor) spawn(spec *Spec, p *proc, cur *unix.CPUSet) error {
 		}
 		*cur = want
 	}
+	env := spec.Env
+	if s.treeVar != "" {
+		env = append(env[:len(env):len(env)], s.treeVar)
+	}
 	attr := &syscall.ProcAttr{
 		Dir:   spec.Dir,
-		Env:   spec.Env,
+		Env:   env,
 		Files: []uintptr{uintptr(pipe[0]), uintptr(stdout), uintptr(stderr)},
 		Sys: &syscall.SysProcAttr{
 			Setpgid:   true,

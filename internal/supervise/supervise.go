@@ -37,6 +37,7 @@ package supervise
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -167,6 +168,10 @@ type Supervisor struct {
 	keeper    *keeper    // nil unless Options.Keeper
 	subreaper bool       // Options.Subreaper
 	cgroup    *jobCgroup // nil unless Options.Cgroup and the node allows it
+	// treeVar ("DROVER_TREE=token") marks the environment of every process
+	// started, for a keeper without a cgroup (see keeperScript); "" when
+	// there is no such keeper.
+	treeVar string
 }
 
 // New starts a Supervisor: its spawner threads and, if it is the first open
@@ -218,11 +223,14 @@ func New(opts Options) (*Supervisor, error) {
 		}
 	}
 	if opts.Keeper {
-		cgPath := ""
+		cgPath, token := "", ""
 		if s.cgroup != nil {
 			cgPath = s.cgroup.path
+		} else {
+			token = rand.Text()
+			s.treeVar = treeEnv + "=" + token
 		}
-		if s.keeper, err = startKeeper(fd, cgPath); err != nil {
+		if s.keeper, err = startKeeper(fd, cgPath, token); err != nil {
 			s.removeCgroup()
 			releaseReaper(s)
 			unix.Close(fd)

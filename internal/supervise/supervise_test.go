@@ -630,6 +630,11 @@ func TestPdeathsig(t *testing.T) { testHostKilled(t, "") }
 // too: Pdeathsig alone would orphan it.
 func TestKeeper(t *testing.T) { testHostKilled(t, "keeper") }
 
+// TestKeeperFindsDaemons: as TestKeeper, but the child left a
+// double-forked daemon in a session of its own and there is no cgroup:
+// the keeper finds the daemon by the mark in its environment.
+func TestKeeperFindsDaemons(t *testing.T) { testHostKilled(t, "daemon") }
+
 func testHostKilled(t *testing.T, mode string) {
 	out := newFIFO(t) // stdout of the child (and grandchild): EOF when all are gone
 	r, w, err := os.Pipe()
