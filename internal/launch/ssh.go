@@ -145,9 +145,12 @@ func orUnknown(s string) string {
 // RemoteScript is the shell command run on a host: it prints the hello
 // line, installs the binary from stdin when the host lacks it (exactly
 // Size bytes, checked against the SHA-256, put in place with an atomic
-// rename so concurrent runs cannot see half a file), then execs the
-// agent, which reads its config from the rest of stdin. It is one line
-// without single quotes or "!" so any login shell passes it to sh intact.
+// rename so concurrent runs cannot see half a file), then runs the agent,
+// which reads its config from the rest of stdin. Not exec: a signal that
+// kills the agent (its guard) then reaches ssh as the shell's status
+// 128+N, so the manager knows the agent ended, where ssh would report
+// 255, the same as a broken connection. It is one line without single
+// quotes or "!" so any login shell passes it to sh intact.
 func RemoteScript(b *Binary) string {
 	return strings.Join([]string{
 		`d="${XDG_CACHE_HOME:-$HOME/.cache}/drover/` + b.SHA256 + `"`,
@@ -163,7 +166,7 @@ func RemoteScript(b *Binary) string {
 			`if [ "$(sha256sum <"$t" | cut -d" " -f1)" = ` + b.SHA256 + ` ] && chmod 755 "$t" && mv -f "$t" "$b"; then echo ` + installedLine + `; ` +
 			`else rm -f "$t"; echo "drover: could not install the agent binary in $d (short or damaged copy, or no space)" >&2; exit 97; fi; ` +
 			`fi`,
-		`exec "$b" agent`,
+		`"$b" agent`,
 	}, "; ")
 }
 
