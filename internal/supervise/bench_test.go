@@ -71,6 +71,13 @@ func BenchmarkStartWaitSubreaper(b *testing.B) {
 	benchStartWait(b, Options{Node: "bench", Subreaper: true})
 }
 
+// BenchmarkStartWaitKeeper: the same with a keeper and no cgroup, as an
+// agent runs where it may not make one: a pipe write to the keeper per
+// start and per exit, and the DROVER_TREE mark added to each environment.
+func BenchmarkStartWaitKeeper(b *testing.B) {
+	benchStartWait(b, Options{Node: "bench", Keeper: true})
+}
+
 func benchStartWait(b *testing.B, opts Options) {
 	bin := trivialBinary(b)
 	s, err := New(opts)
