@@ -81,7 +81,10 @@ func (FileKind) EnumDescriptor() ([]byte, []int) {
 	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{0}
 }
 
-// ErrorKind lets typed errors of the core cross the wire.
+// ErrorKind is drover's one vocabulary of failures (internal/errdefs), the
+// same on the agent session and the Control API. Control statuses also
+// carry it as the ASCII trailer drover-error-kind, spelled as the enum name
+// without its prefix, in lower case ("unknown_process", "spawn_failed").
 type ErrorKind int32
 
 const (
@@ -93,19 +96,29 @@ const (
 	ErrorKind_ERROR_KIND_CLOSED          ErrorKind = 5
 	ErrorKind_ERROR_KIND_INVALID         ErrorKind = 6
 	ErrorKind_ERROR_KIND_AFTER_TIMEOUT   ErrorKind = 7
+	ErrorKind_ERROR_KIND_UNKNOWN_NODE    ErrorKind = 8
+	ErrorKind_ERROR_KIND_BUSY            ErrorKind = 9 // not enough free cores, hwthreads reserved
+	ErrorKind_ERROR_KIND_NODE_LOST       ErrorKind = 10
+	ErrorKind_ERROR_KIND_SPAWN_FAILED    ErrorKind = 11 // fork/exec failed: errno and path say why
+	ErrorKind_ERROR_KIND_CANCELLED       ErrorKind = 12
 )
 
 // Enum value maps for ErrorKind.
 var (
 	ErrorKind_name = map[int32]string{
-		0: "ERROR_KIND_UNSPECIFIED",
-		1: "ERROR_KIND_UNKNOWN_PROCESS",
-		2: "ERROR_KIND_DUPLICATE",
-		3: "ERROR_KIND_RUNNING",
-		4: "ERROR_KIND_NOT_RUNNING",
-		5: "ERROR_KIND_CLOSED",
-		6: "ERROR_KIND_INVALID",
-		7: "ERROR_KIND_AFTER_TIMEOUT",
+		0:  "ERROR_KIND_UNSPECIFIED",
+		1:  "ERROR_KIND_UNKNOWN_PROCESS",
+		2:  "ERROR_KIND_DUPLICATE",
+		3:  "ERROR_KIND_RUNNING",
+		4:  "ERROR_KIND_NOT_RUNNING",
+		5:  "ERROR_KIND_CLOSED",
+		6:  "ERROR_KIND_INVALID",
+		7:  "ERROR_KIND_AFTER_TIMEOUT",
+		8:  "ERROR_KIND_UNKNOWN_NODE",
+		9:  "ERROR_KIND_BUSY",
+		10: "ERROR_KIND_NODE_LOST",
+		11: "ERROR_KIND_SPAWN_FAILED",
+		12: "ERROR_KIND_CANCELLED",
 	}
 	ErrorKind_value = map[string]int32{
 		"ERROR_KIND_UNSPECIFIED":     0,
@@ -116,6 +129,11 @@ var (
 		"ERROR_KIND_CLOSED":          5,
 		"ERROR_KIND_INVALID":         6,
 		"ERROR_KIND_AFTER_TIMEOUT":   7,
+		"ERROR_KIND_UNKNOWN_NODE":    8,
+		"ERROR_KIND_BUSY":            9,
+		"ERROR_KIND_NODE_LOST":       10,
+		"ERROR_KIND_SPAWN_FAILED":    11,
+		"ERROR_KIND_CANCELLED":       12,
 	}
 )
 
@@ -144,76 +162,6 @@ func (x ErrorKind) Number() protoreflect.EnumNumber {
 // Deprecated: Use ErrorKind.Descriptor instead.
 func (ErrorKind) EnumDescriptor() ([]byte, []int) {
 	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{1}
-}
-
-type ControlErrorKind int32
-
-const (
-	ControlErrorKind_CONTROL_ERROR_KIND_UNSPECIFIED     ControlErrorKind = 0
-	ControlErrorKind_CONTROL_ERROR_KIND_UNKNOWN_PROCESS ControlErrorKind = 1
-	ControlErrorKind_CONTROL_ERROR_KIND_UNKNOWN_NODE    ControlErrorKind = 2
-	ControlErrorKind_CONTROL_ERROR_KIND_DUPLICATE       ControlErrorKind = 3
-	ControlErrorKind_CONTROL_ERROR_KIND_RUNNING         ControlErrorKind = 4
-	ControlErrorKind_CONTROL_ERROR_KIND_NOT_RUNNING     ControlErrorKind = 5
-	ControlErrorKind_CONTROL_ERROR_KIND_NO_CORES        ControlErrorKind = 6
-	ControlErrorKind_CONTROL_ERROR_KIND_INVALID         ControlErrorKind = 7
-	ControlErrorKind_CONTROL_ERROR_KIND_NODE_LOST       ControlErrorKind = 8
-	ControlErrorKind_CONTROL_ERROR_KIND_CLOSED          ControlErrorKind = 9
-)
-
-// Enum value maps for ControlErrorKind.
-var (
-	ControlErrorKind_name = map[int32]string{
-		0: "CONTROL_ERROR_KIND_UNSPECIFIED",
-		1: "CONTROL_ERROR_KIND_UNKNOWN_PROCESS",
-		2: "CONTROL_ERROR_KIND_UNKNOWN_NODE",
-		3: "CONTROL_ERROR_KIND_DUPLICATE",
-		4: "CONTROL_ERROR_KIND_RUNNING",
-		5: "CONTROL_ERROR_KIND_NOT_RUNNING",
-		6: "CONTROL_ERROR_KIND_NO_CORES",
-		7: "CONTROL_ERROR_KIND_INVALID",
-		8: "CONTROL_ERROR_KIND_NODE_LOST",
-		9: "CONTROL_ERROR_KIND_CLOSED",
-	}
-	ControlErrorKind_value = map[string]int32{
-		"CONTROL_ERROR_KIND_UNSPECIFIED":     0,
-		"CONTROL_ERROR_KIND_UNKNOWN_PROCESS": 1,
-		"CONTROL_ERROR_KIND_UNKNOWN_NODE":    2,
-		"CONTROL_ERROR_KIND_DUPLICATE":       3,
-		"CONTROL_ERROR_KIND_RUNNING":         4,
-		"CONTROL_ERROR_KIND_NOT_RUNNING":     5,
-		"CONTROL_ERROR_KIND_NO_CORES":        6,
-		"CONTROL_ERROR_KIND_INVALID":         7,
-		"CONTROL_ERROR_KIND_NODE_LOST":       8,
-		"CONTROL_ERROR_KIND_CLOSED":          9,
-	}
-)
-
-func (x ControlErrorKind) Enum() *ControlErrorKind {
-	p := new(ControlErrorKind)
-	*p = x
-	return p
-}
-
-func (x ControlErrorKind) String() string {
-	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
-}
-
-func (ControlErrorKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_api_droverpb_drover_proto_enumTypes[2].Descriptor()
-}
-
-func (ControlErrorKind) Type() protoreflect.EnumType {
-	return &file_api_droverpb_drover_proto_enumTypes[2]
-}
-
-func (x ControlErrorKind) Number() protoreflect.EnumNumber {
-	return protoreflect.EnumNumber(x)
-}
-
-// Deprecated: Use ControlErrorKind.Descriptor instead.
-func (ControlErrorKind) EnumDescriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{2}
 }
 
 type AgentMsg struct {
@@ -1836,11 +1784,73 @@ func (x *ProcessSpec) GetResults() *ResultsSpec {
 	return nil
 }
 
+// ErrorDetail is a typed error: its kind, and for SPAWN_FAILED the errno
+// and the path it concerns (the executable, work dir or output file).
+type ErrorDetail struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Kind          ErrorKind              `protobuf:"varint,1,opt,name=kind,proto3,enum=drover.v1.ErrorKind" json:"kind,omitempty"`
+	Errno         int32                  `protobuf:"varint,2,opt,name=errno,proto3" json:"errno,omitempty"`
+	Path          string                 `protobuf:"bytes,3,opt,name=path,proto3" json:"path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ErrorDetail) Reset() {
+	*x = ErrorDetail{}
+	mi := &file_api_droverpb_drover_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ErrorDetail) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ErrorDetail) ProtoMessage() {}
+
+func (x *ErrorDetail) ProtoReflect() protoreflect.Message {
+	mi := &file_api_droverpb_drover_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ErrorDetail.ProtoReflect.Descriptor instead.
+func (*ErrorDetail) Descriptor() ([]byte, []int) {
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *ErrorDetail) GetKind() ErrorKind {
+	if x != nil {
+		return x.Kind
+	}
+	return ErrorKind_ERROR_KIND_UNSPECIFIED
+}
+
+func (x *ErrorDetail) GetErrno() int32 {
+	if x != nil {
+		return x.Errno
+	}
+	return 0
+}
+
+func (x *ErrorDetail) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
 type Reply struct {
-	state     protoimpl.MessageState `protogen:"open.v1"`
-	Id        uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
-	Error     string                 `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
-	ErrorKind ErrorKind              `protobuf:"varint,3,opt,name=error_kind,json=errorKind,proto3,enum=drover.v1.ErrorKind" json:"error_kind,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Id          uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Error       string                 `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	ErrorDetail *ErrorDetail           `protobuf:"bytes,3,opt,name=error_detail,json=errorDetail,proto3" json:"error_detail,omitempty"`
 	// Types that are valid to be assigned to Result:
 	//
 	//	*Reply_Started
@@ -1854,7 +1864,7 @@ type Reply struct {
 
 func (x *Reply) Reset() {
 	*x = Reply{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[20]
+	mi := &file_api_droverpb_drover_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1866,7 +1876,7 @@ func (x *Reply) String() string {
 func (*Reply) ProtoMessage() {}
 
 func (x *Reply) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[20]
+	mi := &file_api_droverpb_drover_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1879,7 +1889,7 @@ func (x *Reply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reply.ProtoReflect.Descriptor instead.
 func (*Reply) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{20}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Reply) GetId() uint64 {
@@ -1896,11 +1906,11 @@ func (x *Reply) GetError() string {
 	return ""
 }
 
-func (x *Reply) GetErrorKind() ErrorKind {
+func (x *Reply) GetErrorDetail() *ErrorDetail {
 	if x != nil {
-		return x.ErrorKind
+		return x.ErrorDetail
 	}
-	return ErrorKind_ERROR_KIND_UNSPECIFIED
+	return nil
 }
 
 func (x *Reply) GetResult() isReply_Result {
@@ -1984,7 +1994,7 @@ type Started struct {
 
 func (x *Started) Reset() {
 	*x = Started{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[21]
+	mi := &file_api_droverpb_drover_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1996,7 +2006,7 @@ func (x *Started) String() string {
 func (*Started) ProtoMessage() {}
 
 func (x *Started) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[21]
+	mi := &file_api_droverpb_drover_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2009,7 +2019,7 @@ func (x *Started) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Started.ProtoReflect.Descriptor instead.
 func (*Started) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{21}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Started) GetPid() int32 {
@@ -2027,17 +2037,21 @@ func (x *Started) GetPorts() map[string]int32 {
 }
 
 type ProcessStatus struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Running       bool                   `protobuf:"varint,2,opt,name=running,proto3" json:"running,omitempty"`
-	Exit          *Exit                  `protobuf:"bytes,3,opt,name=exit,proto3" json:"exit,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Name    string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Running bool                   `protobuf:"varint,2,opt,name=running,proto3" json:"running,omitempty"`
+	Exit    *Exit                  `protobuf:"bytes,3,opt,name=exit,proto3" json:"exit,omitempty"`
+	// error: this name could not be polled (an unknown process); the others
+	// of the same call are still reported.
+	Error         string       `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	ErrorDetail   *ErrorDetail `protobuf:"bytes,5,opt,name=error_detail,json=errorDetail,proto3" json:"error_detail,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ProcessStatus) Reset() {
 	*x = ProcessStatus{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[22]
+	mi := &file_api_droverpb_drover_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2049,7 +2063,7 @@ func (x *ProcessStatus) String() string {
 func (*ProcessStatus) ProtoMessage() {}
 
 func (x *ProcessStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[22]
+	mi := &file_api_droverpb_drover_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2062,7 +2076,7 @@ func (x *ProcessStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessStatus.ProtoReflect.Descriptor instead.
 func (*ProcessStatus) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{22}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ProcessStatus) GetName() string {
@@ -2086,6 +2100,20 @@ func (x *ProcessStatus) GetExit() *Exit {
 	return nil
 }
 
+func (x *ProcessStatus) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *ProcessStatus) GetErrorDetail() *ErrorDetail {
+	if x != nil {
+		return x.ErrorDetail
+	}
+	return nil
+}
+
 type PollResult struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Statuses      []*ProcessStatus       `protobuf:"bytes,1,rep,name=statuses,proto3" json:"statuses,omitempty"`
@@ -2095,7 +2123,7 @@ type PollResult struct {
 
 func (x *PollResult) Reset() {
 	*x = PollResult{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[23]
+	mi := &file_api_droverpb_drover_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2107,7 +2135,7 @@ func (x *PollResult) String() string {
 func (*PollResult) ProtoMessage() {}
 
 func (x *PollResult) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[23]
+	mi := &file_api_droverpb_drover_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2120,7 +2148,7 @@ func (x *PollResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PollResult.ProtoReflect.Descriptor instead.
 func (*PollResult) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{23}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *PollResult) GetStatuses() []*ProcessStatus {
@@ -2140,7 +2168,7 @@ type EnvValue struct {
 
 func (x *EnvValue) Reset() {
 	*x = EnvValue{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[24]
+	mi := &file_api_droverpb_drover_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2152,7 +2180,7 @@ func (x *EnvValue) String() string {
 func (*EnvValue) ProtoMessage() {}
 
 func (x *EnvValue) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[24]
+	mi := &file_api_droverpb_drover_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2165,7 +2193,7 @@ func (x *EnvValue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnvValue.ProtoReflect.Descriptor instead.
 func (*EnvValue) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{24}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *EnvValue) GetValue() string {
@@ -2191,7 +2219,7 @@ type PortList struct {
 
 func (x *PortList) Reset() {
 	*x = PortList{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[25]
+	mi := &file_api_droverpb_drover_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2203,7 +2231,7 @@ func (x *PortList) String() string {
 func (*PortList) ProtoMessage() {}
 
 func (x *PortList) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[25]
+	mi := &file_api_droverpb_drover_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2216,7 +2244,7 @@ func (x *PortList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortList.ProtoReflect.Descriptor instead.
 func (*PortList) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{25}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *PortList) GetPorts() []int32 {
@@ -2235,13 +2263,17 @@ type Exit struct {
 	StartUnixNano int64                  `protobuf:"varint,5,opt,name=start_unix_nano,json=startUnixNano,proto3" json:"start_unix_nano,omitempty"`
 	EndUnixNano   int64                  `protobuf:"varint,6,opt,name=end_unix_nano,json=endUnixNano,proto3" json:"end_unix_nano,omitempty"`
 	Error         string                 `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
+	// seq numbers the exits serve hands to programs (Control.Finished);
+	// group is the start's group.
+	Seq           uint64 `protobuf:"varint,8,opt,name=seq,proto3" json:"seq,omitempty"`
+	Group         string `protobuf:"bytes,9,opt,name=group,proto3" json:"group,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Exit) Reset() {
 	*x = Exit{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[26]
+	mi := &file_api_droverpb_drover_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2253,7 +2285,7 @@ func (x *Exit) String() string {
 func (*Exit) ProtoMessage() {}
 
 func (x *Exit) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[26]
+	mi := &file_api_droverpb_drover_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2266,7 +2298,7 @@ func (x *Exit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Exit.ProtoReflect.Descriptor instead.
 func (*Exit) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{26}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Exit) GetName() string {
@@ -2318,6 +2350,20 @@ func (x *Exit) GetError() string {
 	return ""
 }
 
+func (x *Exit) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *Exit) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
 type ExitReport struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
@@ -2329,7 +2375,7 @@ type ExitReport struct {
 
 func (x *ExitReport) Reset() {
 	*x = ExitReport{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[27]
+	mi := &file_api_droverpb_drover_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2341,7 +2387,7 @@ func (x *ExitReport) String() string {
 func (*ExitReport) ProtoMessage() {}
 
 func (x *ExitReport) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[27]
+	mi := &file_api_droverpb_drover_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2354,7 +2400,7 @@ func (x *ExitReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExitReport.ProtoReflect.Descriptor instead.
 func (*ExitReport) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{27}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ExitReport) GetSeq() uint64 {
@@ -2390,7 +2436,7 @@ type LogRecord struct {
 
 func (x *LogRecord) Reset() {
 	*x = LogRecord{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[28]
+	mi := &file_api_droverpb_drover_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2402,7 +2448,7 @@ func (x *LogRecord) String() string {
 func (*LogRecord) ProtoMessage() {}
 
 func (x *LogRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[28]
+	mi := &file_api_droverpb_drover_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2415,7 +2461,7 @@ func (x *LogRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogRecord.ProtoReflect.Descriptor instead.
 func (*LogRecord) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{28}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *LogRecord) GetTimeUnixNano() int64 {
@@ -2444,51 +2490,6 @@ func (x *LogRecord) GetAttrs() map[string]string {
 		return x.Attrs
 	}
 	return nil
-}
-
-// ControlError is the detail of a typed error status.
-type ControlError struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Kind          ControlErrorKind       `protobuf:"varint,1,opt,name=kind,proto3,enum=drover.v1.ControlErrorKind" json:"kind,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *ControlError) Reset() {
-	*x = ControlError{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[29]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *ControlError) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*ControlError) ProtoMessage() {}
-
-func (x *ControlError) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[29]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use ControlError.ProtoReflect.Descriptor instead.
-func (*ControlError) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{29}
-}
-
-func (x *ControlError) GetKind() ControlErrorKind {
-	if x != nil {
-		return x.Kind
-	}
-	return ControlErrorKind_CONTROL_ERROR_KIND_UNSPECIFIED
 }
 
 type Empty struct {
@@ -2571,6 +2572,8 @@ type NodeInfo struct {
 	Resources     *Resources             `protobuf:"bytes,4,opt,name=resources,proto3" json:"resources,omitempty"`
 	BusyHwthreads []int32                `protobuf:"varint,5,rep,packed,name=busy_hwthreads,json=busyHwthreads,proto3" json:"busy_hwthreads,omitempty"`
 	Processes     int32                  `protobuf:"varint,6,opt,name=processes,proto3" json:"processes,omitempty"`
+	Restarts      int32                  `protobuf:"varint,7,opt,name=restarts,proto3" json:"restarts,omitempty"`        // times its agent was launched again
+	RttUs         int64                  `protobuf:"varint,8,opt,name=rtt_us,json=rttUs,proto3" json:"rtt_us,omitempty"` // last heartbeat round trip
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2647,6 +2650,20 @@ func (x *NodeInfo) GetProcesses() int32 {
 	return 0
 }
 
+func (x *NodeInfo) GetRestarts() int32 {
+	if x != nil {
+		return x.Restarts
+	}
+	return 0
+}
+
+func (x *NodeInfo) GetRttUs() int64 {
+	if x != nil {
+		return x.RttUs
+	}
+	return 0
+}
+
 type NodesReply struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Nodes         []*NodeInfo            `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
@@ -2692,15 +2709,22 @@ func (x *NodesReply) GetNodes() []*NodeInfo {
 }
 
 type StartRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
-	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	Args          []string               `protobuf:"bytes,3,rep,name=args,proto3" json:"args,omitempty"`                                                                         // argv; args[0] is looked up in PATH without a slash
-	Env           map[string]string      `protobuf:"bytes,4,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"` // added to the node's base environment
-	Workdir       string                 `protobuf:"bytes,5,opt,name=workdir,proto3" json:"workdir,omitempty"`                                                                   // absolute; "" = a fresh work dir
-	Stdout        string                 `protobuf:"bytes,6,opt,name=stdout,proto3" json:"stdout,omitempty"`                                                                     // absolute file path; "" = /dev/null
-	Stderr        string                 `protobuf:"bytes,7,opt,name=stderr,proto3" json:"stderr,omitempty"`
-	Cores         int32                  `protobuf:"varint,8,opt,name=cores,proto3" json:"cores,omitempty"` // reserve and bind this many whole cores; 0 = unbound
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Node    string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Name    string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Args    []string               `protobuf:"bytes,3,rep,name=args,proto3" json:"args,omitempty"`                                                                         // argv; args[0] is looked up in PATH without a slash
+	Env     map[string]string      `protobuf:"bytes,4,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"` // added to the node's base environment
+	Workdir string                 `protobuf:"bytes,5,opt,name=workdir,proto3" json:"workdir,omitempty"`                                                                   // absolute; "" = a fresh work dir
+	Stdout  string                 `protobuf:"bytes,6,opt,name=stdout,proto3" json:"stdout,omitempty"`                                                                     // absolute file path; "" = /dev/null
+	Stderr  string                 `protobuf:"bytes,7,opt,name=stderr,proto3" json:"stderr,omitempty"`
+	Cores   int32                  `protobuf:"varint,8,opt,name=cores,proto3" json:"cores,omitempty"` // reserve and bind this many whole cores; 0 = unbound
+	// hwthreads: bind to exactly these logical CPUs of the node (instead of
+	// cores); a thread not on the node is INVALID, one reserved by another
+	// process BUSY.
+	Hwthreads []int32 `protobuf:"varint,9,rep,packed,name=hwthreads,proto3" json:"hwthreads,omitempty"`
+	// group: the program's group; Finished, WatchFinished, Poll and
+	// CancelAll given a group see only its processes.
+	Group         string `protobuf:"bytes,10,opt,name=group,proto3" json:"group,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2791,6 +2815,20 @@ func (x *StartRequest) GetCores() int32 {
 	return 0
 }
 
+func (x *StartRequest) GetHwthreads() []int32 {
+	if x != nil {
+		return x.Hwthreads
+	}
+	return nil
+}
+
+func (x *StartRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
 type StartReply struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
@@ -2853,7 +2891,8 @@ func (x *StartReply) GetHwthreads() []int32 {
 
 type ControlPollRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Names         []string               `protobuf:"bytes,1,rep,name=names,proto3" json:"names,omitempty"` // none = every known process
+	Names         []string               `protobuf:"bytes,1,rep,name=names,proto3" json:"names,omitempty"` // none = every known process (of the group)
+	Group         string                 `protobuf:"bytes,2,opt,name=group,proto3" json:"group,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2893,6 +2932,13 @@ func (x *ControlPollRequest) GetNames() []string {
 		return x.Names
 	}
 	return nil
+}
+
+func (x *ControlPollRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
 }
 
 type ControlPollReply struct {
@@ -3192,8 +3238,13 @@ func (x *LogChunk) GetData() []byte {
 }
 
 type FinishedRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	WaitMs        int64                  `protobuf:"varint,1,opt,name=wait_ms,json=waitMs,proto3" json:"wait_ms,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	WaitMs int64                  `protobuf:"varint,1,opt,name=wait_ms,json=waitMs,proto3" json:"wait_ms,omitempty"`
+	// client names the caller (any stable random string per client object)
+	// for hand-out and acknowledgement; ack acknowledges exits it returned.
+	Client        string   `protobuf:"bytes,2,opt,name=client,proto3" json:"client,omitempty"`
+	Ack           []uint64 `protobuf:"varint,3,rep,packed,name=ack,proto3" json:"ack,omitempty"`
+	Group         string   `protobuf:"bytes,4,opt,name=group,proto3" json:"group,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3235,6 +3286,139 @@ func (x *FinishedRequest) GetWaitMs() int64 {
 	return 0
 }
 
+func (x *FinishedRequest) GetClient() string {
+	if x != nil {
+		return x.Client
+	}
+	return ""
+}
+
+func (x *FinishedRequest) GetAck() []uint64 {
+	if x != nil {
+		return x.Ack
+	}
+	return nil
+}
+
+func (x *FinishedRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+type WatchFinishedRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Client        string                 `protobuf:"bytes,1,opt,name=client,proto3" json:"client,omitempty"`
+	Group         string                 `protobuf:"bytes,2,opt,name=group,proto3" json:"group,omitempty"`
+	Ack           []uint64               `protobuf:"varint,3,rep,packed,name=ack,proto3" json:"ack,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchFinishedRequest) Reset() {
+	*x = WatchFinishedRequest{}
+	mi := &file_api_droverpb_drover_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchFinishedRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchFinishedRequest) ProtoMessage() {}
+
+func (x *WatchFinishedRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_droverpb_drover_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchFinishedRequest.ProtoReflect.Descriptor instead.
+func (*WatchFinishedRequest) Descriptor() ([]byte, []int) {
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *WatchFinishedRequest) GetClient() string {
+	if x != nil {
+		return x.Client
+	}
+	return ""
+}
+
+func (x *WatchFinishedRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *WatchFinishedRequest) GetAck() []uint64 {
+	if x != nil {
+		return x.Ack
+	}
+	return nil
+}
+
+type AckRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Client        string                 `protobuf:"bytes,1,opt,name=client,proto3" json:"client,omitempty"`
+	Seqs          []uint64               `protobuf:"varint,2,rep,packed,name=seqs,proto3" json:"seqs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AckRequest) Reset() {
+	*x = AckRequest{}
+	mi := &file_api_droverpb_drover_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AckRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AckRequest) ProtoMessage() {}
+
+func (x *AckRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_droverpb_drover_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AckRequest.ProtoReflect.Descriptor instead.
+func (*AckRequest) Descriptor() ([]byte, []int) {
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *AckRequest) GetClient() string {
+	if x != nil {
+		return x.Client
+	}
+	return ""
+}
+
+func (x *AckRequest) GetSeqs() []uint64 {
+	if x != nil {
+		return x.Seqs
+	}
+	return nil
+}
+
 type FinishedReply struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Exits         []*Exit                `protobuf:"bytes,1,rep,name=exits,proto3" json:"exits,omitempty"`
@@ -3244,7 +3428,7 @@ type FinishedReply struct {
 
 func (x *FinishedReply) Reset() {
 	*x = FinishedReply{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[44]
+	mi := &file_api_droverpb_drover_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3256,7 +3440,7 @@ func (x *FinishedReply) String() string {
 func (*FinishedReply) ProtoMessage() {}
 
 func (x *FinishedReply) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[44]
+	mi := &file_api_droverpb_drover_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3269,7 +3453,7 @@ func (x *FinishedReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FinishedReply.ProtoReflect.Descriptor instead.
 func (*FinishedReply) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{44}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *FinishedReply) GetExits() []*Exit {
@@ -3282,13 +3466,14 @@ func (x *FinishedReply) GetExits() []*Exit {
 type CancelAllRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	GraceMs       int64                  `protobuf:"varint,1,opt,name=grace_ms,json=graceMs,proto3" json:"grace_ms,omitempty"`
+	Group         string                 `protobuf:"bytes,2,opt,name=group,proto3" json:"group,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CancelAllRequest) Reset() {
 	*x = CancelAllRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[45]
+	mi := &file_api_droverpb_drover_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3300,7 +3485,7 @@ func (x *CancelAllRequest) String() string {
 func (*CancelAllRequest) ProtoMessage() {}
 
 func (x *CancelAllRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[45]
+	mi := &file_api_droverpb_drover_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3313,7 +3498,7 @@ func (x *CancelAllRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelAllRequest.ProtoReflect.Descriptor instead.
 func (*CancelAllRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{45}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *CancelAllRequest) GetGraceMs() int64 {
@@ -3321,6 +3506,13 @@ func (x *CancelAllRequest) GetGraceMs() int64 {
 		return x.GraceMs
 	}
 	return 0
+}
+
+func (x *CancelAllRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
 }
 
 type GetEnvRequest struct {
@@ -3333,7 +3525,7 @@ type GetEnvRequest struct {
 
 func (x *GetEnvRequest) Reset() {
 	*x = GetEnvRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[46]
+	mi := &file_api_droverpb_drover_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3345,7 +3537,7 @@ func (x *GetEnvRequest) String() string {
 func (*GetEnvRequest) ProtoMessage() {}
 
 func (x *GetEnvRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[46]
+	mi := &file_api_droverpb_drover_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3358,7 +3550,7 @@ func (x *GetEnvRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEnvRequest.ProtoReflect.Descriptor instead.
 func (*GetEnvRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{46}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *GetEnvRequest) GetNode() string {
@@ -3385,7 +3577,7 @@ type GetEnvReply struct {
 
 func (x *GetEnvReply) Reset() {
 	*x = GetEnvReply{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[47]
+	mi := &file_api_droverpb_drover_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3397,7 +3589,7 @@ func (x *GetEnvReply) String() string {
 func (*GetEnvReply) ProtoMessage() {}
 
 func (x *GetEnvReply) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[47]
+	mi := &file_api_droverpb_drover_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3410,7 +3602,7 @@ func (x *GetEnvReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEnvReply.ProtoReflect.Descriptor instead.
 func (*GetEnvReply) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{47}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *GetEnvReply) GetValue() string {
@@ -3438,7 +3630,7 @@ type SetEnvRequest struct {
 
 func (x *SetEnvRequest) Reset() {
 	*x = SetEnvRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[48]
+	mi := &file_api_droverpb_drover_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3450,7 +3642,7 @@ func (x *SetEnvRequest) String() string {
 func (*SetEnvRequest) ProtoMessage() {}
 
 func (x *SetEnvRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[48]
+	mi := &file_api_droverpb_drover_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3463,7 +3655,7 @@ func (x *SetEnvRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetEnvRequest.ProtoReflect.Descriptor instead.
 func (*SetEnvRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{48}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *SetEnvRequest) GetNode() string {
@@ -3498,7 +3690,7 @@ type BindPortsRequest struct {
 
 func (x *BindPortsRequest) Reset() {
 	*x = BindPortsRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[49]
+	mi := &file_api_droverpb_drover_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3510,7 +3702,7 @@ func (x *BindPortsRequest) String() string {
 func (*BindPortsRequest) ProtoMessage() {}
 
 func (x *BindPortsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[49]
+	mi := &file_api_droverpb_drover_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3523,7 +3715,7 @@ func (x *BindPortsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BindPortsRequest.ProtoReflect.Descriptor instead.
 func (*BindPortsRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{49}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *BindPortsRequest) GetNode() string {
@@ -3556,7 +3748,7 @@ type PortsReply struct {
 
 func (x *PortsReply) Reset() {
 	*x = PortsReply{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[50]
+	mi := &file_api_droverpb_drover_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3568,7 +3760,7 @@ func (x *PortsReply) String() string {
 func (*PortsReply) ProtoMessage() {}
 
 func (x *PortsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[50]
+	mi := &file_api_droverpb_drover_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3581,7 +3773,7 @@ func (x *PortsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortsReply.ProtoReflect.Descriptor instead.
 func (*PortsReply) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{50}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *PortsReply) GetPorts() []int32 {
@@ -3602,7 +3794,7 @@ type ReleasePortsRequest struct {
 
 func (x *ReleasePortsRequest) Reset() {
 	*x = ReleasePortsRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[51]
+	mi := &file_api_droverpb_drover_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3614,7 +3806,7 @@ func (x *ReleasePortsRequest) String() string {
 func (*ReleasePortsRequest) ProtoMessage() {}
 
 func (x *ReleasePortsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[51]
+	mi := &file_api_droverpb_drover_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3627,7 +3819,7 @@ func (x *ReleasePortsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleasePortsRequest.ProtoReflect.Descriptor instead.
 func (*ReleasePortsRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{51}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ReleasePortsRequest) GetNode() string {
@@ -3661,7 +3853,7 @@ type SetLogLevelRequest struct {
 
 func (x *SetLogLevelRequest) Reset() {
 	*x = SetLogLevelRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[52]
+	mi := &file_api_droverpb_drover_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3673,7 +3865,7 @@ func (x *SetLogLevelRequest) String() string {
 func (*SetLogLevelRequest) ProtoMessage() {}
 
 func (x *SetLogLevelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[52]
+	mi := &file_api_droverpb_drover_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3686,7 +3878,7 @@ func (x *SetLogLevelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetLogLevelRequest.ProtoReflect.Descriptor instead.
 func (*SetLogLevelRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{52}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *SetLogLevelRequest) GetNode() string {
@@ -3717,7 +3909,7 @@ type SubmitRequest struct {
 
 func (x *SubmitRequest) Reset() {
 	*x = SubmitRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[53]
+	mi := &file_api_droverpb_drover_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3729,7 +3921,7 @@ func (x *SubmitRequest) String() string {
 func (*SubmitRequest) ProtoMessage() {}
 
 func (x *SubmitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[53]
+	mi := &file_api_droverpb_drover_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3742,7 +3934,7 @@ func (x *SubmitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitRequest.ProtoReflect.Descriptor instead.
 func (*SubmitRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{53}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *SubmitRequest) GetName() string {
@@ -3775,7 +3967,7 @@ type SubmitReply struct {
 
 func (x *SubmitReply) Reset() {
 	*x = SubmitReply{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[54]
+	mi := &file_api_droverpb_drover_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3787,7 +3979,7 @@ func (x *SubmitReply) String() string {
 func (*SubmitReply) ProtoMessage() {}
 
 func (x *SubmitReply) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[54]
+	mi := &file_api_droverpb_drover_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3800,7 +3992,7 @@ func (x *SubmitReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitReply.ProtoReflect.Descriptor instead.
 func (*SubmitReply) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{54}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *SubmitReply) GetInstances() []string {
@@ -3818,7 +4010,7 @@ type JobsRequest struct {
 
 func (x *JobsRequest) Reset() {
 	*x = JobsRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[55]
+	mi := &file_api_droverpb_drover_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3830,7 +4022,7 @@ func (x *JobsRequest) String() string {
 func (*JobsRequest) ProtoMessage() {}
 
 func (x *JobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[55]
+	mi := &file_api_droverpb_drover_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3843,7 +4035,7 @@ func (x *JobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobsRequest.ProtoReflect.Descriptor instead.
 func (*JobsRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{55}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{57}
 }
 
 type JobInfo struct {
@@ -3861,7 +4053,7 @@ type JobInfo struct {
 
 func (x *JobInfo) Reset() {
 	*x = JobInfo{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[56]
+	mi := &file_api_droverpb_drover_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3873,7 +4065,7 @@ func (x *JobInfo) String() string {
 func (*JobInfo) ProtoMessage() {}
 
 func (x *JobInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[56]
+	mi := &file_api_droverpb_drover_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3886,7 +4078,7 @@ func (x *JobInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobInfo.ProtoReflect.Descriptor instead.
 func (*JobInfo) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{56}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *JobInfo) GetSubmission() int32 {
@@ -3947,7 +4139,7 @@ type JobsReply struct {
 
 func (x *JobsReply) Reset() {
 	*x = JobsReply{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[57]
+	mi := &file_api_droverpb_drover_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3959,7 +4151,7 @@ func (x *JobsReply) String() string {
 func (*JobsReply) ProtoMessage() {}
 
 func (x *JobsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[57]
+	mi := &file_api_droverpb_drover_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3972,7 +4164,7 @@ func (x *JobsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobsReply.ProtoReflect.Descriptor instead.
 func (*JobsReply) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{57}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *JobsReply) GetJobs() []*JobInfo {
@@ -3990,7 +4182,7 @@ type ShutdownRequest struct {
 
 func (x *ShutdownRequest) Reset() {
 	*x = ShutdownRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[58]
+	mi := &file_api_droverpb_drover_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4002,7 +4194,7 @@ func (x *ShutdownRequest) String() string {
 func (*ShutdownRequest) ProtoMessage() {}
 
 func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[58]
+	mi := &file_api_droverpb_drover_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4015,7 +4207,7 @@ func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownRequest.ProtoReflect.Descriptor instead.
 func (*ShutdownRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{58}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{60}
 }
 
 var File_api_droverpb_drover_proto protoreflect.FileDescriptor
@@ -4149,12 +4341,15 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\aresults\x18\x0e \x01(\v2\x16.drover.v1.ResultsSpecR\aresults\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9f\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"a\n" +
+	"\vErrorDetail\x12(\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x14.drover.v1.ErrorKindR\x04kind\x12\x14\n" +
+	"\x05errno\x18\x02 \x01(\x05R\x05errno\x12\x12\n" +
+	"\x04path\x18\x03 \x01(\tR\x04path\"\xa5\x02\n" +
 	"\x05Reply\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x14\n" +
-	"\x05error\x18\x02 \x01(\tR\x05error\x123\n" +
-	"\n" +
-	"error_kind\x18\x03 \x01(\x0e2\x14.drover.v1.ErrorKindR\terrorKind\x12.\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error\x129\n" +
+	"\ferror_detail\x18\x03 \x01(\v2\x16.drover.v1.ErrorDetailR\verrorDetail\x12.\n" +
 	"\astarted\x18\x04 \x01(\v2\x12.drover.v1.StartedH\x00R\astarted\x12+\n" +
 	"\x04poll\x18\x05 \x01(\v2\x15.drover.v1.PollResultH\x00R\x04poll\x12'\n" +
 	"\x03env\x18\x06 \x01(\v2\x13.drover.v1.EnvValueH\x00R\x03env\x12+\n" +
@@ -4166,11 +4361,13 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\n" +
 	"PortsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x05R\x05value:\x028\x01\"b\n" +
+	"\x05value\x18\x02 \x01(\x05R\x05value:\x028\x01\"\xb3\x01\n" +
 	"\rProcessStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\arunning\x18\x02 \x01(\bR\arunning\x12#\n" +
-	"\x04exit\x18\x03 \x01(\v2\x0f.drover.v1.ExitR\x04exit\"B\n" +
+	"\x04exit\x18\x03 \x01(\v2\x0f.drover.v1.ExitR\x04exit\x12\x14\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\x129\n" +
+	"\ferror_detail\x18\x05 \x01(\v2\x16.drover.v1.ErrorDetailR\verrorDetail\"B\n" +
 	"\n" +
 	"PollResult\x124\n" +
 	"\bstatuses\x18\x01 \x03(\v2\x18.drover.v1.ProcessStatusR\bstatuses\"2\n" +
@@ -4178,7 +4375,7 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\x05value\x18\x01 \x01(\tR\x05value\x12\x10\n" +
 	"\x03set\x18\x02 \x01(\bR\x03set\" \n" +
 	"\bPortList\x12\x14\n" +
-	"\x05ports\x18\x01 \x03(\x05R\x05ports\"\xbc\x01\n" +
+	"\x05ports\x18\x01 \x03(\x05R\x05ports\"\xe4\x01\n" +
 	"\x04Exit\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\x12\x12\n" +
@@ -4186,7 +4383,9 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\x06signal\x18\x04 \x01(\tR\x06signal\x12&\n" +
 	"\x0fstart_unix_nano\x18\x05 \x01(\x03R\rstartUnixNano\x12\"\n" +
 	"\rend_unix_nano\x18\x06 \x01(\x03R\vendUnixNano\x12\x14\n" +
-	"\x05error\x18\a \x01(\tR\x05error\"b\n" +
+	"\x05error\x18\a \x01(\tR\x05error\x12\x10\n" +
+	"\x03seq\x18\b \x01(\x04R\x03seq\x12\x14\n" +
+	"\x05group\x18\t \x01(\tR\x05group\"b\n" +
 	"\n" +
 	"ExitReport\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12#\n" +
@@ -4201,21 +4400,21 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\n" +
 	"AttrsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"?\n" +
-	"\fControlError\x12/\n" +
-	"\x04kind\x18\x01 \x01(\x0e2\x1b.drover.v1.ControlErrorKindR\x04kind\"\a\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\a\n" +
 	"\x05Empty\"\x0e\n" +
-	"\fNodesRequest\"\xc3\x01\n" +
+	"\fNodesRequest\"\xf6\x01\n" +
 	"\bNodeInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x14\n" +
 	"\x05error\x18\x03 \x01(\tR\x05error\x122\n" +
 	"\tresources\x18\x04 \x01(\v2\x14.drover.v1.ResourcesR\tresources\x12%\n" +
 	"\x0ebusy_hwthreads\x18\x05 \x03(\x05R\rbusyHwthreads\x12\x1c\n" +
-	"\tprocesses\x18\x06 \x01(\x05R\tprocesses\"7\n" +
+	"\tprocesses\x18\x06 \x01(\x05R\tprocesses\x12\x1a\n" +
+	"\brestarts\x18\a \x01(\x05R\brestarts\x12\x15\n" +
+	"\x06rtt_us\x18\b \x01(\x03R\x05rttUs\"7\n" +
 	"\n" +
 	"NodesReply\x12)\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x13.drover.v1.NodeInfoR\x05nodes\"\x96\x02\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x13.drover.v1.NodeInfoR\x05nodes\"\xca\x02\n" +
 	"\fStartRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
@@ -4224,7 +4423,10 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\aworkdir\x18\x05 \x01(\tR\aworkdir\x12\x16\n" +
 	"\x06stdout\x18\x06 \x01(\tR\x06stdout\x12\x16\n" +
 	"\x06stderr\x18\a \x01(\tR\x06stderr\x12\x14\n" +
-	"\x05cores\x18\b \x01(\x05R\x05cores\x1a6\n" +
+	"\x05cores\x18\b \x01(\x05R\x05cores\x12\x1c\n" +
+	"\thwthreads\x18\t \x03(\x05R\thwthreads\x12\x14\n" +
+	"\x05group\x18\n" +
+	" \x01(\tR\x05group\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"P\n" +
@@ -4232,9 +4434,10 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"StartReply\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x10\n" +
 	"\x03pid\x18\x02 \x01(\x05R\x03pid\x12\x1c\n" +
-	"\thwthreads\x18\x03 \x03(\x05R\thwthreads\"*\n" +
+	"\thwthreads\x18\x03 \x03(\x05R\thwthreads\"@\n" +
 	"\x12ControlPollRequest\x12\x14\n" +
-	"\x05names\x18\x01 \x03(\tR\x05names\"H\n" +
+	"\x05names\x18\x01 \x03(\tR\x05names\x12\x14\n" +
+	"\x05group\x18\x02 \x01(\tR\x05group\"H\n" +
 	"\x10ControlPollReply\x124\n" +
 	"\bstatuses\x18\x01 \x03(\v2\x18.drover.v1.ProcessStatusR\bstatuses\"!\n" +
 	"\vNameRequest\x12\x12\n" +
@@ -4250,13 +4453,25 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\x06stderr\x18\x02 \x01(\bR\x06stderr\x12\x16\n" +
 	"\x06follow\x18\x03 \x01(\bR\x06follow\"\x1e\n" +
 	"\bLogChunk\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data\"*\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"j\n" +
 	"\x0fFinishedRequest\x12\x17\n" +
-	"\await_ms\x18\x01 \x01(\x03R\x06waitMs\"6\n" +
+	"\await_ms\x18\x01 \x01(\x03R\x06waitMs\x12\x16\n" +
+	"\x06client\x18\x02 \x01(\tR\x06client\x12\x10\n" +
+	"\x03ack\x18\x03 \x03(\x04R\x03ack\x12\x14\n" +
+	"\x05group\x18\x04 \x01(\tR\x05group\"V\n" +
+	"\x14WatchFinishedRequest\x12\x16\n" +
+	"\x06client\x18\x01 \x01(\tR\x06client\x12\x14\n" +
+	"\x05group\x18\x02 \x01(\tR\x05group\x12\x10\n" +
+	"\x03ack\x18\x03 \x03(\x04R\x03ack\"8\n" +
+	"\n" +
+	"AckRequest\x12\x16\n" +
+	"\x06client\x18\x01 \x01(\tR\x06client\x12\x12\n" +
+	"\x04seqs\x18\x02 \x03(\x04R\x04seqs\"6\n" +
 	"\rFinishedReply\x12%\n" +
-	"\x05exits\x18\x01 \x03(\v2\x0f.drover.v1.ExitR\x05exits\"-\n" +
+	"\x05exits\x18\x01 \x03(\v2\x0f.drover.v1.ExitR\x05exits\"C\n" +
 	"\x10CancelAllRequest\x12\x19\n" +
-	"\bgrace_ms\x18\x01 \x01(\x03R\agraceMs\"5\n" +
+	"\bgrace_ms\x18\x01 \x01(\x03R\agraceMs\x12\x14\n" +
+	"\x05group\x18\x02 \x01(\tR\x05group\"5\n" +
 	"\rGetEnvRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\"5\n" +
@@ -4305,7 +4520,7 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\x15FILE_KIND_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10FILE_KIND_STDOUT\x10\x01\x12\x14\n" +
 	"\x10FILE_KIND_STDERR\x10\x02\x12\x14\n" +
-	"\x10FILE_KIND_OUTPUT\x10\x03*\xe2\x01\n" +
+	"\x10FILE_KIND_OUTPUT\x10\x03*\xe5\x02\n" +
 	"\tErrorKind\x12\x1a\n" +
 	"\x16ERROR_KIND_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aERROR_KIND_UNKNOWN_PROCESS\x10\x01\x12\x18\n" +
@@ -4314,20 +4529,15 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\x16ERROR_KIND_NOT_RUNNING\x10\x04\x12\x15\n" +
 	"\x11ERROR_KIND_CLOSED\x10\x05\x12\x16\n" +
 	"\x12ERROR_KIND_INVALID\x10\x06\x12\x1c\n" +
-	"\x18ERROR_KIND_AFTER_TIMEOUT\x10\a*\xeb\x02\n" +
-	"\x10ControlErrorKind\x12\"\n" +
-	"\x1eCONTROL_ERROR_KIND_UNSPECIFIED\x10\x00\x12&\n" +
-	"\"CONTROL_ERROR_KIND_UNKNOWN_PROCESS\x10\x01\x12#\n" +
-	"\x1fCONTROL_ERROR_KIND_UNKNOWN_NODE\x10\x02\x12 \n" +
-	"\x1cCONTROL_ERROR_KIND_DUPLICATE\x10\x03\x12\x1e\n" +
-	"\x1aCONTROL_ERROR_KIND_RUNNING\x10\x04\x12\"\n" +
-	"\x1eCONTROL_ERROR_KIND_NOT_RUNNING\x10\x05\x12\x1f\n" +
-	"\x1bCONTROL_ERROR_KIND_NO_CORES\x10\x06\x12\x1e\n" +
-	"\x1aCONTROL_ERROR_KIND_INVALID\x10\a\x12 \n" +
-	"\x1cCONTROL_ERROR_KIND_NODE_LOST\x10\b\x12\x1d\n" +
-	"\x19CONTROL_ERROR_KIND_CLOSED\x10\t2I\n" +
+	"\x18ERROR_KIND_AFTER_TIMEOUT\x10\a\x12\x1b\n" +
+	"\x17ERROR_KIND_UNKNOWN_NODE\x10\b\x12\x13\n" +
+	"\x0fERROR_KIND_BUSY\x10\t\x12\x18\n" +
+	"\x14ERROR_KIND_NODE_LOST\x10\n" +
+	"\x12\x1b\n" +
+	"\x17ERROR_KIND_SPAWN_FAILED\x10\v\x12\x18\n" +
+	"\x14ERROR_KIND_CANCELLED\x10\f2I\n" +
 	"\fAgentSession\x129\n" +
-	"\aConnect\x12\x13.drover.v1.AgentMsg\x1a\x15.drover.v1.ManagerMsg(\x010\x012\x9e\b\n" +
+	"\aConnect\x12\x13.drover.v1.AgentMsg\x1a\x15.drover.v1.ManagerMsg(\x010\x012\x9c\t\n" +
 	"\aControl\x127\n" +
 	"\x05Nodes\x12\x17.drover.v1.NodesRequest\x1a\x15.drover.v1.NodesReply\x127\n" +
 	"\x05Start\x12\x17.drover.v1.StartRequest\x1a\x15.drover.v1.StartReply\x12B\n" +
@@ -4337,7 +4547,9 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\x05Purge\x12\x16.drover.v1.NameRequest\x1a\x10.drover.v1.Empty\x120\n" +
 	"\x04Send\x12\x16.drover.v1.SendRequest\x1a\x10.drover.v1.Empty\x125\n" +
 	"\x04Logs\x12\x16.drover.v1.LogsRequest\x1a\x13.drover.v1.LogChunk0\x01\x12@\n" +
-	"\bFinished\x12\x1a.drover.v1.FinishedRequest\x1a\x18.drover.v1.FinishedReply\x12:\n" +
+	"\bFinished\x12\x1a.drover.v1.FinishedRequest\x1a\x18.drover.v1.FinishedReply\x12L\n" +
+	"\rWatchFinished\x12\x1f.drover.v1.WatchFinishedRequest\x1a\x18.drover.v1.FinishedReply0\x01\x12.\n" +
+	"\x03Ack\x12\x15.drover.v1.AckRequest\x1a\x10.drover.v1.Empty\x12:\n" +
 	"\tCancelAll\x12\x1b.drover.v1.CancelAllRequest\x1a\x10.drover.v1.Empty\x12:\n" +
 	"\x06GetEnv\x12\x18.drover.v1.GetEnvRequest\x1a\x16.drover.v1.GetEnvReply\x124\n" +
 	"\x06SetEnv\x12\x18.drover.v1.SetEnvRequest\x1a\x10.drover.v1.Empty\x12?\n" +
@@ -4360,165 +4572,171 @@ func file_api_droverpb_drover_proto_rawDescGZIP() []byte {
 	return file_api_droverpb_drover_proto_rawDescData
 }
 
-var file_api_droverpb_drover_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_api_droverpb_drover_proto_msgTypes = make([]protoimpl.MessageInfo, 63)
+var file_api_droverpb_drover_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_api_droverpb_drover_proto_msgTypes = make([]protoimpl.MessageInfo, 65)
 var file_api_droverpb_drover_proto_goTypes = []any{
-	(FileKind)(0),               // 0: drover.v1.FileKind
-	(ErrorKind)(0),              // 1: drover.v1.ErrorKind
-	(ControlErrorKind)(0),       // 2: drover.v1.ControlErrorKind
-	(*AgentMsg)(nil),            // 3: drover.v1.AgentMsg
-	(*ManagerMsg)(nil),          // 4: drover.v1.ManagerMsg
-	(*Hello)(nil),               // 5: drover.v1.Hello
-	(*Welcome)(nil),             // 6: drover.v1.Welcome
-	(*Heartbeat)(nil),           // 7: drover.v1.Heartbeat
-	(*Resources)(nil),           // 8: drover.v1.Resources
-	(*Core)(nil),                // 9: drover.v1.Core
-	(*Command)(nil),             // 10: drover.v1.Command
-	(*PutFile)(nil),             // 11: drover.v1.PutFile
-	(*FileData)(nil),            // 12: drover.v1.FileData
-	(*Named)(nil),               // 13: drover.v1.Named
-	(*SendInput)(nil),           // 14: drover.v1.SendInput
-	(*PollRequest)(nil),         // 15: drover.v1.PollRequest
-	(*EnvKey)(nil),              // 16: drover.v1.EnvKey
-	(*EnvKV)(nil),               // 17: drover.v1.EnvKV
-	(*PortsRequest)(nil),        // 18: drover.v1.PortsRequest
-	(*Shutdown)(nil),            // 19: drover.v1.Shutdown
-	(*StageFile)(nil),           // 20: drover.v1.StageFile
-	(*ResultsSpec)(nil),         // 21: drover.v1.ResultsSpec
-	(*ProcessSpec)(nil),         // 22: drover.v1.ProcessSpec
-	(*Reply)(nil),               // 23: drover.v1.Reply
-	(*Started)(nil),             // 24: drover.v1.Started
-	(*ProcessStatus)(nil),       // 25: drover.v1.ProcessStatus
-	(*PollResult)(nil),          // 26: drover.v1.PollResult
-	(*EnvValue)(nil),            // 27: drover.v1.EnvValue
-	(*PortList)(nil),            // 28: drover.v1.PortList
-	(*Exit)(nil),                // 29: drover.v1.Exit
-	(*ExitReport)(nil),          // 30: drover.v1.ExitReport
-	(*LogRecord)(nil),           // 31: drover.v1.LogRecord
-	(*ControlError)(nil),        // 32: drover.v1.ControlError
-	(*Empty)(nil),               // 33: drover.v1.Empty
-	(*NodesRequest)(nil),        // 34: drover.v1.NodesRequest
-	(*NodeInfo)(nil),            // 35: drover.v1.NodeInfo
-	(*NodesReply)(nil),          // 36: drover.v1.NodesReply
-	(*StartRequest)(nil),        // 37: drover.v1.StartRequest
-	(*StartReply)(nil),          // 38: drover.v1.StartReply
-	(*ControlPollRequest)(nil),  // 39: drover.v1.ControlPollRequest
-	(*ControlPollReply)(nil),    // 40: drover.v1.ControlPollReply
-	(*NameRequest)(nil),         // 41: drover.v1.NameRequest
-	(*StopRequest)(nil),         // 42: drover.v1.StopRequest
-	(*SendRequest)(nil),         // 43: drover.v1.SendRequest
-	(*LogsRequest)(nil),         // 44: drover.v1.LogsRequest
-	(*LogChunk)(nil),            // 45: drover.v1.LogChunk
-	(*FinishedRequest)(nil),     // 46: drover.v1.FinishedRequest
-	(*FinishedReply)(nil),       // 47: drover.v1.FinishedReply
-	(*CancelAllRequest)(nil),    // 48: drover.v1.CancelAllRequest
-	(*GetEnvRequest)(nil),       // 49: drover.v1.GetEnvRequest
-	(*GetEnvReply)(nil),         // 50: drover.v1.GetEnvReply
-	(*SetEnvRequest)(nil),       // 51: drover.v1.SetEnvRequest
-	(*BindPortsRequest)(nil),    // 52: drover.v1.BindPortsRequest
-	(*PortsReply)(nil),          // 53: drover.v1.PortsReply
-	(*ReleasePortsRequest)(nil), // 54: drover.v1.ReleasePortsRequest
-	(*SetLogLevelRequest)(nil),  // 55: drover.v1.SetLogLevelRequest
-	(*SubmitRequest)(nil),       // 56: drover.v1.SubmitRequest
-	(*SubmitReply)(nil),         // 57: drover.v1.SubmitReply
-	(*JobsRequest)(nil),         // 58: drover.v1.JobsRequest
-	(*JobInfo)(nil),             // 59: drover.v1.JobInfo
-	(*JobsReply)(nil),           // 60: drover.v1.JobsReply
-	(*ShutdownRequest)(nil),     // 61: drover.v1.ShutdownRequest
-	nil,                         // 62: drover.v1.ProcessSpec.EnvEntry
-	nil,                         // 63: drover.v1.Started.PortsEntry
-	nil,                         // 64: drover.v1.LogRecord.AttrsEntry
-	nil,                         // 65: drover.v1.StartRequest.EnvEntry
+	(FileKind)(0),                // 0: drover.v1.FileKind
+	(ErrorKind)(0),               // 1: drover.v1.ErrorKind
+	(*AgentMsg)(nil),             // 2: drover.v1.AgentMsg
+	(*ManagerMsg)(nil),           // 3: drover.v1.ManagerMsg
+	(*Hello)(nil),                // 4: drover.v1.Hello
+	(*Welcome)(nil),              // 5: drover.v1.Welcome
+	(*Heartbeat)(nil),            // 6: drover.v1.Heartbeat
+	(*Resources)(nil),            // 7: drover.v1.Resources
+	(*Core)(nil),                 // 8: drover.v1.Core
+	(*Command)(nil),              // 9: drover.v1.Command
+	(*PutFile)(nil),              // 10: drover.v1.PutFile
+	(*FileData)(nil),             // 11: drover.v1.FileData
+	(*Named)(nil),                // 12: drover.v1.Named
+	(*SendInput)(nil),            // 13: drover.v1.SendInput
+	(*PollRequest)(nil),          // 14: drover.v1.PollRequest
+	(*EnvKey)(nil),               // 15: drover.v1.EnvKey
+	(*EnvKV)(nil),                // 16: drover.v1.EnvKV
+	(*PortsRequest)(nil),         // 17: drover.v1.PortsRequest
+	(*Shutdown)(nil),             // 18: drover.v1.Shutdown
+	(*StageFile)(nil),            // 19: drover.v1.StageFile
+	(*ResultsSpec)(nil),          // 20: drover.v1.ResultsSpec
+	(*ProcessSpec)(nil),          // 21: drover.v1.ProcessSpec
+	(*ErrorDetail)(nil),          // 22: drover.v1.ErrorDetail
+	(*Reply)(nil),                // 23: drover.v1.Reply
+	(*Started)(nil),              // 24: drover.v1.Started
+	(*ProcessStatus)(nil),        // 25: drover.v1.ProcessStatus
+	(*PollResult)(nil),           // 26: drover.v1.PollResult
+	(*EnvValue)(nil),             // 27: drover.v1.EnvValue
+	(*PortList)(nil),             // 28: drover.v1.PortList
+	(*Exit)(nil),                 // 29: drover.v1.Exit
+	(*ExitReport)(nil),           // 30: drover.v1.ExitReport
+	(*LogRecord)(nil),            // 31: drover.v1.LogRecord
+	(*Empty)(nil),                // 32: drover.v1.Empty
+	(*NodesRequest)(nil),         // 33: drover.v1.NodesRequest
+	(*NodeInfo)(nil),             // 34: drover.v1.NodeInfo
+	(*NodesReply)(nil),           // 35: drover.v1.NodesReply
+	(*StartRequest)(nil),         // 36: drover.v1.StartRequest
+	(*StartReply)(nil),           // 37: drover.v1.StartReply
+	(*ControlPollRequest)(nil),   // 38: drover.v1.ControlPollRequest
+	(*ControlPollReply)(nil),     // 39: drover.v1.ControlPollReply
+	(*NameRequest)(nil),          // 40: drover.v1.NameRequest
+	(*StopRequest)(nil),          // 41: drover.v1.StopRequest
+	(*SendRequest)(nil),          // 42: drover.v1.SendRequest
+	(*LogsRequest)(nil),          // 43: drover.v1.LogsRequest
+	(*LogChunk)(nil),             // 44: drover.v1.LogChunk
+	(*FinishedRequest)(nil),      // 45: drover.v1.FinishedRequest
+	(*WatchFinishedRequest)(nil), // 46: drover.v1.WatchFinishedRequest
+	(*AckRequest)(nil),           // 47: drover.v1.AckRequest
+	(*FinishedReply)(nil),        // 48: drover.v1.FinishedReply
+	(*CancelAllRequest)(nil),     // 49: drover.v1.CancelAllRequest
+	(*GetEnvRequest)(nil),        // 50: drover.v1.GetEnvRequest
+	(*GetEnvReply)(nil),          // 51: drover.v1.GetEnvReply
+	(*SetEnvRequest)(nil),        // 52: drover.v1.SetEnvRequest
+	(*BindPortsRequest)(nil),     // 53: drover.v1.BindPortsRequest
+	(*PortsReply)(nil),           // 54: drover.v1.PortsReply
+	(*ReleasePortsRequest)(nil),  // 55: drover.v1.ReleasePortsRequest
+	(*SetLogLevelRequest)(nil),   // 56: drover.v1.SetLogLevelRequest
+	(*SubmitRequest)(nil),        // 57: drover.v1.SubmitRequest
+	(*SubmitReply)(nil),          // 58: drover.v1.SubmitReply
+	(*JobsRequest)(nil),          // 59: drover.v1.JobsRequest
+	(*JobInfo)(nil),              // 60: drover.v1.JobInfo
+	(*JobsReply)(nil),            // 61: drover.v1.JobsReply
+	(*ShutdownRequest)(nil),      // 62: drover.v1.ShutdownRequest
+	nil,                          // 63: drover.v1.ProcessSpec.EnvEntry
+	nil,                          // 64: drover.v1.Started.PortsEntry
+	nil,                          // 65: drover.v1.LogRecord.AttrsEntry
+	nil,                          // 66: drover.v1.StartRequest.EnvEntry
 }
 var file_api_droverpb_drover_proto_depIdxs = []int32{
-	5,  // 0: drover.v1.AgentMsg.hello:type_name -> drover.v1.Hello
+	4,  // 0: drover.v1.AgentMsg.hello:type_name -> drover.v1.Hello
 	23, // 1: drover.v1.AgentMsg.replies:type_name -> drover.v1.Reply
 	30, // 2: drover.v1.AgentMsg.exits:type_name -> drover.v1.ExitReport
 	31, // 3: drover.v1.AgentMsg.logs:type_name -> drover.v1.LogRecord
-	7,  // 4: drover.v1.AgentMsg.heartbeat:type_name -> drover.v1.Heartbeat
-	12, // 5: drover.v1.AgentMsg.files:type_name -> drover.v1.FileData
-	6,  // 6: drover.v1.ManagerMsg.welcome:type_name -> drover.v1.Welcome
-	10, // 7: drover.v1.ManagerMsg.commands:type_name -> drover.v1.Command
-	7,  // 8: drover.v1.ManagerMsg.heartbeat:type_name -> drover.v1.Heartbeat
-	8,  // 9: drover.v1.Hello.resources:type_name -> drover.v1.Resources
-	9,  // 10: drover.v1.Resources.cores:type_name -> drover.v1.Core
-	22, // 11: drover.v1.Command.start:type_name -> drover.v1.ProcessSpec
-	13, // 12: drover.v1.Command.stop:type_name -> drover.v1.Named
-	13, // 13: drover.v1.Command.kill:type_name -> drover.v1.Named
-	13, // 14: drover.v1.Command.purge:type_name -> drover.v1.Named
-	14, // 15: drover.v1.Command.send:type_name -> drover.v1.SendInput
-	13, // 16: drover.v1.Command.cancel_all:type_name -> drover.v1.Named
-	15, // 17: drover.v1.Command.poll:type_name -> drover.v1.PollRequest
-	16, // 18: drover.v1.Command.env_get:type_name -> drover.v1.EnvKey
-	17, // 19: drover.v1.Command.env_set:type_name -> drover.v1.EnvKV
-	18, // 20: drover.v1.Command.ports_bind:type_name -> drover.v1.PortsRequest
-	18, // 21: drover.v1.Command.ports_release:type_name -> drover.v1.PortsRequest
-	19, // 22: drover.v1.Command.shutdown:type_name -> drover.v1.Shutdown
-	11, // 23: drover.v1.Command.put_file:type_name -> drover.v1.PutFile
+	6,  // 4: drover.v1.AgentMsg.heartbeat:type_name -> drover.v1.Heartbeat
+	11, // 5: drover.v1.AgentMsg.files:type_name -> drover.v1.FileData
+	5,  // 6: drover.v1.ManagerMsg.welcome:type_name -> drover.v1.Welcome
+	9,  // 7: drover.v1.ManagerMsg.commands:type_name -> drover.v1.Command
+	6,  // 8: drover.v1.ManagerMsg.heartbeat:type_name -> drover.v1.Heartbeat
+	7,  // 9: drover.v1.Hello.resources:type_name -> drover.v1.Resources
+	8,  // 10: drover.v1.Resources.cores:type_name -> drover.v1.Core
+	21, // 11: drover.v1.Command.start:type_name -> drover.v1.ProcessSpec
+	12, // 12: drover.v1.Command.stop:type_name -> drover.v1.Named
+	12, // 13: drover.v1.Command.kill:type_name -> drover.v1.Named
+	12, // 14: drover.v1.Command.purge:type_name -> drover.v1.Named
+	13, // 15: drover.v1.Command.send:type_name -> drover.v1.SendInput
+	12, // 16: drover.v1.Command.cancel_all:type_name -> drover.v1.Named
+	14, // 17: drover.v1.Command.poll:type_name -> drover.v1.PollRequest
+	15, // 18: drover.v1.Command.env_get:type_name -> drover.v1.EnvKey
+	16, // 19: drover.v1.Command.env_set:type_name -> drover.v1.EnvKV
+	17, // 20: drover.v1.Command.ports_bind:type_name -> drover.v1.PortsRequest
+	17, // 21: drover.v1.Command.ports_release:type_name -> drover.v1.PortsRequest
+	18, // 22: drover.v1.Command.shutdown:type_name -> drover.v1.Shutdown
+	10, // 23: drover.v1.Command.put_file:type_name -> drover.v1.PutFile
 	0,  // 24: drover.v1.FileData.kind:type_name -> drover.v1.FileKind
-	62, // 25: drover.v1.ProcessSpec.env:type_name -> drover.v1.ProcessSpec.EnvEntry
-	20, // 26: drover.v1.ProcessSpec.files:type_name -> drover.v1.StageFile
-	21, // 27: drover.v1.ProcessSpec.results:type_name -> drover.v1.ResultsSpec
-	1,  // 28: drover.v1.Reply.error_kind:type_name -> drover.v1.ErrorKind
-	24, // 29: drover.v1.Reply.started:type_name -> drover.v1.Started
-	26, // 30: drover.v1.Reply.poll:type_name -> drover.v1.PollResult
-	27, // 31: drover.v1.Reply.env:type_name -> drover.v1.EnvValue
-	28, // 32: drover.v1.Reply.ports:type_name -> drover.v1.PortList
-	63, // 33: drover.v1.Started.ports:type_name -> drover.v1.Started.PortsEntry
-	29, // 34: drover.v1.ProcessStatus.exit:type_name -> drover.v1.Exit
-	25, // 35: drover.v1.PollResult.statuses:type_name -> drover.v1.ProcessStatus
-	29, // 36: drover.v1.ExitReport.exit:type_name -> drover.v1.Exit
-	64, // 37: drover.v1.LogRecord.attrs:type_name -> drover.v1.LogRecord.AttrsEntry
-	2,  // 38: drover.v1.ControlError.kind:type_name -> drover.v1.ControlErrorKind
-	8,  // 39: drover.v1.NodeInfo.resources:type_name -> drover.v1.Resources
-	35, // 40: drover.v1.NodesReply.nodes:type_name -> drover.v1.NodeInfo
-	65, // 41: drover.v1.StartRequest.env:type_name -> drover.v1.StartRequest.EnvEntry
-	25, // 42: drover.v1.ControlPollReply.statuses:type_name -> drover.v1.ProcessStatus
-	29, // 43: drover.v1.FinishedReply.exits:type_name -> drover.v1.Exit
-	59, // 44: drover.v1.JobsReply.jobs:type_name -> drover.v1.JobInfo
-	3,  // 45: drover.v1.AgentSession.Connect:input_type -> drover.v1.AgentMsg
-	34, // 46: drover.v1.Control.Nodes:input_type -> drover.v1.NodesRequest
-	37, // 47: drover.v1.Control.Start:input_type -> drover.v1.StartRequest
-	39, // 48: drover.v1.Control.Poll:input_type -> drover.v1.ControlPollRequest
-	42, // 49: drover.v1.Control.Stop:input_type -> drover.v1.StopRequest
-	41, // 50: drover.v1.Control.Kill:input_type -> drover.v1.NameRequest
-	41, // 51: drover.v1.Control.Purge:input_type -> drover.v1.NameRequest
-	43, // 52: drover.v1.Control.Send:input_type -> drover.v1.SendRequest
-	44, // 53: drover.v1.Control.Logs:input_type -> drover.v1.LogsRequest
-	46, // 54: drover.v1.Control.Finished:input_type -> drover.v1.FinishedRequest
-	48, // 55: drover.v1.Control.CancelAll:input_type -> drover.v1.CancelAllRequest
-	49, // 56: drover.v1.Control.GetEnv:input_type -> drover.v1.GetEnvRequest
-	51, // 57: drover.v1.Control.SetEnv:input_type -> drover.v1.SetEnvRequest
-	52, // 58: drover.v1.Control.BindPorts:input_type -> drover.v1.BindPortsRequest
-	54, // 59: drover.v1.Control.ReleasePorts:input_type -> drover.v1.ReleasePortsRequest
-	55, // 60: drover.v1.Control.SetLogLevel:input_type -> drover.v1.SetLogLevelRequest
-	56, // 61: drover.v1.Control.Submit:input_type -> drover.v1.SubmitRequest
-	58, // 62: drover.v1.Control.Jobs:input_type -> drover.v1.JobsRequest
-	61, // 63: drover.v1.Control.Shutdown:input_type -> drover.v1.ShutdownRequest
-	4,  // 64: drover.v1.AgentSession.Connect:output_type -> drover.v1.ManagerMsg
-	36, // 65: drover.v1.Control.Nodes:output_type -> drover.v1.NodesReply
-	38, // 66: drover.v1.Control.Start:output_type -> drover.v1.StartReply
-	40, // 67: drover.v1.Control.Poll:output_type -> drover.v1.ControlPollReply
-	33, // 68: drover.v1.Control.Stop:output_type -> drover.v1.Empty
-	33, // 69: drover.v1.Control.Kill:output_type -> drover.v1.Empty
-	33, // 70: drover.v1.Control.Purge:output_type -> drover.v1.Empty
-	33, // 71: drover.v1.Control.Send:output_type -> drover.v1.Empty
-	45, // 72: drover.v1.Control.Logs:output_type -> drover.v1.LogChunk
-	47, // 73: drover.v1.Control.Finished:output_type -> drover.v1.FinishedReply
-	33, // 74: drover.v1.Control.CancelAll:output_type -> drover.v1.Empty
-	50, // 75: drover.v1.Control.GetEnv:output_type -> drover.v1.GetEnvReply
-	33, // 76: drover.v1.Control.SetEnv:output_type -> drover.v1.Empty
-	53, // 77: drover.v1.Control.BindPorts:output_type -> drover.v1.PortsReply
-	33, // 78: drover.v1.Control.ReleasePorts:output_type -> drover.v1.Empty
-	33, // 79: drover.v1.Control.SetLogLevel:output_type -> drover.v1.Empty
-	57, // 80: drover.v1.Control.Submit:output_type -> drover.v1.SubmitReply
-	60, // 81: drover.v1.Control.Jobs:output_type -> drover.v1.JobsReply
-	33, // 82: drover.v1.Control.Shutdown:output_type -> drover.v1.Empty
-	64, // [64:83] is the sub-list for method output_type
-	45, // [45:64] is the sub-list for method input_type
-	45, // [45:45] is the sub-list for extension type_name
-	45, // [45:45] is the sub-list for extension extendee
-	0,  // [0:45] is the sub-list for field type_name
+	63, // 25: drover.v1.ProcessSpec.env:type_name -> drover.v1.ProcessSpec.EnvEntry
+	19, // 26: drover.v1.ProcessSpec.files:type_name -> drover.v1.StageFile
+	20, // 27: drover.v1.ProcessSpec.results:type_name -> drover.v1.ResultsSpec
+	1,  // 28: drover.v1.ErrorDetail.kind:type_name -> drover.v1.ErrorKind
+	22, // 29: drover.v1.Reply.error_detail:type_name -> drover.v1.ErrorDetail
+	24, // 30: drover.v1.Reply.started:type_name -> drover.v1.Started
+	26, // 31: drover.v1.Reply.poll:type_name -> drover.v1.PollResult
+	27, // 32: drover.v1.Reply.env:type_name -> drover.v1.EnvValue
+	28, // 33: drover.v1.Reply.ports:type_name -> drover.v1.PortList
+	64, // 34: drover.v1.Started.ports:type_name -> drover.v1.Started.PortsEntry
+	29, // 35: drover.v1.ProcessStatus.exit:type_name -> drover.v1.Exit
+	22, // 36: drover.v1.ProcessStatus.error_detail:type_name -> drover.v1.ErrorDetail
+	25, // 37: drover.v1.PollResult.statuses:type_name -> drover.v1.ProcessStatus
+	29, // 38: drover.v1.ExitReport.exit:type_name -> drover.v1.Exit
+	65, // 39: drover.v1.LogRecord.attrs:type_name -> drover.v1.LogRecord.AttrsEntry
+	7,  // 40: drover.v1.NodeInfo.resources:type_name -> drover.v1.Resources
+	34, // 41: drover.v1.NodesReply.nodes:type_name -> drover.v1.NodeInfo
+	66, // 42: drover.v1.StartRequest.env:type_name -> drover.v1.StartRequest.EnvEntry
+	25, // 43: drover.v1.ControlPollReply.statuses:type_name -> drover.v1.ProcessStatus
+	29, // 44: drover.v1.FinishedReply.exits:type_name -> drover.v1.Exit
+	60, // 45: drover.v1.JobsReply.jobs:type_name -> drover.v1.JobInfo
+	2,  // 46: drover.v1.AgentSession.Connect:input_type -> drover.v1.AgentMsg
+	33, // 47: drover.v1.Control.Nodes:input_type -> drover.v1.NodesRequest
+	36, // 48: drover.v1.Control.Start:input_type -> drover.v1.StartRequest
+	38, // 49: drover.v1.Control.Poll:input_type -> drover.v1.ControlPollRequest
+	41, // 50: drover.v1.Control.Stop:input_type -> drover.v1.StopRequest
+	40, // 51: drover.v1.Control.Kill:input_type -> drover.v1.NameRequest
+	40, // 52: drover.v1.Control.Purge:input_type -> drover.v1.NameRequest
+	42, // 53: drover.v1.Control.Send:input_type -> drover.v1.SendRequest
+	43, // 54: drover.v1.Control.Logs:input_type -> drover.v1.LogsRequest
+	45, // 55: drover.v1.Control.Finished:input_type -> drover.v1.FinishedRequest
+	46, // 56: drover.v1.Control.WatchFinished:input_type -> drover.v1.WatchFinishedRequest
+	47, // 57: drover.v1.Control.Ack:input_type -> drover.v1.AckRequest
+	49, // 58: drover.v1.Control.CancelAll:input_type -> drover.v1.CancelAllRequest
+	50, // 59: drover.v1.Control.GetEnv:input_type -> drover.v1.GetEnvRequest
+	52, // 60: drover.v1.Control.SetEnv:input_type -> drover.v1.SetEnvRequest
+	53, // 61: drover.v1.Control.BindPorts:input_type -> drover.v1.BindPortsRequest
+	55, // 62: drover.v1.Control.ReleasePorts:input_type -> drover.v1.ReleasePortsRequest
+	56, // 63: drover.v1.Control.SetLogLevel:input_type -> drover.v1.SetLogLevelRequest
+	57, // 64: drover.v1.Control.Submit:input_type -> drover.v1.SubmitRequest
+	59, // 65: drover.v1.Control.Jobs:input_type -> drover.v1.JobsRequest
+	62, // 66: drover.v1.Control.Shutdown:input_type -> drover.v1.ShutdownRequest
+	3,  // 67: drover.v1.AgentSession.Connect:output_type -> drover.v1.ManagerMsg
+	35, // 68: drover.v1.Control.Nodes:output_type -> drover.v1.NodesReply
+	37, // 69: drover.v1.Control.Start:output_type -> drover.v1.StartReply
+	39, // 70: drover.v1.Control.Poll:output_type -> drover.v1.ControlPollReply
+	32, // 71: drover.v1.Control.Stop:output_type -> drover.v1.Empty
+	32, // 72: drover.v1.Control.Kill:output_type -> drover.v1.Empty
+	32, // 73: drover.v1.Control.Purge:output_type -> drover.v1.Empty
+	32, // 74: drover.v1.Control.Send:output_type -> drover.v1.Empty
+	44, // 75: drover.v1.Control.Logs:output_type -> drover.v1.LogChunk
+	48, // 76: drover.v1.Control.Finished:output_type -> drover.v1.FinishedReply
+	48, // 77: drover.v1.Control.WatchFinished:output_type -> drover.v1.FinishedReply
+	32, // 78: drover.v1.Control.Ack:output_type -> drover.v1.Empty
+	32, // 79: drover.v1.Control.CancelAll:output_type -> drover.v1.Empty
+	51, // 80: drover.v1.Control.GetEnv:output_type -> drover.v1.GetEnvReply
+	32, // 81: drover.v1.Control.SetEnv:output_type -> drover.v1.Empty
+	54, // 82: drover.v1.Control.BindPorts:output_type -> drover.v1.PortsReply
+	32, // 83: drover.v1.Control.ReleasePorts:output_type -> drover.v1.Empty
+	32, // 84: drover.v1.Control.SetLogLevel:output_type -> drover.v1.Empty
+	58, // 85: drover.v1.Control.Submit:output_type -> drover.v1.SubmitReply
+	61, // 86: drover.v1.Control.Jobs:output_type -> drover.v1.JobsReply
+	32, // 87: drover.v1.Control.Shutdown:output_type -> drover.v1.Empty
+	67, // [67:88] is the sub-list for method output_type
+	46, // [46:67] is the sub-list for method input_type
+	46, // [46:46] is the sub-list for extension type_name
+	46, // [46:46] is the sub-list for extension extendee
+	0,  // [0:46] is the sub-list for field type_name
 }
 
 func init() { file_api_droverpb_drover_proto_init() }
@@ -4542,7 +4760,7 @@ func file_api_droverpb_drover_proto_init() {
 		(*Command_Shutdown)(nil),
 		(*Command_PutFile)(nil),
 	}
-	file_api_droverpb_drover_proto_msgTypes[20].OneofWrappers = []any{
+	file_api_droverpb_drover_proto_msgTypes[21].OneofWrappers = []any{
 		(*Reply_Started)(nil),
 		(*Reply_Poll)(nil),
 		(*Reply_Env)(nil),
@@ -4553,8 +4771,8 @@ func file_api_droverpb_drover_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_droverpb_drover_proto_rawDesc), len(file_api_droverpb_drover_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   63,
+			NumEnums:      2,
+			NumMessages:   65,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

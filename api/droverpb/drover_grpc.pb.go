@@ -125,24 +125,26 @@ var AgentSession_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	Control_Nodes_FullMethodName        = "/drover.v1.Control/Nodes"
-	Control_Start_FullMethodName        = "/drover.v1.Control/Start"
-	Control_Poll_FullMethodName         = "/drover.v1.Control/Poll"
-	Control_Stop_FullMethodName         = "/drover.v1.Control/Stop"
-	Control_Kill_FullMethodName         = "/drover.v1.Control/Kill"
-	Control_Purge_FullMethodName        = "/drover.v1.Control/Purge"
-	Control_Send_FullMethodName         = "/drover.v1.Control/Send"
-	Control_Logs_FullMethodName         = "/drover.v1.Control/Logs"
-	Control_Finished_FullMethodName     = "/drover.v1.Control/Finished"
-	Control_CancelAll_FullMethodName    = "/drover.v1.Control/CancelAll"
-	Control_GetEnv_FullMethodName       = "/drover.v1.Control/GetEnv"
-	Control_SetEnv_FullMethodName       = "/drover.v1.Control/SetEnv"
-	Control_BindPorts_FullMethodName    = "/drover.v1.Control/BindPorts"
-	Control_ReleasePorts_FullMethodName = "/drover.v1.Control/ReleasePorts"
-	Control_SetLogLevel_FullMethodName  = "/drover.v1.Control/SetLogLevel"
-	Control_Submit_FullMethodName       = "/drover.v1.Control/Submit"
-	Control_Jobs_FullMethodName         = "/drover.v1.Control/Jobs"
-	Control_Shutdown_FullMethodName     = "/drover.v1.Control/Shutdown"
+	Control_Nodes_FullMethodName         = "/drover.v1.Control/Nodes"
+	Control_Start_FullMethodName         = "/drover.v1.Control/Start"
+	Control_Poll_FullMethodName          = "/drover.v1.Control/Poll"
+	Control_Stop_FullMethodName          = "/drover.v1.Control/Stop"
+	Control_Kill_FullMethodName          = "/drover.v1.Control/Kill"
+	Control_Purge_FullMethodName         = "/drover.v1.Control/Purge"
+	Control_Send_FullMethodName          = "/drover.v1.Control/Send"
+	Control_Logs_FullMethodName          = "/drover.v1.Control/Logs"
+	Control_Finished_FullMethodName      = "/drover.v1.Control/Finished"
+	Control_WatchFinished_FullMethodName = "/drover.v1.Control/WatchFinished"
+	Control_Ack_FullMethodName           = "/drover.v1.Control/Ack"
+	Control_CancelAll_FullMethodName     = "/drover.v1.Control/CancelAll"
+	Control_GetEnv_FullMethodName        = "/drover.v1.Control/GetEnv"
+	Control_SetEnv_FullMethodName        = "/drover.v1.Control/SetEnv"
+	Control_BindPorts_FullMethodName     = "/drover.v1.Control/BindPorts"
+	Control_ReleasePorts_FullMethodName  = "/drover.v1.Control/ReleasePorts"
+	Control_SetLogLevel_FullMethodName   = "/drover.v1.Control/SetLogLevel"
+	Control_Submit_FullMethodName        = "/drover.v1.Control/Submit"
+	Control_Jobs_FullMethodName          = "/drover.v1.Control/Jobs"
+	Control_Shutdown_FullMethodName      = "/drover.v1.Control/Shutdown"
 )
 
 // ControlClient is the client API for Control service.
@@ -167,10 +169,21 @@ type ControlClient interface {
 	// Logs streams a process's stdout or stderr from the start; with follow
 	// until the process has exited and all its output is sent.
 	Logs(ctx context.Context, in *LogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[LogChunk], error)
-	// Finished returns the exits since the last call, each exactly once;
-	// with wait_ms, when there is none yet, it waits up to that long for one.
+	// Finished hands out exits of the request's group, each with its seq.
+	// An exit stays with serve until acknowledged: by the seqs in the same
+	// client's next Finished, or by Ack. Exits handed to a client and not
+	// acknowledged are handed to that client again on its next call, and to
+	// any client once the visibility timeout (5 s) has passed. With wait_ms,
+	// when there is none, it waits up to that long for one.
 	Finished(ctx context.Context, in *FinishedRequest, opts ...grpc.CallOption) (*FinishedReply, error)
-	// CancelAll stops every process (SIGTERM, grace, SIGKILL).
+	// WatchFinished pushes exits of the group as they come, with the same
+	// hand-out and acknowledgement (Ack) as Finished.
+	WatchFinished(ctx context.Context, in *WatchFinishedRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[FinishedReply], error)
+	// Ack acknowledges exits handed to this client; unknown seqs, or seqs
+	// handed to another client, are ignored.
+	Ack(ctx context.Context, in *AckRequest, opts ...grpc.CallOption) (*Empty, error)
+	// CancelAll stops every process of the group, or every process when no
+	// group is given (SIGTERM, grace, SIGKILL).
 	CancelAll(ctx context.Context, in *CancelAllRequest, opts ...grpc.CallOption) (*Empty, error)
 	GetEnv(ctx context.Context, in *GetEnvRequest, opts ...grpc.CallOption) (*GetEnvReply, error)
 	SetEnv(ctx context.Context, in *SetEnvRequest, opts ...grpc.CallOption) (*Empty, error)
@@ -292,6 +305,35 @@ func (c *controlClient) Finished(ctx context.Context, in *FinishedRequest, opts 
 	return out, nil
 }
 
+func (c *controlClient) WatchFinished(ctx context.Context, in *WatchFinishedRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[FinishedReply], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Control_ServiceDesc.Streams[1], Control_WatchFinished_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchFinishedRequest, FinishedReply]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Control_WatchFinishedClient = grpc.ServerStreamingClient[FinishedReply]
+
+func (c *controlClient) Ack(ctx context.Context, in *AckRequest, opts ...grpc.CallOption) (*Empty, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Empty)
+	err := c.cc.Invoke(ctx, Control_Ack_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *controlClient) CancelAll(ctx context.Context, in *CancelAllRequest, opts ...grpc.CallOption) (*Empty, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(Empty)
@@ -404,10 +446,21 @@ type ControlServer interface {
 	// Logs streams a process's stdout or stderr from the start; with follow
 	// until the process has exited and all its output is sent.
 	Logs(*LogsRequest, grpc.ServerStreamingServer[LogChunk]) error
-	// Finished returns the exits since the last call, each exactly once;
-	// with wait_ms, when there is none yet, it waits up to that long for one.
+	// Finished hands out exits of the request's group, each with its seq.
+	// An exit stays with serve until acknowledged: by the seqs in the same
+	// client's next Finished, or by Ack. Exits handed to a client and not
+	// acknowledged are handed to that client again on its next call, and to
+	// any client once the visibility timeout (5 s) has passed. With wait_ms,
+	// when there is none, it waits up to that long for one.
 	Finished(context.Context, *FinishedRequest) (*FinishedReply, error)
-	// CancelAll stops every process (SIGTERM, grace, SIGKILL).
+	// WatchFinished pushes exits of the group as they come, with the same
+	// hand-out and acknowledgement (Ack) as Finished.
+	WatchFinished(*WatchFinishedRequest, grpc.ServerStreamingServer[FinishedReply]) error
+	// Ack acknowledges exits handed to this client; unknown seqs, or seqs
+	// handed to another client, are ignored.
+	Ack(context.Context, *AckRequest) (*Empty, error)
+	// CancelAll stops every process of the group, or every process when no
+	// group is given (SIGTERM, grace, SIGKILL).
 	CancelAll(context.Context, *CancelAllRequest) (*Empty, error)
 	GetEnv(context.Context, *GetEnvRequest) (*GetEnvReply, error)
 	SetEnv(context.Context, *SetEnvRequest) (*Empty, error)
@@ -456,6 +509,12 @@ func (UnimplementedControlServer) Logs(*LogsRequest, grpc.ServerStreamingServer[
 }
 func (UnimplementedControlServer) Finished(context.Context, *FinishedRequest) (*FinishedReply, error) {
 	return nil, status.Error(codes.Unimplemented, "method Finished not implemented")
+}
+func (UnimplementedControlServer) WatchFinished(*WatchFinishedRequest, grpc.ServerStreamingServer[FinishedReply]) error {
+	return status.Error(codes.Unimplemented, "method WatchFinished not implemented")
+}
+func (UnimplementedControlServer) Ack(context.Context, *AckRequest) (*Empty, error) {
+	return nil, status.Error(codes.Unimplemented, "method Ack not implemented")
 }
 func (UnimplementedControlServer) CancelAll(context.Context, *CancelAllRequest) (*Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method CancelAll not implemented")
@@ -656,6 +715,35 @@ func _Control_Finished_Handler(srv interface{}, ctx context.Context, dec func(in
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(ControlServer).Finished(ctx, req.(*FinishedRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Control_WatchFinished_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchFinishedRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ControlServer).WatchFinished(m, &grpc.GenericServerStream[WatchFinishedRequest, FinishedReply]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Control_WatchFinishedServer = grpc.ServerStreamingServer[FinishedReply]
+
+func _Control_Ack_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AckRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).Ack(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_Ack_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).Ack(ctx, req.(*AckRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -862,6 +950,10 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Control_Finished_Handler,
 		},
 		{
+			MethodName: "Ack",
+			Handler:    _Control_Ack_Handler,
+		},
+		{
 			MethodName: "CancelAll",
 			Handler:    _Control_CancelAll_Handler,
 		},
@@ -902,6 +994,11 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "Logs",
 			Handler:       _Control_Logs_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "WatchFinished",
+			Handler:       _Control_WatchFinished_Handler,
 			ServerStreams: true,
 		},
 	},
