@@ -652,9 +652,12 @@ func (c *Client) WatchFinished(ctx context.Context, each func(Exit) error) error
 			if err := each(e); err != nil {
 				return err
 			}
-			// Acknowledge at once: a program that dies later has
-			// nothing of it left to be handed out again.
-			if err := c.Ack(ctx, e.Seq); err != nil && ctx.Err() == nil {
+			// Acknowledge at once, even when each has just ended the
+			// watch: what was passed on must not be handed out again.
+			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			err := c.Ack(actx, e.Seq)
+			cancel()
+			if err != nil {
 				return err
 			}
 		}

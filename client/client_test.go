@@ -96,6 +96,8 @@ func (f *fake) Submit(_ context.Context, file *jobfile.File) ([]string, error) {
 
 func (f *fake) Shutdown(context.Context) error { return f.fail() }
 
+func (f *fake) Ack(context.Context, string, []uint64) error { return nil }
+
 func (f *fake) setErr(err error) {
 	f.mu.Lock()
 	f.err = err

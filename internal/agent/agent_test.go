@@ -205,7 +205,7 @@ func TestStartFinishedExactlyOnce(t *testing.T) {
 	if err := a.Purge(context.Background(), "three"); err != nil {
 		t.Errorf("purge: %v", err)
 	}
-	if _, err := a.Poll(context.Background(), "three"); err == nil {
+	if pollErr(a, context.Background(), "three") == nil {
 		t.Error("poll of a purged process did not fail")
 	}
 	if err := a.Purge(context.Background(), "three"); err == nil {
@@ -735,7 +735,7 @@ func TestBadStartsAreErrorsAndTheAgentGoesOn(t *testing.T) {
 		if !strings.Contains(msg, c.spec.Name) || !strings.Contains(msg, nodeName) || !strings.Contains(msg, c.want) {
 			t.Errorf("%s: error %q should name the process, the node and %q", c.spec.Name, msg, c.want)
 		}
-		if _, err := a.Poll(context.Background(), c.spec.Name); err == nil {
+		if pollErr(a, context.Background(), c.spec.Name) == nil {
 			t.Errorf("%s: a failed start is known to Poll", c.spec.Name)
 		}
 	}
@@ -865,7 +865,7 @@ func TestStopAndKillReachTheProcessGroup(t *testing.T) {
 		func() error { return a.Kill(ctx, "nobody") },
 		func() error { return a.Purge(ctx, "nobody") },
 		func() error { return a.Send(ctx, "nobody", []byte("x")) },
-		func() error { _, err := a.Poll(ctx, "nobody"); return err },
+		func() error { return pollErr(a, ctx, "nobody") },
 	} {
 		if err := op(); err == nil || !strings.Contains(err.Error(), "nobody") {
 			t.Errorf("operation on an unknown name: %v", err)
@@ -1117,7 +1117,7 @@ func TestAutoPurgeFreesTheName(t *testing.T) {
 	ctx := context.Background()
 	start(t, a, node.ProcessSpec{Name: "auto", AutoPurge: true, Args: helper("exit=2")})
 	wantExit(t, r.wait(t, "auto")[0], 2, 0)
-	if _, err := a.Poll(ctx, "auto"); err == nil {
+	if pollErr(a, ctx, "auto") == nil {
 		t.Error("an auto-purged process is still known after its exit was reported")
 	}
 	start(t, a, node.ProcessSpec{Name: "auto", AutoPurge: true, Args: helper("exit=3")})
@@ -1350,4 +1350,16 @@ func TestAfterWaitsForANameNotSeenYet(t *testing.T) {
 	if !errors.Is(err, errdefs.ErrAfterTimeout) {
 		t.Fatalf("start behind a name that never comes: %v, want ErrAfterTimeout", err)
 	}
+}
+
+// pollErr polls one name and returns why it could not be (nil when known).
+func pollErr(a node.Node, ctx context.Context, name string) error {
+	st, err := a.Poll(ctx, name)
+	if err != nil {
+		return err
+	}
+	if len(st) != 1 {
+		return fmt.Errorf("poll %s: %d statuses", name, len(st))
+	}
+	return st[0].Err
 }

@@ -124,13 +124,14 @@ func (m *Mailbox[T]) Take(reader, box string, ack []uint64, again bool) []Letter
 }
 
 // Release makes every item handed to reader and not acknowledged visible
-// to all readers at once (the reader is known to be gone).
+// to all readers at once (the reader's stream ended). Until another reader
+// takes one, the reader's own late acknowledgement still counts.
 func (m *Mailbox[T]) Release(reader string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, e := range m.bySeq {
 		if e.holder == reader {
-			e.holder, e.handed = "", time.Time{}
+			e.handed = time.Time{}
 		}
 	}
 	m.wakeLocked()

@@ -143,6 +143,19 @@ func TestNoAgainAndRelease(t *testing.T) {
 	}
 }
 
+// A stream that ended before its reader's acknowledgement arrived: the
+// late ack still removes what no one else took meanwhile.
+func TestAckAfterRelease(t *testing.T) {
+	m, _ := newBox(t)
+	m.Put("", "a")
+	got := m.Take("s", "", nil, false)
+	m.Release("s")
+	m.Ack("s", seqs(got))
+	if again := m.Take("r2", "", nil, true); len(again) != 0 {
+		t.Fatalf("acknowledged after release, then taken by r2: %v", items(again))
+	}
+}
+
 // An anonymous reader cannot acknowledge: what it takes is gone.
 func TestAnonymousReaderIsAtMostOnce(t *testing.T) {
 	m, c := newBox(t)

@@ -99,8 +99,9 @@ func TestEveryOperationOverTheWire(t *testing.T) {
 	if err := n.Stop(ctx, "nope", time.Second); !errors.Is(err, errdefs.ErrUnknownProcess) {
 		t.Fatalf("stop unknown: %v", err)
 	}
-	if _, err := n.Poll(ctx, "nope"); !errors.Is(err, errdefs.ErrUnknownProcess) || errors.Is(err, errdefs.ErrRunning) {
-		t.Fatalf("poll unknown: %v", err)
+	if st, err := n.Poll(ctx, "nope"); err != nil || len(st) != 1 || st[0].State != node.Unknown ||
+		!errors.Is(st[0].Err, errdefs.ErrUnknownProcess) || errors.Is(st[0].Err, errdefs.ErrRunning) {
+		t.Fatalf("poll unknown: %+v, %v", st, err)
 	}
 	// The message is the agent's own.
 	direct := newAgent(t, "n1")
@@ -566,8 +567,8 @@ func TestAbandonedCommandNeverRuns(t *testing.T) {
 	}
 	px.cut()
 	px.thaw()
-	if _, err := n.Poll(ctx, "ghost"); !errors.Is(err, errdefs.ErrUnknownProcess) {
-		t.Fatalf("poll ghost: %v", err)
+	if st, err := n.Poll(ctx, "ghost"); err != nil || len(st) != 1 || !errors.Is(st[0].Err, errdefs.ErrUnknownProcess) {
+		t.Fatalf("poll ghost: %+v, %v", st, err)
 	}
 	// The agent answers the cancellation; the manager forgets the call.
 	deadline := time.Now().Add(patience)
