@@ -157,6 +157,9 @@ func (a *Agent) Name() string                  { return a.name }
 func (a *Agent) Resources() topology.Resources { return a.res }
 func (a *Agent) Ready() <-chan struct{}        { return a.ready }
 
+// Health implements node.Node: an agent in this process is up.
+func (a *Agent) Health() node.Health { return node.Health{State: "up"} }
+
 // Start stages the work dir, hands over reserved ports and starts the process.
 func (a *Agent) Start(ctx context.Context, spec node.ProcessSpec) (node.Started, error) {
 	if err := ctx.Err(); err != nil {

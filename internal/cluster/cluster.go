@@ -423,7 +423,7 @@ func (c *Cluster) lostErr(m *member, lost bool, err error) error {
 	if err == nil || errors.Is(err, errdefs.ErrNodeLost) {
 		return err
 	}
-	if lost || nodeState(m.n) == "lost" {
+	if lost || m.n.Health().Lost() {
 		return &lostError{err}
 	}
 	return err
@@ -436,20 +436,13 @@ func (e *lostError) Unwrap() []error { return []error{e.err, errdefs.ErrNodeLost
 
 // nodeState is the node's own State() ("up", "disconnected", "lost"), or
 // "" when it has none.
-func nodeState(n node.Node) string {
-	if s, ok := n.(interface{ State() string }); ok {
-		return s.State()
-	}
-	return ""
-}
-
 // member returns the current, not lost, node of that name.
 func (c *Cluster) memberLocked(op, name string) (*member, error) {
 	m := c.byName[name]
 	if m == nil {
 		return nil, fmt.Errorf("%s on %s: %w", op, name, errdefs.ErrUnknownNode)
 	}
-	if m.lost || nodeState(m.n) == "lost" {
+	if m.lost || m.n.Health().Lost() {
 		return nil, fmt.Errorf("%s on %s: %w", op, name, errdefs.ErrNodeLost)
 	}
 	return m, nil
@@ -478,11 +471,11 @@ func (c *Cluster) Nodes(ctx context.Context) ([]NodeInfo, error) {
 		}
 		info := NodeInfo{Name: m.name, Resources: m.res, BusyHWThreads: []int{}, Processes: len(m.procs)}
 		switch {
-		case m.lost || nodeState(m.n) == "lost":
+		case m.lost || m.n.Health().Lost():
 			info.State = "lost"
 			info.Error = "node lost"
-			if e, ok := m.n.(interface{ Err() error }); ok && e.Err() != nil {
-				info.Error = e.Err().Error()
+			if err := m.n.Health().Err; err != nil {
+				info.Error = err.Error()
 			}
 		default:
 			info.BusyHWThreads = append(info.BusyHWThreads, c.pool.Busy(m.name)...)

@@ -442,7 +442,7 @@ func (c *Cluster) CancelAll(ctx context.Context, group string, grace time.Durati
 				c.mu.Lock()
 				lost := m.lost
 				c.mu.Unlock()
-				if lost || nodeState(m.n) == "lost" {
+				if lost || m.n.Health().Lost() {
 					return // nothing of it is running any more as far as we know
 				}
 				errs[i] = fmt.Errorf("cancel all on %s: %w", m.name, err)

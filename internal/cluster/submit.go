@@ -94,7 +94,7 @@ func (c *Cluster) Submit(ctx context.Context, file *jobfile.File) ([]string, err
 	}
 	var up []*member
 	for _, m := range c.members {
-		if c.byName[m.name] == m && !m.lost && nodeState(m.n) != "lost" {
+		if c.byName[m.name] == m && !m.lost && !m.n.Health().Lost() {
 			up = append(up, m)
 		}
 	}

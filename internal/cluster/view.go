@@ -72,6 +72,7 @@ func (v *view) lose() {
 func (v *view) Name() string                  { return v.m.name }
 func (v *view) Resources() topology.Resources { return v.m.res }
 func (v *view) Ready() <-chan struct{}        { return v.ready }
+func (v *view) Health() node.Health           { return v.m.n.Health() }
 
 func (v *view) Finished() []node.Exit {
 	v.mu.Lock()

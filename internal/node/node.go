@@ -116,10 +116,23 @@ type Started struct {
 	Ports map[string]int
 }
 
+// Health is how a node is, as the one who holds it sees it.
+type Health struct {
+	// State is "up", "disconnected" (its agent's session dropped and may
+	// come back) or "lost" (for good).
+	State string
+	Err   error         // why it was lost; nil while it is not
+	RTT   time.Duration // round trip of the last heartbeat; 0 in process
+}
+
+// Lost reports whether the node is gone for good.
+func (h Health) Lost() bool { return h.State == "lost" }
+
 // Node is one node's agent. Methods are safe for concurrent use.
 type Node interface {
 	Name() string
 	Resources() topology.Resources
+	Health() Health
 
 	// Start starts a process. A bad spec (duplicate name, missing
 	// executable or work dir, unwritable output path) is an error for this

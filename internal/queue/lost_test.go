@@ -89,6 +89,7 @@ func (f *fakeNode) lose() {
 }
 
 func (f *fakeNode) Ready() <-chan struct{} { return f.ready }
+func (f *fakeNode) Health() node.Health    { return node.Health{State: "up"} }
 
 func (f *fakeNode) Start(ctx context.Context, spec node.ProcessSpec) (node.Started, error) {
 	if f.gate != nil {

@@ -908,8 +908,8 @@ func (r *runner) nodeGone(ns *nodeState) {
 		r.pool.RemoveNode(ns.name)
 	}
 	ev := results.Event{Event: results.NodeLost, Node: ns.n.Name()}
-	if why, ok := ns.n.(interface{ Err() error }); ok && why.Err() != nil {
-		ev.Error = why.Err().Error() // say why: silence, or the agent's end
+	if why := ns.n.Health().Err; why != nil {
+		ev.Error = why.Error() // say why: silence, or the agent's end
 	}
 	r.emit(ev)
 	for _, inst := range ns.running {

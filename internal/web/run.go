@@ -102,23 +102,22 @@ func (s *RunSource) refreshNodes() {
 			b = []int{}
 		}
 		info := Node{Name: n.Name(), State: "up", Cores: res.Cores, MemoryBytes: res.MemoryBytes, Busy: b, Processes: procs[n.Name()]}
-		if st, ok := n.(interface{ State() string }); ok && st.State() != "" {
-			info.State = st.State()
+		h := n.Health()
+		if h.State != "" {
+			info.State = h.State
 		}
 		if lost[n.Name()] {
 			info.State = "lost"
 		}
 		if info.State == "lost" {
 			info.Error = "node lost"
-			if e, ok := n.(interface{ Err() error }); ok && e.Err() != nil {
-				info.Error = e.Err().Error()
+			if h.Err != nil {
+				info.Error = h.Err.Error()
 			}
 		} else if hw := len(res.HWThreads()); hw > 0 && len(b) >= hw {
 			info.State = "busy"
 		}
-		if r, ok := n.(interface{ RTT() time.Duration }); ok {
-			info.RTTSeconds = r.RTT().Seconds()
-		}
+		info.RTTSeconds = h.RTT.Seconds()
 		nodes = append(nodes, info)
 	}
 	s.SetNodes(nodes)

@@ -775,6 +775,11 @@ func (n *RemoteNode) RTT() time.Duration {
 	return n.rtt
 }
 
+// Health implements node.Node.
+func (n *RemoteNode) Health() node.Health {
+	return node.Health{State: n.State(), Err: n.Err(), RTT: n.RTT()}
+}
+
 // Err is why the node was lost; nil while it is not.
 func (n *RemoteNode) Err() error {
 	n.mu.Lock()
