@@ -141,8 +141,9 @@ func latencyN(b *testing.B) int {
 
 // BenchmarkServeLatency measures one process's round trip through drover
 // serve with the Go client: Start of a trivial static program until
-// Finished (waiting, not polling) returns its exit, one at a time, beside a raw os/exec Run of
-// the same program. It reports p50 and p99 of both and the p50 overhead.
+// Finished (waiting, not polling) returns its exit, then until the push
+// stream (WatchFinished) delivers it, one at a time, beside a raw os/exec
+// Run of the same program. It reports p50 and p99 of both and the p50 overhead.
 // DROVER_BENCH_LATENCY_N sets the count (default 300).
 func BenchmarkServeLatency(b *testing.B) {
 	t := setup(b)
@@ -195,6 +196,40 @@ func BenchmarkServeLatency(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
+		// The same through the push stream: WatchFinished delivers each
+		// exit as it comes.
+		pushed := make(chan client.Exit, 16)
+		wctx, stopWatch := context.WithCancel(ctx)
+		watchDone := make(chan error, 1)
+		go func() {
+			watchDone <- c.WatchFinished(wctx, func(e client.Exit) error { pushed <- e; return nil })
+		}()
+		streamed := make([]time.Duration, 0, n)
+		for i := range n {
+			name := "push" + strconv.Itoa(i)
+			start := time.Now()
+			if _, err := c.Start(ctx, client.StartRequest{Node: node, Name: name, Args: []string{t.trivial}}); err != nil {
+				b.Fatal(err)
+			}
+			select {
+			case e := <-pushed:
+				if e.Name != name || !e.Success() {
+					b.Fatalf("pushed %s %v %s, want %s", e.Name, e, e.Err, name)
+				}
+			case err := <-watchDone:
+				b.Fatalf("watch ended: %v", err)
+			case <-ctx.Done():
+				b.Fatal(ctx.Err())
+			}
+			streamed = append(streamed, time.Since(start))
+			if err := c.Purge(ctx, name); err != nil {
+				b.Fatal(err)
+			}
+		}
+		stopWatch()
+		if err := <-watchDone; err != nil {
+			b.Fatal(err)
+		}
 		c.Close()
 		cancel()
 
@@ -220,6 +255,7 @@ func BenchmarkServeLatency(b *testing.B) {
 			files = append(files, time.Since(start))
 		}
 		slices.Sort(served)
+		slices.Sort(streamed)
 		slices.Sort(bare)
 		slices.Sort(files)
 		us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
@@ -230,8 +266,12 @@ func BenchmarkServeLatency(b *testing.B) {
 		b.ReportMetric(us(bp50), "raw-p50-µs")
 		b.ReportMetric(us(fp50), "raw-files-p50-µs")
 		b.ReportMetric(us(sp50-fp50), "overhead-p50-µs")
-		b.Logf("n=%d start→finished via serve: p50 %v p99 %v (%.1f Finished calls each); raw os/exec Run: p50 %v, with output files: p50 %v; p50 overhead over the latter %v",
-			n, sp50, sp99, float64(calls)/float64(n), bp50, fp50, sp50-fp50)
+		pp50, pp99 := percentile(streamed, 50), percentile(streamed, 99)
+		b.ReportMetric(us(pp50), "push-p50-µs")
+		b.ReportMetric(us(pp99), "push-p99-µs")
+		b.ReportMetric(us(pp50-fp50), "push-overhead-p50-µs")
+		b.Logf("n=%d start→finished via serve: p50 %v p99 %v (%.1f Finished calls each); via the push stream: p50 %v p99 %v; raw os/exec Run: p50 %v, with output files: p50 %v; p50 overhead over the latter %v (Finished), %v (push)",
+			n, sp50, sp99, float64(calls)/float64(n), pp50, pp99, bp50, fp50, sp50-fp50, pp50-fp50)
 	}
 }
 
