@@ -608,7 +608,9 @@ class _Acker:
 
     def __init__(self, client):
         self._c = client
-        self._lock = threading.Lock()
+        # Reentrant: a future that has already failed runs its callback
+        # (which takes this lock) at once, inside _start.
+        self._lock = threading.RLock()
         self._waiting = []
         self._future = None
 
