@@ -29,6 +29,7 @@ package client
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -36,7 +37,9 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -46,7 +49,9 @@ import (
 
 	"github.com/drover-hpc/drover/api/droverpb"
 	"github.com/drover-hpc/drover/internal/creds"
+	"github.com/drover-hpc/drover/internal/errdefs"
 	"github.com/drover-hpc/drover/internal/jobfile"
+	"github.com/drover-hpc/drover/internal/pbconv"
 )
 
 // Errors a Client returns, wrapped in an *Error with the manager's
@@ -64,26 +69,33 @@ var (
 	// broke, for another reason than ErrNoServe or ErrRefused.
 	ErrUnavailable = errors.New("manager unavailable")
 
-	ErrNotFound     = errors.New("unknown process")
-	ErrUnknownNode  = errors.New("unknown node")
-	ErrExists       = errors.New("name already in use")
-	ErrRunning      = errors.New("process is running")
-	ErrNotRunning   = errors.New("process is not running")
-	ErrNoCores      = errors.New("not enough free cores")
-	ErrInvalid      = errors.New("invalid request")
-	ErrNodeLost     = errors.New("node lost")
-	ErrShuttingDown = errors.New("drover serve is shutting down")
+	// The kinds of the manager's typed errors (drover's one vocabulary).
+	ErrNotFound     = errdefs.ErrUnknownProcess
+	ErrUnknownNode  = errdefs.ErrUnknownNode
+	ErrExists       = errdefs.ErrDuplicate
+	ErrRunning      = errdefs.ErrRunning
+	ErrNotRunning   = errdefs.ErrNotRunning
+	ErrBusy         = errdefs.ErrBusy // not enough free cores, hwthreads reserved
+	ErrInvalid      = errdefs.ErrInvalid
+	ErrNodeLost     = errdefs.ErrNodeLost
+	ErrShuttingDown = errdefs.ErrClosed
+	ErrSpawnFailed  = errdefs.ErrSpawnFailed // errors.As finds a *SpawnError
 )
+
+// SpawnError says why a process could not be started: Errno (e.g.
+// syscall.ENOENT) and Path (the executable, work dir or output file).
+type SpawnError = errdefs.SpawnError
 
 // Error is an error of a Client call: Kind is one of the Err values (nil
 // when the manager gave no kind), Msg says what happened.
 type Error struct {
-	Kind error
-	Msg  string
+	Kind  error
+	Msg   string
+	cause error // the typed error the manager sent, e.g. a *SpawnError
 }
 
-func (e *Error) Error() string { return e.Msg }
-func (e *Error) Unwrap() error { return e.Kind }
+func (e *Error) Error() string   { return e.Msg }
+func (e *Error) Unwrap() []error { return []error{e.Kind, e.cause} }
 
 // ServeFile is the name of the file `drover serve` writes in its home.
 const ServeFile = "serve.json"
@@ -144,17 +156,32 @@ type Options struct {
 	// credentials still come from serve.json). The check that serve.json's
 	// process is alive is skipped then.
 	Manager string
+	// Group is this program's group: its starts carry it, and Finished,
+	// WatchFinished, Poll and CancelAll see only its processes, so that
+	// programs sharing a serve keep apart. "" = the processes started
+	// without a group (Poll and CancelAll: all processes).
+	Group string
 }
 
 // Client is a connection to a drover serve. Its methods are safe for
 // concurrent use.
+//
+// Exits are exactly once per Client: serve keeps each exit it hands out
+// until this Client acknowledges it (on its next Finished, or by Ack after
+// WatchFinished), hands it to this Client again when a reply was lost, and
+// this Client never returns the same exit twice.
 type Client struct {
-	conn *grpc.ClientConn
-	rpc  droverpb.ControlClient
-	home string
-	addr string
-	info *ServeInfo
-	tls  *tls.Config
+	conn   *grpc.ClientConn
+	rpc    droverpb.ControlClient
+	home   string
+	addr   string
+	info   *ServeInfo
+	tls    *tls.Config
+	group  string
+	reader string // names this Client to serve for hand-out and acks
+
+	mu   sync.Mutex
+	held map[uint64]bool // exits returned and not yet acknowledged to serve
 }
 
 // Dial reads serve.json and makes a client of that serve. The connection
@@ -171,36 +198,37 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		if opts.Manager != "" {
-			return nil, &Error{ErrNoServe, fmt.Sprintf("no credentials for the manager at %s: DROVER_HOME=%s has no %s; copy the one of that drover serve there", opts.Manager, home, ServeFile)}
+			return nil, &Error{Kind: ErrNoServe, Msg: fmt.Sprintf("no credentials for the manager at %s: DROVER_HOME=%s has no %s; copy the one of that drover serve there", opts.Manager, home, ServeFile)}
 		}
-		return nil, &Error{ErrNoServe, fmt.Sprintf("no drover serve is running (DROVER_HOME=%s): start one with drover serve", home)}
+		return nil, &Error{Kind: ErrNoServe, Msg: fmt.Sprintf("no drover serve is running (DROVER_HOME=%s): start one with drover serve", home)}
 	case err != nil:
 		return nil, err
 	}
 	if info.Credentials == nil {
-		return nil, &Error{ErrRefused, fmt.Sprintf("%s has no credentials; restart drover serve", filepath.Join(home, ServeFile))}
+		return nil, &Error{Kind: ErrRefused, Msg: fmt.Sprintf("%s has no credentials; restart drover serve", filepath.Join(home, ServeFile))}
 	}
 	addr := opts.Manager
 	if addr == "" {
 		if dead, why := info.Stale(); dead {
-			return nil, &Error{ErrNoServe, fmt.Sprintf("no drover serve is running (DROVER_HOME=%s; its %s is stale: %s): start one with drover serve", home, ServeFile, why)}
+			return nil, &Error{Kind: ErrNoServe, Msg: fmt.Sprintf("no drover serve is running (DROVER_HOME=%s; its %s is stale: %s): start one with drover serve", home, ServeFile, why)}
 		}
 		addr = info.Address
 	}
 	if _, _, err := net.SplitHostPort(addr); err != nil {
-		return nil, &Error{ErrInvalid, fmt.Sprintf("manager address %q: %v", addr, err)}
+		return nil, &Error{Kind: ErrInvalid, Msg: fmt.Sprintf("manager address %q: %v", addr, err)}
 	}
 	b := &creds.Bundle{CA: info.Credentials.CA, Cert: info.Credentials.Cert, Key: info.Credentials.Key}
 	tlsConf, err := b.ClientTLS("")
 	if err != nil {
-		return nil, &Error{ErrRefused, fmt.Sprintf("the credentials in %s are broken (%v); restart drover serve", filepath.Join(home, ServeFile), err)}
+		return nil, &Error{Kind: ErrRefused, Msg: fmt.Sprintf("the credentials in %s are broken (%v); restart drover serve", filepath.Join(home, ServeFile), err)}
 	}
 	checkAcceptable(tlsConf)
 	conn, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)))
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
 	}
-	return &Client{conn: conn, rpc: droverpb.NewControlClient(conn), home: home, addr: addr, info: info, tls: tlsConf}, nil
+	return &Client{conn: conn, rpc: droverpb.NewControlClient(conn), home: home, addr: addr, info: info, tls: tlsConf,
+		group: opts.Group, reader: rand.Text(), held: map[uint64]bool{}}, nil
 }
 
 // checkAcceptable makes the handshake fail here, with a clear error, when
@@ -235,7 +263,16 @@ func (info *ServeInfo) Stale() (bool, string) {
 }
 
 // Close closes the connection.
-func (c *Client) Close() error { return c.conn.Close() }
+func (c *Client) Close() error {
+	// Acknowledge what was returned, so that no other reader gets it
+	// after the visibility timeout. Best effort: serve may be gone.
+	if ack := c.toAck(); len(ack) > 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_ = c.Ack(ctx, ack...)
+		cancel()
+	}
+	return c.conn.Close()
+}
 
 // Addr is the address dialled.
 func (c *Client) Addr() string { return c.addr }
@@ -256,12 +293,8 @@ func (c *Client) fail(err error) error {
 		return err
 	}
 	msg := st.Message()
-	for _, d := range st.Details() {
-		if ce, ok := d.(*droverpb.ControlError); ok {
-			if kind, ok := errKinds[ce.GetKind()]; ok {
-				return &Error{kind, msg}
-			}
-		}
+	if typed := pbconv.FromStatus(err); typed != nil {
+		return &Error{Kind: errdefs.Sentinel(errdefs.KindOf(typed)), Msg: msg, cause: typed}
 	}
 	switch st.Code() {
 	case codes.Canceled:
@@ -269,17 +302,17 @@ func (c *Client) fail(err error) error {
 	case codes.DeadlineExceeded:
 		return fmt.Errorf("%s: %w", msg, context.DeadlineExceeded)
 	case codes.Unauthenticated, codes.PermissionDenied:
-		return &Error{ErrRefused, fmt.Sprintf("the manager at %s refused the credentials in %s: %s", c.addr, c.serveFile(), msg)}
+		return &Error{Kind: ErrRefused, Msg: fmt.Sprintf("the manager at %s refused the credentials in %s: %s", c.addr, c.serveFile(), msg)}
 	case codes.Unavailable:
 		return c.connError(msg)
 	case codes.NotFound:
-		return &Error{ErrNotFound, msg}
+		return &Error{Kind: ErrNotFound, Msg: msg}
 	case codes.AlreadyExists:
-		return &Error{ErrExists, msg}
+		return &Error{Kind: ErrExists, Msg: msg}
 	case codes.InvalidArgument:
-		return &Error{ErrInvalid, msg}
+		return &Error{Kind: ErrInvalid, Msg: msg}
 	}
-	return &Error{nil, msg}
+	return &Error{Kind: nil, Msg: msg}
 }
 
 func (c *Client) serveFile() string { return filepath.Join(c.home, ServeFile) }
@@ -301,7 +334,7 @@ func (c *Client) connError(msg string) error {
 			return err
 		}
 	}
-	return &Error{ErrUnavailable, fmt.Sprintf("the manager at %s is unavailable: %s", c.addr, msg)}
+	return &Error{Kind: ErrUnavailable, Msg: fmt.Sprintf("the manager at %s is unavailable: %s", c.addr, msg)}
 }
 
 func tlsTrouble(low string) bool {
@@ -314,11 +347,11 @@ func tlsTrouble(low string) bool {
 }
 
 func (c *Client) noServe() error {
-	return &Error{ErrNoServe, fmt.Sprintf("no drover serve answers at %s (DROVER_HOME=%s): start one with drover serve", c.addr, c.home)}
+	return &Error{Kind: ErrNoServe, Msg: fmt.Sprintf("no drover serve answers at %s (DROVER_HOME=%s): start one with drover serve", c.addr, c.home)}
 }
 
 func (c *Client) refused(msg string) error {
-	return &Error{ErrRefused, fmt.Sprintf("the manager at %s refused the credentials in %s, or they are of another drover serve (restart it, or check DROVER_HOME): %s", c.addr, c.serveFile(), msg)}
+	return &Error{Kind: ErrRefused, Msg: fmt.Sprintf("the manager at %s refused the credentials in %s, or they are of another drover serve (restart it, or check DROVER_HOME): %s", c.addr, c.serveFile(), msg)}
 }
 
 // diagnose makes a TLS connection to the manager and waits for its first
@@ -343,18 +376,6 @@ func (c *Client) diagnose() error {
 		return c.refused(err.Error())
 	}
 	return nil
-}
-
-var errKinds = map[droverpb.ControlErrorKind]error{
-	droverpb.ControlErrorKind_CONTROL_ERROR_KIND_UNKNOWN_PROCESS: ErrNotFound,
-	droverpb.ControlErrorKind_CONTROL_ERROR_KIND_UNKNOWN_NODE:    ErrUnknownNode,
-	droverpb.ControlErrorKind_CONTROL_ERROR_KIND_DUPLICATE:       ErrExists,
-	droverpb.ControlErrorKind_CONTROL_ERROR_KIND_RUNNING:         ErrRunning,
-	droverpb.ControlErrorKind_CONTROL_ERROR_KIND_NOT_RUNNING:     ErrNotRunning,
-	droverpb.ControlErrorKind_CONTROL_ERROR_KIND_NO_CORES:        ErrNoCores,
-	droverpb.ControlErrorKind_CONTROL_ERROR_KIND_INVALID:         ErrInvalid,
-	droverpb.ControlErrorKind_CONTROL_ERROR_KIND_NODE_LOST:       ErrNodeLost,
-	droverpb.ControlErrorKind_CONTROL_ERROR_KIND_CLOSED:          ErrShuttingDown,
 }
 
 // Resources are a node's hardware threads, grouped by core, and memory.
@@ -414,6 +435,9 @@ type StartRequest struct {
 	Stdout string // file, created or truncated; "" = the manager keeps it for Logs
 	Stderr string
 	Cores  int // reserve and bind this many whole cores; 0 = unbound
+	// HWThreads binds to exactly these logical CPUs of the node (instead
+	// of Cores), reserving the cores that hold them.
+	HWThreads []int
 }
 
 // StartResult tells where a process runs.
@@ -432,19 +456,21 @@ func (c *Client) Start(ctx context.Context, req StartRequest) (StartResult, erro
 		}
 		abs, err := filepath.Abs(*p)
 		if err != nil {
-			return StartResult{}, &Error{ErrInvalid, fmt.Sprintf("start %s: %v", req.Name, err)}
+			return StartResult{}, &Error{Kind: ErrInvalid, Msg: fmt.Sprintf("start %s: %v", req.Name, err)}
 		}
 		*p = abs
 	}
 	r, err := c.rpc.Start(ctx, &droverpb.StartRequest{
-		Node:    req.Node,
-		Name:    req.Name,
-		Args:    req.Args,
-		Env:     req.Env,
-		Workdir: req.Dir,
-		Stdout:  req.Stdout,
-		Stderr:  req.Stderr,
-		Cores:   int32(req.Cores),
+		Node:      req.Node,
+		Name:      req.Name,
+		Args:      req.Args,
+		Env:       req.Env,
+		Workdir:   req.Dir,
+		Stdout:    req.Stdout,
+		Stderr:    req.Stderr,
+		Cores:     int32(req.Cores),
+		Hwthreads: droverpb.Int32s(req.HWThreads),
+		Group:     c.group,
 	})
 	if err != nil {
 		return StartResult{}, c.fail(err)
@@ -463,6 +489,8 @@ type Exit struct {
 	// Err is set when the result is not all there: outputs not collected,
 	// or the node was lost before it reported the exit.
 	Err string `json:"error,omitempty"`
+	// Seq numbers the exits serve hands out (Finished, WatchFinished).
+	Seq uint64 `json:"seq,omitempty"`
 }
 
 // String is "exit N" or "signal SIG", as `drover poll` prints it.
@@ -478,7 +506,7 @@ func (e Exit) String() string {
 func (e Exit) Success() bool { return e.Signal == "" && e.Code == 0 && e.Err == "" }
 
 func exitFromPB(e *droverpb.Exit) Exit {
-	out := Exit{Name: e.GetName(), Node: e.GetNode(), Code: int(e.GetCode()), Signal: e.GetSignal(), Err: e.GetError()}
+	out := Exit{Name: e.GetName(), Node: e.GetNode(), Code: int(e.GetCode()), Signal: e.GetSignal(), Err: e.GetError(), Seq: e.GetSeq()}
 	if e.GetStartUnixNano() != 0 {
 		out.Start = time.Unix(0, e.GetStartUnixNano())
 	}
@@ -492,12 +520,16 @@ func exitFromPB(e *droverpb.Exit) Exit {
 type Status struct {
 	Name    string
 	Running bool
-	Exit    Exit // when not Running
+	Exit    Exit  // when not Running and Err is nil
+	Err     error // this name could not be polled (ErrNotFound)
 }
 
-// String is "running", "exit N" or "signal SIG".
+// String is "running", "exit N", "signal SIG" or why it could not be polled.
 func (s Status) String() string {
-	if s.Running {
+	switch {
+	case s.Err != nil:
+		return s.Err.Error()
+	case s.Running:
 		return "running"
 	}
 	return s.Exit.String()
@@ -505,14 +537,16 @@ func (s Status) String() string {
 
 // Poll reports the named processes, or every known one when none is named.
 func (c *Client) Poll(ctx context.Context, names ...string) ([]Status, error) {
-	r, err := c.rpc.Poll(ctx, &droverpb.ControlPollRequest{Names: names})
+	r, err := c.rpc.Poll(ctx, &droverpb.ControlPollRequest{Names: names, Group: c.group})
 	if err != nil {
 		return nil, c.fail(err)
 	}
 	out := make([]Status, 0, len(r.GetStatuses()))
 	for _, s := range r.GetStatuses() {
 		st := Status{Name: s.GetName(), Running: s.GetRunning()}
-		if !st.Running {
+		if typed := pbconv.Error(s.GetError(), s.GetErrorDetail()); typed != nil {
+			st.Err = &Error{Kind: errdefs.Sentinel(errdefs.KindOf(typed)), Msg: s.GetError(), cause: typed}
+		} else if !st.Running {
 			st.Exit = exitFromPB(s.GetExit())
 			if st.Exit.Name == "" {
 				st.Exit.Name = st.Name
@@ -579,27 +613,111 @@ func (c *Client) Logs(ctx context.Context, name string, stderr, follow bool, w i
 	}
 }
 
-// Finished returns the exits of the processes started with Start since the
-// last call (by anyone), each exactly once. When there is none yet it
-// waits up to wait for one, and returns as soon as one comes (wait 0
-// returns at once): a loop of Finished(ctx, time.Minute) sees each exit
-// the moment serve has it, without polling.
+// Finished returns exits of the processes of this Client's group that it
+// has not returned before, and acknowledges those of its previous call.
+// When there is none it waits up to wait for one, and returns as soon as
+// one comes (wait 0 returns at once): a loop of Finished(ctx, time.Minute)
+// sees each exit the moment serve has it, without polling.
 func (c *Client) Finished(ctx context.Context, wait time.Duration) ([]Exit, error) {
-	r, err := c.rpc.Finished(ctx, &droverpb.FinishedRequest{WaitMs: wait.Milliseconds()})
+	ack := c.toAck()
+	r, err := c.rpc.Finished(ctx, &droverpb.FinishedRequest{WaitMs: wait.Milliseconds(), Client: c.reader, Ack: ack, Group: c.group})
 	if err != nil {
 		return nil, c.fail(err)
 	}
-	out := make([]Exit, 0, len(r.GetExits()))
-	for _, e := range r.GetExits() {
+	c.acked(ack)
+	return c.fresh(r.GetExits()), nil
+}
+
+// WatchFinished calls each with every exit of this Client's group as it
+// comes, until ctx ends (nil), the connection breaks or each fails (that
+// error). What each was called with is acknowledged; an exit handed out
+// but not passed to each stays with serve for the next call.
+func (c *Client) WatchFinished(ctx context.Context, each func(Exit) error) error {
+	ack := c.toAck()
+	stream, err := c.rpc.WatchFinished(ctx, &droverpb.WatchFinishedRequest{Client: c.reader, Group: c.group, Ack: ack})
+	if err != nil {
+		return c.fail(err)
+	}
+	for {
+		r, err := stream.Recv()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return c.fail(err)
+		}
+		c.acked(ack) // the stream began: serve has taken the acks
+		ack = nil
+		for _, e := range c.fresh(r.GetExits()) {
+			if err := each(e); err != nil {
+				return err
+			}
+			// Acknowledge at once: a program that dies later has
+			// nothing of it left to be handed out again.
+			if err := c.Ack(ctx, e.Seq); err != nil && ctx.Err() == nil {
+				return err
+			}
+		}
+	}
+}
+
+// Ack acknowledges exits this Client returned, so serve forgets them.
+// Finished does it for the exits of the call before; call Ack after the
+// last Finished, or leave it to Close.
+func (c *Client) Ack(ctx context.Context, seqs ...uint64) error {
+	if len(seqs) == 0 {
+		return nil
+	}
+	if _, err := c.rpc.Ack(ctx, &droverpb.AckRequest{Client: c.reader, Seqs: seqs}); err != nil {
+		return c.fail(err)
+	}
+	c.acked(seqs)
+	return nil
+}
+
+// toAck lists the exits returned and not yet acknowledged.
+func (c *Client) toAck() []uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]uint64, 0, len(c.held))
+	for s := range c.held {
+		out = append(out, s)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// acked forgets exits serve has taken the acknowledgement of: it will
+// never hand them out again.
+func (c *Client) acked(seqs []uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, s := range seqs {
+		delete(c.held, s)
+	}
+}
+
+// fresh converts exits, leaving out those this Client returned before.
+func (c *Client) fresh(pb []*droverpb.Exit) []Exit {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]Exit, 0, len(pb))
+	for _, e := range pb {
+		if c.held[e.GetSeq()] {
+			continue
+		}
+		if e.GetSeq() != 0 {
+			c.held[e.GetSeq()] = true
+		}
 		out = append(out, exitFromPB(e))
 	}
-	return out, nil
+	return out
 }
 
 // CancelAll stops every process (SIGTERM, grace, SIGKILL; 0 = serve's
 // --grace).
 func (c *Client) CancelAll(ctx context.Context, grace time.Duration) error {
-	_, err := c.rpc.CancelAll(ctx, &droverpb.CancelAllRequest{GraceMs: graceMillis(grace)})
+	_, err := c.rpc.CancelAll(ctx, &droverpb.CancelAllRequest{GraceMs: graceMillis(grace), Group: c.group})
 	return c.fail(err)
 }
 

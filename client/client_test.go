@@ -24,9 +24,9 @@ import (
 	"github.com/drover-hpc/drover/internal/cluster"
 	"github.com/drover-hpc/drover/internal/control"
 	"github.com/drover-hpc/drover/internal/creds"
+	"github.com/drover-hpc/drover/internal/errdefs"
 	"github.com/drover-hpc/drover/internal/jobfile"
 	"github.com/drover-hpc/drover/internal/node"
-	"github.com/drover-hpc/drover/internal/supervise"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -57,7 +57,7 @@ func (f *fake) Start(_ context.Context, req cluster.StartRequest) (cluster.Start
 	return cluster.StartResult{Node: req.Node, PID: 99, HWThreads: []int{2}}, nil
 }
 
-func (f *fake) Poll(_ context.Context, names ...string) ([]node.Status, error) {
+func (f *fake) Poll(_ context.Context, _ string, names ...string) ([]node.Status, error) {
 	if err := f.fail(); err != nil {
 		return nil, err
 	}
@@ -83,8 +83,8 @@ func (f *fake) Logs(_ context.Context, name string, stderr, follow bool, w io.Wr
 	return err
 }
 
-func (f *fake) Finished(context.Context, time.Duration) ([]node.Exit, error) {
-	return []node.Exit{{Name: "c", Node: "n1", Code: -1, Signal: syscall.SIGKILL}}, f.fail()
+func (f *fake) Finished(context.Context, cluster.FinishedRequest) ([]cluster.Receipt, error) {
+	return []cluster.Receipt{{Seq: 1, Exit: node.Exit{Name: "c", Node: "n1", Code: -1, Signal: syscall.SIGKILL}}}, f.fail()
 }
 
 func (f *fake) Submit(_ context.Context, file *jobfile.File) ([]string, error) {
@@ -253,15 +253,15 @@ func TestErrorsMapBack(t *testing.T) {
 	s := serveAPI(t, api)
 	c := s.dial(t)
 	for _, tc := range []struct{ core, want error }{
-		{supervise.ErrUnknown, client.ErrNotFound},
-		{cluster.ErrUnknownNode, client.ErrUnknownNode},
-		{supervise.ErrDuplicate, client.ErrExists},
-		{supervise.ErrRunning, client.ErrRunning},
-		{supervise.ErrNotRunning, client.ErrNotRunning},
-		{cluster.ErrNoCores, client.ErrNoCores},
-		{cluster.ErrInvalid, client.ErrInvalid},
-		{cluster.ErrNodeLost, client.ErrNodeLost},
-		{cluster.ErrShuttingDown, client.ErrShuttingDown},
+		{errdefs.ErrUnknownProcess, client.ErrNotFound},
+		{errdefs.ErrUnknownNode, client.ErrUnknownNode},
+		{errdefs.ErrDuplicate, client.ErrExists},
+		{errdefs.ErrRunning, client.ErrRunning},
+		{errdefs.ErrNotRunning, client.ErrNotRunning},
+		{errdefs.ErrBusy, client.ErrBusy},
+		{errdefs.ErrInvalid, client.ErrInvalid},
+		{errdefs.ErrNodeLost, client.ErrNodeLost},
+		{errdefs.ErrClosed, client.ErrShuttingDown},
 	} {
 		api.setErr(fmt.Errorf("op on n1: %w", tc.core))
 		err := c.Stop(ctx(t), "a", 0)

@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/drover-hpc/drover/internal/errdefs"
 	"github.com/drover-hpc/drover/internal/node"
 	"github.com/drover-hpc/drover/internal/ports"
 	"github.com/drover-hpc/drover/internal/supervise"
@@ -198,7 +199,7 @@ func (a *Agent) waitFor(ctx context.Context, name string, limit time.Duration) e
 		case <-cancelled:
 			return ErrCancelled
 		case <-expired:
-			return node.ErrAfterTimeout
+			return errdefs.ErrAfterTimeout
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -231,11 +232,11 @@ func (a *Agent) start(ctx context.Context, spec node.ProcessSpec) (node.Started,
 	a.mu.Lock()
 	if a.closed {
 		a.mu.Unlock()
-		return node.Started{}, supervise.ErrClosed
+		return node.Started{}, errdefs.ErrClosed
 	}
 	if _, dup := a.pending[spec.Name]; dup {
 		a.mu.Unlock()
-		return node.Started{}, supervise.ErrDuplicate
+		return node.Started{}, errdefs.ErrDuplicate
 	}
 	after := &afterExit{dir: spec.Dir, outputs: spec.Outputs, outputDir: spec.OutputDir, autoPurge: spec.AutoPurge, done: make(chan struct{})}
 	a.pending[spec.Name] = after // claims the name while we stage

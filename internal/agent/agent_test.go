@@ -20,8 +20,8 @@ import (
 	"github.com/drover-hpc/drover/internal/agent"
 	"github.com/drover-hpc/drover/internal/childtest"
 	"github.com/drover-hpc/drover/internal/e2e"
+	"github.com/drover-hpc/drover/internal/errdefs"
 	"github.com/drover-hpc/drover/internal/node"
-	"github.com/drover-hpc/drover/internal/supervise"
 	"github.com/drover-hpc/drover/internal/topology"
 )
 
@@ -796,7 +796,7 @@ func TestDuplicateName(t *testing.T) {
 	start(t, a, node.ProcessSpec{Name: "dup", Args: helper("touch="+ready, "sleep=2m")})
 	waitFile(t, ready)
 	_, err := a.Start(ctx, node.ProcessSpec{Name: "dup", Args: helper("exit=0")})
-	if err == nil || !errors.Is(err, supervise.ErrDuplicate) || !strings.Contains(err.Error(), "dup") {
+	if err == nil || !errors.Is(err, errdefs.ErrDuplicate) || !strings.Contains(err.Error(), "dup") {
 		t.Fatalf("second start of a running name: %v", err)
 	}
 	st, err := a.Poll(ctx, "dup")
@@ -1347,7 +1347,7 @@ func TestAfterWaitsForANameNotSeenYet(t *testing.T) {
 	}
 	_, err := a.Start(context.Background(), node.ProcessSpec{Name: "orphan", Args: helper("exit=0"),
 		After: "never", AfterTimeout: 50 * time.Millisecond})
-	if !errors.Is(err, node.ErrAfterTimeout) {
+	if !errors.Is(err, errdefs.ErrAfterTimeout) {
 		t.Fatalf("start behind a name that never comes: %v, want ErrAfterTimeout", err)
 	}
 }

@@ -235,7 +235,7 @@ func runServe(e *env, f *serveFlags, listenChanged bool) error {
 		select {
 		case <-sigs:
 			log.Warn("serve: second signal: killing every process")
-			if err := cl.CancelAll(ctx, 0); err != nil {
+			if err := cl.CancelAll(ctx, "", 0); err != nil {
 				log.Warn("serve: kill every process", "err", err)
 			}
 		case <-ctx.Done():

@@ -22,6 +22,7 @@ import (
 	"github.com/drover-hpc/drover/client"
 	"github.com/drover-hpc/drover/internal/control"
 	"github.com/drover-hpc/drover/internal/jobfile"
+	"github.com/drover-hpc/drover/internal/topology"
 )
 
 // The control verbs talk to a running `drover serve` through the client
@@ -34,6 +35,12 @@ import (
 // verbFlags are the flags every verb has.
 type verbFlags struct {
 	manager string
+	group   string
+}
+
+// addGroupFlag lets a verb act for one program's group (see client.Options.Group).
+func addGroupFlag(cmd *cobra.Command, vf *verbFlags) {
+	cmd.Flags().StringVar(&vf.group, "group", "", "act for this program's group only: starts carry it; poll, finished and cancel-all see only its processes")
 }
 
 func addVerbFlags(cmd *cobra.Command, vf *verbFlags) {
@@ -45,7 +52,7 @@ func addVerbFlags(cmd *cobra.Command, vf *verbFlags) {
 func withClient(vf *verbFlags, fn func(ctx context.Context, c *client.Client) error) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	c, err := client.Dial(ctx, client.Options{Manager: vf.manager})
+	c, err := client.Dial(ctx, client.Options{Manager: vf.manager, Group: vf.group})
 	if err != nil {
 		return verbError(err)
 	}
@@ -135,6 +142,7 @@ func newStart(e *env) *cobra.Command {
 	vf := &verbFlags{}
 	var req client.StartRequest
 	var envs []string
+	var hwthreads string
 	cmd := &cobra.Command{
 		Use:   "start --node N --name NAME [flags] -- CMD [ARG...]",
 		Short: "Start a named process on a node",
@@ -161,6 +169,16 @@ It prints the node, pid and bound hardware threads.` + verbNote,
 			}
 			if req.Cores < 0 {
 				return usageError("--cores must be >= 0")
+			}
+			if hwthreads != "" {
+				hw, err := topology.ParseCPUList(hwthreads)
+				if err != nil || len(hw) == 0 {
+					return usageError("--hwthreads %q: want a cpu list such as 0,2 or 4-7", hwthreads)
+				}
+				if req.Cores > 0 {
+					return usageError("--hwthreads and --cores exclude each other")
+				}
+				req.HWThreads = hw
 			}
 			req.Args = args
 			for _, kv := range envs {
@@ -195,7 +213,9 @@ It prints the node, pid and bound hardware threads.` + verbNote,
 	fl.StringVar(&req.Stderr, "stderr", "", "file for its stderr (default: kept for drover logs)")
 	fl.StringArrayVar(&envs, "env", nil, "KEY=VALUE added to its environment; repeatable")
 	fl.IntVar(&req.Cores, "cores", 0, "whole cores to reserve and bind it to (default: none, unbound)")
+	fl.StringVar(&hwthreads, "hwthreads", "", "bind it to exactly these hardware threads (a cpu list: 0,2 or 4-7), reserving their cores")
 	addVerbFlags(cmd, vf)
+	addGroupFlag(cmd, vf)
 	return cmd
 }
 
@@ -215,14 +235,20 @@ it is purged.` + verbNote,
 				if err != nil {
 					return err
 				}
+				var unknown []error
 				for _, s := range sts {
+					if s.Err != nil {
+						unknown = append(unknown, s.Err)
+						continue
+					}
 					fmt.Fprintf(e.stdout, "%s %s\n", s.Name, s)
 				}
-				return nil
+				return errors.Join(unknown...)
 			})
 		},
 	}
 	addVerbFlags(cmd, vf)
+	addGroupFlag(cmd, vf)
 	return cmd
 }
 
@@ -350,6 +376,7 @@ it is printed, or Ctrl-C. With several names, each line is prefixed with
 func newFinished(e *env) *cobra.Command {
 	vf := &verbFlags{}
 	var wait time.Duration
+	var follow bool
 	cmd := &cobra.Command{
 		Use:   "finished",
 		Short: "Print the processes that ended since the last call",
@@ -358,32 +385,51 @@ drover start that ended since the last drover finished (by anyone): each
 exit exactly once. A process whose node was lost before it reported its
 end shows as "NAME exit -1 (node lost)". With --wait, when none has ended
 yet, it waits up to that long and prints the first to end as soon as it
-does.` + verbNote,
+does. With --follow it prints each end as it comes until interrupted.
+
+An exit is handed out until the caller acknowledges it: drover finished
+does so once it has printed it, so an exit whose line was never printed
+(the command was killed first) is handed out again.` + verbNote,
 		Example: `  drover finished
-  drover finished --wait 1m   # block until something ends (at most a minute)`,
+  drover finished --wait 1m   # block until something ends (at most a minute)
+  drover finished -f          # print each end as it comes`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if wait < 0 {
 				return usageError("--wait %v: must not be negative", wait)
 			}
+			if follow && wait > 0 {
+				return usageError("--wait and --follow exclude each other")
+			}
+			print := func(x client.Exit) error {
+				if x.Err != "" {
+					_, err := fmt.Fprintf(e.stdout, "%s %s (%s)\n", x.Name, x, x.Err)
+					return err
+				}
+				_, err := fmt.Fprintf(e.stdout, "%s %s\n", x.Name, x)
+				return err
+			}
 			return withClient(vf, func(ctx context.Context, c *client.Client) error {
+				if follow {
+					return c.WatchFinished(ctx, print)
+				}
 				exits, err := c.Finished(ctx, wait)
 				if err != nil {
 					return err
 				}
 				for _, x := range exits {
-					if x.Err != "" {
-						fmt.Fprintf(e.stdout, "%s %s (%s)\n", x.Name, x, x.Err)
-					} else {
-						fmt.Fprintf(e.stdout, "%s %s\n", x.Name, x)
+					if err := print(x); err != nil {
+						return err
 					}
 				}
-				return nil
+				return nil // Close acknowledges them
 			})
 		},
 	}
 	cmd.Flags().DurationVar(&wait, "wait", 0, "when nothing has ended yet, wait up to this long for something to")
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "print each end as it comes, until interrupted")
 	addVerbFlags(cmd, vf)
+	addGroupFlag(cmd, vf)
 	return cmd
 }
 
@@ -409,6 +455,7 @@ after --grace (default: serve's --grace).` + verbNote,
 	}
 	cmd.Flags().DurationVar(&grace, "grace", 0, "time between SIGTERM and SIGKILL (default: serve's --grace)")
 	addVerbFlags(cmd, vf)
+	addGroupFlag(cmd, vf)
 	return cmd
 }
 

@@ -31,6 +31,31 @@ type StartRequest struct {
 	Node  string
 	Spec  node.ProcessSpec // Name, Args, Env, Dir, Stdout, Stderr used
 	Cores int              // reserve and bind this many whole cores; 0 = unbound, none reserved
+	// HWThreads binds to exactly these logical CPUs, reserving the cores
+	// that hold them (instead of Cores).
+	HWThreads []int
+	// Group is the program's group: Finished, Poll and CancelAll given
+	// a group see only its processes.
+	Group string
+}
+
+// FinishedRequest asks for exits of processes started with Start.
+type FinishedRequest struct {
+	// Reader names the caller for hand-out and acknowledgement; "" takes
+	// exits at most once (what is handed out is gone).
+	Reader string
+	Group  string
+	// Ack acknowledges exits handed to Reader before.
+	Ack []uint64
+	// Wait: when there is none, wait up to this long for one.
+	Wait time.Duration
+}
+
+// Receipt is an exit handed out by Finished, with its sequence number.
+type Receipt struct {
+	Seq   uint64
+	Group string
+	Exit  node.Exit
 }
 
 // StartResult tells where a process runs.
@@ -56,12 +81,15 @@ type JobInfo struct {
 
 // API is what `drover serve` offers. Process names are unique across the
 // cluster, so verbs other than start need no node. Errors wrap typed core
-// errors (ErrUnknownNode, supervise.ErrUnknown, ...) so adapters can map
+// errors (errdefs.ErrUnknownNode, errdefs.ErrUnknownProcess, ...) so adapters can map
 // them to statuses.
 type API interface {
 	Nodes(ctx context.Context) ([]NodeInfo, error)
 	Start(ctx context.Context, req StartRequest) (StartResult, error)
-	Poll(ctx context.Context, names ...string) ([]node.Status, error)
+	// Poll reports the named processes, or all known ones (of the group,
+	// when group is not empty). A name it does not know is reported as
+	// node.Unknown.
+	Poll(ctx context.Context, group string, names ...string) ([]node.Status, error)
 	Stop(ctx context.Context, name string, grace time.Duration) error
 	Kill(ctx context.Context, name string) error
 	Purge(ctx context.Context, name string) error
@@ -70,11 +98,22 @@ type API interface {
 	// follow it keeps streaming until the process has exited and all its
 	// output is sent, or ctx ends.
 	Logs(ctx context.Context, name string, stderr, follow bool, w io.Writer) error
-	// Finished returns the exits of processes started with Start since the
-	// last call, each exactly once. When there is none yet it waits up to
-	// wait for one (0: it does not wait).
-	Finished(ctx context.Context, wait time.Duration) ([]node.Exit, error)
-	CancelAll(ctx context.Context, grace time.Duration) error
+	// Finished hands out the exits of processes started with Start in
+	// the request's group: those never handed out, those handed to this
+	// reader and not acknowledged, and those whose visibility timeout has
+	// passed. Each stays until its reader acknowledges it (Ack, or the
+	// reader's next Finished). When there is none it waits up to
+	// req.Wait for one (0: it does not wait).
+	Finished(ctx context.Context, req FinishedRequest) ([]Receipt, error)
+	// WatchFinished calls send with exits of the group as they come, with
+	// the same hand-out as Finished (acknowledged with Ack), until ctx
+	// ends or send fails. Exits it handed out and that were not
+	// acknowledged when it returns are visible to every reader again.
+	WatchFinished(ctx context.Context, reader, group string, send func([]Receipt) error) error
+	// Ack acknowledges exits handed to reader; others are ignored.
+	Ack(ctx context.Context, reader string, seqs []uint64) error
+	// CancelAll stops the processes of group, or all when group is "".
+	CancelAll(ctx context.Context, group string, grace time.Duration) error
 	GetEnv(ctx context.Context, nodeName, key string) (string, bool, error)
 	SetEnv(ctx context.Context, nodeName, key, value string) error
 	BindPorts(ctx context.Context, nodeName string, udp bool, n int) ([]int, error)

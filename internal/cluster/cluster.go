@@ -9,7 +9,8 @@ package cluster
 // it, so an exit that overtakes its Start reply still finds its owner.
 //
 //   - Processes started with API.Start belong to the Cluster: their exits
-//     go to its finished list, which API.Finished hands out exactly once.
+//     go to its mailbox, in the box of the start's group, which Finished
+//     and WatchFinished hand out and keep until acknowledged.
 //   - Processes started by a submission's queue belong to a view: a small
 //     node.Node around the real node (see view.go), one per node and
 //     submission. A view's Finished and Ready carry only its own exits, and
@@ -24,7 +25,7 @@ package cluster
 // results directory Home/runs/3/sim.0/ keep the plain instance name);
 // the verbs (poll, logs, stop, ...) know it as "3.sim.0". A submission's
 // names stay reserved for it for as long as the Cluster lives: a Start of
-// "3.sim.0" fails with supervise.ErrDuplicate even before that instance
+// "3.sim.0" fails with errdefs.ErrDuplicate even before that instance
 // runs or after it ended. Submission numbers count from 1, skipping any
 // number whose results directory already exists under Home/runs (an
 // earlier serve with the same home) or that is the prefix "N." of a name
@@ -48,6 +49,7 @@ package cluster
 // on other machines are on those machines.
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -60,27 +62,14 @@ import (
 	"time"
 
 	"github.com/drover-hpc/drover/internal/cores"
+	"github.com/drover-hpc/drover/internal/errdefs"
+	"github.com/drover-hpc/drover/internal/mailbox"
 	"github.com/drover-hpc/drover/internal/node"
-	"github.com/drover-hpc/drover/internal/supervise"
 	"github.com/drover-hpc/drover/internal/topology"
 )
 
-// Errors of the Cluster, besides the supervisor's typed errors
-// (supervise.ErrDuplicate, ErrUnknown, ErrRunning, ErrNotRunning) that it
-// also returns, wrapped. Test with errors.Is.
-var (
-	// ErrUnknownNode: no node of that name has joined.
-	ErrUnknownNode = errors.New("unknown node")
-	// ErrNodeLost: the node was lost (its Ready was closed, or it says so).
-	ErrNodeLost = errors.New("node lost")
-	// ErrNoCores: a Start asked for more whole cores than the node has free.
-	ErrNoCores = errors.New("not enough free cores")
-	// ErrInvalid: a request that cannot be carried out as given (a bad
-	// process name, no command, a negative core count, ...).
-	ErrInvalid = errors.New("invalid request")
-	// ErrShuttingDown: Shutdown or Close was called; nothing new starts.
-	ErrShuttingDown = errors.New("cluster is shutting down")
-)
+// The Cluster's errors are errdefs kinds: UnknownNode, NodeLost, Busy (not
+// enough free cores), Invalid, Closed (shutting down), and the supervisor's.
 
 // lostExitErr is the Err of the Exit made for a process whose node was
 // lost before it reported the exit.
@@ -97,7 +86,14 @@ type Options struct {
 	// Grace is the default time between SIGTERM and SIGKILL: for
 	// Shutdown, and for submissions' queues. 0 means 10s.
 	Grace time.Duration
+	// Visibility is how long an exit handed out by Finished and not
+	// acknowledged stays with its reader before any reader may take it.
+	// 0 means DefaultVisibility.
+	Visibility time.Duration
 }
+
+// DefaultVisibility is the visibility timeout of handed-out exits.
+const DefaultVisibility = 5 * time.Second
 
 // Cluster implements API over the nodes given to AddNode.
 type Cluster struct {
@@ -115,10 +111,9 @@ type Cluster struct {
 	closed   bool // Close was called: no more nodes
 	stopping bool // Shutdown or Close was called: no new starts or submissions
 	members  []*member
-	byName   map[string]*member // the current member of each name
-	procs    map[string]*proc   // every known process, by cluster-wide name
-	finished []node.Exit        // exits of Start-ed processes not yet returned
-	exitCame chan struct{}      // closed when finished gets an exit; nil if none waits
+	byName   map[string]*member          // the current member of each name
+	procs    map[string]*proc            // every known process, by cluster-wide name
+	mail     *mailbox.Mailbox[node.Exit] // exits of Start-ed processes, by group, until acknowledged
 	subs     []*submission
 	subByNum map[int]*submission
 	lastSub  int
@@ -150,6 +145,7 @@ type proc struct {
 	name  string // cluster-wide, as on the node
 	m     *member
 	view  *view // nil: started with Start
+	group string
 	state procState
 	cores []int // pool core indices held until the exit
 	hw    []int
@@ -190,6 +186,7 @@ func New(opts Options) *Cluster {
 		byName:     make(map[string]*member),
 		procs:      make(map[string]*proc),
 		subByNum:   make(map[int]*submission),
+		mail:       mailbox.New[node.Exit](cmp.Or(opts.Visibility, DefaultVisibility)),
 	}
 }
 
@@ -308,11 +305,7 @@ func (c *Cluster) exitedLocked(p *proc, e node.Exit, real bool) {
 	delete(p.m.procs, p.name)
 	c.releaseLocked(p)
 	if p.view == nil {
-		c.finished = append(c.finished, e)
-		if c.exitCame != nil {
-			close(c.exitCame)
-			c.exitCame = nil
-		}
+		c.mail.Put(p.group, e)
 		return
 	}
 	delete(p.view.procs, p.name)
@@ -410,7 +403,7 @@ func (c *Cluster) startDone(p *proc, st node.Started, err error) error {
 					} else {
 						err = n.Stop(context.Background(), name, grace)
 					}
-					if err != nil && !errors.Is(err, supervise.ErrNotRunning) && !errors.Is(err, supervise.ErrUnknown) {
+					if err != nil && !errors.Is(err, errdefs.ErrNotRunning) && !errors.Is(err, errdefs.ErrUnknownProcess) {
 						c.log.Warn("stop asked for while starting", "name", name, "err", err)
 					}
 				}
@@ -424,10 +417,10 @@ func (c *Cluster) startDone(p *proc, st node.Started, err error) error {
 	return nil
 }
 
-// lostErr makes err match ErrNodeLost when the node is lost, keeping its
+// lostErr makes err match errdefs.ErrNodeLost when the node is lost, keeping its
 // message (which already names the operation, process and node).
 func (c *Cluster) lostErr(m *member, lost bool, err error) error {
-	if err == nil || errors.Is(err, ErrNodeLost) {
+	if err == nil || errors.Is(err, errdefs.ErrNodeLost) {
 		return err
 	}
 	if lost || nodeState(m.n) == "lost" {
@@ -439,7 +432,7 @@ func (c *Cluster) lostErr(m *member, lost bool, err error) error {
 type lostError struct{ err error }
 
 func (e *lostError) Error() string   { return e.err.Error() }
-func (e *lostError) Unwrap() []error { return []error{e.err, ErrNodeLost} }
+func (e *lostError) Unwrap() []error { return []error{e.err, errdefs.ErrNodeLost} }
 
 // nodeState is the node's own State() ("up", "disconnected", "lost"), or
 // "" when it has none.
@@ -454,10 +447,10 @@ func nodeState(n node.Node) string {
 func (c *Cluster) memberLocked(op, name string) (*member, error) {
 	m := c.byName[name]
 	if m == nil {
-		return nil, fmt.Errorf("%s on %s: %w", op, name, ErrUnknownNode)
+		return nil, fmt.Errorf("%s on %s: %w", op, name, errdefs.ErrUnknownNode)
 	}
 	if m.lost || nodeState(m.n) == "lost" {
-		return nil, fmt.Errorf("%s on %s: %w", op, name, ErrNodeLost)
+		return nil, fmt.Errorf("%s on %s: %w", op, name, errdefs.ErrNodeLost)
 	}
 	return m, nil
 }
@@ -539,13 +532,13 @@ func (c *Cluster) reservedLocked(name string) bool {
 func checkName(name string) error {
 	switch {
 	case name == "":
-		return fmt.Errorf("%w: empty process name", ErrInvalid)
+		return fmt.Errorf("%w: empty process name", errdefs.ErrInvalid)
 	case name == "." || name == "..":
-		return fmt.Errorf("%w: process name %q", ErrInvalid, name)
+		return fmt.Errorf("%w: process name %q", errdefs.ErrInvalid, name)
 	case strings.ContainsAny(name, "/\x00"):
-		return fmt.Errorf("%w: process name %q has a slash or NUL", ErrInvalid, name)
+		return fmt.Errorf("%w: process name %q has a slash or NUL", errdefs.ErrInvalid, name)
 	case len(name) > 255:
-		return fmt.Errorf("%w: process name longer than 255 bytes", ErrInvalid)
+		return fmt.Errorf("%w: process name longer than 255 bytes", errdefs.ErrInvalid)
 	}
 	return nil
 }

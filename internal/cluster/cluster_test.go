@@ -16,10 +16,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/drover-hpc/drover/internal/errdefs"
 	"github.com/drover-hpc/drover/internal/jobfile"
 	"github.com/drover-hpc/drover/internal/node"
 	"github.com/drover-hpc/drover/internal/results"
-	"github.com/drover-hpc/drover/internal/supervise"
 	"github.com/drover-hpc/drover/internal/topology"
 )
 
@@ -45,7 +45,7 @@ func TestStartOnNamedNodeAndFinishedOnce(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(c.opts.Home, "procs", "three", "stderr")); err != nil {
 		t.Fatal(err)
 	}
-	if f, _ := c.Finished(ctxT(t), 0); len(f) != 0 {
+	if f, _ := exitsOf(c, ctxT(t), 0); len(f) != 0 {
 		t.Fatalf("reported again: %+v", f)
 	}
 
@@ -86,19 +86,19 @@ func TestStartErrors(t *testing.T) {
 	start(t, c, "n1", "a", helper("sleep=30s")...)
 
 	_, err := c.Start(ctx, StartRequest{Node: "n1", Spec: node.ProcessSpec{Name: "a", Args: helper()}})
-	if !errors.Is(err, supervise.ErrDuplicate) || !strings.Contains(err.Error(), "start a on n1") {
+	if !errors.Is(err, errdefs.ErrDuplicate) || !strings.Contains(err.Error(), "start a on n1") {
 		t.Fatalf("duplicate: %v", err)
 	}
 	_, err = c.Start(ctx, StartRequest{Node: "n9", Spec: node.ProcessSpec{Name: "b", Args: helper()}})
-	if !errors.Is(err, ErrUnknownNode) || !strings.Contains(err.Error(), "n9") {
+	if !errors.Is(err, errdefs.ErrUnknownNode) || !strings.Contains(err.Error(), "n9") {
 		t.Fatalf("unknown node: %v", err)
 	}
 	for _, bad := range []string{"", "..", "x/y"} {
-		if _, err := c.Start(ctx, StartRequest{Node: "n1", Spec: node.ProcessSpec{Name: bad, Args: helper()}}); !errors.Is(err, ErrInvalid) {
+		if _, err := c.Start(ctx, StartRequest{Node: "n1", Spec: node.ProcessSpec{Name: bad, Args: helper()}}); !errors.Is(err, errdefs.ErrInvalid) {
 			t.Errorf("name %q: %v", bad, err)
 		}
 	}
-	if _, err := c.Start(ctx, StartRequest{Node: "n1", Spec: node.ProcessSpec{Name: "rel", Args: helper(), Stdout: "out.txt"}}); !errors.Is(err, ErrInvalid) {
+	if _, err := c.Start(ctx, StartRequest{Node: "n1", Spec: node.ProcessSpec{Name: "rel", Args: helper(), Stdout: "out.txt"}}); !errors.Is(err, errdefs.ErrInvalid) {
 		t.Errorf("relative stdout without a work dir: %v", err)
 	}
 	// A start the node refuses leaves the name free.
@@ -116,7 +116,7 @@ func TestStartErrors(t *testing.T) {
 	if e := col.wait(t, "a")["a"]; e.Signal != syscall.SIGKILL {
 		t.Fatalf("exit %+v", e)
 	}
-	if _, err := c.Start(ctx, StartRequest{Node: "n1", Spec: node.ProcessSpec{Name: "a", Args: helper()}}); !errors.Is(err, supervise.ErrDuplicate) {
+	if _, err := c.Start(ctx, StartRequest{Node: "n1", Spec: node.ProcessSpec{Name: "a", Args: helper()}}); !errors.Is(err, errdefs.ErrDuplicate) {
 		t.Fatalf("start over an exited process: %v", err)
 	}
 	if err := c.Purge(ctx, "a"); err != nil {
@@ -162,12 +162,12 @@ func TestCoresReservedAndBound(t *testing.T) {
 
 	// All cores are more than are free now.
 	_, err = c.Start(ctx, StartRequest{Node: "n1", Cores: total, Spec: node.ProcessSpec{Name: "big", Args: helper()}})
-	if !errors.Is(err, ErrNoCores) || !strings.Contains(err.Error(), "start big on n1") {
-		t.Fatalf("want ErrNoCores: %v", err)
+	if !errors.Is(err, errdefs.ErrBusy) || !strings.Contains(err.Error(), "start big on n1") {
+		t.Fatalf("want errdefs.ErrBusy: %v", err)
 	}
 	_, err = c.Start(ctx, StartRequest{Node: "n1", Cores: total + 1, Spec: node.ProcessSpec{Name: "huge", Args: helper()}})
-	if !errors.Is(err, ErrNoCores) {
-		t.Fatalf("want ErrNoCores: %v", err)
+	if !errors.Is(err, errdefs.ErrBusy) {
+		t.Fatalf("want errdefs.ErrBusy: %v", err)
 	}
 	// Unbound processes need no cores.
 	start(t, c, "n1", "free", helper()...)
@@ -198,7 +198,7 @@ func TestVerbs(t *testing.T) {
 	start(t, c, "n1", "sleeper", helper("sleep=30s")...)
 	start(t, c, "n1", "stubborn", helper("ignoreterm", "out=ready", "sleep=30s")...)
 
-	st, err := c.Poll(ctx)
+	st, err := c.Poll(ctx, "", "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -212,7 +212,7 @@ func TestVerbs(t *testing.T) {
 	if !slices.Equal(names, []string{"echo", "sleeper", "stubborn"}) {
 		t.Fatalf("poll all: %v", names)
 	}
-	if _, err := c.Poll(ctx, "echo", "nope"); !errors.Is(err, supervise.ErrUnknown) {
+	if _, err := c.Poll(ctx, "", "echo", "nope"); !errors.Is(err, errdefs.ErrUnknownProcess) {
 		t.Fatalf("poll unknown: %v", err)
 	}
 
@@ -220,7 +220,7 @@ func TestVerbs(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitOutput(t, c, "echo", "got hello")
-	if err := c.Purge(ctx, "echo"); !errors.Is(err, supervise.ErrRunning) {
+	if err := c.Purge(ctx, "echo"); !errors.Is(err, errdefs.ErrRunning) {
 		t.Fatalf("purge running: %v", err)
 	}
 	if err := c.Send(ctx, "echo", []byte("quit\n")); err != nil {
@@ -229,14 +229,14 @@ func TestVerbs(t *testing.T) {
 	if e := col.wait(t, "echo")["echo"]; e.Code != 0 || e.Signal != 0 {
 		t.Fatalf("echo: %+v", e)
 	}
-	st, _ = c.Poll(ctx, "echo")
+	st, _ = c.Poll(ctx, "", "echo")
 	if st[0].State != node.Exited || st[0].Exit.String() != "exit 0" {
 		t.Fatalf("poll echo: %+v", st)
 	}
-	if err := c.Send(ctx, "echo", []byte("x\n")); !errors.Is(err, supervise.ErrNotRunning) {
+	if err := c.Send(ctx, "echo", []byte("x\n")); !errors.Is(err, errdefs.ErrNotRunning) {
 		t.Fatalf("send after exit: %v", err)
 	}
-	if err := c.Stop(ctx, "echo", 0); !errors.Is(err, supervise.ErrNotRunning) {
+	if err := c.Stop(ctx, "echo", 0); !errors.Is(err, errdefs.ErrNotRunning) {
 		t.Fatalf("stop after exit: %v", err)
 	}
 
@@ -259,7 +259,7 @@ func TestVerbs(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if st, _ := c.Poll(ctx); len(st) != 0 {
+	if st, _ := c.Poll(ctx, "", ""); len(st) != 0 {
 		t.Fatalf("after purge: %+v", st)
 	}
 	for name, err := range map[string]error{
@@ -269,7 +269,7 @@ func TestVerbs(t *testing.T) {
 		"purge": c.Purge(ctx, "echo"),
 		"logs":  c.Logs(ctx, "echo", false, false, &bytes.Buffer{}),
 	} {
-		if !errors.Is(err, supervise.ErrUnknown) || !strings.Contains(err.Error(), name+" echo") {
+		if !errors.Is(err, errdefs.ErrUnknownProcess) || !strings.Contains(err.Error(), name+" echo") {
 			t.Errorf("%s unknown: %v", name, err)
 		}
 	}
@@ -341,7 +341,7 @@ func TestCancelAll(t *testing.T) {
 	}
 	start(t, c, "n1", "stubborn", helper("ignoreterm", "out=ready", "sleep=30s")...)
 	waitOutput(t, c, "stubborn", "ready")
-	if err := c.CancelAll(ctxT(t), 200*time.Millisecond); err != nil {
+	if err := c.CancelAll(ctxT(t), "", 200*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
 	exits := col.wait(t, append(names, "stubborn")...)
@@ -415,7 +415,7 @@ func TestNodeVerbs(t *testing.T) {
 		"release": c.ReleasePorts(ctx, "n9", false, []int{1}),
 		"level":   c.SetLogLevel(ctx, "n9", "info"),
 	} {
-		if !errors.Is(err, ErrUnknownNode) || !strings.Contains(err.Error(), "n9") {
+		if !errors.Is(err, errdefs.ErrUnknownNode) || !strings.Contains(err.Error(), "n9") {
 			t.Errorf("%s on an unknown node: %v", name, err)
 		}
 	}
@@ -504,7 +504,7 @@ jobs:
 	}
 	// The submission's names are reserved, before and after they run.
 	for _, n := range []string{"2.sim.3", "2.gate"} {
-		if _, err := c.Start(ctx, StartRequest{Node: "n1", Spec: node.ProcessSpec{Name: n, Args: helper()}}); !errors.Is(err, supervise.ErrDuplicate) {
+		if _, err := c.Start(ctx, StartRequest{Node: "n1", Spec: node.ProcessSpec{Name: n, Args: helper()}}); !errors.Is(err, errdefs.ErrDuplicate) {
 			t.Fatalf("start %s: %v", n, err)
 		}
 	}
@@ -569,7 +569,7 @@ jobs:
 	if err := c.Logs(ctx, "2.bad", true, false, &b); err != nil || b.String() != "oops\n" {
 		t.Fatalf("logs 2.bad: %q %v", b.String(), err)
 	}
-	if st, err := c.Poll(ctx, "2.bad"); err != nil || st[0].State != node.Exited || st[0].Exit.Code != 2 {
+	if st, err := c.Poll(ctx, "", "2.bad"); err != nil || st[0].State != node.Exited || st[0].Exit.Code != 2 {
 		t.Fatalf("poll 2.bad: %+v %v", st, err)
 	}
 	// Submission exits never reach Finished; Poll lists Start-ed processes only.
@@ -580,14 +580,14 @@ jobs:
 			t.Errorf("submission instance %s in Finished", n)
 		}
 	}
-	all, _ := c.Poll(ctx)
+	all, _ := c.Poll(ctx, "", "")
 	for _, s := range all {
 		if slices.Contains(want, s.Name) {
 			t.Errorf("poll lists instance %s", s.Name)
 		}
 	}
 	// The side process was not disturbed and still holds its core.
-	if st, _ := c.Poll(ctx, "side"); st[0].State != node.Running {
+	if st, _ := c.Poll(ctx, "", "side"); st[0].State != node.Running {
 		t.Fatalf("side: %+v", st)
 	}
 	if err := c.Stop(ctx, "side", time.Second); err != nil {
@@ -654,10 +654,10 @@ func TestClosedAgentIsLost(t *testing.T) {
 		nodes, _ := c.Nodes(ctx)
 		return len(nodes) == 2 && nodes[1].State == "lost"
 	})
-	if _, err := c.Start(ctx, StartRequest{Node: "n2", Spec: node.ProcessSpec{Name: "x", Args: helper()}}); !errors.Is(err, ErrNodeLost) {
+	if _, err := c.Start(ctx, StartRequest{Node: "n2", Spec: node.ProcessSpec{Name: "x", Args: helper()}}); !errors.Is(err, errdefs.ErrNodeLost) {
 		t.Fatalf("start on a lost node: %v", err)
 	}
-	if err := c.SetEnv(ctx, "n2", "K", "V"); !errors.Is(err, ErrNodeLost) {
+	if err := c.SetEnv(ctx, "n2", "K", "V"); !errors.Is(err, errdefs.ErrNodeLost) {
 		t.Fatalf("set env on a lost node: %v", err)
 	}
 	if nodes, _ := c.Nodes(ctx); nodes[0].State != "up" {
@@ -693,7 +693,7 @@ jobs:
 	if e.Code != -1 || e.Signal != 0 || e.Err != "node lost" || e.Node != "n2" {
 		t.Fatalf("gone: %+v", e)
 	}
-	if st, _ := c.Poll(ctx, "gone"); st[0].State != node.Exited || st[0].Exit.Err != "node lost" {
+	if st, _ := c.Poll(ctx, "", "gone"); st[0].State != node.Exited || st[0].Exit.Err != "node lost" {
 		t.Fatalf("poll gone: %+v", st)
 	}
 	nodes, _ := c.Nodes(ctx)
@@ -711,7 +711,7 @@ jobs:
 	if j := jobs["1.roam"]; j.State != results.StateSucceeded {
 		t.Errorf("roam: %+v", j)
 	}
-	if _, err := c.Start(ctx, StartRequest{Node: "n2", Spec: node.ProcessSpec{Name: "x", Args: helper()}}); !errors.Is(err, ErrNodeLost) {
+	if _, err := c.Start(ctx, StartRequest{Node: "n2", Spec: node.ProcessSpec{Name: "x", Args: helper()}}); !errors.Is(err, errdefs.ErrNodeLost) {
 		t.Fatalf("start on a lost node: %v", err)
 	}
 	// A submission now runs on the nodes still up.
@@ -786,10 +786,10 @@ func TestShutdown(t *testing.T) {
 	if running == 0 || cancelled == 0 {
 		t.Errorf("%d stopped, %d cancelled", running, cancelled)
 	}
-	if _, err := c.Start(ctx, StartRequest{Node: "n1", Spec: node.ProcessSpec{Name: "late", Args: helper()}}); !errors.Is(err, ErrShuttingDown) {
+	if _, err := c.Start(ctx, StartRequest{Node: "n1", Spec: node.ProcessSpec{Name: "late", Args: helper()}}); !errors.Is(err, errdefs.ErrClosed) {
 		t.Fatalf("start after shutdown: %v", err)
 	}
-	if _, err := c.Submit(ctx, parseJobs(t, "jobs:\n  - name: late\n    command: [HELPER]\n")); !errors.Is(err, ErrShuttingDown) {
+	if _, err := c.Submit(ctx, parseJobs(t, "jobs:\n  - name: late\n    command: [HELPER]\n")); !errors.Is(err, errdefs.ErrClosed) {
 		t.Fatalf("submit after shutdown: %v", err)
 	}
 }
@@ -831,7 +831,7 @@ jobs:
 	if j := jobs["1.flaky"]; j.State != results.StateFailed || j.Attempts != 3 || j.Outcome != "failed, exit 5" {
 		t.Errorf("flaky: %+v", j)
 	}
-	if st, err := c.Poll(ctx, "1.flaky"); err != nil || st[0].Exit.Code != 5 {
+	if st, err := c.Poll(ctx, "", "1.flaky"); err != nil || st[0].Exit.Code != 5 {
 		t.Fatalf("poll: %+v %v", st, err)
 	}
 }
@@ -852,7 +852,7 @@ func TestCloseStopsSubmissions(t *testing.T) {
 			t.Errorf("%s: %+v", n, j)
 		}
 	}
-	if _, err := c.Submit(ctx, parseJobs(t, "jobs:\n  - name: late\n    command: [HELPER]\n")); !errors.Is(err, ErrShuttingDown) {
+	if _, err := c.Submit(ctx, parseJobs(t, "jobs:\n  - name: late\n    command: [HELPER]\n")); !errors.Is(err, errdefs.ErrClosed) {
 		t.Fatalf("submit after close: %v", err)
 	}
 }
@@ -887,8 +887,8 @@ func TestStopWhileStarting(t *testing.T) {
 	waitOutput(t, c, "1.w.0", "started")
 	// The queue may already have queued w.1 on the node behind w.0; then
 	// it is known, and starting until w.0 exits.
-	st, err := c.Poll(ctx, "1.w.1")
-	if errors.Is(err, supervise.ErrUnknown) {
+	st, err := c.Poll(ctx, "", "1.w.1")
+	if errors.Is(err, errdefs.ErrUnknownProcess) {
 		t.Skip("the queue does not start instances behind running ones")
 	}
 	if err != nil || st[0].State != node.Running {
@@ -914,7 +914,7 @@ func TestStopWhileStarting(t *testing.T) {
 // nothing to come it returns none once the wait is over.
 func TestFinishedWaits(t *testing.T) {
 	c := newCluster(t, newAgent(t, "n1"))
-	if f, err := c.Finished(ctxT(t), 20*time.Millisecond); err != nil || len(f) != 0 {
+	if f, err := exitsOf(c, ctxT(t), 20*time.Millisecond); err != nil || len(f) != 0 {
 		t.Fatalf("Finished with nothing running: %+v %v", f, err)
 	}
 	start(t, c, "n1", "waiter", helper("stdin")...)
@@ -922,7 +922,7 @@ func TestFinishedWaits(t *testing.T) {
 	defer cancel()
 	got := make(chan []node.Exit, 1)
 	go func() {
-		f, err := c.Finished(ctx, time.Hour)
+		f, err := exitsOf(c, ctx, time.Hour)
 		if err != nil {
 			t.Error(err)
 		}

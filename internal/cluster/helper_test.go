@@ -24,8 +24,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/drover-hpc/drover/internal/agent"
+	"github.com/drover-hpc/drover/internal/errdefs"
 	"github.com/drover-hpc/drover/internal/node"
-	"github.com/drover-hpc/drover/internal/supervise"
 	"github.com/drover-hpc/drover/internal/topology"
 )
 
@@ -194,6 +194,16 @@ type collector struct {
 	seen map[string]node.Exit
 }
 
+// exitsOf takes exits as an anonymous reader: each is handed out once.
+func exitsOf(c *Cluster, ctx context.Context, wait time.Duration) ([]node.Exit, error) {
+	rs, err := c.Finished(ctx, FinishedRequest{Wait: wait})
+	out := make([]node.Exit, len(rs))
+	for i, r := range rs {
+		out[i] = r.Exit
+	}
+	return out, err
+}
+
 func newCollector(c *Cluster) *collector {
 	return &collector{c: c, seen: make(map[string]node.Exit)}
 }
@@ -202,7 +212,7 @@ func (col *collector) wait(t *testing.T, names ...string) map[string]node.Exit {
 	t.Helper()
 	deadline := time.Now().Add(backstop)
 	for {
-		exits, err := col.c.Finished(context.Background(), time.Second)
+		exits, err := exitsOf(col.c, context.Background(), time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -259,7 +269,7 @@ func waitOutput(t *testing.T, c *Cluster, name, text string) {
 	waitFor(t, fmt.Sprintf("%q in the stdout of %s", text, name), func() bool {
 		var b strings.Builder
 		err := c.Logs(context.Background(), name, false, false, &b)
-		if err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, supervise.ErrUnknown) {
+		if err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, errdefs.ErrUnknownProcess) {
 			t.Fatalf("logs %s: %v", name, err)
 		}
 		return strings.Contains(b.String(), text)

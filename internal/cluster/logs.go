@@ -9,7 +9,7 @@ import (
 	"os"
 	"time"
 
-	"github.com/drover-hpc/drover/internal/supervise"
+	"github.com/drover-hpc/drover/internal/errdefs"
 )
 
 // followTick is how often a followed log is looked at for new output.
@@ -38,7 +38,7 @@ func (c *Cluster) Logs(ctx context.Context, name string, stderr, follow bool, w 
 	}
 	c.mu.Unlock()
 	if p == nil {
-		return fmt.Errorf("%s: %w", op, supervise.ErrUnknown)
+		return fmt.Errorf("%s: %w", op, errdefs.ErrUnknownProcess)
 	}
 	if path == "" {
 		return fmt.Errorf("%s: its %s goes to /dev/null", op, which)

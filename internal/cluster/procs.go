@@ -11,15 +11,15 @@ import (
 	"sync"
 	"time"
 
+	"github.com/drover-hpc/drover/internal/errdefs"
 	"github.com/drover-hpc/drover/internal/node"
-	"github.com/drover-hpc/drover/internal/supervise"
 )
 
 // Start starts a process on a node. Of req.Spec it uses Name, Args, Env,
 // Dir, Stdout and Stderr. An output path left empty becomes
 // Home/procs/<name>/stdout (or stderr), so every process has logs; a
 // relative one is relative to Dir, and needs one. With Cores > 0 that
-// many whole cores of the node are reserved (ErrNoCores when fewer are
+// many whole cores of the node are reserved (errdefs.ErrBusy when fewer are
 // free) and the process is bound to their hwthreads until its exit.
 func (c *Cluster) Start(ctx context.Context, req StartRequest) (StartResult, error) {
 	spec := req.Spec
@@ -31,10 +31,13 @@ func (c *Cluster) Start(ctx context.Context, req StartRequest) (StartResult, err
 		return StartResult{}, fmt.Errorf("%s: %w", op, err)
 	}
 	if len(spec.Args) == 0 || spec.Args[0] == "" {
-		return StartResult{}, fmt.Errorf("%s: %w: no command", op, ErrInvalid)
+		return StartResult{}, fmt.Errorf("%s: %w: no command", op, errdefs.ErrInvalid)
 	}
 	if req.Cores < 0 {
-		return StartResult{}, fmt.Errorf("%s: %w: %d cores", op, ErrInvalid, req.Cores)
+		return StartResult{}, fmt.Errorf("%s: %w: %d cores", op, errdefs.ErrInvalid, req.Cores)
+	}
+	if req.Cores > 0 && len(req.HWThreads) > 0 {
+		return StartResult{}, fmt.Errorf("%s: %w: cores and hwthreads together", op, errdefs.ErrInvalid)
 	}
 	procDir := filepath.Join(c.opts.Home, "procs", spec.Name)
 	stdout, err := outputPath(spec.Stdout, spec.Dir, filepath.Join(procDir, "stdout"))
@@ -49,7 +52,7 @@ func (c *Cluster) Start(ctx context.Context, req StartRequest) (StartResult, err
 	c.mu.Lock()
 	if c.stopping {
 		c.mu.Unlock()
-		return StartResult{}, fmt.Errorf("%s: %w", op, ErrShuttingDown)
+		return StartResult{}, fmt.Errorf("%s: %w", op, errdefs.ErrClosed)
 	}
 	m, err := c.memberLocked("start "+spec.Name, req.Node)
 	if err != nil {
@@ -58,18 +61,26 @@ func (c *Cluster) Start(ctx context.Context, req StartRequest) (StartResult, err
 	}
 	if c.procs[spec.Name] != nil || c.reservedLocked(spec.Name) {
 		c.mu.Unlock()
-		return StartResult{}, fmt.Errorf("%s: %w", op, supervise.ErrDuplicate)
+		return StartResult{}, fmt.Errorf("%s: %w", op, errdefs.ErrDuplicate)
 	}
-	p := &proc{name: spec.Name, m: m, stdout: stdout, stderr: stderr}
+	p := &proc{name: spec.Name, m: m, group: req.Group, stdout: stdout, stderr: stderr}
+	if len(req.HWThreads) > 0 {
+		idx, err := c.pool.TakeThreads(m.name, req.HWThreads)
+		if err != nil {
+			c.mu.Unlock()
+			return StartResult{}, fmt.Errorf("%s: %w", op, err)
+		}
+		p.cores, p.hw = idx, slices.Clone(req.HWThreads)
+	}
 	if req.Cores > 0 {
 		idx, hw, ok := c.pool.Take(m.name, req.Cores)
 		if !ok {
 			free, total := c.pool.Free(m.name), len(m.res.Cores)
 			c.mu.Unlock()
 			if req.Cores > total {
-				return StartResult{}, fmt.Errorf("%s: %w: needs %d, the node has %d", op, ErrNoCores, req.Cores, total)
+				return StartResult{}, fmt.Errorf("%s: %w: needs %d, the node has %d", op, errdefs.ErrBusy, req.Cores, total)
 			}
-			return StartResult{}, fmt.Errorf("%s: %w: needs %d, %d of %d free", op, ErrNoCores, req.Cores, free, total)
+			return StartResult{}, fmt.Errorf("%s: %w: needs %d, %d of %d free", op, errdefs.ErrBusy, req.Cores, free, total)
 		}
 		p.cores, p.hw = idx, hw
 	}
@@ -114,9 +125,9 @@ func outputPath(path, dir, def string) (string, error) {
 	case filepath.IsAbs(path):
 		return filepath.Clean(path), nil
 	case dir == "":
-		return "", fmt.Errorf("%w: relative path %q without a work dir", ErrInvalid, path)
+		return "", fmt.Errorf("%w: relative path %q without a work dir", errdefs.ErrInvalid, path)
 	case !filepath.IsAbs(dir):
-		return "", fmt.Errorf("%w: relative work dir %q", ErrInvalid, dir)
+		return "", fmt.Errorf("%w: relative work dir %q", errdefs.ErrInvalid, dir)
 	}
 	return filepath.Join(dir, path), nil
 }
@@ -132,7 +143,7 @@ func (p *proc) status() node.Status {
 // instances "N.INSTANCE" too), or, with no names, every process started
 // with Start and not purged, sorted by name. A process is running until
 // its exit has reached the Cluster.
-func (c *Cluster) Poll(ctx context.Context, names ...string) ([]node.Status, error) {
+func (c *Cluster) Poll(ctx context.Context, group string, names ...string) ([]node.Status, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("poll: %w", err)
 	}
@@ -141,7 +152,7 @@ func (c *Cluster) Poll(ctx context.Context, names ...string) ([]node.Status, err
 	if len(names) == 0 {
 		out := []node.Status{}
 		for _, p := range c.procs {
-			if p.view == nil {
+			if p.view == nil && (group == "" || p.group == group) {
 				out = append(out, p.status())
 			}
 		}
@@ -151,8 +162,9 @@ func (c *Cluster) Poll(ctx context.Context, names ...string) ([]node.Status, err
 	out := make([]node.Status, 0, len(names))
 	for _, n := range names {
 		p := c.procs[n]
-		if p == nil {
-			return nil, fmt.Errorf("poll %s: %w", n, supervise.ErrUnknown)
+		if p == nil || group != "" && p.group != group {
+			out = append(out, node.Status{Name: n, State: node.Unknown, Err: fmt.Errorf("poll %s: %w", n, errdefs.ErrUnknownProcess)})
+			continue
 		}
 		out = append(out, p.status())
 	}
@@ -168,12 +180,12 @@ func (c *Cluster) live(op, name string, record func(*proc)) (*proc, error) {
 	p := c.procs[name]
 	switch {
 	case p == nil:
-		return nil, fmt.Errorf("%s %s: %w", op, name, supervise.ErrUnknown)
+		return nil, fmt.Errorf("%s %s: %w", op, name, errdefs.ErrUnknownProcess)
 	case p.state == exited:
-		return nil, fmt.Errorf("%s %s: %w", op, name, supervise.ErrNotRunning)
+		return nil, fmt.Errorf("%s %s: %w", op, name, errdefs.ErrNotRunning)
 	case p.state == starting:
 		if record == nil {
-			return nil, fmt.Errorf("%s %s: %w (still starting)", op, name, supervise.ErrNotRunning)
+			return nil, fmt.Errorf("%s %s: %w (still starting)", op, name, errdefs.ErrNotRunning)
 		}
 		record(p)
 		return nil, nil
@@ -188,8 +200,8 @@ func (c *Cluster) nodeErr(op string, p *proc, err error) error {
 	if err == nil {
 		return nil
 	}
-	if errors.Is(err, supervise.ErrUnknown) {
-		return fmt.Errorf("%s %s: %w", op, p.name, supervise.ErrNotRunning)
+	if errors.Is(err, errdefs.ErrUnknownProcess) {
+		return fmt.Errorf("%s %s: %w", op, p.name, errdefs.ErrNotRunning)
 	}
 	c.mu.Lock()
 	lost := p.m.lost
@@ -259,45 +271,125 @@ func (c *Cluster) Purge(ctx context.Context, name string) error {
 	p := c.procs[name]
 	switch {
 	case p == nil:
-		return fmt.Errorf("purge %s: %w", name, supervise.ErrUnknown)
+		return fmt.Errorf("purge %s: %w", name, errdefs.ErrUnknownProcess)
 	case p.state != exited:
-		return fmt.Errorf("purge %s: %w", name, supervise.ErrRunning)
+		return fmt.Errorf("purge %s: %w", name, errdefs.ErrRunning)
 	}
 	delete(c.procs, name)
 	return nil
 }
 
-// Finished returns the exits of processes started with Start since the
-// last call, each exactly once, in the order they arrived. A process whose
-// node was lost before it reported gets Exit{Code: -1, Err: "node lost"}.
-func (c *Cluster) Finished(ctx context.Context, wait time.Duration) ([]node.Exit, error) {
+// cancelGroup stops the processes of one group (SIGTERM, SIGKILL after
+// grace); the rest, and the submissions, go on.
+func (c *Cluster) cancelGroup(ctx context.Context, group string, grace time.Duration) error {
+	c.mu.Lock()
+	var names []string
+	for _, p := range c.procs {
+		switch {
+		case p.view != nil || p.group != group:
+		case p.state == starting:
+			recordStop(grace)(p)
+		case p.state == running:
+			names = append(names, p.name)
+		}
+	}
+	c.mu.Unlock()
+	c.log.Info("cancel all", "group", group, "grace", grace, "processes", len(names))
+	errs := make([]error, len(names))
+	var wg sync.WaitGroup
+	for i, name := range names {
+		wg.Go(func() {
+			// One that exited meanwhile is done with.
+			if err := c.Stop(ctx, name, grace); err != nil && !errors.Is(err, errdefs.ErrNotRunning) {
+				errs[i] = err
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// Finished implements API.
+func (c *Cluster) Finished(ctx context.Context, req FinishedRequest) ([]Receipt, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("finished: %w", err)
 	}
-	c.mu.Lock()
-	if len(c.finished) == 0 && wait > 0 {
-		if c.exitCame == nil {
-			c.exitCame = make(chan struct{})
+	var timer *time.Timer
+	for ack := req.Ack; ; ack = nil {
+		changed, expiry := c.mail.Wait(req.Group)
+		if out := c.take(req.Reader, req.Group, ack, true); len(out) > 0 || req.Wait <= 0 {
+			return out, nil
 		}
-		came := c.exitCame
-		c.mu.Unlock()
-		timer := time.NewTimer(wait)
-		select {
-		case <-came:
-		case <-timer.C:
-		case <-ctx.Done():
-		case <-c.done:
+		if timer == nil {
+			timer = time.NewTimer(req.Wait)
+			defer timer.Stop()
 		}
-		timer.Stop()
-		c.mu.Lock()
+		if err := c.waitMail(ctx, changed, expiry, timer.C); err != nil {
+			return []Receipt{}, nil
+		}
 	}
-	defer c.mu.Unlock()
-	f := c.finished
-	c.finished = nil
-	if f == nil {
-		f = []node.Exit{}
+}
+
+// WatchFinished implements API.
+func (c *Cluster) WatchFinished(ctx context.Context, reader, group string, send func([]Receipt) error) error {
+	if reader == "" {
+		return fmt.Errorf("watch finished: %w: a reader name is needed to acknowledge", errdefs.ErrInvalid)
 	}
-	return f, nil
+	// What this reader held from an earlier watch is sent again first.
+	defer c.mail.Release(reader)
+	again := true
+	for {
+		changed, expiry := c.mail.Wait(group)
+		if out := c.take(reader, group, nil, again); len(out) > 0 {
+			if err := send(out); err != nil {
+				return fmt.Errorf("watch finished: %w", err)
+			}
+		}
+		again = false
+		if err := c.waitMail(ctx, changed, expiry, nil); err != nil {
+			return nil
+		}
+	}
+}
+
+// Ack implements API.
+func (c *Cluster) Ack(ctx context.Context, reader string, seqs []uint64) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("ack: %w", err)
+	}
+	c.mail.Ack(reader, seqs)
+	return nil
+}
+
+func (c *Cluster) take(reader, group string, ack []uint64, again bool) []Receipt {
+	letters := c.mail.Take(reader, group, ack, again)
+	out := make([]Receipt, len(letters))
+	for i, l := range letters {
+		out[i] = Receipt{Seq: l.Seq, Group: group, Exit: l.Item}
+	}
+	return out
+}
+
+// waitMail waits for a change of the mailbox, the next visibility
+// timeout, or stop; an error when ctx ends or the Cluster shuts down.
+func (c *Cluster) waitMail(ctx context.Context, changed <-chan struct{}, expiry time.Duration, stop <-chan time.Time) error {
+	var expired <-chan time.Time
+	if expiry > 0 {
+		t := time.NewTimer(expiry)
+		defer t.Stop()
+		expired = t.C
+	}
+	select {
+	case <-changed:
+	case <-expired:
+	case <-stop:
+		return context.DeadlineExceeded
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-c.done:
+		return errdefs.ErrClosed
+	}
+	return nil
 }
 
 // CancelAll stops every process on every node (SIGTERM, SIGKILL after
@@ -306,7 +398,10 @@ func (c *Cluster) Finished(ctx context.Context, wait time.Duration) ([]node.Exit
 // start nothing more and retry nothing: instances not yet started end as
 // cancelled, the stopped ones as failed. Processes still starting are
 // stopped as soon as they run. It returns once every node has been told.
-func (c *Cluster) CancelAll(ctx context.Context, grace time.Duration) error {
+func (c *Cluster) CancelAll(ctx context.Context, group string, grace time.Duration) error {
+	if group != "" {
+		return c.cancelGroup(ctx, group, grace)
+	}
 	// First the queues: once each has taken in its cancellation it starts
 	// and retries nothing, so what the nodes' CancelAll fails below (starts
 	// waiting for another process) ends as cancelled, not retried.
@@ -369,7 +464,7 @@ func (c *Cluster) Shutdown(ctx context.Context) error {
 	c.stopping = true
 	c.mu.Unlock()
 	c.log.Info("shutting down", "grace", c.opts.Grace)
-	err := c.CancelAll(ctx, c.opts.Grace)
+	err := c.CancelAll(ctx, "", c.opts.Grace)
 
 	c.mu.Lock()
 	var waits []<-chan struct{}
@@ -418,7 +513,7 @@ func (c *Cluster) BindPorts(ctx context.Context, nodeName string, udp bool, n in
 		return nil, err
 	}
 	if n <= 0 {
-		return nil, fmt.Errorf("bind ports on %s: %w: %d ports", nodeName, ErrInvalid, n)
+		return nil, fmt.Errorf("bind ports on %s: %w: %d ports", nodeName, errdefs.ErrInvalid, n)
 	}
 	p, err := m.n.BindPorts(ctx, udp, n)
 	return p, c.nodeCallErr(m, err)

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/drover-hpc/drover/internal/errdefs"
 	"github.com/drover-hpc/drover/internal/jobfile"
 	"github.com/drover-hpc/drover/internal/node"
 	"github.com/drover-hpc/drover/internal/queue"
@@ -65,7 +66,7 @@ func (c *Cluster) Submit(ctx context.Context, file *jobfile.File) ([]string, err
 		return nil, fmt.Errorf("submit: %w", err)
 	}
 	if file == nil || len(file.Jobs) == 0 {
-		return nil, fmt.Errorf("submit: %w: no jobs", ErrInvalid)
+		return nil, fmt.Errorf("submit: %w: no jobs", errdefs.ErrInvalid)
 	}
 	s := &submission{base: file.Dir, byInst: make(map[string]*JobInfo), done: make(chan struct{}), stopped: make(chan struct{})}
 	for i := range file.Jobs {
@@ -74,7 +75,7 @@ func (c *Cluster) Submit(ctx context.Context, file *jobfile.File) ([]string, err
 		for k := range max(j.Repeat, 1) {
 			name := j.Instance(k).Name
 			if s.byInst[name] != nil {
-				return nil, fmt.Errorf("submit: %w: instance %s appears twice", ErrInvalid, name)
+				return nil, fmt.Errorf("submit: %w: instance %s appears twice", errdefs.ErrInvalid, name)
 			}
 			info := &JobInfo{Instance: name, State: JobPending}
 			s.byInst[name] = info
@@ -89,7 +90,7 @@ func (c *Cluster) Submit(ctx context.Context, file *jobfile.File) ([]string, err
 	c.mu.Lock()
 	if c.stopping {
 		c.mu.Unlock()
-		return nil, fmt.Errorf("submit: %w", ErrShuttingDown)
+		return nil, fmt.Errorf("submit: %w", errdefs.ErrClosed)
 	}
 	var up []*member
 	for _, m := range c.members {
@@ -99,7 +100,7 @@ func (c *Cluster) Submit(ctx context.Context, file *jobfile.File) ([]string, err
 	}
 	if len(up) == 0 {
 		c.mu.Unlock()
-		return nil, fmt.Errorf("submit: %w: no node is up", ErrNodeLost)
+		return nil, fmt.Errorf("submit: %w: no node is up", errdefs.ErrNodeLost)
 	}
 	for n := c.lastSub + 1; ; n++ {
 		if c.prefixUsedLocked(strconv.Itoa(n) + ".") {

@@ -7,8 +7,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/drover-hpc/drover/internal/errdefs"
 	"github.com/drover-hpc/drover/internal/node"
-	"github.com/drover-hpc/drover/internal/supervise"
 	"github.com/drover-hpc/drover/internal/topology"
 )
 
@@ -98,13 +98,13 @@ func (v *view) Start(ctx context.Context, spec node.ProcessSpec) (node.Started, 
 	}
 	if v.m.lost {
 		c.mu.Unlock()
-		return node.Started{}, fmt.Errorf("%s: %w", op, ErrNodeLost)
+		return node.Started{}, fmt.Errorf("%s: %w", op, errdefs.ErrNodeLost)
 	}
 	// A retry of the same instance replaces the record of the attempt
 	// before; anything else of that name is a duplicate.
 	if old := c.procs[spec.Name]; old != nil && (old.view == nil || old.view.sub != v.sub || old.state != exited) {
 		c.mu.Unlock()
-		return node.Started{}, fmt.Errorf("%s: %w", op, supervise.ErrDuplicate)
+		return node.Started{}, fmt.Errorf("%s: %w", op, errdefs.ErrDuplicate)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -151,7 +151,7 @@ func (v *view) Poll(ctx context.Context, names ...string) ([]node.Status, error)
 		}
 		names = mapped
 	}
-	st, err := v.c.Poll(ctx, names...)
+	st, err := v.c.Poll(ctx, "", names...)
 	for i := range st {
 		st[i].Name = v.sub.instance(st[i].Name)
 		st[i].Exit.Name = v.sub.instance(st[i].Exit.Name)
@@ -197,7 +197,7 @@ func (v *view) CancelAll(ctx context.Context, grace time.Duration) error {
 	var errs []error
 	for _, name := range run {
 		err := v.m.n.Stop(ctx, name, grace)
-		if err != nil && !errors.Is(err, supervise.ErrNotRunning) && !errors.Is(err, supervise.ErrUnknown) {
+		if err != nil && !errors.Is(err, errdefs.ErrNotRunning) && !errors.Is(err, errdefs.ErrUnknownProcess) {
 			errs = append(errs, err)
 		}
 	}

@@ -27,10 +27,10 @@ import (
 	"github.com/drover-hpc/drover/api/droverpb"
 	"github.com/drover-hpc/drover/internal/cluster"
 	"github.com/drover-hpc/drover/internal/creds"
+	"github.com/drover-hpc/drover/internal/errdefs"
 	"github.com/drover-hpc/drover/internal/jobfile"
 	"github.com/drover-hpc/drover/internal/node"
-	"github.com/drover-hpc/drover/internal/supervise"
-	"github.com/drover-hpc/drover/internal/wire"
+	"github.com/drover-hpc/drover/internal/pbconv"
 )
 
 // Options configure a Server.
@@ -69,9 +69,6 @@ func New(api cluster.API, opts Options) *Server {
 	return &Server{api: api, opts: opts, log: log, streams: ctx, cancelStreams: cancel}
 }
 
-// errClosing refuses RPCs that arrive once Drain has started.
-var errClosing = errors.New("drover serve is shutting down")
-
 // Register adds the Control service to r. Every method goes through the
 // authorization check and the accounting that Drain waits for, whatever
 // interceptors the server has.
@@ -87,7 +84,11 @@ func (s *Server) Register(r grpc.ServiceRegistrar) {
 				return nil, err
 			}
 			defer leave()
-			return h(srv, ctx, dec, ic)
+			out, err := h(srv, ctx, dec, ic)
+			if md := pbconv.Trailer(err); md != nil {
+				_ = grpc.SetTrailer(ctx, md)
+			}
+			return out, err
 		}
 	}
 	desc.Streams = slices.Clone(desc.Streams)
@@ -104,7 +105,11 @@ func (s *Server) Register(r grpc.ServiceRegistrar) {
 			defer cancel()
 			stop := context.AfterFunc(s.streams, cancel)
 			defer stop()
-			return h(srv, &ctxStream{ServerStream: stream, ctx: ctx})
+			err = h(srv, &ctxStream{ServerStream: stream, ctx: ctx})
+			if md := pbconv.Trailer(err); md != nil {
+				stream.SetTrailer(md)
+			}
+			return err
 		}
 	}
 	r.RegisterService(&desc, s)
@@ -178,73 +183,15 @@ func (s *Server) Drain(ctx context.Context) error {
 	}
 }
 
-// kinds maps the core's typed errors to statuses, first match wins: a lost
-// node explains whatever else went wrong with it.
-var kinds = []struct {
-	err  error
-	code codes.Code
-	kind droverpb.ControlErrorKind
-}{
-	{cluster.ErrNodeLost, codes.Unavailable, droverpb.ControlErrorKind_CONTROL_ERROR_KIND_NODE_LOST},
-	{wire.ErrNodeLost, codes.Unavailable, droverpb.ControlErrorKind_CONTROL_ERROR_KIND_NODE_LOST},
-	{supervise.ErrUnknown, codes.NotFound, droverpb.ControlErrorKind_CONTROL_ERROR_KIND_UNKNOWN_PROCESS},
-	{cluster.ErrUnknownNode, codes.NotFound, droverpb.ControlErrorKind_CONTROL_ERROR_KIND_UNKNOWN_NODE},
-	{supervise.ErrDuplicate, codes.AlreadyExists, droverpb.ControlErrorKind_CONTROL_ERROR_KIND_DUPLICATE},
-	{supervise.ErrRunning, codes.FailedPrecondition, droverpb.ControlErrorKind_CONTROL_ERROR_KIND_RUNNING},
-	{supervise.ErrNotRunning, codes.FailedPrecondition, droverpb.ControlErrorKind_CONTROL_ERROR_KIND_NOT_RUNNING},
-	{cluster.ErrNoCores, codes.ResourceExhausted, droverpb.ControlErrorKind_CONTROL_ERROR_KIND_NO_CORES},
-	{cluster.ErrInvalid, codes.InvalidArgument, droverpb.ControlErrorKind_CONTROL_ERROR_KIND_INVALID},
-	{wire.ErrInvalid, codes.InvalidArgument, droverpb.ControlErrorKind_CONTROL_ERROR_KIND_INVALID},
-	{errInvalid, codes.InvalidArgument, droverpb.ControlErrorKind_CONTROL_ERROR_KIND_INVALID},
-	{cluster.ErrShuttingDown, codes.Unavailable, droverpb.ControlErrorKind_CONTROL_ERROR_KIND_CLOSED},
-	{supervise.ErrClosed, codes.Unavailable, droverpb.ControlErrorKind_CONTROL_ERROR_KIND_CLOSED},
-	{errClosing, codes.Unavailable, droverpb.ControlErrorKind_CONTROL_ERROR_KIND_CLOSED},
-}
-
-// errInvalid marks a request the adapter refuses before calling the API.
-var errInvalid = errors.New("invalid request")
+// errClosing refuses RPCs that arrive once Drain has started.
+var errClosing = fmt.Errorf("drover serve is shutting down: %w", errdefs.ErrClosed)
 
 func invalid(format string, args ...any) error {
-	return fmt.Errorf("%w: %s", errInvalid, fmt.Sprintf(format, args...))
+	return fmt.Errorf("%w: %s", errdefs.ErrInvalid, fmt.Sprintf(format, args...))
 }
 
-// Status turns an error of the API into a gRPC status error: the typed
-// errors of the core get their code and a ControlError detail naming the
-// kind; a job file's errors are INVALID_ARGUMENT; an ended context is
-// CANCELED or DEADLINE_EXCEEDED; anything else is UNKNOWN. The message is
-// the error's text. nil stays nil.
-func Status(err error) error {
-	if err == nil {
-		return nil
-	}
-	if _, ok := err.(interface{ GRPCStatus() *status.Status }); ok {
-		return err
-	}
-	for _, k := range kinds {
-		if errors.Is(err, k.err) {
-			return withKind(k.code, k.kind, err.Error())
-		}
-	}
-	var jerrs jobfile.Errors
-	var jerr *jobfile.Error
-	switch {
-	case errors.As(err, &jerrs), errors.As(err, &jerr):
-		return withKind(codes.InvalidArgument, droverpb.ControlErrorKind_CONTROL_ERROR_KIND_INVALID, err.Error())
-	case errors.Is(err, context.Canceled):
-		return status.Error(codes.Canceled, err.Error())
-	case errors.Is(err, context.DeadlineExceeded):
-		return status.Error(codes.DeadlineExceeded, err.Error())
-	}
-	return status.Error(codes.Unknown, err.Error())
-}
-
-func withKind(code codes.Code, kind droverpb.ControlErrorKind, msg string) error {
-	st := status.New(code, msg)
-	if d, err := st.WithDetails(&droverpb.ControlError{Kind: kind}); err == nil {
-		st = d
-	}
-	return st.Err()
-}
+// Status turns an error of the API into a gRPC status error (pbconv.Status).
+func Status(err error) error { return pbconv.Status(err) }
 
 func (s *Server) grace(ms int64) (time.Duration, error) {
 	if ms < 0 {
@@ -319,7 +266,9 @@ func (s *Server) Start(ctx context.Context, req *droverpb.StartRequest) (*drover
 			Stdout: req.GetStdout(),
 			Stderr: req.GetStderr(),
 		},
-		Cores: int(req.GetCores()),
+		Cores:     int(req.GetCores()),
+		HWThreads: droverpb.Ints(req.GetHwthreads()),
+		Group:     req.GetGroup(),
 	})
 	if err != nil {
 		return nil, Status(err)
@@ -329,19 +278,11 @@ func (s *Server) Start(ctx context.Context, req *droverpb.StartRequest) (*drover
 
 // Poll implements droverpb.ControlServer.
 func (s *Server) Poll(ctx context.Context, req *droverpb.ControlPollRequest) (*droverpb.ControlPollReply, error) {
-	sts, err := s.api.Poll(ctx, req.GetNames()...)
+	sts, err := s.api.Poll(ctx, req.GetGroup(), req.GetNames()...)
 	if err != nil {
 		return nil, Status(err)
 	}
-	out := &droverpb.ControlPollReply{Statuses: make([]*droverpb.ProcessStatus, 0, len(sts))}
-	for _, st := range sts {
-		ps := &droverpb.ProcessStatus{Name: st.Name, Running: st.State == node.Running}
-		if st.State == node.Exited {
-			ps.Exit = exitToPB(st.Exit)
-		}
-		out.Statuses = append(out.Statuses, ps)
-	}
-	return out, nil
+	return &droverpb.ControlPollReply{Statuses: pbconv.Statuses(sts)}, nil
 }
 
 // Stop implements droverpb.ControlServer.
@@ -425,17 +366,47 @@ func (s *Server) Logs(req *droverpb.LogsRequest, stream droverpb.Control_LogsSer
 // Finished implements droverpb.ControlServer.
 func (s *Server) Finished(ctx context.Context, req *droverpb.FinishedRequest) (*droverpb.FinishedReply, error) {
 	if req.GetWaitMs() < 0 {
-		return nil, Status(fmt.Errorf("finished: wait %dms: %w", req.GetWaitMs(), cluster.ErrInvalid))
+		return nil, Status(fmt.Errorf("finished: wait %dms: %w", req.GetWaitMs(), errdefs.ErrInvalid))
 	}
-	exits, err := s.api.Finished(ctx, time.Duration(req.GetWaitMs())*time.Millisecond)
+	rs, err := s.api.Finished(ctx, cluster.FinishedRequest{
+		Reader: req.GetClient(),
+		Group:  req.GetGroup(),
+		Ack:    req.GetAck(),
+		Wait:   time.Duration(req.GetWaitMs()) * time.Millisecond,
+	})
 	if err != nil {
 		return nil, Status(err)
 	}
-	out := &droverpb.FinishedReply{Exits: make([]*droverpb.Exit, 0, len(exits))}
-	for _, e := range exits {
-		out.Exits = append(out.Exits, exitToPB(e))
+	return receipts(rs), nil
+}
+
+func receipts(rs []cluster.Receipt) *droverpb.FinishedReply {
+	out := &droverpb.FinishedReply{Exits: make([]*droverpb.Exit, 0, len(rs))}
+	for _, r := range rs {
+		e := pbconv.Exit(r.Exit)
+		e.Seq, e.Group = r.Seq, r.Group
+		out.Exits = append(out.Exits, e)
 	}
-	return out, nil
+	return out
+}
+
+// WatchFinished implements droverpb.ControlServer.
+func (s *Server) WatchFinished(req *droverpb.WatchFinishedRequest, stream droverpb.Control_WatchFinishedServer) error {
+	ctx := stream.Context()
+	if req.GetClient() == "" {
+		return Status(invalid("watch finished: no client name to acknowledge exits with"))
+	}
+	if err := s.api.Ack(ctx, req.GetClient(), req.GetAck()); err != nil {
+		return Status(err)
+	}
+	return Status(s.api.WatchFinished(ctx, req.GetClient(), req.GetGroup(), func(rs []cluster.Receipt) error {
+		return stream.Send(receipts(rs))
+	}))
+}
+
+// Ack implements droverpb.ControlServer.
+func (s *Server) Ack(ctx context.Context, req *droverpb.AckRequest) (*droverpb.Empty, error) {
+	return empty(s.api.Ack(ctx, req.GetClient(), req.GetSeqs()))
 }
 
 // CancelAll implements droverpb.ControlServer.
@@ -444,7 +415,7 @@ func (s *Server) CancelAll(ctx context.Context, req *droverpb.CancelAllRequest) 
 	if err != nil {
 		return nil, Status(err)
 	}
-	return empty(s.api.CancelAll(ctx, grace))
+	return empty(s.api.CancelAll(ctx, req.GetGroup(), grace))
 }
 
 // GetEnv implements droverpb.ControlServer.
@@ -578,19 +549,4 @@ func empty(err error) (*droverpb.Empty, error) {
 		return nil, Status(err)
 	}
 	return &droverpb.Empty{}, nil
-}
-
-// exitToPB is the wire form of an exit.
-func exitToPB(e node.Exit) *droverpb.Exit {
-	out := &droverpb.Exit{Name: e.Name, Node: e.Node, Code: int32(e.Code), Error: e.Err}
-	if e.Signal != 0 {
-		out.Signal = node.SignalName(e.Signal)
-	}
-	if !e.Start.IsZero() {
-		out.StartUnixNano = e.Start.UnixNano()
-	}
-	if !e.End.IsZero() {
-		out.EndUnixNano = e.End.UnixNano()
-	}
-	return out
 }

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -28,11 +29,11 @@ import (
 	"github.com/drover-hpc/drover/internal/cluster"
 	"github.com/drover-hpc/drover/internal/control"
 	"github.com/drover-hpc/drover/internal/creds"
+	"github.com/drover-hpc/drover/internal/errdefs"
 	"github.com/drover-hpc/drover/internal/jobfile"
 	"github.com/drover-hpc/drover/internal/node"
-	"github.com/drover-hpc/drover/internal/supervise"
+	"github.com/drover-hpc/drover/internal/pbconv"
 	"github.com/drover-hpc/drover/internal/topology"
-	"github.com/drover-hpc/drover/internal/wire"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -102,14 +103,14 @@ func (f *fakeAPI) Nodes(ctx context.Context) ([]cluster.NodeInfo, error) {
 
 func (f *fakeAPI) Start(ctx context.Context, req cluster.StartRequest) (cluster.StartResult, error) {
 	s := req.Spec
-	if err := f.call(ctx, "Start %s %s %q %v dir=%s out=%s err=%s cores=%d", req.Node, s.Name, s.Args, s.Env, s.Dir, s.Stdout, s.Stderr, req.Cores); err != nil {
+	if err := f.call(ctx, "Start %s %s %q %v dir=%s out=%s err=%s cores=%d hw=%v group=%s", req.Node, s.Name, s.Args, s.Env, s.Dir, s.Stdout, s.Stderr, req.Cores, req.HWThreads, req.Group); err != nil {
 		return cluster.StartResult{}, err
 	}
 	return cluster.StartResult{Node: req.Node, PID: 4242, HWThreads: []int{1, 3}}, nil
 }
 
-func (f *fakeAPI) Poll(ctx context.Context, names ...string) ([]node.Status, error) {
-	if err := f.call(ctx, "Poll %q", names); err != nil {
+func (f *fakeAPI) Poll(ctx context.Context, group string, names ...string) ([]node.Status, error) {
+	if err := f.call(ctx, "Poll %s %q", group, names); err != nil {
 		return nil, err
 	}
 	return []node.Status{
@@ -150,19 +151,38 @@ func (f *fakeAPI) Logs(ctx context.Context, name string, stderr, follow bool, w 
 	return nil
 }
 
-func (f *fakeAPI) Finished(ctx context.Context, wait time.Duration) ([]node.Exit, error) {
-	if err := f.call(ctx, "Finished %v", wait); err != nil {
+func (f *fakeAPI) Finished(ctx context.Context, req cluster.FinishedRequest) ([]cluster.Receipt, error) {
+	if err := f.call(ctx, "Finished %s %s %v %v", req.Reader, req.Group, req.Ack, req.Wait); err != nil {
 		return nil, err
 	}
-	return []node.Exit{
-		{Name: "b", Node: "n1", Code: 3, Start: t0, End: t1},
-		{Name: "c", Node: "n1", Code: -1, Signal: syscall.SIGKILL},
-		{Name: "d", Node: "n2", Code: -1, Err: "node lost"},
-	}, nil
+	return fakeReceipts(req.Group), nil
 }
 
-func (f *fakeAPI) CancelAll(ctx context.Context, grace time.Duration) error {
-	return f.call(ctx, "CancelAll %s", grace)
+func fakeReceipts(group string) []cluster.Receipt {
+	return []cluster.Receipt{
+		{Seq: 1, Group: group, Exit: node.Exit{Name: "b", Node: "n1", Code: 3, Start: t0, End: t1}},
+		{Seq: 2, Group: group, Exit: node.Exit{Name: "c", Node: "n1", Code: -1, Signal: syscall.SIGKILL}},
+		{Seq: 5, Group: group, Exit: node.Exit{Name: "d", Node: "n2", Code: -1, Err: "node lost"}},
+	}
+}
+
+func (f *fakeAPI) WatchFinished(ctx context.Context, reader, group string, send func([]cluster.Receipt) error) error {
+	if err := f.call(ctx, "WatchFinished %s %s", reader, group); err != nil {
+		return err
+	}
+	if err := send(fakeReceipts(group)); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	return nil
+}
+
+func (f *fakeAPI) Ack(ctx context.Context, reader string, seqs []uint64) error {
+	return f.call(ctx, "Ack %s %v", reader, seqs)
+}
+
+func (f *fakeAPI) CancelAll(ctx context.Context, group string, grace time.Duration) error {
+	return f.call(ctx, "CancelAll %s %s", group, grace)
 }
 
 func (f *fakeAPI) GetEnv(ctx context.Context, nodeName, key string) (string, bool, error) {
@@ -343,14 +363,17 @@ func TestRPCsMapArgumentsAndResults(t *testing.T) {
 	}})
 
 	started, err := c.Start(ctx, &droverpb.StartRequest{Node: "n1", Name: "sim", Args: []string{"./sim", "-x"},
-		Env: map[string]string{"A": "1"}, Workdir: "/w", Stdout: "/w/o", Stderr: "/w/e", Cores: 2})
+		Env: map[string]string{"A": "1"}, Workdir: "/w", Stdout: "/w/o", Stderr: "/w/e", Cores: 2, Group: "g"})
 	check(t, err)
-	wantCall(t, api, `Start n1 sim ["./sim" "-x"] map[A:1] dir=/w out=/w/o err=/w/e cores=2`)
+	wantCall(t, api, `Start n1 sim ["./sim" "-x"] map[A:1] dir=/w out=/w/o err=/w/e cores=2 hw=[] group=g`)
+	_, err = c.Start(ctx, &droverpb.StartRequest{Node: "n1", Name: "sim2", Args: []string{"./sim"}, Hwthreads: []int32{0, 2}})
+	check(t, err)
+	wantCall(t, api, `Start n1 sim2 ["./sim"] map[] dir= out= err= cores=0 hw=[0 2] group=`)
 	wantProto(t, "Start", started, &droverpb.StartReply{Node: "n1", Pid: 4242, Hwthreads: []int32{1, 3}})
 
-	polled, err := c.Poll(ctx, &droverpb.ControlPollRequest{Names: []string{"a", "b", "c"}})
+	polled, err := c.Poll(ctx, &droverpb.ControlPollRequest{Names: []string{"a", "b", "c"}, Group: "g"})
 	check(t, err)
-	wantCall(t, api, `Poll ["a" "b" "c"]`)
+	wantCall(t, api, `Poll g ["a" "b" "c"]`)
 	wantProto(t, "Poll", polled, &droverpb.ControlPollReply{Statuses: []*droverpb.ProcessStatus{
 		{Name: "a", Running: true},
 		{Name: "b", Exit: &droverpb.Exit{Name: "b", Node: "n1", Code: 3, StartUnixNano: t0.UnixNano(), EndUnixNano: t1.UnixNano()}},
@@ -358,7 +381,7 @@ func TestRPCsMapArgumentsAndResults(t *testing.T) {
 	}})
 	_, err = c.Poll(ctx, &droverpb.ControlPollRequest{})
 	check(t, err)
-	wantCall(t, api, `Poll []`)
+	wantCall(t, api, `Poll  []`)
 
 	_, err = c.Stop(ctx, &droverpb.StopRequest{Name: "a", GraceMs: 1500})
 	check(t, err)
@@ -395,21 +418,35 @@ func TestRPCsMapArgumentsAndResults(t *testing.T) {
 		t.Errorf("Logs: got %d bytes in %d chunks, want the %d bytes written in several", len(got), chunks, len(api.logs))
 	}
 
-	fin, err := c.Finished(ctx, &droverpb.FinishedRequest{WaitMs: 1500})
+	fin, err := c.Finished(ctx, &droverpb.FinishedRequest{WaitMs: 1500, Client: "r1", Group: "g", Ack: []uint64{7, 9}})
 	check(t, err)
-	wantCall(t, api, "Finished 1.5s")
-	wantProto(t, "Finished", fin, &droverpb.FinishedReply{Exits: []*droverpb.Exit{
-		{Name: "b", Node: "n1", Code: 3, StartUnixNano: t0.UnixNano(), EndUnixNano: t1.UnixNano()},
-		{Name: "c", Node: "n1", Code: -1, Signal: "SIGKILL"},
-		{Name: "d", Node: "n2", Code: -1, Error: "node lost"},
-	}})
+	wantCall(t, api, "Finished r1 g [7 9] 1.5s")
+	wantExits := &droverpb.FinishedReply{Exits: []*droverpb.Exit{
+		{Name: "b", Node: "n1", Code: 3, StartUnixNano: t0.UnixNano(), EndUnixNano: t1.UnixNano(), Seq: 1, Group: "g"},
+		{Name: "c", Node: "n1", Code: -1, Signal: "SIGKILL", Seq: 2, Group: "g"},
+		{Name: "d", Node: "n2", Code: -1, Error: "node lost", Seq: 5, Group: "g"},
+	}}
+	wantProto(t, "Finished", fin, wantExits)
+
+	_, err = c.Ack(ctx, &droverpb.AckRequest{Client: "r1", Seqs: []uint64{1, 2}})
+	check(t, err)
+	wantCall(t, api, "Ack r1 [1 2]")
+
+	wctx, wcancel := context.WithCancel(ctx)
+	watch, err := c.WatchFinished(wctx, &droverpb.WatchFinishedRequest{Client: "r2", Group: "g", Ack: []uint64{3}})
+	check(t, err)
+	pushed, err := watch.Recv()
+	check(t, err)
+	wantCall(t, api, "WatchFinished r2 g") // after Ack r2 [3]
+	wantProto(t, "WatchFinished", pushed, wantExits)
+	wcancel()
 
 	_, err = c.CancelAll(ctx, &droverpb.CancelAllRequest{GraceMs: 250})
 	check(t, err)
-	wantCall(t, api, "CancelAll 250ms")
-	_, err = c.CancelAll(ctx, &droverpb.CancelAllRequest{})
+	wantCall(t, api, "CancelAll  250ms")
+	_, err = c.CancelAll(ctx, &droverpb.CancelAllRequest{Group: "g"})
 	check(t, err)
-	wantCall(t, api, "CancelAll 7s")
+	wantCall(t, api, "CancelAll g 7s")
 
 	env, err := c.GetEnv(ctx, &droverpb.GetEnvRequest{Node: "n1", Key: "K"})
 	check(t, err)
@@ -457,7 +494,7 @@ func TestRPCsMapArgumentsAndResults(t *testing.T) {
 	wantCall(t, api, "Shutdown ctx-cancellable=false")
 }
 
-func wantStatus(t *testing.T, err error, code codes.Code, kind droverpb.ControlErrorKind) {
+func wantStatus(t *testing.T, err error, code codes.Code, kind droverpb.ErrorKind) {
 	t.Helper()
 	st, ok := status.FromError(err)
 	if !ok {
@@ -466,9 +503,9 @@ func wantStatus(t *testing.T, err error, code codes.Code, kind droverpb.ControlE
 	if st.Code() != code {
 		t.Errorf("code %s, want %s (%v)", st.Code(), code, err)
 	}
-	var got droverpb.ControlErrorKind
+	var got droverpb.ErrorKind
 	for _, d := range st.Details() {
-		if ce, ok := d.(*droverpb.ControlError); ok {
+		if ce, ok := d.(*droverpb.ErrorDetail); ok {
 			got = ce.GetKind()
 		}
 	}
@@ -483,35 +520,55 @@ func TestTypedErrorsMapToCodes(t *testing.T) {
 	api := &fakeAPI{}
 	r := serve(t, api)
 	ctx := ctx(t)
-	lost := fmt.Errorf("poll on n1: %w", errors.Join(supervise.ErrUnknown, cluster.ErrNodeLost))
+	lost := fmt.Errorf("poll on n1: %w", errors.Join(errdefs.ErrUnknownProcess, errdefs.ErrNodeLost))
 	for _, tc := range []struct {
 		err  error
 		code codes.Code
-		kind droverpb.ControlErrorKind
+		kind droverpb.ErrorKind
 	}{
-		{supervise.ErrUnknown, codes.NotFound, droverpb.ControlErrorKind_CONTROL_ERROR_KIND_UNKNOWN_PROCESS},
-		{cluster.ErrUnknownNode, codes.NotFound, droverpb.ControlErrorKind_CONTROL_ERROR_KIND_UNKNOWN_NODE},
-		{supervise.ErrDuplicate, codes.AlreadyExists, droverpb.ControlErrorKind_CONTROL_ERROR_KIND_DUPLICATE},
-		{supervise.ErrRunning, codes.FailedPrecondition, droverpb.ControlErrorKind_CONTROL_ERROR_KIND_RUNNING},
-		{supervise.ErrNotRunning, codes.FailedPrecondition, droverpb.ControlErrorKind_CONTROL_ERROR_KIND_NOT_RUNNING},
-		{cluster.ErrNoCores, codes.ResourceExhausted, droverpb.ControlErrorKind_CONTROL_ERROR_KIND_NO_CORES},
-		{cluster.ErrInvalid, codes.InvalidArgument, droverpb.ControlErrorKind_CONTROL_ERROR_KIND_INVALID},
-		{wire.ErrInvalid, codes.InvalidArgument, droverpb.ControlErrorKind_CONTROL_ERROR_KIND_INVALID},
-		{cluster.ErrNodeLost, codes.Unavailable, droverpb.ControlErrorKind_CONTROL_ERROR_KIND_NODE_LOST},
-		{wire.ErrNodeLost, codes.Unavailable, droverpb.ControlErrorKind_CONTROL_ERROR_KIND_NODE_LOST},
-		{lost, codes.Unavailable, droverpb.ControlErrorKind_CONTROL_ERROR_KIND_NODE_LOST},
-		{cluster.ErrShuttingDown, codes.Unavailable, droverpb.ControlErrorKind_CONTROL_ERROR_KIND_CLOSED},
-		{supervise.ErrClosed, codes.Unavailable, droverpb.ControlErrorKind_CONTROL_ERROR_KIND_CLOSED},
-		{context.DeadlineExceeded, codes.DeadlineExceeded, droverpb.ControlErrorKind_CONTROL_ERROR_KIND_UNSPECIFIED},
-		{errors.New("disk on fire"), codes.Unknown, droverpb.ControlErrorKind_CONTROL_ERROR_KIND_UNSPECIFIED},
+		{errdefs.ErrUnknownProcess, codes.NotFound, droverpb.ErrorKind_ERROR_KIND_UNKNOWN_PROCESS},
+		{errdefs.ErrUnknownNode, codes.NotFound, droverpb.ErrorKind_ERROR_KIND_UNKNOWN_NODE},
+		{errdefs.ErrDuplicate, codes.AlreadyExists, droverpb.ErrorKind_ERROR_KIND_DUPLICATE},
+		{errdefs.ErrRunning, codes.FailedPrecondition, droverpb.ErrorKind_ERROR_KIND_RUNNING},
+		{errdefs.ErrNotRunning, codes.FailedPrecondition, droverpb.ErrorKind_ERROR_KIND_NOT_RUNNING},
+		{errdefs.ErrBusy, codes.ResourceExhausted, droverpb.ErrorKind_ERROR_KIND_BUSY},
+		{errdefs.ErrInvalid, codes.InvalidArgument, droverpb.ErrorKind_ERROR_KIND_INVALID},
+		{errdefs.ErrInvalid, codes.InvalidArgument, droverpb.ErrorKind_ERROR_KIND_INVALID},
+		{errdefs.ErrNodeLost, codes.Unavailable, droverpb.ErrorKind_ERROR_KIND_NODE_LOST},
+		{errdefs.ErrNodeLost, codes.Unavailable, droverpb.ErrorKind_ERROR_KIND_NODE_LOST},
+		{lost, codes.Unavailable, droverpb.ErrorKind_ERROR_KIND_NODE_LOST},
+		{errdefs.ErrClosed, codes.Unavailable, droverpb.ErrorKind_ERROR_KIND_CLOSED},
+		{errdefs.ErrClosed, codes.Unavailable, droverpb.ErrorKind_ERROR_KIND_CLOSED},
+		{context.DeadlineExceeded, codes.DeadlineExceeded, droverpb.ErrorKind_ERROR_KIND_UNSPECIFIED},
+		{errors.New("disk on fire"), codes.Unknown, droverpb.ErrorKind_ERROR_KIND_UNSPECIFIED},
+		{errdefs.NewSpawnError("exec", "/x/sim", syscall.ENOENT), codes.FailedPrecondition, droverpb.ErrorKind_ERROR_KIND_SPAWN_FAILED},
 	} {
 		t.Run(tc.err.Error(), func(t *testing.T) {
 			wrapped := fmt.Errorf("stop x on n1: %w", tc.err)
 			api.mu.Lock()
 			api.err = wrapped
 			api.mu.Unlock()
-			_, err := r.client.Stop(ctx, &droverpb.StopRequest{Name: "x"})
+			var md metadata.MD
+			_, err := r.client.Stop(ctx, &droverpb.StopRequest{Name: "x"}, grpc.Trailer(&md))
 			wantStatus(t, err, tc.code, tc.kind)
+			// The same kind in plain ASCII trailers, for clients without
+			// google/rpc/status.proto.
+			wantKind := ""
+			if tc.kind != droverpb.ErrorKind_ERROR_KIND_UNSPECIFIED {
+				wantKind = strings.ToLower(strings.TrimPrefix(tc.kind.String(), "ERROR_KIND_"))
+			}
+			if got := strings.Join(md.Get(pbconv.TrailerKind), ","); got != wantKind {
+				t.Errorf("trailer %s = %q, want %q", pbconv.TrailerKind, got, wantKind)
+			}
+			var se *errdefs.SpawnError
+			if errors.As(tc.err, &se) {
+				if got := md.Get(pbconv.TrailerErrno); len(got) != 1 || got[0] != fmt.Sprint(int(syscall.ENOENT)) {
+					t.Errorf("trailer errno %v, want %d", got, int(syscall.ENOENT))
+				}
+				if got := md.Get(pbconv.TrailerPath); len(got) != 1 || got[0] != "/x/sim" {
+					t.Errorf("trailer path %v, want /x/sim", got)
+				}
+			}
 			if msg := status.Convert(err).Message(); msg != wrapped.Error() {
 				t.Errorf("message %q, want %q", msg, wrapped.Error())
 			}
@@ -532,7 +589,7 @@ func TestSubmitInvalidJobFile(t *testing.T) {
 	dir := t.TempDir()
 	_, err := r.client.Submit(ctx(t), &droverpb.SubmitRequest{Name: "jobs.yaml", Dir: dir,
 		JobFile: []byte("jobs:\n  - name: sim\n    comand: [x]\n")})
-	wantStatus(t, err, codes.InvalidArgument, droverpb.ControlErrorKind_CONTROL_ERROR_KIND_INVALID)
+	wantStatus(t, err, codes.InvalidArgument, droverpb.ErrorKind_ERROR_KIND_INVALID)
 	if msg := status.Convert(err).Message(); !strings.Contains(msg, filepath.Join(dir, "jobs.yaml")+":3:5: unknown key") {
 		t.Errorf("message %q does not say FILE:3:5: unknown key", msg)
 	}
@@ -608,7 +665,7 @@ func TestInvalidRequestsRefused(t *testing.T) {
 		},
 	} {
 		t.Run(name, func(t *testing.T) {
-			wantStatus(t, call(), codes.InvalidArgument, droverpb.ControlErrorKind_CONTROL_ERROR_KIND_INVALID)
+			wantStatus(t, call(), codes.InvalidArgument, droverpb.ErrorKind_ERROR_KIND_INVALID)
 		})
 	}
 	if n := api.numCalls(); n != 0 {
@@ -739,7 +796,7 @@ func TestDrain(t *testing.T) {
 	}
 	// New calls are refused meanwhile.
 	_, err := r.client.Nodes(ctx, &droverpb.NodesRequest{})
-	wantStatus(t, err, codes.Unavailable, droverpb.ControlErrorKind_CONTROL_ERROR_KIND_CLOSED)
+	wantStatus(t, err, codes.Unavailable, droverpb.ErrorKind_ERROR_KIND_CLOSED)
 
 	close(api.hold)
 	check(t, <-drained)
@@ -762,7 +819,7 @@ func TestDrainEndsFollowingLogs(t *testing.T) {
 	}
 	check(t, r.srv.Drain(ctx))
 	_, err = stream.Recv()
-	wantStatus(t, err, codes.Unavailable, droverpb.ControlErrorKind_CONTROL_ERROR_KIND_CLOSED)
+	wantStatus(t, err, codes.Unavailable, droverpb.ErrorKind_ERROR_KIND_CLOSED)
 }
 
 // Status keeps statuses as they are and nil as nil.

@@ -4,7 +4,13 @@
 // asks for unbound processes.
 package cores
 
-import "sync"
+import (
+	"fmt"
+	"slices"
+	"sync"
+
+	"github.com/drover-hpc/drover/internal/errdefs"
+)
 
 // Pool tracks free cores per node. Safe for concurrent use.
 type Pool struct {
@@ -72,6 +78,36 @@ func (p *Pool) Take(name string, n int) (idx, hw []int, ok bool) {
 	}
 	nc.nFree -= n
 	return idx, hw, true
+}
+
+// TakeThreads reserves the cores that hold the given hwthreads of a node
+// (binding to a thread takes its whole core, so no two processes share
+// one) and returns their indices. A thread not on the node is
+// errdefs.ErrInvalid; a thread whose core is taken is errdefs.ErrBusy.
+func (p *Pool) TakeThreads(name string, hw []int) ([]int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	nc := p.nodes[name]
+	if nc == nil {
+		return nil, fmt.Errorf("%w: node %s has no cores", errdefs.ErrInvalid, name)
+	}
+	var idx []int
+	for _, t := range hw {
+		c := slices.IndexFunc(nc.hw, func(core []int) bool { return slices.Contains(core, t) })
+		switch {
+		case c < 0:
+			return nil, fmt.Errorf("%w: hwthread %d is not on node %s", errdefs.ErrInvalid, t, name)
+		case !nc.free[c]:
+			return nil, fmt.Errorf("%w: hwthread %d: its core is reserved by another process", errdefs.ErrBusy, t)
+		case !slices.Contains(idx, c):
+			idx = append(idx, c)
+		}
+	}
+	for _, c := range idx {
+		nc.free[c] = false
+	}
+	nc.nFree -= len(idx)
+	return idx, nil
 }
 
 // Release gives cores back and wakes whoever waits on Changed. Releasing

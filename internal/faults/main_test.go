@@ -11,7 +11,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/drover-hpc/drover/internal/e2e"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +19,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/drover-hpc/drover/internal/e2e"
 
 	"golang.org/x/sys/unix"
 )

@@ -5,6 +5,8 @@ import (
 	"sort"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/drover-hpc/drover/internal/errdefs"
 )
 
 // Error is one problem in a job file.
@@ -30,6 +32,9 @@ func (e *Error) Error() string {
 	b.WriteString(e.Msg)
 	return b.String()
 }
+
+// Unwrap makes every job-file problem an invalid request.
+func (e *Error) Unwrap() error { return errdefs.ErrInvalid }
 
 // Errors is every problem found, in file order.
 type Errors []*Error

@@ -21,6 +21,7 @@ import (
 
 	"github.com/drover-hpc/drover/api/droverpb"
 	"github.com/drover-hpc/drover/internal/creds"
+	"github.com/drover-hpc/drover/internal/errdefs"
 	"github.com/drover-hpc/drover/internal/launch"
 	"github.com/drover-hpc/drover/internal/node"
 	"github.com/drover-hpc/drover/internal/wire"
@@ -465,7 +466,7 @@ func (m *Manager) Close(ctx context.Context) error {
 	var wg sync.WaitGroup
 	for _, n := range m.Nodes() {
 		wg.Go(func() {
-			if err := n.Shutdown(ctx, m.opts.Grace); err != nil && !errors.Is(err, wire.ErrNodeLost) {
+			if err := n.Shutdown(ctx, m.opts.Grace); err != nil && !errors.Is(err, errdefs.ErrNodeLost) {
 				m.log.Warn("shut down node", "node", n.Name(), "err", err)
 			}
 		})

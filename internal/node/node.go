@@ -7,7 +7,6 @@ package node
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"syscall"
@@ -52,13 +51,10 @@ type ProcessSpec struct {
 	// waiting starts.
 	After string
 	// AfterTimeout bounds the wait for After: past it the start fails
-	// with ErrAfterTimeout and nothing runs, so that the caller can place
+	// with errdefs.ErrAfterTimeout and nothing runs, so that the caller can place
 	// the process elsewhere. 0 waits as long as it takes.
 	AfterTimeout time.Duration
 }
-
-// ErrAfterTimeout fails a start whose After process ran past AfterTimeout.
-var ErrAfterTimeout = errors.New("waited too long for the process before it")
 
 // State is what Poll reports for a process.
 type State int
@@ -66,13 +62,17 @@ type State int
 const (
 	Running State = iota
 	Exited
+	// Unknown: the node knows no process of that name (Err says so), so
+	// that one Poll of several names reports each.
+	Unknown
 )
 
 // Status is the state of one process as Poll sees it.
 type Status struct {
 	Name  string
 	State State
-	Exit  Exit // valid when State == Exited
+	Exit  Exit  // valid when State == Exited
+	Err   error // valid when State == Unknown
 }
 
 // Exit is the final report of one process. Exactly one is delivered by
@@ -125,7 +125,8 @@ type Node interface {
 	// executable or work dir, unwritable output path) is an error for this
 	// start only; the node keeps serving.
 	Start(ctx context.Context, spec ProcessSpec) (Started, error)
-	// Poll reports the named processes, or all known ones when names is empty.
+	// Poll reports the named processes, or all known ones when names is
+	// empty; a name it does not know is reported as Unknown.
 	Poll(ctx context.Context, names ...string) ([]Status, error)
 	// Stop sends SIGTERM to the process group, then SIGKILL after grace.
 	Stop(ctx context.Context, name string, grace time.Duration) error

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/drover-hpc/drover/internal/cores"
+	"github.com/drover-hpc/drover/internal/errdefs"
 	"github.com/drover-hpc/drover/internal/jobfile"
 	"github.com/drover-hpc/drover/internal/node"
 	"github.com/drover-hpc/drover/internal/results"
@@ -677,7 +678,7 @@ func (r *runner) spec(inst *instance) node.ProcessSpec {
 
 func (r *runner) started(res startResult) {
 	inst := res.inst
-	if errors.Is(res.err, node.ErrAfterTimeout) {
+	if errors.Is(res.err, errdefs.ErrAfterTimeout) {
 		// Its predecessor ran long: place it anew; this was no attempt.
 		r.release(inst)
 		inst.attempt--

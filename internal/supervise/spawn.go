@@ -15,6 +15,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/drover-hpc/drover/internal/errdefs"
 	"golang.org/x/sys/unix"
 )
 
@@ -59,16 +60,20 @@ type notFoundError struct{ name string }
 func (e *notFoundError) Error() string { return fmt.Sprintf("executable %q not found", e.name) }
 func (e *notFoundError) Unwrap() error { return fs.ErrNotExist }
 
+func notFound(name string) error {
+	return &errdefs.SpawnError{Op: "exec", Path: name, Errno: unix.ENOENT, Err: &notFoundError{name}}
+}
+
 // spawn forks and execs one child on the calling (locked) spawner thread
 // and records it. cur is the thread's current affinity.
 func (s *Supervisor) spawn(spec *Spec, p *proc, cur *unix.CPUSet) error {
 	if spec.Dir != "" {
 		var st unix.Stat_t
 		if err := unix.Stat(spec.Dir, &st); err != nil {
-			return fmt.Errorf("work dir %s: %w", spec.Dir, err)
+			return errdefs.NewSpawnError("work dir", spec.Dir, fmt.Errorf("work dir %s: %w", spec.Dir, err))
 		}
 		if st.Mode&unix.S_IFMT != unix.S_IFDIR {
-			return fmt.Errorf("work dir %s: %w", spec.Dir, unix.ENOTDIR)
+			return errdefs.NewSpawnError("work dir", spec.Dir, fmt.Errorf("work dir %s: %w", spec.Dir, unix.ENOTDIR))
 		}
 	}
 	exe, err := findExecutable(spec)
@@ -102,7 +107,7 @@ func (s *Supervisor) spawn(spec *Spec, p *proc, cur *unix.CPUSet) error {
 	if outPath != "" {
 		if stdout, err = openOutput(outPath); err != nil {
 			stdout = s.devNull
-			return &fs.PathError{Op: "open stdout", Path: outPath, Err: err}
+			return errdefs.NewSpawnError("open stdout", outPath, &fs.PathError{Op: "open stdout", Path: outPath, Err: err})
 		}
 	}
 	switch {
@@ -112,7 +117,7 @@ func (s *Supervisor) spawn(spec *Spec, p *proc, cur *unix.CPUSet) error {
 	default:
 		if stderr, err = openOutput(errPath); err != nil {
 			stderr = s.devNull
-			return &fs.PathError{Op: "open stderr", Path: errPath, Err: err}
+			return errdefs.NewSpawnError("open stderr", errPath, &fs.PathError{Op: "open stderr", Path: errPath, Err: err})
 		}
 	}
 	var pipe [2]int
@@ -218,12 +223,12 @@ func execError(arg0 string, err error) error {
 		case unix.ENOENT:
 			// The work dir was checked before: it is the executable (or
 			// its interpreter) that is missing.
-			return &notFoundError{arg0}
+			return notFound(arg0)
 		case unix.EACCES, unix.ENOEXEC, unix.ENOTDIR, unix.ELOOP, unix.ENAMETOOLONG:
-			return fmt.Errorf("executable %q: %w", arg0, errno)
+			return errdefs.NewSpawnError("exec", arg0, fmt.Errorf("executable %q: %w", arg0, errno))
 		}
 	}
-	return fmt.Errorf("fork/exec %q: %w", arg0, err)
+	return errdefs.NewSpawnError("exec", arg0, fmt.Errorf("fork/exec %q: %w", arg0, err))
 }
 
 // findExecutable resolves Args[0]: as given when it has a slash, else by
@@ -250,7 +255,7 @@ func findExecutable(spec *Spec) (string, error) {
 			return cand, nil
 		}
 	}
-	return "", &notFoundError{name}
+	return "", notFound(name)
 }
 
 // envPath is the first PATH in env, as getenv in the child would find it.

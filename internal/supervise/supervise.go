@@ -51,18 +51,13 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/drover-hpc/drover/internal/errdefs"
 	"github.com/drover-hpc/drover/internal/node"
 )
 
-// Errors returned (wrapped, with the operation and the process name) by the
-// Supervisor's methods. Test with errors.Is.
-var (
-	ErrDuplicate  = errors.New("name already in use")
-	ErrUnknown    = errors.New("unknown process")
-	ErrRunning    = errors.New("process is running")
-	ErrNotRunning = errors.New("process is not running")
-	ErrClosed     = errors.New("supervisor is closed")
-)
+// The Supervisor's methods return errdefs kinds (Duplicate, UnknownProcess,
+// Running, NotRunning, Closed, SpawnFailed), wrapped with the operation and
+// the process name. Test with errors.Is.
 
 // Options configures a Supervisor.
 type Options struct {
@@ -256,11 +251,11 @@ func (s *Supervisor) Start(spec Spec) (pid int, err error) {
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
-		return 0, fmt.Errorf("start %s: %w", spec.Name, ErrClosed)
+		return 0, fmt.Errorf("start %s: %w", spec.Name, errdefs.ErrClosed)
 	}
 	if _, ok := s.procs[spec.Name]; ok {
 		s.mu.Unlock()
-		return 0, fmt.Errorf("start %s: %w", spec.Name, ErrDuplicate)
+		return 0, fmt.Errorf("start %s: %w", spec.Name, errdefs.ErrDuplicate)
 	}
 	p := &proc{name: spec.Name, state: stateStarting, stdinFD: -1}
 	s.procs[spec.Name] = p
@@ -316,7 +311,8 @@ func (s *Supervisor) Poll(names ...string) ([]node.Status, error) {
 	for _, n := range names {
 		p, ok := s.procs[n]
 		if !ok {
-			return nil, fmt.Errorf("poll %s: %w", n, ErrUnknown)
+			out = append(out, node.Status{Name: n, State: node.Unknown, Err: fmt.Errorf("poll %s: %w", n, errdefs.ErrUnknownProcess)})
+			continue
 		}
 		out = append(out, p.status())
 	}
@@ -333,7 +329,7 @@ func (p *proc) status() node.Status {
 // Stop sends SIGTERM to the process group now and SIGKILL to the group
 // after grace if the leader is still running; it returns at once. When the
 // leader exits, what is left of its group is killed. Stopping a process that
-// has already exited is ErrNotRunning; one whose Start has not returned yet
+// has already exited is errdefs.ErrNotRunning; one whose Start has not returned yet
 // is signalled as soon as it runs. A second Stop can only bring the SIGKILL
 // forward.
 func (s *Supervisor) Stop(name string, grace time.Duration) error {
@@ -366,10 +362,10 @@ func (s *Supervisor) Kill(name string) error {
 func (s *Supervisor) liveLocked(op, name string) (*proc, error) {
 	p, ok := s.procs[name]
 	if !ok {
-		return nil, fmt.Errorf("%s %s: %w", op, name, ErrUnknown)
+		return nil, fmt.Errorf("%s %s: %w", op, name, errdefs.ErrUnknownProcess)
 	}
 	if p.state == stateExited {
-		return nil, fmt.Errorf("%s %s: %w", op, name, ErrNotRunning)
+		return nil, fmt.Errorf("%s %s: %w", op, name, errdefs.ErrNotRunning)
 	}
 	return p, nil
 }
@@ -440,17 +436,17 @@ func (s *Supervisor) Purge(name string) error {
 	defer s.mu.Unlock()
 	p, ok := s.procs[name]
 	if !ok {
-		return fmt.Errorf("purge %s: %w", name, ErrUnknown)
+		return fmt.Errorf("purge %s: %w", name, errdefs.ErrUnknownProcess)
 	}
 	if p.state != stateExited {
-		return fmt.Errorf("purge %s: %w", name, ErrRunning)
+		return fmt.Errorf("purge %s: %w", name, errdefs.ErrRunning)
 	}
 	delete(s.procs, name)
 	return nil
 }
 
 // Send writes data to the process's stdin. It honours the deadline and the
-// cancellation of ctx; it fails with ErrNotRunning once the process exited
+// cancellation of ctx; it fails with errdefs.ErrNotRunning once the process exited
 // (its stdin is closed then), and with syscall.EPIPE when nothing reads the
 // stdin any more while the process has not been reaped (it closed its stdin,
 // or it is just dying).
@@ -458,7 +454,7 @@ func (s *Supervisor) Send(ctx context.Context, name string, data []byte) error {
 	s.mu.Lock()
 	p, err := s.liveLocked("send", name)
 	if err == nil && p.state == stateStarting {
-		err = fmt.Errorf("send %s: %w", name, ErrNotRunning)
+		err = fmt.Errorf("send %s: %w", name, errdefs.ErrNotRunning)
 	}
 	s.mu.Unlock()
 	if err != nil {
@@ -497,13 +493,13 @@ func (s *Supervisor) Send(ctx context.Context, name string, data []byte) error {
 		<-ctx.Done() // the deadline came from ctx, which is done or about to be
 		return fmt.Errorf("send %s: %w", name, ctx.Err())
 	case errors.Is(err, os.ErrClosed): // closed because the child exited
-		return fmt.Errorf("send %s: %w", name, ErrNotRunning)
+		return fmt.Errorf("send %s: %w", name, errdefs.ErrNotRunning)
 	case errors.Is(err, syscall.EPIPE):
 		s.mu.Lock()
 		exited := p.state == stateExited
 		s.mu.Unlock()
 		if exited {
-			return fmt.Errorf("send %s: %w", name, ErrNotRunning)
+			return fmt.Errorf("send %s: %w", name, errdefs.ErrNotRunning)
 		}
 		// Nothing reads the process's stdin any more; it may still run.
 		return fmt.Errorf("send %s: stdin closed: %w", name, syscall.EPIPE)
@@ -516,7 +512,7 @@ func (s *Supervisor) Send(ctx context.Context, name string, data []byte) error {
 func (p *proc) stdinFile() (*os.File, error) {
 	if p.stdin == nil {
 		if p.stdinFD < 0 {
-			return nil, ErrNotRunning
+			return nil, errdefs.ErrNotRunning
 		}
 		if err := unix.SetNonblock(p.stdinFD, true); err != nil {
 			return nil, err
@@ -567,7 +563,7 @@ func (s *Supervisor) Running() int {
 // Close stops every process (SIGTERM, then SIGKILL after grace), waits until
 // all of them are reaped (with Options.Subreaper, also until every orphan
 // that no running process may own has been killed), and stops the spawner
-// threads and, when this is the last open Supervisor, the reaper. Starts are refused with ErrClosed
+// threads and, when this is the last open Supervisor, the reaper. Starts are refused with errdefs.ErrClosed
 // from the moment Close begins. Poll, Purge and Finished keep working on
 // what is known. Close is idempotent; later calls wait for the first.
 func (s *Supervisor) Close(grace time.Duration) error {

@@ -21,6 +21,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/drover-hpc/drover/internal/errdefs"
 	"github.com/drover-hpc/drover/internal/node"
 )
 
@@ -206,8 +207,8 @@ func TestStopKillsGroup(t *testing.T) {
 	}
 	out.eof() // the grandchild held the write end too
 	waitDead(t, gpid)
-	if err := s.Stop("tree", 0); !errors.Is(err, ErrNotRunning) {
-		t.Errorf("Stop after exit = %v, want ErrNotRunning", err)
+	if err := s.Stop("tree", 0); !errors.Is(err, errdefs.ErrNotRunning) {
+		t.Errorf("Stop after exit = %v, want errdefs.ErrNotRunning", err)
 	}
 }
 
@@ -275,15 +276,15 @@ func TestKill(t *testing.T) {
 	if e := x.wait("k"); e.Signal != syscall.SIGKILL || e.Code != -1 {
 		t.Errorf("exit = %+v", e)
 	}
-	if err := s.Kill("k"); !errors.Is(err, ErrNotRunning) {
+	if err := s.Kill("k"); !errors.Is(err, errdefs.ErrNotRunning) {
 		t.Errorf("Kill after exit = %v", err)
 	}
 	err := s.Kill("nope")
-	if !errors.Is(err, ErrUnknown) || err.Error() != "kill nope: unknown process" {
+	if !errors.Is(err, errdefs.ErrUnknownProcess) || err.Error() != "kill nope: unknown process" {
 		t.Errorf("Kill unknown = %v", err)
 	}
 	err = s.Stop("sim.9", time.Second)
-	if !errors.Is(err, ErrUnknown) || err.Error() != "stop sim.9: unknown process" {
+	if !errors.Is(err, errdefs.ErrUnknownProcess) || err.Error() != "stop sim.9: unknown process" {
 		t.Errorf("Stop unknown = %v", err)
 	}
 }
@@ -295,29 +296,29 @@ func TestPurgeAndRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Start(helper(t, "p", "exit", "0")); !errors.Is(err, ErrDuplicate) {
-		t.Errorf("Start while running = %v, want ErrDuplicate", err)
+	if _, err := s.Start(helper(t, "p", "exit", "0")); !errors.Is(err, errdefs.ErrDuplicate) {
+		t.Errorf("Start while running = %v, want errdefs.ErrDuplicate", err)
 	}
-	if err := s.Purge("p"); !errors.Is(err, ErrRunning) {
-		t.Errorf("Purge while running = %v, want ErrRunning", err)
+	if err := s.Purge("p"); !errors.Is(err, errdefs.ErrRunning) {
+		t.Errorf("Purge while running = %v, want errdefs.ErrRunning", err)
 	}
-	if err := s.Purge("nope"); !errors.Is(err, ErrUnknown) {
-		t.Errorf("Purge unknown = %v, want ErrUnknown", err)
+	if err := s.Purge("nope"); !errors.Is(err, errdefs.ErrUnknownProcess) {
+		t.Errorf("Purge unknown = %v, want errdefs.ErrUnknownProcess", err)
 	}
 	if err := s.Kill("p"); err != nil {
 		t.Fatal(err)
 	}
 	x.wait("p")
-	if _, err := s.Start(helper(t, "p", "exit", "0")); !errors.Is(err, ErrDuplicate) {
-		t.Errorf("Start after exit, before purge = %v, want ErrDuplicate", err)
+	if _, err := s.Start(helper(t, "p", "exit", "0")); !errors.Is(err, errdefs.ErrDuplicate) {
+		t.Errorf("Start after exit, before purge = %v, want errdefs.ErrDuplicate", err)
 	}
 	if err := s.Purge("p"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Poll("p"); !errors.Is(err, ErrUnknown) {
+	if _, err := s.Poll("p"); !errors.Is(err, errdefs.ErrUnknownProcess) {
 		t.Errorf("Poll after purge = %v", err)
 	}
-	if err := s.Purge("p"); !errors.Is(err, ErrUnknown) {
+	if err := s.Purge("p"); !errors.Is(err, errdefs.ErrUnknownProcess) {
 		t.Errorf("second Purge = %v", err)
 	}
 	pid2, err := s.Start(helper(t, "p", "exit", "4"))
@@ -355,15 +356,15 @@ func TestSend(t *testing.T) {
 	if err := s.Send(cctx, "echo", []byte("x\n")); !errors.Is(err, context.Canceled) {
 		t.Errorf("Send with cancelled ctx = %v", err)
 	}
-	if err := s.Send(ctx, "nope", nil); !errors.Is(err, ErrUnknown) {
+	if err := s.Send(ctx, "nope", nil); !errors.Is(err, errdefs.ErrUnknownProcess) {
 		t.Errorf("Send unknown = %v", err)
 	}
 	if err := s.Kill("echo"); err != nil {
 		t.Fatal(err)
 	}
 	x.wait("echo")
-	if err := s.Send(ctx, "echo", []byte("late\n")); !errors.Is(err, ErrNotRunning) {
-		t.Errorf("Send after exit = %v, want ErrNotRunning", err)
+	if err := s.Send(ctx, "echo", []byte("late\n")); !errors.Is(err, errdefs.ErrNotRunning) {
+		t.Errorf("Send after exit = %v, want errdefs.ErrNotRunning", err)
 	}
 
 	// A child that never reads: the pipe fills and the deadline ends Send.
@@ -377,7 +378,7 @@ func TestSend(t *testing.T) {
 		t.Errorf("Send to a full pipe = %v, want deadline exceeded", err)
 	}
 	// A blocked Send is released when the child exits: by EPIPE when the
-	// dying child closed the pipe first, else by ErrNotRunning.
+	// dying child closed the pipe first, else by errdefs.ErrNotRunning.
 	errc := make(chan error, 1)
 	go func() { errc <- s.Send(ctx, "deaf", make([]byte, 4<<20)) }()
 	if err := s.Kill("deaf"); err != nil {
@@ -386,8 +387,8 @@ func TestSend(t *testing.T) {
 	x.wait("deaf")
 	select {
 	case err := <-errc:
-		if !errors.Is(err, ErrNotRunning) && !errors.Is(err, syscall.EPIPE) {
-			t.Errorf("blocked Send = %v, want ErrNotRunning or EPIPE", err)
+		if !errors.Is(err, errdefs.ErrNotRunning) && !errors.Is(err, syscall.EPIPE) {
+			t.Errorf("blocked Send = %v, want errdefs.ErrNotRunning or EPIPE", err)
 		}
 	case <-time.After(patience):
 		t.Fatal("blocked Send not released")
@@ -421,7 +422,7 @@ func TestPoll(t *testing.T) {
 	if err != nil || len(st) != 1 || st[0].State != node.Running {
 		t.Errorf("Poll(b-run) = %+v, %v", st, err)
 	}
-	if _, err := s.Poll("b-run", "zzz"); !errors.Is(err, ErrUnknown) || err.Error() != "poll zzz: unknown process" {
+	if _, err := s.Poll("b-run", "zzz"); !errors.Is(err, errdefs.ErrUnknownProcess) || err.Error() != "poll zzz: unknown process" {
 		t.Errorf("Poll unknown = %v", err)
 	}
 	if n := s.Running(); n != 1 {
@@ -799,8 +800,8 @@ func TestClose(t *testing.T) {
 	if len(fin) != 6 {
 		t.Errorf("Finished after Close: %v", fin)
 	}
-	if _, err := s.Start(helper(t, "late", "exit", "0")); !errors.Is(err, ErrClosed) {
-		t.Errorf("Start after Close = %v, want ErrClosed", err)
+	if _, err := s.Start(helper(t, "late", "exit", "0")); !errors.Is(err, errdefs.ErrClosed) {
+		t.Errorf("Start after Close = %v, want errdefs.ErrClosed", err)
 	}
 	if err := s.Close(0); err != nil { // idempotent
 		t.Errorf("second Close = %v", err)
@@ -832,11 +833,11 @@ func TestConcurrentClose(t *testing.T) {
 		})
 	}
 	// Starts racing with Close either succeed (and are stopped) or fail
-	// with ErrClosed.
+	// with errdefs.ErrClosed.
 	for i := range 8 {
 		wg.Go(func() {
 			_, err := s.Start(helper(t, fmt.Sprint("r", i), "sleep"))
-			if err != nil && !errors.Is(err, ErrClosed) {
+			if err != nil && !errors.Is(err, errdefs.ErrClosed) {
 				t.Error(err)
 			}
 		})

@@ -171,7 +171,7 @@ func (s *ClusterSource) follow(t *tail) {
 
 // pollStarted follows the processes started with `drover start`.
 func (s *ClusterSource) pollStarted(ctx context.Context) {
-	st, err := s.api.Poll(ctx)
+	st, err := s.api.Poll(ctx, "")
 	if err != nil {
 		return
 	}

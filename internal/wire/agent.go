@@ -16,7 +16,9 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/drover-hpc/drover/api/droverpb"
+	"github.com/drover-hpc/drover/internal/errdefs"
 	"github.com/drover-hpc/drover/internal/node"
+	"github.com/drover-hpc/drover/internal/pbconv"
 )
 
 // AgentNode is what RunAgent serves: a node.Node that can also stop
@@ -303,7 +305,7 @@ func (a *agentRun) runSession() (welcomed bool, err error) {
 	a.streamCancel = cancel
 	hello := &droverpb.Hello{
 		Node:      a.node.Name(),
-		Resources: resourcesToPB(a.node.Resources()),
+		Resources: pbconv.Resources(a.node.Resources()),
 		Version:   a.opts.Version,
 		Session:   a.session,
 		RemoteFs:  a.opts.RemoteFS,
@@ -563,7 +565,7 @@ func (a *agentRun) execute(ctx context.Context, c *droverpb.Command) *droverpb.R
 	case *droverpb.Command_Poll:
 		var st []node.Status
 		if st, err = n.Poll(ctx, op.Poll.GetNames()...); err == nil {
-			r.Result = &droverpb.Reply_Poll{Poll: statusesToPB(st)}
+			r.Result = &droverpb.Reply_Poll{Poll: &droverpb.PollResult{Statuses: pbconv.Statuses(st)}}
 		}
 	case *droverpb.Command_EnvGet:
 		var v string
@@ -583,7 +585,7 @@ func (a *agentRun) execute(ctx context.Context, c *droverpb.Command) *droverpb.R
 	case *droverpb.Command_LogLevel:
 		err = n.SetLogLevel(ctx, op.LogLevel)
 	default:
-		err = fmt.Errorf("%w %d: no operation this agent knows", ErrInvalid, c.GetId())
+		err = fmt.Errorf("%w %d: no operation this agent knows", errdefs.ErrInvalid, c.GetId())
 	}
 	setError(r, err)
 	return r
@@ -599,7 +601,7 @@ func (a *agentRun) pump(quit <-chan struct{}, done chan<- struct{}) {
 			exits := a.node.Finished()
 			items := make([]*outItem, len(exits))
 			for i, e := range exits {
-				it := &outItem{report: &droverpb.ExitReport{Exit: exitToPB(e)}}
+				it := &outItem{report: &droverpb.ExitReport{Exit: pbconv.Exit(e)}}
 				if sp := a.files.take(e.Name); sp != nil {
 					it.report.ResultsId, it.dir = sp.id, sp.dir
 					var err error

@@ -16,6 +16,7 @@ import (
 	"sync"
 
 	"github.com/drover-hpc/drover/api/droverpb"
+	"github.com/drover-hpc/drover/internal/errdefs"
 	"github.com/drover-hpc/drover/internal/node"
 )
 
@@ -112,7 +113,7 @@ func (af *agentFiles) remove() error {
 // checks size and hash and makes the content available.
 func (af *agentFiles) put(p *droverpb.PutFile) error {
 	if len(p.GetSha256()) != sha256.Size || p.GetOffset() < 0 {
-		return fmt.Errorf("%w: put file: bad hash or offset", ErrInvalid)
+		return fmt.Errorf("%w: put file: bad hash or offset", errdefs.ErrInvalid)
 	}
 	d, err := af.root()
 	if err != nil {
@@ -163,7 +164,7 @@ func (af *agentFiles) prepare(pb *droverpb.ProcessSpec, spec *node.ProcessSpec) 
 			continue
 		}
 		if len(f.GetSha256()) != sha256.Size {
-			return nil, fmt.Errorf("%w: stage %s: bad hash", ErrInvalid, f.GetDst())
+			return nil, fmt.Errorf("%w: stage %s: bad hash", errdefs.ErrInvalid, f.GetDst())
 		}
 		d, err := af.root()
 		if err != nil {

@@ -7,8 +7,7 @@ import (
 
 	"github.com/drover-hpc/drover/api/droverpb"
 	"github.com/drover-hpc/drover/internal/node"
-	"github.com/drover-hpc/drover/internal/supervise"
-	"github.com/drover-hpc/drover/internal/topology"
+	"github.com/drover-hpc/drover/internal/pbconv"
 )
 
 // Message sizes. gRPC refuses messages over 4 MiB by default; a batch is
@@ -20,14 +19,12 @@ const (
 	maxBatchBytes = 1 << 20
 )
 
-// Errors of this package. Test with errors.Is.
+// Errors of this package besides the errdefs kinds (NodeLost: the node's
+// agent was silent for NodeTimeout, its session was closed, or the server
+// was closed; every call still waiting for an answer, and every later
+// call, fails with it. Invalid: the agent could not make sense of a
+// command). Test with errors.Is.
 var (
-	// ErrNodeLost: the node's agent was silent for NodeTimeout, its session
-	// was closed, or the server was closed. Every call still waiting for an
-	// answer, and every later call, fails with it.
-	ErrNodeLost = errors.New("node lost")
-	// ErrInvalid: the agent could not make sense of a command.
-	ErrInvalid = errors.New("invalid command")
 	// ErrMonitorTimeout: RunAgent heard nothing from the manager for the
 	// monitor timeout and stopped every process.
 	ErrMonitorTimeout = errors.New("no word from the manager within the monitor timeout")
@@ -36,73 +33,23 @@ var (
 	ErrGivenUp = errors.New("the manager gave this node up")
 )
 
-// kinds maps the core's typed errors to their wire form and back.
-var kinds = []struct {
-	kind droverpb.ErrorKind
-	err  error
-}{
-	{droverpb.ErrorKind_ERROR_KIND_UNKNOWN_PROCESS, supervise.ErrUnknown},
-	{droverpb.ErrorKind_ERROR_KIND_DUPLICATE, supervise.ErrDuplicate},
-	{droverpb.ErrorKind_ERROR_KIND_RUNNING, supervise.ErrRunning},
-	{droverpb.ErrorKind_ERROR_KIND_NOT_RUNNING, supervise.ErrNotRunning},
-	{droverpb.ErrorKind_ERROR_KIND_CLOSED, supervise.ErrClosed},
-	{droverpb.ErrorKind_ERROR_KIND_INVALID, ErrInvalid},
-	{droverpb.ErrorKind_ERROR_KIND_AFTER_TIMEOUT, node.ErrAfterTimeout},
-}
+// remoteError is an error the agent answered a command with.
+type remoteError struct{ error }
 
-func errorKind(err error) droverpb.ErrorKind {
-	for _, k := range kinds {
-		if errors.Is(err, k.err) {
-			return k.kind
-		}
-	}
-	return droverpb.ErrorKind_ERROR_KIND_UNSPECIFIED
-}
-
-// remoteError is an error that crossed the wire: the agent's message, and
-// the core's typed error it wrapped, if any.
-type remoteError struct {
-	msg  string
-	kind error
-}
-
-func (e *remoteError) Error() string { return e.msg }
-func (e *remoteError) Unwrap() error { return e.kind }
+func (e *remoteError) Unwrap() error { return e.error }
 
 // replyError turns a Reply's error back into a Go error (nil when none).
 func replyError(r *droverpb.Reply) error {
-	if r.GetError() == "" && r.GetErrorKind() == droverpb.ErrorKind_ERROR_KIND_UNSPECIFIED {
-		return nil
+	if err := pbconv.Error(r.GetError(), r.GetErrorDetail()); err != nil {
+		return &remoteError{err}
 	}
-	e := &remoteError{msg: r.GetError()}
-	for _, k := range kinds {
-		if k.kind == r.GetErrorKind() {
-			e.kind = k.err
-		}
-	}
-	if e.msg == "" {
-		if e.kind != nil {
-			e.msg = e.kind.Error()
-		} else {
-			e.msg = "agent error " + r.GetErrorKind().String()
-		}
-	}
-	return e
+	return nil
 }
 
 func setError(r *droverpb.Reply, err error) {
 	if err != nil {
-		r.Error = err.Error()
-		r.ErrorKind = errorKind(err)
+		r.Error, r.ErrorDetail = err.Error(), pbconv.Detail(err)
 	}
-}
-
-func resourcesToPB(r topology.Resources) *droverpb.Resources {
-	return droverpb.NewResources(r.Node, r.Cores, r.MemoryBytes)
-}
-
-func resourcesFromPB(r *droverpb.Resources) topology.Resources {
-	return topology.Resources{Node: r.GetNode(), Cores: r.CoreLists(), MemoryBytes: r.GetMemoryBytes()}
 }
 
 func specToPB(s node.ProcessSpec) *droverpb.ProcessSpec {
@@ -185,77 +132,4 @@ func fromMillis(ms int64) time.Duration {
 		return 0
 	}
 	return time.Duration(ms) * time.Millisecond
-}
-
-func unixNano(t time.Time) int64 {
-	if t.IsZero() {
-		return 0
-	}
-	return t.UnixNano()
-}
-
-func fromUnixNano(n int64) time.Time {
-	if n == 0 {
-		return time.Time{}
-	}
-	return time.Unix(0, n)
-}
-
-func exitToPB(e node.Exit) *droverpb.Exit {
-	out := &droverpb.Exit{
-		Name:          e.Name,
-		Node:          e.Node,
-		Code:          int32(e.Code),
-		StartUnixNano: unixNano(e.Start),
-		EndUnixNano:   unixNano(e.End),
-		Error:         e.Err,
-	}
-	if e.Signal != 0 {
-		out.Signal = node.SignalName(e.Signal)
-	}
-	return out
-}
-
-func exitFromPB(e *droverpb.Exit) node.Exit {
-	out := node.Exit{
-		Name:  e.GetName(),
-		Node:  e.GetNode(),
-		Code:  int(e.GetCode()),
-		Start: fromUnixNano(e.GetStartUnixNano()),
-		End:   fromUnixNano(e.GetEndUnixNano()),
-		Err:   e.GetError(),
-	}
-	if e.GetSignal() != "" {
-		if sig, ok := node.ParseSignal(e.GetSignal()); ok {
-			out.Signal = sig
-		} else if out.Err == "" {
-			out.Err = "unknown signal " + e.GetSignal()
-		}
-	}
-	return out
-}
-
-func statusesToPB(st []node.Status) *droverpb.PollResult {
-	out := &droverpb.PollResult{Statuses: make([]*droverpb.ProcessStatus, 0, len(st))}
-	for _, s := range st {
-		ps := &droverpb.ProcessStatus{Name: s.Name, Running: s.State == node.Running}
-		if s.State == node.Exited {
-			ps.Exit = exitToPB(s.Exit)
-		}
-		out.Statuses = append(out.Statuses, ps)
-	}
-	return out
-}
-
-func statusesFromPB(p *droverpb.PollResult) []node.Status {
-	out := make([]node.Status, 0, len(p.GetStatuses()))
-	for _, s := range p.GetStatuses() {
-		st := node.Status{Name: s.GetName(), State: node.Running}
-		if !s.GetRunning() {
-			st.State = node.Exited
-			st.Exit = exitFromPB(s.GetExit())
-		}
-		out = append(out, st)
-	}
-	return out
 }

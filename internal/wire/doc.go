@@ -28,14 +28,14 @@
 //     ManagerMsg.cancel and the agent cancels it (or, if it never arrived,
 //     answers it as cancelled without running it).
 //   - Errors cross as text plus ErrorKind, and come back wrapping the
-//     core's typed errors (supervise.ErrUnknown, ...), so errors.Is works.
+//     core's typed errors (errdefs.ErrUnknownProcess, ...), so errors.Is works.
 //   - Exits carry seq from 1 up. The manager delivers each seq once (a
 //     lower or equal one is a repeat) and acknowledges with ack_exits; the
 //     agent keeps and, after a reconnect, resends every unacknowledged exit.
 //   - Any message is a sign of life. Both sides send a heartbeat every
 //     interval; one with sent_unix_nano is echoed at once, for RTT. After
 //     NodeTimeout without a message the manager declares the node lost:
-//     pending calls fail with ErrNodeLost, Ready is closed. After the
+//     pending calls fail with errdefs.ErrNodeLost, Ready is closed. After the
 //     monitor timeout without a message (stream up or down) the agent stops
 //     every process and RunAgent returns ErrMonitorTimeout.
 //   - A Shutdown command is answered at once; the agent then stops every

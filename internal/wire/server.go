@@ -20,7 +20,9 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/drover-hpc/drover/api/droverpb"
+	"github.com/drover-hpc/drover/internal/errdefs"
 	"github.com/drover-hpc/drover/internal/node"
+	"github.com/drover-hpc/drover/internal/pbconv"
 	"github.com/drover-hpc/drover/internal/topology"
 )
 
@@ -92,7 +94,7 @@ func (s *Server) Nodes() []*RemoteNode {
 }
 
 // Close ends every session: each node is lost (pending calls fail with
-// ErrNodeLost, Ready is closed), and an agent that reconnects is told to
+// errdefs.ErrNodeLost, Ready is closed), and an agent that reconnects is told to
 // give up. It returns when the session goroutines are gone. It does not
 // stop the grpc.Server.
 func (s *Server) Close() {
@@ -349,7 +351,7 @@ func (a *attachment) wakeup() {
 func (a *attachment) close() { a.doneOnce.Do(func() { close(a.done) }) }
 
 func newRemoteNode(s *Server, session string, h *droverpb.Hello) *RemoteNode {
-	res := resourcesFromPB(h.GetResources())
+	res := pbconv.ResourcesFromPB(h.GetResources())
 	if res.Node == "" {
 		res.Node = h.GetNode()
 	}
@@ -480,7 +482,7 @@ func (n *RemoteNode) loseLocked(reason string) {
 		return
 	}
 	n.lost = true
-	n.lostErr = fmt.Errorf("%w: %s", ErrNodeLost, reason)
+	n.lostErr = fmt.Errorf("%w: %s", errdefs.ErrNodeLost, reason)
 	for _, c := range n.calls {
 		c.err = fmt.Errorf("%s on %s: %w", c.op, n.name, n.lostErr)
 		close(c.done)
@@ -557,7 +559,7 @@ func (n *RemoteNode) handle(att *attachment, m *droverpb.AgentMsg, resultErrs ma
 			continue // delivered before a reconnect
 		}
 		n.lastSeq = x.GetSeq()
-		e := exitFromPB(x.GetExit())
+		e := pbconv.ExitFromPB(x.GetExit())
 		if e.Node == "" {
 			e.Node = n.name
 		}
@@ -808,7 +810,7 @@ func (n *RemoteNode) Start(ctx context.Context, spec node.ProcessSpec) (node.Sta
 	r, err := n.call(ctx, op, &droverpb.Command{Op: &droverpb.Command_Start{Start: pb}})
 	if err != nil {
 		var re *remoteError
-		if errors.As(err, &re) || errors.Is(err, ErrNodeLost) {
+		if errors.As(err, &re) || errors.Is(err, errdefs.ErrNodeLost) {
 			n.dropResults(id) // it did not start; else its exit may still come
 		}
 		return node.Started{}, err
@@ -825,7 +827,7 @@ func (n *RemoteNode) Poll(ctx context.Context, names ...string) ([]node.Status, 
 	if err != nil {
 		return nil, err
 	}
-	return statusesFromPB(r.GetPoll()), nil
+	return pbconv.StatusesFromPB(r.GetPoll().GetStatuses()), nil
 }
 
 func (n *RemoteNode) Stop(ctx context.Context, name string, grace time.Duration) error {
@@ -846,7 +848,7 @@ func (n *RemoteNode) Purge(ctx context.Context, name string) error {
 // Send writes data to the process's stdin; at most MaxSendBytes at a time.
 func (n *RemoteNode) Send(ctx context.Context, name string, data []byte) error {
 	if len(data) > MaxSendBytes {
-		return fmt.Errorf("send %s on %s: %w: %d bytes, at most %d at a time", name, n.name, ErrInvalid, len(data), MaxSendBytes)
+		return fmt.Errorf("send %s on %s: %w: %d bytes, at most %d at a time", name, n.name, errdefs.ErrInvalid, len(data), MaxSendBytes)
 	}
 	_, err := n.call(ctx, "send "+name, &droverpb.Command{Op: &droverpb.Command_Send{Send: &droverpb.SendInput{Name: name, Data: data}}})
 	return err
@@ -916,7 +918,7 @@ func (n *RemoteNode) Shutdown(ctx context.Context, grace time.Duration) error {
 	default:
 	}
 	_, err := n.call(ctx, "shutdown", &droverpb.Command{Op: &droverpb.Command_Shutdown{Shutdown: &droverpb.Shutdown{GraceMs: millis(grace)}}})
-	if err != nil && !errors.Is(err, ErrNodeLost) {
+	if err != nil && !errors.Is(err, errdefs.ErrNodeLost) {
 		return err
 	}
 	select {

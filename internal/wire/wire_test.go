@@ -17,8 +17,9 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/drover-hpc/drover/api/droverpb"
+	"github.com/drover-hpc/drover/internal/errdefs"
 	"github.com/drover-hpc/drover/internal/node"
-	"github.com/drover-hpc/drover/internal/supervise"
+	"github.com/drover-hpc/drover/internal/pbconv"
 )
 
 // Short timeouts for tests; every wait below is for an event, with a
@@ -89,16 +90,16 @@ func TestEveryOperationOverTheWire(t *testing.T) {
 		t.Fatalf("poll s1: %+v %v", ps, err)
 	}
 	_, err = n.Start(ctx, helperSpec(t, "s1", "sleep"))
-	if !errors.Is(err, supervise.ErrDuplicate) || !strings.Contains(err.Error(), "start s1 on n1") {
+	if !errors.Is(err, errdefs.ErrDuplicate) || !strings.Contains(err.Error(), "start s1 on n1") {
 		t.Fatalf("duplicate start: %v", err)
 	}
-	if err := n.Purge(ctx, "s1"); !errors.Is(err, supervise.ErrRunning) {
+	if err := n.Purge(ctx, "s1"); !errors.Is(err, errdefs.ErrRunning) {
 		t.Fatalf("purge running: %v", err)
 	}
-	if err := n.Stop(ctx, "nope", time.Second); !errors.Is(err, supervise.ErrUnknown) {
+	if err := n.Stop(ctx, "nope", time.Second); !errors.Is(err, errdefs.ErrUnknownProcess) {
 		t.Fatalf("stop unknown: %v", err)
 	}
-	if _, err := n.Poll(ctx, "nope"); !errors.Is(err, supervise.ErrUnknown) || errors.Is(err, supervise.ErrRunning) {
+	if _, err := n.Poll(ctx, "nope"); !errors.Is(err, errdefs.ErrUnknownProcess) || errors.Is(err, errdefs.ErrRunning) {
 		t.Fatalf("poll unknown: %v", err)
 	}
 	// The message is the agent's own.
@@ -115,16 +116,16 @@ func TestEveryOperationOverTheWire(t *testing.T) {
 	if e := x.wait("s1"); e.Signal != syscall.SIGKILL || e.Code != -1 {
 		t.Fatalf("killed: %+v", e)
 	}
-	if err := n.Stop(ctx, "s1", 0); !errors.Is(err, supervise.ErrNotRunning) {
+	if err := n.Stop(ctx, "s1", 0); !errors.Is(err, errdefs.ErrNotRunning) {
 		t.Fatalf("stop exited: %v", err)
 	}
-	if err := n.Send(ctx, "s1", []byte("x")); !errors.Is(err, supervise.ErrNotRunning) {
+	if err := n.Send(ctx, "s1", []byte("x")); !errors.Is(err, errdefs.ErrNotRunning) {
 		t.Fatalf("send to exited: %v", err)
 	}
 	if err := n.Purge(ctx, "s1"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := n.Poll(ctx, "s1"); !errors.Is(err, supervise.ErrUnknown) {
+	if _, err := n.Poll(ctx, "s1"); !errors.Is(err, errdefs.ErrUnknownProcess) {
 		t.Fatalf("poll purged: %v", err)
 	}
 
@@ -161,7 +162,7 @@ func TestEveryOperationOverTheWire(t *testing.T) {
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("blocked send: %v", err)
 	}
-	if err := n.Send(ctx, "deaf", make([]byte, MaxSendBytes+1)); !errors.Is(err, ErrInvalid) {
+	if err := n.Send(ctx, "deaf", make([]byte, MaxSendBytes+1)); !errors.Is(err, errdefs.ErrInvalid) {
 		t.Fatalf("too large a send: %v", err)
 	}
 
@@ -236,28 +237,8 @@ func TestEveryOperationOverTheWire(t *testing.T) {
 	if _, err := n.Start(done, helperSpec(t, "never", "exit", "0")); !errors.Is(err, context.Canceled) {
 		t.Fatalf("start with a done context: %v", err)
 	}
-	if _, err := n.Poll(ctx, "never"); !errors.Is(err, supervise.ErrUnknown) {
+	if _, err := n.Poll(ctx, "never"); !errors.Is(err, errdefs.ErrUnknownProcess) {
 		t.Fatalf("never started: %v", err)
-	}
-}
-
-func TestErrorKindsRoundTrip(t *testing.T) {
-	for _, k := range kinds {
-		in := fmt.Errorf("op x on n: %w", k.err)
-		r := &droverpb.Reply{}
-		setError(r, in)
-		out := replyError(r)
-		if !errors.Is(out, k.err) || out.Error() != in.Error() {
-			t.Errorf("%v came back as %v", in, out)
-		}
-	}
-	r := &droverpb.Reply{}
-	setError(r, errors.New("plain"))
-	if out := replyError(r); out == nil || out.Error() != "plain" || errors.Unwrap(out) != nil {
-		t.Errorf("plain error came back as %v", out)
-	}
-	if replyError(&droverpb.Reply{}) != nil {
-		t.Error("no error came back as one")
 	}
 }
 
@@ -327,13 +308,13 @@ func TestNodeTimeoutThenGivenUp(t *testing.T) {
 		pending <- err
 	}()
 	waitGone(t, n)
-	if err := <-pending; !errors.Is(err, ErrNodeLost) || !strings.Contains(err.Error(), "poll on n1") {
+	if err := <-pending; !errors.Is(err, errdefs.ErrNodeLost) || !strings.Contains(err.Error(), "poll on n1") {
 		t.Fatalf("pending call: %v", err)
 	}
 	if s := n.State(); s != "lost" {
 		t.Fatalf("state %q", s)
 	}
-	if err := n.Kill(ctx, "sleeper"); !errors.Is(err, ErrNodeLost) {
+	if err := n.Kill(ctx, "sleeper"); !errors.Is(err, errdefs.ErrNodeLost) {
 		t.Fatalf("call after loss: %v", err)
 	}
 	if f := n.Finished(); len(f) != 0 {
@@ -518,7 +499,7 @@ func TestShutdownCommand(t *testing.T) {
 	if s := n.State(); s != "lost" {
 		t.Fatalf("state %q", s)
 	}
-	if _, err := n.Poll(ctx); !errors.Is(err, ErrNodeLost) {
+	if _, err := n.Poll(ctx); !errors.Is(err, errdefs.ErrNodeLost) {
 		t.Fatalf("call after close: %v", err)
 	}
 }
@@ -585,7 +566,7 @@ func TestAbandonedCommandNeverRuns(t *testing.T) {
 	}
 	px.cut()
 	px.thaw()
-	if _, err := n.Poll(ctx, "ghost"); !errors.Is(err, supervise.ErrUnknown) {
+	if _, err := n.Poll(ctx, "ghost"); !errors.Is(err, errdefs.ErrUnknownProcess) {
 		t.Fatalf("poll ghost: %v", err)
 	}
 	// The agent answers the cancellation; the manager forgets the call.
@@ -694,7 +675,7 @@ func TestBatchesAreBounded(t *testing.T) {
 	a := &agentRun{}
 	for i := range 100000 {
 		a.nextSeq++
-		a.outbox = append(a.outbox, &outItem{report: &droverpb.ExitReport{Seq: a.nextSeq, Exit: exitToPB(node.Exit{
+		a.outbox = append(a.outbox, &outItem{report: &droverpb.ExitReport{Seq: a.nextSeq, Exit: pbconv.Exit(node.Exit{
 			Name: fmt.Sprintf("job-with-a-longish-name.%d", i), Node: "n1", Code: 1, Start: time.Now(), End: time.Now(), Err: "outputs: " + strings.Repeat("e", 40)})}})
 		a.replyQ = append(a.replyQ, &droverpb.Reply{Id: uint64(i + 1), Error: strings.Repeat("r", 30)})
 	}
