@@ -495,12 +495,15 @@ class Client:
         except grpc.RpcError as e:
             raise errors.from_rpc(e, "watch finished", self._context()) from None
         finally:
-            stream.cancel()
             with self._lock:
                 # Never yielded: serve hands them out again.
                 for e in unyielded:
                     self._unacked.discard(e.seq)
+            # Acknowledge before the stream ends: serve frees what a
+            # closed stream held for everyone, acknowledgements after that
+            # are too late.
             acker.flush()
+            stream.cancel()
 
     def _take(self, exits):
         """The exits not returned before; remembers them as unacknowledged.

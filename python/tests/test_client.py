@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 import drover
-from conftest import REPO, wait_exits, wait_running
+from conftest import BACKSTOP, REPO, wait_exits, wait_running
 
 
 def test_nodes(client):
@@ -296,3 +296,43 @@ def test_stubs_fresh(tmp_path):
     for f in ("drover_pb2.py", "drover_pb2_grpc.py"):
         with open(os.path.join(pb, f), "rb") as a, open(tmp_path / f, "rb") as b:
             assert a.read() == b.read(), "python/drover/_pb/%s is stale: run scripts/genpy" % f
+
+
+def test_hwthreads_busy_invalid(client, node, uniq):
+    [n] = [x for x in client.nodes() if x.name == node]
+    t = n.cores[-1][0]
+    a, b = uniq + "bound", uniq + "clash"
+    client.start(node, a, ["sleep", "300"], hwthreads=[t])
+    try:
+        with pytest.raises(drover.Busy) as ei:
+            client.start(node, b, ["true"], hwthreads=[t])
+        assert ei.value.kind == "busy"
+        with pytest.raises(drover.InvalidArgument):
+            client.start(node, b, ["true"], hwthreads=[100000])
+        with pytest.raises(drover.Busy):
+            client.start(node, b, ["true"], cores=len(n.cores) + 1)
+    finally:
+        client.kill(a)
+    wait_exits(client, [a])
+
+
+def test_acknowledged_exits_stay_taken(home, node, uniq):
+    # What one client returned (by finished or watch_finished) and then
+    # acknowledged (next call, Ack, close) is not handed to another client
+    # of the group after the visibility timeout (5 s).
+    group = "test-" + uniq
+    viaf = [uniq + "f" + str(i) for i in range(3)]
+    viaw = [uniq + "w" + str(i) for i in range(3)]
+    with drover.Client(home, group=group) as c1:
+        for n in viaf:
+            c1.start(node, n, ["true"])
+        wait_exits(c1, viaf)
+        for n in viaw:
+            c1.start(node, n, ["true"])
+        seen = set()
+        for e in c1.watch_finished(timeout=BACKSTOP):
+            seen.add(e.name)
+            if seen >= set(viaw):
+                break
+    with drover.Client(home, group=group) as c2:
+        assert {e.name for e in c2.finished(wait=6.5)} & set(viaf + viaw) == set()
