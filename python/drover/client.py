@@ -468,7 +468,8 @@ class Client:
     def watch_finished(self, *, timeout=None):
         """A generator of Exit as processes (of the client's group) end,
         each exactly once: what it has yielded is acknowledged to serve as
-        the loop goes on (in batches) and when the generator is closed. It
+        the loop goes on (in the background, several in one call when they
+        come fast) and when the generator is closed. It
         runs until closed, or until ``timeout`` seconds have passed (then
         DeadlineExceeded); a broken connection raises Unavailable, and a
         new watch_finished() goes on where it left off."""
@@ -486,12 +487,12 @@ class Client:
                         self._confirm(ack)
                         ack = []
                     unyielded.extend(self._take(reply.exits))
-                seqs = []
                 while unyielded:
                     e = unyielded.popleft()
-                    seqs.append(e.seq)
                     yield e
-                acker.send([s for s in seqs if s])
+                    # The loop asked for the next one: it has this one.
+                    if e.seq:
+                        acker.send([e.seq])
         except grpc.RpcError as e:
             raise errors.from_rpc(e, "watch finished", self._context()) from None
         finally:
