@@ -182,7 +182,14 @@ type Client struct {
 
 	mu   sync.Mutex
 	held map[uint64]bool // exits returned and not yet acknowledged to serve
+	// gone remembers the latest acknowledged exits, so that a reply of an
+	// overlapping call that was handed one before the ack still drops it.
+	gone     map[uint64]bool
+	goneRing []uint64
 }
+
+// goneMemory bounds how many acknowledged exits a Client remembers.
+const goneMemory = 1 << 16
 
 // Dial reads serve.json and makes a client of that serve. The connection
 // is made by the first call, so a serve that is not there shows in that
@@ -228,7 +235,7 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
 	}
 	return &Client{conn: conn, rpc: droverpb.NewControlClient(conn), home: home, addr: addr, info: info, tls: tlsConf,
-		group: opts.Group, reader: rand.Text(), held: map[uint64]bool{}}, nil
+		group: opts.Group, reader: rand.Text(), held: map[uint64]bool{}, gone: map[uint64]bool{}}, nil
 }
 
 // checkAcceptable makes the handshake fail here, with a clear error, when
@@ -696,7 +703,16 @@ func (c *Client) acked(seqs []uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, s := range seqs {
+		if !c.held[s] {
+			continue
+		}
 		delete(c.held, s)
+		if len(c.goneRing) == goneMemory {
+			delete(c.gone, c.goneRing[0])
+			c.goneRing = c.goneRing[1:]
+		}
+		c.goneRing = append(c.goneRing, s)
+		c.gone[s] = true
 	}
 }
 
@@ -706,7 +722,7 @@ func (c *Client) fresh(pb []*droverpb.Exit) []Exit {
 	defer c.mu.Unlock()
 	out := make([]Exit, 0, len(pb))
 	for _, e := range pb {
-		if c.held[e.GetSeq()] {
+		if c.held[e.GetSeq()] || c.gone[e.GetSeq()] {
 			continue
 		}
 		if e.GetSeq() != 0 {
