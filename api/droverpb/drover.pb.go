@@ -4210,6 +4210,238 @@ func (*ShutdownRequest) Descriptor() ([]byte, []int) {
 	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{60}
 }
 
+type CreateTokenRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TtlMs         int64                  `protobuf:"varint,1,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateTokenRequest) Reset() {
+	*x = CreateTokenRequest{}
+	mi := &file_api_droverpb_drover_proto_msgTypes[61]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateTokenRequest) ProtoMessage() {}
+
+func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_droverpb_drover_proto_msgTypes[61]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
+func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{61}
+}
+
+func (x *CreateTokenRequest) GetTtlMs() int64 {
+	if x != nil {
+		return x.TtlMs
+	}
+	return 0
+}
+
+type CreateTokenReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"` // drover1.ID.SECRET.CAHASH
+	ExpiresUnixMs int64                  `protobuf:"varint,2,opt,name=expires_unix_ms,json=expiresUnixMs,proto3" json:"expires_unix_ms,omitempty"`
+	Address       string                 `protobuf:"bytes,3,opt,name=address,proto3" json:"address,omitempty"` // HOST:PORT of the enrolment listener
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateTokenReply) Reset() {
+	*x = CreateTokenReply{}
+	mi := &file_api_droverpb_drover_proto_msgTypes[62]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateTokenReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateTokenReply) ProtoMessage() {}
+
+func (x *CreateTokenReply) ProtoReflect() protoreflect.Message {
+	mi := &file_api_droverpb_drover_proto_msgTypes[62]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateTokenReply.ProtoReflect.Descriptor instead.
+func (*CreateTokenReply) Descriptor() ([]byte, []int) {
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{62}
+}
+
+func (x *CreateTokenReply) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *CreateTokenReply) GetExpiresUnixMs() int64 {
+	if x != nil {
+		return x.ExpiresUnixMs
+	}
+	return 0
+}
+
+func (x *CreateTokenReply) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+type EnrolRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TokenId       string                 `protobuf:"bytes,1,opt,name=token_id,json=tokenId,proto3" json:"token_id,omitempty"`
+	Secret        []byte                 `protobuf:"bytes,2,opt,name=secret,proto3" json:"secret,omitempty"`
+	Node          string                 `protobuf:"bytes,3,opt,name=node,proto3" json:"node,omitempty"`
+	Csr           []byte                 `protobuf:"bytes,4,opt,name=csr,proto3" json:"csr,omitempty"` // PEM certificate request for the agent's own key
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EnrolRequest) Reset() {
+	*x = EnrolRequest{}
+	mi := &file_api_droverpb_drover_proto_msgTypes[63]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EnrolRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EnrolRequest) ProtoMessage() {}
+
+func (x *EnrolRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_droverpb_drover_proto_msgTypes[63]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EnrolRequest.ProtoReflect.Descriptor instead.
+func (*EnrolRequest) Descriptor() ([]byte, []int) {
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{63}
+}
+
+func (x *EnrolRequest) GetTokenId() string {
+	if x != nil {
+		return x.TokenId
+	}
+	return ""
+}
+
+func (x *EnrolRequest) GetSecret() []byte {
+	if x != nil {
+		return x.Secret
+	}
+	return nil
+}
+
+func (x *EnrolRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *EnrolRequest) GetCsr() []byte {
+	if x != nil {
+		return x.Csr
+	}
+	return nil
+}
+
+type EnrolReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Certificate   string                 `protobuf:"bytes,1,opt,name=certificate,proto3" json:"certificate,omitempty"`                     // PEM, role agent, CommonName node
+	Ca            string                 `protobuf:"bytes,2,opt,name=ca,proto3" json:"ca,omitempty"`                                       // PEM of the run's CA
+	ManagerPort   int32                  `protobuf:"varint,3,opt,name=manager_port,json=managerPort,proto3" json:"manager_port,omitempty"` // where agents dial, on the enrolment listener's host
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EnrolReply) Reset() {
+	*x = EnrolReply{}
+	mi := &file_api_droverpb_drover_proto_msgTypes[64]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EnrolReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EnrolReply) ProtoMessage() {}
+
+func (x *EnrolReply) ProtoReflect() protoreflect.Message {
+	mi := &file_api_droverpb_drover_proto_msgTypes[64]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EnrolReply.ProtoReflect.Descriptor instead.
+func (*EnrolReply) Descriptor() ([]byte, []int) {
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{64}
+}
+
+func (x *EnrolReply) GetCertificate() string {
+	if x != nil {
+		return x.Certificate
+	}
+	return ""
+}
+
+func (x *EnrolReply) GetCa() string {
+	if x != nil {
+		return x.Ca
+	}
+	return ""
+}
+
+func (x *EnrolReply) GetManagerPort() int32 {
+	if x != nil {
+		return x.ManagerPort
+	}
+	return 0
+}
+
 var File_api_droverpb_drover_proto protoreflect.FileDescriptor
 
 const file_api_droverpb_drover_proto_rawDesc = "" +
@@ -4515,7 +4747,23 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\aout_dir\x18\a \x01(\tR\x06outDir\"3\n" +
 	"\tJobsReply\x12&\n" +
 	"\x04jobs\x18\x01 \x03(\v2\x12.drover.v1.JobInfoR\x04jobs\"\x11\n" +
-	"\x0fShutdownRequest*g\n" +
+	"\x0fShutdownRequest\"+\n" +
+	"\x12CreateTokenRequest\x12\x15\n" +
+	"\x06ttl_ms\x18\x01 \x01(\x03R\x05ttlMs\"j\n" +
+	"\x10CreateTokenReply\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12&\n" +
+	"\x0fexpires_unix_ms\x18\x02 \x01(\x03R\rexpiresUnixMs\x12\x18\n" +
+	"\aaddress\x18\x03 \x01(\tR\aaddress\"g\n" +
+	"\fEnrolRequest\x12\x19\n" +
+	"\btoken_id\x18\x01 \x01(\tR\atokenId\x12\x16\n" +
+	"\x06secret\x18\x02 \x01(\fR\x06secret\x12\x12\n" +
+	"\x04node\x18\x03 \x01(\tR\x04node\x12\x10\n" +
+	"\x03csr\x18\x04 \x01(\fR\x03csr\"a\n" +
+	"\n" +
+	"EnrolReply\x12 \n" +
+	"\vcertificate\x18\x01 \x01(\tR\vcertificate\x12\x0e\n" +
+	"\x02ca\x18\x02 \x01(\tR\x02ca\x12!\n" +
+	"\fmanager_port\x18\x03 \x01(\x05R\vmanagerPort*g\n" +
 	"\bFileKind\x12\x19\n" +
 	"\x15FILE_KIND_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10FILE_KIND_STDOUT\x10\x01\x12\x14\n" +
@@ -4558,7 +4806,11 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\vSetLogLevel\x12\x1d.drover.v1.SetLogLevelRequest\x1a\x10.drover.v1.Empty\x12:\n" +
 	"\x06Submit\x12\x18.drover.v1.SubmitRequest\x1a\x16.drover.v1.SubmitReply\x124\n" +
 	"\x04Jobs\x12\x16.drover.v1.JobsRequest\x1a\x14.drover.v1.JobsReply\x128\n" +
-	"\bShutdown\x12\x1a.drover.v1.ShutdownRequest\x1a\x10.drover.v1.EmptyB+Z)github.com/drover-hpc/drover/api/droverpbb\x06proto3"
+	"\bShutdown\x12\x1a.drover.v1.ShutdownRequest\x1a\x10.drover.v1.Empty2Q\n" +
+	"\x04Join\x12I\n" +
+	"\vCreateToken\x12\x1d.drover.v1.CreateTokenRequest\x1a\x1b.drover.v1.CreateTokenReply2D\n" +
+	"\tEnrolment\x127\n" +
+	"\x05Enrol\x12\x17.drover.v1.EnrolRequest\x1a\x15.drover.v1.EnrolReplyB+Z)github.com/drover-hpc/drover/api/droverpbb\x06proto3"
 
 var (
 	file_api_droverpb_drover_proto_rawDescOnce sync.Once
@@ -4573,7 +4825,7 @@ func file_api_droverpb_drover_proto_rawDescGZIP() []byte {
 }
 
 var file_api_droverpb_drover_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_api_droverpb_drover_proto_msgTypes = make([]protoimpl.MessageInfo, 65)
+var file_api_droverpb_drover_proto_msgTypes = make([]protoimpl.MessageInfo, 69)
 var file_api_droverpb_drover_proto_goTypes = []any{
 	(FileKind)(0),                // 0: drover.v1.FileKind
 	(ErrorKind)(0),               // 1: drover.v1.ErrorKind
@@ -4638,10 +4890,14 @@ var file_api_droverpb_drover_proto_goTypes = []any{
 	(*JobInfo)(nil),              // 60: drover.v1.JobInfo
 	(*JobsReply)(nil),            // 61: drover.v1.JobsReply
 	(*ShutdownRequest)(nil),      // 62: drover.v1.ShutdownRequest
-	nil,                          // 63: drover.v1.ProcessSpec.EnvEntry
-	nil,                          // 64: drover.v1.Started.PortsEntry
-	nil,                          // 65: drover.v1.LogRecord.AttrsEntry
-	nil,                          // 66: drover.v1.StartRequest.EnvEntry
+	(*CreateTokenRequest)(nil),   // 63: drover.v1.CreateTokenRequest
+	(*CreateTokenReply)(nil),     // 64: drover.v1.CreateTokenReply
+	(*EnrolRequest)(nil),         // 65: drover.v1.EnrolRequest
+	(*EnrolReply)(nil),           // 66: drover.v1.EnrolReply
+	nil,                          // 67: drover.v1.ProcessSpec.EnvEntry
+	nil,                          // 68: drover.v1.Started.PortsEntry
+	nil,                          // 69: drover.v1.LogRecord.AttrsEntry
+	nil,                          // 70: drover.v1.StartRequest.EnvEntry
 }
 var file_api_droverpb_drover_proto_depIdxs = []int32{
 	4,  // 0: drover.v1.AgentMsg.hello:type_name -> drover.v1.Hello
@@ -4669,7 +4925,7 @@ var file_api_droverpb_drover_proto_depIdxs = []int32{
 	18, // 22: drover.v1.Command.shutdown:type_name -> drover.v1.Shutdown
 	10, // 23: drover.v1.Command.put_file:type_name -> drover.v1.PutFile
 	0,  // 24: drover.v1.FileData.kind:type_name -> drover.v1.FileKind
-	63, // 25: drover.v1.ProcessSpec.env:type_name -> drover.v1.ProcessSpec.EnvEntry
+	67, // 25: drover.v1.ProcessSpec.env:type_name -> drover.v1.ProcessSpec.EnvEntry
 	19, // 26: drover.v1.ProcessSpec.files:type_name -> drover.v1.StageFile
 	20, // 27: drover.v1.ProcessSpec.results:type_name -> drover.v1.ResultsSpec
 	1,  // 28: drover.v1.ErrorDetail.kind:type_name -> drover.v1.ErrorKind
@@ -4678,15 +4934,15 @@ var file_api_droverpb_drover_proto_depIdxs = []int32{
 	26, // 31: drover.v1.Reply.poll:type_name -> drover.v1.PollResult
 	27, // 32: drover.v1.Reply.env:type_name -> drover.v1.EnvValue
 	28, // 33: drover.v1.Reply.ports:type_name -> drover.v1.PortList
-	64, // 34: drover.v1.Started.ports:type_name -> drover.v1.Started.PortsEntry
+	68, // 34: drover.v1.Started.ports:type_name -> drover.v1.Started.PortsEntry
 	29, // 35: drover.v1.ProcessStatus.exit:type_name -> drover.v1.Exit
 	22, // 36: drover.v1.ProcessStatus.error_detail:type_name -> drover.v1.ErrorDetail
 	25, // 37: drover.v1.PollResult.statuses:type_name -> drover.v1.ProcessStatus
 	29, // 38: drover.v1.ExitReport.exit:type_name -> drover.v1.Exit
-	65, // 39: drover.v1.LogRecord.attrs:type_name -> drover.v1.LogRecord.AttrsEntry
+	69, // 39: drover.v1.LogRecord.attrs:type_name -> drover.v1.LogRecord.AttrsEntry
 	7,  // 40: drover.v1.NodeInfo.resources:type_name -> drover.v1.Resources
 	34, // 41: drover.v1.NodesReply.nodes:type_name -> drover.v1.NodeInfo
-	66, // 42: drover.v1.StartRequest.env:type_name -> drover.v1.StartRequest.EnvEntry
+	70, // 42: drover.v1.StartRequest.env:type_name -> drover.v1.StartRequest.EnvEntry
 	25, // 43: drover.v1.ControlPollReply.statuses:type_name -> drover.v1.ProcessStatus
 	29, // 44: drover.v1.FinishedReply.exits:type_name -> drover.v1.Exit
 	60, // 45: drover.v1.JobsReply.jobs:type_name -> drover.v1.JobInfo
@@ -4711,29 +4967,33 @@ var file_api_droverpb_drover_proto_depIdxs = []int32{
 	57, // 64: drover.v1.Control.Submit:input_type -> drover.v1.SubmitRequest
 	59, // 65: drover.v1.Control.Jobs:input_type -> drover.v1.JobsRequest
 	62, // 66: drover.v1.Control.Shutdown:input_type -> drover.v1.ShutdownRequest
-	3,  // 67: drover.v1.AgentSession.Connect:output_type -> drover.v1.ManagerMsg
-	35, // 68: drover.v1.Control.Nodes:output_type -> drover.v1.NodesReply
-	37, // 69: drover.v1.Control.Start:output_type -> drover.v1.StartReply
-	39, // 70: drover.v1.Control.Poll:output_type -> drover.v1.ControlPollReply
-	32, // 71: drover.v1.Control.Stop:output_type -> drover.v1.Empty
-	32, // 72: drover.v1.Control.Kill:output_type -> drover.v1.Empty
-	32, // 73: drover.v1.Control.Purge:output_type -> drover.v1.Empty
-	32, // 74: drover.v1.Control.Send:output_type -> drover.v1.Empty
-	44, // 75: drover.v1.Control.Logs:output_type -> drover.v1.LogChunk
-	48, // 76: drover.v1.Control.Finished:output_type -> drover.v1.FinishedReply
-	48, // 77: drover.v1.Control.WatchFinished:output_type -> drover.v1.FinishedReply
-	32, // 78: drover.v1.Control.Ack:output_type -> drover.v1.Empty
-	32, // 79: drover.v1.Control.CancelAll:output_type -> drover.v1.Empty
-	51, // 80: drover.v1.Control.GetEnv:output_type -> drover.v1.GetEnvReply
-	32, // 81: drover.v1.Control.SetEnv:output_type -> drover.v1.Empty
-	54, // 82: drover.v1.Control.BindPorts:output_type -> drover.v1.PortsReply
-	32, // 83: drover.v1.Control.ReleasePorts:output_type -> drover.v1.Empty
-	32, // 84: drover.v1.Control.SetLogLevel:output_type -> drover.v1.Empty
-	58, // 85: drover.v1.Control.Submit:output_type -> drover.v1.SubmitReply
-	61, // 86: drover.v1.Control.Jobs:output_type -> drover.v1.JobsReply
-	32, // 87: drover.v1.Control.Shutdown:output_type -> drover.v1.Empty
-	67, // [67:88] is the sub-list for method output_type
-	46, // [46:67] is the sub-list for method input_type
+	63, // 67: drover.v1.Join.CreateToken:input_type -> drover.v1.CreateTokenRequest
+	65, // 68: drover.v1.Enrolment.Enrol:input_type -> drover.v1.EnrolRequest
+	3,  // 69: drover.v1.AgentSession.Connect:output_type -> drover.v1.ManagerMsg
+	35, // 70: drover.v1.Control.Nodes:output_type -> drover.v1.NodesReply
+	37, // 71: drover.v1.Control.Start:output_type -> drover.v1.StartReply
+	39, // 72: drover.v1.Control.Poll:output_type -> drover.v1.ControlPollReply
+	32, // 73: drover.v1.Control.Stop:output_type -> drover.v1.Empty
+	32, // 74: drover.v1.Control.Kill:output_type -> drover.v1.Empty
+	32, // 75: drover.v1.Control.Purge:output_type -> drover.v1.Empty
+	32, // 76: drover.v1.Control.Send:output_type -> drover.v1.Empty
+	44, // 77: drover.v1.Control.Logs:output_type -> drover.v1.LogChunk
+	48, // 78: drover.v1.Control.Finished:output_type -> drover.v1.FinishedReply
+	48, // 79: drover.v1.Control.WatchFinished:output_type -> drover.v1.FinishedReply
+	32, // 80: drover.v1.Control.Ack:output_type -> drover.v1.Empty
+	32, // 81: drover.v1.Control.CancelAll:output_type -> drover.v1.Empty
+	51, // 82: drover.v1.Control.GetEnv:output_type -> drover.v1.GetEnvReply
+	32, // 83: drover.v1.Control.SetEnv:output_type -> drover.v1.Empty
+	54, // 84: drover.v1.Control.BindPorts:output_type -> drover.v1.PortsReply
+	32, // 85: drover.v1.Control.ReleasePorts:output_type -> drover.v1.Empty
+	32, // 86: drover.v1.Control.SetLogLevel:output_type -> drover.v1.Empty
+	58, // 87: drover.v1.Control.Submit:output_type -> drover.v1.SubmitReply
+	61, // 88: drover.v1.Control.Jobs:output_type -> drover.v1.JobsReply
+	32, // 89: drover.v1.Control.Shutdown:output_type -> drover.v1.Empty
+	64, // 90: drover.v1.Join.CreateToken:output_type -> drover.v1.CreateTokenReply
+	66, // 91: drover.v1.Enrolment.Enrol:output_type -> drover.v1.EnrolReply
+	69, // [69:92] is the sub-list for method output_type
+	46, // [46:69] is the sub-list for method input_type
 	46, // [46:46] is the sub-list for extension type_name
 	46, // [46:46] is the sub-list for extension extendee
 	0,  // [0:46] is the sub-list for field type_name
@@ -4772,9 +5032,9 @@ func file_api_droverpb_drover_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_droverpb_drover_proto_rawDesc), len(file_api_droverpb_drover_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   65,
+			NumMessages:   69,
 			NumExtensions: 0,
-			NumServices:   2,
+			NumServices:   4,
 		},
 		GoTypes:           file_api_droverpb_drover_proto_goTypes,
 		DependencyIndexes: file_api_droverpb_drover_proto_depIdxs,

@@ -1004,3 +1004,235 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 	},
 	Metadata: "api/droverpb/drover.proto",
 }
+
+const (
+	Join_CreateToken_FullMethodName = "/drover.v1.Join/CreateToken"
+)
+
+// JoinClient is the client API for Join service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// Join admits nodes that serve did not launch (`drover agent --join`).
+// It is served beside Control, to client certificates only.
+type JoinClient interface {
+	// CreateToken makes a one-time enrolment token that expires after
+	// ttl_ms (0 = 10 minutes). serve keeps only a hash of its secret.
+	CreateToken(ctx context.Context, in *CreateTokenRequest, opts ...grpc.CallOption) (*CreateTokenReply, error)
+}
+
+type joinClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewJoinClient(cc grpc.ClientConnInterface) JoinClient {
+	return &joinClient{cc}
+}
+
+func (c *joinClient) CreateToken(ctx context.Context, in *CreateTokenRequest, opts ...grpc.CallOption) (*CreateTokenReply, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateTokenReply)
+	err := c.cc.Invoke(ctx, Join_CreateToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// JoinServer is the server API for Join service.
+// All implementations must embed UnimplementedJoinServer
+// for forward compatibility.
+//
+// Join admits nodes that serve did not launch (`drover agent --join`).
+// It is served beside Control, to client certificates only.
+type JoinServer interface {
+	// CreateToken makes a one-time enrolment token that expires after
+	// ttl_ms (0 = 10 minutes). serve keeps only a hash of its secret.
+	CreateToken(context.Context, *CreateTokenRequest) (*CreateTokenReply, error)
+	mustEmbedUnimplementedJoinServer()
+}
+
+// UnimplementedJoinServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedJoinServer struct{}
+
+func (UnimplementedJoinServer) CreateToken(context.Context, *CreateTokenRequest) (*CreateTokenReply, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateToken not implemented")
+}
+func (UnimplementedJoinServer) mustEmbedUnimplementedJoinServer() {}
+func (UnimplementedJoinServer) testEmbeddedByValue()              {}
+
+// UnsafeJoinServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to JoinServer will
+// result in compilation errors.
+type UnsafeJoinServer interface {
+	mustEmbedUnimplementedJoinServer()
+}
+
+func RegisterJoinServer(s grpc.ServiceRegistrar, srv JoinServer) {
+	// If the following call panics, it indicates UnimplementedJoinServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&Join_ServiceDesc, srv)
+}
+
+func _Join_CreateToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateTokenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JoinServer).CreateToken(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Join_CreateToken_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JoinServer).CreateToken(ctx, req.(*CreateTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// Join_ServiceDesc is the grpc.ServiceDesc for Join service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var Join_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "drover.v1.Join",
+	HandlerType: (*JoinServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "CreateToken",
+			Handler:    _Join_CreateToken_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
+	Metadata: "api/droverpb/drover.proto",
+}
+
+const (
+	Enrolment_Enrol_FullMethodName = "/drover.v1.Enrolment/Enrol"
+)
+
+// EnrolmentClient is the client API for Enrolment service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// Enrolment is served on serve's enrolment listener, which presents
+// serve's certificate and its CA and asks for no client certificate: the
+// token is the credential. A joining agent checks the CA against the
+// token's pin before it sends anything.
+type EnrolmentClient interface {
+	// Enrol trades a token (id and secret) and a certificate request for an
+	// agent certificate for node. A token serves once: a used, expired or
+	// unknown one is PERMISSION_DENIED; a node name that is up already, or a
+	// bad request, INVALID_ARGUMENT (the token stays usable then).
+	Enrol(ctx context.Context, in *EnrolRequest, opts ...grpc.CallOption) (*EnrolReply, error)
+}
+
+type enrolmentClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewEnrolmentClient(cc grpc.ClientConnInterface) EnrolmentClient {
+	return &enrolmentClient{cc}
+}
+
+func (c *enrolmentClient) Enrol(ctx context.Context, in *EnrolRequest, opts ...grpc.CallOption) (*EnrolReply, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EnrolReply)
+	err := c.cc.Invoke(ctx, Enrolment_Enrol_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// EnrolmentServer is the server API for Enrolment service.
+// All implementations must embed UnimplementedEnrolmentServer
+// for forward compatibility.
+//
+// Enrolment is served on serve's enrolment listener, which presents
+// serve's certificate and its CA and asks for no client certificate: the
+// token is the credential. A joining agent checks the CA against the
+// token's pin before it sends anything.
+type EnrolmentServer interface {
+	// Enrol trades a token (id and secret) and a certificate request for an
+	// agent certificate for node. A token serves once: a used, expired or
+	// unknown one is PERMISSION_DENIED; a node name that is up already, or a
+	// bad request, INVALID_ARGUMENT (the token stays usable then).
+	Enrol(context.Context, *EnrolRequest) (*EnrolReply, error)
+	mustEmbedUnimplementedEnrolmentServer()
+}
+
+// UnimplementedEnrolmentServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedEnrolmentServer struct{}
+
+func (UnimplementedEnrolmentServer) Enrol(context.Context, *EnrolRequest) (*EnrolReply, error) {
+	return nil, status.Error(codes.Unimplemented, "method Enrol not implemented")
+}
+func (UnimplementedEnrolmentServer) mustEmbedUnimplementedEnrolmentServer() {}
+func (UnimplementedEnrolmentServer) testEmbeddedByValue()                   {}
+
+// UnsafeEnrolmentServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to EnrolmentServer will
+// result in compilation errors.
+type UnsafeEnrolmentServer interface {
+	mustEmbedUnimplementedEnrolmentServer()
+}
+
+func RegisterEnrolmentServer(s grpc.ServiceRegistrar, srv EnrolmentServer) {
+	// If the following call panics, it indicates UnimplementedEnrolmentServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&Enrolment_ServiceDesc, srv)
+}
+
+func _Enrolment_Enrol_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EnrolRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EnrolmentServer).Enrol(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Enrolment_Enrol_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EnrolmentServer).Enrol(ctx, req.(*EnrolRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// Enrolment_ServiceDesc is the grpc.ServiceDesc for Enrolment service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var Enrolment_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "drover.v1.Enrolment",
+	HandlerType: (*EnrolmentServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "Enrol",
+			Handler:    _Enrolment_Enrol_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
+	Metadata: "api/droverpb/drover.proto",
+}

@@ -30,9 +30,10 @@ const Version = "0.1.0"
 
 func newAgent(e *env) *cobra.Command {
 	var guarded bool
+	jf := &joinFlags{}
 	cmd := &cobra.Command{
-		Use:   "agent",
-		Short: "Run a node agent (started by the launchers)",
+		Use:   "agent [--join ADDR [--name N] [--token-file F]]",
+		Short: "Run a node agent (started by the launchers, or by hand to join a drover serve)",
 		Long: `Runs this node's agent: it dials the manager, runs the processes it is told
 to, and reports their exits. Launchers start it and hand it its
 configuration and credentials as one JSON object on stdin; the end of stdin
@@ -40,16 +41,46 @@ then means the manager is gone, and the agent stops every process it
 started and exits. It does the same after --monitor-timeout without word
 from the manager. It runs as two processes: a small guard, and below it
 the agent proper; if the agent proper dies, even by SIGKILL, the guard
-kills whatever it left behind.`,
+kills whatever it left behind.
+
+With --join ADDR it joins a running drover serve that could not launch it:
+it reads a one-time token from drover token on stdin (or --token-file F;
+never give it on the command line), checks that ADDR is the serve that made
+the token (the token pins its CA) before sending anything, and gets this
+node's certificate, for a key it makes itself. The node is named by its
+host name unless --name. The credentials are stored in --state-dir (mode
+0600); without a token (empty stdin, or a terminal) they are used again, so
+a node rejoins without a new token. If serve gives the node up (it was
+silent longer than serve's --node-timeout), the agent stops what it ran and
+joins again by itself; it exits when serve shuts it down, on SIGTERM or
+Ctrl-C, or when serve no longer accepts its certificate (a new serve: join
+with a new token). Exit status 2: bad flags or not a token; 1: the token or
+the node was refused, or serve is not the one of the token.`,
+		Example: `  drover token | ssh node7 drover agent --join serve-host:7701
+  drover agent --join serve-host:7701 --name gpu1 --token-file /run/drover.token
+  drover agent --join serve-host:7701 </dev/null   # again, with the stored credentials`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if guarded {
-				return runAgent(e)
+			for _, fl := range []string{"name", "token-file", "state-dir", "shared-fs"} {
+				if jf.join == "" && cmd.Flags().Changed(fl) {
+					return usageError("--%s needs --join", fl)
+				}
 			}
-			return guardAgent(e)
+			switch {
+			case !guarded:
+				return guardAgent(e)
+			case jf.join != "":
+				return runJoin(e, jf)
+			}
+			return runAgent(e)
 		},
 	}
 	cmd.Flags().BoolVar(&guarded, guardedFlag, false, "run as the agent proper, below its guard")
+	cmd.Flags().StringVar(&jf.join, "join", "", "join the drover serve whose enrolment listener is at HOST:PORT (drover token prints it)")
+	cmd.Flags().StringVar(&jf.name, "name", "", "with --join: the node's name (default: the host name)")
+	cmd.Flags().StringVar(&jf.tokenFile, "token-file", "", "with --join: read the token from this file instead of stdin")
+	cmd.Flags().StringVar(&jf.stateDir, "state-dir", "", "with --join: where the node's credentials are kept (default: $DROVER_HOME/join, DROVER_HOME default ~/.drover)")
+	cmd.Flags().BoolVar(&jf.sharedFS, "shared-fs", false, "with --join: this node sees serve's files under the same paths (else files and outputs cross the session)")
 	_ = cmd.Flags().MarkHidden(guardedFlag)
 	return cmd
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/drover-hpc/drover/internal/cluster"
 	"github.com/drover-hpc/drover/internal/control"
 	"github.com/drover-hpc/drover/internal/creds"
+	"github.com/drover-hpc/drover/internal/join"
 	"github.com/drover-hpc/drover/internal/manager"
 )
 
@@ -34,6 +35,7 @@ type serveFlags struct {
 	monitorTimeout time.Duration
 	nodeTimeout    time.Duration
 	grace          time.Duration
+	joinListen     string
 }
 
 func newServe(e *env) *cobra.Command {
@@ -76,6 +78,7 @@ per DROVER_HOME.`,
 	fl.DurationVar(&f.monitorTimeout, "monitor-timeout", 30*time.Second, "an agent stops its processes and exits after this long without the manager")
 	fl.DurationVar(&f.nodeTimeout, "node-timeout", 5*time.Second, "the manager declares a silent node lost after this long")
 	fl.DurationVar(&f.grace, "grace", 10*time.Second, "time between SIGTERM and SIGKILL when stopping processes")
+	fl.StringVar(&f.joinListen, "join-listen", "", "address where nodes join with a token from drover token (default: the --listen host, a free port)")
 	return cmd
 }
 
@@ -124,6 +127,7 @@ func runServe(e *env, f *serveFlags, listenChanged bool) error {
 
 	cl := cluster.New(cluster.Options{Logger: log, Home: home, Grace: f.grace})
 	ctl := control.New(cl, control.Options{Logger: log, Grace: f.grace})
+	joins := join.New(join.Options{Logger: log, NameTaken: func(name string) bool { return nodeUp(cl, name) }})
 	m, err := manager.New(manager.Options{
 		Listen:         listen,
 		NodeTimeout:    f.nodeTimeout,
@@ -132,8 +136,11 @@ func runServe(e *env, f *serveFlags, listenChanged bool) error {
 		Logger:         log,
 		AgentLogLevel:  e.logLevel,
 		AgentLogs:      e.stderr,
-		Register:       func(s *grpc.Server) { ctl.Register(s) },
-		OnNode:         cl.AddNode,
+		Register: func(s *grpc.Server) {
+			ctl.Register(s)
+			joins.Register(s)
+		},
+		OnNode: cl.AddNode,
 		OnLaunchFailure: func(lf manager.LaunchFailure) {
 			cl.AddFailedNode(lf.Node, lf.Reason)
 		},
@@ -150,6 +157,7 @@ func runServe(e *env, f *serveFlags, listenChanged bool) error {
 			return nil
 		}
 		stopped = true
+		joins.Close()
 		var errs []error
 		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		if err := ctl.Drain(dctx); err != nil {
@@ -168,6 +176,13 @@ func runServe(e *env, f *serveFlags, listenChanged bool) error {
 			errs = append(errs, fmt.Errorf("close manager: %w", err))
 		}
 		return errors.Join(errs...)
+	}
+	// Nodes join only once the run's CA exists; before the agents start,
+	// so a bad --join-listen fails early.
+	if err := joins.Start(m.CA(), joinListen(f.joinListen, m.Addr()), m.Addr()); err != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), f.grace+30*time.Second)
+		defer cancel()
+		return &exitError{ExitFailed, errors.Join(fmt.Errorf("--join-listen: %w", err), stop(ctx, true))}
 	}
 
 	// Signals are caught from here on: one while the agent starts ends
@@ -340,6 +355,36 @@ func removeServeFile(path string, pid int, log *slog.Logger) {
 	if err := os.Remove(path); err != nil {
 		log.Warn("serve: remove serve.json", "err", err)
 	}
+}
+
+// joinListen is where the enrolment listener listens: flag, else the
+// manager's host with a free port.
+func joinListen(flag, managerAddr string) string {
+	if flag != "" {
+		return flag
+	}
+	host, _, err := net.SplitHostPort(managerAddr)
+	if err != nil {
+		return "127.0.0.1:0"
+	}
+	return net.JoinHostPort(host, "0")
+}
+
+// nodeUp tells whether a node of that name is in the cluster and not lost
+// or failed: a node may not join under its name.
+func nodeUp(cl *cluster.Cluster, name string) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	nodes, err := cl.Nodes(ctx)
+	if err != nil {
+		return true // cannot tell: refuse rather than shadow a node
+	}
+	for _, n := range nodes {
+		if n.Name == name && n.State != "lost" && n.State != "error" {
+			return true
+		}
+	}
+	return false
 }
 
 // dialable turns a listener's address into one to dial: an unspecified

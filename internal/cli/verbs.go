@@ -82,7 +82,7 @@ func newVerbs(e *env) []*cobra.Command {
 	return []*cobra.Command{
 		newNodes(e), newStart(e), newPoll(e), newStop(e), newKill(e), newPurge(e), newSend(e),
 		newLogs(e), newFinished(e), newCancelAll(e), newEnv(e), newPorts(e), newLogLevel(e),
-		newSubmit(e), newJobs(e), newShutdown(e),
+		newSubmit(e), newJobs(e), newShutdown(e), newToken(e),
 	}
 }
 

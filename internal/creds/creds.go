@@ -163,9 +163,26 @@ func (ca *CA) Issue(role Role, name string, hosts []string) (*Bundle, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creds: issue %s: generate key: %w", subject, err)
 	}
-	serial, err := randomSerial()
+	certPEM, err := ca.sign(role, name, hosts, &key.PublicKey)
 	if err != nil {
 		return nil, fmt.Errorf("creds: issue %s: %w", subject, err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("creds: issue %s: encode key: %w", subject, err)
+	}
+	return &Bundle{
+		CA:   ca.certPEM,
+		Cert: certPEM,
+		Key:  string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})),
+	}, nil
+}
+
+// sign makes the PEM certificate of one party for pub, as Issue describes.
+func (ca *CA) sign(role Role, name string, hosts []string, pub any) (string, error) {
+	serial, err := randomSerial()
+	if err != nil {
+		return "", err
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
@@ -195,19 +212,11 @@ func (ca *CA) Issue(role Role, name string, hosts []string) (*Bundle, error) {
 	} else {
 		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, pub, ca.key)
 	if err != nil {
-		return nil, fmt.Errorf("creds: issue %s: sign: %w", subject, err)
+		return "", fmt.Errorf("sign: %w", err)
 	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return nil, fmt.Errorf("creds: issue %s: encode key: %w", subject, err)
-	}
-	return &Bundle{
-		CA:   ca.certPEM,
-		Cert: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})),
-		Key:  string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})),
-	}, nil
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})), nil
 }
 
 // ServerTLS returns the configuration for the manager's listener: it

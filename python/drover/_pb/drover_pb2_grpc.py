@@ -841,3 +841,149 @@ class Control(object):
             drover__pb2.Empty.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+
+class JoinStub(object):
+    """Join admits nodes that serve did not launch (`drover agent --join`).
+    It is served beside Control, to client certificates only.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.CreateToken = channel.unary_unary(
+                '/drover.v1.Join/CreateToken',
+                request_serializer=drover__pb2.CreateTokenRequest.SerializeToString,
+                response_deserializer=drover__pb2.CreateTokenReply.FromString,
+                )
+
+
+class JoinServicer(object):
+    """Join admits nodes that serve did not launch (`drover agent --join`).
+    It is served beside Control, to client certificates only.
+    """
+
+    def CreateToken(self, request, context):
+        """CreateToken makes a one-time enrolment token that expires after
+        ttl_ms (0 = 10 minutes). serve keeps only a hash of its secret.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_JoinServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'CreateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateToken,
+                    request_deserializer=drover__pb2.CreateTokenRequest.FromString,
+                    response_serializer=drover__pb2.CreateTokenReply.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'drover.v1.Join', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Join(object):
+    """Join admits nodes that serve did not launch (`drover agent --join`).
+    It is served beside Control, to client certificates only.
+    """
+
+    @staticmethod
+    def CreateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/drover.v1.Join/CreateToken',
+            drover__pb2.CreateTokenRequest.SerializeToString,
+            drover__pb2.CreateTokenReply.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+
+class EnrolmentStub(object):
+    """Enrolment is served on serve's enrolment listener, which presents
+    serve's certificate and its CA and asks for no client certificate: the
+    token is the credential. A joining agent checks the CA against the
+    token's pin before it sends anything.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Enrol = channel.unary_unary(
+                '/drover.v1.Enrolment/Enrol',
+                request_serializer=drover__pb2.EnrolRequest.SerializeToString,
+                response_deserializer=drover__pb2.EnrolReply.FromString,
+                )
+
+
+class EnrolmentServicer(object):
+    """Enrolment is served on serve's enrolment listener, which presents
+    serve's certificate and its CA and asks for no client certificate: the
+    token is the credential. A joining agent checks the CA against the
+    token's pin before it sends anything.
+    """
+
+    def Enrol(self, request, context):
+        """Enrol trades a token (id and secret) and a certificate request for an
+        agent certificate for node. A token serves once: a used, expired or
+        unknown one is PERMISSION_DENIED; a node name that is up already, or a
+        bad request, INVALID_ARGUMENT (the token stays usable then).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_EnrolmentServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Enrol': grpc.unary_unary_rpc_method_handler(
+                    servicer.Enrol,
+                    request_deserializer=drover__pb2.EnrolRequest.FromString,
+                    response_serializer=drover__pb2.EnrolReply.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'drover.v1.Enrolment', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Enrolment(object):
+    """Enrolment is served on serve's enrolment listener, which presents
+    serve's certificate and its CA and asks for no client certificate: the
+    token is the credential. A joining agent checks the CA against the
+    token's pin before it sends anything.
+    """
+
+    @staticmethod
+    def Enrol(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/drover.v1.Enrolment/Enrol',
+            drover__pb2.EnrolRequest.SerializeToString,
+            drover__pb2.EnrolReply.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
