@@ -55,7 +55,13 @@ type joinedAgent struct {
 // directory is under it) and stdin from in; the test's cleanup stops it.
 func startJoin(t *testing.T, home string, in io.Reader, args ...string) *joinedAgent {
 	t.Helper()
-	cmd := exec.Command(droverBin, append([]string{"agent", "--log-level", "info", "--join"}, args...)...)
+	return startJoinAt(t, "info", home, in, args...)
+}
+
+// startJoinAt is startJoin with a log level.
+func startJoinAt(t *testing.T, level, home string, in io.Reader, args ...string) *joinedAgent {
+	t.Helper()
+	cmd := exec.Command(droverBin, append([]string{"agent", "--log-level", level, "--join"}, args...)...)
 	cmd.Dir = t.TempDir()
 	cmd.Env = append(testEnv(), "DROVER_HOME="+home)
 	cmd.Stdin = in
@@ -225,7 +231,7 @@ func TestJoinRunsProcessAndTokenServesOnce(t *testing.T) {
 // joinOnce runs `drover agent --join` to completion with stdin in.
 func joinOnce(t *testing.T, home, in string, args ...string) result {
 	t.Helper()
-	a := startJoin(t, home, strings.NewReader(in), args...)
+	a := startJoinAt(t, "warn", home, strings.NewReader(in), args...)
 	select {
 	case <-a.done:
 	case <-time.After(backstop):
@@ -335,5 +341,40 @@ func TestJoinedNodeRejoins(t *testing.T) {
 	runsOn(t, home, "rj", "after-restart", b)
 	if n := strings.Count(s.stderr.String(), "join: node enrolled"); n != 1 {
 		t.Errorf("%d enrolments, want 1 (rejoins use the stored certificate)", n)
+	}
+}
+
+// A node's stored certificate is of its serve's CA: a new serve at the
+// same addresses refuses it, and the agent says so in one line.
+func TestJoinedNodeAfterNewServe(t *testing.T) {
+	t.Parallel()
+	home := filepath.Join(t.TempDir(), "serve")
+	listen, joinAt := closedPort(t), closedPort(t)
+	s := startServe(t, home, "--listen", listen, "--join-listen", joinAt)
+	tok := newJoinToken(t, home)
+	if tok.Address != joinAt {
+		t.Errorf("token address %s, want --join-listen %s", tok.Address, joinAt)
+	}
+	agentHome := filepath.Join(t.TempDir(), "node")
+	a := startJoin(t, agentHome, strings.NewReader(tok.Token), tok.Address, "--name", "nj")
+	waitNodeState(t, home, "nj", "up", a)
+	wantCode(t, droverHome(t, home, t.TempDir(), "shutdown"), 0)
+	if code := s.wait(t); code != 0 {
+		t.Fatalf("serve exit status %d", code)
+	}
+	select {
+	case <-a.done:
+	case <-time.After(backstop):
+		t.Fatalf("the joined agent did not exit when serve shut down:\n%s", a.stderr)
+	}
+	if code := a.stop(t); code != 0 {
+		t.Errorf("joined agent exit status %d after serve's shutdown:\n%s", code, a.stderr)
+	}
+
+	startServe(t, home, "--listen", listen, "--join-listen", joinAt)
+	r := joinOnce(t, agentHome, "", joinAt)
+	wantOneLineError(t, r, 1, `^drover: serve at .* no longer accepts node nj's certificate .*new token`)
+	if _, ok := nodeStates(t, home)["nj"]; ok {
+		t.Error("nj joined the new serve with the old certificate")
 	}
 }

@@ -52,7 +52,8 @@ address, the status page's URL, its pid and the client credentials of the
 run; the verbs find it there. Every connection is mutual TLS: only holders
 of those credentials get in. --http serves a read-only web dashboard at /
 (cluster map, jobs, instance output, timeline; live) and Prometheus
-metrics at /metrics.
+metrics at /metrics. Nodes it cannot launch on join it with a one-time
+token from drover token (drover agent --join, at --join-listen).
 
 On the way out every process is stopped (SIGTERM, then SIGKILL after
 --grace), the agents exit and serve.json is removed. Only one serve runs

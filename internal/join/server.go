@@ -245,7 +245,7 @@ const errNotOurs = "the token is not one of this serve's"
 func (e enrolment) Enrol(ctx context.Context, req *droverpb.EnrolRequest) (*droverpb.EnrolReply, error) {
 	s := e.s
 	id, name, from := req.GetTokenId(), req.GetNode(), peerAddr(ctx)
-	log := s.log.With("token", id, "node", name, "peer", from)
+	log := s.log.With("token", clip(id), "node", clip(name), "peer", from)
 	log.Info("join: enrolment attempt")
 	ca, port, err := s.claim(id, req.GetSecret())
 	if err != nil {
@@ -328,6 +328,15 @@ func ValidName(name string) error {
 		}
 	}
 	return nil
+}
+
+// clip bounds what a caller without credentials puts into the log.
+func clip(s string) string {
+	const most = 64
+	if len(s) > most {
+		return s[:most] + "..."
+	}
+	return s
 }
 
 func peerAddr(ctx context.Context) string {
