@@ -105,9 +105,9 @@ func TestEveryOperationOverTheWire(t *testing.T) {
 	}
 	// The message is the agent's own.
 	direct := newAgent(t, "n1")
-	_, derr := direct.Poll(ctx, "nope")
-	if _, err := n.Poll(ctx, "nope"); derr == nil || err.Error() != derr.Error() {
-		t.Fatalf("message over the wire %q, in process %q", err, derr)
+	dst, _ := direct.Poll(ctx, "nope")
+	if st, _ := n.Poll(ctx, "nope"); len(st) != 1 || len(dst) != 1 || st[0].Err == nil || dst[0].Err == nil || st[0].Err.Error() != dst[0].Err.Error() {
+		t.Fatalf("message over the wire %+v, in process %+v", st, dst)
 	}
 
 	// Kill, then the errors of an exited process.
