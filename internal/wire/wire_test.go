@@ -126,8 +126,8 @@ func TestEveryOperationOverTheWire(t *testing.T) {
 	if err := n.Purge(ctx, "s1"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := n.Poll(ctx, "s1"); !errors.Is(err, errdefs.ErrUnknownProcess) {
-		t.Fatalf("poll purged: %v", err)
+	if st, err := n.Poll(ctx, "s1"); err != nil || len(st) != 1 || !errors.Is(st[0].Err, errdefs.ErrUnknownProcess) {
+		t.Fatalf("poll purged: %+v %v", st, err)
 	}
 
 	// Stop with a grace: SIGTERM does it.
@@ -238,8 +238,8 @@ func TestEveryOperationOverTheWire(t *testing.T) {
 	if _, err := n.Start(done, helperSpec(t, "never", "exit", "0")); !errors.Is(err, context.Canceled) {
 		t.Fatalf("start with a done context: %v", err)
 	}
-	if _, err := n.Poll(ctx, "never"); !errors.Is(err, errdefs.ErrUnknownProcess) {
-		t.Fatalf("never started: %v", err)
+	if st, err := n.Poll(ctx, "never"); err != nil || len(st) != 1 || !errors.Is(st[0].Err, errdefs.ErrUnknownProcess) {
+		t.Fatalf("never started: %+v %v", st, err)
 	}
 }
 
