@@ -596,6 +596,13 @@ func (c *Client) Send(ctx context.Context, name string, data []byte) error {
 	return c.fail(err)
 }
 
+// CloseStdin closes a process's stdin: it reads end of input once it has
+// read what was sent.
+func (c *Client) CloseStdin(ctx context.Context, name string) error {
+	_, err := c.rpc.Send(ctx, &droverpb.SendRequest{Name: name, Close: true})
+	return c.fail(err)
+}
+
 // Logs writes a process's stdout (or stderr) to w from the start; with
 // follow it goes on until the process has exited and all its output is
 // written, or ctx ends.

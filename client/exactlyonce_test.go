@@ -288,3 +288,29 @@ func TestTypedStartsAndHWThreads(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// CloseStdin ends the process's input after what was sent; a later Send
+// fails.
+func TestCloseStdin(t *testing.T) {
+	s, _ := realServe(t, 5*time.Second)
+	c := dialGroup(t, s, "")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out := filepath.Join(t.TempDir(), "out")
+	if _, err := c.Start(ctx, client.StartRequest{Node: "n1", Name: "cat", Stdout: out, Args: []string{"sh", "-c", "cat; echo eof"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Send(ctx, "cat", []byte("a line\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CloseStdin(ctx, "cat"); err != nil {
+		t.Fatal(err)
+	}
+	exits, err := c.Finished(ctx, 30*time.Second)
+	if err != nil || len(exits) != 1 || !exits[0].Success() {
+		t.Fatalf("cat did not end after its stdin was closed: %v %v", exits, err)
+	}
+	if got, _ := os.ReadFile(out); string(got) != "a line\neof\n" {
+		t.Errorf("output %q", got)
+	}
+}

@@ -1188,6 +1188,7 @@ type SendInput struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	Data          []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	Close         bool                   `protobuf:"varint,3,opt,name=close,proto3" json:"close,omitempty"` // close stdin after data
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1234,6 +1235,13 @@ func (x *SendInput) GetData() []byte {
 		return x.Data
 	}
 	return nil
+}
+
+func (x *SendInput) GetClose() bool {
+	if x != nil {
+		return x.Close
+	}
+	return false
 }
 
 type PollRequest struct {
@@ -3082,9 +3090,12 @@ func (x *StopRequest) GetGraceMs() int64 {
 }
 
 type SendRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Data          []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Data  []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	// close: close the process's stdin after data (it reads end of input);
+	// later sends fail.
+	Close         bool `protobuf:"varint,3,opt,name=close,proto3" json:"close,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3131,6 +3142,13 @@ func (x *SendRequest) GetData() []byte {
 		return x.Data
 	}
 	return nil
+}
+
+func (x *SendRequest) GetClose() bool {
+	if x != nil {
+		return x.Close
+	}
+	return false
 }
 
 type LogsRequest struct {
@@ -4523,10 +4541,11 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\x04mode\x18\b \x01(\rR\x04mode\"6\n" +
 	"\x05Named\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
-	"\bgrace_ms\x18\x02 \x01(\x03R\agraceMs\"3\n" +
+	"\bgrace_ms\x18\x02 \x01(\x03R\agraceMs\"I\n" +
 	"\tSendInput\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
-	"\x04data\x18\x02 \x01(\fR\x04data\"#\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\x12\x14\n" +
+	"\x05close\x18\x03 \x01(\bR\x05close\"#\n" +
 	"\vPollRequest\x12\x14\n" +
 	"\x05names\x18\x01 \x03(\tR\x05names\"\x1a\n" +
 	"\x06EnvKey\x12\x10\n" +
@@ -4676,10 +4695,11 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"<\n" +
 	"\vStopRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
-	"\bgrace_ms\x18\x02 \x01(\x03R\agraceMs\"5\n" +
+	"\bgrace_ms\x18\x02 \x01(\x03R\agraceMs\"K\n" +
 	"\vSendRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
-	"\x04data\x18\x02 \x01(\fR\x04data\"Q\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\x12\x14\n" +
+	"\x05close\x18\x03 \x01(\bR\x05close\"Q\n" +
 	"\vLogsRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06stderr\x18\x02 \x01(\bR\x06stderr\x12\x16\n" +

@@ -500,6 +500,10 @@ func (a *Agent) Send(ctx context.Context, name string, data []byte) error {
 	return a.wrap(a.sup.Send(ctx, name, data))
 }
 
+func (a *Agent) CloseStdin(_ context.Context, name string) error {
+	return a.wrap(a.sup.CloseStdin(name))
+}
+
 func (a *Agent) CancelAll(_ context.Context, grace time.Duration) error {
 	a.mu.Lock()
 	a.cancelWaitingLocked()

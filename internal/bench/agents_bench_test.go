@@ -309,6 +309,7 @@ func (s *stubNode) Send(context.Context, string, []byte) error             { ret
 func (s *stubNode) CancelAll(context.Context, time.Duration) error         { return nil }
 func (s *stubNode) Finished() []node.Exit                                  { return nil }
 func (s *stubNode) Ready() <-chan struct{}                                 { return s.ready }
+func (s *stubNode) CloseStdin(context.Context, string) error               { return nil }
 func (s *stubNode) Health() node.Health                                    { return node.Health{State: "up"} }
 func (s *stubNode) GetEnv(context.Context, string) (string, bool, error)   { return "", false, nil }
 func (s *stubNode) SetEnv(context.Context, string, string) error           { return nil }

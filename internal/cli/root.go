@@ -99,10 +99,12 @@ allocation, binds them to cores, keeps every output and reports every exit.`,
 			return nil
 		},
 	}
+	root.Version = versionString()
+	root.SetVersionTemplate("{{.Version}}\n")
 	root.PersistentFlags().StringVar(&e.logLevel, "log-level", "warn", "log level: debug, info, warn or error")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
 		return &exitError{ExitUsage, err}
 	})
-	root.AddCommand(append([]*cobra.Command{newResources(e), newRun(e), newAgent(e), newServe(e), newReport(e), newCompletion(e)}, newVerbs(e)...)...)
+	root.AddCommand(append([]*cobra.Command{newResources(e), newRun(e), newAgent(e), newServe(e), newReport(e), newCompletion(e), newCheck(e)}, newVerbs(e)...)...)
 	return root
 }

@@ -317,18 +317,35 @@ its name may be used again.` + verbNote,
 
 func newSend(e *env) *cobra.Command {
 	vf := &verbFlags{}
+	var closeIn bool
 	cmd := &cobra.Command{
-		Use:     "send NAME TEXT",
-		Short:   "Write a line to a process's stdin",
-		Long:    `Writes TEXT and a newline to the stdin of NAME.` + verbNote,
-		Example: `  drover send repl 'print(1+1)'`,
-		Args:    exactArgs(2, "send NAME TEXT"),
+		Use:   "send NAME [TEXT] [--close]",
+		Short: "Write a line to a process's stdin",
+		Long: `Writes TEXT and a newline to the stdin of NAME. With --close it then
+closes that stdin: the process reads end of input (TEXT may be left out).` + verbNote,
+		Example: `  drover send repl 'print(1+1)'
+  drover send --close cat`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 2 || len(args) == 1 && closeIn {
+				return nil
+			}
+			return usageError("usage: drover send NAME TEXT, or drover send NAME [TEXT] --close")
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return withClient(vf, func(ctx context.Context, c *client.Client) error {
-				return c.Send(ctx, args[0], []byte(args[1]+"\n"))
+				if len(args) == 2 {
+					if err := c.Send(ctx, args[0], []byte(args[1]+"\n")); err != nil {
+						return err
+					}
+				}
+				if closeIn {
+					return c.CloseStdin(ctx, args[0])
+				}
+				return nil
 			})
 		},
 	}
+	cmd.Flags().BoolVar(&closeIn, "close", false, "then close its stdin: it reads end of input")
 	addVerbFlags(cmd, vf)
 	return cmd
 }

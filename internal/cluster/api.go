@@ -94,6 +94,8 @@ type API interface {
 	Kill(ctx context.Context, name string) error
 	Purge(ctx context.Context, name string) error
 	Send(ctx context.Context, name string, data []byte) error
+	// CloseStdin closes a process's stdin: it reads end of input.
+	CloseStdin(ctx context.Context, name string) error
 	// Logs streams a process's stdout (or stderr) from the start; with
 	// follow it keeps streaming until the process has exited and all its
 	// output is sent, or ctx ends.

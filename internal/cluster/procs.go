@@ -259,6 +259,15 @@ func (c *Cluster) Send(ctx context.Context, name string, data []byte) error {
 	return c.nodeErr("send", p, p.m.n.Send(ctx, name, data))
 }
 
+// CloseStdin closes a running process's stdin.
+func (c *Cluster) CloseStdin(ctx context.Context, name string) error {
+	p, err := c.live("close stdin", name, nil)
+	if p == nil {
+		return err
+	}
+	return c.nodeErr("close stdin", p, p.m.n.CloseStdin(ctx, name))
+}
+
 // Purge forgets a process whose exit has arrived, so its name can be used
 // again (names of a submission's instances stay reserved for it). An exit
 // not yet returned by Finished still is.

@@ -176,6 +176,10 @@ func (v *view) Send(ctx context.Context, name string, data []byte) error {
 	return v.c.Send(ctx, v.sub.procName(name), data)
 }
 
+func (v *view) CloseStdin(ctx context.Context, name string) error {
+	return v.c.CloseStdin(ctx, v.sub.procName(name))
+}
+
 // CancelAll stops the view's processes only (the node runs others too),
 // and refuses later starts.
 func (v *view) CancelAll(ctx context.Context, grace time.Duration) error {

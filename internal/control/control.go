@@ -318,7 +318,15 @@ func (s *Server) Send(ctx context.Context, req *droverpb.SendRequest) (*droverpb
 	if err := needName("send", req.GetName()); err != nil {
 		return nil, Status(err)
 	}
-	return empty(s.api.Send(ctx, req.GetName(), req.GetData()))
+	if len(req.GetData()) > 0 || !req.GetClose() {
+		if err := s.api.Send(ctx, req.GetName(), req.GetData()); err != nil {
+			return nil, Status(err)
+		}
+	}
+	if req.GetClose() {
+		return empty(s.api.CloseStdin(ctx, req.GetName()))
+	}
+	return &droverpb.Empty{}, nil
 }
 
 // maxChunk bounds the data of one LogChunk.

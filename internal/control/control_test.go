@@ -124,6 +124,10 @@ func (f *fakeAPI) Stop(ctx context.Context, name string, grace time.Duration) er
 	return f.call(ctx, "Stop %s %s", name, grace)
 }
 
+func (f *fakeAPI) CloseStdin(ctx context.Context, name string) error {
+	return f.call(ctx, "CloseStdin %s", name)
+}
+
 func (f *fakeAPI) Kill(ctx context.Context, name string) error { return f.call(ctx, "Kill %s", name) }
 
 func (f *fakeAPI) Purge(ctx context.Context, name string) error { return f.call(ctx, "Purge %s", name) }

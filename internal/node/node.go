@@ -149,6 +149,8 @@ type Node interface {
 	Purge(ctx context.Context, name string) error
 	// Send writes data to the process's stdin.
 	Send(ctx context.Context, name string, data []byte) error
+	// CloseStdin closes the process's stdin: it reads end of input.
+	CloseStdin(ctx context.Context, name string) error
 	// CancelAll stops every running process (SIGTERM, grace, SIGKILL).
 	CancelAll(ctx context.Context, grace time.Duration) error
 

@@ -122,8 +122,9 @@ type proc struct {
 	// The write end of the child's stdin: a bare descriptor until the first
 	// Send makes it a pollable *os.File (most processes are never sent
 	// anything). Both are closed when the child exits.
-	stdinFD int
-	stdin   *os.File
+	stdinFD     int
+	stdin       *os.File
+	stdinClosed bool // by CloseStdin: the child has seen end of input
 
 	sendMu sync.Mutex // one Send at a time
 
@@ -510,6 +511,9 @@ func (s *Supervisor) Send(ctx context.Context, name string, data []byte) error {
 // stdinFile returns the write end of p's stdin as a non-blocking, pollable
 // *os.File, so writes honour deadlines. Called with mu held.
 func (p *proc) stdinFile() (*os.File, error) {
+	if p.stdinClosed {
+		return nil, fmt.Errorf("stdin closed: %w", syscall.EPIPE)
+	}
 	if p.stdin == nil {
 		if p.stdinFD < 0 {
 			return nil, errdefs.ErrNotRunning
@@ -521,6 +525,36 @@ func (p *proc) stdinFile() (*os.File, error) {
 		p.stdinFD = -1
 	}
 	return p.stdin, nil
+}
+
+// CloseStdin closes the write end of the process's stdin, so that it reads
+// end of input once it has read what was sent; later Sends fail.
+func (s *Supervisor) CloseStdin(name string) error {
+	s.mu.Lock()
+	p, err := s.liveLocked("close stdin", name)
+	if err == nil && p.state == stateStarting {
+		err = fmt.Errorf("close stdin %s: %w", name, errdefs.ErrNotRunning)
+	}
+	s.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	p.sendMu.Lock() // after a Send in progress
+	defer p.sendMu.Unlock()
+	s.mu.Lock()
+	stdin, stdinFD := p.stdin, p.stdinFD
+	p.stdin, p.stdinFD, p.stdinClosed = nil, -1, true
+	s.mu.Unlock()
+	switch {
+	case stdin != nil:
+		err = stdin.Close()
+	case stdinFD >= 0:
+		err = unix.Close(stdinFD)
+	}
+	if err != nil {
+		return fmt.Errorf("close stdin %s: %w", name, err)
+	}
+	return nil
 }
 
 // CancelAll stops every running process (see Stop); it returns at once.

@@ -218,7 +218,7 @@ func (s *ClusterSource) timeToReport(ctx context.Context) {
 		names = append(names, n)
 	}
 	for _, n := range names {
-		st, err := s.api.Poll(ctx, n)
+		st, err := s.api.Poll(ctx, "", n)
 		if err != nil || len(st) != 1 {
 			if err == nil || !strings.Contains(err.Error(), "context") {
 				delete(s.pendingReport, n)

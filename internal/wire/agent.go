@@ -559,7 +559,12 @@ func (a *agentRun) execute(ctx context.Context, c *droverpb.Command) *droverpb.R
 	case *droverpb.Command_Purge:
 		err = n.Purge(ctx, op.Purge.GetName())
 	case *droverpb.Command_Send:
-		err = n.Send(ctx, op.Send.GetName(), op.Send.GetData())
+		if len(op.Send.GetData()) > 0 || !op.Send.GetClose() {
+			err = n.Send(ctx, op.Send.GetName(), op.Send.GetData())
+		}
+		if err == nil && op.Send.GetClose() {
+			err = n.CloseStdin(ctx, op.Send.GetName())
+		}
 	case *droverpb.Command_CancelAll:
 		err = n.CancelAll(ctx, fromMillis(op.CancelAll.GetGraceMs()))
 	case *droverpb.Command_Poll:

@@ -859,6 +859,12 @@ func (n *RemoteNode) Send(ctx context.Context, name string, data []byte) error {
 	return err
 }
 
+// CloseStdin closes the process's stdin.
+func (n *RemoteNode) CloseStdin(ctx context.Context, name string) error {
+	_, err := n.call(ctx, "close stdin "+name, &droverpb.Command{Op: &droverpb.Command_Send{Send: &droverpb.SendInput{Name: name, Close: true}}})
+	return err
+}
+
 func (n *RemoteNode) CancelAll(ctx context.Context, grace time.Duration) error {
 	_, err := n.call(ctx, "cancel all", &droverpb.Command{Op: &droverpb.Command_CancelAll{CancelAll: &droverpb.Named{GraceMs: millis(grace)}}})
 	return err

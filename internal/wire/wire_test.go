@@ -105,9 +105,9 @@ func TestEveryOperationOverTheWire(t *testing.T) {
 	}
 	// The message is the agent's own.
 	direct := newAgent(t, "n1")
-	_, derr := direct.Poll(ctx, "nope")
-	if _, err := n.Poll(ctx, "nope"); derr == nil || err.Error() != derr.Error() {
-		t.Fatalf("message over the wire %q, in process %q", err, derr)
+	dst, _ := direct.Poll(ctx, "nope")
+	if st, _ := n.Poll(ctx, "nope"); len(st) != 1 || len(dst) != 1 || st[0].Err == nil || dst[0].Err == nil || st[0].Err.Error() != dst[0].Err.Error() {
+		t.Fatalf("message over the wire %+v, in process %+v", st, dst)
 	}
 
 	// Kill, then the errors of an exited process.
@@ -126,8 +126,8 @@ func TestEveryOperationOverTheWire(t *testing.T) {
 	if err := n.Purge(ctx, "s1"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := n.Poll(ctx, "s1"); !errors.Is(err, errdefs.ErrUnknownProcess) {
-		t.Fatalf("poll purged: %v", err)
+	if st, err := n.Poll(ctx, "s1"); err != nil || len(st) != 1 || !errors.Is(st[0].Err, errdefs.ErrUnknownProcess) {
+		t.Fatalf("poll purged: %+v %v", st, err)
 	}
 
 	// Stop with a grace: SIGTERM does it.
@@ -238,8 +238,8 @@ func TestEveryOperationOverTheWire(t *testing.T) {
 	if _, err := n.Start(done, helperSpec(t, "never", "exit", "0")); !errors.Is(err, context.Canceled) {
 		t.Fatalf("start with a done context: %v", err)
 	}
-	if _, err := n.Poll(ctx, "never"); !errors.Is(err, errdefs.ErrUnknownProcess) {
-		t.Fatalf("never started: %v", err)
+	if st, err := n.Poll(ctx, "never"); err != nil || len(st) != 1 || !errors.Is(st[0].Err, errdefs.ErrUnknownProcess) {
+		t.Fatalf("never started: %+v %v", st, err)
 	}
 }
 

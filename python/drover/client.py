@@ -419,6 +419,11 @@ class Client:
         data = text.encode() if isinstance(text, str) else bytes(text)
         self._call(self._rpc.Send, pb.SendRequest(name=name, data=data), "send %s" % name, timeout)
 
+    def close_stdin(self, name, *, timeout=_DEFAULT):
+        """Closes the process's stdin: it reads end of input once it has
+        read what was sent; later sends fail."""
+        self._call(self._rpc.Send, pb.SendRequest(name=name, close=True), "close stdin %s" % name, timeout)
+
     def logs(self, name, stderr=False, follow=False, *, timeout=_DEFAULT):
         """A process's stdout (or stderr) from the start, as bytes. With
         ``follow`` it returns an iterator of chunks as they come, which

@@ -92,6 +92,18 @@ def test_send_logs(client, node, uniq):
     assert b"".join(client.logs(n, follow=True)) == b"got hello world\n"
 
 
+def test_close_stdin(client, node, uniq):
+    n = uniq + "cat"
+    client.start(node, n, ["sh", "-c", "cat; echo eof"])
+    wait_running(client, n)
+    client.send(n, "a line\n")
+    client.close_stdin(n)
+    wait_exits(client, [n])
+    assert client.logs(n) == b"a line\neof\n"
+    with pytest.raises(drover.DroverError):
+        client.send(n, "late\n")
+
+
 def test_logs_follow_live(client, node, uniq):
     n = uniq + "live"
     client.start(node, n, ["sh", "-c", "echo one; read x; echo two"])

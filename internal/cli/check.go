@@ -1,0 +1,78 @@
+package cli
+
+import (
+	"fmt"
+	"runtime"
+	"runtime/debug"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/drover-hpc/drover/internal/jobfile"
+	"github.com/drover-hpc/drover/internal/topology"
+)
+
+// versionString is what drover --version prints: the version, the commit
+// the binary was built from (when the build knew it) and the Go version.
+func versionString() string {
+	commit, dirty := "unknown", ""
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			switch {
+			case s.Key == "vcs.revision":
+				commit = s.Value[:min(12, len(s.Value))]
+			case s.Key == "vcs.modified" && s.Value == "true":
+				dirty = "+changes"
+			}
+		}
+	}
+	return fmt.Sprintf("drover %s (commit %s%s, %s %s/%s)", Version, commit, dirty, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}
+
+func newCheck(e *env) *cobra.Command {
+	return &cobra.Command{
+		Use:   "check JOBFILE",
+		Short: "Check a job file and print its plan, without starting anything",
+		Long: `Reads JOBFILE as drover run would: every problem is reported as
+FILE:LINE:COL with exit status 2. A valid file's plan is printed: each job's
+instances, cores per instance and node, the totals, and how many instances
+this machine could run at once.`,
+		Example: `  drover check examples/hello.yaml`,
+		Args:    exactArgs(1, "check JOBFILE"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			file, err := jobfile.Load(args[0])
+			if err != nil {
+				return &exitError{ExitUsage, err}
+			}
+			instances, coreSlots, widest := 0, 0, 0
+			tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "JOB\tINSTANCES\tCORES EACH\tNODE")
+			for _, j := range file.Jobs {
+				where := j.Node
+				if where == "" {
+					where = "any"
+				}
+				fmt.Fprintf(tw, "%s\t%d\t%d\t%s\n", j.Name, j.Repeat, j.Cores, where)
+				instances += j.Repeat
+				coreSlots += j.Repeat * j.Cores
+				widest = max(widest, j.Cores)
+			}
+			fmt.Fprintf(e.stdout, "%s: valid, %d jobs, %d instances, %d core slots in all\n", args[0], len(file.Jobs), instances, coreSlots)
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			res, err := topology.Detect(topology.Options{})
+			if err != nil {
+				return nil // the plan stands; this machine is only a hint
+			}
+			n := len(res.Cores)
+			fmt.Fprintf(e.stdout, "this machine (%s) has %d cores", res.Node, n)
+			if widest > n {
+				fmt.Fprintf(e.stdout, ": too few for a job of %d cores, which needs a larger node (--hosts)\n", widest)
+				return nil
+			}
+			fmt.Fprintf(e.stdout, ": instances of %d core(s) run %d at a time here\n", widest, n/max(widest, 1))
+			return nil
+		},
+	}
+}

@@ -1,0 +1,49 @@
+package cli_test
+
+import (
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strings"
+	"testing"
+)
+
+// drover --version names the version, the commit and the Go version.
+func TestVersion(t *testing.T) {
+	r := drover(t, t.TempDir(), "--version")
+	wantCode(t, r, 0)
+	if !regexp.MustCompile(`^drover \d+\.\d+\.\d+ \(commit \S+, go\S+ \S+/\S+\)\n$`).MatchString(r.stdout) || !strings.Contains(r.stdout, runtime.Version()) {
+		t.Errorf("--version printed %q", r.stdout)
+	}
+}
+
+// drover check validates a job file and prints its plan without starting
+// anything; a bad file is FILE:LINE:COL with exit 2.
+func TestCheck(t *testing.T) {
+	dir := t.TempDir()
+	good := writeFile(t, dir, "jobs.yaml", `jobs:
+  - name: sim
+    command: [touch, ran]
+    repeat: 3
+    cores: 1
+  - name: post
+    shell: touch ran
+    node: n2
+`)
+	r := drover(t, dir, "check", good)
+	wantCode(t, r, 0)
+	for _, want := range []string{"valid, 2 jobs, 4 instances", "sim ", "post ", "n2", "this machine"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("plan lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	wantNotExist(t, filepath.Join(dir, "ran"))
+	wantNotExist(t, filepath.Join(dir, "drover-out"))
+
+	bad := writeFile(t, dir, "bad.yaml", "jobs:\n  - name: a\n    comand: [x]\n")
+	r = drover(t, dir, "check", bad)
+	wantCode(t, r, 2)
+	if !strings.Contains(r.stderr, "bad.yaml:3:5: unknown key \"comand\"") {
+		t.Errorf("bad file: %s", r)
+	}
+}
