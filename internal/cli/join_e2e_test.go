@@ -332,16 +332,9 @@ func TestJoinedNodeRejoins(t *testing.T) {
 	if code := a.stop(t); code != 0 {
 		t.Errorf("agent exit status %d on SIGTERM:\n%s", code, a.stderr)
 	}
+	waitNodeState(t, home, "rj", "lost", a)
 	b := startJoin(t, agentHome, strings.NewReader(""), tok.Address)
-	eventually(t, func() string {
-		if got := nodeStates(t, home)["rj"]; got != "up" {
-			return fmt.Sprintf("rj is %q after the restart; agent:\n%s", got, b.stderr)
-		}
-		if strings.Count(s.stderr.String(), "node up\" node=rj peer") < 3 {
-			return "serve has not seen rj come up a third time"
-		}
-		return ""
-	})
+	waitNodeState(t, home, "rj", "up", b)
 	runsOn(t, home, "rj", "after-restart", b)
 	if n := strings.Count(s.stderr.String(), "join: node enrolled"); n != 1 {
 		t.Errorf("%d enrolments, want 1 (rejoins use the stored certificate)", n)
