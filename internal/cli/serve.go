@@ -232,8 +232,8 @@ func runServe(e *env, f *serveFlags, listenChanged bool) error {
 		}
 	}()
 
-	fmt.Fprintf(e.stderr, "drover serve: manager at %s, status page %s, pid %d; credentials in %s\n",
-		info.Address, info.HTTP, info.PID, serveFile)
+	fmt.Fprintf(e.stderr, "drover serve: manager at %s, status page %s, nodes join at %s (drover token), pid %d; credentials in %s\n",
+		info.Address, info.HTTP, joins.Addr(), info.PID, serveFile)
 
 	viaSignal := false
 	select {
