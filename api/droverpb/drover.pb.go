@@ -1696,6 +1696,7 @@ type ProcessSpec struct {
 	AutoPurge      bool                   `protobuf:"varint,12,opt,name=auto_purge,json=autoPurge,proto3" json:"auto_purge,omitempty"`
 	After          string                 `protobuf:"bytes,13,opt,name=after,proto3" json:"after,omitempty"`
 	AfterTimeoutMs int64                  `protobuf:"varint,15,opt,name=after_timeout_ms,json=afterTimeoutMs,proto3" json:"after_timeout_ms,omitempty"`
+	StageTimeoutMs int64                  `protobuf:"varint,16,opt,name=stage_timeout_ms,json=stageTimeoutMs,proto3" json:"stage_timeout_ms,omitempty"` // bounds the copying of files; 0: none
 	Results        *ResultsSpec           `protobuf:"bytes,14,opt,name=results,proto3" json:"results,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
@@ -1825,6 +1826,13 @@ func (x *ProcessSpec) GetAfter() string {
 func (x *ProcessSpec) GetAfterTimeoutMs() int64 {
 	if x != nil {
 		return x.AfterTimeoutMs
+	}
+	return 0
+}
+
+func (x *ProcessSpec) GetStageTimeoutMs() int64 {
+	if x != nil {
+		return x.StageTimeoutMs
 	}
 	return 0
 }
@@ -4126,7 +4134,7 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\x06stdout\x18\x02 \x01(\bR\x06stdout\x12\x16\n" +
 	"\x06stderr\x18\x03 \x01(\bR\x06stderr\x12(\n" +
 	"\x10stderr_is_stdout\x18\x04 \x01(\bR\x0estderrIsStdout\x12\x18\n" +
-	"\aoutputs\x18\x05 \x01(\bR\aoutputs\"\x95\x04\n" +
+	"\aoutputs\x18\x05 \x01(\bR\aoutputs\"\xbf\x04\n" +
 	"\vProcessSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04args\x18\x02 \x03(\tR\x04args\x121\n" +
@@ -4145,7 +4153,8 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\n" +
 	"auto_purge\x18\f \x01(\bR\tautoPurge\x12\x14\n" +
 	"\x05after\x18\r \x01(\tR\x05after\x12(\n" +
-	"\x10after_timeout_ms\x18\x0f \x01(\x03R\x0eafterTimeoutMs\x120\n" +
+	"\x10after_timeout_ms\x18\x0f \x01(\x03R\x0eafterTimeoutMs\x12(\n" +
+	"\x10stage_timeout_ms\x18\x10 \x01(\x03R\x0estageTimeoutMs\x120\n" +
 	"\aresults\x18\x0e \x01(\v2\x16.drover.v1.ResultsSpecR\aresults\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +

@@ -240,6 +240,7 @@ func (a *Agent) start(ctx context.Context, spec node.ProcessSpec) (node.Started,
 	after := &afterExit{dir: spec.Dir, outputs: spec.Outputs, outputDir: spec.OutputDir, autoPurge: spec.AutoPurge, done: make(chan struct{})}
 	a.pending[spec.Name] = after // claims the name while we stage
 	a.claimedLocked()
+	cancelled := a.cancelled // CancelAll and Close end the staging too
 	// Later layers win: the base environment, the spec's, then the
 	// agent's own variables. Each name appears once, since a child's
 	// getenv takes the first of duplicates.
@@ -275,10 +276,8 @@ func (a *Agent) start(ctx context.Context, spec node.ProcessSpec) (node.Started,
 		}
 		after.dir, after.freshDir = dir, true
 	}
-	for _, f := range spec.Files {
-		if err := stageIn(f, after.dir); err != nil {
-			return node.Started{}, err
-		}
+	if err := a.stage(ctx, spec, after.dir, cancelled); err != nil {
+		return node.Started{}, err
 	}
 	for k, v := range spec.Env {
 		if !own[k] {
@@ -352,6 +351,34 @@ func (a *Agent) start(ctx context.Context, spec node.ProcessSpec) (node.Started,
 	}
 	ok = true
 	return node.Started{PID: pid, Ports: byName}, nil
+}
+
+// stage copies spec's files into dir until ctx ends, cancelled is closed
+// (CancelAll, Close) or spec.StageTimeout has passed.
+func (a *Agent) stage(ctx context.Context, spec node.ProcessSpec, dir string, cancelled <-chan struct{}) error {
+	if len(spec.Files) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go func() {
+		select {
+		case <-cancelled:
+			cancel(ErrCancelled)
+		case <-ctx.Done():
+		}
+	}()
+	if t := spec.StageTimeout; t > 0 {
+		var cancelT context.CancelFunc
+		ctx, cancelT = context.WithTimeoutCause(ctx, t, fmt.Errorf("%w (%v)", node.ErrStageTimeout, t))
+		defer cancelT()
+	}
+	for _, f := range spec.Files {
+		if err := stageIn(ctx, f, dir); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // maxFreeDirs bounds the empty work dirs kept for reuse.

@@ -55,10 +55,18 @@ type ProcessSpec struct {
 	// with ErrAfterTimeout and nothing runs, so that the caller can place
 	// the process elsewhere. 0 waits as long as it takes.
 	AfterTimeout time.Duration
+	// StageTimeout bounds the copying of Files (the job's timeout): past
+	// it the start fails and nothing runs. 0: no bound. CancelAll and
+	// Close end a staging too.
+	StageTimeout time.Duration
 }
 
 // ErrAfterTimeout fails a start whose After process ran past AfterTimeout.
 var ErrAfterTimeout = errors.New("waited too long for the process before it")
+
+// ErrStageTimeout fails a start whose files took longer to stage than
+// StageTimeout.
+var ErrStageTimeout = errors.New("staging took longer than the timeout")
 
 // State is what Poll reports for a process.
 type State int

@@ -5,6 +5,7 @@ package wire
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -141,7 +142,11 @@ func (af *agentFiles) put(p *droverpb.PutFile) error {
 	if !p.GetLast() {
 		return nil
 	}
-	got, err := hashFile(part)
+	info, err := os.Stat(part)
+	if err != nil {
+		return fmt.Errorf("put file: %w", err)
+	}
+	got, err := hashFile(context.Background(), part, info)
 	if err != nil {
 		return fmt.Errorf("put file: %w", err)
 	}
