@@ -20,6 +20,7 @@ import (
 
 	"github.com/drover-hpc/drover/internal/node"
 	"github.com/drover-hpc/drover/internal/ports"
+	"github.com/drover-hpc/drover/internal/privdir"
 	"github.com/drover-hpc/drover/internal/supervise"
 	"github.com/drover-hpc/drover/internal/topology"
 )
@@ -101,20 +102,19 @@ func New(opts Options) (*Agent, error) {
 		level.Set(slog.LevelDebug - 4) // filters nothing until SetLogLevel
 		log = slog.New(levelHandler{log.Handler(), level})
 	}
-	scratchRoot := opts.Scratch
-	if scratchRoot == "" {
-		scratchRoot = filepath.Join(os.TempDir(), fmt.Sprintf("drover-%d", os.Getuid()))
-	}
-	if err := os.MkdirAll(scratchRoot, 0o700); err != nil {
-		return nil, fmt.Errorf("agent %s: scratch dir: %w", opts.Name, err)
-	}
-	scratch, err := os.MkdirTemp(scratchRoot, "agent-")
+	scratchRoot, ownRoot, err := privateRoot(opts.Scratch, log)
 	if err != nil {
 		return nil, fmt.Errorf("agent %s: scratch dir: %w", opts.Name, err)
+	}
+	scratch := scratchRoot // a fresh root is this agent's alone
+	if !ownRoot {
+		if scratch, err = os.MkdirTemp(scratchRoot, "agent-"); err != nil {
+			return nil, fmt.Errorf("agent %s: scratch dir: %w", opts.Name, err)
+		}
 	}
 	sup, err := supervise.New(supervise.Options{Node: opts.Name, Logger: log, Spawners: opts.Spawners, Keeper: true, Subreaper: true, Cgroup: true})
 	if err != nil {
-		os.Remove(scratch)
+		os.RemoveAll(scratch)
 		return nil, fmt.Errorf("agent %s: %w", opts.Name, err)
 	}
 	base := opts.BaseEnv
@@ -140,6 +140,32 @@ func New(opts Options) (*Agent, error) {
 	}
 	go a.pump()
 	return a, nil
+}
+
+// privateRoot is the scratch root: dir, or $TMPDIR/drover-<uid>, made
+// 0700, or checked to be this user's own (privdir.Ensure). One that is not
+// (another user made it first, to read or swap what is staged there) is
+// left alone for a fresh private directory (fresh true), with a warning.
+func privateRoot(dir string, log *slog.Logger) (root string, fresh bool, err error) {
+	if dir == "" {
+		dir = filepath.Join(os.TempDir(), fmt.Sprintf("drover-%d", os.Getuid()))
+	}
+	narrowed, err := privdir.Ensure(dir, false)
+	switch {
+	case err == nil:
+		if narrowed {
+			log.Warn("scratch root could be entered by others; made it private (0700)", "dir", dir)
+		}
+		return dir, false, nil
+	case errors.Is(err, privdir.ErrNotOwned), errors.Is(err, privdir.ErrNotDir):
+		root, merr := os.MkdirTemp(os.TempDir(), fmt.Sprintf("drover-%d-", os.Getuid()))
+		if merr != nil {
+			return "", false, merr
+		}
+		log.Warn("scratch root not used: it is not a directory of this user's own; using a fresh private one", "reason", err, "instead", root)
+		return root, true, nil
+	}
+	return "", false, err
 }
 
 func envMap(kv []string) map[string]string {
@@ -359,15 +385,16 @@ func (a *Agent) stage(ctx context.Context, spec node.ProcessSpec, dir string, ca
 	if len(spec.Files) == 0 {
 		return nil
 	}
-	ctx, cancel := context.WithCancelCause(ctx)
+	cctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	go func() {
 		select {
 		case <-cancelled:
 			cancel(ErrCancelled)
-		case <-ctx.Done():
+		case <-cctx.Done():
 		}
 	}()
+	ctx = cctx
 	if t := spec.StageTimeout; t > 0 {
 		var cancelT context.CancelFunc
 		ctx, cancelT = context.WithTimeoutCause(ctx, t, fmt.Errorf("%w (%v)", node.ErrStageTimeout, t))

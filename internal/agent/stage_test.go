@@ -3,9 +3,15 @@ package agent_test
 import (
 	"context"
 	"errors"
+	"io"
+	"io/fs"
+	"log/slog"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -261,4 +267,70 @@ func TestStageSparse(t *testing.T) {
 	if st.Blocks*512 > 16<<20 {
 		t.Errorf("the copy takes %d bytes on disk; the source's 128 MiB are nearly all holes", st.Blocks*512)
 	}
+}
+
+// A scratch root made beforehand by another user, open to all (0777), is
+// not used: that user could read the staged files, or swap a work dir for
+// a symlink. The agent works in a fresh private dir instead, says so, and
+// removes it when it closes.
+func TestScratchRootOfAnotherUserNotUsed(t *testing.T) {
+	u, err := user.Lookup("nobody")
+	if err != nil {
+		t.Fatal(err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	theirs := filepath.Join(t.TempDir(), "drover-0")
+	if err := os.Mkdir(theirs, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(theirs, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(theirs, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	var logs strings.Builder
+	var mu sync.Mutex
+	a, _ := newAgent(t, func(o *agent.Options) {
+		o.Scratch = theirs
+		o.Logger = slog.New(slog.NewTextHandler(lockedWriter{&mu, &logs}, nil))
+	})
+	r := newReports(a)
+	src := writeSrc(t, t.TempDir(), "secret", "secret\n", 0o600)
+	out := filepath.Join(t.TempDir(), "out")
+	start(t, a, node.ProcessSpec{Name: "wd", Stdout: out, Args: helper("env=DROVER_WORKDIR"),
+		Files: []node.StageFile{{Src: src, Dst: "secret"}}})
+	wantExit(t, r.wait(t, "wd")[0], 0, 0)
+	wd := strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(readFile(t, out)), "DROVER_WORKDIR="))
+	if wd == "" || strings.HasPrefix(wd, theirs+"/") {
+		t.Errorf("the work dir %q is in the other user's scratch root %s", wd, theirs)
+	}
+	if entries, _ := os.ReadDir(theirs); len(entries) != 0 {
+		t.Errorf("the other user's dir holds %v", entries)
+	}
+	mu.Lock()
+	got := logs.String()
+	mu.Unlock()
+	if !strings.Contains(got, "scratch root not used") || !strings.Contains(got, theirs) {
+		t.Errorf("no warning about %s in the log:\n%s", theirs, got)
+	}
+	root := filepath.Dir(wd)
+	if err := a.Shutdown(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(root); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the fresh scratch root %s is left after Close: %v", root, err)
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

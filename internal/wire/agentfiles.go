@@ -18,6 +18,7 @@ import (
 
 	"github.com/drover-hpc/drover/api/droverpb"
 	"github.com/drover-hpc/drover/internal/node"
+	"github.com/drover-hpc/drover/internal/privdir"
 )
 
 // agentFiles is the agent's private file space, made on first use under
@@ -79,9 +80,8 @@ func (af *agentFiles) root() (string, error) {
 	}
 	scratch := af.scratch
 	if scratch == "" {
-		scratch = os.TempDir()
-	}
-	if err := os.MkdirAll(scratch, 0o700); err != nil {
+		scratch = os.TempDir() // the dir made below is private there
+	} else if _, err := privdir.Ensure(scratch, false); err != nil {
 		return "", err
 	}
 	d, err := os.MkdirTemp(scratch, "drover-files-")
