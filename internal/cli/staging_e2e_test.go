@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/drover-hpc/drover/internal/e2e"
+	"github.com/drover-hpc/drover/internal/testbed"
 )
 
 // A files: entry that is a FIFO or a symlink to /dev/zero is refused
@@ -397,4 +398,34 @@ func TestServeRefusesAnotherUsersHome(t *testing.T) {
 	if entries, _ := os.ReadDir(home); len(entries) != 0 {
 		t.Errorf("serve wrote into it: %v", entries)
 	}
+}
+
+// Over ssh (the bed; an agent that does not share our files, so the
+// manager reads and sends them): the job's timeout ends a staging that
+// would take hours, a FIFO is refused before anything starts, and no
+// agent is left on the host.
+func TestSSHStageTimeoutAndFIFO(t *testing.T) {
+	bed := testbed.Require(t)
+	host := bed.Names()[0]
+	dir, _, jobs := slowStaging(t, "2s")
+	out := filepath.Join(t.TempDir(), "out")
+	r := drover(t, dir, "run", "--hosts", host, "--ssh-config", bed.SSHConfig, "--out", out, "--progress", "none", jobs)
+	wantCode(t, r, 1)
+	in := readSummary(t, out).instance(t, "slow")
+	if in.State != "failed" || !strings.Contains(in.Error, "staging took longer than the timeout (2s)") {
+		t.Errorf("instance %+v, want failed, staging past the timeout\n%s", in, r)
+	}
+	noneLeft(t, bed, []string{host}, "[.]cache/drover/.*/drover agent")
+
+	if err := unix.Mkfifo(filepath.Join(dir, "fifo"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fifoJobs := writeFile(t, dir, "fifo.yaml", "jobs:\n  - name: f\n    command: [\"true\"]\n    files: [fifo]\n")
+	out2 := filepath.Join(t.TempDir(), "out2")
+	r = drover(t, dir, "run", "--hosts", host, "--ssh-config", bed.SSHConfig, "--out", out2, "--progress", "none", fifoJobs)
+	wantCode(t, r, 2)
+	if !strings.Contains(r.stderr, "fifo: is a FIFO (named pipe): only regular files can be staged") {
+		t.Errorf("stderr:\n%s", r)
+	}
+	wantNotExist(t, out2)
 }
