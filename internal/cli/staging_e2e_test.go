@@ -259,12 +259,12 @@ func TestStageAgentEndsWhenRunKilled(t *testing.T) {
 	}
 }
 
-// drover serve: cancel-all ends a submitted job's staging (the instance is
-// cancelled, or failed as not started) and shutdown then ends serve with
-// no process left; in the probe serve ignored both, and signals.
+// drover serve: cancel-all ends a submitted job's staging, and shutdown or
+// SIGTERM ends serve with no process left; in the probe serve ignored all
+// three.
 func TestStageEndedByServe(t *testing.T) {
 	t.Parallel()
-	for _, verb := range []string{"cancel-all", "shutdown"} {
+	for _, verb := range []string{"cancel-all", "shutdown", "SIGTERM"} {
 		t.Run(verb, func(t *testing.T) {
 			t.Parallel()
 			dir, tmp, jobs := slowStaging(t, "")
@@ -275,12 +275,20 @@ func TestStageEndedByServe(t *testing.T) {
 			waitStagingIn(t, p, tmp)
 			if verb == "cancel-all" {
 				wantCode(t, droverHome(t, home, dir, "cancel-all"), 0)
-				waitJobsDone(t, home, dir)
+				if jobs := waitJobsDone(t, home, dir); !strings.Contains(jobs, "cancelled") {
+					t.Errorf("after cancel-all, drover jobs shows:\n%s", jobs)
+				}
 				if !p.Running() {
 					t.Fatalf("serve exited on cancel-all\n%s", p.Out)
 				}
 			}
-			wantCode(t, droverHome(t, home, dir, "shutdown"), 0)
+			if verb == "SIGTERM" {
+				if err := p.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				wantCode(t, droverHome(t, home, dir, "shutdown"), 0)
+			}
 			p.Wait(t, backstop)
 			wantNoProcs(t, "TMPDIR="+tmp)
 		})
@@ -303,15 +311,15 @@ func waitServeJSON(t *testing.T, p *e2e.Proc, home string) {
 }
 
 // waitJobsDone waits until `drover jobs` shows no instance pending or
-// running.
-func waitJobsDone(t *testing.T, home, dir string) {
+// running, and returns what it shows.
+func waitJobsDone(t *testing.T, home, dir string) string {
 	t.Helper()
 	deadline := time.Now().Add(backstop)
 	for {
 		r := droverHome(t, home, dir, "jobs")
 		wantCode(t, r, 0)
 		if !strings.Contains(r.stdout, "running") && !strings.Contains(r.stdout, "pending") && !strings.Contains(r.stdout, "starting") {
-			return
+			return r.stdout
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("jobs still not over after cancel-all:\n%s", r.stdout)
