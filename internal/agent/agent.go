@@ -154,7 +154,7 @@ func privateRoot(dir string, log *slog.Logger) (root string, fresh bool, err err
 	switch {
 	case err == nil:
 		if narrowed {
-			log.Warn("scratch root could be entered by others; made it private (0700)", "dir", dir)
+			log.Warn("others could write in the scratch root; made it private (0700)", "dir", dir)
 		}
 		return dir, false, nil
 	case errors.Is(err, privdir.ErrNotOwned), errors.Is(err, privdir.ErrNotDir):

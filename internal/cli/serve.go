@@ -111,7 +111,7 @@ func runServe(e *env, f *serveFlags, listenChanged bool) error {
 	if narrowed, err := privdir.Ensure(home, true); err != nil {
 		return &exitError{ExitFailed, fmt.Errorf("DROVER_HOME: %w; it holds the cluster's credentials: use a directory of your own", err)}
 	} else if narrowed {
-		log.Warn("DROVER_HOME could be entered by others; made it private (0700)", "dir", home)
+		log.Warn("others could write in DROVER_HOME; made it private (0700)", "dir", home)
 	}
 
 	unlock, err := claimHome(home, log)

@@ -23,8 +23,10 @@ var ErrNotDir = errors.New("not a directory")
 
 // Ensure makes dir with mode 0700 (and any missing parents, 0755), or
 // checks the directory already there: it must be owned by this process's
-// effective user, and then a mode that lets group or others in is narrowed
-// to 0700 (narrowed tells). With follow false a symlink at dir is refused;
+// effective user, and then a mode that lets group or others write in it
+// (add, rename or remove its entries) is narrowed to 0700 (narrowed
+// tells). One they may only read is left as the user made it: what drover
+// puts there is private by its own mode. With follow false a symlink at dir is refused;
 // with it, the directory it leads to is checked. The check and the chmod
 // go through one open descriptor, so a rename in between cannot redirect
 // them.
@@ -56,7 +58,7 @@ func Ensure(dir string, follow bool) (narrowed bool, err error) {
 	if uid := os.Geteuid(); int(st.Uid) != uid {
 		return false, fmt.Errorf("%s: %w (uid %d, not %d)", dir, ErrNotOwned, st.Uid, uid)
 	}
-	if st.Mode&0o077 == 0 {
+	if st.Mode&0o022 == 0 {
 		return false, nil
 	}
 	if err := unix.Fchmod(fd, 0o700); err != nil {

@@ -48,6 +48,14 @@ func TestEnsure(t *testing.T) {
 		t.Errorf("fresh: mode %v, want a 0700 directory", m)
 	}
 
+	readable := filepath.Join(base, "readable")
+	if err := os.Mkdir(readable, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if narrowed, err := privdir.Ensure(readable, false); err != nil || narrowed {
+		t.Fatalf("ours, 0755: %v %v", narrowed, err)
+	}
+
 	loose := filepath.Join(base, "loose")
 	if err := os.Mkdir(loose, 0o777); err != nil {
 		t.Fatal(err)
