@@ -101,6 +101,7 @@ const (
 	ErrorKind_ERROR_KIND_NODE_LOST       ErrorKind = 10
 	ErrorKind_ERROR_KIND_SPAWN_FAILED    ErrorKind = 11 // fork/exec failed: errno and path say why
 	ErrorKind_ERROR_KIND_CANCELLED       ErrorKind = 12
+	ErrorKind_ERROR_KIND_STAGE_TIMEOUT   ErrorKind = 13 // staging files took longer than the timeout
 )
 
 // Enum value maps for ErrorKind.
@@ -119,6 +120,7 @@ var (
 		10: "ERROR_KIND_NODE_LOST",
 		11: "ERROR_KIND_SPAWN_FAILED",
 		12: "ERROR_KIND_CANCELLED",
+		13: "ERROR_KIND_STAGE_TIMEOUT",
 	}
 	ErrorKind_value = map[string]int32{
 		"ERROR_KIND_UNSPECIFIED":     0,
@@ -134,6 +136,7 @@ var (
 		"ERROR_KIND_NODE_LOST":       10,
 		"ERROR_KIND_SPAWN_FAILED":    11,
 		"ERROR_KIND_CANCELLED":       12,
+		"ERROR_KIND_STAGE_TIMEOUT":   13,
 	}
 )
 
@@ -1652,6 +1655,7 @@ type ProcessSpec struct {
 	AutoPurge      bool                   `protobuf:"varint,12,opt,name=auto_purge,json=autoPurge,proto3" json:"auto_purge,omitempty"`
 	After          string                 `protobuf:"bytes,13,opt,name=after,proto3" json:"after,omitempty"`
 	AfterTimeoutMs int64                  `protobuf:"varint,15,opt,name=after_timeout_ms,json=afterTimeoutMs,proto3" json:"after_timeout_ms,omitempty"`
+	StageTimeoutMs int64                  `protobuf:"varint,16,opt,name=stage_timeout_ms,json=stageTimeoutMs,proto3" json:"stage_timeout_ms,omitempty"` // bounds the copying of files; 0: none
 	Results        *ResultsSpec           `protobuf:"bytes,14,opt,name=results,proto3" json:"results,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
@@ -1781,6 +1785,13 @@ func (x *ProcessSpec) GetAfter() string {
 func (x *ProcessSpec) GetAfterTimeoutMs() int64 {
 	if x != nil {
 		return x.AfterTimeoutMs
+	}
+	return 0
+}
+
+func (x *ProcessSpec) GetStageTimeoutMs() int64 {
+	if x != nil {
+		return x.StageTimeoutMs
 	}
 	return 0
 }
@@ -4569,7 +4580,7 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\x06stdout\x18\x02 \x01(\bR\x06stdout\x12\x16\n" +
 	"\x06stderr\x18\x03 \x01(\bR\x06stderr\x12(\n" +
 	"\x10stderr_is_stdout\x18\x04 \x01(\bR\x0estderrIsStdout\x12\x18\n" +
-	"\aoutputs\x18\x05 \x01(\bR\aoutputs\"\x95\x04\n" +
+	"\aoutputs\x18\x05 \x01(\bR\aoutputs\"\xbf\x04\n" +
 	"\vProcessSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04args\x18\x02 \x03(\tR\x04args\x121\n" +
@@ -4588,7 +4599,8 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\n" +
 	"auto_purge\x18\f \x01(\bR\tautoPurge\x12\x14\n" +
 	"\x05after\x18\r \x01(\tR\x05after\x12(\n" +
-	"\x10after_timeout_ms\x18\x0f \x01(\x03R\x0eafterTimeoutMs\x120\n" +
+	"\x10after_timeout_ms\x18\x0f \x01(\x03R\x0eafterTimeoutMs\x12(\n" +
+	"\x10stage_timeout_ms\x18\x10 \x01(\x03R\x0estageTimeoutMs\x120\n" +
 	"\aresults\x18\x0e \x01(\v2\x16.drover.v1.ResultsSpecR\aresults\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
@@ -4788,7 +4800,7 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\x15FILE_KIND_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10FILE_KIND_STDOUT\x10\x01\x12\x14\n" +
 	"\x10FILE_KIND_STDERR\x10\x02\x12\x14\n" +
-	"\x10FILE_KIND_OUTPUT\x10\x03*\xe5\x02\n" +
+	"\x10FILE_KIND_OUTPUT\x10\x03*\x83\x03\n" +
 	"\tErrorKind\x12\x1a\n" +
 	"\x16ERROR_KIND_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aERROR_KIND_UNKNOWN_PROCESS\x10\x01\x12\x18\n" +
@@ -4803,7 +4815,8 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\x14ERROR_KIND_NODE_LOST\x10\n" +
 	"\x12\x1b\n" +
 	"\x17ERROR_KIND_SPAWN_FAILED\x10\v\x12\x18\n" +
-	"\x14ERROR_KIND_CANCELLED\x10\f2I\n" +
+	"\x14ERROR_KIND_CANCELLED\x10\f\x12\x1c\n" +
+	"\x18ERROR_KIND_STAGE_TIMEOUT\x10\r2I\n" +
 	"\fAgentSession\x129\n" +
 	"\aConnect\x12\x13.drover.v1.AgentMsg\x1a\x15.drover.v1.ManagerMsg(\x010\x012\x9c\t\n" +
 	"\aControl\x127\n" +

@@ -21,6 +21,7 @@ import (
 	"github.com/drover-hpc/drover/internal/errdefs"
 	"github.com/drover-hpc/drover/internal/node"
 	"github.com/drover-hpc/drover/internal/ports"
+	"github.com/drover-hpc/drover/internal/privdir"
 	"github.com/drover-hpc/drover/internal/supervise"
 	"github.com/drover-hpc/drover/internal/topology"
 )
@@ -102,20 +103,19 @@ func New(opts Options) (*Agent, error) {
 		level.Set(slog.LevelDebug - 4) // filters nothing until SetLogLevel
 		log = slog.New(levelHandler{log.Handler(), level})
 	}
-	scratchRoot := opts.Scratch
-	if scratchRoot == "" {
-		scratchRoot = filepath.Join(os.TempDir(), fmt.Sprintf("drover-%d", os.Getuid()))
-	}
-	if err := os.MkdirAll(scratchRoot, 0o700); err != nil {
-		return nil, fmt.Errorf("agent %s: scratch dir: %w", opts.Name, err)
-	}
-	scratch, err := os.MkdirTemp(scratchRoot, "agent-")
+	scratchRoot, ownRoot, err := privateRoot(opts.Scratch, log)
 	if err != nil {
 		return nil, fmt.Errorf("agent %s: scratch dir: %w", opts.Name, err)
+	}
+	scratch := scratchRoot // a fresh root is this agent's alone
+	if !ownRoot {
+		if scratch, err = os.MkdirTemp(scratchRoot, "agent-"); err != nil {
+			return nil, fmt.Errorf("agent %s: scratch dir: %w", opts.Name, err)
+		}
 	}
 	sup, err := supervise.New(supervise.Options{Node: opts.Name, Logger: log, Spawners: opts.Spawners, Keeper: true, Subreaper: true, Cgroup: true})
 	if err != nil {
-		os.Remove(scratch)
+		os.RemoveAll(scratch)
 		return nil, fmt.Errorf("agent %s: %w", opts.Name, err)
 	}
 	base := opts.BaseEnv
@@ -141,6 +141,32 @@ func New(opts Options) (*Agent, error) {
 	}
 	go a.pump()
 	return a, nil
+}
+
+// privateRoot is the scratch root: dir, or $TMPDIR/drover-<uid>, made
+// 0700, or checked to be this user's own (privdir.Ensure). One that is not
+// (another user made it first, to read or swap what is staged there) is
+// left alone for a fresh private directory (fresh true), with a warning.
+func privateRoot(dir string, log *slog.Logger) (root string, fresh bool, err error) {
+	if dir == "" {
+		dir = filepath.Join(os.TempDir(), fmt.Sprintf("drover-%d", os.Getuid()))
+	}
+	narrowed, err := privdir.Ensure(dir, false)
+	switch {
+	case err == nil:
+		if narrowed {
+			log.Warn("others could write in the scratch root; made it private (0700)", "dir", dir)
+		}
+		return dir, false, nil
+	case errors.Is(err, privdir.ErrNotOwned), errors.Is(err, privdir.ErrNotDir):
+		root, merr := os.MkdirTemp(os.TempDir(), fmt.Sprintf("drover-%d-", os.Getuid()))
+		if merr != nil {
+			return "", false, merr
+		}
+		log.Warn("scratch root not used: it is not a directory of this user's own; using a fresh private one", "reason", err, "instead", root)
+		return root, true, nil
+	}
+	return "", false, err
 }
 
 func envMap(kv []string) map[string]string {
@@ -244,6 +270,7 @@ func (a *Agent) start(ctx context.Context, spec node.ProcessSpec) (node.Started,
 	after := &afterExit{dir: spec.Dir, outputs: spec.Outputs, outputDir: spec.OutputDir, autoPurge: spec.AutoPurge, done: make(chan struct{})}
 	a.pending[spec.Name] = after // claims the name while we stage
 	a.claimedLocked()
+	cancelled := a.cancelled // CancelAll and Close end the staging too
 	// Later layers win: the base environment, the spec's, then the
 	// agent's own variables. Each name appears once, since a child's
 	// getenv takes the first of duplicates.
@@ -279,10 +306,8 @@ func (a *Agent) start(ctx context.Context, spec node.ProcessSpec) (node.Started,
 		}
 		after.dir, after.freshDir = dir, true
 	}
-	for _, f := range spec.Files {
-		if err := stageIn(f, after.dir); err != nil {
-			return node.Started{}, err
-		}
+	if err := a.stage(ctx, spec, after.dir, cancelled); err != nil {
+		return node.Started{}, err
 	}
 	for k, v := range spec.Env {
 		if !own[k] {
@@ -356,6 +381,35 @@ func (a *Agent) start(ctx context.Context, spec node.ProcessSpec) (node.Started,
 	}
 	ok = true
 	return node.Started{PID: pid, Ports: byName}, nil
+}
+
+// stage copies spec's files into dir until ctx ends, cancelled is closed
+// (CancelAll, Close) or spec.StageTimeout has passed.
+func (a *Agent) stage(ctx context.Context, spec node.ProcessSpec, dir string, cancelled <-chan struct{}) error {
+	if len(spec.Files) == 0 {
+		return nil
+	}
+	cctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go func() {
+		select {
+		case <-cancelled:
+			cancel(ErrCancelled)
+		case <-cctx.Done():
+		}
+	}()
+	ctx = cctx
+	if t := spec.StageTimeout; t > 0 {
+		var cancelT context.CancelFunc
+		ctx, cancelT = context.WithTimeoutCause(ctx, t, fmt.Errorf("%w (%v)", errdefs.ErrStageTimeout, t))
+		defer cancelT()
+	}
+	for _, f := range spec.Files {
+		if err := stageIn(ctx, f, dir); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // maxFreeDirs bounds the empty work dirs kept for reuse.

@@ -1,61 +1,75 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
+	"math/rand/v2"
 	"os"
 	"path"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/drover-hpc/drover/internal/node"
+	"github.com/drover-hpc/drover/internal/stagefile"
 )
 
 // stageIn copies one file into the work dir. Dst is resolved inside the
 // work dir through os.Root, so "../" or a symlink cannot lead out of it.
-func stageIn(f node.StageFile, dir string) error {
+// Only a regular source is copied (stagefile.Open), a chunk at a time
+// until ctx ends. The copy goes to a new file that is then renamed over
+// Dst: a file at Dst is replaced, never truncated or written through (it
+// may be a hard link or a symlink to a file elsewhere), and a staging cut
+// short leaves nothing half-written. A source that already is Dst (the
+// work dir is where the file lives) is left as it is.
+func stageIn(ctx context.Context, f node.StageFile, dir string) error {
 	if !filepath.IsLocal(f.Dst) {
 		return fmt.Errorf("stage %s: destination %q leaves the work dir", f.Src, f.Dst)
 	}
-	root, err := os.OpenRoot(dir)
+	src, info, err := stagefile.Open(f.Src)
 	if err != nil {
-		return fmt.Errorf("stage %s: %w", f.Src, err)
-	}
-	defer root.Close()
-	src, err := os.Open(f.Src)
-	if err != nil {
-		return fmt.Errorf("stage %w", err)
+		return wrapStage(f.Src, err)
 	}
 	defer src.Close()
-	info, err := src.Stat()
+	root, err := os.OpenRoot(dir)
 	if err != nil {
-		return fmt.Errorf("stage %w", err)
+		return wrapStage(f.Src, err)
 	}
-	if info.IsDir() {
-		return fmt.Errorf("stage %s: is a directory", f.Src)
+	defer root.Close()
+	if st, err := root.Stat(f.Dst); err == nil && os.SameFile(st, info) {
+		return nil
 	}
-	if d := filepath.Dir(f.Dst); d != "." {
+	d := filepath.Dir(f.Dst)
+	if d != "." {
 		if err := root.MkdirAll(d, 0o755); err != nil {
-			return fmt.Errorf("stage %s: %w", f.Src, err)
+			return wrapStage(f.Src, err)
 		}
 	}
 	perm := info.Mode().Perm()
 	if f.Mode != 0 {
 		perm = f.Mode.Perm()
 	}
-	dst, err := root.OpenFile(f.Dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, perm)
+	tmp := filepath.Join(d, fmt.Sprintf(".drover-stage-%016x", rand.Uint64()))
+	dst, err := root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
 	if err != nil {
-		return fmt.Errorf("stage %s: %w", f.Src, err)
+		return wrapStage(f.Src, err)
 	}
-	// A file already there (an earlier attempt's) keeps its mode through
-	// O_CREATE; the copy must have the source's.
-	err = dst.Chmod(perm)
+	err = dst.Chmod(perm) // the umask may have narrowed it
 	if err == nil {
-		_, err = io.Copy(dst, src)
+		err = stagefile.Copy(ctx, dst, src, info.Size())
 	}
-	return errors.Join(wrapStage(f.Src, err), wrapStage(f.Src, dst.Close()))
+	err = errors.Join(err, dst.Close())
+	if err == nil {
+		err = root.Rename(tmp, f.Dst)
+	}
+	if err != nil {
+		root.Remove(tmp)
+		return wrapStage(f.Src, err)
+	}
+	return nil
 }
 
 func wrapStage(src string, err error) error {
@@ -129,11 +143,19 @@ func copyOut(root *os.Root, name, outDir string) error {
 	case !info.Mode().IsRegular():
 		return errors.New("not a regular file")
 	}
-	src, err := root.Open(name)
+	// Not blocking, and checked again once open: a FIFO put in its place
+	// meanwhile must not hang the agent.
+	src, err := root.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return err
 	}
 	defer src.Close()
+	if info, err = src.Stat(); err != nil {
+		return err
+	}
+	if err := stagefile.Regular(info); err != nil {
+		return err
+	}
 	dstPath := filepath.Join(outDir, filepath.FromSlash(path.Clean(name)))
 	if err := os.MkdirAll(filepath.Dir(dstPath), 0o755); err != nil {
 		return err
@@ -142,6 +164,8 @@ func copyOut(root *os.Root, name, outDir string) error {
 	if err != nil {
 		return err
 	}
-	_, err = io.Copy(dst, src)
+	// No further than its size now: a file something still appends to
+	// would otherwise never end.
+	_, err = io.Copy(dst, io.LimitReader(src, info.Size()))
 	return errors.Join(err, dst.Close())
 }

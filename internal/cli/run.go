@@ -141,6 +141,9 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 			jobs = append(jobs, &file.Jobs[i])
 		}
 		baseDir = file.Dir
+		if err := queue.CheckFiles(args[0], jobs, baseDir); err != nil {
+			return &exitError{ExitUsage, err}
+		}
 	}
 
 	if err := usableDir(out); err != nil {

@@ -23,6 +23,7 @@ import (
 	"github.com/drover-hpc/drover/internal/creds"
 	"github.com/drover-hpc/drover/internal/join"
 	"github.com/drover-hpc/drover/internal/manager"
+	"github.com/drover-hpc/drover/internal/privdir"
 )
 
 type serveFlags struct {
@@ -109,10 +110,13 @@ func runServe(e *env, f *serveFlags, listenChanged bool) error {
 	if err != nil {
 		return &exitError{ExitFailed, err}
 	}
-	if err := os.MkdirAll(home, 0o700); err != nil {
-		return &exitError{ExitFailed, fmt.Errorf("DROVER_HOME: %w", err)}
-	}
 	log := e.logger(e.stderr)
+	// It will hold the credentials of the cluster: no one else's.
+	if narrowed, err := privdir.Ensure(home, true); err != nil {
+		return &exitError{ExitFailed, fmt.Errorf("DROVER_HOME: %w; it holds the cluster's credentials: use a directory of your own", err)}
+	} else if narrowed {
+		log.Warn("others could write in DROVER_HOME; made it private (0700)", "dir", home)
+	}
 
 	unlock, err := claimHome(home, log)
 	if err != nil {

@@ -22,6 +22,7 @@ import (
 	"github.com/drover-hpc/drover/client"
 	"github.com/drover-hpc/drover/internal/control"
 	"github.com/drover-hpc/drover/internal/jobfile"
+	"github.com/drover-hpc/drover/internal/queue"
 	"github.com/drover-hpc/drover/internal/topology"
 )
 
@@ -677,7 +678,15 @@ anything is sent.` + verbNote,
   drover jobs`,
 		Args: exactArgs(1, "submit JOBFILE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if _, err := jobfile.Load(args[0]); err != nil {
+			file, err := jobfile.Load(args[0])
+			if err != nil {
+				return &exitError{ExitUsage, err}
+			}
+			jobs := make([]*jobfile.Job, len(file.Jobs))
+			for i := range file.Jobs {
+				jobs[i] = &file.Jobs[i]
+			}
+			if err := queue.CheckFiles(args[0], jobs, file.Dir); err != nil {
 				return &exitError{ExitUsage, err}
 			}
 			return withClient(vf, func(ctx context.Context, c *client.Client) error {

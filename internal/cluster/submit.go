@@ -82,6 +82,9 @@ func (c *Cluster) Submit(ctx context.Context, file *jobfile.File) ([]string, err
 			s.order = append(s.order, info)
 		}
 	}
+	if err := queue.CheckFiles(file.Path, s.jobs, file.Dir); err != nil {
+		return nil, fmt.Errorf("submit: %w: %w", errdefs.ErrInvalid, err)
+	}
 	runs := filepath.Join(c.opts.Home, "runs")
 	if err := os.MkdirAll(runs, 0o755); err != nil {
 		return nil, fmt.Errorf("submit: %w", err)

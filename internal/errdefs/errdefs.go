@@ -30,6 +30,7 @@ const (
 	SpawnFailed
 	AfterTimeout
 	Cancelled
+	StageTimeout
 )
 
 var names = [...]string{
@@ -46,6 +47,7 @@ var names = [...]string{
 	SpawnFailed:    "spawn_failed",
 	AfterTimeout:   "after_timeout",
 	Cancelled:      "cancelled",
+	StageTimeout:   "stage_timeout",
 }
 
 func (k Kind) String() string {
@@ -97,6 +99,9 @@ var (
 	ErrAfterTimeout = sentinel(AfterTimeout, "waited too long for the process before it")
 	// ErrCancelled: the caller gave up before the operation was done.
 	ErrCancelled = sentinel(Cancelled, "cancelled")
+	// ErrStageTimeout: a start's files took longer to stage than its
+	// timeout; nothing ran.
+	ErrStageTimeout = sentinel(StageTimeout, "staging took longer than the timeout")
 )
 
 var sentinels []*kindError
@@ -110,7 +115,7 @@ func sentinel(k Kind, msg string) error {
 // precedence orders the kinds for KindOf: a lost node explains whatever
 // else went wrong with it; a shutdown explains a cancelled call.
 var precedence = []Kind{NodeLost, Closed, SpawnFailed, UnknownProcess, UnknownNode, Duplicate,
-	Running, NotRunning, Busy, Invalid, AfterTimeout, Cancelled}
+	Running, NotRunning, Busy, Invalid, AfterTimeout, StageTimeout, Cancelled}
 
 // Sentinel returns the sentinel error of k (nil for Unknown).
 func Sentinel(k Kind) error {

@@ -54,6 +54,10 @@ type ProcessSpec struct {
 	// with errdefs.ErrAfterTimeout and nothing runs, so that the caller can place
 	// the process elsewhere. 0 waits as long as it takes.
 	AfterTimeout time.Duration
+	// StageTimeout bounds the copying of Files (the job's timeout): past
+	// it the start fails and nothing runs. 0: no bound. CancelAll and
+	// Close end a staging too.
+	StageTimeout time.Duration
 }
 
 // State is what Poll reports for a process.

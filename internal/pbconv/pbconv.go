@@ -76,6 +76,7 @@ var codeOf = map[errdefs.Kind]codes.Code{
 	errdefs.NodeLost:       codes.Unavailable,
 	errdefs.Closed:         codes.Unavailable,
 	errdefs.AfterTimeout:   codes.DeadlineExceeded,
+	errdefs.StageTimeout:   codes.DeadlineExceeded,
 	errdefs.Cancelled:      codes.Canceled,
 }
 

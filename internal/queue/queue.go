@@ -669,6 +669,8 @@ func (r *runner) spec(inst *instance) node.ProcessSpec {
 		HWThreads: slices.Clone(inst.hw),
 		PortNames: j.Ports,
 		AutoPurge: true,
+		// The job's timeout bounds the staging as well as the run.
+		StageTimeout: j.Timeout,
 	}
 	for _, f := range j.Files {
 		spec.Files = append(spec.Files, node.StageFile{Src: filepath.Join(r.opts.BaseDir, f), Dst: f})

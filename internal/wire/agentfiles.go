@@ -5,6 +5,7 @@ package wire
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -18,6 +19,7 @@ import (
 	"github.com/drover-hpc/drover/api/droverpb"
 	"github.com/drover-hpc/drover/internal/errdefs"
 	"github.com/drover-hpc/drover/internal/node"
+	"github.com/drover-hpc/drover/internal/privdir"
 )
 
 // agentFiles is the agent's private file space, made on first use under
@@ -79,9 +81,8 @@ func (af *agentFiles) root() (string, error) {
 	}
 	scratch := af.scratch
 	if scratch == "" {
-		scratch = os.TempDir()
-	}
-	if err := os.MkdirAll(scratch, 0o700); err != nil {
+		scratch = os.TempDir() // the dir made below is private there
+	} else if _, err := privdir.Ensure(scratch, false); err != nil {
 		return "", err
 	}
 	d, err := os.MkdirTemp(scratch, "drover-files-")
@@ -142,7 +143,11 @@ func (af *agentFiles) put(p *droverpb.PutFile) error {
 	if !p.GetLast() {
 		return nil
 	}
-	got, err := hashFile(part)
+	info, err := os.Stat(part)
+	if err != nil {
+		return fmt.Errorf("put file: %w", err)
+	}
+	got, err := hashFile(context.Background(), part, info)
 	if err != nil {
 		return fmt.Errorf("put file: %w", err)
 	}

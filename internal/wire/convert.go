@@ -67,6 +67,7 @@ func specToPB(s node.ProcessSpec) *droverpb.ProcessSpec {
 		AutoPurge:      s.AutoPurge,
 		After:          s.After,
 		AfterTimeoutMs: millis(s.AfterTimeout),
+		StageTimeoutMs: millis(s.StageTimeout),
 	}
 	for _, f := range s.Files {
 		out.Files = append(out.Files, &droverpb.StageFile{Src: f.Src, Dst: f.Dst, Mode: uint32(f.Mode.Perm())})
@@ -89,6 +90,7 @@ func specFromPB(s *droverpb.ProcessSpec) node.ProcessSpec {
 		AutoPurge:    s.GetAutoPurge(),
 		After:        s.GetAfter(),
 		AfterTimeout: fromMillis(s.GetAfterTimeoutMs()),
+		StageTimeout: fromMillis(s.GetStageTimeoutMs()),
 	}
 	for _, f := range s.GetFiles() {
 		out.Files = append(out.Files, node.StageFile{Src: f.GetSrc(), Dst: f.GetDst(), Mode: os.FileMode(f.GetMode()).Perm()})

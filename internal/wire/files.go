@@ -30,7 +30,9 @@ import (
 	"time"
 
 	"github.com/drover-hpc/drover/api/droverpb"
+	"github.com/drover-hpc/drover/internal/errdefs"
 	"github.com/drover-hpc/drover/internal/node"
+	"github.com/drover-hpc/drover/internal/stagefile"
 )
 
 const (
@@ -50,6 +52,9 @@ type flight struct {
 	done chan struct{}
 	sum  digest
 	err  error
+	// cancelled: the work stopped for its doer's context, not for a
+	// reason the others share.
+	cancelled bool
 }
 
 // hashCache remembers the SHA-256 of files by path, size and mtime, and
@@ -70,49 +75,107 @@ const maxHashEntries = 1 << 16
 
 func (h *hashCache) sum(ctx context.Context, p string, info fs.FileInfo) (digest, error) {
 	k := hashKey{p, info.Size(), info.ModTime()}
-	h.mu.Lock()
-	if h.m == nil || len(h.m) >= maxHashEntries {
-		h.m = make(map[hashKey]*flight)
-	}
-	f := h.m[k]
-	leader := f == nil
-	if leader {
-		f = &flight{done: make(chan struct{})}
-		h.m[k] = f
-	}
-	h.mu.Unlock()
-	if leader {
-		f.sum, f.err = hashFile(p)
-		if f.err != nil {
-			h.mu.Lock()
-			if h.m[k] == f {
-				delete(h.m, k)
-			}
-			h.mu.Unlock()
+	for {
+		h.mu.Lock()
+		if h.m == nil || len(h.m) >= maxHashEntries {
+			h.m = make(map[hashKey]*flight)
 		}
-		close(f.done)
-	}
-	select {
-	case <-f.done:
-		return f.sum, f.err
-	case <-ctx.Done():
-		return digest{}, ctx.Err()
+		f := h.m[k]
+		leader := f == nil
+		if leader {
+			f = &flight{done: make(chan struct{})}
+			h.m[k] = f
+		}
+		h.mu.Unlock()
+		if leader {
+			f.sum, f.err = hashFile(ctx, p, info)
+			f.cancelled = ctx.Err() != nil
+			if f.err != nil {
+				h.mu.Lock()
+				if h.m[k] == f {
+					delete(h.m, k)
+				}
+				h.mu.Unlock()
+			}
+			close(f.done)
+			return f.sum, f.err
+		}
+		select {
+		case <-f.done:
+			if !f.cancelled {
+				return f.sum, f.err
+			}
+			// The hasher was stopped for its own reason: hash ourselves.
+		case <-ctx.Done():
+			return digest{}, context.Cause(ctx)
+		}
 	}
 }
 
-func hashFile(p string) (digest, error) {
-	f, err := os.Open(p)
+// hashFile hashes the regular file p, which must still be as in info, a
+// chunk at a time until ctx ends.
+func hashFile(ctx context.Context, p string, info fs.FileInfo) (digest, error) {
+	f, now, err := stagefile.Open(p)
 	if err != nil {
 		return digest{}, err
 	}
 	defer f.Close()
+	if !os.SameFile(info, now) || now.Size() != info.Size() || !now.ModTime().Equal(info.ModTime()) {
+		return digest{}, stagefile.ErrChanged
+	}
 	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return digest{}, err
+	buf := make([]byte, fileChunk)
+	for off := int64(0); off < info.Size(); {
+		if ctx.Err() != nil {
+			return digest{}, context.Cause(ctx)
+		}
+		n, err := io.ReadFull(f, buf[:min(int64(len(buf)), info.Size()-off)])
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return digest{}, stagefile.ErrChanged
+		}
+		if err != nil {
+			return digest{}, err
+		}
+		h.Write(buf[:n])
+		off += int64(n)
 	}
 	var d digest
 	h.Sum(d[:0])
 	return d, nil
+}
+
+// errStageCancelled ends the staging of a start by CancelAll or Shutdown.
+var errStageCancelled = errors.New("cancelled before it started")
+
+// stagingContext is ctx, ended too by CancelAll, Shutdown, the node's loss
+// and, when timeout > 0, after timeout; its cause says which.
+func (n *RemoteNode) stagingContext(ctx context.Context, timeout time.Duration) (context.Context, context.CancelFunc) {
+	n.mu.Lock()
+	stop := n.stageStop
+	n.mu.Unlock()
+	ctx, cancel := context.WithCancelCause(ctx)
+	go func() {
+		select {
+		case <-stop:
+			cancel(errStageCancelled)
+		case <-n.gone:
+			cancel(n.Err())
+		case <-ctx.Done():
+		}
+	}()
+	if timeout <= 0 {
+		return ctx, func() { cancel(nil) }
+	}
+	tctx, cancelT := context.WithTimeoutCause(ctx, timeout, fmt.Errorf("%w (%v)", errdefs.ErrStageTimeout, timeout))
+	return tctx, func() { cancelT(); cancel(nil) }
+}
+
+// stopStaging ends the stagings in flight.
+func (n *RemoteNode) stopStaging() {
+	n.mu.Lock()
+	close(n.stageStop)
+	n.stageStop = make(chan struct{})
+	n.mu.Unlock()
 }
 
 // remoteSpec turns a spec for this remote node into its wire form: staged
@@ -182,12 +245,9 @@ func (n *RemoteNode) stage(ctx context.Context, f node.StageFile) (*droverpb.Sta
 	if !filepath.IsLocal(f.Dst) {
 		return nil, fmt.Errorf("stage %s: destination %q leaves the work dir", f.Src, f.Dst)
 	}
-	info, err := os.Stat(f.Src)
+	info, err := stagefile.Check(f.Src)
 	if err != nil {
-		return nil, fmt.Errorf("stage %w", err)
-	}
-	if !info.Mode().IsRegular() {
-		return nil, fmt.Errorf("stage %s: not a regular file", f.Src)
+		return nil, fmt.Errorf("stage %s: %w", f.Src, err)
 	}
 	sum, err := n.srv.hashes.sum(ctx, f.Src, info)
 	if err != nil {
@@ -245,15 +305,11 @@ func (n *RemoteNode) ensure(ctx context.Context, sum digest, p string) error {
 // last one, which makes the agent check and keep the content, goes once
 // every other chunk is answered.
 func (n *RemoteNode) putFile(ctx context.Context, sum digest, p string) error {
-	f, err := os.Open(p)
+	f, info, err := stagefile.Open(p)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	info, err := f.Stat()
-	if err != nil {
-		return err
-	}
 	size := info.Size()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

@@ -313,6 +313,9 @@ type RemoteNode struct {
 	have        map[digest]*flight
 	results     map[uint64]*resultsTarget // by ResultsSpec.id
 	nextResults uint64
+	// stageStop is closed (and replaced) by CancelAll and Shutdown, ending
+	// the sending of staged files of starts in flight; guarded by mu.
+	stageStop chan struct{}
 }
 
 // call is one command waiting for its reply.
@@ -372,6 +375,7 @@ func newRemoteNode(s *Server, session string, h *droverpb.Hello) *RemoteNode {
 		putSem:    make(chan struct{}, putWindow),
 		have:      make(map[digest]*flight),
 		results:   make(map[uint64]*resultsTarget),
+		stageStop: make(chan struct{}),
 	}
 	if s.opts.SharedFS != nil {
 		n.shared = s.opts.SharedFS(h)
@@ -808,9 +812,19 @@ func (n *RemoteNode) Start(ctx context.Context, spec node.ProcessSpec) (node.Sta
 	if err := ctx.Err(); err != nil {
 		return node.Started{}, fmt.Errorf("%s on %s: %w", op, n.name, err)
 	}
-	pb, id, err := n.remoteSpec(ctx, spec)
+	t0 := time.Now()
+	sctx, cancel := n.stagingContext(ctx, spec.StageTimeout)
+	pb, id, err := n.remoteSpec(sctx, spec)
+	if err != nil && sctx.Err() != nil {
+		err = fmt.Errorf("stage: %w", context.Cause(sctx))
+	}
+	cancel()
 	if err != nil {
 		return node.Started{}, fmt.Errorf("%s on %s: %w", op, n.name, err)
+	}
+	if t := spec.StageTimeout; t > 0 {
+		// The agent copies them into the work dir in what is left.
+		pb.StageTimeoutMs = millis(max(t-time.Since(t0), time.Millisecond))
 	}
 	r, err := n.call(ctx, op, &droverpb.Command{Op: &droverpb.Command_Start{Start: pb}})
 	if err != nil {
@@ -866,6 +880,7 @@ func (n *RemoteNode) CloseStdin(ctx context.Context, name string) error {
 }
 
 func (n *RemoteNode) CancelAll(ctx context.Context, grace time.Duration) error {
+	n.stopStaging()
 	_, err := n.call(ctx, "cancel all", &droverpb.Command{Op: &droverpb.Command_CancelAll{CancelAll: &droverpb.Named{GraceMs: millis(grace)}}})
 	return err
 }
@@ -923,6 +938,7 @@ func (n *RemoteNode) Close() error { return n.Shutdown(context.Background(), 0) 
 // Shutdown is Close with a grace (SIGTERM to SIGKILL; 0: the agent's own)
 // and a context that bounds the wait.
 func (n *RemoteNode) Shutdown(ctx context.Context, grace time.Duration) error {
+	n.stopStaging()
 	select {
 	case <-n.gone:
 		return nil
