@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -19,6 +20,7 @@ import (
 	"time"
 
 	"github.com/drover-hpc/drover/internal/node"
+	"github.com/drover-hpc/drover/internal/nofollow"
 	"github.com/drover-hpc/drover/internal/ports"
 	"github.com/drover-hpc/drover/internal/supervise"
 	"github.com/drover-hpc/drover/internal/topology"
@@ -80,6 +82,7 @@ type afterExit struct {
 	freshDir  bool   // made by us: remove after outputs are collected
 	outputs   []string
 	outputDir string
+	captured  []string // stdout and stderr paths, checked after the exit
 	autoPurge bool
 	done      chan struct{} // closed when the exit is collected or the start failed
 }
@@ -302,7 +305,7 @@ func (a *Agent) start(ctx context.Context, spec node.ProcessSpec) (node.Started,
 			if !filepath.IsAbs(p) {
 				p = filepath.Join(after.dir, p)
 			}
-			if f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE, 0o644); err == nil {
+			if f, err := nofollow.OpenPath(spec.OutputDir, p, os.O_WRONLY|os.O_CREATE, 0o644); err == nil {
 				f.Close() // errors show when the supervisor opens it
 			}
 		}
@@ -335,14 +338,24 @@ func (a *Agent) start(ctx context.Context, spec node.ProcessSpec) (node.Started,
 		}
 	}
 
+	for _, p := range []string{spec.Stdout, spec.Stderr} {
+		if p != "" && !filepath.IsAbs(p) {
+			p = filepath.Join(after.dir, p)
+		}
+		if p != "" && !slices.Contains(after.captured, p) {
+			after.captured = append(after.captured, p)
+		}
+	}
 	pid, err := a.sup.Start(supervise.Spec{
-		Name:      spec.Name,
-		Args:      args,
-		Env:       env,
-		Dir:       after.dir,
-		Stdout:    spec.Stdout,
-		Stderr:    spec.Stderr,
-		HWThreads: spec.HWThreads,
+		Name:   spec.Name,
+		Args:   args,
+		Env:    env,
+		Dir:    after.dir,
+		Stdout: spec.Stdout,
+		Stderr: spec.Stderr,
+		// The results dir is drover's: no symlink there is followed.
+		OutputRoot: spec.OutputDir,
+		HWThreads:  spec.HWThreads,
 	})
 	if err != nil {
 		if inner := errors.Unwrap(err); inner != nil {
@@ -442,9 +455,17 @@ func (a *Agent) collect() {
 		if after == nil {
 			continue
 		}
-		if err := collectOutputs(after.dir, after.outputs, after.outputDir); err != nil {
-			exits[i].Err = err.Error()
+		var errs []string
+		if exits[i].Err != "" {
+			errs = append(errs, exits[i].Err)
 		}
+		if err := collectOutputs(after.dir, after.outputs, after.outputDir); err != nil {
+			errs = append(errs, err.Error())
+		}
+		if err := checkCaptured(after.captured); err != nil {
+			errs = append(errs, err.Error())
+		}
+		exits[i].Err = strings.Join(errs, "; ")
 		if after.freshDir {
 			a.dropWorkDir(after.dir)
 		}

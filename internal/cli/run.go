@@ -146,6 +146,12 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 	if err := usableDir(out); err != nil {
 		return usageError("--out: %v", err)
 	}
+	if !f.resume {
+		// A second run would write over the first one's output.
+		if err := results.CheckFresh(out); err != nil {
+			return usageError("--out: %v", err)
+		}
+	}
 	rep := progress.Start(os.Stderr, mode)
 	log := e.logger(rep.Writer())
 	m, nodes, err := startCluster(f, where, e, log, rep.Writer())

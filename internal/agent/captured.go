@@ -1,0 +1,76 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/drover-hpc/drover/internal/nofollow"
+	"github.com/drover-hpc/drover/internal/results"
+)
+
+// createOutput creates (or truncates) outDir/rel for a copied output,
+// without following a symlink below outDir. Names that are drover's own
+// captured output are refused.
+func createOutput(outDir, rel string, perm os.FileMode) (*os.File, error) {
+	rel = path.Clean(rel)
+	if results.OwnName(rel) {
+		return nil, results.ErrOwnName
+	}
+	// outDir itself is the caller's to name; below it, nofollow.
+	if err := os.MkdirAll(outDir, 0o755); err != nil {
+		return nil, err
+	}
+	name := filepath.FromSlash(rel)
+	if err := nofollow.MkdirAll(outDir, filepath.Dir(name), 0o755); err != nil {
+		return nil, err
+	}
+	return nofollow.OpenFile(outDir, name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, perm)
+}
+
+// fullBelow is the free space under which a file system counts as full:
+// a write that failed for want of space left at most about this much.
+const fullBelow = 64 << 10
+
+// checkCaptured looks, after an exit, whether the captured output may
+// have been cut short. The process wrote those files itself, so a write
+// that failed (ENOSPC) was its own to see, and it may have ignored it:
+// what drover can see is the file system holding them full now.
+func checkCaptured(paths []string) error {
+	var errs []error
+	for _, p := range paths {
+		if err := checkFull(p); err != nil {
+			errs = append(errs, fmt.Errorf("%s may be incomplete: %w", filepath.Base(p), err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ErrFull says a file system was full.
+var ErrFull = errors.New("file system full")
+
+// checkFull fails with ErrFull when the file system holding the regular
+// file p has less than fullBelow free (for this user: root may use the
+// blocks reserved for it).
+func checkFull(p string) error {
+	var st unix.Stat_t
+	if err := unix.Lstat(p, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return nil // gone, or not a file (/dev/null): nothing to say
+	}
+	var fs unix.Statfs_t
+	if err := unix.Statfs(p, &fs); err != nil || fs.Blocks == 0 {
+		return nil
+	}
+	free := fs.Bavail
+	if os.Geteuid() == 0 {
+		free = fs.Bfree
+	}
+	if bytes := free * uint64(fs.Bsize); bytes < fullBelow {
+		return fmt.Errorf("%w (%d bytes free) when it exited, holding %s", ErrFull, bytes, p)
+	}
+	return nil
+}
