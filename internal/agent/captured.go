@@ -6,6 +6,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -41,13 +42,16 @@ const fullBelow = 64 << 10
 // that failed (ENOSPC) was its own to see, and it may have ignored it:
 // what drover can see is the file system holding them full now.
 func checkCaptured(paths []string) error {
-	var errs []error
+	var errs []string
 	for _, p := range paths {
 		if err := checkFull(p); err != nil {
-			errs = append(errs, fmt.Errorf("%s may be incomplete: %w", filepath.Base(p), err))
+			errs = append(errs, fmt.Sprintf("%s may be incomplete: %v", filepath.Base(p), err))
 		}
 	}
-	return errors.Join(errs...)
+	if len(errs) == 0 {
+		return nil
+	}
+	return errors.New(strings.Join(errs, "; "))
 }
 
 // ErrFull says a file system was full.
@@ -70,7 +74,7 @@ func checkFull(p string) error {
 		free = fs.Bfree
 	}
 	if bytes := free * uint64(fs.Bsize); bytes < fullBelow {
-		return fmt.Errorf("%w (%d bytes free) when it exited, holding %s", ErrFull, bytes, p)
+		return fmt.Errorf("%w (%d bytes free) when the process exited, at %s", ErrFull, bytes, filepath.Dir(p))
 	}
 	return nil
 }

@@ -177,6 +177,7 @@ jobs:
 	if info.Size() >= 2000000 {
 		t.Fatalf("stdout holds %d bytes: the file system did not fill, nothing was tested", info.Size())
 	}
+	t.Logf("drover said:\n%s", r.stderr)
 	fin := checkOneFinalEach(t, readEvents(t, out), []string{"big"})["big"]
 	if fin.ExitCode == nil || *fin.ExitCode != 0 || !strings.Contains(fin.Error, "stdout may be incomplete") {
 		t.Errorf("final event %+v: want exit 0 with an error saying stdout may be incomplete", fin)
