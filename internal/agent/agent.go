@@ -111,6 +111,12 @@ func New(opts Options) (*Agent, error) {
 	if err := os.MkdirAll(scratchRoot, 0o700); err != nil {
 		return nil, fmt.Errorf("agent %s: scratch dir: %w", opts.Name, err)
 	}
+	if opts.Scratch == "" {
+		// A name anyone can make in a shared temp dir: it must be ours.
+		if err := ownDir(scratchRoot); err != nil {
+			return nil, fmt.Errorf("agent %s: scratch dir: %w", opts.Name, err)
+		}
+	}
 	scratch, err := os.MkdirTemp(scratchRoot, "agent-")
 	if err != nil {
 		return nil, fmt.Errorf("agent %s: scratch dir: %w", opts.Name, err)

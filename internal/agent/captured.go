@@ -78,3 +78,23 @@ func checkFull(p string) error {
 	}
 	return nil
 }
+
+// ownDir checks that dir is a directory (not a symlink) of this user's
+// that no one else may write to.
+func ownDir(dir string) error {
+	var st unix.Stat_t
+	if err := unix.Lstat(dir, &st); err != nil {
+		return fmt.Errorf("%s: %w", dir, err)
+	}
+	switch {
+	case st.Mode&unix.S_IFMT == unix.S_IFLNK:
+		return fmt.Errorf("%s: %w", dir, nofollow.ErrSymlink)
+	case st.Mode&unix.S_IFMT != unix.S_IFDIR:
+		return fmt.Errorf("%s: not a directory", dir)
+	case int(st.Uid) != os.Geteuid():
+		return fmt.Errorf("%s belongs to uid %d, not to this user", dir, st.Uid)
+	case st.Mode&0o022 != 0:
+		return fmt.Errorf("%s is writable by others (mode %o)", dir, st.Mode&0o777)
+	}
+	return nil
+}

@@ -1,0 +1,94 @@
+package agent
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/drover-hpc/drover/internal/nofollow"
+	"github.com/drover-hpc/drover/internal/results"
+)
+
+func TestOwnDir(t *testing.T) {
+	dir := t.TempDir()
+	mine := filepath.Join(dir, "mine")
+	if err := os.Mkdir(mine, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := ownDir(mine); err != nil {
+		t.Errorf("own private dir: %v", err)
+	}
+	link := filepath.Join(dir, "link")
+	if err := os.Symlink(mine, link); err != nil {
+		t.Fatal(err)
+	}
+	if err := ownDir(link); !errors.Is(err, nofollow.ErrSymlink) {
+		t.Errorf("a symlink: %v, want ErrSymlink", err)
+	}
+	open := filepath.Join(dir, "open")
+	if err := os.Mkdir(open, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(open, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := ownDir(open); err == nil {
+		t.Error("a dir anyone may write to passed")
+	}
+}
+
+func TestCreateOutputRefusesOwnNamesAndSymlinks(t *testing.T) {
+	out := t.TempDir()
+	elsewhere := t.TempDir()
+	if err := os.Symlink(elsewhere, filepath.Join(out, "sub")); err != nil {
+		t.Fatal(err)
+	}
+	for _, rel := range []string{"stdout", "stderr", "attempt-2/stdout"} {
+		if _, err := createOutput(out, rel, 0o644); !errors.Is(err, results.ErrOwnName) {
+			t.Errorf("%s: %v, want ErrOwnName", rel, err)
+		}
+	}
+	if _, err := createOutput(out, "sub/x.csv", 0o644); !errors.Is(err, nofollow.ErrSymlink) {
+		t.Errorf("through a symlinked dir: %v, want ErrSymlink", err)
+	}
+	if entries, _ := os.ReadDir(elsewhere); len(entries) > 0 {
+		t.Errorf("written through the symlink: %v", entries)
+	}
+	f, err := createOutput(out, "deep/er/x.csv", 0o640)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+}
+
+func TestCheckCapturedOnAFullFileSystem(t *testing.T) {
+	dir := t.TempDir()
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=256k"); err != nil {
+		t.Fatalf("mount a small tmpfs (the test needs root): %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	stdout := filepath.Join(dir, "stdout")
+	if err := os.WriteFile(stdout, []byte("whole\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := checkCaptured([]string{stdout, "/dev/null"}); err != nil {
+		t.Fatalf("room left: %v", err)
+	}
+	f, err := os.OpenFile(stdout, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, werr := f.Write(make([]byte, 1<<20))
+	f.Close()
+	if werr == nil {
+		t.Fatal("1 MiB fit into 256 KiB")
+	}
+	err = checkCaptured([]string{stdout})
+	if err == nil || !strings.Contains(err.Error(), "stdout may be incomplete") || !strings.Contains(err.Error(), ErrFull.Error()) {
+		t.Errorf("full: %v, want stdout may be incomplete", err)
+	}
+}
