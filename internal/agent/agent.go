@@ -50,6 +50,7 @@ type Agent struct {
 	sup     *supervise.Supervisor
 	ports   *ports.Pool
 	scratch string
+	full    *fullWatch
 
 	mu       sync.Mutex
 	freeDirs []string // empty work dirs to hand out again
@@ -83,6 +84,7 @@ type afterExit struct {
 	outputs   []string
 	outputDir string
 	captured  []string // stdout and stderr paths, checked after the exit
+	marks     []fsMark // their file systems, watched while it runs
 	autoPurge bool
 	done      chan struct{} // closed when the exit is collected or the start failed
 }
@@ -146,6 +148,7 @@ func New(opts Options) (*Agent, error) {
 		ready:     make(chan struct{}, 1),
 		stopPump:  make(chan struct{}),
 		pumpDone:  make(chan struct{}),
+		full:      newFullWatch(log),
 	}
 	go a.pump()
 	return a, nil
@@ -352,6 +355,7 @@ func (a *Agent) start(ctx context.Context, spec node.ProcessSpec) (node.Started,
 			after.captured = append(after.captured, p)
 		}
 	}
+	after.marks = a.full.add(after.captured)
 	pid, err := a.sup.Start(supervise.Spec{
 		Name:   spec.Name,
 		Args:   args,
@@ -364,6 +368,7 @@ func (a *Agent) start(ctx context.Context, spec node.ProcessSpec) (node.Started,
 		HWThreads:  spec.HWThreads,
 	})
 	if err != nil {
+		a.full.drop(after.marks)
 		if inner := errors.Unwrap(err); inner != nil {
 			err = inner // the supervisor's message repeats "start NAME"
 		}
@@ -468,8 +473,11 @@ func (a *Agent) collect() {
 		if err := collectOutputs(after.dir, after.outputs, after.outputDir); err != nil {
 			errs = append(errs, err.Error())
 		}
+		cut := a.full.drop(after.marks)
 		if err := checkCaptured(after.captured); err != nil {
 			errs = append(errs, err.Error())
+		} else if cut {
+			errs = append(errs, "output may be incomplete: the file system holding its stdout or stderr was full while it ran")
 		}
 		exits[i].Err = strings.Join(errs, "; ")
 		if after.freshDir {
@@ -602,6 +610,7 @@ func (a *Agent) Shutdown(grace time.Duration) error {
 		err := a.sup.Close(grace)
 		close(a.stopPump)
 		<-a.pumpDone
+		a.full.close()
 		close(a.ready)
 		a.closeErr = errors.Join(err, a.ports.Close(), os.RemoveAll(a.scratch))
 	})

@@ -3,10 +3,13 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path"
 	"path/filepath"
 	"strings"
+	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -45,7 +48,7 @@ func checkCaptured(paths []string) error {
 	var errs []string
 	for _, p := range paths {
 		if err := checkFull(p); err != nil {
-			errs = append(errs, fmt.Sprintf("%s may be incomplete: %v", filepath.Base(p), err))
+			errs = append(errs, fmt.Sprintf("%s may be incomplete: %v when the process exited", filepath.Base(p), err))
 		}
 	}
 	if len(errs) == 0 {
@@ -65,6 +68,11 @@ func checkFull(p string) error {
 	if err := unix.Lstat(p, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
 		return nil // gone, or not a file (/dev/null): nothing to say
 	}
+	return fsFull(p)
+}
+
+// fsFull fails with ErrFull when the file system holding p is full.
+func fsFull(p string) error {
 	var fs unix.Statfs_t
 	if err := unix.Statfs(p, &fs); err != nil || fs.Blocks == 0 {
 		return nil
@@ -74,7 +82,7 @@ func checkFull(p string) error {
 		free = fs.Bfree
 	}
 	if bytes := free * uint64(fs.Bsize); bytes < fullBelow {
-		return fmt.Errorf("%w (%d bytes free) when the process exited, at %s", ErrFull, bytes, filepath.Dir(p))
+		return fmt.Errorf("%w (%d bytes free) at %s", ErrFull, bytes, p)
 	}
 	return nil
 }
@@ -97,4 +105,138 @@ func ownDir(dir string) error {
 		return fmt.Errorf("%s is writable by others (mode %o)", dir, st.Mode&0o777)
 	}
 	return nil
+}
+
+// fullEvery is how often a file system holding running processes'
+// captured output is looked at: a disk full only for a while, with room
+// again by the exit, is seen if the while spans a look.
+const fullEvery = 100 * time.Millisecond
+
+// fullWatch watches the file systems that hold running processes'
+// captured output, and counts the looks that found one full.
+type fullWatch struct {
+	log  *slog.Logger
+	mu   sync.Mutex
+	devs map[uint64]*fsState
+	wake chan struct{} // a first file system to watch
+	stop chan struct{}
+	done chan struct{}
+}
+
+type fsState struct {
+	path  string // the dir of a captured file on it, to statfs
+	users int
+	full  uint64 // looks that found it full
+	was   bool   // the last look found it full
+}
+
+// fsMark is where a process's captured file is, and the count of full
+// looks at its start.
+type fsMark struct {
+	dev  uint64
+	full uint64
+}
+
+func newFullWatch(log *slog.Logger) *fullWatch {
+	w := &fullWatch{log: log, devs: map[uint64]*fsState{}, wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	go w.run()
+	return w
+}
+
+// add starts watching the file systems of paths (by their dirs, which
+// exist before the files), for one process.
+func (w *fullWatch) add(paths []string) []fsMark {
+	var marks []fsMark
+	for _, p := range paths {
+		var st unix.Stat_t
+		dir := filepath.Dir(p)
+		if unix.Stat(dir, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR {
+			continue
+		}
+		w.mu.Lock()
+		s := w.devs[st.Dev]
+		if s == nil {
+			s = &fsState{path: dir}
+			w.devs[st.Dev] = s
+			select {
+			case w.wake <- struct{}{}:
+			default:
+			}
+		}
+		s.users++
+		marks = append(marks, fsMark{st.Dev, s.full})
+		w.mu.Unlock()
+	}
+	return marks
+}
+
+// drop ends one process's watch; it reports whether a look during its
+// life found a file system full.
+func (w *fullWatch) drop(marks []fsMark) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	seen := false
+	for _, m := range marks {
+		s := w.devs[m.dev]
+		if s == nil {
+			continue
+		}
+		seen = seen || s.full != m.full
+		if s.users--; s.users == 0 {
+			delete(w.devs, m.dev)
+		}
+	}
+	return seen
+}
+
+func (w *fullWatch) run() {
+	defer close(w.done)
+	t := time.NewTicker(fullEvery)
+	defer t.Stop()
+	for {
+		w.mu.Lock()
+		idle := len(w.devs) == 0
+		w.mu.Unlock()
+		if idle {
+			select {
+			case <-w.wake:
+			case <-w.stop:
+				return
+			}
+		}
+		select {
+		case <-t.C:
+		case <-w.stop:
+			return
+		}
+		w.look()
+	}
+}
+
+func (w *fullWatch) look() {
+	w.mu.Lock()
+	paths := make(map[uint64]string, len(w.devs))
+	for d, s := range w.devs {
+		paths[d] = s.path
+	}
+	w.mu.Unlock()
+	for d, p := range paths {
+		err := fsFull(p)
+		w.mu.Lock()
+		if s := w.devs[d]; s != nil {
+			if err != nil {
+				s.full++
+				if !s.was {
+					w.log.Warn("results file system full: output written now may be cut short", "err", err)
+				}
+			}
+			s.was = err != nil
+		}
+		w.mu.Unlock()
+	}
+}
+
+func (w *fullWatch) close() {
+	close(w.stop)
+	<-w.done
 }

@@ -5,12 +5,16 @@ package cli_test
 // symlink there, and output cut short by a full disk is reported.
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/drover-hpc/drover/internal/e2e"
 )
 
 // A job whose outputs ("*") include files named like drover's own
@@ -181,5 +185,91 @@ jobs:
 	fin := checkOneFinalEach(t, readEvents(t, out), []string{"big"})["big"]
 	if fin.ExitCode == nil || *fin.ExitCode != 0 || !strings.Contains(fin.Error, "stdout may be incomplete") {
 		t.Errorf("final event %+v: want exit 0 with an error saying stdout may be incomplete", fin)
+	}
+}
+
+// The disk full only for a while: the job's output is cut while another
+// file fills the disk, which is removed before the job exits 0. At the
+// exit there is room again; drover still reports the output incomplete,
+// having seen the file system full while the job ran (and said so as it
+// happened).
+func TestRunMomentarilyFullDiskReported(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	out := filepath.Join(dir, "out")
+	if err := os.Mkdir(out, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("tmpfs", out, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatalf("mount a 1 MiB tmpfs at %s (the test needs root): %v", out, err)
+	}
+	t.Cleanup(func() {
+		if err := unix.Unmount(out, unix.MNT_DETACH); err != nil {
+			t.Errorf("unmount %s: %v", out, err)
+		}
+	})
+	marks := filepath.Join(dir, "marks")
+	if err := os.Mkdir(marks, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// Bounded: the job gives up waiting after 60 s (and the test fails).
+	jobs := writeFile(t, dir, "jobs.yaml", `
+jobs:
+  - name: cut
+    env: {MARKS: `+marks+`}
+    shell: 'i=0; while [ ! -e "$MARKS/filled" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done; head -c 590000 /dev/zero 2>/dev/null; touch "$MARKS/wrote"; i=0; while [ ! -e "$MARKS/freed" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done; exit 0'
+`)
+	d := e2e.Start(t, droverBin, dir, testEnv(), "run", "--progress", "none", "--out", out, jobs)
+	waitFor := func(what string, ok func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(time.Minute); !ok(); time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) || !d.Running() {
+				t.Fatalf("no %s:\n%s", what, d.Out)
+			}
+		}
+	}
+	exists := func(p string) func() bool {
+		return func() bool { _, err := os.Stat(p); return err == nil }
+	}
+	waitFor("started instance", exists(filepath.Join(out, "cut", "stdout")))
+	filler := filepath.Join(out, "filler")
+	fillFS(t, filler, 1<<20-500<<10) // leaves the job less than its 590,000 bytes
+	writeFile(t, marks, "filled", "")
+	waitFor("write by the job", exists(filepath.Join(marks, "wrote")))
+	waitFor("warning that the disk is full", func() bool { return strings.Contains(d.Out.String(), "file system full") })
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, marks, "freed", "")
+	if code := d.Wait(t, time.Minute); code != 1 {
+		t.Errorf("exit %d, want 1:\n%s", code, d.Out)
+	}
+	info, err := os.Stat(filepath.Join(out, "cut", "stdout"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("drover said:\n%s", d.Out)
+	if info.Size() >= 590000 {
+		t.Fatalf("stdout holds %d bytes: the disk did not fill, nothing was tested", info.Size())
+	}
+	fin := checkOneFinalEach(t, readEvents(t, out), []string{"cut"})["cut"]
+	if fin.ExitCode == nil || *fin.ExitCode != 0 || !strings.Contains(fin.Error, "may be incomplete") {
+		t.Errorf("final event %+v: want exit 0 with an error saying the output may be incomplete", fin)
+	}
+	if in := readSummary(t, out).instance(t, "cut"); in.State != "failed" {
+		t.Errorf("cut is %q, want failed", in.State)
+	}
+}
+
+// fillFS writes up to max bytes to path, stopping when the disk is full.
+func fillFS(t *testing.T, path string, max int) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Write(make([]byte, max)); err != nil && !errors.Is(err, unix.ENOSPC) {
+		t.Fatal(err)
 	}
 }
