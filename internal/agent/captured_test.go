@@ -2,6 +2,7 @@ package agent
 
 import (
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -90,5 +91,54 @@ func TestCheckCapturedOnAFullFileSystem(t *testing.T) {
 	err = checkCaptured([]string{stdout})
 	if err == nil || !strings.Contains(err.Error(), "stdout may be incomplete") || !strings.Contains(err.Error(), ErrFull.Error()) {
 		t.Errorf("full: %v, want stdout may be incomplete", err)
+	}
+}
+
+// A look that finds the file system full while a process runs marks it,
+// also once there is room again; one that came before its start does not.
+func TestFullWatchSeesAMomentarilyFullDisk(t *testing.T) {
+	dir := t.TempDir()
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=256k"); err != nil {
+		t.Fatalf("mount a small tmpfs (the test needs root): %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	// Without its goroutine: the looks are the test's.
+	w := &fullWatch{log: slog.New(slog.DiscardHandler), devs: map[uint64]*fsState{}, wake: make(chan struct{}, 1)}
+	stdout := filepath.Join(dir, "stdout")
+	filler := filepath.Join(dir, "filler")
+
+	quiet := w.add([]string{stdout})
+	w.look()
+	if w.drop(quiet) {
+		t.Error("marked with room all along")
+	}
+
+	if err := os.WriteFile(filler, make([]byte, 1<<20), 0o644); err == nil {
+		t.Fatal("1 MiB fit into 256 KiB")
+	}
+	w.look() // full before the next process starts
+	marks := w.add([]string{stdout})
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	w.look()
+	if w.drop(marks) {
+		t.Error("marked for a full disk seen before it started")
+	}
+
+	marks = w.add([]string{stdout})
+	if err := os.WriteFile(filler, make([]byte, 1<<20), 0o644); err == nil {
+		t.Fatal("1 MiB fit into 256 KiB")
+	}
+	w.look()
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	w.look()
+	if !w.drop(marks) {
+		t.Error("not marked for a disk seen full while it ran")
+	}
+	if n := len(w.devs); n != 0 {
+		t.Errorf("%d file systems still watched after every drop", n)
 	}
 }
