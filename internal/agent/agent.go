@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/drover-hpc/drover/internal/errdefs"
 	"github.com/drover-hpc/drover/internal/node"
+	"github.com/drover-hpc/drover/internal/nofollow"
 	"github.com/drover-hpc/drover/internal/ports"
 	"github.com/drover-hpc/drover/internal/privdir"
 	"github.com/drover-hpc/drover/internal/supervise"
@@ -50,6 +52,7 @@ type Agent struct {
 	sup     *supervise.Supervisor
 	ports   *ports.Pool
 	scratch string
+	full    *fullWatch
 
 	mu       sync.Mutex
 	freeDirs []string // empty work dirs to hand out again
@@ -82,6 +85,8 @@ type afterExit struct {
 	freshDir  bool   // made by us: remove after outputs are collected
 	outputs   []string
 	outputDir string
+	captured  []string // stdout and stderr paths, checked after the exit
+	marks     []fsMark // their file systems, watched while it runs
 	autoPurge bool
 	done      chan struct{} // closed when the exit is collected or the start failed
 }
@@ -138,6 +143,7 @@ func New(opts Options) (*Agent, error) {
 		ready:     make(chan struct{}, 1),
 		stopPump:  make(chan struct{}),
 		pumpDone:  make(chan struct{}),
+		full:      newFullWatch(log),
 	}
 	go a.pump()
 	return a, nil
@@ -331,7 +337,7 @@ func (a *Agent) start(ctx context.Context, spec node.ProcessSpec) (node.Started,
 			if !filepath.IsAbs(p) {
 				p = filepath.Join(after.dir, p)
 			}
-			if f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE, 0o644); err == nil {
+			if f, err := nofollow.OpenPath(spec.OutputDir, p, os.O_WRONLY|os.O_CREATE, 0o644); err == nil {
 				f.Close() // errors show when the supervisor opens it
 			}
 		}
@@ -364,16 +370,28 @@ func (a *Agent) start(ctx context.Context, spec node.ProcessSpec) (node.Started,
 		}
 	}
 
+	for _, p := range []string{spec.Stdout, spec.Stderr} {
+		if p != "" && !filepath.IsAbs(p) {
+			p = filepath.Join(after.dir, p)
+		}
+		if p != "" && !slices.Contains(after.captured, p) {
+			after.captured = append(after.captured, p)
+		}
+	}
+	after.marks = a.full.add(after.captured)
 	pid, err := a.sup.Start(supervise.Spec{
-		Name:      spec.Name,
-		Args:      args,
-		Env:       env,
-		Dir:       after.dir,
-		Stdout:    spec.Stdout,
-		Stderr:    spec.Stderr,
-		HWThreads: spec.HWThreads,
+		Name:   spec.Name,
+		Args:   args,
+		Env:    env,
+		Dir:    after.dir,
+		Stdout: spec.Stdout,
+		Stderr: spec.Stderr,
+		// The results dir is drover's: no symlink there is followed.
+		OutputRoot: spec.OutputDir,
+		HWThreads:  spec.HWThreads,
 	})
 	if err != nil {
+		a.full.drop(after.marks)
 		if inner := errors.Unwrap(err); inner != nil {
 			err = inner // the supervisor's message repeats "start NAME"
 		}
@@ -500,9 +518,20 @@ func (a *Agent) collect() {
 		if after == nil {
 			continue
 		}
-		if err := collectOutputs(after.dir, after.outputs, after.outputDir); err != nil {
-			exits[i].Err = err.Error()
+		var errs []string
+		if exits[i].Err != "" {
+			errs = append(errs, exits[i].Err)
 		}
+		if err := collectOutputs(after.dir, after.outputs, after.outputDir); err != nil {
+			errs = append(errs, err.Error())
+		}
+		cut := a.full.drop(after.marks)
+		if err := checkCaptured(after.captured); err != nil {
+			errs = append(errs, err.Error())
+		} else if cut {
+			errs = append(errs, "output may be incomplete: the file system holding its stdout or stderr was full while it ran")
+		}
+		exits[i].Err = strings.Join(errs, "; ")
 		if after.freshDir {
 			a.dropWorkDir(after.dir)
 		}
@@ -637,6 +666,7 @@ func (a *Agent) Shutdown(grace time.Duration) error {
 		err := a.sup.Close(grace)
 		close(a.stopPump)
 		<-a.pumpDone
+		a.full.close()
 		close(a.ready)
 		a.closeErr = errors.Join(err, a.ports.Close(), os.RemoveAll(a.scratch))
 	})

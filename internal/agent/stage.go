@@ -156,11 +156,7 @@ func copyOut(root *os.Root, name, outDir string) error {
 	if err := stagefile.Regular(info); err != nil {
 		return err
 	}
-	dstPath := filepath.Join(outDir, filepath.FromSlash(path.Clean(name)))
-	if err := os.MkdirAll(filepath.Dir(dstPath), 0o755); err != nil {
-		return err
-	}
-	dst, err := os.OpenFile(dstPath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, info.Mode().Perm())
+	dst, err := createOutput(outDir, name, info.Mode().Perm())
 	if err != nil {
 		return err
 	}

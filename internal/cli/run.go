@@ -51,6 +51,7 @@ func newRun(e *env) *cobra.Command {
 		Long: `Runs every instance of the jobs in JOBFILE (or CMD as one ad-hoc job) on the
 cluster's nodes, each bound to whole cores, and writes the results directory:
 DIR/<instance>/stdout and stderr, DIR/events.jsonl and DIR/summary.json.
+A DIR that already holds a run is refused unless --resume goes on with it.
 
 Exit status: 0 when every instance exited 0; 1 when any failed, was lost or
 timed out; 2 when the job file or flags are invalid (nothing started).
@@ -70,7 +71,7 @@ Ctrl-C kills at once) and still writes the summary.`,
 	fl.StringVar(&f.hostfile, "hostfile", "", "file with one SSH node per line")
 	fl.StringVarP(&f.sshConfig, "ssh-config", "F", "", "ssh config file for the ssh launcher (ssh -F)")
 	fl.StringVar(&f.out, "out", "drover-out", "results directory")
-	fl.BoolVar(&f.resume, "resume", false, "skip instances that already finished with exit 0 in --out")
+	fl.BoolVar(&f.resume, "resume", false, "go on with the run in --out: skip instances that already finished with exit 0 there")
 	fl.IntVar(&f.retries, "retries", 0, "retries for jobs that do not set their own")
 	fl.IntVar(&f.repeat, "repeat", 1, "ad-hoc mode: run CMD this many times")
 	fl.BoolVar(&f.eachNode, "each-node", false, "ad-hoc mode: run CMD once on every node")
@@ -148,6 +149,12 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 
 	if err := usableDir(out); err != nil {
 		return usageError("--out: %v", err)
+	}
+	if !f.resume {
+		// A second run would write over the first one's output.
+		if err := results.CheckFresh(out); err != nil {
+			return usageError("--out: %v", err)
+		}
 	}
 	rep := progress.Start(os.Stderr, mode)
 	log := e.logger(rep.Writer())

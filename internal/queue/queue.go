@@ -20,6 +20,7 @@ import (
 	"github.com/drover-hpc/drover/internal/errdefs"
 	"github.com/drover-hpc/drover/internal/jobfile"
 	"github.com/drover-hpc/drover/internal/node"
+	"github.com/drover-hpc/drover/internal/nofollow"
 	"github.com/drover-hpc/drover/internal/results"
 	"github.com/drover-hpc/drover/internal/topology"
 )
@@ -254,6 +255,8 @@ type runner struct {
 	timeouts chan timeoutAt
 	quit     chan struct{}
 	evbuf    []results.Event
+	// eventsFailed: a write of the events log failed (and was logged).
+	eventsFailed bool
 }
 
 // Run runs jobs to completion (or until ctx is cancelled, then stops them)
@@ -614,7 +617,7 @@ func (r *runner) launch(inst *instance, ns *nodeState, idx, hw []int, pred *inst
 	keepPrev := inst.attempt > 1 && inst.prepared < inst.attempt
 	inst.prepared = inst.attempt
 	go func() {
-		st, err := prepare(keepPrev, inst.attempt, spec)
+		st, err := prepare(r.opts.OutDir, keepPrev, inst.attempt, spec)
 		if err == nil {
 			st, err = ns.n.Start(context.Background(), spec)
 		}
@@ -623,12 +626,18 @@ func (r *runner) launch(inst *instance, ns *nodeState, idx, hw []int, pred *inst
 }
 
 // prepare makes the instance's results dir; a retry first moves the
-// previous attempt's output aside so nothing is lost.
-func prepare(keepPrev bool, attempt int, spec node.ProcessSpec) (node.Started, error) {
+// previous attempt's output aside so nothing is lost. Below out (--out)
+// no symlink is followed: none may lead drover's writes elsewhere.
+func prepare(out string, keepPrev bool, attempt int, spec node.ProcessSpec) (node.Started, error) {
 	dir := spec.OutputDir
+	inst, ok := nofollow.Within(out, dir)
+	if !ok {
+		return node.Started{}, fmt.Errorf("results dir %s is not inside %s", dir, out)
+	}
 	if keepPrev {
-		prev := filepath.Join(dir, fmt.Sprintf("attempt-%d", attempt-1))
-		if err := os.MkdirAll(prev, 0o755); err != nil {
+		prevRel := filepath.Join(inst, fmt.Sprintf("attempt-%d", attempt-1))
+		prev := filepath.Join(out, prevRel)
+		if err := nofollow.MkdirAll(out, prevRel, 0o755); err != nil {
 			return node.Started{}, fmt.Errorf("keep attempt %d output: %w", attempt-1, err)
 		}
 		for _, f := range []string{"stdout", "stderr"} {
@@ -638,7 +647,7 @@ func prepare(keepPrev bool, attempt int, spec node.ProcessSpec) (node.Started, e
 		}
 		return node.Started{}, nil
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := nofollow.MkdirAll(out, inst, 0o755); err != nil {
 		return node.Started{}, fmt.Errorf("results dir: %w", err)
 	}
 	return node.Started{}, nil
@@ -943,7 +952,9 @@ func (r *runner) flush() {
 	if len(r.evbuf) == 0 {
 		return
 	}
-	if err := r.events.Append(r.evbuf...); err != nil {
+	if err := r.events.Append(r.evbuf...); err != nil && !r.eventsFailed {
+		// Said once here; Run returns it at the end.
+		r.eventsFailed = true
 		r.log.Error("events log", "err", err)
 	}
 	if r.opts.OnEvent != nil {

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/drover-hpc/drover/internal/nofollow"
 )
 
 // Event kinds written to events.jsonl.
@@ -65,10 +67,22 @@ func (e Event) Final() bool {
 // own file creations then wait on); what a lost tail costs is that
 // --resume runs those instances again, since a run counts only through its
 // final event in the log.
+//
+// A write that fails (a full disk) is cut back out of the file, so the log
+// holds whole lines only, and its events are tried again with the next
+// Append and at Close. Any failure is kept and reported by Append, Err and
+// Close: a run whose log could not be written is not a clean one. Some
+// space is reserved ahead of the log's end (fallocate), so that a disk
+// the jobs' output filled still takes the events that say so.
 type Log struct {
-	mu  sync.Mutex
-	f   *os.File
-	buf bytes.Buffer
+	mu       sync.Mutex
+	f        *os.File
+	buf      bytes.Buffer
+	size     int64  // the length of the whole lines written
+	reserved int64  // the file's space is reserved up to here
+	pending  []byte // events whose write failed, to try again
+	dropped  int    // events given up for good
+	writeErr error  // the first failed write; guarded by mu
 
 	dirty     chan struct{} // holds a token while appends await a sync
 	closing   chan struct{} // closed by Close: sync no more
@@ -91,7 +105,8 @@ func OpenLog(dir string) (*Log, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("open results dir: %w", err)
 	}
-	f, err := os.OpenFile(filepath.Join(dir, EventsFile), os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o644)
+	// Not through a symlink: the log is appended to, never elsewhere.
+	f, err := nofollow.OpenFile(dir, EventsFile, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("open events log: %w", err)
 	}
@@ -99,7 +114,13 @@ func OpenLog(dir string) (*Log, error) {
 		f.Close()
 		return nil, fmt.Errorf("open events log: %w", err)
 	}
-	l := &Log{f: f, dirty: make(chan struct{}, 1), closing: make(chan struct{}), synced: make(chan struct{})}
+	info, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("open events log: %w", err)
+	}
+	l := &Log{f: f, size: info.Size(), dirty: make(chan struct{}, 1), closing: make(chan struct{}), synced: make(chan struct{})}
+	l.reserve()
 	go l.syncer()
 	return l, nil
 }
@@ -174,23 +195,109 @@ func (l *Log) Append(evs ...Event) error {
 			return fmt.Errorf("encode %s event: %w", evs[i].Event, err)
 		}
 	}
-	if _, err := l.f.Write(l.buf.Bytes()); err != nil {
-		return fmt.Errorf("append to events log: %w", err)
+	if len(l.pending) > 0 {
+		l.pending = append(l.pending, l.buf.Bytes()...)
+		l.buf.Reset()
+		l.buf.Write(l.pending)
+		l.pending = l.pending[:0]
 	}
+	l.write(l.buf.Bytes())
 	select {
 	case l.dirty <- struct{}{}:
 	default: // a sync is already due, and will cover these lines
 	}
-	return l.syncErr
+	return l.errLocked()
 }
 
-// Close syncs and closes the log, reporting a sync that failed on the way.
+// maxPending bounds the events held for another try while the disk is
+// full; past it the oldest are given up.
+const maxPending = 1 << 20
+
+// reserveAhead is the space kept reserved past the log's end.
+const reserveAhead = 64 << 10
+
+// write appends whole lines. A failed or short write is cut back out, and
+// its lines kept for another try.
+func (l *Log) write(data []byte) {
+	n, err := l.f.Write(data)
+	if err == nil {
+		l.size += int64(n)
+		if l.size+reserveAhead/2 > l.reserved {
+			l.reserve()
+		}
+		return
+	}
+	if l.writeErr == nil {
+		l.writeErr = fmt.Errorf("append to events log: %w", err)
+	}
+	if n > 0 {
+		if terr := l.f.Truncate(l.size); terr != nil {
+			// The torn part stays: end it, so later lines are whole.
+			l.size += int64(n)
+			if m, _ := l.f.Write([]byte("\n")); m == 1 {
+				l.size++
+			}
+		}
+	}
+	if len(data) > maxPending {
+		// Keep the newest whole lines that fit.
+		keep := 0 // the newest line alone is too long
+		if i := bytes.IndexByte(data[len(data)-maxPending:], '\n'); i >= 0 {
+			keep = maxPending - i - 1
+		}
+		l.dropped += bytes.Count(data[:len(data)-keep], []byte("\n"))
+		data = data[len(data)-keep:]
+	}
+	l.pending = append(l.pending[:0], data...)
+}
+
+// reserve asks the file system for the space of the next events, so
+// that they fit even once the jobs' output has filled the disk. Where
+// fallocate is not supported that is simply not done.
+func (l *Log) reserve() {
+	if unix.Fallocate(int(l.f.Fd()), unix.FALLOC_FL_KEEP_SIZE, l.size, reserveAhead) == nil {
+		l.reserved = l.size + reserveAhead
+	}
+}
+
+// errLocked is the log's error so far: a failed write or sync.
+func (l *Log) errLocked() error {
+	var werr error
+	if l.writeErr != nil {
+		lost := ""
+		switch {
+		case l.dropped > 0:
+			lost = fmt.Sprintf(" (%d events lost)", l.dropped)
+		case len(l.pending) > 0:
+			lost = fmt.Sprintf(" (%d events not written)", bytes.Count(l.pending, []byte("\n")))
+		}
+		werr = fmt.Errorf("%w%s", l.writeErr, lost)
+	}
+	return errors.Join(werr, l.syncErr)
+}
+
+// Err reports a write or sync of the log that failed so far.
+func (l *Log) Err() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.errLocked()
+}
+
+// Close writes what is still pending, syncs and closes the log, and
+// reports a write or sync that failed on the way.
 func (l *Log) Close() error {
 	l.closeOnce.Do(func() { close(l.closing) })
 	<-l.synced
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return errors.Join(l.syncErr, l.f.Sync(), l.f.Close())
+	if len(l.pending) > 0 {
+		l.write(append([]byte(nil), l.pending...))
+	}
+	if l.reserved > l.size {
+		// Give back the space reserved past the end.
+		_ = unix.Fallocate(int(l.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, l.size, l.reserved-l.size)
+	}
+	return errors.Join(l.errLocked(), l.f.Sync(), l.f.Close())
 }
 
 // ReadEvents reads an events log. A torn last line (a crash mid-write) is

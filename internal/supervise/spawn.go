@@ -17,6 +17,8 @@ import (
 
 	"github.com/drover-hpc/drover/internal/errdefs"
 	"golang.org/x/sys/unix"
+
+	"github.com/drover-hpc/drover/internal/nofollow"
 )
 
 // maxCPUs is the number of CPUs a unix.CPUSet can hold.
@@ -105,7 +107,7 @@ func (s *Supervisor) spawn(spec *Spec, p *proc, cur *unix.CPUSet) error {
 	outPath := relTo(spec.Dir, spec.Stdout)
 	errPath := relTo(spec.Dir, spec.Stderr)
 	if outPath != "" {
-		if stdout, err = openOutput(outPath); err != nil {
+		if stdout, err = openOutput(spec.OutputRoot, outPath); err != nil {
 			stdout = s.devNull
 			return errdefs.NewSpawnError("open stdout", outPath, &fs.PathError{Op: "open stdout", Path: outPath, Err: err})
 		}
@@ -115,7 +117,7 @@ func (s *Supervisor) spawn(spec *Spec, p *proc, cur *unix.CPUSet) error {
 	case errPath == outPath:
 		stderr = stdout
 	default:
-		if stderr, err = openOutput(errPath); err != nil {
+		if stderr, err = openOutput(spec.OutputRoot, errPath); err != nil {
 			stderr = s.devNull
 			return errdefs.NewSpawnError("open stderr", errPath, &fs.PathError{Op: "open stderr", Path: errPath, Err: err})
 		}
@@ -287,9 +289,16 @@ func relTo(dir, path string) string {
 // openOutput creates or truncates an output file for a child. It opens
 // without blocking, so a FIFO without a reader is an error (ENXIO) rather
 // than a spawner stuck forever, then makes the descriptor blocking for the
-// child.
-func openOutput(path string) (int, error) {
-	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_CREAT|unix.O_TRUNC|unix.O_CLOEXEC|unix.O_NONBLOCK, 0o644)
+// child. A path inside root is opened without following a symlink there.
+func openOutput(root, path string) (int, error) {
+	const flags = unix.O_WRONLY | unix.O_CREAT | unix.O_TRUNC | unix.O_CLOEXEC | unix.O_NONBLOCK
+	var fd int
+	var err error
+	if rel, ok := nofollow.Within(root, path); ok {
+		fd, err = nofollow.Open(root, rel, flags, 0o644)
+	} else {
+		fd, err = unix.Open(path, flags, 0o644)
+	}
 	if err != nil {
 		return -1, err
 	}

@@ -100,6 +100,10 @@ type Spec struct {
 	// Stderr is like Stdout. The same path as Stdout shares one file
 	// descriptor, like 2>&1.
 	Stderr string
+	// OutputRoot, when set, is a directory of drover's own (results,
+	// spool) that Stdout and Stderr lie in: they are opened below it
+	// without following any symlink there.
+	OutputRoot string
 	// HWThreads is the CPU affinity of the child (logical CPU numbers);
 	// empty is the affinity this process had when New was called.
 	HWThreads []int

@@ -23,7 +23,6 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"path"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -32,6 +31,8 @@ import (
 	"github.com/drover-hpc/drover/api/droverpb"
 	"github.com/drover-hpc/drover/internal/errdefs"
 	"github.com/drover-hpc/drover/internal/node"
+	"github.com/drover-hpc/drover/internal/nofollow"
+	"github.com/drover-hpc/drover/internal/results"
 	"github.com/drover-hpc/drover/internal/stagefile"
 )
 
@@ -194,7 +195,7 @@ func (n *RemoteNode) remoteSpec(ctx context.Context, spec node.ProcessSpec) (*dr
 	// The output files are created (or truncated) now, as an agent would
 	// at its start: an unwritable path fails the start, not the results.
 	for _, p := range uniq(spec.Stdout, spec.Stderr) {
-		f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+		f, err := nofollow.OpenPath(spec.OutputDir, p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 		if err != nil {
 			return nil, 0, err
 		}
@@ -382,7 +383,7 @@ func (n *RemoteNode) putFile(ctx context.Context, sum digest, p string) error {
 // resultsTarget is where one process's results go on this machine.
 type resultsTarget struct {
 	stdout, stderr, outDir string
-	root                   *os.Root // of outDir, once needed
+	madeDir                bool // outDir exists
 	open                   map[string]*os.File
 	failed                 map[string]bool
 	errs                   []string
@@ -392,10 +393,6 @@ func (t *resultsTarget) close() {
 	for k, f := range t.open {
 		f.Close()
 		delete(t.open, k)
-	}
-	if t.root != nil {
-		t.root.Close()
-		t.root = nil
 	}
 }
 
@@ -514,11 +511,12 @@ func (t *resultsTarget) openFile(fd *droverpb.FileData) (*os.File, error) {
 	if p == "" {
 		return nil, errors.New("not asked for")
 	}
-	return os.OpenFile(p, os.O_WRONLY|os.O_CREATE, 0o644)
+	return nofollow.OpenPath(t.outDir, p, os.O_WRONLY|os.O_CREATE, 0o644)
 }
 
-// openOutput opens OutputDir/rel through os.Root: a path from the agent
-// cannot leave OutputDir, by "..", an absolute path or a symlink.
+// openOutput opens OutputDir/rel: a path from the agent cannot leave
+// OutputDir, by "..", an absolute path or any symlink, nor land on
+// drover's own captured output there.
 func (t *resultsTarget) openOutput(rel string, mode fs.FileMode) (*os.File, error) {
 	if t.outDir == "" {
 		return nil, errors.New("not asked for")
@@ -526,24 +524,21 @@ func (t *resultsTarget) openOutput(rel string, mode fs.FileMode) (*os.File, erro
 	if !fs.ValidPath(rel) || rel == "." || !filepath.IsLocal(filepath.FromSlash(rel)) {
 		return nil, fmt.Errorf("the agent's path %q leaves the output dir", rel)
 	}
-	if t.root == nil {
+	if results.OwnName(rel) {
+		return nil, results.ErrOwnName
+	}
+	if !t.madeDir {
 		if err := os.MkdirAll(t.outDir, 0o755); err != nil {
 			return nil, err
 		}
-		root, err := os.OpenRoot(t.outDir)
-		if err != nil {
-			return nil, err
-		}
-		t.root = root
+		t.madeDir = true
 	}
 	name := filepath.FromSlash(rel)
-	if d := path.Dir(rel); d != "." {
-		if err := t.root.MkdirAll(filepath.FromSlash(d), 0o755); err != nil {
-			return nil, err
-		}
+	if err := nofollow.MkdirAll(t.outDir, filepath.Dir(name), 0o755); err != nil {
+		return nil, err
 	}
 	if mode == 0 {
 		mode = 0o644
 	}
-	return t.root.OpenFile(name, os.O_WRONLY|os.O_CREATE, mode)
+	return nofollow.OpenFile(t.outDir, name, os.O_WRONLY|os.O_CREATE, mode)
 }
