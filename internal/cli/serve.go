@@ -134,6 +134,8 @@ func runServe(e *env, f *serveFlags, listenChanged bool) error {
 		AgentLogs:      e.stderr,
 		Register:       func(s *grpc.Server) { ctl.Register(s) },
 		OnNode:         cl.AddNode,
+		// A node lost under serve comes back: programs keep their cluster.
+		Relaunch: true,
 		OnLaunchFailure: func(lf manager.LaunchFailure) {
 			cl.AddFailedNode(lf.Node, lf.Reason)
 		},

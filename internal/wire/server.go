@@ -289,6 +289,7 @@ type RemoteNode struct {
 	mu        sync.Mutex
 	att       *attachment // current stream; nil while disconnected
 	lost      bool
+	left      bool // lost by the orderly end of its session
 	lostErr   error
 	lastHeard time.Time
 	receiving bool        // a message of the current stream is being processed
@@ -511,6 +512,7 @@ func (n *RemoteNode) loseLocked(reason string) {
 	close(n.ready)
 	close(n.gone)
 	if reason == reasonEnded {
+		n.left = true
 		n.log.Info("node left", "reason", reason)
 		return
 	}
@@ -815,6 +817,14 @@ func (n *RemoteNode) Err() error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.lostErr
+}
+
+// Left reports whether the node's agent ended its session in order
+// (after a Shutdown) rather than being lost.
+func (n *RemoteNode) Left() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.left
 }
 
 // Gone is closed when the node is lost.
