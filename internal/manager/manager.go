@@ -79,9 +79,11 @@ type expected struct {
 	agent  launch.Agent
 	joined bool
 	failed bool
-	own    bool             // agent serves this node only: it may be stopped for it
-	node   *wire.RemoteNode // once joined
-	up     chan struct{}    // closed once joined
+	own    bool // agent serves this node only: it may be stopped for it
+	// relaunched: started by the node's keeper, which reports its failure.
+	relaunched bool
+	node       *wire.RemoteNode // once joined
+	up         chan struct{}    // closed once joined
 }
 
 // relauncher starts a new agent for one node.
@@ -302,13 +304,19 @@ func (m *Manager) setRelauncher(name string, r relauncher) {
 }
 
 // addAgent follows a launched agent that runs the nodes names.
-func (m *Manager) addAgent(a launch.Agent, names ...string) {
+func (m *Manager) addAgent(a launch.Agent, names ...string) { m.follow(a, false, names...) }
+
+// follow follows a launched agent that runs the nodes names and returns
+// the last one's entry. The failure of a relaunched one to join is its
+// keeper's to report.
+func (m *Manager) follow(a launch.Agent, relaunched bool, names ...string) *expected {
 	m.mu.Lock()
 	m.children = append(m.children, a)
+	var e *expected
 	for _, n := range names {
-		e := &expected{agent: a, own: len(names) == 1, up: make(chan struct{})}
+		e = &expected{agent: a, own: len(names) == 1, relaunched: relaunched, up: make(chan struct{})}
 		for _, f := range m.failures { // failed while being launched
-			if f.Node == n {
+			if f.Node == n && !relaunched {
 				e.failed = true
 			}
 		}
@@ -326,7 +334,7 @@ func (m *Manager) addAgent(a launch.Agent, names ...string) {
 			if e == nil || e.agent != a {
 				continue
 			}
-			if !e.joined && !e.failed {
+			if !e.joined && !e.failed && !e.relaunched {
 				failed = append(failed, n)
 			}
 			if e.joined && a.Ended() {
@@ -353,6 +361,7 @@ func (m *Manager) addAgent(a launch.Agent, names ...string) {
 		}
 		m.signal()
 	}()
+	return e
 }
 
 // taskEnded: the launcher saw the agent of one of its nodes end while
@@ -613,9 +622,7 @@ func (m *Manager) keep(name string, e *expected) {
 			}
 			if err != nil {
 				reason = err.Error()
-				if _, ok := err.(errReported); !ok {
-					m.relaunchFailed(name, reason)
-				}
+				m.relaunchFailed(name, reason)
 				continue
 			}
 			e = next
@@ -631,10 +638,7 @@ func (m *Manager) relaunchOnce(ctx context.Context, name string, r relauncher) (
 	if err != nil {
 		return nil, fmt.Errorf("relaunch: %w", err)
 	}
-	m.addAgent(a, name)
-	m.mu.Lock()
-	e := m.expect[name]
-	m.mu.Unlock()
+	e := m.follow(a, true, name)
 	t := time.NewTimer(relaunchJoin)
 	defer t.Stop()
 	select {
@@ -655,19 +659,9 @@ func (m *Manager) relaunchOnce(ctx context.Context, name string, r relauncher) (
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-	m.mu.Lock()
-	reported := e.failed // by addAgent, as an agent that exited before it joined
-	e.failed = true
-	m.mu.Unlock()
 	m.stopAgent(ctx, name, a)
-	if reported {
-		return nil, errReported{err}
-	}
 	return nil, err
 }
-
-// errReported is a relaunch failure already told to OnLaunchFailure.
-type errReported struct{ error }
 
 // stopAgent has an agent of node name stop its processes and exit,
 // bounded by the grace; then it is killed.
