@@ -34,6 +34,7 @@ type serveFlags struct {
 	monitorTimeout time.Duration
 	nodeTimeout    time.Duration
 	grace          time.Duration
+	relaunch       bool
 }
 
 func newServe(e *env) *cobra.Command {
@@ -51,6 +52,12 @@ run; the verbs find it there. Every connection is mutual TLS: only holders
 of those credentials get in. --http serves a read-only web dashboard at /
 (cluster map, jobs, instance output, timeline; live) and Prometheus
 metrics at /metrics.
+
+A node whose agent dies or falls silent (--node-timeout) is lost: its
+processes finish as lost, once each. Serve then launches its agent again
+(after 1s, doubling to 60s while relaunches fail; --relaunch=false turns
+this off) and the node rejoins under its name; drover nodes shows its
+restarts and the last reason.
 
 On the way out every process is stopped (SIGTERM, then SIGKILL after
 --grace), the agents exit and serve.json is removed. Only one serve runs
@@ -76,6 +83,7 @@ per DROVER_HOME.`,
 	fl.DurationVar(&f.monitorTimeout, "monitor-timeout", 30*time.Second, "an agent stops its processes and exits after this long without the manager")
 	fl.DurationVar(&f.nodeTimeout, "node-timeout", 5*time.Second, "the manager declares a silent node lost after this long")
 	fl.DurationVar(&f.grace, "grace", 10*time.Second, "time between SIGTERM and SIGKILL when stopping processes")
+	fl.BoolVar(&f.relaunch, "relaunch", true, "launch the agent of a lost node again (after 1s, doubling to 60s while relaunches fail); it rejoins under its name")
 	return cmd
 }
 
@@ -135,7 +143,7 @@ func runServe(e *env, f *serveFlags, listenChanged bool) error {
 		Register:       func(s *grpc.Server) { ctl.Register(s) },
 		OnNode:         cl.AddNode,
 		// A node lost under serve comes back: programs keep their cluster.
-		Relaunch: true,
+		Relaunch: f.relaunch,
 		OnLaunchFailure: func(lf manager.LaunchFailure) {
 			cl.AddFailedNode(lf.Node, lf.Reason)
 		},
