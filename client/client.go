@@ -400,6 +400,12 @@ type NodeInfo struct {
 	Resources     Resources `json:"resources"`
 	BusyHWThreads []int     `json:"busy_hwthreads"`
 	Processes     int       `json:"processes"`
+	// Restarts counts the times its agent was launched again after the
+	// node was lost; LastReason is why it was last lost, or why its last
+	// relaunch failed.
+	Restarts   int           `json:"restarts"`
+	LastReason string        `json:"last_reason,omitempty"`
+	RTT        time.Duration `json:"rtt_ns,omitempty"` // last heartbeat round trip
 }
 
 // Nodes lists the nodes that joined, in order.
@@ -425,6 +431,9 @@ func (c *Client) Nodes(ctx context.Context) ([]NodeInfo, error) {
 			Resources:     res,
 			BusyHWThreads: busy,
 			Processes:     int(n.GetProcesses()),
+			Restarts:      int(n.GetRestarts()),
+			LastReason:    n.GetLastReason(),
+			RTT:           time.Duration(n.GetRttUs()) * time.Microsecond,
 		})
 	}
 	return out, nil

@@ -2591,8 +2591,9 @@ type NodeInfo struct {
 	Resources     *Resources             `protobuf:"bytes,4,opt,name=resources,proto3" json:"resources,omitempty"`
 	BusyHwthreads []int32                `protobuf:"varint,5,rep,packed,name=busy_hwthreads,json=busyHwthreads,proto3" json:"busy_hwthreads,omitempty"`
 	Processes     int32                  `protobuf:"varint,6,opt,name=processes,proto3" json:"processes,omitempty"`
-	Restarts      int32                  `protobuf:"varint,7,opt,name=restarts,proto3" json:"restarts,omitempty"`        // times its agent was launched again
-	RttUs         int64                  `protobuf:"varint,8,opt,name=rtt_us,json=rttUs,proto3" json:"rtt_us,omitempty"` // last heartbeat round trip
+	Restarts      int32                  `protobuf:"varint,7,opt,name=restarts,proto3" json:"restarts,omitempty"`                      // times its agent was launched again
+	RttUs         int64                  `protobuf:"varint,8,opt,name=rtt_us,json=rttUs,proto3" json:"rtt_us,omitempty"`               // last heartbeat round trip
+	LastReason    string                 `protobuf:"bytes,9,opt,name=last_reason,json=lastReason,proto3" json:"last_reason,omitempty"` // why it was last lost, or its last relaunch failed
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2681,6 +2682,13 @@ func (x *NodeInfo) GetRttUs() int64 {
 		return x.RttUs
 	}
 	return 0
+}
+
+func (x *NodeInfo) GetLastReason() string {
+	if x != nil {
+		return x.LastReason
+	}
+	return ""
 }
 
 type NodesReply struct {
@@ -4665,7 +4673,7 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\a\n" +
 	"\x05Empty\"\x0e\n" +
-	"\fNodesRequest\"\xf6\x01\n" +
+	"\fNodesRequest\"\x97\x02\n" +
 	"\bNodeInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x14\n" +
@@ -4674,7 +4682,9 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\x0ebusy_hwthreads\x18\x05 \x03(\x05R\rbusyHwthreads\x12\x1c\n" +
 	"\tprocesses\x18\x06 \x01(\x05R\tprocesses\x12\x1a\n" +
 	"\brestarts\x18\a \x01(\x05R\brestarts\x12\x15\n" +
-	"\x06rtt_us\x18\b \x01(\x03R\x05rttUs\"7\n" +
+	"\x06rtt_us\x18\b \x01(\x03R\x05rttUs\x12\x1f\n" +
+	"\vlast_reason\x18\t \x01(\tR\n" +
+	"lastReason\"7\n" +
 	"\n" +
 	"NodesReply\x12)\n" +
 	"\x05nodes\x18\x01 \x03(\v2\x13.drover.v1.NodeInfoR\x05nodes\"\xca\x02\n" +

@@ -37,6 +37,7 @@ type serveFlags struct {
 	nodeTimeout    time.Duration
 	grace          time.Duration
 	joinListen     string
+	relaunch       bool
 }
 
 func newServe(e *env) *cobra.Command {
@@ -55,6 +56,12 @@ of those credentials get in. --http serves a read-only web dashboard at /
 (cluster map, jobs, instance output, timeline; live) and Prometheus
 metrics at /metrics. Nodes it cannot launch on join it with a one-time
 token from drover token (drover agent --join, at --join-listen).
+
+A node whose agent dies or falls silent (--node-timeout) is lost: its
+processes finish as lost, once each. Serve then launches its agent again
+(after 1s, doubling to 60s while relaunches fail; --relaunch=false turns
+this off) and the node rejoins under its name; drover nodes shows its
+restarts and the last reason.
 
 On the way out every process is stopped (SIGTERM, then SIGKILL after
 --grace), the agents exit and serve.json is removed. Only one serve runs
@@ -81,6 +88,7 @@ per DROVER_HOME.`,
 	fl.DurationVar(&f.nodeTimeout, "node-timeout", 5*time.Second, "the manager declares a silent node lost after this long")
 	fl.DurationVar(&f.grace, "grace", 10*time.Second, "time between SIGTERM and SIGKILL when stopping processes")
 	fl.StringVar(&f.joinListen, "join-listen", "", "address where nodes join with a token from drover token (default: the --listen host, a free port)")
+	fl.BoolVar(&f.relaunch, "relaunch", true, "launch the agent of a lost node again (after 1s, doubling to 60s while relaunches fail); it rejoins under its name")
 	return cmd
 }
 
@@ -146,6 +154,8 @@ func runServe(e *env, f *serveFlags, listenChanged bool) error {
 			joins.Register(s)
 		},
 		OnNode: cl.AddNode,
+		// A node lost under serve comes back: programs keep their cluster.
+		Relaunch: f.relaunch,
 		OnLaunchFailure: func(lf manager.LaunchFailure) {
 			cl.AddFailedNode(lf.Node, lf.Reason)
 		},

@@ -102,9 +102,13 @@ func newNodes(e *env) *cobra.Command {
 		Short: "List the nodes of the running drover serve",
 		Long: `Lists the nodes that joined the drover serve: state (up, busy, lost,
 error), cores, hardware threads, the hardware threads busy with bound
-processes and the number of processes. --json prints a JSON array of
-{"name", "state", "resources": {"node", "cores", "memory_bytes"},
-"busy_hwthreads", "processes"}.` + verbNote,
+processes, the number of processes, how many times the node's agent was
+launched again after the node was lost (serve relaunches it, waiting 1s,
+doubling to 60s while relaunches fail) and the last reason: why it was
+last lost, why its last relaunch failed, or why it could not be launched.
+--json prints a JSON array of {"name", "state", "error", "resources":
+{"node", "cores", "memory_bytes"}, "busy_hwthreads", "processes",
+"restarts", "last_reason", "rtt_ns"}.` + verbNote,
 		Example: `  drover nodes
   drover nodes --json | jq '.[].name'`,
 		Args: cobra.NoArgs,
@@ -118,17 +122,18 @@ processes and the number of processes. --json prints a JSON array of
 					return printJSON(e, nodes)
 				}
 				tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "NODE\tSTATE\tCORES\tHWTHREADS\tBUSY\tPROCESSES")
+				fmt.Fprintln(tw, "NODE\tSTATE\tCORES\tHWTHREADS\tBUSY\tPROCESSES\tRESTARTS\tLAST REASON")
 				for _, n := range nodes {
-					state := n.State
-					if n.Error != "" {
-						state += " (" + n.Error + ")"
-					}
 					hw := 0
 					for _, core := range n.Resources.Cores {
 						hw += len(core)
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%d\n", n.Name, state, len(n.Resources.Cores), hw, intList(n.BusyHWThreads, "-"), n.Processes)
+					reason := n.LastReason
+					if reason == "" && n.State == "error" {
+						reason = n.Error
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%d\t%d\t%s\n", n.Name, n.State, len(n.Resources.Cores), hw,
+						intList(n.BusyHWThreads, "-"), n.Processes, n.Restarts, shortReason(reason))
 				}
 				return tw.Flush()
 			})
@@ -137,6 +142,19 @@ processes and the number of processes. --json prints a JSON array of
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	addVerbFlags(cmd, vf)
 	return cmd
+}
+
+// shortReason keeps `drover nodes` to a line a node: the first line of
+// reason, cut at 60 characters; "-" when there is none.
+func shortReason(reason string) string {
+	reason, _, _ = strings.Cut(strings.TrimSpace(reason), "\n")
+	if reason == "" {
+		return "-"
+	}
+	if r := []rune(reason); len(r) > 60 {
+		reason = string(r[:59]) + "…"
+	}
+	return reason
 }
 
 func newStart(e *env) *cobra.Command {

@@ -24,6 +24,12 @@ type NodeInfo struct {
 	Resources     topology.Resources `json:"resources"`
 	BusyHWThreads []int              `json:"busy_hwthreads"`
 	Processes     int                `json:"processes"`
+	// Restarts counts the times its agent was launched again after the
+	// node was lost; LastReason is why it was last lost, or why its last
+	// relaunch failed.
+	Restarts   int           `json:"restarts"`
+	LastReason string        `json:"last_reason,omitempty"`
+	RTT        time.Duration `json:"rtt_ns,omitempty"` // last heartbeat round trip
 }
 
 // StartRequest is `drover start`.

@@ -130,6 +130,9 @@ type member struct {
 	lost  bool
 	procs map[string]*proc // not yet exited (starting or running)
 	views map[*view]struct{}
+	// restarts and reason: see NodeInfo.Restarts and LastReason.
+	restarts int
+	reason   string
 }
 
 type procState uint8
@@ -207,8 +210,17 @@ func (c *Cluster) AddNode(n node.Node) {
 		c.log.Warn("node joined after close; ignored", "node", m.name)
 		return
 	}
-	if old := c.byName[m.name]; old != nil && !old.lost {
-		c.log.Warn("node joined again; the new one replaces the old", "node", m.name)
+	if old := c.byName[m.name]; old != nil {
+		// A new incarnation: the old one's processes stay its own (their
+		// exits, "node lost" ones included, are delivered once); new
+		// starts of that name go to this one.
+		m.restarts, m.reason = old.restarts+1, old.reason
+		if !old.lost {
+			c.log.Warn("node joined again; the new one replaces the old", "node", m.name)
+		}
+		if m.reason == "" {
+			m.reason = lostReason(old.n.Health().Err)
+		}
 	}
 	c.members = append(c.members, m)
 	c.byName[m.name] = m
@@ -330,6 +342,7 @@ func (c *Cluster) lose(m *member) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	m.lost = true
+	m.reason = lostReason(m.n.Health().Err)
 	if c.byName[m.name] == m {
 		c.pool.RemoveNode(m.name)
 	}
@@ -346,6 +359,15 @@ func (c *Cluster) lose(m *member) {
 		v.lose()
 	}
 	c.log.Warn("node lost", "node", m.name, "processes", n)
+}
+
+// lostReason is why a node was lost, without the "node lost: " every
+// such error starts with.
+func lostReason(err error) string {
+	if err == nil {
+		return lostExitErr
+	}
+	return strings.TrimPrefix(err.Error(), errdefs.ErrNodeLost.Error()+": ")
 }
 
 func lostExit(p *proc, now time.Time) node.Exit {
@@ -469,13 +491,18 @@ func (c *Cluster) Nodes(ctx context.Context) ([]NodeInfo, error) {
 		if c.byName[m.name] != m {
 			continue
 		}
-		info := NodeInfo{Name: m.name, Resources: m.res, BusyHWThreads: []int{}, Processes: len(m.procs)}
+		h := m.n.Health()
+		info := NodeInfo{Name: m.name, Resources: m.res, BusyHWThreads: []int{}, Processes: len(m.procs),
+			Restarts: m.restarts, LastReason: m.reason, RTT: h.RTT}
 		switch {
-		case m.lost || m.n.Health().Lost():
+		case m.lost || h.Lost():
 			info.State = "lost"
 			info.Error = "node lost"
-			if err := m.n.Health().Err; err != nil {
+			if err := h.Err; err != nil {
 				info.Error = err.Error()
+			}
+			if info.LastReason == "" {
+				info.LastReason = lostReason(h.Err)
 			}
 		default:
 			info.BusyHWThreads = append(info.BusyHWThreads, c.pool.Busy(m.name)...)
@@ -496,10 +523,17 @@ func (c *Cluster) Nodes(ctx context.Context) ([]NodeInfo, error) {
 }
 
 // AddFailedNode lists a node that could not be launched, in state error
-// with the reason, until a node of that name joins.
+// with the reason, until a node of that name joins. For a node that
+// joined before (a failed relaunch) it counts a restart and keeps the
+// reason as its last.
 func (c *Cluster) AddFailedNode(name, reason string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if m := c.byName[name]; m != nil {
+		m.restarts++
+		m.reason = reason
+		return
+	}
 	c.failed = append(c.failed, NodeInfo{Name: name, State: "error", Error: reason, BusyHWThreads: []int{}})
 }
 

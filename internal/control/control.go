@@ -232,6 +232,9 @@ func (s *Server) Nodes(ctx context.Context, _ *droverpb.NodesRequest) (*droverpb
 			Resources:     droverpb.NewResources(n.Resources.Node, n.Resources.Cores, n.Resources.MemoryBytes),
 			BusyHwthreads: droverpb.Int32s(n.BusyHWThreads),
 			Processes:     int32(n.Processes),
+			Restarts:      int32(n.Restarts),
+			RttUs:         n.RTT.Microseconds(),
+			LastReason:    n.LastReason,
 		})
 	}
 	return out, nil

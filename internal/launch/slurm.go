@@ -130,8 +130,11 @@ type SlurmOptions struct {
 	Srun  string // "" = "srun"
 	Exe   string // the drover binary, at a path valid on every node
 	Nodes int
-	Env   []string  // srun's environment; nil = this process's
-	Logs  io.Writer // the agents' logs and srun's messages; nil = discard
+	// NodeList names the nodes of the step (srun --nodelist); "" lets
+	// srun pick them from the allocation.
+	NodeList string
+	Env      []string  // srun's environment; nil = this process's
+	Logs     io.Writer // the agents' logs and srun's messages; nil = discard
 	// OnTaskExit is told, from srun's messages, of a node whose agent
 	// exited (reason is srun's line).
 	OnTaskExit func(node, reason string)
@@ -186,6 +189,9 @@ func StartSrun(opts SlurmOptions, cfg *AgentConfig) (*Step, error) {
 		logs = io.Discard
 	}
 	args := SrunArgs(opts.Nodes, SrunSupportsOverlap(prog, env), opts.Exe)
+	if opts.NodeList != "" {
+		args = append([]string{"--nodelist=" + opts.NodeList}, args...)
+	}
 	cmd := exec.Command(prog, args...)
 	cmd.Env = env
 	cmd.Stdout = logs

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -42,10 +43,29 @@ type Options struct {
 	// OnNode is told of every node that joins (drover serve's cluster).
 	OnNode func(node.Node)
 	// OnLaunchFailure is told of every node that could not be launched or
-	// whose agent ended before it joined; it may be called from several
-	// goroutines at once.
+	// whose agent ended before it joined, and of every failed relaunch; it
+	// may be called from several goroutines at once.
 	OnLaunchFailure func(LaunchFailure)
+	// Relaunch: a node that joined and is then lost (its agent died or
+	// fell silent) is launched again by its launcher, after a delay that
+	// starts at RelaunchMin and doubles up to RelaunchMax while relaunches
+	// fail. It rejoins under its name as a new node (OnNode again).
+	Relaunch bool
+	// After waits between relaunches; nil is time.After. Tests count the
+	// delays with it.
+	After func(time.Duration) <-chan time.Time
 }
+
+// Relaunch delays: the first relaunch waits RelaunchMin, each one that
+// fails doubles the wait, up to RelaunchMax. A node that stayed up for
+// RelaunchMax starts again from RelaunchMin.
+const (
+	RelaunchMin = time.Second
+	RelaunchMax = time.Minute
+)
+
+// relaunchJoin bounds the wait for a relaunched agent to join.
+const relaunchJoin = 30 * time.Second
 
 // LaunchFailure is a node (or, for ssh, the host as given) that did not
 // join, and why.
@@ -59,7 +79,15 @@ type expected struct {
 	agent  launch.Agent
 	joined bool
 	failed bool
+	own    bool // agent serves this node only: it may be stopped for it
+	// relaunched: started by the node's keeper, which reports its failure.
+	relaunched bool
+	node       *wire.RemoteNode // once joined
+	up         chan struct{}    // closed once joined
 }
+
+// relauncher starts a new agent for one node.
+type relauncher func(ctx context.Context) (launch.Agent, error)
 
 // Manager owns the listener, the agent sessions and the launched agents.
 type Manager struct {
@@ -79,6 +107,12 @@ type Manager struct {
 	expect   map[string]*expected
 	failures []LaunchFailure
 	claimed  map[string]string // node name -> host it was launched on (ssh)
+
+	relaunch map[string]relauncher // by node name, when Options.Relaunch
+	keeping  map[string]bool       // node names whose keeper runs
+	quit     chan struct{}         // closed by Close: no more relaunches
+	quitOnce sync.Once
+	keepers  sync.WaitGroup
 }
 
 // New makes the credentials, listens and starts serving.
@@ -114,7 +148,11 @@ func New(opts Options) (*Manager, error) {
 		return nil, fmt.Errorf("manager: %w", err)
 	}
 	m := &Manager{opts: opts, log: log, ca: ca, lis: lis, served: make(chan struct{}), changed: make(chan struct{}, 1),
-		expect: make(map[string]*expected), claimed: make(map[string]string)}
+		expect: make(map[string]*expected), claimed: make(map[string]string),
+		relaunch: make(map[string]relauncher), keeping: make(map[string]bool), quit: make(chan struct{})}
+	if m.opts.After == nil {
+		m.opts.After = time.After
+	}
 	m.server = wire.NewServer(wire.ServerOptions{
 		NodeTimeout:    opts.NodeTimeout,
 		MonitorTimeout: opts.MonitorTimeout,
@@ -165,10 +203,24 @@ func (m *Manager) join(n *wire.RemoteNode) {
 	m.log.Info("node up", "node", n.Name(), "cores", len(n.Resources().Cores), "version", n.Version())
 	m.mu.Lock()
 	m.joined = append(m.joined, n)
-	if e := m.expect[n.Name()]; e != nil {
-		e.joined = true
+	var keep *expected
+	if e := m.expect[n.Name()]; e != nil && !e.joined {
+		e.joined, e.node = true, n
+		close(e.up)
+		if m.relaunch[n.Name()] != nil && !m.keeping[n.Name()] {
+			select {
+			case <-m.quit:
+			default:
+				m.keeping[n.Name()] = true
+				m.keepers.Add(1)
+				keep = e
+			}
+		}
 	}
 	m.mu.Unlock()
+	if keep != nil {
+		go m.keep(n.Name(), keep)
+	}
 	if m.opts.OnNode != nil {
 		m.opts.OnNode(n)
 	}
@@ -229,18 +281,42 @@ func (m *Manager) LaunchLocal(name string) error {
 	if err != nil {
 		return err
 	}
+	m.setRelauncher(name, func(context.Context) (launch.Agent, error) {
+		cfg, err := m.AgentConfig(name)
+		if err != nil {
+			return nil, err
+		}
+		return launch.StartLocal(exe, cfg, m.opts.AgentLogs)
+	})
 	m.addAgent(c, name)
 	return nil
 }
 
+// setRelauncher records how to launch node name again (with
+// Options.Relaunch).
+func (m *Manager) setRelauncher(name string, r relauncher) {
+	if !m.opts.Relaunch {
+		return
+	}
+	m.mu.Lock()
+	m.relaunch[name] = r
+	m.mu.Unlock()
+}
+
 // addAgent follows a launched agent that runs the nodes names.
-func (m *Manager) addAgent(a launch.Agent, names ...string) {
+func (m *Manager) addAgent(a launch.Agent, names ...string) { m.follow(a, false, names...) }
+
+// follow follows a launched agent that runs the nodes names and returns
+// the last one's entry. The failure of a relaunched one to join is its
+// keeper's to report.
+func (m *Manager) follow(a launch.Agent, relaunched bool, names ...string) *expected {
 	m.mu.Lock()
 	m.children = append(m.children, a)
+	var e *expected
 	for _, n := range names {
-		e := &expected{agent: a}
+		e = &expected{agent: a, own: len(names) == 1, relaunched: relaunched, up: make(chan struct{})}
 		for _, f := range m.failures { // failed while being launched
-			if f.Node == n {
+			if f.Node == n && !relaunched {
 				e.failed = true
 			}
 		}
@@ -258,7 +334,7 @@ func (m *Manager) addAgent(a launch.Agent, names ...string) {
 			if e == nil || e.agent != a {
 				continue
 			}
-			if !e.joined && !e.failed {
+			if !e.joined && !e.failed && !e.relaunched {
 				failed = append(failed, n)
 			}
 			if e.joined && a.Ended() {
@@ -285,6 +361,7 @@ func (m *Manager) addAgent(a launch.Agent, names ...string) {
 		}
 		m.signal()
 	}()
+	return e
 }
 
 // taskEnded: the launcher saw the agent of one of its nodes end while
@@ -463,6 +540,8 @@ func (m *Manager) WaitNodes(ctx context.Context, n int) ([]node.Node, error) {
 // Close shuts every agent down (they stop their processes with the grace
 // and exit), waits for launched agents, and stops serving.
 func (m *Manager) Close(ctx context.Context) error {
+	m.quitOnce.Do(func() { close(m.quit) })
+	m.keepers.Wait()
 	var wg sync.WaitGroup
 	for _, n := range m.Nodes() {
 		wg.Go(func() {
@@ -489,4 +568,133 @@ func (m *Manager) Close(ctx context.Context) error {
 	m.grpc.Stop()
 	<-m.served
 	return errors.Join(errs...)
+}
+
+// keep relaunches node name each time it is lost, until Close. e is the
+// launch whose agent joined first.
+func (m *Manager) keep(name string, e *expected) {
+	defer m.keepers.Done()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-m.quit:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	m.mu.Lock()
+	r := m.relaunch[name]
+	m.mu.Unlock()
+	log := m.log.With("node", name)
+	delay := time.Duration(0)
+	for {
+		rn, a, own, since := e.node, e.agent, e.own, time.Now()
+		select {
+		case <-rn.Gone():
+		case <-ctx.Done():
+			return
+		}
+		if rn.Left() || ctx.Err() != nil {
+			return // shut down in order: not lost
+		}
+		reason := lostReason(rn.Err())
+		if time.Since(since) >= RelaunchMax {
+			delay = 0 // it was up for a good while: start over
+		}
+		if own {
+			// Its agent may still run (silent, not dead): it stops the
+			// processes of the lost node, whose exits were reported
+			// lost already, and goes.
+			m.stopAgent(ctx, name, a)
+		}
+		for {
+			delay = min(max(2*delay, RelaunchMin), RelaunchMax)
+			log.Warn("relaunching node", "reason", reason, "in", delay)
+			select {
+			case <-m.opts.After(delay):
+			case <-ctx.Done():
+				return
+			}
+			next, err := m.relaunchOnce(ctx, name, r)
+			if ctx.Err() != nil {
+				return
+			}
+			if err != nil {
+				reason = err.Error()
+				m.relaunchFailed(name, reason)
+				continue
+			}
+			e = next
+			log.Info("node relaunched")
+			break
+		}
+	}
+}
+
+// relaunchOnce starts an agent for name and waits for it to join.
+func (m *Manager) relaunchOnce(ctx context.Context, name string, r relauncher) (*expected, error) {
+	a, err := r(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("relaunch: %w", err)
+	}
+	e := m.follow(a, true, name)
+	t := time.NewTimer(relaunchJoin)
+	defer t.Stop()
+	select {
+	case <-e.up:
+		return e, nil
+	case <-a.Done():
+		select {
+		case <-e.up: // joined, and has ended already: lost at once
+			return e, nil
+		default:
+		}
+		err = fmt.Errorf("relaunched agent exited before it joined")
+		if aerr := a.Err(); aerr != nil {
+			err = fmt.Errorf("%w: %v", err, aerr)
+		}
+	case <-t.C:
+		err = fmt.Errorf("relaunched agent did not join within %v", relaunchJoin)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	m.stopAgent(ctx, name, a)
+	return nil, err
+}
+
+// stopAgent has an agent of node name stop its processes and exit,
+// bounded by the grace; then it is killed.
+func (m *Manager) stopAgent(ctx context.Context, name string, a launch.Agent) {
+	select {
+	case <-a.Done():
+		return
+	default:
+	}
+	ctx, cancel := context.WithTimeout(ctx, m.opts.Grace+10*time.Second)
+	defer cancel()
+	if err := a.Stop(ctx); err != nil {
+		m.log.Warn("stop the agent of a lost node", "node", name, "err", err)
+	}
+}
+
+// relaunchFailed reports a relaunch that did not bring the node back.
+func (m *Manager) relaunchFailed(name, reason string) {
+	m.log.Error("node relaunch failed", "node", name, "reason", reason)
+	if m.opts.OnLaunchFailure != nil {
+		m.opts.OnLaunchFailure(LaunchFailure{Node: name, Reason: reason})
+	}
+}
+
+// lostReason is why a node was lost, without the "node lost: " every
+// such error starts with.
+func lostReason(err error) string {
+	if err == nil {
+		return "lost"
+	}
+	s := err.Error()
+	if r, ok := strings.CutPrefix(s, errdefs.ErrNodeLost.Error()+": "); ok {
+		return r
+	}
+	return s
 }

@@ -94,6 +94,14 @@ func (m *Manager) LaunchSSH(ctx context.Context, hosts []string, o SSHLaunch) (i
 				m.log.Info("deployed agent binary", "host", host, "node", name, "bytes", bin.Size, "sha256", bin.SHA256[:12])
 			}
 			m.log.Info("agent started", "host", host, "node", name, "took", time.Since(t0).Round(time.Millisecond))
+			m.setRelauncher(name, func(ctx context.Context) (launch.Agent, error) {
+				return launch.StartSSH(ctx, opts, host, func(h launch.Hello) (*launch.AgentConfig, error) {
+					if h.Hostname != name {
+						return nil, fmt.Errorf("host now reports hostname %q, not %q", h.Hostname, name)
+					}
+					return m.sshConfig(host, h)
+				})
+			})
 			m.addAgent(r, name)
 			mu.Lock()
 			started++
@@ -163,25 +171,9 @@ func (m *Manager) LaunchSlurm(alloc *launch.Allocation, o SlurmLaunch) error {
 	if err != nil {
 		return err
 	}
-	cands := m.Candidates()
-	cfg := &launch.AgentConfig{
-		Manager:        cands[0],
-		ManagerAddrs:   cands,
-		MonitorTimeout: m.opts.MonitorTimeout,
-		Grace:          m.opts.Grace,
-		LogLevel:       m.opts.AgentLogLevel,
-		Nodes:          make(map[string]*creds.Bundle, len(alloc.Nodes)),
-		CPUs:           alloc.CPUs,
-		// Even where the nodes share a file system, the results dir need
-		// not be on it: results travel over the sessions.
-		RemoteFS: true,
-	}
-	for _, n := range alloc.Nodes {
-		b, err := m.ca.Issue(creds.RoleAgent, n, nil)
-		if err != nil {
-			return fmt.Errorf("credentials for agent %s: %w", n, err)
-		}
-		cfg.Nodes[n] = b
+	cfg, err := m.slurmConfig(alloc, alloc.Nodes)
+	if err != nil {
+		return err
 	}
 	step, err := launch.StartSrun(launch.SlurmOptions{
 		Srun:       o.Srun,
@@ -197,6 +189,48 @@ func (m *Manager) LaunchSlurm(alloc *launch.Allocation, o SlurmLaunch) error {
 		}
 		return err
 	}
+	for _, n := range alloc.Nodes {
+		// A node comes back as a step of its own, beside the others'.
+		m.setRelauncher(n, func(context.Context) (launch.Agent, error) {
+			cfg, err := m.slurmConfig(alloc, []string{n})
+			if err != nil {
+				return nil, err
+			}
+			return launch.StartSrun(launch.SlurmOptions{
+				Srun:     o.Srun,
+				Exe:      exe,
+				Nodes:    1,
+				NodeList: n,
+				Env:      o.Env,
+				Logs:     m.opts.AgentLogs,
+			}, cfg)
+		})
+	}
 	m.addAgent(step, alloc.Nodes...)
 	return nil
+}
+
+// slurmConfig is the many-node agent config for nodes of alloc.
+func (m *Manager) slurmConfig(alloc *launch.Allocation, nodes []string) (*launch.AgentConfig, error) {
+	cands := m.Candidates()
+	cfg := &launch.AgentConfig{
+		Manager:        cands[0],
+		ManagerAddrs:   cands,
+		MonitorTimeout: m.opts.MonitorTimeout,
+		Grace:          m.opts.Grace,
+		LogLevel:       m.opts.AgentLogLevel,
+		Nodes:          make(map[string]*creds.Bundle, len(nodes)),
+		CPUs:           alloc.CPUs,
+		// Even where the nodes share a file system, the results dir need
+		// not be on it: results travel over the sessions.
+		RemoteFS: true,
+	}
+	for _, n := range nodes {
+		b, err := m.ca.Issue(creds.RoleAgent, n, nil)
+		if err != nil {
+			return nil, fmt.Errorf("credentials for agent %s: %w", n, err)
+		}
+		cfg.Nodes[n] = b
+	}
+	return cfg, nil
 }

@@ -650,6 +650,13 @@ func (a *agentRun) sendLoop(ctx context.Context, stream droverpb.AgentSession_Co
 	hbDue := false
 	for {
 		for {
+			// A heartbeat due goes with the next message even while
+			// exits and results keep the loop busy.
+			select {
+			case <-tick.C:
+				hbDue = true
+			default:
+			}
 			m, closeSend := a.collect(hbDue)
 			hbDue = false
 			if m != nil {

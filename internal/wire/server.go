@@ -289,8 +289,10 @@ type RemoteNode struct {
 	mu        sync.Mutex
 	att       *attachment // current stream; nil while disconnected
 	lost      bool
+	left      bool // lost by the orderly end of its session
 	lostErr   error
 	lastHeard time.Time
+	receiving bool        // a message of the current stream is being processed
 	timer     *time.Timer // NodeTimeout watchdog
 
 	nextID  uint64
@@ -408,6 +410,7 @@ func (n *RemoteNode) resume(opts ServerOptions) *attachment {
 	}
 	att.wakeup() // the Welcome
 	n.att = att
+	n.receiving = false
 	n.lastHeard = time.Now() // the Hello
 	n.unsent, n.cancels = n.unsent[:0], n.cancels[:0]
 	for id, c := range n.calls {
@@ -427,7 +430,7 @@ func (n *RemoteNode) detach(att *attachment, err error) {
 	n.mu.Lock()
 	current := n.att == att
 	if current {
-		n.att = nil
+		n.att, n.receiving = nil, false
 	}
 	lost := n.lost
 	n.mu.Unlock()
@@ -441,6 +444,12 @@ func (n *RemoteNode) detach(att *attachment, err error) {
 func (n *RemoteNode) checkAlive() {
 	n.mu.Lock()
 	if n.lost {
+		n.mu.Unlock()
+		return
+	}
+	if n.receiving && n.att != nil {
+		// Still writing what the agent sent: the wait is ours.
+		n.timer.Reset(n.timeout)
 		n.mu.Unlock()
 		return
 	}
@@ -507,6 +516,7 @@ func (n *RemoteNode) loseLocked(reason string) {
 	close(n.ready)
 	close(n.gone)
 	if reason == reasonEnded {
+		n.left = true
 		n.log.Info("node left", "reason", reason)
 		return
 	}
@@ -526,6 +536,10 @@ func (n *RemoteNode) recvLoop(att *attachment, stream droverpb.AgentSession_Conn
 		if err != nil {
 			return err
 		}
+		// Heard now, not once the message is processed: writing its
+		// results may take a while on a busy machine, and that delay is
+		// ours, not a silence of the agent.
+		n.heard(att)
 		// Results are written before their exits are delivered, and the
 		// next message is not read meanwhile: the agent's sends wait
 		// (flow control), so a big output streams through a little memory.
@@ -534,6 +548,16 @@ func (n *RemoteNode) recvLoop(att *attachment, stream droverpb.AgentSession_Conn
 			return errDetached
 		}
 	}
+}
+
+// heard notes that a message from att has arrived.
+func (n *RemoteNode) heard(att *attachment) {
+	n.mu.Lock()
+	if n.att == att {
+		n.lastHeard = time.Now()
+		n.receiving = true
+	}
+	n.mu.Unlock()
 }
 
 // handle applies one AgentMsg; false when att is no longer current.
@@ -546,6 +570,7 @@ func (n *RemoteNode) handle(att *attachment, m *droverpb.AgentMsg, resultErrs ma
 		return false
 	}
 	n.lastHeard = time.Now()
+	n.receiving = false
 	for _, r := range m.GetReplies() {
 		c := n.calls[r.GetId()]
 		if c == nil {
@@ -613,6 +638,13 @@ func (n *RemoteNode) sendLoop(att *attachment, stream droverpb.AgentSession_Conn
 			return nil
 		}
 		for {
+			// A heartbeat due goes with the next message even while
+			// commands keep the loop busy.
+			select {
+			case <-tick.C:
+				hbDue = true
+			default:
+			}
 			m := n.collect(att, hbDue)
 			hbDue = false
 			if m == nil {
@@ -789,6 +821,14 @@ func (n *RemoteNode) Err() error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.lostErr
+}
+
+// Left reports whether the node's agent ended its session in order
+// (after a Shutdown) rather than being lost.
+func (n *RemoteNode) Left() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.left
 }
 
 // Gone is closed when the node is lost.
