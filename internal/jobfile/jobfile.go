@@ -29,6 +29,7 @@ package jobfile
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -77,9 +78,16 @@ type File struct {
 // Load reads the job file at path and parses it. A read failure is returned
 // as is (it names the path); problems in the content are an Errors.
 func Load(path string) (*File, error) {
-	data, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
+	}
+	defer f.Close()
+	// One byte past the limit is enough to refuse the file: a huge one (or
+	// a device) is never read whole.
+	data, err := io.ReadAll(io.LimitReader(f, MaxFileBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
 	}
 	return Parse(path, data)
 }
@@ -93,6 +101,14 @@ func Parse(path string, data []byte) (*File, error) {
 		return nil, fmt.Errorf("jobfile: directory of %s: %w", path, err)
 	}
 	r := &reporter{file: path}
+	if len(data) > MaxFileBytes {
+		r.at(pos{1, 1}, "the job file is larger than %s; drover reads at most %s", SizeString(MaxFileBytes), SizeString(MaxFileBytes))
+		return nil, r.err()
+	}
+	if at, msg := prescan(data); msg != "" {
+		r.at(at, "%s", msg)
+		return nil, r.err()
+	}
 	jobs := parse(r, data, dir)
 	if err := r.err(); err != nil {
 		return nil, err
