@@ -229,7 +229,7 @@ func (s *submission) end(sum *results.Summary, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if sum != nil {
-		for _, in := range sum.Instances {
+		for in := range sum.NotSucceeded() {
 			info := s.byInst[in.Name]
 			if info == nil {
 				continue
