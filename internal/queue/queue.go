@@ -1017,7 +1017,7 @@ func (r *runner) progress() {
 func (r *runner) summary() *results.Summary {
 	c := r.counts
 	s := &results.Summary{Start: c.Start, End: time.Now(), StoppedBecause: r.stopped,
-		Total: c.Succeeded + c.Failed + c.Lost + c.Cancelled + c.Skipped,
+		Total:     c.Succeeded + c.Failed + c.Lost + c.Cancelled + c.Skipped,
 		Succeeded: c.Succeeded, Failed: c.Failed, Lost: c.Lost, Cancelled: c.Cancelled, Skipped: c.Skipped}
 	for _, i := range r.inOrder() {
 		if st := outcomeStates[r.done[i].state]; st != results.StateSucceeded && st != results.StateSkipped {
