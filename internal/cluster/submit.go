@@ -25,6 +25,10 @@ const (
 	JobRunning = "running"
 )
 
+// MaxSubmitInstances bounds one submission: the serve keeps a record of
+// each instance for `drover jobs`, and the reply names them all.
+const MaxSubmitInstances = 100_000
+
 // submission is one Submit: a queue.Run over views of the nodes.
 type submission struct {
 	num    int
@@ -66,6 +70,14 @@ func (c *Cluster) Submit(ctx context.Context, file *jobfile.File) ([]string, err
 	}
 	if file == nil || len(file.Jobs) == 0 {
 		return nil, fmt.Errorf("submit: %w: no jobs", ErrInvalid)
+	}
+	total := 0
+	for i := range file.Jobs {
+		total += max(file.Jobs[i].Repeat, 1)
+	}
+	if total > MaxSubmitInstances {
+		return nil, fmt.Errorf("submit: %w: %d instances, at most %d in one submission (drover run takes up to %d)",
+			ErrInvalid, total, MaxSubmitInstances, jobfile.MaxInstances)
 	}
 	s := &submission{base: file.Dir, byInst: make(map[string]*JobInfo), done: make(chan struct{}), stopped: make(chan struct{})}
 	for i := range file.Jobs {
