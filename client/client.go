@@ -651,7 +651,7 @@ func (c *Client) SetLogLevel(ctx context.Context, node, level string) error {
 // relative files and work dirs resolve against its directory, on the
 // manager's machine.
 func (c *Client) Submit(ctx context.Context, path string) ([]string, error) {
-	data, err := os.ReadFile(path)
+	data, err := jobfile.ReadFile(path)
 	if err != nil {
 		return nil, &invalidError{err}
 	}

@@ -78,18 +78,27 @@ type File struct {
 // Load reads the job file at path and parses it. A read failure is returned
 // as is (it names the path); problems in the content are an Errors.
 func Load(path string) (*File, error) {
+	data, err := ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return Parse(path, data)
+}
+
+// ReadFile reads a job file for Parse, but no more than a byte past
+// MaxFileBytes, which is enough for Parse to refuse it: a huge file (or a
+// device) is never read whole.
+func ReadFile(path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	// One byte past the limit is enough to refuse the file: a huge one (or
-	// a device) is never read whole.
 	data, err := io.ReadAll(io.LimitReader(f, MaxFileBytes+1))
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", path, err)
 	}
-	return Parse(path, data)
+	return data, nil
 }
 
 // Parse parses and checks the job file content data; path names it in
