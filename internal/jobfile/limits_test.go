@@ -132,7 +132,7 @@ func TestLargeFileRefused(t *testing.T) {
 	if !errors.As(err, &es) || len(es) != 1 || !strings.Contains(es[0].Msg, "larger than") {
 		t.Fatalf("got %v", err)
 	}
-	if alloc > 4*MaxFileBytes {
+	if alloc > 8*MaxFileBytes {
 		t.Fatalf("Load of a 1 GiB file allocated %d bytes", alloc)
 	}
 }
