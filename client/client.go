@@ -22,7 +22,7 @@
 //
 // Errors of the manager come back typed: test them with errors.Is against
 // ErrNotFound, ErrUnknownNode, ErrExists, ErrRunning, ErrNotRunning,
-// ErrNoCores, ErrInvalid, ErrNodeLost and ErrShuttingDown; connection
+// ErrBusy, ErrInvalid, ErrNodeLost and ErrShuttingDown; connection
 // problems are ErrNoServe (nothing listens, or serve.json is stale),
 // ErrRefused (the credentials do not fit that manager) or ErrUnavailable.
 package client
@@ -804,7 +804,7 @@ func (c *Client) SetLogLevel(ctx context.Context, node, level string) error {
 // relative files and work dirs resolve against its directory, on the
 // manager's machine.
 func (c *Client) Submit(ctx context.Context, path string) ([]string, error) {
-	data, err := os.ReadFile(path)
+	data, err := jobfile.ReadFile(path)
 	if err != nil {
 		return nil, &invalidError{err}
 	}

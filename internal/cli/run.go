@@ -454,7 +454,7 @@ func printSummary(e *env, s *results.Summary, dir string) {
 	}
 	fmt.Fprintf(&b, "; results in %s\n", dir)
 	shown := 0
-	for _, in := range s.Instances {
+	for in := range s.NotSucceeded() {
 		if in.State != results.StateFailed && in.State != results.StateLost {
 			continue
 		}

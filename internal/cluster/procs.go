@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/drover-hpc/drover/internal/errdefs"
+	"github.com/drover-hpc/drover/internal/jobfile"
 	"github.com/drover-hpc/drover/internal/node"
 )
 
@@ -38,6 +39,12 @@ func (c *Cluster) Start(ctx context.Context, req StartRequest) (StartResult, err
 	}
 	if req.Cores > 0 && len(req.HWThreads) > 0 {
 		return StartResult{}, fmt.Errorf("%s: %w: cores and hwthreads together", op, errdefs.ErrInvalid)
+	}
+	// A start the session cannot carry would break the node's session, and
+	// every other process on the node would be reported lost.
+	if n := jobfile.ArgsEnvBytes(spec.Args, spec.Env); n > jobfile.MaxArgsEnvBytes {
+		return StartResult{}, fmt.Errorf("%s: %w: %s of arguments and environment, at most %s can be passed to a process",
+			op, errdefs.ErrInvalid, jobfile.SizeString(n), jobfile.SizeString(jobfile.MaxArgsEnvBytes))
 	}
 	procDir := filepath.Join(c.opts.Home, "procs", spec.Name)
 	stdout, err := outputPath(spec.Stdout, spec.Dir, filepath.Join(procDir, "stdout"))
@@ -511,6 +518,10 @@ func (c *Cluster) SetEnv(ctx context.Context, nodeName, key, value string) error
 	m, err := c.member("set env "+key, nodeName)
 	if err != nil {
 		return err
+	}
+	if n := len(key) + len(value) + 2; n > jobfile.MaxArgsEnvBytes {
+		return fmt.Errorf("set env %s on %s: %w: %s, at most %s can be passed to a process",
+			key, nodeName, errdefs.ErrInvalid, jobfile.SizeString(n), jobfile.SizeString(jobfile.MaxArgsEnvBytes))
 	}
 	return c.nodeCallErr(m, m.n.SetEnv(ctx, key, value))
 }

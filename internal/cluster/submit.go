@@ -26,6 +26,10 @@ const (
 	JobRunning = "running"
 )
 
+// MaxSubmitInstances bounds one submission: the serve keeps a record of
+// each instance for `drover jobs`, and the reply names them all.
+const MaxSubmitInstances = 100_000
+
 // submission is one Submit: a queue.Run over views of the nodes.
 type submission struct {
 	num    int
@@ -67,6 +71,14 @@ func (c *Cluster) Submit(ctx context.Context, file *jobfile.File) ([]string, err
 	}
 	if file == nil || len(file.Jobs) == 0 {
 		return nil, fmt.Errorf("submit: %w: no jobs", errdefs.ErrInvalid)
+	}
+	total := 0
+	for i := range file.Jobs {
+		total += max(file.Jobs[i].Repeat, 1)
+	}
+	if total > MaxSubmitInstances {
+		return nil, fmt.Errorf("submit: %w: %d instances, at most %d in one submission (drover run takes up to %d)",
+			errdefs.ErrInvalid, total, MaxSubmitInstances, jobfile.MaxInstances)
 	}
 	s := &submission{base: file.Dir, byInst: make(map[string]*JobInfo), done: make(chan struct{}), stopped: make(chan struct{})}
 	for i := range file.Jobs {
@@ -233,7 +245,7 @@ func (s *submission) end(sum *results.Summary, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if sum != nil {
-		for _, in := range sum.Instances {
+		for in := range sum.NotSucceeded() {
 			info := s.byInst[in.Name]
 			if info == nil {
 				continue

@@ -83,6 +83,7 @@ func (j *Job) check(r *reporter, l *locs) {
 			r.at(l.val("node"), "node contains a NUL byte")
 		}
 	}
+	j.checkSize(r, l)
 	if l.ok("workdir") {
 		switch {
 		case l.given("workdir") && j.Workdir == "":
@@ -309,6 +310,47 @@ func checkNames(r *reporter, jobs []Job, ls []*locs) {
 			r.at(at(i), "job name %s is also the name of instance %d of job %s (line %d)", quote(name), n, quote(family), at(f).line)
 		} else {
 			r.at(at(f), "instance %d of job %s is named %s, like the job at line %d", n, quote(family), quote(name), at(i).line)
+		}
+	}
+}
+
+// checkSize refuses a job whose instances would pass more argv and env
+// than a start can carry (MaxArgsEnvBytes). The last instance has the
+// longest {index}.
+func (j *Job) checkSize(r *reporter, l *locs) {
+	if !l.ok("command") || !l.ok("shell") || !l.ok("setup") || !l.ok("env") {
+		return
+	}
+	last := j
+	if j.Repeat < 1 {
+		c := *j
+		c.Repeat = 1
+		last = &c
+	}
+	args := ArgsEnvBytes(last.Instance(last.Repeat-1).Args, nil)
+	env := ArgsEnvBytes(nil, j.Env)
+	if args+env <= MaxArgsEnvBytes {
+		return
+	}
+	at := l.val("command")
+	if j.Command == nil {
+		at = l.val("shell")
+	}
+	if env > args {
+		at = l.val("env")
+	}
+	r.at(at, "each instance would pass %s of command and env (%s command, %s env); at most %s can be passed to a process",
+		SizeString(args+env), SizeString(args), SizeString(env), SizeString(MaxArgsEnvBytes))
+}
+
+// checkTotal refuses a file with more instances than a run can hold.
+func checkTotal(r *reporter, jobs []Job, ls []*locs) {
+	total := 0
+	for i := range jobs {
+		total += max(jobs[i].Repeat, 1)
+		if total > MaxInstances {
+			r.at(ls[i].val("repeat"), "the jobs up to this one have %d instances; a job file may have at most %d", total, MaxInstances)
+			return
 		}
 	}
 }

@@ -134,6 +134,7 @@ func parse(r *reporter, data []byte, dir string) []Job {
 		j.check(r, l)
 	}
 	checkNames(r, jobs, ls)
+	checkTotal(r, jobs, ls)
 	return jobs
 }
 

@@ -2,7 +2,7 @@ package jobfile
 
 import (
 	"fmt"
-	"sort"
+	"hash/fnv"
 	"strings"
 	"unicode/utf8"
 
@@ -65,23 +65,29 @@ func (p pos) before(q pos) bool {
 }
 
 // reporter collects problems. It drops exact repeats, which aliases cause
-// when one anchored node is used, and so checked, several times.
+// when one anchored node is used, and so checked, several times. It keeps
+// the maxShown earliest in the file and counts the rest, so a file with
+// a problem on every line costs little to report.
 type reporter struct {
 	file string
 	errs Errors
-	seen map[Error]bool
+	more int
+	seen map[uint64]bool // hashes of every problem reported
 }
 
 func (r *reporter) at(p pos, format string, args ...any) {
-	e := Error{File: r.file, Line: p.line, Col: p.col, Msg: fmt.Sprintf(format, args...)}
-	if r.seen[e] {
+	e := &Error{File: r.file, Line: p.line, Col: p.col, Msg: fmt.Sprintf(format, args...)}
+	h := fnv.New64a()
+	fmt.Fprintf(h, "%d:%d:%s", e.Line, e.Col, e.Msg)
+	sum := h.Sum64()
+	if r.seen[sum] {
 		return
 	}
 	if r.seen == nil {
-		r.seen = make(map[Error]bool)
+		r.seen = make(map[uint64]bool)
 	}
-	r.seen[e] = true
-	r.errs = append(r.errs, &e)
+	r.seen[sum] = true
+	r.keep(e)
 }
 
 // err returns the problems sorted by position, or nil when there are none.
@@ -89,11 +95,7 @@ func (r *reporter) err() error {
 	if len(r.errs) == 0 {
 		return nil
 	}
-	sort.SliceStable(r.errs, func(a, b int) bool {
-		ea, eb := r.errs[a], r.errs[b]
-		return pos{ea.Line, ea.Col}.before(pos{eb.Line, eb.Col})
-	})
-	return r.errs
+	return r.sorted()
 }
 
 // quote quotes s for a message, shortened so a long value cannot bury it.

@@ -29,6 +29,7 @@ package jobfile
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -77,11 +78,27 @@ type File struct {
 // Load reads the job file at path and parses it. A read failure is returned
 // as is (it names the path); problems in the content are an Errors.
 func Load(path string) (*File, error) {
-	data, err := os.ReadFile(path)
+	data, err := ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
 	return Parse(path, data)
+}
+
+// ReadFile reads a job file for Parse, but no more than a byte past
+// MaxFileBytes, which is enough for Parse to refuse it: a huge file (or a
+// device) is never read whole.
+func ReadFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, MaxFileBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	return data, nil
 }
 
 // Parse parses and checks the job file content data; path names it in
@@ -93,6 +110,14 @@ func Parse(path string, data []byte) (*File, error) {
 		return nil, fmt.Errorf("jobfile: directory of %s: %w", path, err)
 	}
 	r := &reporter{file: path}
+	if len(data) > MaxFileBytes {
+		r.at(pos{1, 1}, "the job file is larger than %s; drover reads at most %s", SizeString(MaxFileBytes), SizeString(MaxFileBytes))
+		return nil, r.err()
+	}
+	if at, msg := prescan(data); msg != "" {
+		r.at(at, "%s", msg)
+		return nil, r.err()
+	}
 	jobs := parse(r, data, dir)
 	if err := r.err(); err != nil {
 		return nil, err

@@ -23,6 +23,7 @@ import (
 	"github.com/drover-hpc/drover/api/droverpb"
 	"github.com/drover-hpc/drover/internal/creds"
 	"github.com/drover-hpc/drover/internal/errdefs"
+	"github.com/drover-hpc/drover/internal/jobfile"
 	"github.com/drover-hpc/drover/internal/launch"
 	"github.com/drover-hpc/drover/internal/node"
 	"github.com/drover-hpc/drover/internal/wire"
@@ -169,6 +170,10 @@ func New(opts Options) (*Manager, error) {
 		// keep idle clients' connections from being dropped as abusive.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		// Room for a submitted job file of jobfile.MaxFileBytes, and for a
+		// start too large to run to reach the checks that refuse it with
+		// INVALID_ARGUMENT rather than gRPC's RESOURCE_EXHAUSTED.
+		grpc.MaxRecvMsgSize(2*jobfile.MaxFileBytes),
 	)
 	m.server.Register(m.grpc)
 	if opts.Register != nil {

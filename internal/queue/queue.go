@@ -176,6 +176,10 @@ type jobState struct {
 	retry   []*instance // failed attempts waiting for another go
 	retries int
 	skip    map[string]bool
+	// never, when set, ends every instance from index never.from on that
+	// was never tried: they are counted and logged, but hold no record
+	// each, so stopping a queue of millions costs no memory per instance.
+	never *neverRun
 	// ran and ranFor observe finished attempts: prefetching pays off only
 	// behind instances that finish soon.
 	ran    int
@@ -198,6 +202,55 @@ const (
 )
 
 func (j *jobState) hasPending() bool { return len(j.retry) > 0 || j.next < j.job.Repeat }
+
+// neverRun is the final state of a job's instances that were never tried.
+type neverRun struct {
+	from  int
+	state string
+	err   string
+}
+
+// neverChunk is how many final events of never-tried instances are
+// written at a time.
+const neverChunk = 4096
+
+// endUntried makes every instance of js that was never tried final with
+// state and reason: its final event is logged (in chunks, so the events
+// are never all in memory), and the counts and summary.json take the rest
+// from js.never. Those that --resume skips are skipped.
+func (r *runner) endUntried(js *jobState, state, reason string) {
+	from := js.next
+	js.never = &neverRun{from: from, state: state, err: reason}
+	js.next = js.job.Repeat
+	now := time.Now()
+	for i := from; i < js.job.Repeat; i++ {
+		r.pending--
+		name := js.job.InstanceName(i)
+		if js.skip[name] {
+			r.counts.Skipped++
+			continue
+		}
+		r.emit(results.Event{Time: now, Event: results.Failed, Job: name, Error: reason})
+		if state == results.StateCancelled {
+			r.counts.Cancelled++
+		} else {
+			r.counts.Failed++
+		}
+		if len(r.evbuf) >= neverChunk {
+			r.flush()
+		}
+	}
+	r.flush()
+}
+
+// neverResult is instance i of js, which was never tried.
+func (js *jobState) neverResult(i int) results.InstanceResult {
+	name := js.job.InstanceName(i)
+	if js.skip[name] {
+		return results.InstanceResult{Name: name, State: results.StateSkipped}
+	}
+	return results.InstanceResult{Name: name, State: js.never.state, Error: js.never.err}
+}
 
 type nodeState struct {
 	n       node.Node
@@ -392,14 +445,13 @@ func (r *runner) loop(ctx context.Context) {
 		}
 	}
 	// Whatever never started is final now.
+	reason := "not started: " + r.stopped
 	for _, js := range r.jobs {
-		for js.hasPending() {
-			inst := r.take(js)
-			if inst == nil {
-				continue
-			}
-			reason := "not started: " + r.stopped
-			r.finish(inst, results.Event{Event: results.Failed, Error: reason}, results.StateCancelled)
+		for len(js.retry) > 0 {
+			r.finish(r.take(js), results.Event{Event: results.Failed, Error: reason}, results.StateCancelled)
+		}
+		if js.next < js.job.Repeat {
+			r.endUntried(js, results.StateCancelled, reason)
 		}
 	}
 	r.flush()
@@ -467,10 +519,11 @@ func (r *runner) dispatch() {
 			ns, why := r.place(js)
 			if why != "" {
 				// It can never run: finish every pending instance of the job.
-				for js.hasPending() {
-					if inst := r.take(js); inst != nil {
-						r.finish(inst, results.Event{Event: results.Failed, Error: why}, results.StateFailed)
-					}
+				for len(js.retry) > 0 {
+					r.finish(r.take(js), results.Event{Event: results.Failed, Error: why}, results.StateFailed)
+				}
+				if js.next < js.job.Repeat {
+					r.endUntried(js, results.StateFailed, why)
 				}
 				break
 			}
@@ -978,10 +1031,23 @@ func (r *runner) progress() {
 func (r *runner) summary() *results.Summary {
 	c := r.counts
 	s := &results.Summary{Start: c.Start, End: time.Now(), StoppedBecause: r.stopped,
-		Total: len(r.done), Succeeded: c.Succeeded, Failed: c.Failed, Lost: c.Lost, Cancelled: c.Cancelled, Skipped: c.Skipped}
+		Total:     c.Succeeded + c.Failed + c.Lost + c.Cancelled + c.Skipped,
+		Succeeded: c.Succeeded, Failed: c.Failed, Lost: c.Lost, Cancelled: c.Cancelled, Skipped: c.Skipped}
 	for _, i := range r.inOrder() {
 		if st := outcomeStates[r.done[i].state]; st != results.StateSucceeded && st != results.StateSkipped {
 			s.Instances = append(s.Instances, r.result(i))
+		}
+	}
+	s.Untried = func(yield func(results.InstanceResult) bool) {
+		for _, js := range r.jobs {
+			if js.never == nil {
+				continue
+			}
+			for i := js.never.from; i < js.job.Repeat; i++ {
+				if in := js.neverResult(i); in.State != results.StateSkipped && !yield(in) {
+					return
+				}
+			}
 		}
 	}
 	return s
@@ -1003,11 +1069,25 @@ func (r *runner) inOrder() []int {
 	return order
 }
 
-// all yields every instance's result, in job order, for summary.json.
+// all yields every instance's result, in job order, for summary.json:
+// those that were tried (or skipped), then those never tried, which come
+// last in their job.
 func (r *runner) all(yield func(results.InstanceResult) bool) {
-	for _, i := range r.inOrder() {
-		if !yield(r.result(i)) {
-			return
+	order := r.inOrder()
+	k := 0
+	for _, js := range r.jobs {
+		for ; k < len(order) && r.done[order[k]].job == js; k++ {
+			if !yield(r.result(order[k])) {
+				return
+			}
+		}
+		if js.never == nil {
+			continue
+		}
+		for i := js.never.from; i < js.job.Repeat; i++ {
+			if !yield(js.neverResult(i)) {
+				return
+			}
 		}
 	}
 }

@@ -457,6 +457,24 @@ type Summary struct {
 	Skipped        int              `json:"skipped"`
 	StoppedBecause string           `json:"stopped_because,omitempty"`
 	Instances      []InstanceResult `json:"instances"`
+	// Untried, when set, yields the instances a queue run never tried
+	// (cancelled, or failed because no node could take them), which
+	// Instances leaves out: there may be millions.
+	Untried iter.Seq[InstanceResult] `json:"-"`
+}
+
+// NotSucceeded yields Instances, then Untried.
+func (s *Summary) NotSucceeded() iter.Seq[InstanceResult] {
+	return func(yield func(InstanceResult) bool) {
+		for _, in := range s.Instances {
+			if !yield(in) {
+				return
+			}
+		}
+		if s.Untried != nil {
+			s.Untried(yield)
+		}
+	}
 }
 
 // OK reports whether every instance succeeded (or had already).
@@ -474,7 +492,7 @@ func WriteSummary(dir string, s *Summary, all iter.Seq[InstanceResult]) error {
 	}
 	w := bufio.NewWriterSize(tmp, 64*1024)
 	head := *s
-	head.Instances = nil
+	head.Instances, head.Untried = nil, nil
 	data, err := json.MarshalIndent(&head, "", "  ")
 	if err == nil {
 		// Reopen the object to append the instances to it.

@@ -53,7 +53,7 @@ func (s *RunSource) OnEvent(e results.Event) { s.Apply(0, e.Job, e) }
 // Finish takes the final states from the run's summary and ends the run.
 func (s *RunSource) Finish(sum *results.Summary) {
 	if sum != nil {
-		for _, in := range sum.Instances {
+		for in := range sum.NotSucceeded() {
 			s.SetState(in.Name, in.State, in.Outcome())
 		}
 	}
