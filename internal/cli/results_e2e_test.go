@@ -71,9 +71,21 @@ func TestRunSecondRunIntoSameOutRefused(t *testing.T) {
 	if got := readFile(t, filepath.Join(out, "events.jsonl")); got != events {
 		t.Errorf("the refused run changed events.jsonl:\n%s", got)
 	}
-	// Also the default --out.
+	// The default --out is never written over either: a second run goes
+	// to drover-out.2 and says so.
 	wantCode(t, drover(t, dir, "run", "--progress", "none", jobs), 0)
-	wantCode(t, drover(t, dir, "run", "--progress", "none", jobs), 2)
+	first := readFile(t, filepath.Join(dir, "drover-out", "a", "stdout"))
+	r = drover(t, dir, "run", "--progress", "none", jobs)
+	wantCode(t, r, 0)
+	if !strings.Contains(r.stderr, "drover-out.2") {
+		t.Errorf("the second run does not say where its results went:\n%s", r)
+	}
+	if got := readFile(t, filepath.Join(dir, "drover-out", "a", "stdout")); got != first {
+		t.Errorf("drover-out/a/stdout = %q after a second run, want %q", got, first)
+	}
+	if got := readFile(t, filepath.Join(dir, "drover-out.2", "a", "stdout")); got != "second\n" {
+		t.Errorf("drover-out.2/a/stdout = %q", got)
+	}
 
 	r = drover(t, dir, "run", "--progress", "none", "--resume", "--out", out, jobs)
 	wantCode(t, r, 0)

@@ -151,8 +151,17 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 		return usageError("--out: %v", err)
 	}
 	if !f.resume {
-		// A second run would write over the first one's output.
-		if err := results.CheckFresh(out); err != nil {
+		// A second run would write over the first one's output: an --out
+		// given is refused, the default goes on to drover-out.2, .3, ...
+		err := results.CheckFresh(out)
+		for i := 2; err != nil && errors.Is(err, results.ErrHoldsRun) && !cmd.Flags().Changed("out") && i < 1000; i++ {
+			next := fmt.Sprintf("%s.%d", out, i)
+			if err = results.CheckFresh(next); err == nil {
+				fmt.Fprintf(e.stderr, "drover: %s holds an earlier run (--resume goes on with it); the results go to %s\n", f.out, filepath.Base(next))
+				out = next
+			}
+		}
+		if err != nil {
 			return usageError("--out: %v", err)
 		}
 	}
