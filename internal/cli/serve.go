@@ -16,7 +16,11 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
+	grpchealth "google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
 
+	"github.com/drover-hpc/drover/api/droverpb"
 	"github.com/drover-hpc/drover/client"
 	"github.com/drover-hpc/drover/internal/cluster"
 	"github.com/drover-hpc/drover/internal/control"
@@ -124,6 +128,10 @@ func runServe(e *env, f *serveFlags, listenChanged bool) error {
 
 	cl := cluster.New(cluster.Options{Logger: log, Home: home, Grace: f.grace})
 	ctl := control.New(cl, control.Options{Logger: log, Grace: f.grace})
+	// grpc.health.v1 and server reflection, for probes and grpcurl; they
+	// sit behind the same mutual TLS as everything else.
+	health := grpchealth.NewServer()
+	health.SetServingStatus(droverpb.Control_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	m, err := manager.New(manager.Options{
 		Listen:         listen,
 		NodeTimeout:    f.nodeTimeout,
@@ -132,8 +140,12 @@ func runServe(e *env, f *serveFlags, listenChanged bool) error {
 		Logger:         log,
 		AgentLogLevel:  e.logLevel,
 		AgentLogs:      e.stderr,
-		Register:       func(s *grpc.Server) { ctl.Register(s) },
-		OnNode:         cl.AddNode,
+		Register: func(s *grpc.Server) {
+			ctl.Register(s)
+			healthpb.RegisterHealthServer(s, health)
+			reflection.Register(s)
+		},
+		OnNode: cl.AddNode,
 		OnLaunchFailure: func(lf manager.LaunchFailure) {
 			cl.AddFailedNode(lf.Node, lf.Reason)
 		},
@@ -150,6 +162,8 @@ func runServe(e *env, f *serveFlags, listenChanged bool) error {
 			return nil
 		}
 		stopped = true
+		// Probes see the end coming while the processes are stopped.
+		health.Shutdown()
 		var errs []error
 		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		if err := ctl.Drain(dctx); err != nil {

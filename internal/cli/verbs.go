@@ -16,10 +16,12 @@ import (
 	"syscall"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"github.com/spf13/cobra"
 
 	"github.com/drover-hpc/drover/client"
+	"github.com/drover-hpc/drover/internal/cluster"
 	"github.com/drover-hpc/drover/internal/control"
 	"github.com/drover-hpc/drover/internal/jobfile"
 )
@@ -159,6 +161,12 @@ It prints the node, pid and bound hardware threads.` + verbNote,
 			if req.Node == "" || req.Name == "" {
 				return usageError("start needs --node and --name")
 			}
+			if err := checkNames(req.Name); err != nil {
+				return err
+			}
+			if err := checkNode(req.Node); err != nil {
+				return err
+			}
 			if req.Cores < 0 {
 				return usageError("--cores must be >= 0")
 			}
@@ -210,6 +218,9 @@ it is purged.` + verbNote,
 		Example: `  drover poll
   drover poll sim srv`,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkNames(args...); err != nil {
+				return err
+			}
 			return withClient(vf, func(ctx context.Context, c *client.Client) error {
 				sts, err := c.Poll(ctx, args...)
 				if err != nil {
@@ -242,6 +253,9 @@ signal is sent; drover poll and drover finished show the end.` + verbNote,
 			if grace < 0 {
 				return usageError("--grace must be >= 0")
 			}
+			if err := checkNames(args[0]); err != nil {
+				return err
+			}
 			return withClient(vf, func(ctx context.Context, c *client.Client) error {
 				return c.Stop(ctx, args[0], grace)
 			})
@@ -261,6 +275,9 @@ func newKill(e *env) *cobra.Command {
 		Example: `  drover kill sim`,
 		Args:    exactArgs(1, "kill NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkNames(args[0]); err != nil {
+				return err
+			}
 			return withClient(vf, func(ctx context.Context, c *client.Client) error {
 				return c.Kill(ctx, args[0])
 			})
@@ -280,6 +297,9 @@ its name may be used again.` + verbNote,
 		Example: `  drover purge sim`,
 		Args:    exactArgs(1, "purge NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkNames(args[0]); err != nil {
+				return err
+			}
 			return withClient(vf, func(ctx context.Context, c *client.Client) error {
 				return c.Purge(ctx, args[0])
 			})
@@ -298,6 +318,9 @@ func newSend(e *env) *cobra.Command {
 		Example: `  drover send repl 'print(1+1)'`,
 		Args:    exactArgs(2, "send NAME TEXT"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkNames(args[0]); err != nil {
+				return err
+			}
 			return withClient(vf, func(ctx context.Context, c *client.Client) error {
 				return c.Send(ctx, args[0], []byte(args[1]+"\n"))
 			})
@@ -327,6 +350,9 @@ it is printed, or Ctrl-C. With several names, each line is prefixed with
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkNames(args...); err != nil {
+				return err
+			}
 			return withClient(vf, func(ctx context.Context, c *client.Client) error {
 				var err error
 				if len(args) == 1 {
@@ -439,6 +465,9 @@ nothing) when it is not set.` + verbNote,
 				if nodeName == "" {
 					return usageError("env get needs --node")
 				}
+				if err := checkNode(nodeName); err != nil {
+					return err
+				}
 				return withClient(vf, func(ctx context.Context, c *client.Client) error {
 					v, ok, err := c.GetEnv(ctx, nodeName, args[0])
 					if err != nil {
@@ -468,6 +497,9 @@ nothing) when it is not set.` + verbNote,
 			RunE: func(cmd *cobra.Command, args []string) error {
 				if nodeName == "" {
 					return usageError("env set needs --node")
+				}
+				if err := checkNode(nodeName); err != nil {
+					return err
 				}
 				if args[0] == "" || strings.ContainsAny(args[0], "=\x00") {
 					return usageError("env set: invalid variable name %q", args[0])
@@ -513,6 +545,9 @@ released.` + verbNote,
 				if nodeName == "" {
 					return usageError("ports bind needs --node")
 				}
+				if err := checkNode(nodeName); err != nil {
+					return err
+				}
 				if n < 1 {
 					return usageError("-n must be >= 1")
 				}
@@ -546,6 +581,9 @@ released.` + verbNote,
 			RunE: func(cmd *cobra.Command, args []string) error {
 				if nodeName == "" {
 					return usageError("ports release needs --node")
+				}
+				if err := checkNode(nodeName); err != nil {
+					return err
 				}
 				if len(args) == 0 {
 					return usageError("ports release needs the ports to release")
@@ -584,6 +622,9 @@ func newLogLevel(e *env) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if nodeName == "" {
 				return usageError("log-level needs --node")
+			}
+			if err := checkNode(nodeName); err != nil {
+				return err
 			}
 			level := strings.ToLower(args[0])
 			if !slices.Contains(control.LogLevels, level) {
@@ -699,6 +740,27 @@ serve it waits for that.` + verbNote,
 	}
 	addVerbFlags(cmd, vf)
 	return cmd
+}
+
+// checkNames refuses, before anything is sent, process names that break
+// the naming rule (cluster.CheckName): exit 2.
+func checkNames(names ...string) error {
+	for _, n := range names {
+		if err := cluster.CheckName(n); err != nil {
+			return &exitError{ExitUsage, err}
+		}
+	}
+	return nil
+}
+
+// checkNode refuses a node name that no node can have: empty, starting
+// with "-", or with a space or control character. Node names come from
+// host names, so anything else is left to the serve to look up.
+func checkNode(name string) error {
+	if name == "" || name[0] == '-' || strings.IndexFunc(name, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0 {
+		return usageError("invalid node name %q", name)
+	}
+	return nil
 }
 
 // exactArgs is cobra.ExactArgs with the usage in the message.

@@ -8,6 +8,7 @@ package cluster
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"time"
 
@@ -24,6 +25,40 @@ type NodeInfo struct {
 	Resources     topology.Resources `json:"resources"`
 	BusyHWThreads []int              `json:"busy_hwthreads"`
 	Processes     int                `json:"processes"`
+}
+
+// MaxNameLen bounds a process name: it is a file name on the nodes.
+const MaxNameLen = 255
+
+// CheckName refuses a process name that is not made of letters, digits and
+// "_.-" (the job-file rule) or "[]" (MUSCLE3's instance names: macro[3],
+// micro[1][2]); that starts with "-" (it would read as a flag); that is "."
+// or ".."; or that is longer than MaxNameLen. Names go into file names,
+// directory names and one-line reports (drover poll, drover finished), so
+// nothing else (no space, slash or control character) is let in. The
+// error wraps ErrInvalid and quotes the name.
+func CheckName(name string) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("%w: empty process name", ErrInvalid)
+	case len(name) > MaxNameLen:
+		return fmt.Errorf("%w: process name longer than %d bytes", ErrInvalid, MaxNameLen)
+	case name == "." || name == "..":
+		return fmt.Errorf("%w: process name %q", ErrInvalid, name)
+	case name[0] == '-':
+		return fmt.Errorf("%w: process name %q starts with -", ErrInvalid, name)
+	}
+	for _, r := range name {
+		if !nameRune(r) {
+			return fmt.Errorf("%w: process name %q has %q: use letters, digits and _ . - [ ]", ErrInvalid, name, r)
+		}
+	}
+	return nil
+}
+
+func nameRune(r rune) bool {
+	return 'a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' ||
+		r == '_' || r == '.' || r == '-' || r == '[' || r == ']'
 }
 
 // StartRequest is `drover start`.
