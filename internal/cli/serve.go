@@ -31,6 +31,8 @@ import (
 type serveFlags struct {
 	listen         string
 	http           string
+	httpHosts      []string
+	metricsOpen    bool
 	launcher       string
 	hosts          []string
 	hostfile       string
@@ -52,9 +54,19 @@ the Go package github.com/drover-hpc/drover/client drive it.
 It writes $DROVER_HOME/serve.json (default ~/.drover; mode 0600) with the
 address, the status page's URL, its pid and the client credentials of the
 run; the verbs find it there. Every connection is mutual TLS: only holders
-of those credentials get in. --http serves a read-only web dashboard at /
-(cluster map, jobs, instance output, timeline; live) and Prometheus
-metrics at /metrics.
+of those credentials get in; grpc.health.v1 and server reflection (grpcurl)
+answer there too.
+
+--http serves a read-only web dashboard at / (cluster map, jobs, instance
+output, timeline; live) and Prometheus metrics at /metrics. They show
+names, arguments and output, so they need the token of serve.json: open
+the "dashboard" URL it prints (with ?token=; the browser then keeps a
+cookie), or send "Authorization: Bearer TOKEN" (Prometheus: the
+authorization setting of the scrape config). --metrics-open serves
+/metrics without it. Requests must name the dashboard in their Host header
+(a loopback name, the --http address, or a --http-host name), so pages of
+other sites cannot read it through a DNS name pointed at it. An --http
+address other than loopback prints a warning: others can then connect.
 
 On the way out every process is stopped (SIGTERM, then SIGKILL after
 --grace), the agents exit and serve.json is removed. Only one serve runs
@@ -64,7 +76,9 @@ per DROVER_HOME.`,
   drover start --node "$(hostname)" --name sim -- ./sim --fast
   drover shutdown
 
-  DROVER_HOME=/tmp/d drover serve --listen 0.0.0.0:7700 --http 127.0.0.1:8080`,
+  DROVER_HOME=/tmp/d drover serve --listen 0.0.0.0:7700 --http 127.0.0.1:8080
+  drover serve --http 0.0.0.0:8080 --http-host node1.example.org
+  curl -H "Authorization: Bearer $(jq -r .token ~/.drover/serve.json)" "$(jq -r .http ~/.drover/serve.json)/api/state"`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runServe(e, f, cmd.Flags().Changed("listen"))
@@ -73,6 +87,8 @@ per DROVER_HOME.`,
 	fl := cmd.Flags()
 	fl.StringVar(&f.listen, "listen", "127.0.0.1:0", "address for agents and clients (mutual TLS)")
 	fl.StringVar(&f.http, "http", "127.0.0.1:0", "address of the read-only web dashboard and /metrics")
+	fl.StringSliceVar(&f.httpHosts, "http-host", nil, "host names the dashboard answers to besides loopback and the --http address, NAME,...")
+	fl.BoolVar(&f.metricsOpen, "metrics-open", false, "serve /metrics without the token")
 	fl.StringVar(&f.launcher, "launcher", "", "how agents reach the nodes: local, ssh or slurm (default: slurm inside an allocation, ssh with --hosts, else local)")
 	fl.StringSliceVar(&f.hosts, "hosts", nil, "SSH nodes, [user@]host,...")
 	fl.StringVar(&f.hostfile, "hostfile", "", "file with one SSH node per line")
@@ -120,9 +136,9 @@ func runServe(e *env, f *serveFlags, listenChanged bool) error {
 	}
 	defer unlock()
 
-	httpLis, err := net.Listen("tcp", f.http)
+	httpLis, err := listenDashboard("--http", f.http, f.httpHosts, f.metricsOpen)
 	if err != nil {
-		return &exitError{ExitFailed, fmt.Errorf("--http: %w", err)}
+		return err
 	}
 	defer httpLis.Close()
 
@@ -201,11 +217,13 @@ func runServe(e *env, f *serveFlags, listenChanged bool) error {
 		bundle, err = m.CA().Issue(creds.RoleClient, "drover-client", nil)
 	}
 	info := &client.ServeInfo{
-		Address: dialable(m.Addr()),
-		HTTP:    "http://" + dialable(httpLis.Addr().String()),
-		PID:     os.Getpid(),
-		Host:    host,
-		Started: time.Now().UTC().Truncate(time.Second),
+		Address:   dialable(m.Addr()),
+		HTTP:      httpLis.base,
+		PID:       os.Getpid(),
+		Host:      host,
+		Started:   time.Now().UTC().Truncate(time.Second),
+		Token:     httpLis.access.Token,
+		Dashboard: httpLis.url(),
 	}
 	if err == nil {
 		info.Credentials = &client.Credentials{CA: bundle.CA, Cert: bundle.Cert, Key: bundle.Key}
@@ -221,7 +239,7 @@ func runServe(e *env, f *serveFlags, listenChanged bool) error {
 
 	dashCtx, stopDash := context.WithCancel(context.Background())
 	defer stopDash()
-	web := &http.Server{Handler: serveDashboard(dashCtx, cl, m), ReadHeaderTimeout: 10 * time.Second,
+	web := &http.Server{Handler: serveDashboard(dashCtx, cl, m, httpLis.access), ReadHeaderTimeout: 10 * time.Second,
 		// stopDash ends the dashboard's event streams and followed logs.
 		BaseContext: func(net.Listener) context.Context { return dashCtx }}
 	go func() {
@@ -230,8 +248,11 @@ func runServe(e *env, f *serveFlags, listenChanged bool) error {
 		}
 	}()
 
-	fmt.Fprintf(e.stderr, "drover serve: manager at %s, status page %s, pid %d; credentials in %s\n",
-		info.Address, info.HTTP, info.PID, serveFile)
+	if httpLis.warning != "" {
+		fmt.Fprintf(e.stderr, "drover serve: warning: %s\n", httpLis.warning)
+	}
+	fmt.Fprintf(e.stderr, "drover serve: manager at %s, pid %d; credentials in %s\ndrover serve: dashboard at %s\n",
+		info.Address, info.PID, serveFile, info.Dashboard)
 
 	viaSignal := false
 	select {

@@ -7,9 +7,19 @@ package cli_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/user"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -23,6 +33,72 @@ import (
 	"github.com/drover-hpc/drover/api/droverpb"
 	"github.com/drover-hpc/drover/internal/creds"
 )
+
+// The test binary doubles as a plain HTTP client that another user runs:
+// with DROVER_E2E_GET=URL it prints the status and body of a GET of URL,
+// and with DROVER_E2E_READ=FILE whether it can read FILE, then exits.
+func init() {
+	url, file := os.Getenv("DROVER_E2E_GET"), os.Getenv("DROVER_E2E_READ")
+	if url == "" && file == "" {
+		return
+	}
+	if _, err := os.ReadFile(file); err != nil {
+		fmt.Println("read: refused")
+	} else {
+		fmt.Println("read: ok")
+	}
+	resp, err := http.Get(url)
+	if err != nil {
+		fmt.Println("get:", err)
+		os.Exit(1)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	fmt.Printf("status %d\n%s", resp.StatusCode, body)
+	os.Exit(0)
+}
+
+// asNobody runs the test binary as user nobody to GET url and read file.
+func asNobody(t *testing.T, url, file string) string {
+	t.Helper()
+	u, err := user.Lookup("nobody")
+	if err != nil {
+		t.Fatalf("user nobody: %v", err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The build's directories are root's alone: a copy nobody can run.
+	dir, err := os.MkdirTemp("", "drover-nobody-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	data, err := os.ReadFile(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exe := filepath.Join(dir, "client")
+	if err := os.WriteFile(exe, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), backstop)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, exe)
+	cmd.Dir = dir
+	cmd.Env = []string{"DROVER_E2E_GET=" + url, "DROVER_E2E_READ=" + file, "GORACE=atexit_sleep_ms=0"}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("the client as nobody: %v\n%s", err, out)
+	}
+	return string(out)
+}
 
 // grpcConn dials s over mutual TLS with the client credentials of its
 // serve.json, as a program in any language would.
@@ -210,8 +286,12 @@ func TestServeReflectionAndHealth(t *testing.T) {
 	if r, err := watch.Recv(); err != nil || r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 		t.Fatalf("first health watch: %v %v", r.GetStatus(), err)
 	}
-	shut := make(chan result, 1)
-	go func() { shut <- droverHome(t, home, t.TempDir(), "shutdown") }()
+	// Not droverHome: it may call t.Fatal, which only the test's own
+	// goroutine may.
+	shutdown := exec.CommandContext(ctx, droverBin, "shutdown")
+	shutdown.Env = append(testEnv(), "DROVER_HOME="+home)
+	shut := make(chan error, 1)
+	go func() { shut <- shutdown.Run() }()
 	r, err := watch.Recv()
 	if err != nil || r.GetStatus() != healthpb.HealthCheckResponse_NOT_SERVING {
 		t.Errorf("health watch after shutdown: %v %v, want NOT_SERVING", r.GetStatus(), err)
@@ -221,8 +301,174 @@ func TestServeReflectionAndHealth(t *testing.T) {
 		t.Errorf("serve exited before its grace was over:\n%s", s.stderr)
 	default:
 	}
-	wantCode(t, <-shut, 0)
+	if err := <-shut; err != nil {
+		t.Errorf("drover shutdown: %v", err)
+	}
 	if code := s.wait(t); code != 0 {
 		t.Errorf("serve exit %d\n%s", code, s.stderr)
+	}
+}
+
+// get sends a GET of d.base+path with the given Host header (d's own when
+// ""), bearer token (none when "") and cookies; redirects are not
+// followed. It returns the answer and its body.
+func (d dash) send(t *testing.T, host, path, bearer string, cookies ...*http.Cookie) (*http.Response, string) {
+	t.Helper()
+	req, err := http.NewRequest("GET", d.base+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if host != "" {
+		req.Host = host
+	}
+	if bearer != "" {
+		req.Header.Set("Authorization", "Bearer "+bearer)
+	}
+	for _, c := range cookies {
+		req.AddCookie(c)
+	}
+	c := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp, string(body)
+}
+
+// Nothing of the dashboard that shows names, arguments or output is served
+// without serve's token: not to a program without it, not to another local
+// user, not to a page of another site.
+func TestServeDashboardPrivate(t *testing.T) {
+	t.Parallel()
+	home := filepath.Join(t.TempDir(), "home")
+	s := startServe(t, home)
+	d := s.dash()
+	if s.info.Token == "" || s.info.Dashboard != s.info.HTTP+"/?token="+s.info.Token {
+		t.Fatalf("serve.json: token %q, dashboard %q, http %q", s.info.Token, s.info.Dashboard, s.info.HTTP)
+	}
+	eventually(t, func() string {
+		if !strings.Contains(s.stderr.String(), "dashboard at "+s.info.Dashboard+"\n") {
+			return "serve does not print the dashboard URL:\n" + s.stderr.String()
+		}
+		return ""
+	})
+	nodeName := serveNode(t, home)
+	wantCode(t, droverHome(t, home, t.TempDir(), "start", "--node", nodeName, "--name", "leaky", "--", "sh", "-c", "echo top-secret >&2"), 0)
+	logs := "/api/logs?name=leaky&stream=stderr"
+	eventually(t, func() string {
+		if resp, body := d.send(t, "", logs, d.token); resp.StatusCode != 200 || body != "top-secret\n" {
+			return fmt.Sprintf("logs with the bearer: %s %q", resp.Status, body)
+		}
+		return ""
+	})
+
+	private := []string{"/", "/api/state", logs, "/api/instance?name=leaky", "/metrics"}
+	for _, p := range private {
+		if resp, body := d.send(t, "", p, ""); resp.StatusCode != http.StatusUnauthorized || strings.Contains(body, "top-secret") || strings.Contains(body, "leaky") {
+			t.Errorf("%s without the token: %s %q", p, resp.Status, body)
+		}
+		if resp, _ := d.send(t, "", p, d.token+"x"); resp.StatusCode != http.StatusForbidden {
+			t.Errorf("%s with a wrong token: %s", p, resp.Status)
+		}
+		if resp, _ := d.send(t, "", p, d.token); resp.StatusCode != 200 {
+			t.Errorf("%s with the bearer: %s", p, resp.Status)
+		}
+		// A DNS-rebinding page: its own name in Host; even the token
+		// does not help it.
+		if resp, _ := d.send(t, "attacker.example:"+portOf(t, d.base), p, d.token); resp.StatusCode != http.StatusMisdirectedRequest {
+			t.Errorf("%s with a foreign Host: %s", p, resp.Status)
+		}
+	}
+
+	// The printed URL: the token becomes an HttpOnly, SameSite=Strict
+	// cookie, and the browser goes on to / without it.
+	resp, _ := d.send(t, "", "/?token="+d.token, "")
+	var cookie *http.Cookie
+	for _, c := range resp.Cookies() {
+		cookie = c
+	}
+	if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/" {
+		t.Errorf("the printed URL: %s, Location %q", resp.Status, resp.Header.Get("Location"))
+	}
+	if cookie == nil || !cookie.HttpOnly || cookie.SameSite != http.SameSiteStrictMode || cookie.Value != d.token {
+		t.Fatalf("the printed URL's cookie: %v", resp.Header.Values("Set-Cookie"))
+	}
+	for _, p := range private {
+		if resp, body := d.send(t, "", p, "", &http.Cookie{Name: cookie.Name, Value: cookie.Value}); resp.StatusCode != 200 {
+			t.Errorf("%s with the cookie alone: %s %.200q", p, resp.Status, body)
+		}
+	}
+	if _, body := d.send(t, "", logs, "", &http.Cookie{Name: cookie.Name, Value: cookie.Value}); body != "top-secret\n" {
+		t.Errorf("logs with the cookie: %q", body)
+	}
+
+	// Another user of this machine: serve.json is not theirs to read,
+	// and the dashboard refuses them.
+	out := asNobody(t, d.base+logs, filepath.Join(home, "serve.json"))
+	if !strings.HasPrefix(out, "read: refused\nstatus 401\n") || strings.Contains(out, "top-secret") {
+		t.Errorf("user nobody reading the logs:\n%s", out)
+	}
+}
+
+func portOf(t *testing.T, base string) string {
+	t.Helper()
+	_, port, err := net.SplitHostPort(strings.TrimPrefix(base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return port
+}
+
+// A dashboard on every interface says so, prints the address it listens
+// on, answers to the names of --http-host, and --metrics-open opens
+// /metrics alone.
+func TestServeDashboardEveryInterface(t *testing.T) {
+	t.Parallel()
+	home := filepath.Join(t.TempDir(), "home")
+	s := startServe(t, home, "--http", "0.0.0.0:0", "--http-host", "drover.example", "--metrics-open")
+	port := portOf(t, s.info.HTTP)
+	hostname, err := os.Hostname()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "http://" + net.JoinHostPort(hostname, port); s.info.HTTP != want {
+		t.Errorf("serve.json http %q, want %q", s.info.HTTP, want)
+	}
+	eventually(t, func() string {
+		if !strings.Contains(s.stderr.String(), "dashboard at "+s.info.Dashboard+"\n") {
+			return "serve does not print the dashboard URL:\n" + s.stderr.String()
+		}
+		return ""
+	})
+	warn := regexp.MustCompile(`(?m)^drover serve: warning: --http 0\.0\.0\.0:` + port + ` listens on every interface: anyone who can reach port ` + port + ` `)
+	if !warn.MatchString(s.stderr.String()) {
+		t.Errorf("no warning about every interface:\n%s", s.stderr)
+	}
+	// Reached over loopback (the tests stay there), by the names it
+	// answers to.
+	d := dash{"http://" + net.JoinHostPort("127.0.0.1", port), s.info.Token}
+	for _, host := range []string{"", "drover.example:" + port, "DROVER.example", "localhost:" + port, net.JoinHostPort(hostname, port)} {
+		if resp, _ := d.send(t, host, "/api/state", d.token); resp.StatusCode != 200 {
+			t.Errorf("Host %q: %s", host, resp.Status)
+		}
+	}
+	if resp, _ := d.send(t, "evil.example:"+port, "/api/state", d.token); resp.StatusCode != http.StatusMisdirectedRequest {
+		t.Errorf("foreign Host: %s", resp.Status)
+	}
+	if resp, body := d.send(t, "", "/metrics", ""); resp.StatusCode != 200 || !strings.Contains(body, "drover_") {
+		t.Errorf("/metrics with --metrics-open: %s", resp.Status)
+	}
+	if resp, _ := d.send(t, "", "/api/state", ""); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("/api/state with --metrics-open but no token: %s", resp.Status)
+	}
+
+	// drover run's dashboard says the same.
+	r := drover(t, t.TempDir(), "run", "--dashboard=0.0.0.0:0", "--progress", "none", "--out", "out", "--", "true")
+	wantCode(t, r, 0)
+	if !regexp.MustCompile(`drover: warning: --dashboard 0\.0\.0\.0:\d+ listens on every interface`).MatchString(r.stderr) ||
+		!regexp.MustCompile(`drover: dashboard at http://[^/]+:\d+/\?token=[A-Za-z0-9_-]{43}\n`).MatchString(r.stderr) {
+		t.Errorf("drover run --dashboard=0.0.0.0:0:\n%s", r)
 	}
 }
