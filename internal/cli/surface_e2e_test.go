@@ -472,3 +472,193 @@ func TestServeDashboardEveryInterface(t *testing.T) {
 		t.Errorf("drover run --dashboard=0.0.0.0:0:\n%s", r)
 	}
 }
+
+// oneDoc parses out as exactly one JSON document into v.
+func oneDoc(t *testing.T, what, out string, v any) {
+	t.Helper()
+	dec := json.NewDecoder(strings.NewReader(out))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		t.Fatalf("%s: %v\n%s", what, err, out)
+	}
+	if err := dec.Decode(new(json.RawMessage)); err != io.EOF {
+		t.Fatalf("%s: more than one document (%v)\n%s", what, err, out)
+	}
+}
+
+// exitDoc is an exit as --json prints it; every field must be there.
+type exitDoc struct {
+	Running  *bool   `json:"running"`
+	Name     string  `json:"name"`
+	Node     string  `json:"node"`
+	ExitCode *int    `json:"exit_code"`
+	Signal   *string `json:"signal"`
+	Error    *string `json:"error"`
+	Start    *string `json:"start"`
+	End      *string `json:"end"`
+}
+
+var nanoTime = regexp.MustCompile(`^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}(Z|[+-]\d\d:\d\d)$`)
+
+// checkTimes checks that start and end are RFC 3339 with nanoseconds, in
+// order.
+func checkTimes(t *testing.T, x exitDoc) {
+	t.Helper()
+	if x.Start == nil || x.End == nil || !nanoTime.MatchString(*x.Start) || !nanoTime.MatchString(*x.End) {
+		t.Errorf("%s: start %v end %v: want RFC 3339 with nanoseconds", x.Name, x.Start, x.End)
+		return
+	}
+	s, err1 := time.Parse(time.RFC3339Nano, *x.Start)
+	e, err2 := time.Parse(time.RFC3339Nano, *x.End)
+	if err1 != nil || err2 != nil || e.Before(s) {
+		t.Errorf("%s: start %s end %s (%v %v)", x.Name, *x.Start, *x.End, err1, err2)
+	}
+}
+
+// Every verb that prints takes --json and prints one document.
+func TestServeVerbsJSON(t *testing.T) {
+	t.Parallel()
+	home := filepath.Join(t.TempDir(), "home")
+	work := t.TempDir()
+	startServe(t, home)
+	ok := func(args ...string) string {
+		t.Helper()
+		r := droverHome(t, home, work, args...)
+		wantCode(t, r, 0)
+		return r.stdout
+	}
+
+	var nodes []struct {
+		Name          string          `json:"name"`
+		State         string          `json:"state"`
+		Error         string          `json:"error"`
+		Resources     json.RawMessage `json:"resources"`
+		BusyHWThreads []int           `json:"busy_hwthreads"`
+		Processes     int             `json:"processes"`
+	}
+	oneDoc(t, "nodes", ok("nodes", "--json"), &nodes)
+	if len(nodes) != 1 || nodes[0].State != "up" {
+		t.Fatalf("nodes --json: %+v", nodes)
+	}
+	nodeName := nodes[0].Name
+
+	var started struct {
+		Name      string `json:"name"`
+		Node      string `json:"node"`
+		PID       int    `json:"pid"`
+		HWThreads []int  `json:"hwthreads"`
+	}
+	oneDoc(t, "start", ok("start", "--json", "--node", nodeName, "--name", "bound", "--cores", "1", "--", "sleep", "300"), &started)
+	if started.Name != "bound" || started.Node != nodeName || started.PID <= 0 || len(started.HWThreads) == 0 {
+		t.Errorf("start --json: %+v", started)
+	}
+	oneDoc(t, "start", ok("start", "--json", "--node", nodeName, "--name", "quick", "--", "sh", "-c", "exit 3"), &started)
+	if started.Name != "quick" || started.HWThreads == nil || len(started.HWThreads) != 0 {
+		t.Errorf("start --json unbound: %+v", started)
+	}
+
+	// poll: one running, one ended with a status.
+	var polled []exitDoc
+	eventually(t, func() string {
+		polled = nil
+		oneDoc(t, "poll", ok("poll", "--json"), &polled)
+		if len(polled) != 2 || polled[1].Running == nil || *polled[1].Running {
+			return fmt.Sprintf("poll --json: %s", ok("poll", "--json"))
+		}
+		return ""
+	})
+	slices.SortFunc(polled, func(a, b exitDoc) int { return strings.Compare(a.Name, b.Name) })
+	if b := polled[0]; b.Name != "bound" || !*b.Running || b.ExitCode != nil || b.End != nil {
+		t.Errorf("poll --json of a running process: %+v", b)
+	}
+	if q := polled[1]; q.Name != "quick" || q.ExitCode == nil || *q.ExitCode != 3 || q.Signal == nil || *q.Signal != "" || q.Node != nodeName {
+		t.Errorf("poll --json of an ended process: %+v", q)
+	} else {
+		checkTimes(t, q)
+	}
+
+	// finished: each exit once, a signal as a signal.
+	ok("kill", "bound")
+	var exits []exitDoc
+	eventually(t, func() string {
+		var more []exitDoc
+		oneDoc(t, "finished", ok("finished", "--json"), &more)
+		exits = append(exits, more...)
+		if len(exits) < 2 {
+			return fmt.Sprintf("finished so far: %+v", exits)
+		}
+		return ""
+	})
+	slices.SortFunc(exits, func(a, b exitDoc) int { return strings.Compare(a.Name, b.Name) })
+	if len(exits) != 2 || exits[0].Name != "bound" || exits[0].ExitCode != nil || exits[0].Signal == nil || *exits[0].Signal != "SIGKILL" ||
+		exits[1].Name != "quick" || exits[1].ExitCode == nil || *exits[1].ExitCode != 3 || exits[0].Running != nil {
+		t.Errorf("finished --json: %+v", exits)
+	}
+	for _, x := range exits {
+		if x.Error == nil || x.Node != nodeName {
+			t.Errorf("finished --json lacks fields: %+v", x)
+		}
+		checkTimes(t, x)
+	}
+	if out := ok("finished", "--json"); strings.TrimSpace(out) != "[]" {
+		t.Errorf("finished --json with nothing new: %q", out)
+	}
+
+	// env get, set and not.
+	ok("env", "set", "--node", nodeName, "GREETING", "hello world")
+	var env struct {
+		Node  string  `json:"node"`
+		Key   string  `json:"key"`
+		Set   bool    `json:"set"`
+		Value *string `json:"value"`
+	}
+	oneDoc(t, "env get", ok("env", "get", "--json", "--node", nodeName, "GREETING"), &env)
+	if env.Node != nodeName || env.Key != "GREETING" || !env.Set || env.Value == nil || *env.Value != "hello world" {
+		t.Errorf("env get --json: %+v", env)
+	}
+	r := droverHome(t, home, work, "env", "get", "--json", "--node", nodeName, "NO_SUCH_VARIABLE_HERE")
+	wantCode(t, r, 1)
+	oneDoc(t, "env get unset", r.stdout, &env)
+	if env.Set || env.Value != nil {
+		t.Errorf("env get --json of an unset variable: %+v", env)
+	}
+
+	// ports bind.
+	var ports struct {
+		Node     string `json:"node"`
+		Protocol string `json:"protocol"`
+		Ports    []int  `json:"ports"`
+	}
+	oneDoc(t, "ports bind", ok("ports", "bind", "--json", "--node", nodeName, "-n", "2", "--udp"), &ports)
+	if ports.Node != nodeName || ports.Protocol != "udp" || len(ports.Ports) != 2 || ports.Ports[0] == ports.Ports[1] {
+		t.Errorf("ports bind --json: %+v", ports)
+	}
+	ok(append([]string{"ports", "release", "--udp", "--node", nodeName}, strconv.Itoa(ports.Ports[0]), strconv.Itoa(ports.Ports[1]))...)
+
+	// submit and jobs.
+	writeFile(t, work, "jobs.yaml", "jobs:\n  - name: hi\n    command: [\"true\"]\n    repeat: 2\n")
+	var sub struct {
+		Instances []string `json:"instances"`
+	}
+	oneDoc(t, "submit", ok("submit", "--json", "jobs.yaml"), &sub)
+	if !slices.Equal(sub.Instances, []string{"1.hi.0", "1.hi.1"}) {
+		t.Errorf("submit --json: %+v", sub)
+	}
+	eventually(t, func() string {
+		var jobs []struct {
+			Submission int    `json:"submission"`
+			Instance   string `json:"instance"`
+			State      string `json:"state"`
+			Node       string `json:"node"`
+			Attempts   int    `json:"attempts"`
+			Outcome    string `json:"outcome"`
+			OutDir     string `json:"out_dir"`
+		}
+		out := ok("jobs", "--json")
+		oneDoc(t, "jobs", out, &jobs)
+		if len(jobs) != 2 || jobs[0].State != "succeeded" || jobs[1].State != "succeeded" || jobs[0].Submission != 1 {
+			return "jobs --json: " + out
+		}
+		return ""
+	})
+}

@@ -137,6 +137,7 @@ func newStart(e *env) *cobra.Command {
 	vf := &verbFlags{}
 	var req client.StartRequest
 	var envs []string
+	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "start --node N --name NAME [flags] -- CMD [ARG...]",
 		Short: "Start a named process on a node",
@@ -147,7 +148,8 @@ files to write (relative paths, like --workdir, are taken from here);
 without them serve keeps the output for drover logs. --cores reserves that
 many whole cores and binds the process to their hardware threads.
 
-It prints the node, pid and bound hardware threads.` + verbNote,
+It prints the node, pid and bound hardware threads; --json prints
+{"name", "node", "pid", "hwthreads"}.` + verbNote,
 		Example: `  drover start --node node1 --name sim -- ./sim --seed 3
   drover start --node node1 --name srv --cores 2 --env OMP_PROC_BIND=true --stdout srv.log -- ./server
   drover start --node node1 --name echo -- cat`,
@@ -186,6 +188,9 @@ It prints the node, pid and bound hardware threads.` + verbNote,
 				if err != nil {
 					return err
 				}
+				if asJSON {
+					return printJSON(e, startJSON{Name: req.Name, Node: res.Node, PID: res.PID, HWThreads: orEmpty(res.HWThreads)})
+				}
 				fmt.Fprintf(e.stdout, "%s started on %s, pid %d", req.Name, res.Node, res.PID)
 				if len(res.HWThreads) > 0 {
 					fmt.Fprintf(e.stdout, ", hwthreads %s", intList(res.HWThreads, ""))
@@ -203,20 +208,25 @@ It prints the node, pid and bound hardware threads.` + verbNote,
 	fl.StringVar(&req.Stderr, "stderr", "", "file for its stderr (default: kept for drover logs)")
 	fl.StringArrayVar(&envs, "env", nil, "KEY=VALUE added to its environment; repeatable")
 	fl.IntVar(&req.Cores, "cores", 0, "whole cores to reserve and bind it to (default: none, unbound)")
+	fl.BoolVar(&asJSON, "json", false, "print JSON")
 	addVerbFlags(cmd, vf)
 	return cmd
 }
 
 func newPoll(e *env) *cobra.Command {
 	vf := &verbFlags{}
+	var asJSON bool
 	cmd := &cobra.Command{
-		Use:   "poll [NAME...]",
+		Use:   "poll [NAME...] [--json]",
 		Short: "Show whether processes are running or how they ended",
 		Long: `Prints a line for each named process, or each known one: "NAME running",
 "NAME exit N" or "NAME signal SIG". A process is known from its start until
-it is purged.` + verbNote,
+it is purged. --json prints a JSON array of {"name", "running", "node",
+"exit_code", "signal", "error", "start", "end"} (exit_code is null while
+running or when a signal ended it).` + verbNote,
 		Example: `  drover poll
-  drover poll sim srv`,
+  drover poll sim srv
+  drover poll --json | jq -r '.[] | select(.running | not) | .name'`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkNames(args...); err != nil {
 				return err
@@ -226,6 +236,9 @@ it is purged.` + verbNote,
 				if err != nil {
 					return err
 				}
+				if asJSON {
+					return printJSON(e, statusesJSON(sts))
+				}
 				for _, s := range sts {
 					fmt.Fprintf(e.stdout, "%s %s\n", s.Name, s)
 				}
@@ -233,6 +246,7 @@ it is purged.` + verbNote,
 			})
 		},
 	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	addVerbFlags(cmd, vf)
 	return cmd
 }
@@ -375,6 +389,7 @@ it is printed, or Ctrl-C. With several names, each line is prefixed with
 
 func newFinished(e *env) *cobra.Command {
 	vf := &verbFlags{}
+	var asJSON bool
 	var wait time.Duration
 	cmd := &cobra.Command{
 		Use:   "finished",
@@ -397,6 +412,9 @@ does.` + verbNote,
 				if err != nil {
 					return err
 				}
+				if asJSON {
+					return printExitsJSON(e, exits)
+				}
 				for _, x := range exits {
 					if x.Err != "" {
 						fmt.Fprintf(e.stdout, "%s %s (%s)\n", x.Name, x, x.Err)
@@ -409,6 +427,7 @@ does.` + verbNote,
 		},
 	}
 	cmd.Flags().DurationVar(&wait, "wait", 0, "when nothing has ended yet, wait up to this long for something to")
+	addFinishedJSON(cmd, &asJSON)
 	addVerbFlags(cmd, vf)
 	return cmd
 }
@@ -454,11 +473,13 @@ gets, besides its own --env.` + verbNote,
 	get := func() *cobra.Command {
 		vf := &verbFlags{}
 		var nodeName string
+		var asJSON bool
 		c := &cobra.Command{
 			Use:   "get --node N KEY",
 			Short: "Print a variable of a node's base environment",
 			Long: `Prints the value of KEY in node N's base environment; exits 1 (printing
-nothing) when it is not set.` + verbNote,
+nothing) when it is not set. --json prints {"node", "key", "set", "value"}
+(value null when not set; the exit status is still 1).` + verbNote,
 			Example: `  drover env get --node node1 PATH`,
 			Args:    exactArgs(1, "env get --node N KEY"),
 			RunE: func(cmd *cobra.Command, args []string) error {
@@ -473,6 +494,19 @@ nothing) when it is not set.` + verbNote,
 					if err != nil {
 						return err
 					}
+					if asJSON {
+						doc := envJSON{Node: nodeName, Key: args[0], Set: ok}
+						if ok {
+							doc.Value = &v
+						}
+						if err := printJSON(e, doc); err != nil {
+							return err
+						}
+						if !ok {
+							return errFailed
+						}
+						return nil
+					}
 					if !ok {
 						return errFailed
 					}
@@ -482,6 +516,7 @@ nothing) when it is not set.` + verbNote,
 			},
 		}
 		c.Flags().StringVar(&nodeName, "node", "", "the node")
+		c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 		addVerbFlags(c, vf)
 		return c
 	}()
@@ -533,12 +568,13 @@ released.` + verbNote,
 	bind := func() *cobra.Command {
 		vf := &verbFlags{}
 		var nodeName string
-		var udp bool
+		var udp, asJSON bool
 		var n int
 		c := &cobra.Command{
-			Use:     "bind --node N [--udp] [-n K]",
-			Short:   "Reserve free ports on a node and print them",
-			Long:    `Reserves K free TCP (or UDP) ports on node N and prints them, one a line.` + verbNote,
+			Use:   "bind --node N [--udp] [-n K]",
+			Short: "Reserve free ports on a node and print them",
+			Long: `Reserves K free TCP (or UDP) ports on node N and prints them, one a line;
+--json prints {"node", "protocol": "tcp"|"udp", "ports"}.` + verbNote,
 			Example: `  drover ports bind --node node1 -n 3`,
 			Args:    cobra.NoArgs,
 			RunE: func(cmd *cobra.Command, _ []string) error {
@@ -556,6 +592,13 @@ released.` + verbNote,
 					if err != nil {
 						return err
 					}
+					if asJSON {
+						proto := "tcp"
+						if udp {
+							proto = "udp"
+						}
+						return printJSON(e, portsJSON{Node: nodeName, Protocol: proto, Ports: orEmpty(ports)})
+					}
 					for _, p := range ports {
 						fmt.Fprintln(e.stdout, p)
 					}
@@ -566,6 +609,7 @@ released.` + verbNote,
 		c.Flags().StringVar(&nodeName, "node", "", "the node")
 		c.Flags().BoolVar(&udp, "udp", false, "UDP ports instead of TCP")
 		c.Flags().IntVarP(&n, "n", "n", 1, "how many ports")
+		c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 		addVerbFlags(c, vf)
 		return c
 	}()
@@ -642,17 +686,18 @@ func newLogLevel(e *env) *cobra.Command {
 
 func newSubmit(e *env) *cobra.Command {
 	vf := &verbFlags{}
+	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "submit JOBFILE",
 		Short: "Queue a job file's jobs on the running drover serve",
 		Long: `Checks JOBFILE (the format of drover run) and queues its jobs; they run on
 free cores beside the processes of drover start, and drover jobs lists
-them with where their results are. It prints the instance names. An
-invalid job file exits 2 with FILE:LINE:COL: what is wrong, before
-anything is sent.` + verbNote,
+them with where their results are. It prints the instance names (--json:
+{"instances": [...]}). An invalid job file exits 2 with FILE:LINE:COL:
+what is wrong, before anything is sent.` + verbNote,
 		Example: `  drover submit jobs.yaml
   drover jobs`,
-		Args: exactArgs(1, "submit JOBFILE"),
+		Args: exactArgs(1, "submit JOBFILE [--json]"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if _, err := jobfile.Load(args[0]); err != nil {
 				return &exitError{ExitUsage, err}
@@ -662,6 +707,11 @@ anything is sent.` + verbNote,
 				if err != nil {
 					return err
 				}
+				if asJSON {
+					return printJSON(e, struct {
+						Instances []string `json:"instances"`
+					}{orEmpty(names)})
+				}
 				for _, n := range names {
 					fmt.Fprintln(e.stdout, n)
 				}
@@ -669,6 +719,7 @@ anything is sent.` + verbNote,
 			})
 		},
 	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	addVerbFlags(cmd, vf)
 	return cmd
 }
