@@ -108,6 +108,10 @@ type ServeInfo struct {
 	Host        string       `json:"host"`    // where it runs (os.Hostname)
 	Started     time.Time    `json:"started"`
 	Credentials *Credentials `json:"credentials"`
+	// Token opens the dashboard and /metrics: "Authorization: Bearer
+	// TOKEN", or ?token=TOKEN once in a browser (it sets a cookie).
+	Token     string `json:"token,omitempty"`
+	Dashboard string `json:"dashboard,omitempty"` // HTTP + "/?token=" + Token, for a browser
 }
 
 // Credentials are PEM-encoded client credentials of a run.

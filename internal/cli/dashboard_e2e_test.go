@@ -42,13 +42,33 @@ type dashState struct {
 	} `json:"instances"`
 }
 
-func getState(t *testing.T, base string) dashState {
+// dash is a dashboard: its address and its token.
+type dash struct{ base, token string }
+
+func (s *server) dash() dash { return dash{s.info.HTTP, s.info.Token} }
+
+// get fetches path with the token as a bearer, as programs do.
+func (d dash) get(t *testing.T, path string) *http.Response {
 	t.Helper()
-	resp, err := http.Get(base + "/api/state")
+	req, err := http.NewRequest("GET", d.base+path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	req.Header.Set("Authorization", "Bearer "+d.token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
+func getState(t *testing.T, d dash) dashState {
+	t.Helper()
+	resp := d.get(t, "/api/state")
 	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("/api/state: %s", resp.Status)
+	}
 	var st dashState
 	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
 		t.Fatal(err)
@@ -58,10 +78,10 @@ func getState(t *testing.T, base string) dashState {
 
 // waitStates waits until the dashboard shows each named instance in its
 // state.
-func waitStates(t *testing.T, base string, want map[string]string) {
+func waitStates(t *testing.T, d dash, want map[string]string) {
 	t.Helper()
 	eventually(t, func() string {
-		st := getState(t, base)
+		st := getState(t, d)
 		got := map[string]string{}
 		for _, in := range st.Instances {
 			got[in.Name] = in.State
@@ -77,12 +97,9 @@ func waitStates(t *testing.T, base string, want map[string]string) {
 
 // metricValues scrapes /metrics into "name{label=value}" -> value (the
 // sample count for histograms).
-func metricValues(t *testing.T, base string) map[string]float64 {
+func metricValues(t *testing.T, d dash) map[string]float64 {
 	t.Helper()
-	resp, err := http.Get(base + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := d.get(t, "/metrics")
 	defer resp.Body.Close()
 	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/plain") {
 		t.Errorf("/metrics content type %q", ct)
@@ -129,7 +146,7 @@ func TestMetricsMatchServeRun(t *testing.T) {
     retries: 1
 `)
 	wantCode(t, droverHome(t, home, dir, "submit", "jobs.yaml"), 0)
-	waitStates(t, s.info.HTTP, map[string]string{"1.ok.0": "succeeded", "1.ok.1": "succeeded", "1.ok.2": "succeeded", "1.bad": "failed", "1.flaky": "failed"})
+	waitStates(t, s.dash(), map[string]string{"1.ok.0": "succeeded", "1.ok.1": "succeeded", "1.ok.2": "succeeded", "1.bad": "failed", "1.flaky": "failed"})
 
 	// The same counts as drover jobs, and one start per attempt.
 	var jobs []struct{ State string }
@@ -142,7 +159,7 @@ func TestMetricsMatchServeRun(t *testing.T) {
 	for _, j := range jobs {
 		byState[j.State]++
 	}
-	m := metricValues(t, s.info.HTTP)
+	m := metricValues(t, s.dash())
 	for _, c := range []struct {
 		key  string
 		want float64
@@ -168,7 +185,7 @@ func TestMetricsMatchServeRun(t *testing.T) {
 	// Observed after the events are in (one per final exit), and the
 	// RTT once a heartbeat came back.
 	eventually(t, func() string {
-		m := metricValues(t, s.info.HTTP)
+		m := metricValues(t, s.dash())
 		if got := m["drover_time_to_report_seconds"]; got != 5 {
 			return fmt.Sprintf("drover_time_to_report_seconds count %v, want 5", got)
 		}
@@ -181,10 +198,7 @@ func TestMetricsMatchServeRun(t *testing.T) {
 	})
 
 	// Output through the dashboard's log endpoint.
-	resp, err := http.Get(s.info.HTTP + "/api/logs?name=1.bad&stream=stderr")
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := s.dash().get(t, "/api/logs?name=1.bad&stream=stderr")
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if string(body) != "broken\n" {
@@ -209,14 +223,14 @@ func TestRunDashboard(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	url := ""
+	url, token := "", ""
 	sc := bufio.NewScanner(stderr)
-	re := regexp.MustCompile(`dashboard at (http://127\.0\.0\.1:\d+)/`)
+	re := regexp.MustCompile(`dashboard at (http://127\.0\.0\.1:\d+)/\?token=([A-Za-z0-9_-]+)$`)
 	var lines []string
 	for sc.Scan() {
 		lines = append(lines, sc.Text())
 		if m := re.FindStringSubmatch(sc.Text()); m != nil {
-			url = m[1]
+			url, token = m[1], m[2]
 			break
 		}
 	}
@@ -225,8 +239,25 @@ func TestRunDashboard(t *testing.T) {
 		cmd.Wait()
 		t.Fatalf("no dashboard URL on stderr:\n%s", strings.Join(lines, "\n"))
 	}
-	waitStates(t, url, map[string]string{"sleep.0": "running", "sleep.1": "running"})
-	m := metricValues(t, url)
+	// The run's dashboard is as private as serve's.
+	for _, p := range []string{"/", "/api/state", "/api/logs?name=sleep.0", "/metrics"} {
+		if resp := (dash{url, "not-" + token}).get(t, p); resp.StatusCode != http.StatusForbidden {
+			t.Errorf("run dashboard %s with a wrong token: %s", p, resp.Status)
+		} else {
+			resp.Body.Close()
+		}
+		resp, err := http.Get(url + p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Errorf("run dashboard %s without the token: %s", p, resp.Status)
+		}
+	}
+	d := dash{url, token}
+	waitStates(t, d, map[string]string{"sleep.0": "running", "sleep.1": "running"})
+	m := metricValues(t, d)
 	if m["drover_instance_starts_total"] != 2 || m["drover_instances{state=running}"] != 2 {
 		t.Errorf("metrics during the run: starts %v, running %v", m["drover_instance_starts_total"], m["drover_instances{state=running}"])
 	}
@@ -339,7 +370,7 @@ func TestDashboardBrowser(t *testing.T) {
 `)
 	writeFile(t, dir, "later.yaml", "jobs:\n  - name: later\n    command: [sleep, \"120\"]\n")
 	wantCode(t, droverHome(t, home, dir, "submit", "jobs.yaml"), 0)
-	waitStates(t, s.info.HTTP, map[string]string{"1.longrun": "running", "1.hi": "succeeded", "1.bad": "failed"})
+	waitStates(t, s.dash(), map[string]string{"1.longrun": "running", "1.hi": "succeeded", "1.bad": "failed"})
 
 	opts := []chromedp.ExecAllocatorOption{
 		chromedp.ExecPath(chromium),
@@ -360,6 +391,9 @@ func TestDashboardBrowser(t *testing.T) {
 		t.Fatalf("start chromium: %v", err)
 	}
 	base := s.info.HTTP + "/"
+	if !strings.HasPrefix(s.info.Dashboard, base+"?token=") {
+		t.Fatalf("serve.json dashboard %q", s.info.Dashboard)
+	}
 	page := func() string {
 		ctx, cancel := context.WithTimeout(bctx, 5*time.Second)
 		defer cancel()
@@ -387,13 +421,18 @@ func TestDashboardBrowser(t *testing.T) {
 	css := func(sel string) chromedp.CSS { return chromedp.CSS(sel) }
 
 	// The cluster map: the node and the running instance on a hwthread.
-	do("cluster map", chromedp.Navigate(base+"#/map"), chromedp.WaitVisible(css(`#map .hw.used[data-instance="1.longrun"]`)))
+	// The printed URL: its token becomes a cookie, then leaves the
+	// address bar; the view asked for stays.
+	do("cluster map", chromedp.Navigate(s.info.Dashboard+"#/map"), chromedp.WaitVisible(css(`#map .hw.used[data-instance="1.longrun"]`)))
 	if txt := text(`#map .node`); !strings.Contains(txt, "1.longrun") || !strings.Contains(txt, "up") && !strings.Contains(txt, "busy") {
 		t.Errorf("cluster map: %q", txt)
 	}
 	// A marker that a reload would lose.
 	ctx, cancel := context.WithTimeout(bctx, backstop)
 	defer cancel()
+	if href, err := chromedp.Run(ctx, chromedp.Evaluate[string](`location.href`)); err != nil || href != base+"#/map" {
+		t.Errorf("address after the printed URL: %q (%v), want %q", href, err, base+"#/map")
+	}
 	if _, err := chromedp.Run(ctx, chromedp.Evaluate[int](`window.droverTestMarker = 42`)); err != nil {
 		t.Fatal(err)
 	}

@@ -213,14 +213,14 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 		}
 	}()
 
-	board, boardURL, err := startRunDashboard(f.dashboard, out, jobs, skip, nodes, log)
+	board, err := startRunDashboard(f.dashboard, out, jobs, skip, nodes, log)
 	if err != nil {
 		rep.Stop()
 		stopCluster()
-		return &exitError{ExitFailed, err}
+		return err
 	}
 	if board != nil {
-		fmt.Fprintf(rep.Writer(), "drover: dashboard at %s\n", boardURL)
+		board.announce(rep.Writer())
 	}
 	sum, runErr := queue.Run(ctx, jobs, queue.Options{
 		Nodes:    nodes,

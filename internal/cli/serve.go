@@ -16,7 +16,11 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
+	grpchealth "google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
 
+	"github.com/drover-hpc/drover/api/droverpb"
 	"github.com/drover-hpc/drover/client"
 	"github.com/drover-hpc/drover/internal/cluster"
 	"github.com/drover-hpc/drover/internal/control"
@@ -29,6 +33,8 @@ import (
 type serveFlags struct {
 	listen         string
 	http           string
+	httpHosts      []string
+	metricsOpen    bool
 	launcher       string
 	hosts          []string
 	hostfile       string
@@ -52,16 +58,26 @@ the Go package github.com/drover-hpc/drover/client drive it.
 It writes $DROVER_HOME/serve.json (default ~/.drover; mode 0600) with the
 address, the status page's URL, its pid and the client credentials of the
 run; the verbs find it there. Every connection is mutual TLS: only holders
-of those credentials get in. --http serves a read-only web dashboard at /
-(cluster map, jobs, instance output, timeline; live) and Prometheus
-metrics at /metrics. Nodes it cannot launch on join it with a one-time
-token from drover token (drover agent --join, at --join-listen).
+of those credentials get in; grpc.health.v1 and server reflection (grpcurl)
+answer there too. Nodes it cannot launch on join it with a one-time token
+from drover token (drover agent --join, at --join-listen).
 
 A node whose agent dies or falls silent (--node-timeout) is lost: its
 processes finish as lost, once each. Serve then launches its agent again
 (after 1s, doubling to 60s while relaunches fail; --relaunch=false turns
 this off) and the node rejoins under its name; drover nodes shows its
 restarts and the last reason.
+
+--http serves a read-only web dashboard at / (cluster map, jobs, instance
+output, timeline; live) and Prometheus metrics at /metrics. They show
+names, arguments and output, so they need the token of serve.json: open
+the "dashboard" URL it prints (with ?token=; the browser then keeps a
+cookie), or send "Authorization: Bearer TOKEN" (Prometheus: the
+authorization setting of the scrape config). --metrics-open serves
+/metrics without it. Requests must name the dashboard in their Host header
+(a loopback name, the --http address, or a --http-host name), so pages of
+other sites cannot read it through a DNS name pointed at it. An --http
+address other than loopback prints a warning: others can then connect.
 
 On the way out every process is stopped (SIGTERM, then SIGKILL after
 --grace), the agents exit and serve.json is removed. Only one serve runs
@@ -71,7 +87,9 @@ per DROVER_HOME.`,
   drover start --node "$(hostname)" --name sim -- ./sim --fast
   drover shutdown
 
-  DROVER_HOME=/tmp/d drover serve --listen 0.0.0.0:7700 --http 127.0.0.1:8080`,
+  DROVER_HOME=/tmp/d drover serve --listen 0.0.0.0:7700 --http 127.0.0.1:8080
+  drover serve --http 0.0.0.0:8080 --http-host node1.example.org
+  curl -H "Authorization: Bearer $(jq -r .token ~/.drover/serve.json)" "$(jq -r .http ~/.drover/serve.json)/api/state"`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runServe(e, f, cmd.Flags().Changed("listen"))
@@ -80,6 +98,8 @@ per DROVER_HOME.`,
 	fl := cmd.Flags()
 	fl.StringVar(&f.listen, "listen", "127.0.0.1:0", "address for agents and clients (mutual TLS)")
 	fl.StringVar(&f.http, "http", "127.0.0.1:0", "address of the read-only web dashboard and /metrics")
+	fl.StringSliceVar(&f.httpHosts, "http-host", nil, "host names the dashboard answers to besides loopback and the --http address, NAME,...")
+	fl.BoolVar(&f.metricsOpen, "metrics-open", false, "serve /metrics without the token")
 	fl.StringVar(&f.launcher, "launcher", "", "how agents reach the nodes: local, ssh or slurm (default: slurm inside an allocation, ssh with --hosts, else local)")
 	fl.StringSliceVar(&f.hosts, "hosts", nil, "SSH nodes, [user@]host,...")
 	fl.StringVar(&f.hostfile, "hostfile", "", "file with one SSH node per line")
@@ -132,15 +152,19 @@ func runServe(e *env, f *serveFlags, listenChanged bool) error {
 	}
 	defer unlock()
 
-	httpLis, err := net.Listen("tcp", f.http)
+	httpLis, err := listenDashboard("--http", f.http, f.httpHosts, f.metricsOpen)
 	if err != nil {
-		return &exitError{ExitFailed, fmt.Errorf("--http: %w", err)}
+		return err
 	}
 	defer httpLis.Close()
 
 	cl := cluster.New(cluster.Options{Logger: log, Home: home, Grace: f.grace})
 	ctl := control.New(cl, control.Options{Logger: log, Grace: f.grace})
 	joins := join.New(join.Options{Logger: log, NameTaken: func(name string) bool { return nodeUp(cl, name) }})
+	// grpc.health.v1 and server reflection, for probes and grpcurl; they
+	// sit behind the same mutual TLS as everything else.
+	health := grpchealth.NewServer()
+	health.SetServingStatus(droverpb.Control_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	m, err := manager.New(manager.Options{
 		Listen:         listen,
 		NodeTimeout:    f.nodeTimeout,
@@ -152,6 +176,8 @@ func runServe(e *env, f *serveFlags, listenChanged bool) error {
 		Register: func(s *grpc.Server) {
 			ctl.Register(s)
 			joins.Register(s)
+			healthpb.RegisterHealthServer(s, health)
+			reflection.Register(s)
 		},
 		OnNode: cl.AddNode,
 		// A node lost under serve comes back: programs keep their cluster.
@@ -172,6 +198,8 @@ func runServe(e *env, f *serveFlags, listenChanged bool) error {
 			return nil
 		}
 		stopped = true
+		// Probes see the end coming while the processes are stopped.
+		health.Shutdown()
 		joins.Close()
 		var errs []error
 		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -217,11 +245,13 @@ func runServe(e *env, f *serveFlags, listenChanged bool) error {
 		bundle, err = m.CA().Issue(creds.RoleClient, "drover-client", nil)
 	}
 	info := &client.ServeInfo{
-		Address: dialable(m.Addr()),
-		HTTP:    "http://" + dialable(httpLis.Addr().String()),
-		PID:     os.Getpid(),
-		Host:    host,
-		Started: time.Now().UTC().Truncate(time.Second),
+		Address:   dialable(m.Addr()),
+		HTTP:      httpLis.base,
+		PID:       os.Getpid(),
+		Host:      host,
+		Started:   time.Now().UTC().Truncate(time.Second),
+		Token:     httpLis.access.Token,
+		Dashboard: httpLis.url(),
 	}
 	if err == nil {
 		info.Credentials = &client.Credentials{CA: bundle.CA, Cert: bundle.Cert, Key: bundle.Key}
@@ -237,7 +267,7 @@ func runServe(e *env, f *serveFlags, listenChanged bool) error {
 
 	dashCtx, stopDash := context.WithCancel(context.Background())
 	defer stopDash()
-	web := &http.Server{Handler: serveDashboard(dashCtx, cl, m), ReadHeaderTimeout: 10 * time.Second,
+	web := &http.Server{Handler: serveDashboard(dashCtx, cl, m, httpLis.access), ReadHeaderTimeout: 10 * time.Second,
 		// stopDash ends the dashboard's event streams and followed logs.
 		BaseContext: func(net.Listener) context.Context { return dashCtx }}
 	go func() {
@@ -246,8 +276,11 @@ func runServe(e *env, f *serveFlags, listenChanged bool) error {
 		}
 	}()
 
-	fmt.Fprintf(e.stderr, "drover serve: manager at %s, status page %s, nodes join at %s (drover token), pid %d; credentials in %s\n",
-		info.Address, info.HTTP, joins.Addr(), info.PID, serveFile)
+	if httpLis.warning != "" {
+		fmt.Fprintf(e.stderr, "drover serve: warning: %s\n", httpLis.warning)
+	}
+	fmt.Fprintf(e.stderr, "drover serve: manager at %s, nodes join at %s (drover token), pid %d; credentials in %s\ndrover serve: dashboard at %s\n",
+		info.Address, joins.Addr(), info.PID, serveFile, info.Dashboard)
 
 	viaSignal := false
 	select {

@@ -34,6 +34,8 @@ type serveJSON struct {
 	PID         int             `json:"pid"`
 	Host        string          `json:"host"`
 	Credentials json.RawMessage `json:"credentials"`
+	Token       string          `json:"token"`
+	Dashboard   string          `json:"dashboard"`
 }
 
 // droverHome runs the binary in dir with DROVER_HOME=home to completion.
@@ -431,10 +433,7 @@ func TestServeVerbs(t *testing.T) {
 	})
 
 	// the status page
-	resp, err := http.Get(s.info.HTTP + "/")
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := s.dash().get(t, "/")
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if resp.StatusCode != 200 || !strings.Contains(string(body), nodeName) || !strings.Contains(string(body), "greet") {

@@ -16,10 +16,12 @@ import (
 	"syscall"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"github.com/spf13/cobra"
 
 	"github.com/drover-hpc/drover/client"
+	"github.com/drover-hpc/drover/internal/cluster"
 	"github.com/drover-hpc/drover/internal/control"
 	"github.com/drover-hpc/drover/internal/jobfile"
 	"github.com/drover-hpc/drover/internal/queue"
@@ -162,6 +164,7 @@ func newStart(e *env) *cobra.Command {
 	var req client.StartRequest
 	var envs []string
 	var hwthreads string
+	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "start --node N --name NAME [flags] -- CMD [ARG...]",
 		Short: "Start a named process on a node",
@@ -172,7 +175,8 @@ files to write (relative paths, like --workdir, are taken from here);
 without them serve keeps the output for drover logs. --cores reserves that
 many whole cores and binds the process to their hardware threads.
 
-It prints the node, pid and bound hardware threads.` + verbNote,
+It prints the node, pid and bound hardware threads; --json prints
+{"name", "node", "pid", "hwthreads"}.` + verbNote,
 		Example: `  drover start --node node1 --name sim -- ./sim --seed 3
   drover start --node node1 --name srv --cores 2 --env OMP_PROC_BIND=true --stdout srv.log -- ./server
   drover start --node node1 --name echo -- cat`,
@@ -185,6 +189,12 @@ It prints the node, pid and bound hardware threads.` + verbNote,
 			}
 			if req.Node == "" || req.Name == "" {
 				return usageError("start needs --node and --name")
+			}
+			if err := checkNames(req.Name); err != nil {
+				return err
+			}
+			if err := checkNode(req.Node); err != nil {
+				return err
 			}
 			if req.Cores < 0 {
 				return usageError("--cores must be >= 0")
@@ -215,6 +225,9 @@ It prints the node, pid and bound hardware threads.` + verbNote,
 				if err != nil {
 					return err
 				}
+				if asJSON {
+					return printJSON(e, startJSON{Name: req.Name, Node: res.Node, PID: res.PID, HWThreads: orEmpty(res.HWThreads)})
+				}
 				fmt.Fprintf(e.stdout, "%s started on %s, pid %d", req.Name, res.Node, res.PID)
 				if len(res.HWThreads) > 0 {
 					fmt.Fprintf(e.stdout, ", hwthreads %s", intList(res.HWThreads, ""))
@@ -233,6 +246,7 @@ It prints the node, pid and bound hardware threads.` + verbNote,
 	fl.StringArrayVar(&envs, "env", nil, "KEY=VALUE added to its environment; repeatable")
 	fl.IntVar(&req.Cores, "cores", 0, "whole cores to reserve and bind it to (default: none, unbound)")
 	fl.StringVar(&hwthreads, "hwthreads", "", "bind it to exactly these hardware threads (a cpu list: 0,2 or 4-7), reserving their cores")
+	fl.BoolVar(&asJSON, "json", false, "print JSON")
 	addVerbFlags(cmd, vf)
 	addGroupFlag(cmd, vf)
 	return cmd
@@ -240,15 +254,22 @@ It prints the node, pid and bound hardware threads.` + verbNote,
 
 func newPoll(e *env) *cobra.Command {
 	vf := &verbFlags{}
+	var asJSON bool
 	cmd := &cobra.Command{
-		Use:   "poll [NAME...]",
+		Use:   "poll [NAME...] [--json]",
 		Short: "Show whether processes are running or how they ended",
 		Long: `Prints a line for each named process, or each known one: "NAME running",
 "NAME exit N" or "NAME signal SIG". A process is known from its start until
-it is purged.` + verbNote,
+it is purged. --json prints a JSON array of {"name", "running", "node",
+"exit_code", "signal", "error", "start", "end"} (exit_code is null while
+running or when a signal ended it).` + verbNote,
 		Example: `  drover poll
-  drover poll sim srv`,
+  drover poll sim srv
+  drover poll --json | jq -r '.[] | select(.running | not) | .name'`,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkNames(args...); err != nil {
+				return err
+			}
 			return withClient(vf, func(ctx context.Context, c *client.Client) error {
 				sts, err := c.Poll(ctx, args...)
 				if err != nil {
@@ -258,14 +279,24 @@ it is purged.` + verbNote,
 				for _, s := range sts {
 					if s.Err != nil {
 						unknown = append(unknown, s.Err)
-						continue
 					}
-					fmt.Fprintf(e.stdout, "%s %s\n", s.Name, s)
+				}
+				if asJSON {
+					if err := printJSON(e, statusesJSON(sts)); err != nil {
+						return err
+					}
+					return errors.Join(unknown...)
+				}
+				for _, s := range sts {
+					if s.Err == nil {
+						fmt.Fprintf(e.stdout, "%s %s\n", s.Name, s)
+					}
 				}
 				return errors.Join(unknown...)
 			})
 		},
 	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	addVerbFlags(cmd, vf)
 	addGroupFlag(cmd, vf)
 	return cmd
@@ -287,6 +318,9 @@ signal is sent; drover poll and drover finished show the end.` + verbNote,
 			if grace < 0 {
 				return usageError("--grace must be >= 0")
 			}
+			if err := checkNames(args[0]); err != nil {
+				return err
+			}
 			return withClient(vf, func(ctx context.Context, c *client.Client) error {
 				return c.Stop(ctx, args[0], grace)
 			})
@@ -306,6 +340,9 @@ func newKill(e *env) *cobra.Command {
 		Example: `  drover kill sim`,
 		Args:    exactArgs(1, "kill NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkNames(args[0]); err != nil {
+				return err
+			}
 			return withClient(vf, func(ctx context.Context, c *client.Client) error {
 				return c.Kill(ctx, args[0])
 			})
@@ -325,6 +362,9 @@ its name may be used again.` + verbNote,
 		Example: `  drover purge sim`,
 		Args:    exactArgs(1, "purge NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkNames(args[0]); err != nil {
+				return err
+			}
 			return withClient(vf, func(ctx context.Context, c *client.Client) error {
 				return c.Purge(ctx, args[0])
 			})
@@ -351,6 +391,9 @@ closes that stdin: the process reads end of input (TEXT may be left out).` + ver
 			return usageError("usage: drover send NAME TEXT, or drover send NAME [TEXT] --close")
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkNames(args[0]); err != nil {
+				return err
+			}
 			return withClient(vf, func(ctx context.Context, c *client.Client) error {
 				if len(args) == 2 {
 					if err := c.Send(ctx, args[0], []byte(args[1]+"\n")); err != nil {
@@ -389,6 +432,9 @@ it is printed, or Ctrl-C. With several names, each line is prefixed with
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkNames(args...); err != nil {
+				return err
+			}
 			return withClient(vf, func(ctx context.Context, c *client.Client) error {
 				var err error
 				if len(args) == 1 {
@@ -411,14 +457,15 @@ it is printed, or Ctrl-C. With several names, each line is prefixed with
 
 func newFinished(e *env) *cobra.Command {
 	vf := &verbFlags{}
+	var asJSON bool
 	var wait time.Duration
 	var follow bool
 	cmd := &cobra.Command{
 		Use:   "finished",
 		Short: "Print the processes that ended since the last call",
 		Long: `Prints "NAME exit N" or "NAME signal SIG" for each process started with
-drover start that ended since the last drover finished (by anyone): each
-exit exactly once. A process whose node was lost before it reported its
+drover start (in --group, or without a group) that ended and that no
+drover finished has printed yet. A process whose node was lost before it reported its
 end shows as "NAME exit -1 (node lost)". With --wait, when none has ended
 yet, it waits up to that long and prints the first to end as soon as it
 does. With --follow it prints each end as it comes until interrupted.
@@ -428,7 +475,8 @@ does so once it has printed it, so an exit whose line was never printed
 (the command was killed first) is handed out again.` + verbNote,
 		Example: `  drover finished
   drover finished --wait 1m   # block until something ends (at most a minute)
-  drover finished -f          # print each end as it comes`,
+  drover finished -f          # print each end as it comes
+  drover finished -f --json   # the same as JSON Lines`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if wait < 0 {
@@ -446,12 +494,19 @@ does so once it has printed it, so an exit whose line was never printed
 				return err
 			}
 			return withClient(vf, func(ctx context.Context, c *client.Client) error {
+				if follow && asJSON { // JSON Lines: one exit a line, as it comes
+					enc := json.NewEncoder(e.stdout)
+					return c.WatchFinished(ctx, func(x client.Exit) error { return enc.Encode(toExitJSON(x)) })
+				}
 				if follow {
 					return c.WatchFinished(ctx, print)
 				}
 				exits, err := c.Finished(ctx, wait)
 				if err != nil {
 					return err
+				}
+				if asJSON {
+					return printExitsJSON(e, exits)
 				}
 				for _, x := range exits {
 					if err := print(x); err != nil {
@@ -464,6 +519,7 @@ does so once it has printed it, so an exit whose line was never printed
 	}
 	cmd.Flags().DurationVar(&wait, "wait", 0, "when nothing has ended yet, wait up to this long for something to")
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "print each end as it comes, until interrupted")
+	addFinishedJSON(cmd, &asJSON)
 	addVerbFlags(cmd, vf)
 	addGroupFlag(cmd, vf)
 	return cmd
@@ -511,21 +567,39 @@ gets, besides its own --env.` + verbNote,
 	get := func() *cobra.Command {
 		vf := &verbFlags{}
 		var nodeName string
+		var asJSON bool
 		c := &cobra.Command{
 			Use:   "get --node N KEY",
 			Short: "Print a variable of a node's base environment",
 			Long: `Prints the value of KEY in node N's base environment; exits 1 (printing
-nothing) when it is not set.` + verbNote,
+nothing) when it is not set. --json prints {"node", "key", "set", "value"}
+(value null when not set; the exit status is still 1).` + verbNote,
 			Example: `  drover env get --node node1 PATH`,
 			Args:    exactArgs(1, "env get --node N KEY"),
 			RunE: func(cmd *cobra.Command, args []string) error {
 				if nodeName == "" {
 					return usageError("env get needs --node")
 				}
+				if err := checkNode(nodeName); err != nil {
+					return err
+				}
 				return withClient(vf, func(ctx context.Context, c *client.Client) error {
 					v, ok, err := c.GetEnv(ctx, nodeName, args[0])
 					if err != nil {
 						return err
+					}
+					if asJSON {
+						doc := envJSON{Node: nodeName, Key: args[0], Set: ok}
+						if ok {
+							doc.Value = &v
+						}
+						if err := printJSON(e, doc); err != nil {
+							return err
+						}
+						if !ok {
+							return errFailed
+						}
+						return nil
 					}
 					if !ok {
 						return errFailed
@@ -536,6 +610,7 @@ nothing) when it is not set.` + verbNote,
 			},
 		}
 		c.Flags().StringVar(&nodeName, "node", "", "the node")
+		c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 		addVerbFlags(c, vf)
 		return c
 	}()
@@ -551,6 +626,9 @@ nothing) when it is not set.` + verbNote,
 			RunE: func(cmd *cobra.Command, args []string) error {
 				if nodeName == "" {
 					return usageError("env set needs --node")
+				}
+				if err := checkNode(nodeName); err != nil {
+					return err
 				}
 				if args[0] == "" || strings.ContainsAny(args[0], "=\x00") {
 					return usageError("env set: invalid variable name %q", args[0])
@@ -584,17 +662,21 @@ released.` + verbNote,
 	bind := func() *cobra.Command {
 		vf := &verbFlags{}
 		var nodeName string
-		var udp bool
+		var udp, asJSON bool
 		var n int
 		c := &cobra.Command{
-			Use:     "bind --node N [--udp] [-n K]",
-			Short:   "Reserve free ports on a node and print them",
-			Long:    `Reserves K free TCP (or UDP) ports on node N and prints them, one a line.` + verbNote,
+			Use:   "bind --node N [--udp] [-n K]",
+			Short: "Reserve free ports on a node and print them",
+			Long: `Reserves K free TCP (or UDP) ports on node N and prints them, one a line;
+--json prints {"node", "protocol": "tcp"|"udp", "ports"}.` + verbNote,
 			Example: `  drover ports bind --node node1 -n 3`,
 			Args:    cobra.NoArgs,
 			RunE: func(cmd *cobra.Command, _ []string) error {
 				if nodeName == "" {
 					return usageError("ports bind needs --node")
+				}
+				if err := checkNode(nodeName); err != nil {
+					return err
 				}
 				if n < 1 {
 					return usageError("-n must be >= 1")
@@ -603,6 +685,13 @@ released.` + verbNote,
 					ports, err := c.BindPorts(ctx, nodeName, udp, n)
 					if err != nil {
 						return err
+					}
+					if asJSON {
+						proto := "tcp"
+						if udp {
+							proto = "udp"
+						}
+						return printJSON(e, portsJSON{Node: nodeName, Protocol: proto, Ports: orEmpty(ports)})
 					}
 					for _, p := range ports {
 						fmt.Fprintln(e.stdout, p)
@@ -614,6 +703,7 @@ released.` + verbNote,
 		c.Flags().StringVar(&nodeName, "node", "", "the node")
 		c.Flags().BoolVar(&udp, "udp", false, "UDP ports instead of TCP")
 		c.Flags().IntVarP(&n, "n", "n", 1, "how many ports")
+		c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 		addVerbFlags(c, vf)
 		return c
 	}()
@@ -629,6 +719,9 @@ released.` + verbNote,
 			RunE: func(cmd *cobra.Command, args []string) error {
 				if nodeName == "" {
 					return usageError("ports release needs --node")
+				}
+				if err := checkNode(nodeName); err != nil {
+					return err
 				}
 				if len(args) == 0 {
 					return usageError("ports release needs the ports to release")
@@ -668,6 +761,9 @@ func newLogLevel(e *env) *cobra.Command {
 			if nodeName == "" {
 				return usageError("log-level needs --node")
 			}
+			if err := checkNode(nodeName); err != nil {
+				return err
+			}
 			level := strings.ToLower(args[0])
 			if !slices.Contains(control.LogLevels, level) {
 				return usageError("log-level must be debug, info, warn or error, got %q", args[0])
@@ -684,17 +780,18 @@ func newLogLevel(e *env) *cobra.Command {
 
 func newSubmit(e *env) *cobra.Command {
 	vf := &verbFlags{}
+	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "submit JOBFILE",
 		Short: "Queue a job file's jobs on the running drover serve",
 		Long: `Checks JOBFILE (the format of drover run) and queues its jobs; they run on
 free cores beside the processes of drover start, and drover jobs lists
-them with where their results are. It prints the instance names. An
-invalid job file exits 2 with FILE:LINE:COL: what is wrong, before
-anything is sent.` + verbNote,
+them with where their results are. It prints the instance names (--json:
+{"instances": [...]}). An invalid job file exits 2 with FILE:LINE:COL:
+what is wrong, before anything is sent.` + verbNote,
 		Example: `  drover submit jobs.yaml
   drover jobs`,
-		Args: exactArgs(1, "submit JOBFILE"),
+		Args: exactArgs(1, "submit JOBFILE [--json]"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			file, err := jobfile.Load(args[0])
 			if err != nil {
@@ -712,6 +809,11 @@ anything is sent.` + verbNote,
 				if err != nil {
 					return err
 				}
+				if asJSON {
+					return printJSON(e, struct {
+						Instances []string `json:"instances"`
+					}{orEmpty(names)})
+				}
 				for _, n := range names {
 					fmt.Fprintln(e.stdout, n)
 				}
@@ -719,6 +821,7 @@ anything is sent.` + verbNote,
 			})
 		},
 	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	addVerbFlags(cmd, vf)
 	return cmd
 }
@@ -790,6 +893,27 @@ serve it waits for that.` + verbNote,
 	}
 	addVerbFlags(cmd, vf)
 	return cmd
+}
+
+// checkNames refuses, before anything is sent, process names that break
+// the naming rule (cluster.CheckName): exit 2.
+func checkNames(names ...string) error {
+	for _, n := range names {
+		if err := cluster.CheckName(n); err != nil {
+			return &exitError{ExitUsage, err}
+		}
+	}
+	return nil
+}
+
+// checkNode refuses a node name that no node can have: empty, starting
+// with "-", or with a space or control character. Node names come from
+// host names, so anything else is left to the serve to look up.
+func checkNode(name string) error {
+	if name == "" || name[0] == '-' || strings.IndexFunc(name, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0 {
+		return usageError("invalid node name %q", name)
+	}
+	return nil
 }
 
 // exactArgs is cobra.ExactArgs with the usage in the message.

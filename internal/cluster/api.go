@@ -8,9 +8,11 @@ package cluster
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"time"
 
+	"github.com/drover-hpc/drover/internal/errdefs"
 	"github.com/drover-hpc/drover/internal/jobfile"
 	"github.com/drover-hpc/drover/internal/node"
 	"github.com/drover-hpc/drover/internal/topology"
@@ -30,6 +32,40 @@ type NodeInfo struct {
 	Restarts   int           `json:"restarts"`
 	LastReason string        `json:"last_reason,omitempty"`
 	RTT        time.Duration `json:"rtt_ns,omitempty"` // last heartbeat round trip
+}
+
+// MaxNameLen bounds a process name: it is a file name on the nodes.
+const MaxNameLen = 255
+
+// CheckName refuses a process name that is not made of letters, digits and
+// "_.-" (the job-file rule) or "[]" (MUSCLE3's instance names: macro[3],
+// micro[1][2]); that starts with "-" (it would read as a flag); that is "."
+// or ".."; or that is longer than MaxNameLen. Names go into file names,
+// directory names and one-line reports (drover poll, drover finished), so
+// nothing else (no space, slash or control character) is let in. The
+// error wraps errdefs.ErrInvalid and quotes the name.
+func CheckName(name string) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("%w: empty process name", errdefs.ErrInvalid)
+	case len(name) > MaxNameLen:
+		return fmt.Errorf("%w: process name longer than %d bytes", errdefs.ErrInvalid, MaxNameLen)
+	case name == "." || name == "..":
+		return fmt.Errorf("%w: process name %q", errdefs.ErrInvalid, name)
+	case name[0] == '-':
+		return fmt.Errorf("%w: process name %q starts with -", errdefs.ErrInvalid, name)
+	}
+	for _, r := range name {
+		if !nameRune(r) {
+			return fmt.Errorf("%w: process name %q has %q: use letters, digits and _ . - [ ]", errdefs.ErrInvalid, name, r)
+		}
+	}
+	return nil
+}
+
+func nameRune(r rune) bool {
+	return 'a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' ||
+		r == '_' || r == '.' || r == '-' || r == '[' || r == ']'
 }
 
 // StartRequest is `drover start`.

@@ -553,19 +553,3 @@ func (c *Cluster) reservedLocked(name string) bool {
 	s := c.subByNum[n]
 	return s != nil && num == fmt.Sprint(n) && s.has(inst)
 }
-
-// checkName refuses names that cannot be a file name (the node makes work
-// dirs, and Home/procs/<name>/ holds default output files).
-func checkName(name string) error {
-	switch {
-	case name == "":
-		return fmt.Errorf("%w: empty process name", errdefs.ErrInvalid)
-	case name == "." || name == "..":
-		return fmt.Errorf("%w: process name %q", errdefs.ErrInvalid, name)
-	case strings.ContainsAny(name, "/\x00"):
-		return fmt.Errorf("%w: process name %q has a slash or NUL", errdefs.ErrInvalid, name)
-	case len(name) > 255:
-		return fmt.Errorf("%w: process name longer than 255 bytes", errdefs.ErrInvalid)
-	}
-	return nil
-}

@@ -24,11 +24,12 @@ import (
 // free) and the process is bound to their hwthreads until its exit.
 func (c *Cluster) Start(ctx context.Context, req StartRequest) (StartResult, error) {
 	spec := req.Spec
+	// The name is checked first: it goes into every message below.
+	if err := CheckName(spec.Name); err != nil {
+		return StartResult{}, fmt.Errorf("start on %q: %w", req.Node, err)
+	}
 	op := fmt.Sprintf("start %s on %s", spec.Name, req.Node)
 	if err := ctx.Err(); err != nil {
-		return StartResult{}, fmt.Errorf("%s: %w", op, err)
-	}
-	if err := checkName(spec.Name); err != nil {
 		return StartResult{}, fmt.Errorf("%s: %w", op, err)
 	}
 	if len(spec.Args) == 0 || spec.Args[0] == "" {

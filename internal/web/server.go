@@ -34,8 +34,9 @@ const keepAlive = 15 * time.Second
 //	/api/logs         ?name=&stream=stdout|stderr&follow=1: its output
 //	/metrics          Prometheus text format
 //
-// Everything is read-only: methods other than GET and HEAD get 405.
-func Handler(src Source) http.Handler {
+// Everything is read-only: methods other than GET and HEAD get 405. acc
+// says who gets in (see Access): every path but /static/ needs its token.
+func Handler(src Source, acc Access) http.Handler {
 	mux := http.NewServeMux()
 	static, _ := fs.Sub(staticFiles, "static")
 	files := http.FileServerFS(static)
@@ -68,6 +69,7 @@ func Handler(src Source) http.Handler {
 	mux.HandleFunc("GET /api/events", func(w http.ResponseWriter, r *http.Request) { serveEvents(w, r, src) })
 	mux.HandleFunc("GET /api/logs", func(w http.ResponseWriter, r *http.Request) { serveLogs(w, r, src) })
 	mux.Handle("GET /metrics", promhttp.HandlerFor(src.Metrics(), promhttp.HandlerOpts{}))
+	guarded := acc.guard(mux)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			w.Header().Set("Allow", "GET, HEAD")
@@ -79,7 +81,7 @@ func Handler(src Source) http.Handler {
 		h.Set("Referrer-Policy", "no-referrer")
 		h.Set("X-Frame-Options", "DENY")
 		h.Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'")
-		mux.ServeHTTP(w, r)
+		guarded.ServeHTTP(w, r)
 	})
 }
 

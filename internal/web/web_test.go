@@ -21,6 +21,18 @@ import (
 
 func code(c int) *int { return &c }
 
+// testAccess lets in the tests' requests, which get adds the token to.
+var testAccess = Access{Token: "test-token"}
+
+func get(url string) (*http.Response, error) {
+	req, err := http.NewRequest("GET", url, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+testAccess.Token)
+	return http.DefaultClient.Do(req)
+}
+
 // sseReader reads server-sent events from a stream.
 type sseReader struct{ sc *bufio.Scanner }
 
@@ -46,6 +58,7 @@ func openEvents(t *testing.T, url string) *sseReader {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	req, _ := http.NewRequestWithContext(ctx, "GET", url+"/api/events", nil)
+	req.Header.Set("Authorization", "Bearer "+testAccess.Token)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -61,7 +74,7 @@ func openEvents(t *testing.T, url string) *sseReader {
 
 func TestSSEDeliversUpdates(t *testing.T) {
 	src := NewRunSource(RunOptions{Title: "t", OutDir: t.TempDir(), Instances: []string{"a", "b"}})
-	srv := httptest.NewServer(Handler(src))
+	srv := httptest.NewServer(Handler(src, testAccess))
 	t.Cleanup(srv.Close) // after the stream's cleanup closed it
 	ev := openEvents(t, srv.URL)
 	kind, data := ev.next(t)
@@ -162,9 +175,9 @@ func TestMetricsText(t *testing.T) {
 	src.OnEvent(results.Event{Time: t0.Add(8 * time.Millisecond), Event: results.Finished, Job: "b", Node: "n", Attempt: 2, ExitCode: code(1)})
 	src.OnEvent(results.Event{Time: t0.Add(9 * time.Millisecond), Event: results.Started, Job: "c", Node: "n", Attempt: 1, HWThreads: "0"})
 
-	srv := httptest.NewServer(Handler(src))
+	srv := httptest.NewServer(Handler(src, testAccess))
 	defer srv.Close()
-	resp, err := http.Get(srv.URL + "/metrics")
+	resp, err := get(srv.URL + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -231,7 +244,7 @@ func TestMetricsText(t *testing.T) {
 
 func TestReadOnlyAndPages(t *testing.T) {
 	src := NewRunSource(RunOptions{Title: "t", OutDir: t.TempDir(), Instances: []string{"x<script>"}})
-	srv := httptest.NewServer(Handler(src))
+	srv := httptest.NewServer(Handler(src, testAccess))
 	defer srv.Close()
 	resp, err := http.Post(srv.URL+"/", "text/plain", strings.NewReader("x"))
 	if err != nil {
@@ -242,7 +255,7 @@ func TestReadOnlyAndPages(t *testing.T) {
 		t.Errorf("POST /: %s", resp.Status)
 	}
 	for _, p := range []string{"/", "/static/app.js", "/static/app.css", "/api/state", "/api/instance?name=x%3Cscript%3E"} {
-		resp, err := http.Get(srv.URL + p)
+		resp, err := get(srv.URL + p)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -256,7 +269,7 @@ func TestReadOnlyAndPages(t *testing.T) {
 			t.Errorf("GET /: the name is not escaped")
 		}
 	}
-	resp, _ = http.Get(srv.URL + "/api/instance?name=nope")
+	resp, _ = get(srv.URL + "/api/instance?name=nope")
 	resp.Body.Close()
 	if resp.StatusCode != 404 {
 		t.Errorf("unknown instance: %s", resp.Status)
