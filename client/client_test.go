@@ -57,7 +57,7 @@ func (f *fake) Start(_ context.Context, req cluster.StartRequest) (cluster.Start
 	return cluster.StartResult{Node: req.Node, PID: 99, HWThreads: []int{2}}, nil
 }
 
-func (f *fake) Poll(_ context.Context, _ string, names ...string) ([]node.Status, error) {
+func (f *fake) Poll(_ context.Context, _ string, names []string) ([]node.Status, error) {
 	if err := f.fail(); err != nil {
 		return nil, err
 	}

@@ -131,7 +131,7 @@ type API interface {
 	// Poll reports the named processes, or all known ones (of the group,
 	// when group is not empty). A name it does not know is reported as
 	// node.Unknown.
-	Poll(ctx context.Context, group string, names ...string) ([]node.Status, error)
+	Poll(ctx context.Context, group string, names []string) ([]node.Status, error)
 	Stop(ctx context.Context, name string, grace time.Duration) error
 	Kill(ctx context.Context, name string) error
 	Purge(ctx context.Context, name string) error

@@ -198,7 +198,7 @@ func TestVerbs(t *testing.T) {
 	start(t, c, "n1", "sleeper", helper("sleep=30s")...)
 	start(t, c, "n1", "stubborn", helper("ignoreterm", "out=ready", "sleep=30s")...)
 
-	st, err := c.Poll(ctx, "")
+	st, err := c.Poll(ctx, "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -212,7 +212,7 @@ func TestVerbs(t *testing.T) {
 	if !slices.Equal(names, []string{"echo", "sleeper", "stubborn"}) {
 		t.Fatalf("poll all: %v", names)
 	}
-	if st, err := c.Poll(ctx, "", "echo", "nope"); err != nil || len(st) != 2 || st[0].State == node.Unknown ||
+	if st, err := c.Poll(ctx, "", []string{"echo", "nope"}); err != nil || len(st) != 2 || st[0].State == node.Unknown ||
 		st[1].State != node.Unknown || !errors.Is(st[1].Err, errdefs.ErrUnknownProcess) {
 		t.Fatalf("poll unknown: %+v, %v", st, err)
 	}
@@ -230,7 +230,7 @@ func TestVerbs(t *testing.T) {
 	if e := col.wait(t, "echo")["echo"]; e.Code != 0 || e.Signal != 0 {
 		t.Fatalf("echo: %+v", e)
 	}
-	st, _ = c.Poll(ctx, "", "echo")
+	st, _ = c.Poll(ctx, "", []string{"echo"})
 	if st[0].State != node.Exited || st[0].Exit.String() != "exit 0" {
 		t.Fatalf("poll echo: %+v", st)
 	}
@@ -260,7 +260,7 @@ func TestVerbs(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if st, _ := c.Poll(ctx, ""); len(st) != 0 {
+	if st, _ := c.Poll(ctx, "", nil); len(st) != 0 {
 		t.Fatalf("after purge: %+v", st)
 	}
 	for name, err := range map[string]error{
@@ -570,7 +570,7 @@ jobs:
 	if err := c.Logs(ctx, "2.bad", true, false, &b); err != nil || b.String() != "oops\n" {
 		t.Fatalf("logs 2.bad: %q %v", b.String(), err)
 	}
-	if st, err := c.Poll(ctx, "", "2.bad"); err != nil || st[0].State != node.Exited || st[0].Exit.Code != 2 {
+	if st, err := c.Poll(ctx, "", []string{"2.bad"}); err != nil || st[0].State != node.Exited || st[0].Exit.Code != 2 {
 		t.Fatalf("poll 2.bad: %+v %v", st, err)
 	}
 	// Submission exits never reach Finished; Poll lists Start-ed processes only.
@@ -581,14 +581,14 @@ jobs:
 			t.Errorf("submission instance %s in Finished", n)
 		}
 	}
-	all, _ := c.Poll(ctx, "")
+	all, _ := c.Poll(ctx, "", nil)
 	for _, s := range all {
 		if slices.Contains(want, s.Name) {
 			t.Errorf("poll lists instance %s", s.Name)
 		}
 	}
 	// The side process was not disturbed and still holds its core.
-	if st, _ := c.Poll(ctx, "", "side"); st[0].State != node.Running {
+	if st, _ := c.Poll(ctx, "", []string{"side"}); st[0].State != node.Running {
 		t.Fatalf("side: %+v", st)
 	}
 	if err := c.Stop(ctx, "side", time.Second); err != nil {
@@ -694,7 +694,7 @@ jobs:
 	if e.Code != -1 || e.Signal != 0 || e.Err != "node lost" || e.Node != "n2" {
 		t.Fatalf("gone: %+v", e)
 	}
-	if st, _ := c.Poll(ctx, "", "gone"); st[0].State != node.Exited || st[0].Exit.Err != "node lost" {
+	if st, _ := c.Poll(ctx, "", []string{"gone"}); st[0].State != node.Exited || st[0].Exit.Err != "node lost" {
 		t.Fatalf("poll gone: %+v", st)
 	}
 	nodes, _ := c.Nodes(ctx)
@@ -832,7 +832,7 @@ jobs:
 	if j := jobs["1.flaky"]; j.State != results.StateFailed || j.Attempts != 3 || j.Outcome != "failed, exit 5" {
 		t.Errorf("flaky: %+v", j)
 	}
-	if st, err := c.Poll(ctx, "", "1.flaky"); err != nil || st[0].Exit.Code != 5 {
+	if st, err := c.Poll(ctx, "", []string{"1.flaky"}); err != nil || st[0].Exit.Code != 5 {
 		t.Fatalf("poll: %+v %v", st, err)
 	}
 }
@@ -888,7 +888,7 @@ func TestStopWhileStarting(t *testing.T) {
 	waitOutput(t, c, "1.w.0", "started")
 	// The queue may already have queued w.1 on the node behind w.0; then
 	// it is known, and starting until w.0 exits.
-	st, err := c.Poll(ctx, "", "1.w.1")
+	st, err := c.Poll(ctx, "", []string{"1.w.1"})
 	if err == nil && errors.Is(st[0].Err, errdefs.ErrUnknownProcess) {
 		t.Skip("the queue does not start instances behind running ones")
 	}

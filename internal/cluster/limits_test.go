@@ -29,7 +29,7 @@ func TestStartTooLargeRefused(t *testing.T) {
 	if err := c.SetEnv(ctx, "n1", "BIG", big); !errors.Is(err, errdefs.ErrInvalid) {
 		t.Errorf("set env: %v", err)
 	}
-	if st, err := c.Poll(ctx, "a"); err != nil || len(st) != 1 || st[0].State != node.Running {
+	if st, err := c.Poll(ctx, "", []string{"a"}); err != nil || len(st) != 1 || st[0].State != node.Running {
 		t.Errorf("poll a: %+v, %v", st, err)
 	}
 }

@@ -151,7 +151,7 @@ func (p *proc) status() node.Status {
 // instances "N.INSTANCE" too), or, with no names, every process started
 // with Start and not purged, sorted by name. A process is running until
 // its exit has reached the Cluster.
-func (c *Cluster) Poll(ctx context.Context, group string, names ...string) ([]node.Status, error) {
+func (c *Cluster) Poll(ctx context.Context, group string, names []string) ([]node.Status, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("poll: %w", err)
 	}

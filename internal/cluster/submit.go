@@ -227,13 +227,7 @@ func (s *submission) onEvent(e results.Event) {
 		r := results.InstanceResult{State: "attempt " + strconv.Itoa(e.Attempt) + " failed", ExitCode: e.ExitCode, Signal: e.Signal, Error: e.Error}
 		info.State, info.Outcome = JobPending, r.Outcome()
 	case results.Finished, results.Failed, results.Lost:
-		state := results.StateFailed
-		switch {
-		case e.Event == results.Lost:
-			state = results.StateLost
-		case e.Event == results.Finished && e.Signal == "" && e.ExitCode != nil && *e.ExitCode == 0 && e.Error == "":
-			state = results.StateSucceeded
-		}
+		state := e.Outcome()
 		r := results.InstanceResult{State: state, ExitCode: e.ExitCode, Signal: e.Signal, Error: e.Error}
 		info.State, info.Outcome = state, r.Outcome()
 	}

@@ -152,7 +152,7 @@ func (v *view) Poll(ctx context.Context, names ...string) ([]node.Status, error)
 		}
 		names = mapped
 	}
-	st, err := v.c.Poll(ctx, "", names...)
+	st, err := v.c.Poll(ctx, "", names)
 	for i := range st {
 		st[i].Name = v.sub.instance(st[i].Name)
 		st[i].Exit.Name = v.sub.instance(st[i].Exit.Name)

@@ -281,7 +281,7 @@ func (s *Server) Start(ctx context.Context, req *droverpb.StartRequest) (*drover
 
 // Poll implements droverpb.ControlServer.
 func (s *Server) Poll(ctx context.Context, req *droverpb.ControlPollRequest) (*droverpb.ControlPollReply, error) {
-	sts, err := s.api.Poll(ctx, req.GetGroup(), req.GetNames()...)
+	sts, err := s.api.Poll(ctx, req.GetGroup(), req.GetNames())
 	if err != nil {
 		return nil, Status(err)
 	}

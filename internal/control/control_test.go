@@ -109,7 +109,7 @@ func (f *fakeAPI) Start(ctx context.Context, req cluster.StartRequest) (cluster.
 	return cluster.StartResult{Node: req.Node, PID: 4242, HWThreads: []int{1, 3}}, nil
 }
 
-func (f *fakeAPI) Poll(ctx context.Context, group string, names ...string) ([]node.Status, error) {
+func (f *fakeAPI) Poll(ctx context.Context, group string, names []string) ([]node.Status, error) {
 	if err := f.call(ctx, "Poll %s %q", group, names); err != nil {
 		return nil, err
 	}

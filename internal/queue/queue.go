@@ -230,7 +230,7 @@ func (r *runner) endUntried(js *jobState, state, reason string) {
 			r.counts.Skipped++
 			continue
 		}
-		r.emit(results.Event{Time: now, Event: results.Failed, Job: name, Error: reason})
+		r.emit(results.Event{Time: now, Event: results.Failed, Job: name, Error: reason, State: state})
 		if state == results.StateCancelled {
 			r.counts.Cancelled++
 		} else {
@@ -837,7 +837,10 @@ func (r *runner) exited(inst *instance, e node.Exit) {
 	}
 	r.release(inst)
 	state := results.StateSucceeded
-	if !e.Success() || inst.timedOut {
+	switch {
+	case !e.Success() && r.killing && !inst.timedOut:
+		state = results.StateCancelled // stopped by Ctrl-C, SIGTERM or --halt now
+	case !e.Success() || inst.timedOut:
 		state = results.StateFailed
 	}
 	r.attemptOver(inst, ev, state)
@@ -865,7 +868,7 @@ func (r *runner) release(inst *instance) {
 // the queue, anything else is final.
 func (r *runner) attemptOver(inst *instance, ev results.Event, state string) {
 	if state != results.StateSucceeded && inst.attempt-inst.prior <= inst.job.retries && r.stopped == "" {
-		ev.Event, ev.Job, ev.Attempt = results.AttemptFailed, inst.name, inst.attempt
+		ev.Event, ev.Job, ev.Attempt, ev.State = results.AttemptFailed, inst.name, inst.attempt, state
 		r.emit(ev)
 		inst.phase = pending
 		inst.timedOut = false
@@ -882,7 +885,7 @@ func (r *runner) finish(inst *instance, ev results.Event, state string) {
 		r.pending-- // a launched attempt already left the pending count
 	}
 	inst.phase = final
-	ev.Job, ev.Attempt = inst.name, inst.attempt
+	ev.Job, ev.Attempt, ev.State = inst.name, inst.attempt, state
 	if ev.Time.IsZero() {
 		ev.Time = time.Now()
 	}

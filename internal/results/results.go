@@ -48,6 +48,25 @@ type Event struct {
 	PID       int       `json:"pid,omitempty"`
 	HWThreads string    `json:"hwthreads,omitempty"`
 	Cores     int       `json:"cores,omitempty"` // node-up: cores it offers
+	// State is the instance's final state on its final event (succeeded,
+	// failed, lost, cancelled), and the attempt's on attempt-failed:
+	// decided once, by the queue; readers take it as it is (Outcome).
+	State string `json:"state,omitempty"`
+}
+
+// Outcome is the state e gives its instance (on a final event) or its
+// attempt (attempt-failed): the State the queue wrote; for a log written
+// before events carried it, what the event's kind and exit say.
+func (e Event) Outcome() string {
+	switch {
+	case e.State != "":
+		return e.State
+	case e.Event == Lost:
+		return StateLost
+	case e.Event == Finished && e.Signal == "" && e.ExitCode != nil && *e.ExitCode == 0 && e.Error == "":
+		return StateSucceeded
+	}
+	return StateFailed
 }
 
 // Final reports whether e ends an instance.

@@ -171,7 +171,7 @@ func (s *ClusterSource) follow(t *tail) {
 
 // pollStarted follows the processes started with `drover start`.
 func (s *ClusterSource) pollStarted(ctx context.Context) {
-	st, err := s.api.Poll(ctx, "")
+	st, err := s.api.Poll(ctx, "", nil)
 	if err != nil {
 		return
 	}
@@ -218,7 +218,7 @@ func (s *ClusterSource) timeToReport(ctx context.Context) {
 		names = append(names, n)
 	}
 	for _, n := range names {
-		st, err := s.api.Poll(ctx, "", n)
+		st, err := s.api.Poll(ctx, "", []string{n})
 		if err != nil || len(st) != 1 {
 			if err == nil || !strings.Contains(err.Error(), "context") {
 				delete(s.pendingReport, n)

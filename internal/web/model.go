@@ -22,7 +22,6 @@ import (
 	"maps"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -365,7 +364,7 @@ func (m *Model) Apply(submission int, name string, e results.Event) {
 		m.metrics.starts.Inc()
 		m.observeLaunchLocked(submission, e.Node, hw, e.Time)
 	case results.AttemptFailed, results.Finished, results.Failed, results.Lost:
-		state := finalState(e)
+		state := e.Outcome()
 		r := results.InstanceResult{State: state, ExitCode: e.ExitCode, Signal: e.Signal, Error: e.Error}
 		in.ExitCode, in.Signal, in.Error, in.End = e.ExitCode, e.Signal, e.Error, e.Time
 		if e.Event == results.AttemptFailed {
@@ -419,19 +418,6 @@ func (m *Model) observeLaunchLocked(submission int, nodeName string, hw []int, a
 	if !from.IsZero() && !at.Before(from) {
 		m.metrics.launch.Observe(at.Sub(from).Seconds())
 	}
-}
-
-// finalState is the state an ending event gives its instance.
-func finalState(e results.Event) string {
-	switch {
-	case e.Event == results.Lost || (e.Event == results.AttemptFailed && e.Error == "node lost" && e.ExitCode == nil && e.Signal == ""):
-		return results.StateLost
-	case e.Event == results.Failed && strings.HasPrefix(e.Error, "not started: "):
-		return results.StateCancelled
-	case e.Event == results.Finished && e.Signal == "" && e.ExitCode != nil && *e.ExitCode == 0 && e.Error == "":
-		return results.StateSucceeded
-	}
-	return results.StateFailed
 }
 
 func (m *Model) putLocked(in *Instance) {
