@@ -312,7 +312,7 @@ func TestRunAdHocSingleAndIndex(t *testing.T) {
 	out = filepath.Join(dir, "idx")
 	echo, err := lookPath("echo")
 	if err != nil {
-		t.Skip(err)
+		t.Skipf("needs an echo program: %v", err)
 	}
 	r = drover(t, dir, "run", "--progress", "none", "--out", out, "--repeat", "2", "--", echo, "x{index}y")
 	wantCode(t, r, 0)
