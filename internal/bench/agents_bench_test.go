@@ -237,7 +237,7 @@ func procCPU(pid int) time.Duration {
 func TestManyAgentsHelper(t *testing.T) {
 	file := os.Getenv(agentsEnv)
 	if file == "" {
-		t.Skip("helper process of BenchmarkManyAgents")
+		return // not run by BenchmarkManyAgents: nothing to serve
 	}
 	data, err := os.ReadFile(file)
 	if err != nil {

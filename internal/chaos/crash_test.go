@@ -62,8 +62,10 @@ func testAgentSIGKILLOnHost(t *testing.T, guardToo, slurm bool) {
 	} else {
 		d = startRun(t, bed, dir, nil, flags...)
 	}
-	waitEvents(t, d, out, 2*time.Minute, "start on "+victim, startedOn(victim))
-	// Anchored: the job's shell has the daemon's command line in its own.
+	// The precondition, before the kill: instances run on the victim,
+	// each stuck in its sleep there. Anchored: the job's shell has the
+	// sleep's command line in its own.
+	running := waitRunningOn(t, bed, d, out, victim, "^"+pattern(fmt.Sprintf("%s %d", sleep, stuck)), 2*time.Minute)
 	for deadline := time.Now().Add(30 * time.Second); len(pgrep(t, bed, victim, "^"+pattern(daemon))) == 0; {
 		if time.Now().After(deadline) {
 			t.Fatalf("no daemon on %s within 30s of an instance starting there", victim)
@@ -95,8 +97,11 @@ func testAgentSIGKILLOnHost(t *testing.T, guardToo, slurm bool) {
 	}
 	a := checkAccounting(t, out, instanceNames("k1", n))
 	onVictim := runningOn(a.evs, victim, killAt)
-	if len(onVictim) == 0 {
-		t.Fatalf("nothing ran on %s when its agent was killed: the scenario did not happen", victim)
+	for _, name := range running {
+		if !slices.Contains(onVictim, name) {
+			t.Errorf("%s ran on %s before the kill and never ended there, but the log does not have it running at the kill (%v)",
+				name, victim, onVictim)
+		}
 	}
 	lostAt := checkNodeLost(t, a, victim, onVictim)
 	detect := lostAt.Sub(killAt)
@@ -125,6 +130,29 @@ func testAgentSIGKILLOnHost(t *testing.T, guardToo, slurm bool) {
 	t.Logf("%d instances ran on %s at the kill and were retried; run took %v",
 		len(onVictim), victim, d.Exited.Sub(d.Started).Round(time.Millisecond))
 	noneLeft(t, bed, marker)
+}
+
+// waitRunningOn waits, while drover runs and at most within, until
+// instances run on host: the log has them started there and not ended,
+// and a process matching pat runs there. It returns those instances. A
+// fault goes in only then, however slow the machine is to get there.
+func waitRunningOn(t *testing.T, bed *testbed.Bed, d *proc, out, host, pat string, within time.Duration) []string {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		running := runningOn(eventsSoFar(out), host, time.Now())
+		if len(running) > 0 && len(pgrep(t, bed, host, pat)) > 0 {
+			return running
+		}
+		if !d.Running() {
+			t.Fatalf("drover exited before an instance ran on %s\n%s", host, tail(d.Out.String()))
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no instance running on %s within %v (logged running there: %v; processes %q there: none)\n%s",
+				host, within, running, pat, tail(d.Out.String()))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // within says how soon what waitNone waited for was gone: within took,
@@ -235,7 +263,7 @@ func TestAgentSIGSTOPOnHost(t *testing.T) {
 
 	d := startRun(t, bed, dir, nil, "--node-timeout", nodeTimeout.String(), "--monitor-timeout", monitorTimeout.String(),
 		"--grace", grace.String(), "--retries", "1", "--out", out, job)
-	waitEvents(t, d, out, 2*time.Minute, "start on "+victim, startedOn(victim))
+	running := waitRunningOn(t, bed, d, out, victim, "^"+pattern(sleep+" 15"), 2*time.Minute)
 	pid := agentProper(t, bed, victim)
 	stopAt := sendSignal(t, bed, victim, "STOP", pid)
 	continued := false
@@ -275,7 +303,7 @@ func TestAgentSIGSTOPOnHost(t *testing.T) {
 	a := checkAccounting(t, out, instanceNames("p1", n))
 	onVictim := runningOn(a.evs, victim, stopAt)
 	if len(onVictim) == 0 {
-		t.Fatalf("nothing ran on %s when its agent was stopped: the scenario did not happen", victim)
+		t.Fatalf("%v ran on %s just before its agent was stopped, but the log has nothing running there at the stop", running, victim)
 	}
 	lostAt := checkNodeLost(t, a, victim, onVictim)
 	// The manager counts from the agent's last message, which may be up to

@@ -34,7 +34,7 @@ func TestSetsidDaemon(t *testing.T) {
 		stuck := eventsSoFar(out)
 		killLeftovers(t, bed, marker)
 		code := d.Wait(t, time.Minute)
-		t.Skipf("BUG: drover run did not end within %v when its jobs left a setsid daemon holding their stdout "+
+		t.Fatalf("drover run did not end within %v when its jobs left a setsid daemon holding their stdout "+
 			"(it ended, exit %d, only once the daemons were killed by the test); events so far: %v", within, code, stuck)
 	}
 	if code := d.Wait(t, time.Minute); code != 0 {
@@ -61,9 +61,8 @@ func TestSetsidDaemon(t *testing.T) {
 		for h, ps := range left {
 			fmt.Fprintf(&b, " %s: %q;", h, ps)
 		}
-		t.Skipf("BUG: setsid daemons started by %d jobs survive the run and their agents (10s after drover exited):%s "+
-			"a job's process group is all that is killed, and a process that left it by setsid escapes "+
-			"(no subreaper sweep of the job's descendants yet)", n, b.String())
+		t.Errorf("setsid daemons started by %d jobs survive the run and their agents (10s after drover exited):%s",
+			n, b.String())
 	}
 }
 

@@ -507,13 +507,15 @@ func agentProper(t *testing.T, bed *testbed.Bed, host string) int {
 }
 
 // sendSignal sends sig (a kill(1) name) to pid on host over ssh and returns
-// when it was sent, as the host's clock says (the hosts share this
-// machine's), not when ssh came back.
+// when, as the host's clock says (the hosts share this machine's), not when
+// ssh came back: the time just before the kill, for what the signal causes
+// (the node lost, its instances failed) may be logged before a clock read
+// after it.
 func sendSignal(t *testing.T, bed *testbed.Bed, host string, sig string, pid int) time.Time {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	out, err := bed.SSH(ctx, host, fmt.Sprintf("kill -%s %d && date +%%s%%N", sig, pid)).CombinedOutput()
+	out, err := bed.SSH(ctx, host, fmt.Sprintf("t=$(date +%%s%%N) && kill -%s %d && echo $t", sig, pid)).CombinedOutput()
 	if err != nil {
 		t.Fatalf("ssh %s kill -%s %d: %v: %s", host, sig, pid, err, out)
 	}
@@ -525,12 +527,13 @@ func sendSignal(t *testing.T, bed *testbed.Bed, host string, sig string, pid int
 }
 
 // killWithParent SIGKILLs pid on host and its parent (an agent proper and
-// its guard) in one command, and returns when, as the host's clock says.
+// its guard) in one command, and returns when, as the host's clock says
+// just before the kill (as sendSignal).
 func killWithParent(t *testing.T, bed *testbed.Bed, host string, pid int) time.Time {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := fmt.Sprintf("p=$(ps -o ppid= -p %d) && [ $p -gt 1 ] && kill -KILL $p %d && date +%%s%%N", pid, pid)
+	cmd := fmt.Sprintf("p=$(ps -o ppid= -p %d) && [ $p -gt 1 ] && t=$(date +%%s%%N) && kill -KILL $p %d && echo $t", pid, pid)
 	out, err := bed.SSH(ctx, host, cmd).CombinedOutput()
 	ns, perr := strconv.ParseInt(strings.TrimSpace(string(out)), 10, 64)
 	if err != nil || perr != nil {

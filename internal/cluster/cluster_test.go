@@ -876,41 +876,6 @@ func TestCloseGivesUpOnSubmissions(t *testing.T) {
 	}
 }
 
-func TestStopWhileStarting(t *testing.T) {
-	a := newAgent(t, "n1")
-	c := newCluster(t, a)
-	ctx := ctxT(t)
-	total := len(a.Resources().Cores)
-	text := fmt.Sprintf("jobs:\n  - name: w\n    command: [HELPER, out=started, \"sleep=30s\"]\n    cores: %d\n    repeat: 2\n", total)
-	if _, err := c.Submit(ctx, parseJobs(t, text)); err != nil {
-		t.Fatal(err)
-	}
-	waitOutput(t, c, "1.w.0", "started")
-	// The queue may already have queued w.1 on the node behind w.0; then
-	// it is known, and starting until w.0 exits.
-	st, err := c.Poll(ctx, "", []string{"1.w.1"})
-	if err == nil && errors.Is(st[0].Err, errdefs.ErrUnknownProcess) {
-		t.Skip("the queue does not start instances behind running ones")
-	}
-	if err != nil || st[0].State != node.Running {
-		t.Fatalf("poll 1.w.1: %+v %v", st, err)
-	}
-	if err := c.Stop(ctx, "1.w.1", 0); err != nil {
-		t.Fatalf("stop while starting: %v", err)
-	}
-	if err := c.Kill(ctx, "1.w.0"); err != nil {
-		t.Fatal(err)
-	}
-	c.waitSubmission(t, 1)
-	jobs := jobStates(t, c)
-	if j := jobs["1.w.0"]; j.State != results.StateFailed || j.Outcome != "failed, signal SIGKILL" {
-		t.Errorf("w.0: %+v", j)
-	}
-	if j := jobs["1.w.1"]; j.State != results.StateFailed || !strings.Contains(j.Outcome, "signal") {
-		t.Errorf("w.1: %+v", j)
-	}
-}
-
 // Finished with a wait blocks until an exit comes and returns it then; with
 // nothing to come it returns none once the wait is over.
 func TestFinishedWaits(t *testing.T) {

@@ -44,7 +44,7 @@ func TestParseHello(t *testing.T) {
 func TestHelloCheck(t *testing.T) {
 	mine := map[string]string{"amd64": "x86_64", "arm64": "aarch64"}[runtime.GOARCH]
 	if mine == "" {
-		t.Skip("test knows amd64 and arm64 only")
+		t.Skip("needs amd64 or arm64, the only architectures the test knows")
 	}
 	if err := (Hello{OS: "Linux", Machine: mine, Arch: GoArch(mine), Hostname: "h"}).Check(); err != nil {
 		t.Errorf("own arch refused: %v", err)
@@ -110,7 +110,7 @@ func fakeAgent(t *testing.T, dir string) *Binary {
 func TestStartSSHDeploysOnceAndHandsOverConfig(t *testing.T) {
 	for _, tool := range []string{"sha256sum", "head", "mktemp"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skip(tool, "missing")
+			t.Skip("needs", tool)
 		}
 	}
 	dir := t.TempDir()

@@ -3,9 +3,12 @@
 // address and hostname, an sshd reachable with a key made for the run, and a
 // slurmd of a real Slurm cluster. The hosts share this machine's file system.
 //
-// Require brings the bed up (once per test binary) and returns it. It never
-// takes it down: that is the suite's job (`scripts/testbed down`), so several
-// test binaries can share one bed.
+// Require returns the bed. It brings it up only when asked to, by
+// DROVER_TESTBED=up (scripts/test sets it): a plain `go test` uses a bed
+// that is already up and otherwise skips, so it never starts daemons and
+// namespaces nobody asked for. It never takes the bed down: that is the
+// suite's job (`scripts/testbed down`), so several test binaries can share
+// one bed.
 package testbed
 
 import (
@@ -85,35 +88,50 @@ var (
 // the bed (not root, no network namespaces).
 const exitCannot = 3
 
-// Require brings the bed up with `scripts/testbed up` (once per test binary;
-// K from DROVER_TESTBED_K, default 3) and returns it. It skips the test when
-// the machine cannot host the bed (not root, not Linux, no network
-// namespaces); any other failure fails the test.
+// Env is the variable that asks Require to bring the bed up: Env=up.
+const Env = "DROVER_TESTBED"
+
+// Require returns the bed, once per test binary: with DROVER_TESTBED=up it
+// brings it up with `scripts/testbed up` (K from DROVER_TESTBED_K, default
+// 3); unset, it takes the bed that `scripts/testbed status` finds up. It
+// skips the test when the machine cannot host the bed (not root, not
+// Linux, no network namespaces) or, unasked, no bed is up; any other
+// failure fails the test.
 func Require(t testing.TB) *Bed {
 	t.Helper()
 	once.Do(func() { theBed, skipWhy, failWhy = up() })
 	switch {
 	case skipWhy != "":
-		t.Skip("testbed: " + skipWhy)
+		t.Skip(skipWhy)
 	case failWhy != nil:
 		t.Fatalf("testbed: %v", failWhy)
 	}
 	return theBed
 }
 
+// up returns the bed, or why the test skips (a reason that begins with
+// "needs ", as scripts/test wants of a missing capability), or an error.
 func up() (*Bed, string, error) {
 	if runtime.GOOS != "linux" {
-		return nil, "needs Linux (network namespaces)", nil
+		return nil, "needs Linux for the test bed (network namespaces)", nil
 	}
 	if os.Geteuid() != 0 {
-		return nil, "needs root (network namespaces, sshd, slurm); run the tests as root", nil
+		return nil, "needs root for the test bed (network namespaces, sshd, Slurm); run the tests as root", nil
+	}
+	verb := "status"
+	switch v := os.Getenv(Env); v {
+	case "up":
+		verb = "up"
+	case "":
+	default:
+		return nil, "", fmt.Errorf("%s=%q: want up (bring the bed up) or unset (use a bed already up)", Env, v)
 	}
 	root, err := repoRoot()
 	if err != nil {
 		return nil, "", err
 	}
-	args := []string{filepath.Join(root, "scripts", "testbed"), "up"}
-	if k := os.Getenv("DROVER_TESTBED_K"); k != "" {
+	args := []string{filepath.Join(root, "scripts", "testbed"), verb}
+	if k := os.Getenv("DROVER_TESTBED_K"); k != "" && verb == "up" {
 		args = append(args, k)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), upTimeout)
@@ -127,11 +145,17 @@ func up() (*Bed, string, error) {
 	var ee *exec.ExitError
 	switch {
 	case errors.As(err, &ee) && ee.ExitCode() == exitCannot:
-		return nil, strings.TrimSpace(out.String()), nil
+		return nil, "needs a machine that can host the test bed: " + strings.TrimSpace(out.String()), nil
 	case ctx.Err() != nil:
-		return nil, "", fmt.Errorf("scripts/testbed up did not finish in %v:\n%s", upTimeout, out.String())
+		return nil, "", fmt.Errorf("scripts/testbed %s did not finish in %v:\n%s", verb, upTimeout, out.String())
+	case err != nil && verb == "status":
+		last := strings.TrimSpace(out.String())
+		if i := strings.LastIndexByte(last, '\n'); i >= 0 {
+			last = last[i+1:]
+		}
+		return nil, fmt.Sprintf("needs %s=up to bring up the test bed, or a bed already up (scripts/testbed status: %s)", Env, last), nil
 	case err != nil:
-		return nil, "", fmt.Errorf("scripts/testbed up: %v after %v:\n%s", err, time.Since(start).Round(time.Millisecond), out.String())
+		return nil, "", fmt.Errorf("scripts/testbed %s: %v after %v:\n%s", verb, err, time.Since(start).Round(time.Millisecond), out.String())
 	}
 	dir := os.Getenv("DROVER_TESTBED_DIR")
 	if dir == "" {
