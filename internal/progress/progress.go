@@ -144,7 +144,9 @@ func (r *Reporter) draw() {
 	}
 	bar := ""
 	if barWidth >= 10 {
-		filled := barWidth * c.Done() / c.Total
+		// Cancelled instances were not done: after Ctrl-C the bar shows
+		// what ran, not a full bar.
+		filled := barWidth * (c.Done() - c.Cancelled) / c.Total
 		bar = "[" + strings.Repeat("=", filled) + strings.Repeat(" ", barWidth-filled) + "] "
 	}
 	fmt.Fprintf(r.out, "\r\x1b[K%s%s", bar, line)
@@ -155,7 +157,7 @@ func (r *Reporter) draw() {
 func Line(c queue.Counts, now time.Time) string {
 	elapsed := now.Sub(c.Start).Round(time.Second)
 	var b strings.Builder
-	fmt.Fprintf(&b, "%d/%d done", c.Done(), c.Total)
+	fmt.Fprintf(&b, "%d/%d done", c.Done()-c.Cancelled, c.Total)
 	if c.Failed > 0 {
 		fmt.Fprintf(&b, ", %d failed", c.Failed)
 	}
@@ -169,7 +171,7 @@ func Line(c queue.Counts, now time.Time) string {
 		fmt.Fprintf(&b, ", %d skipped", c.Skipped)
 	}
 	fmt.Fprintf(&b, ", %d running, %s", c.Running, elapsed)
-	ran := c.Done() - c.Skipped
+	ran := c.Done() - c.Skipped - c.Cancelled
 	if left := c.Total - c.Done(); left > 0 && ran > 0 {
 		eta := time.Duration(float64(now.Sub(c.Start)) / float64(ran) * float64(left))
 		fmt.Fprintf(&b, ", ETA %s", eta.Round(time.Second))
