@@ -535,6 +535,9 @@ func TestServeVerbsJSON(t *testing.T) {
 		Resources     json.RawMessage `json:"resources"`
 		BusyHWThreads []int           `json:"busy_hwthreads"`
 		Processes     int             `json:"processes"`
+		Restarts      int             `json:"restarts"`
+		LastReason    string          `json:"last_reason"`
+		RTTNanos      int64           `json:"rtt_ns"`
 	}
 	oneDoc(t, "nodes", ok("nodes", "--json"), &nodes)
 	if len(nodes) != 1 || nodes[0].State != "up" {
