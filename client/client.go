@@ -186,10 +186,12 @@ type Client struct {
 
 	mu   sync.Mutex
 	held map[uint64]bool // exits returned and not yet acknowledged to serve
-	// gone remembers the latest acknowledged exits, so that a reply of an
-	// overlapping call that was handed one before the ack still drops it.
+	// gone remembers the latest acknowledged exits (goneRing, oldest at
+	// goneNext once full), so that a reply of an overlapping call that
+	// was handed one before the ack still drops it.
 	gone     map[uint64]bool
 	goneRing []uint64
+	goneNext int
 }
 
 // goneMemory bounds how many acknowledged exits a Client remembers.
@@ -675,18 +677,25 @@ func (c *Client) WatchFinished(ctx context.Context, each func(Exit) error) error
 		}
 		c.acked(ack) // the stream began: serve has taken the acks
 		ack = nil
+		var passed []uint64
+		var eachErr error
 		for _, e := range c.fresh(r.GetExits()) {
-			if err := each(e); err != nil {
-				return err
+			if eachErr = each(e); eachErr != nil {
+				break
 			}
-			// Acknowledge at once, even when each has just ended the
-			// watch: what was passed on must not be handed out again.
-			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-			err := c.Ack(actx, e.Seq)
-			cancel()
-			if err != nil {
-				return err
-			}
+			passed = append(passed, e.Seq)
+		}
+		// One acknowledgement per pushed batch, sent even when each has
+		// just ended the watch: what was passed on must not be handed
+		// out again.
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		err = c.Ack(actx, passed...)
+		cancel()
+		if eachErr != nil {
+			return eachErr
+		}
+		if err != nil {
+			return err
 		}
 	}
 }
@@ -727,11 +736,13 @@ func (c *Client) acked(seqs []uint64) {
 			continue
 		}
 		delete(c.held, s)
-		if len(c.goneRing) == goneMemory {
-			delete(c.gone, c.goneRing[0])
-			c.goneRing = c.goneRing[1:]
+		if len(c.goneRing) < goneMemory {
+			c.goneRing = append(c.goneRing, s)
+		} else {
+			delete(c.gone, c.goneRing[c.goneNext])
+			c.goneRing[c.goneNext] = s
+			c.goneNext = (c.goneNext + 1) % goneMemory
 		}
-		c.goneRing = append(c.goneRing, s)
 		c.gone[s] = true
 	}
 }

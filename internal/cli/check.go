@@ -2,8 +2,6 @@ package cli
 
 import (
 	"fmt"
-	"runtime"
-	"runtime/debug"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -11,23 +9,6 @@ import (
 	"github.com/drover-hpc/drover/internal/jobfile"
 	"github.com/drover-hpc/drover/internal/topology"
 )
-
-// versionString is what drover --version prints: the version, the commit
-// the binary was built from (when the build knew it) and the Go version.
-func versionString() string {
-	commit, dirty := "unknown", ""
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		for _, s := range bi.Settings {
-			switch {
-			case s.Key == "vcs.revision":
-				commit = s.Value[:min(12, len(s.Value))]
-			case s.Key == "vcs.modified" && s.Value == "true":
-				dirty = "+changes"
-			}
-		}
-	}
-	return fmt.Sprintf("drover %s (commit %s%s, %s %s/%s)", Version, commit, dirty, runtime.Version(), runtime.GOOS, runtime.GOARCH)
-}
 
 func newCheck(e *env) *cobra.Command {
 	return &cobra.Command{

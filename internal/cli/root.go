@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime"
+	"runtime/debug"
 
 	"github.com/spf13/cobra"
 
@@ -107,4 +109,21 @@ allocation, binds them to cores, keeps every output and reports every exit.`,
 	})
 	root.AddCommand(append([]*cobra.Command{newResources(e), newRun(e), newAgent(e), newServe(e), newReport(e), newCompletion(e), newCheck(e)}, newVerbs(e)...)...)
 	return root
+}
+
+// versionString is what drover --version prints: the version, the commit
+// the binary was built from (when the build knew it) and the Go version.
+func versionString() string {
+	commit, dirty := "unknown", ""
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			switch {
+			case s.Key == "vcs.revision":
+				commit = s.Value[:min(12, len(s.Value))]
+			case s.Key == "vcs.modified" && s.Value == "true":
+				dirty = "+changes"
+			}
+		}
+	}
+	return fmt.Sprintf("drover %s (commit %s%s, %s %s/%s)", Version, commit, dirty, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 }

@@ -92,9 +92,10 @@ func Status(err error) error {
 		return err
 	}
 	if d := Detail(err); d != nil {
-		st, derr := status.New(codeOf[errdefs.KindOf(err)], err.Error()).WithDetails(d)
+		code := codeOf[KindFromPB(d.GetKind())]
+		st, derr := status.New(code, err.Error()).WithDetails(d)
 		if derr != nil {
-			return status.Error(codeOf[errdefs.KindOf(err)], err.Error())
+			return status.Error(code, err.Error())
 		}
 		return st.Err()
 	}
