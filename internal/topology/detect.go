@@ -27,13 +27,30 @@ type Options struct {
 	// core) uses this to see the whole allocation; it can bind its
 	// children anywhere in its cpuset.
 	IgnoreAffinity bool
+	// Env looks up the process's environment, where an allocation names
+	// the GPUs it gives (CUDA_VISIBLE_DEVICES and the like); nil is
+	// os.LookupEnv.
+	Env func(string) (string, bool)
+	// GPUs, when not nil, are the node's GPUs whatever the hardware and
+	// the environment say (drover agent --gpus): ids or UUIDs, matched
+	// against the hardware for what else is known, optionally prefixed by
+	// the vendor ("amd:1"). Empty means none.
+	GPUs []string
+	// NvidiaSMI is the nvidia-smi to ask for GPU UUIDs and models; ""
+	// looks for one in PATH when Root is "" (this machine), and asks none
+	// for a fake tree.
+	NvidiaSMI string
 }
 
 // Detect reports the hardware threads this process may run on, grouped by
 // physical core, and the memory it may use. A thread is usable when it is
 // online, in the affinity mask and in the cgroup cpuset; a core is listed
 // with its usable threads only, and not at all when it has none. Memory is
-// MemTotal, lowered to the cgroup memory limit when there is one.
+// MemTotal, lowered to the cgroup memory limit when there is one. GPUs are
+// those the hardware shows, narrowed (or, without visible hardware,
+// defined) by CUDA_VISIBLE_DEVICES, ROCR_VISIBLE_DEVICES or
+// HIP_VISIBLE_DEVICES, else SLURM_STEP_GPUS or SLURM_JOB_GPUS; Options.GPUs
+// wins over all of them.
 func Detect(opts Options) (Resources, error) {
 	res, err := detect(opts)
 	if err != nil {
@@ -116,7 +133,18 @@ func detect(opts Options) (Resources, error) {
 			return Resources{}, fmt.Errorf("hostname: %w", err)
 		}
 	}
-	return Resources{Node: node, Cores: kept, MemoryBytes: memory}, nil
+	numa, err := coreNUMA(root, kept)
+	if err != nil {
+		return Resources{}, err
+	}
+	gpus, err := detectGPUs(opts, root)
+	if err != nil {
+		return Resources{}, err
+	}
+	if gpus == nil {
+		gpus = []GPU{}
+	}
+	return Resources{Node: node, Cores: kept, MemoryBytes: memory, GPUs: gpus, NUMA: numa}, nil
 }
 
 func cpuDir(root string) string { return filepath.Join(root, "sys/devices/system/cpu") }

@@ -395,7 +395,7 @@ func TestDetect(t *testing.T) {
 			if affinity == nil {
 				affinity = allCPUs
 			}
-			got, err := Detect(Options{Root: root, Affinity: affinity, Hostname: "node1"})
+			got, err := Detect(Options{Root: root, Affinity: affinity, Hostname: "node1", Env: noEnv})
 			if tc.wantErr != "" {
 				want := strings.ReplaceAll(tc.wantErr, "ROOT", root)
 				if err == nil || err.Error() != want {
@@ -410,7 +410,7 @@ func TestDetect(t *testing.T) {
 			if memory == 0 {
 				memory = memTotal16GiB
 			}
-			want := Resources{Node: "node1", Cores: tc.cores, MemoryBytes: memory}
+			want := Resources{Node: "node1", Cores: tc.cores, MemoryBytes: memory, GPUs: []GPU{}}
 			if !reflect.DeepEqual(got, want) {
 				t.Errorf("Detect() = %+v, want %+v", got, want)
 			}
