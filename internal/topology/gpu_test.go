@@ -41,10 +41,10 @@ func amdOneCPUTwoGPUs() map[string]string {
 		base + "0/properties": "cpu_cores_count 64\nsimd_count 0\nmem_banks_count 1\nlocation_id 0\ndomain 0\nunique_id 0\n",
 		base + "0/name":       "\n",
 		// location_id 0xc100 = bus 0xc1, device 0, function 0.
-		base + "1/properties": "cpu_cores_count 0\nsimd_count 440\nlocation_id 49408\ndomain 0\nunique_id 1311768467463790320\ndrm_render_minor 128\n",
-		base + "1/name":       "gfx90a\n",
-		base + "2/properties": "cpu_cores_count 0\nsimd_count 440\nlocation_id 49664\ndomain 0\nunique_id 0\ndrm_render_minor 129\n",
-		base + "2/name":       "gfx90a\n",
+		base + "1/properties":                        "cpu_cores_count 0\nsimd_count 440\nlocation_id 49408\ndomain 0\nunique_id 1311768467463790320\ndrm_render_minor 128\n",
+		base + "1/name":                              "gfx90a\n",
+		base + "2/properties":                        "cpu_cores_count 0\nsimd_count 440\nlocation_id 49664\ndomain 0\nunique_id 0\ndrm_render_minor 129\n",
+		base + "2/name":                              "gfx90a\n",
 		"sys/bus/pci/devices/0000:c1:00.0/numa_node": "3\n",
 		"sys/bus/pci/devices/0000:c2:00.0/numa_node": "-1\n",
 	}
