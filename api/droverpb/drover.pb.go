@@ -569,10 +569,16 @@ func (x *Heartbeat) GetProcesses() uint32 {
 }
 
 type Resources struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
-	Cores         []*Core                `protobuf:"bytes,2,rep,name=cores,proto3" json:"cores,omitempty"`
-	MemoryBytes   int64                  `protobuf:"varint,3,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Node        string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Cores       []*Core                `protobuf:"bytes,2,rep,name=cores,proto3" json:"cores,omitempty"`
+	MemoryBytes int64                  `protobuf:"varint,3,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	Gpus        []*Gpu                 `protobuf:"bytes,4,rep,name=gpus,proto3" json:"gpus,omitempty"`
+	// core_numa: the NUMA node of each core, in the order of cores; empty
+	// when unknown, -1 for a core whose node is unknown.
+	CoreNuma []int32 `protobuf:"zigzag32,5,rep,packed,name=core_numa,json=coreNuma,proto3" json:"core_numa,omitempty"`
+	// custom: counted resources the node declares (drover agent --resource).
+	Custom        map[string]int64 `protobuf:"bytes,6,rep,name=custom,proto3" json:"custom,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -628,6 +634,104 @@ func (x *Resources) GetMemoryBytes() int64 {
 	return 0
 }
 
+func (x *Resources) GetGpus() []*Gpu {
+	if x != nil {
+		return x.Gpus
+	}
+	return nil
+}
+
+func (x *Resources) GetCoreNuma() []int32 {
+	if x != nil {
+		return x.CoreNuma
+	}
+	return nil
+}
+
+func (x *Resources) GetCustom() map[string]int64 {
+	if x != nil {
+		return x.Custom
+	}
+	return nil
+}
+
+// Gpu is one whole GPU of a node.
+type Gpu struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Vendor        string                 `protobuf:"bytes,1,opt,name=vendor,proto3" json:"vendor,omitempty"` // "nvidia" or "amd"
+	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`         // as CUDA_VISIBLE_DEVICES / ROCR_VISIBLE_DEVICES take it
+	Uuid          string                 `protobuf:"bytes,3,opt,name=uuid,proto3" json:"uuid,omitempty"`
+	Model         string                 `protobuf:"bytes,4,opt,name=model,proto3" json:"model,omitempty"`
+	Numa          int32                  `protobuf:"zigzag32,5,opt,name=numa,proto3" json:"numa,omitempty"` // NUMA node; -1: unknown
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Gpu) Reset() {
+	*x = Gpu{}
+	mi := &file_api_droverpb_drover_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Gpu) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Gpu) ProtoMessage() {}
+
+func (x *Gpu) ProtoReflect() protoreflect.Message {
+	mi := &file_api_droverpb_drover_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Gpu.ProtoReflect.Descriptor instead.
+func (*Gpu) Descriptor() ([]byte, []int) {
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *Gpu) GetVendor() string {
+	if x != nil {
+		return x.Vendor
+	}
+	return ""
+}
+
+func (x *Gpu) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Gpu) GetUuid() string {
+	if x != nil {
+		return x.Uuid
+	}
+	return ""
+}
+
+func (x *Gpu) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *Gpu) GetNuma() int32 {
+	if x != nil {
+		return x.Numa
+	}
+	return 0
+}
+
 type Core struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Hwthreads     []int32                `protobuf:"varint,1,rep,packed,name=hwthreads,proto3" json:"hwthreads,omitempty"`
@@ -637,7 +741,7 @@ type Core struct {
 
 func (x *Core) Reset() {
 	*x = Core{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[6]
+	mi := &file_api_droverpb_drover_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -649,7 +753,7 @@ func (x *Core) String() string {
 func (*Core) ProtoMessage() {}
 
 func (x *Core) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[6]
+	mi := &file_api_droverpb_drover_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -662,7 +766,7 @@ func (x *Core) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Core.ProtoReflect.Descriptor instead.
 func (*Core) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{6}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Core) GetHwthreads() []int32 {
@@ -698,7 +802,7 @@ type Command struct {
 
 func (x *Command) Reset() {
 	*x = Command{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[7]
+	mi := &file_api_droverpb_drover_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -710,7 +814,7 @@ func (x *Command) String() string {
 func (*Command) ProtoMessage() {}
 
 func (x *Command) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[7]
+	mi := &file_api_droverpb_drover_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -723,7 +827,7 @@ func (x *Command) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Command.ProtoReflect.Descriptor instead.
 func (*Command) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{7}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Command) GetId() uint64 {
@@ -971,7 +1075,7 @@ type PutFile struct {
 
 func (x *PutFile) Reset() {
 	*x = PutFile{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[8]
+	mi := &file_api_droverpb_drover_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -983,7 +1087,7 @@ func (x *PutFile) String() string {
 func (*PutFile) ProtoMessage() {}
 
 func (x *PutFile) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[8]
+	mi := &file_api_droverpb_drover_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -996,7 +1100,7 @@ func (x *PutFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutFile.ProtoReflect.Descriptor instead.
 func (*PutFile) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{8}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *PutFile) GetSha256() []byte {
@@ -1051,7 +1155,7 @@ type FileData struct {
 
 func (x *FileData) Reset() {
 	*x = FileData{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[9]
+	mi := &file_api_droverpb_drover_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1063,7 +1167,7 @@ func (x *FileData) String() string {
 func (*FileData) ProtoMessage() {}
 
 func (x *FileData) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[9]
+	mi := &file_api_droverpb_drover_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1076,7 +1180,7 @@ func (x *FileData) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileData.ProtoReflect.Descriptor instead.
 func (*FileData) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{9}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *FileData) GetResultsId() uint64 {
@@ -1145,7 +1249,7 @@ type Named struct {
 
 func (x *Named) Reset() {
 	*x = Named{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[10]
+	mi := &file_api_droverpb_drover_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1157,7 +1261,7 @@ func (x *Named) String() string {
 func (*Named) ProtoMessage() {}
 
 func (x *Named) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[10]
+	mi := &file_api_droverpb_drover_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1170,7 +1274,7 @@ func (x *Named) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Named.ProtoReflect.Descriptor instead.
 func (*Named) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{10}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Named) GetName() string {
@@ -1198,7 +1302,7 @@ type SendInput struct {
 
 func (x *SendInput) Reset() {
 	*x = SendInput{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[11]
+	mi := &file_api_droverpb_drover_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1210,7 +1314,7 @@ func (x *SendInput) String() string {
 func (*SendInput) ProtoMessage() {}
 
 func (x *SendInput) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[11]
+	mi := &file_api_droverpb_drover_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1223,7 +1327,7 @@ func (x *SendInput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendInput.ProtoReflect.Descriptor instead.
 func (*SendInput) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{11}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SendInput) GetName() string {
@@ -1256,7 +1360,7 @@ type PollRequest struct {
 
 func (x *PollRequest) Reset() {
 	*x = PollRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[12]
+	mi := &file_api_droverpb_drover_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1268,7 +1372,7 @@ func (x *PollRequest) String() string {
 func (*PollRequest) ProtoMessage() {}
 
 func (x *PollRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[12]
+	mi := &file_api_droverpb_drover_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1281,7 +1385,7 @@ func (x *PollRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PollRequest.ProtoReflect.Descriptor instead.
 func (*PollRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{12}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PollRequest) GetNames() []string {
@@ -1300,7 +1404,7 @@ type EnvKey struct {
 
 func (x *EnvKey) Reset() {
 	*x = EnvKey{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[13]
+	mi := &file_api_droverpb_drover_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1312,7 +1416,7 @@ func (x *EnvKey) String() string {
 func (*EnvKey) ProtoMessage() {}
 
 func (x *EnvKey) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[13]
+	mi := &file_api_droverpb_drover_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1325,7 +1429,7 @@ func (x *EnvKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnvKey.ProtoReflect.Descriptor instead.
 func (*EnvKey) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{13}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *EnvKey) GetKey() string {
@@ -1345,7 +1449,7 @@ type EnvKV struct {
 
 func (x *EnvKV) Reset() {
 	*x = EnvKV{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[14]
+	mi := &file_api_droverpb_drover_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1357,7 +1461,7 @@ func (x *EnvKV) String() string {
 func (*EnvKV) ProtoMessage() {}
 
 func (x *EnvKV) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[14]
+	mi := &file_api_droverpb_drover_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1370,7 +1474,7 @@ func (x *EnvKV) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnvKV.ProtoReflect.Descriptor instead.
 func (*EnvKV) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{14}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *EnvKV) GetKey() string {
@@ -1398,7 +1502,7 @@ type PortsRequest struct {
 
 func (x *PortsRequest) Reset() {
 	*x = PortsRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[15]
+	mi := &file_api_droverpb_drover_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1410,7 +1514,7 @@ func (x *PortsRequest) String() string {
 func (*PortsRequest) ProtoMessage() {}
 
 func (x *PortsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[15]
+	mi := &file_api_droverpb_drover_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1423,7 +1527,7 @@ func (x *PortsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortsRequest.ProtoReflect.Descriptor instead.
 func (*PortsRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{15}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PortsRequest) GetUdp() bool {
@@ -1456,7 +1560,7 @@ type Shutdown struct {
 
 func (x *Shutdown) Reset() {
 	*x = Shutdown{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[16]
+	mi := &file_api_droverpb_drover_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1468,7 +1572,7 @@ func (x *Shutdown) String() string {
 func (*Shutdown) ProtoMessage() {}
 
 func (x *Shutdown) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[16]
+	mi := &file_api_droverpb_drover_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1481,7 +1585,7 @@ func (x *Shutdown) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Shutdown.ProtoReflect.Descriptor instead.
 func (*Shutdown) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{16}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Shutdown) GetGraceMs() int64 {
@@ -1503,7 +1607,7 @@ type StageFile struct {
 
 func (x *StageFile) Reset() {
 	*x = StageFile{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[17]
+	mi := &file_api_droverpb_drover_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1515,7 +1619,7 @@ func (x *StageFile) String() string {
 func (*StageFile) ProtoMessage() {}
 
 func (x *StageFile) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[17]
+	mi := &file_api_droverpb_drover_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1528,7 +1632,7 @@ func (x *StageFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StageFile.ProtoReflect.Descriptor instead.
 func (*StageFile) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{17}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *StageFile) GetSrc() string {
@@ -1576,7 +1680,7 @@ type ResultsSpec struct {
 
 func (x *ResultsSpec) Reset() {
 	*x = ResultsSpec{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[18]
+	mi := &file_api_droverpb_drover_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1588,7 +1692,7 @@ func (x *ResultsSpec) String() string {
 func (*ResultsSpec) ProtoMessage() {}
 
 func (x *ResultsSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[18]
+	mi := &file_api_droverpb_drover_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1601,7 +1705,7 @@ func (x *ResultsSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResultsSpec.ProtoReflect.Descriptor instead.
 func (*ResultsSpec) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{18}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ResultsSpec) GetId() uint64 {
@@ -1656,14 +1760,17 @@ type ProcessSpec struct {
 	After          string                 `protobuf:"bytes,13,opt,name=after,proto3" json:"after,omitempty"`
 	AfterTimeoutMs int64                  `protobuf:"varint,15,opt,name=after_timeout_ms,json=afterTimeoutMs,proto3" json:"after_timeout_ms,omitempty"`
 	StageTimeoutMs int64                  `protobuf:"varint,16,opt,name=stage_timeout_ms,json=stageTimeoutMs,proto3" json:"stage_timeout_ms,omitempty"` // bounds the copying of files; 0: none
-	Results        *ResultsSpec           `protobuf:"bytes,14,opt,name=results,proto3" json:"results,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// memory_max: bytes for memory.max of a cgroup of the process's own,
+	// where the agent can make one; 0: no limit.
+	MemoryMax     int64        `protobuf:"varint,17,opt,name=memory_max,json=memoryMax,proto3" json:"memory_max,omitempty"`
+	Results       *ResultsSpec `protobuf:"bytes,14,opt,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ProcessSpec) Reset() {
 	*x = ProcessSpec{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[19]
+	mi := &file_api_droverpb_drover_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1675,7 +1782,7 @@ func (x *ProcessSpec) String() string {
 func (*ProcessSpec) ProtoMessage() {}
 
 func (x *ProcessSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[19]
+	mi := &file_api_droverpb_drover_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1688,7 +1795,7 @@ func (x *ProcessSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessSpec.ProtoReflect.Descriptor instead.
 func (*ProcessSpec) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{19}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ProcessSpec) GetName() string {
@@ -1796,6 +1903,13 @@ func (x *ProcessSpec) GetStageTimeoutMs() int64 {
 	return 0
 }
 
+func (x *ProcessSpec) GetMemoryMax() int64 {
+	if x != nil {
+		return x.MemoryMax
+	}
+	return 0
+}
+
 func (x *ProcessSpec) GetResults() *ResultsSpec {
 	if x != nil {
 		return x.Results
@@ -1816,7 +1930,7 @@ type ErrorDetail struct {
 
 func (x *ErrorDetail) Reset() {
 	*x = ErrorDetail{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[20]
+	mi := &file_api_droverpb_drover_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1828,7 +1942,7 @@ func (x *ErrorDetail) String() string {
 func (*ErrorDetail) ProtoMessage() {}
 
 func (x *ErrorDetail) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[20]
+	mi := &file_api_droverpb_drover_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1841,7 +1955,7 @@ func (x *ErrorDetail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ErrorDetail.ProtoReflect.Descriptor instead.
 func (*ErrorDetail) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{20}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ErrorDetail) GetKind() ErrorKind {
@@ -1883,7 +1997,7 @@ type Reply struct {
 
 func (x *Reply) Reset() {
 	*x = Reply{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[21]
+	mi := &file_api_droverpb_drover_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1895,7 +2009,7 @@ func (x *Reply) String() string {
 func (*Reply) ProtoMessage() {}
 
 func (x *Reply) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[21]
+	mi := &file_api_droverpb_drover_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1908,7 +2022,7 @@ func (x *Reply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reply.ProtoReflect.Descriptor instead.
 func (*Reply) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{21}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Reply) GetId() uint64 {
@@ -2013,7 +2127,7 @@ type Started struct {
 
 func (x *Started) Reset() {
 	*x = Started{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[22]
+	mi := &file_api_droverpb_drover_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2025,7 +2139,7 @@ func (x *Started) String() string {
 func (*Started) ProtoMessage() {}
 
 func (x *Started) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[22]
+	mi := &file_api_droverpb_drover_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2038,7 +2152,7 @@ func (x *Started) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Started.ProtoReflect.Descriptor instead.
 func (*Started) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{22}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Started) GetPid() int32 {
@@ -2070,7 +2184,7 @@ type ProcessStatus struct {
 
 func (x *ProcessStatus) Reset() {
 	*x = ProcessStatus{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[23]
+	mi := &file_api_droverpb_drover_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2082,7 +2196,7 @@ func (x *ProcessStatus) String() string {
 func (*ProcessStatus) ProtoMessage() {}
 
 func (x *ProcessStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[23]
+	mi := &file_api_droverpb_drover_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2095,7 +2209,7 @@ func (x *ProcessStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessStatus.ProtoReflect.Descriptor instead.
 func (*ProcessStatus) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{23}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ProcessStatus) GetName() string {
@@ -2142,7 +2256,7 @@ type PollResult struct {
 
 func (x *PollResult) Reset() {
 	*x = PollResult{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[24]
+	mi := &file_api_droverpb_drover_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2154,7 +2268,7 @@ func (x *PollResult) String() string {
 func (*PollResult) ProtoMessage() {}
 
 func (x *PollResult) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[24]
+	mi := &file_api_droverpb_drover_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2167,7 +2281,7 @@ func (x *PollResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PollResult.ProtoReflect.Descriptor instead.
 func (*PollResult) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{24}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *PollResult) GetStatuses() []*ProcessStatus {
@@ -2187,7 +2301,7 @@ type EnvValue struct {
 
 func (x *EnvValue) Reset() {
 	*x = EnvValue{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[25]
+	mi := &file_api_droverpb_drover_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2199,7 +2313,7 @@ func (x *EnvValue) String() string {
 func (*EnvValue) ProtoMessage() {}
 
 func (x *EnvValue) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[25]
+	mi := &file_api_droverpb_drover_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2212,7 +2326,7 @@ func (x *EnvValue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnvValue.ProtoReflect.Descriptor instead.
 func (*EnvValue) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{25}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *EnvValue) GetValue() string {
@@ -2238,7 +2352,7 @@ type PortList struct {
 
 func (x *PortList) Reset() {
 	*x = PortList{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[26]
+	mi := &file_api_droverpb_drover_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2250,7 +2364,7 @@ func (x *PortList) String() string {
 func (*PortList) ProtoMessage() {}
 
 func (x *PortList) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[26]
+	mi := &file_api_droverpb_drover_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2263,7 +2377,7 @@ func (x *PortList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortList.ProtoReflect.Descriptor instead.
 func (*PortList) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{26}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *PortList) GetPorts() []int32 {
@@ -2292,7 +2406,7 @@ type Exit struct {
 
 func (x *Exit) Reset() {
 	*x = Exit{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[27]
+	mi := &file_api_droverpb_drover_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2304,7 +2418,7 @@ func (x *Exit) String() string {
 func (*Exit) ProtoMessage() {}
 
 func (x *Exit) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[27]
+	mi := &file_api_droverpb_drover_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2317,7 +2431,7 @@ func (x *Exit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Exit.ProtoReflect.Descriptor instead.
 func (*Exit) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{27}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Exit) GetName() string {
@@ -2394,7 +2508,7 @@ type ExitReport struct {
 
 func (x *ExitReport) Reset() {
 	*x = ExitReport{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[28]
+	mi := &file_api_droverpb_drover_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2406,7 +2520,7 @@ func (x *ExitReport) String() string {
 func (*ExitReport) ProtoMessage() {}
 
 func (x *ExitReport) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[28]
+	mi := &file_api_droverpb_drover_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2419,7 +2533,7 @@ func (x *ExitReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExitReport.ProtoReflect.Descriptor instead.
 func (*ExitReport) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{28}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ExitReport) GetSeq() uint64 {
@@ -2455,7 +2569,7 @@ type LogRecord struct {
 
 func (x *LogRecord) Reset() {
 	*x = LogRecord{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[29]
+	mi := &file_api_droverpb_drover_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2467,7 +2581,7 @@ func (x *LogRecord) String() string {
 func (*LogRecord) ProtoMessage() {}
 
 func (x *LogRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[29]
+	mi := &file_api_droverpb_drover_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2480,7 +2594,7 @@ func (x *LogRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogRecord.ProtoReflect.Descriptor instead.
 func (*LogRecord) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{29}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *LogRecord) GetTimeUnixNano() int64 {
@@ -2519,7 +2633,7 @@ type Empty struct {
 
 func (x *Empty) Reset() {
 	*x = Empty{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[30]
+	mi := &file_api_droverpb_drover_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2531,7 +2645,7 @@ func (x *Empty) String() string {
 func (*Empty) ProtoMessage() {}
 
 func (x *Empty) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[30]
+	mi := &file_api_droverpb_drover_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2544,7 +2658,7 @@ func (x *Empty) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Empty.ProtoReflect.Descriptor instead.
 func (*Empty) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{30}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{31}
 }
 
 type NodesRequest struct {
@@ -2555,7 +2669,7 @@ type NodesRequest struct {
 
 func (x *NodesRequest) Reset() {
 	*x = NodesRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[31]
+	mi := &file_api_droverpb_drover_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2567,7 +2681,7 @@ func (x *NodesRequest) String() string {
 func (*NodesRequest) ProtoMessage() {}
 
 func (x *NodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[31]
+	mi := &file_api_droverpb_drover_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2580,7 +2694,7 @@ func (x *NodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodesRequest.ProtoReflect.Descriptor instead.
 func (*NodesRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{31}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{32}
 }
 
 type NodeInfo struct {
@@ -2594,13 +2708,14 @@ type NodeInfo struct {
 	Restarts      int32                  `protobuf:"varint,7,opt,name=restarts,proto3" json:"restarts,omitempty"`                      // times its agent was launched again
 	RttUs         int64                  `protobuf:"varint,8,opt,name=rtt_us,json=rttUs,proto3" json:"rtt_us,omitempty"`               // last heartbeat round trip
 	LastReason    string                 `protobuf:"bytes,9,opt,name=last_reason,json=lastReason,proto3" json:"last_reason,omitempty"` // why it was last lost, or its last relaunch failed
+	BusyGpus      []string               `protobuf:"bytes,10,rep,name=busy_gpus,json=busyGpus,proto3" json:"busy_gpus,omitempty"`      // ids of the GPUs reserved by processes
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[32]
+	mi := &file_api_droverpb_drover_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2612,7 +2727,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[32]
+	mi := &file_api_droverpb_drover_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2625,7 +2740,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{32}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *NodeInfo) GetName() string {
@@ -2691,6 +2806,13 @@ func (x *NodeInfo) GetLastReason() string {
 	return ""
 }
 
+func (x *NodeInfo) GetBusyGpus() []string {
+	if x != nil {
+		return x.BusyGpus
+	}
+	return nil
+}
+
 type NodesReply struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Nodes         []*NodeInfo            `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
@@ -2700,7 +2822,7 @@ type NodesReply struct {
 
 func (x *NodesReply) Reset() {
 	*x = NodesReply{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[33]
+	mi := &file_api_droverpb_drover_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2712,7 +2834,7 @@ func (x *NodesReply) String() string {
 func (*NodesReply) ProtoMessage() {}
 
 func (x *NodesReply) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[33]
+	mi := &file_api_droverpb_drover_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2725,7 +2847,7 @@ func (x *NodesReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodesReply.ProtoReflect.Descriptor instead.
 func (*NodesReply) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{33}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *NodesReply) GetNodes() []*NodeInfo {
@@ -2751,14 +2873,19 @@ type StartRequest struct {
 	Hwthreads []int32 `protobuf:"varint,9,rep,packed,name=hwthreads,proto3" json:"hwthreads,omitempty"`
 	// group: the program's group; Finished, WatchFinished, Poll and
 	// CancelAll given a group see only its processes.
-	Group         string `protobuf:"bytes,10,opt,name=group,proto3" json:"group,omitempty"`
+	Group string `protobuf:"bytes,10,opt,name=group,proto3" json:"group,omitempty"`
+	// gpus: reserve this many whole GPUs of the node, exported to the
+	// process as CUDA_VISIBLE_DEVICES (NVIDIA) or ROCR_VISIBLE_DEVICES and
+	// HIP_VISIBLE_DEVICES (AMD), and DROVER_GPUS; too many for the node is
+	// INVALID, too few free BUSY.
+	Gpus          int32 `protobuf:"varint,11,opt,name=gpus,proto3" json:"gpus,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StartRequest) Reset() {
 	*x = StartRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[34]
+	mi := &file_api_droverpb_drover_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2770,7 +2897,7 @@ func (x *StartRequest) String() string {
 func (*StartRequest) ProtoMessage() {}
 
 func (x *StartRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[34]
+	mi := &file_api_droverpb_drover_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2783,7 +2910,7 @@ func (x *StartRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartRequest.ProtoReflect.Descriptor instead.
 func (*StartRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{34}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *StartRequest) GetNode() string {
@@ -2856,18 +2983,26 @@ func (x *StartRequest) GetGroup() string {
 	return ""
 }
 
+func (x *StartRequest) GetGpus() int32 {
+	if x != nil {
+		return x.Gpus
+	}
+	return 0
+}
+
 type StartReply struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
 	Pid           int32                  `protobuf:"varint,2,opt,name=pid,proto3" json:"pid,omitempty"`
 	Hwthreads     []int32                `protobuf:"varint,3,rep,packed,name=hwthreads,proto3" json:"hwthreads,omitempty"`
+	Gpus          []string               `protobuf:"bytes,4,rep,name=gpus,proto3" json:"gpus,omitempty"` // ids of the GPUs reserved for it
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StartReply) Reset() {
 	*x = StartReply{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[35]
+	mi := &file_api_droverpb_drover_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2879,7 +3014,7 @@ func (x *StartReply) String() string {
 func (*StartReply) ProtoMessage() {}
 
 func (x *StartReply) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[35]
+	mi := &file_api_droverpb_drover_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2892,7 +3027,7 @@ func (x *StartReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartReply.ProtoReflect.Descriptor instead.
 func (*StartReply) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{35}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *StartReply) GetNode() string {
@@ -2916,6 +3051,13 @@ func (x *StartReply) GetHwthreads() []int32 {
 	return nil
 }
 
+func (x *StartReply) GetGpus() []string {
+	if x != nil {
+		return x.Gpus
+	}
+	return nil
+}
+
 type ControlPollRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Names         []string               `protobuf:"bytes,1,rep,name=names,proto3" json:"names,omitempty"` // none = every known process (of the group)
@@ -2926,7 +3068,7 @@ type ControlPollRequest struct {
 
 func (x *ControlPollRequest) Reset() {
 	*x = ControlPollRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[36]
+	mi := &file_api_droverpb_drover_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2938,7 +3080,7 @@ func (x *ControlPollRequest) String() string {
 func (*ControlPollRequest) ProtoMessage() {}
 
 func (x *ControlPollRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[36]
+	mi := &file_api_droverpb_drover_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2951,7 +3093,7 @@ func (x *ControlPollRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlPollRequest.ProtoReflect.Descriptor instead.
 func (*ControlPollRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{36}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ControlPollRequest) GetNames() []string {
@@ -2977,7 +3119,7 @@ type ControlPollReply struct {
 
 func (x *ControlPollReply) Reset() {
 	*x = ControlPollReply{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[37]
+	mi := &file_api_droverpb_drover_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2989,7 +3131,7 @@ func (x *ControlPollReply) String() string {
 func (*ControlPollReply) ProtoMessage() {}
 
 func (x *ControlPollReply) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[37]
+	mi := &file_api_droverpb_drover_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3002,7 +3144,7 @@ func (x *ControlPollReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlPollReply.ProtoReflect.Descriptor instead.
 func (*ControlPollReply) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{37}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ControlPollReply) GetStatuses() []*ProcessStatus {
@@ -3021,7 +3163,7 @@ type NameRequest struct {
 
 func (x *NameRequest) Reset() {
 	*x = NameRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[38]
+	mi := &file_api_droverpb_drover_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3033,7 +3175,7 @@ func (x *NameRequest) String() string {
 func (*NameRequest) ProtoMessage() {}
 
 func (x *NameRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[38]
+	mi := &file_api_droverpb_drover_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3046,7 +3188,7 @@ func (x *NameRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NameRequest.ProtoReflect.Descriptor instead.
 func (*NameRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{38}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *NameRequest) GetName() string {
@@ -3066,7 +3208,7 @@ type StopRequest struct {
 
 func (x *StopRequest) Reset() {
 	*x = StopRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[39]
+	mi := &file_api_droverpb_drover_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3078,7 +3220,7 @@ func (x *StopRequest) String() string {
 func (*StopRequest) ProtoMessage() {}
 
 func (x *StopRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[39]
+	mi := &file_api_droverpb_drover_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3091,7 +3233,7 @@ func (x *StopRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopRequest.ProtoReflect.Descriptor instead.
 func (*StopRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{39}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *StopRequest) GetName() string {
@@ -3121,7 +3263,7 @@ type SendRequest struct {
 
 func (x *SendRequest) Reset() {
 	*x = SendRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[40]
+	mi := &file_api_droverpb_drover_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3133,7 +3275,7 @@ func (x *SendRequest) String() string {
 func (*SendRequest) ProtoMessage() {}
 
 func (x *SendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[40]
+	mi := &file_api_droverpb_drover_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3146,7 +3288,7 @@ func (x *SendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendRequest.ProtoReflect.Descriptor instead.
 func (*SendRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{40}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *SendRequest) GetName() string {
@@ -3181,7 +3323,7 @@ type LogsRequest struct {
 
 func (x *LogsRequest) Reset() {
 	*x = LogsRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[41]
+	mi := &file_api_droverpb_drover_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3193,7 +3335,7 @@ func (x *LogsRequest) String() string {
 func (*LogsRequest) ProtoMessage() {}
 
 func (x *LogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[41]
+	mi := &file_api_droverpb_drover_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3206,7 +3348,7 @@ func (x *LogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogsRequest.ProtoReflect.Descriptor instead.
 func (*LogsRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{41}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *LogsRequest) GetName() string {
@@ -3239,7 +3381,7 @@ type LogChunk struct {
 
 func (x *LogChunk) Reset() {
 	*x = LogChunk{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[42]
+	mi := &file_api_droverpb_drover_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3251,7 +3393,7 @@ func (x *LogChunk) String() string {
 func (*LogChunk) ProtoMessage() {}
 
 func (x *LogChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[42]
+	mi := &file_api_droverpb_drover_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3264,7 +3406,7 @@ func (x *LogChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogChunk.ProtoReflect.Descriptor instead.
 func (*LogChunk) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{42}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *LogChunk) GetData() []byte {
@@ -3288,7 +3430,7 @@ type FinishedRequest struct {
 
 func (x *FinishedRequest) Reset() {
 	*x = FinishedRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[43]
+	mi := &file_api_droverpb_drover_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3300,7 +3442,7 @@ func (x *FinishedRequest) String() string {
 func (*FinishedRequest) ProtoMessage() {}
 
 func (x *FinishedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[43]
+	mi := &file_api_droverpb_drover_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3313,7 +3455,7 @@ func (x *FinishedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FinishedRequest.ProtoReflect.Descriptor instead.
 func (*FinishedRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{43}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *FinishedRequest) GetWaitMs() int64 {
@@ -3355,7 +3497,7 @@ type WatchFinishedRequest struct {
 
 func (x *WatchFinishedRequest) Reset() {
 	*x = WatchFinishedRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[44]
+	mi := &file_api_droverpb_drover_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3367,7 +3509,7 @@ func (x *WatchFinishedRequest) String() string {
 func (*WatchFinishedRequest) ProtoMessage() {}
 
 func (x *WatchFinishedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[44]
+	mi := &file_api_droverpb_drover_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3380,7 +3522,7 @@ func (x *WatchFinishedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchFinishedRequest.ProtoReflect.Descriptor instead.
 func (*WatchFinishedRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{44}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *WatchFinishedRequest) GetClient() string {
@@ -3414,7 +3556,7 @@ type AckRequest struct {
 
 func (x *AckRequest) Reset() {
 	*x = AckRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[45]
+	mi := &file_api_droverpb_drover_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3426,7 +3568,7 @@ func (x *AckRequest) String() string {
 func (*AckRequest) ProtoMessage() {}
 
 func (x *AckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[45]
+	mi := &file_api_droverpb_drover_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3439,7 +3581,7 @@ func (x *AckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckRequest.ProtoReflect.Descriptor instead.
 func (*AckRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{45}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *AckRequest) GetClient() string {
@@ -3465,7 +3607,7 @@ type FinishedReply struct {
 
 func (x *FinishedReply) Reset() {
 	*x = FinishedReply{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[46]
+	mi := &file_api_droverpb_drover_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3477,7 +3619,7 @@ func (x *FinishedReply) String() string {
 func (*FinishedReply) ProtoMessage() {}
 
 func (x *FinishedReply) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[46]
+	mi := &file_api_droverpb_drover_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3490,7 +3632,7 @@ func (x *FinishedReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FinishedReply.ProtoReflect.Descriptor instead.
 func (*FinishedReply) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{46}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *FinishedReply) GetExits() []*Exit {
@@ -3510,7 +3652,7 @@ type CancelAllRequest struct {
 
 func (x *CancelAllRequest) Reset() {
 	*x = CancelAllRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[47]
+	mi := &file_api_droverpb_drover_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3522,7 +3664,7 @@ func (x *CancelAllRequest) String() string {
 func (*CancelAllRequest) ProtoMessage() {}
 
 func (x *CancelAllRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[47]
+	mi := &file_api_droverpb_drover_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3535,7 +3677,7 @@ func (x *CancelAllRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelAllRequest.ProtoReflect.Descriptor instead.
 func (*CancelAllRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{47}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *CancelAllRequest) GetGraceMs() int64 {
@@ -3562,7 +3704,7 @@ type GetEnvRequest struct {
 
 func (x *GetEnvRequest) Reset() {
 	*x = GetEnvRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[48]
+	mi := &file_api_droverpb_drover_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3574,7 +3716,7 @@ func (x *GetEnvRequest) String() string {
 func (*GetEnvRequest) ProtoMessage() {}
 
 func (x *GetEnvRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[48]
+	mi := &file_api_droverpb_drover_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3587,7 +3729,7 @@ func (x *GetEnvRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEnvRequest.ProtoReflect.Descriptor instead.
 func (*GetEnvRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{48}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *GetEnvRequest) GetNode() string {
@@ -3614,7 +3756,7 @@ type GetEnvReply struct {
 
 func (x *GetEnvReply) Reset() {
 	*x = GetEnvReply{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[49]
+	mi := &file_api_droverpb_drover_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3626,7 +3768,7 @@ func (x *GetEnvReply) String() string {
 func (*GetEnvReply) ProtoMessage() {}
 
 func (x *GetEnvReply) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[49]
+	mi := &file_api_droverpb_drover_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3639,7 +3781,7 @@ func (x *GetEnvReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEnvReply.ProtoReflect.Descriptor instead.
 func (*GetEnvReply) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{49}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *GetEnvReply) GetValue() string {
@@ -3667,7 +3809,7 @@ type SetEnvRequest struct {
 
 func (x *SetEnvRequest) Reset() {
 	*x = SetEnvRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[50]
+	mi := &file_api_droverpb_drover_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3679,7 +3821,7 @@ func (x *SetEnvRequest) String() string {
 func (*SetEnvRequest) ProtoMessage() {}
 
 func (x *SetEnvRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[50]
+	mi := &file_api_droverpb_drover_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3692,7 +3834,7 @@ func (x *SetEnvRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetEnvRequest.ProtoReflect.Descriptor instead.
 func (*SetEnvRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{50}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *SetEnvRequest) GetNode() string {
@@ -3727,7 +3869,7 @@ type BindPortsRequest struct {
 
 func (x *BindPortsRequest) Reset() {
 	*x = BindPortsRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[51]
+	mi := &file_api_droverpb_drover_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3739,7 +3881,7 @@ func (x *BindPortsRequest) String() string {
 func (*BindPortsRequest) ProtoMessage() {}
 
 func (x *BindPortsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[51]
+	mi := &file_api_droverpb_drover_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3752,7 +3894,7 @@ func (x *BindPortsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BindPortsRequest.ProtoReflect.Descriptor instead.
 func (*BindPortsRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{51}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *BindPortsRequest) GetNode() string {
@@ -3785,7 +3927,7 @@ type PortsReply struct {
 
 func (x *PortsReply) Reset() {
 	*x = PortsReply{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[52]
+	mi := &file_api_droverpb_drover_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3797,7 +3939,7 @@ func (x *PortsReply) String() string {
 func (*PortsReply) ProtoMessage() {}
 
 func (x *PortsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[52]
+	mi := &file_api_droverpb_drover_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3810,7 +3952,7 @@ func (x *PortsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortsReply.ProtoReflect.Descriptor instead.
 func (*PortsReply) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{52}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *PortsReply) GetPorts() []int32 {
@@ -3831,7 +3973,7 @@ type ReleasePortsRequest struct {
 
 func (x *ReleasePortsRequest) Reset() {
 	*x = ReleasePortsRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[53]
+	mi := &file_api_droverpb_drover_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3843,7 +3985,7 @@ func (x *ReleasePortsRequest) String() string {
 func (*ReleasePortsRequest) ProtoMessage() {}
 
 func (x *ReleasePortsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[53]
+	mi := &file_api_droverpb_drover_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3856,7 +3998,7 @@ func (x *ReleasePortsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleasePortsRequest.ProtoReflect.Descriptor instead.
 func (*ReleasePortsRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{53}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ReleasePortsRequest) GetNode() string {
@@ -3890,7 +4032,7 @@ type SetLogLevelRequest struct {
 
 func (x *SetLogLevelRequest) Reset() {
 	*x = SetLogLevelRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[54]
+	mi := &file_api_droverpb_drover_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3902,7 +4044,7 @@ func (x *SetLogLevelRequest) String() string {
 func (*SetLogLevelRequest) ProtoMessage() {}
 
 func (x *SetLogLevelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[54]
+	mi := &file_api_droverpb_drover_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3915,7 +4057,7 @@ func (x *SetLogLevelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetLogLevelRequest.ProtoReflect.Descriptor instead.
 func (*SetLogLevelRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{54}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *SetLogLevelRequest) GetNode() string {
@@ -3946,7 +4088,7 @@ type SubmitRequest struct {
 
 func (x *SubmitRequest) Reset() {
 	*x = SubmitRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[55]
+	mi := &file_api_droverpb_drover_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3958,7 +4100,7 @@ func (x *SubmitRequest) String() string {
 func (*SubmitRequest) ProtoMessage() {}
 
 func (x *SubmitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[55]
+	mi := &file_api_droverpb_drover_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3971,7 +4113,7 @@ func (x *SubmitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitRequest.ProtoReflect.Descriptor instead.
 func (*SubmitRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{55}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *SubmitRequest) GetName() string {
@@ -4004,7 +4146,7 @@ type SubmitReply struct {
 
 func (x *SubmitReply) Reset() {
 	*x = SubmitReply{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[56]
+	mi := &file_api_droverpb_drover_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4016,7 +4158,7 @@ func (x *SubmitReply) String() string {
 func (*SubmitReply) ProtoMessage() {}
 
 func (x *SubmitReply) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[56]
+	mi := &file_api_droverpb_drover_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4029,7 +4171,7 @@ func (x *SubmitReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitReply.ProtoReflect.Descriptor instead.
 func (*SubmitReply) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{56}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *SubmitReply) GetInstances() []string {
@@ -4047,7 +4189,7 @@ type JobsRequest struct {
 
 func (x *JobsRequest) Reset() {
 	*x = JobsRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[57]
+	mi := &file_api_droverpb_drover_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4059,7 +4201,7 @@ func (x *JobsRequest) String() string {
 func (*JobsRequest) ProtoMessage() {}
 
 func (x *JobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[57]
+	mi := &file_api_droverpb_drover_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4072,7 +4214,7 @@ func (x *JobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobsRequest.ProtoReflect.Descriptor instead.
 func (*JobsRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{57}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{58}
 }
 
 type JobInfo struct {
@@ -4090,7 +4232,7 @@ type JobInfo struct {
 
 func (x *JobInfo) Reset() {
 	*x = JobInfo{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[58]
+	mi := &file_api_droverpb_drover_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4102,7 +4244,7 @@ func (x *JobInfo) String() string {
 func (*JobInfo) ProtoMessage() {}
 
 func (x *JobInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[58]
+	mi := &file_api_droverpb_drover_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4115,7 +4257,7 @@ func (x *JobInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobInfo.ProtoReflect.Descriptor instead.
 func (*JobInfo) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{58}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *JobInfo) GetSubmission() int32 {
@@ -4176,7 +4318,7 @@ type JobsReply struct {
 
 func (x *JobsReply) Reset() {
 	*x = JobsReply{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[59]
+	mi := &file_api_droverpb_drover_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4188,7 +4330,7 @@ func (x *JobsReply) String() string {
 func (*JobsReply) ProtoMessage() {}
 
 func (x *JobsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[59]
+	mi := &file_api_droverpb_drover_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4201,7 +4343,7 @@ func (x *JobsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobsReply.ProtoReflect.Descriptor instead.
 func (*JobsReply) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{59}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *JobsReply) GetJobs() []*JobInfo {
@@ -4219,7 +4361,7 @@ type ShutdownRequest struct {
 
 func (x *ShutdownRequest) Reset() {
 	*x = ShutdownRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[60]
+	mi := &file_api_droverpb_drover_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4231,7 +4373,7 @@ func (x *ShutdownRequest) String() string {
 func (*ShutdownRequest) ProtoMessage() {}
 
 func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[60]
+	mi := &file_api_droverpb_drover_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4244,7 +4386,7 @@ func (x *ShutdownRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownRequest.ProtoReflect.Descriptor instead.
 func (*ShutdownRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{60}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{61}
 }
 
 type CreateTokenRequest struct {
@@ -4256,7 +4398,7 @@ type CreateTokenRequest struct {
 
 func (x *CreateTokenRequest) Reset() {
 	*x = CreateTokenRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[61]
+	mi := &file_api_droverpb_drover_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4268,7 +4410,7 @@ func (x *CreateTokenRequest) String() string {
 func (*CreateTokenRequest) ProtoMessage() {}
 
 func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[61]
+	mi := &file_api_droverpb_drover_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4281,7 +4423,7 @@ func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{61}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *CreateTokenRequest) GetTtlMs() int64 {
@@ -4302,7 +4444,7 @@ type CreateTokenReply struct {
 
 func (x *CreateTokenReply) Reset() {
 	*x = CreateTokenReply{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[62]
+	mi := &file_api_droverpb_drover_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4314,7 +4456,7 @@ func (x *CreateTokenReply) String() string {
 func (*CreateTokenReply) ProtoMessage() {}
 
 func (x *CreateTokenReply) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[62]
+	mi := &file_api_droverpb_drover_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4327,7 +4469,7 @@ func (x *CreateTokenReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenReply.ProtoReflect.Descriptor instead.
 func (*CreateTokenReply) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{62}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *CreateTokenReply) GetToken() string {
@@ -4363,7 +4505,7 @@ type EnrolRequest struct {
 
 func (x *EnrolRequest) Reset() {
 	*x = EnrolRequest{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[63]
+	mi := &file_api_droverpb_drover_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4375,7 +4517,7 @@ func (x *EnrolRequest) String() string {
 func (*EnrolRequest) ProtoMessage() {}
 
 func (x *EnrolRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[63]
+	mi := &file_api_droverpb_drover_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4388,7 +4530,7 @@ func (x *EnrolRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnrolRequest.ProtoReflect.Descriptor instead.
 func (*EnrolRequest) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{63}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *EnrolRequest) GetTokenId() string {
@@ -4430,7 +4572,7 @@ type EnrolReply struct {
 
 func (x *EnrolReply) Reset() {
 	*x = EnrolReply{}
-	mi := &file_api_droverpb_drover_proto_msgTypes[64]
+	mi := &file_api_droverpb_drover_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4442,7 +4584,7 @@ func (x *EnrolReply) String() string {
 func (*EnrolReply) ProtoMessage() {}
 
 func (x *EnrolReply) ProtoReflect() protoreflect.Message {
-	mi := &file_api_droverpb_drover_proto_msgTypes[64]
+	mi := &file_api_droverpb_drover_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4455,7 +4597,7 @@ func (x *EnrolReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnrolReply.ProtoReflect.Descriptor instead.
 func (*EnrolReply) Descriptor() ([]byte, []int) {
-	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{64}
+	return file_api_droverpb_drover_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *EnrolReply) GetCertificate() string {
@@ -4515,11 +4657,23 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\x0esent_unix_nano\x18\x01 \x01(\x03R\fsentUnixNano\x12$\n" +
 	"\x0eecho_unix_nano\x18\x02 \x01(\x03R\fechoUnixNano\x12\x1b\n" +
 	"\trss_bytes\x18\x03 \x01(\x04R\brssBytes\x12\x1c\n" +
-	"\tprocesses\x18\x04 \x01(\rR\tprocesses\"i\n" +
+	"\tprocesses\x18\x04 \x01(\rR\tprocesses\"\x9f\x02\n" +
 	"\tResources\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12%\n" +
 	"\x05cores\x18\x02 \x03(\v2\x0f.drover.v1.CoreR\x05cores\x12!\n" +
-	"\fmemory_bytes\x18\x03 \x01(\x03R\vmemoryBytes\"$\n" +
+	"\fmemory_bytes\x18\x03 \x01(\x03R\vmemoryBytes\x12\"\n" +
+	"\x04gpus\x18\x04 \x03(\v2\x0e.drover.v1.GpuR\x04gpus\x12\x1b\n" +
+	"\tcore_numa\x18\x05 \x03(\x11R\bcoreNuma\x128\n" +
+	"\x06custom\x18\x06 \x03(\v2 .drover.v1.Resources.CustomEntryR\x06custom\x1a9\n" +
+	"\vCustomEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"k\n" +
+	"\x03Gpu\x12\x16\n" +
+	"\x06vendor\x18\x01 \x01(\tR\x06vendor\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x12\n" +
+	"\x04uuid\x18\x03 \x01(\tR\x04uuid\x12\x14\n" +
+	"\x05model\x18\x04 \x01(\tR\x05model\x12\x12\n" +
+	"\x04numa\x18\x05 \x01(\x11R\x04numa\"$\n" +
 	"\x04Core\x12\x1c\n" +
 	"\thwthreads\x18\x01 \x03(\x05R\thwthreads\"\xae\x05\n" +
 	"\aCommand\x12\x0e\n" +
@@ -4588,7 +4742,7 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\x06stdout\x18\x02 \x01(\bR\x06stdout\x12\x16\n" +
 	"\x06stderr\x18\x03 \x01(\bR\x06stderr\x12(\n" +
 	"\x10stderr_is_stdout\x18\x04 \x01(\bR\x0estderrIsStdout\x12\x18\n" +
-	"\aoutputs\x18\x05 \x01(\bR\aoutputs\"\xbf\x04\n" +
+	"\aoutputs\x18\x05 \x01(\bR\aoutputs\"\xde\x04\n" +
 	"\vProcessSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04args\x18\x02 \x03(\tR\x04args\x121\n" +
@@ -4608,7 +4762,9 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"auto_purge\x18\f \x01(\bR\tautoPurge\x12\x14\n" +
 	"\x05after\x18\r \x01(\tR\x05after\x12(\n" +
 	"\x10after_timeout_ms\x18\x0f \x01(\x03R\x0eafterTimeoutMs\x12(\n" +
-	"\x10stage_timeout_ms\x18\x10 \x01(\x03R\x0estageTimeoutMs\x120\n" +
+	"\x10stage_timeout_ms\x18\x10 \x01(\x03R\x0estageTimeoutMs\x12\x1d\n" +
+	"\n" +
+	"memory_max\x18\x11 \x01(\x03R\tmemoryMax\x120\n" +
 	"\aresults\x18\x0e \x01(\v2\x16.drover.v1.ResultsSpecR\aresults\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
@@ -4673,7 +4829,7 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\a\n" +
 	"\x05Empty\"\x0e\n" +
-	"\fNodesRequest\"\x97\x02\n" +
+	"\fNodesRequest\"\xb4\x02\n" +
 	"\bNodeInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x14\n" +
@@ -4684,10 +4840,12 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\brestarts\x18\a \x01(\x05R\brestarts\x12\x15\n" +
 	"\x06rtt_us\x18\b \x01(\x03R\x05rttUs\x12\x1f\n" +
 	"\vlast_reason\x18\t \x01(\tR\n" +
-	"lastReason\"7\n" +
+	"lastReason\x12\x1b\n" +
+	"\tbusy_gpus\x18\n" +
+	" \x03(\tR\bbusyGpus\"7\n" +
 	"\n" +
 	"NodesReply\x12)\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x13.drover.v1.NodeInfoR\x05nodes\"\xca\x02\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x13.drover.v1.NodeInfoR\x05nodes\"\xde\x02\n" +
 	"\fStartRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
@@ -4699,15 +4857,17 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\x05cores\x18\b \x01(\x05R\x05cores\x12\x1c\n" +
 	"\thwthreads\x18\t \x03(\x05R\thwthreads\x12\x14\n" +
 	"\x05group\x18\n" +
-	" \x01(\tR\x05group\x1a6\n" +
+	" \x01(\tR\x05group\x12\x12\n" +
+	"\x04gpus\x18\v \x01(\x05R\x04gpus\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"P\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"d\n" +
 	"\n" +
 	"StartReply\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x10\n" +
 	"\x03pid\x18\x02 \x01(\x05R\x03pid\x12\x1c\n" +
-	"\thwthreads\x18\x03 \x03(\x05R\thwthreads\"@\n" +
+	"\thwthreads\x18\x03 \x03(\x05R\thwthreads\x12\x12\n" +
+	"\x04gpus\x18\x04 \x03(\tR\x04gpus\"@\n" +
 	"\x12ControlPollRequest\x12\x14\n" +
 	"\x05names\x18\x01 \x03(\tR\x05names\x12\x14\n" +
 	"\x05group\x18\x02 \x01(\tR\x05group\"H\n" +
@@ -4868,7 +5028,7 @@ func file_api_droverpb_drover_proto_rawDescGZIP() []byte {
 }
 
 var file_api_droverpb_drover_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_api_droverpb_drover_proto_msgTypes = make([]protoimpl.MessageInfo, 69)
+var file_api_droverpb_drover_proto_msgTypes = make([]protoimpl.MessageInfo, 71)
 var file_api_droverpb_drover_proto_goTypes = []any{
 	(FileKind)(0),                // 0: drover.v1.FileKind
 	(ErrorKind)(0),               // 1: drover.v1.ErrorKind
@@ -4878,168 +5038,172 @@ var file_api_droverpb_drover_proto_goTypes = []any{
 	(*Welcome)(nil),              // 5: drover.v1.Welcome
 	(*Heartbeat)(nil),            // 6: drover.v1.Heartbeat
 	(*Resources)(nil),            // 7: drover.v1.Resources
-	(*Core)(nil),                 // 8: drover.v1.Core
-	(*Command)(nil),              // 9: drover.v1.Command
-	(*PutFile)(nil),              // 10: drover.v1.PutFile
-	(*FileData)(nil),             // 11: drover.v1.FileData
-	(*Named)(nil),                // 12: drover.v1.Named
-	(*SendInput)(nil),            // 13: drover.v1.SendInput
-	(*PollRequest)(nil),          // 14: drover.v1.PollRequest
-	(*EnvKey)(nil),               // 15: drover.v1.EnvKey
-	(*EnvKV)(nil),                // 16: drover.v1.EnvKV
-	(*PortsRequest)(nil),         // 17: drover.v1.PortsRequest
-	(*Shutdown)(nil),             // 18: drover.v1.Shutdown
-	(*StageFile)(nil),            // 19: drover.v1.StageFile
-	(*ResultsSpec)(nil),          // 20: drover.v1.ResultsSpec
-	(*ProcessSpec)(nil),          // 21: drover.v1.ProcessSpec
-	(*ErrorDetail)(nil),          // 22: drover.v1.ErrorDetail
-	(*Reply)(nil),                // 23: drover.v1.Reply
-	(*Started)(nil),              // 24: drover.v1.Started
-	(*ProcessStatus)(nil),        // 25: drover.v1.ProcessStatus
-	(*PollResult)(nil),           // 26: drover.v1.PollResult
-	(*EnvValue)(nil),             // 27: drover.v1.EnvValue
-	(*PortList)(nil),             // 28: drover.v1.PortList
-	(*Exit)(nil),                 // 29: drover.v1.Exit
-	(*ExitReport)(nil),           // 30: drover.v1.ExitReport
-	(*LogRecord)(nil),            // 31: drover.v1.LogRecord
-	(*Empty)(nil),                // 32: drover.v1.Empty
-	(*NodesRequest)(nil),         // 33: drover.v1.NodesRequest
-	(*NodeInfo)(nil),             // 34: drover.v1.NodeInfo
-	(*NodesReply)(nil),           // 35: drover.v1.NodesReply
-	(*StartRequest)(nil),         // 36: drover.v1.StartRequest
-	(*StartReply)(nil),           // 37: drover.v1.StartReply
-	(*ControlPollRequest)(nil),   // 38: drover.v1.ControlPollRequest
-	(*ControlPollReply)(nil),     // 39: drover.v1.ControlPollReply
-	(*NameRequest)(nil),          // 40: drover.v1.NameRequest
-	(*StopRequest)(nil),          // 41: drover.v1.StopRequest
-	(*SendRequest)(nil),          // 42: drover.v1.SendRequest
-	(*LogsRequest)(nil),          // 43: drover.v1.LogsRequest
-	(*LogChunk)(nil),             // 44: drover.v1.LogChunk
-	(*FinishedRequest)(nil),      // 45: drover.v1.FinishedRequest
-	(*WatchFinishedRequest)(nil), // 46: drover.v1.WatchFinishedRequest
-	(*AckRequest)(nil),           // 47: drover.v1.AckRequest
-	(*FinishedReply)(nil),        // 48: drover.v1.FinishedReply
-	(*CancelAllRequest)(nil),     // 49: drover.v1.CancelAllRequest
-	(*GetEnvRequest)(nil),        // 50: drover.v1.GetEnvRequest
-	(*GetEnvReply)(nil),          // 51: drover.v1.GetEnvReply
-	(*SetEnvRequest)(nil),        // 52: drover.v1.SetEnvRequest
-	(*BindPortsRequest)(nil),     // 53: drover.v1.BindPortsRequest
-	(*PortsReply)(nil),           // 54: drover.v1.PortsReply
-	(*ReleasePortsRequest)(nil),  // 55: drover.v1.ReleasePortsRequest
-	(*SetLogLevelRequest)(nil),   // 56: drover.v1.SetLogLevelRequest
-	(*SubmitRequest)(nil),        // 57: drover.v1.SubmitRequest
-	(*SubmitReply)(nil),          // 58: drover.v1.SubmitReply
-	(*JobsRequest)(nil),          // 59: drover.v1.JobsRequest
-	(*JobInfo)(nil),              // 60: drover.v1.JobInfo
-	(*JobsReply)(nil),            // 61: drover.v1.JobsReply
-	(*ShutdownRequest)(nil),      // 62: drover.v1.ShutdownRequest
-	(*CreateTokenRequest)(nil),   // 63: drover.v1.CreateTokenRequest
-	(*CreateTokenReply)(nil),     // 64: drover.v1.CreateTokenReply
-	(*EnrolRequest)(nil),         // 65: drover.v1.EnrolRequest
-	(*EnrolReply)(nil),           // 66: drover.v1.EnrolReply
-	nil,                          // 67: drover.v1.ProcessSpec.EnvEntry
-	nil,                          // 68: drover.v1.Started.PortsEntry
-	nil,                          // 69: drover.v1.LogRecord.AttrsEntry
-	nil,                          // 70: drover.v1.StartRequest.EnvEntry
+	(*Gpu)(nil),                  // 8: drover.v1.Gpu
+	(*Core)(nil),                 // 9: drover.v1.Core
+	(*Command)(nil),              // 10: drover.v1.Command
+	(*PutFile)(nil),              // 11: drover.v1.PutFile
+	(*FileData)(nil),             // 12: drover.v1.FileData
+	(*Named)(nil),                // 13: drover.v1.Named
+	(*SendInput)(nil),            // 14: drover.v1.SendInput
+	(*PollRequest)(nil),          // 15: drover.v1.PollRequest
+	(*EnvKey)(nil),               // 16: drover.v1.EnvKey
+	(*EnvKV)(nil),                // 17: drover.v1.EnvKV
+	(*PortsRequest)(nil),         // 18: drover.v1.PortsRequest
+	(*Shutdown)(nil),             // 19: drover.v1.Shutdown
+	(*StageFile)(nil),            // 20: drover.v1.StageFile
+	(*ResultsSpec)(nil),          // 21: drover.v1.ResultsSpec
+	(*ProcessSpec)(nil),          // 22: drover.v1.ProcessSpec
+	(*ErrorDetail)(nil),          // 23: drover.v1.ErrorDetail
+	(*Reply)(nil),                // 24: drover.v1.Reply
+	(*Started)(nil),              // 25: drover.v1.Started
+	(*ProcessStatus)(nil),        // 26: drover.v1.ProcessStatus
+	(*PollResult)(nil),           // 27: drover.v1.PollResult
+	(*EnvValue)(nil),             // 28: drover.v1.EnvValue
+	(*PortList)(nil),             // 29: drover.v1.PortList
+	(*Exit)(nil),                 // 30: drover.v1.Exit
+	(*ExitReport)(nil),           // 31: drover.v1.ExitReport
+	(*LogRecord)(nil),            // 32: drover.v1.LogRecord
+	(*Empty)(nil),                // 33: drover.v1.Empty
+	(*NodesRequest)(nil),         // 34: drover.v1.NodesRequest
+	(*NodeInfo)(nil),             // 35: drover.v1.NodeInfo
+	(*NodesReply)(nil),           // 36: drover.v1.NodesReply
+	(*StartRequest)(nil),         // 37: drover.v1.StartRequest
+	(*StartReply)(nil),           // 38: drover.v1.StartReply
+	(*ControlPollRequest)(nil),   // 39: drover.v1.ControlPollRequest
+	(*ControlPollReply)(nil),     // 40: drover.v1.ControlPollReply
+	(*NameRequest)(nil),          // 41: drover.v1.NameRequest
+	(*StopRequest)(nil),          // 42: drover.v1.StopRequest
+	(*SendRequest)(nil),          // 43: drover.v1.SendRequest
+	(*LogsRequest)(nil),          // 44: drover.v1.LogsRequest
+	(*LogChunk)(nil),             // 45: drover.v1.LogChunk
+	(*FinishedRequest)(nil),      // 46: drover.v1.FinishedRequest
+	(*WatchFinishedRequest)(nil), // 47: drover.v1.WatchFinishedRequest
+	(*AckRequest)(nil),           // 48: drover.v1.AckRequest
+	(*FinishedReply)(nil),        // 49: drover.v1.FinishedReply
+	(*CancelAllRequest)(nil),     // 50: drover.v1.CancelAllRequest
+	(*GetEnvRequest)(nil),        // 51: drover.v1.GetEnvRequest
+	(*GetEnvReply)(nil),          // 52: drover.v1.GetEnvReply
+	(*SetEnvRequest)(nil),        // 53: drover.v1.SetEnvRequest
+	(*BindPortsRequest)(nil),     // 54: drover.v1.BindPortsRequest
+	(*PortsReply)(nil),           // 55: drover.v1.PortsReply
+	(*ReleasePortsRequest)(nil),  // 56: drover.v1.ReleasePortsRequest
+	(*SetLogLevelRequest)(nil),   // 57: drover.v1.SetLogLevelRequest
+	(*SubmitRequest)(nil),        // 58: drover.v1.SubmitRequest
+	(*SubmitReply)(nil),          // 59: drover.v1.SubmitReply
+	(*JobsRequest)(nil),          // 60: drover.v1.JobsRequest
+	(*JobInfo)(nil),              // 61: drover.v1.JobInfo
+	(*JobsReply)(nil),            // 62: drover.v1.JobsReply
+	(*ShutdownRequest)(nil),      // 63: drover.v1.ShutdownRequest
+	(*CreateTokenRequest)(nil),   // 64: drover.v1.CreateTokenRequest
+	(*CreateTokenReply)(nil),     // 65: drover.v1.CreateTokenReply
+	(*EnrolRequest)(nil),         // 66: drover.v1.EnrolRequest
+	(*EnrolReply)(nil),           // 67: drover.v1.EnrolReply
+	nil,                          // 68: drover.v1.Resources.CustomEntry
+	nil,                          // 69: drover.v1.ProcessSpec.EnvEntry
+	nil,                          // 70: drover.v1.Started.PortsEntry
+	nil,                          // 71: drover.v1.LogRecord.AttrsEntry
+	nil,                          // 72: drover.v1.StartRequest.EnvEntry
 }
 var file_api_droverpb_drover_proto_depIdxs = []int32{
 	4,  // 0: drover.v1.AgentMsg.hello:type_name -> drover.v1.Hello
-	23, // 1: drover.v1.AgentMsg.replies:type_name -> drover.v1.Reply
-	30, // 2: drover.v1.AgentMsg.exits:type_name -> drover.v1.ExitReport
-	31, // 3: drover.v1.AgentMsg.logs:type_name -> drover.v1.LogRecord
+	24, // 1: drover.v1.AgentMsg.replies:type_name -> drover.v1.Reply
+	31, // 2: drover.v1.AgentMsg.exits:type_name -> drover.v1.ExitReport
+	32, // 3: drover.v1.AgentMsg.logs:type_name -> drover.v1.LogRecord
 	6,  // 4: drover.v1.AgentMsg.heartbeat:type_name -> drover.v1.Heartbeat
-	11, // 5: drover.v1.AgentMsg.files:type_name -> drover.v1.FileData
+	12, // 5: drover.v1.AgentMsg.files:type_name -> drover.v1.FileData
 	5,  // 6: drover.v1.ManagerMsg.welcome:type_name -> drover.v1.Welcome
-	9,  // 7: drover.v1.ManagerMsg.commands:type_name -> drover.v1.Command
+	10, // 7: drover.v1.ManagerMsg.commands:type_name -> drover.v1.Command
 	6,  // 8: drover.v1.ManagerMsg.heartbeat:type_name -> drover.v1.Heartbeat
 	7,  // 9: drover.v1.Hello.resources:type_name -> drover.v1.Resources
-	8,  // 10: drover.v1.Resources.cores:type_name -> drover.v1.Core
-	21, // 11: drover.v1.Command.start:type_name -> drover.v1.ProcessSpec
-	12, // 12: drover.v1.Command.stop:type_name -> drover.v1.Named
-	12, // 13: drover.v1.Command.kill:type_name -> drover.v1.Named
-	12, // 14: drover.v1.Command.purge:type_name -> drover.v1.Named
-	13, // 15: drover.v1.Command.send:type_name -> drover.v1.SendInput
-	12, // 16: drover.v1.Command.cancel_all:type_name -> drover.v1.Named
-	14, // 17: drover.v1.Command.poll:type_name -> drover.v1.PollRequest
-	15, // 18: drover.v1.Command.env_get:type_name -> drover.v1.EnvKey
-	16, // 19: drover.v1.Command.env_set:type_name -> drover.v1.EnvKV
-	17, // 20: drover.v1.Command.ports_bind:type_name -> drover.v1.PortsRequest
-	17, // 21: drover.v1.Command.ports_release:type_name -> drover.v1.PortsRequest
-	18, // 22: drover.v1.Command.shutdown:type_name -> drover.v1.Shutdown
-	10, // 23: drover.v1.Command.put_file:type_name -> drover.v1.PutFile
-	0,  // 24: drover.v1.FileData.kind:type_name -> drover.v1.FileKind
-	67, // 25: drover.v1.ProcessSpec.env:type_name -> drover.v1.ProcessSpec.EnvEntry
-	19, // 26: drover.v1.ProcessSpec.files:type_name -> drover.v1.StageFile
-	20, // 27: drover.v1.ProcessSpec.results:type_name -> drover.v1.ResultsSpec
-	1,  // 28: drover.v1.ErrorDetail.kind:type_name -> drover.v1.ErrorKind
-	22, // 29: drover.v1.Reply.error_detail:type_name -> drover.v1.ErrorDetail
-	24, // 30: drover.v1.Reply.started:type_name -> drover.v1.Started
-	26, // 31: drover.v1.Reply.poll:type_name -> drover.v1.PollResult
-	27, // 32: drover.v1.Reply.env:type_name -> drover.v1.EnvValue
-	28, // 33: drover.v1.Reply.ports:type_name -> drover.v1.PortList
-	68, // 34: drover.v1.Started.ports:type_name -> drover.v1.Started.PortsEntry
-	29, // 35: drover.v1.ProcessStatus.exit:type_name -> drover.v1.Exit
-	22, // 36: drover.v1.ProcessStatus.error_detail:type_name -> drover.v1.ErrorDetail
-	25, // 37: drover.v1.PollResult.statuses:type_name -> drover.v1.ProcessStatus
-	29, // 38: drover.v1.ExitReport.exit:type_name -> drover.v1.Exit
-	69, // 39: drover.v1.LogRecord.attrs:type_name -> drover.v1.LogRecord.AttrsEntry
-	7,  // 40: drover.v1.NodeInfo.resources:type_name -> drover.v1.Resources
-	34, // 41: drover.v1.NodesReply.nodes:type_name -> drover.v1.NodeInfo
-	70, // 42: drover.v1.StartRequest.env:type_name -> drover.v1.StartRequest.EnvEntry
-	25, // 43: drover.v1.ControlPollReply.statuses:type_name -> drover.v1.ProcessStatus
-	29, // 44: drover.v1.FinishedReply.exits:type_name -> drover.v1.Exit
-	60, // 45: drover.v1.JobsReply.jobs:type_name -> drover.v1.JobInfo
-	2,  // 46: drover.v1.AgentSession.Connect:input_type -> drover.v1.AgentMsg
-	33, // 47: drover.v1.Control.Nodes:input_type -> drover.v1.NodesRequest
-	36, // 48: drover.v1.Control.Start:input_type -> drover.v1.StartRequest
-	38, // 49: drover.v1.Control.Poll:input_type -> drover.v1.ControlPollRequest
-	41, // 50: drover.v1.Control.Stop:input_type -> drover.v1.StopRequest
-	40, // 51: drover.v1.Control.Kill:input_type -> drover.v1.NameRequest
-	40, // 52: drover.v1.Control.Purge:input_type -> drover.v1.NameRequest
-	42, // 53: drover.v1.Control.Send:input_type -> drover.v1.SendRequest
-	43, // 54: drover.v1.Control.Logs:input_type -> drover.v1.LogsRequest
-	45, // 55: drover.v1.Control.Finished:input_type -> drover.v1.FinishedRequest
-	46, // 56: drover.v1.Control.WatchFinished:input_type -> drover.v1.WatchFinishedRequest
-	47, // 57: drover.v1.Control.Ack:input_type -> drover.v1.AckRequest
-	49, // 58: drover.v1.Control.CancelAll:input_type -> drover.v1.CancelAllRequest
-	50, // 59: drover.v1.Control.GetEnv:input_type -> drover.v1.GetEnvRequest
-	52, // 60: drover.v1.Control.SetEnv:input_type -> drover.v1.SetEnvRequest
-	53, // 61: drover.v1.Control.BindPorts:input_type -> drover.v1.BindPortsRequest
-	55, // 62: drover.v1.Control.ReleasePorts:input_type -> drover.v1.ReleasePortsRequest
-	56, // 63: drover.v1.Control.SetLogLevel:input_type -> drover.v1.SetLogLevelRequest
-	57, // 64: drover.v1.Control.Submit:input_type -> drover.v1.SubmitRequest
-	59, // 65: drover.v1.Control.Jobs:input_type -> drover.v1.JobsRequest
-	62, // 66: drover.v1.Control.Shutdown:input_type -> drover.v1.ShutdownRequest
-	63, // 67: drover.v1.Join.CreateToken:input_type -> drover.v1.CreateTokenRequest
-	65, // 68: drover.v1.Enrolment.Enrol:input_type -> drover.v1.EnrolRequest
-	3,  // 69: drover.v1.AgentSession.Connect:output_type -> drover.v1.ManagerMsg
-	35, // 70: drover.v1.Control.Nodes:output_type -> drover.v1.NodesReply
-	37, // 71: drover.v1.Control.Start:output_type -> drover.v1.StartReply
-	39, // 72: drover.v1.Control.Poll:output_type -> drover.v1.ControlPollReply
-	32, // 73: drover.v1.Control.Stop:output_type -> drover.v1.Empty
-	32, // 74: drover.v1.Control.Kill:output_type -> drover.v1.Empty
-	32, // 75: drover.v1.Control.Purge:output_type -> drover.v1.Empty
-	32, // 76: drover.v1.Control.Send:output_type -> drover.v1.Empty
-	44, // 77: drover.v1.Control.Logs:output_type -> drover.v1.LogChunk
-	48, // 78: drover.v1.Control.Finished:output_type -> drover.v1.FinishedReply
-	48, // 79: drover.v1.Control.WatchFinished:output_type -> drover.v1.FinishedReply
-	32, // 80: drover.v1.Control.Ack:output_type -> drover.v1.Empty
-	32, // 81: drover.v1.Control.CancelAll:output_type -> drover.v1.Empty
-	51, // 82: drover.v1.Control.GetEnv:output_type -> drover.v1.GetEnvReply
-	32, // 83: drover.v1.Control.SetEnv:output_type -> drover.v1.Empty
-	54, // 84: drover.v1.Control.BindPorts:output_type -> drover.v1.PortsReply
-	32, // 85: drover.v1.Control.ReleasePorts:output_type -> drover.v1.Empty
-	32, // 86: drover.v1.Control.SetLogLevel:output_type -> drover.v1.Empty
-	58, // 87: drover.v1.Control.Submit:output_type -> drover.v1.SubmitReply
-	61, // 88: drover.v1.Control.Jobs:output_type -> drover.v1.JobsReply
-	32, // 89: drover.v1.Control.Shutdown:output_type -> drover.v1.Empty
-	64, // 90: drover.v1.Join.CreateToken:output_type -> drover.v1.CreateTokenReply
-	66, // 91: drover.v1.Enrolment.Enrol:output_type -> drover.v1.EnrolReply
-	69, // [69:92] is the sub-list for method output_type
-	46, // [46:69] is the sub-list for method input_type
-	46, // [46:46] is the sub-list for extension type_name
-	46, // [46:46] is the sub-list for extension extendee
-	0,  // [0:46] is the sub-list for field type_name
+	9,  // 10: drover.v1.Resources.cores:type_name -> drover.v1.Core
+	8,  // 11: drover.v1.Resources.gpus:type_name -> drover.v1.Gpu
+	68, // 12: drover.v1.Resources.custom:type_name -> drover.v1.Resources.CustomEntry
+	22, // 13: drover.v1.Command.start:type_name -> drover.v1.ProcessSpec
+	13, // 14: drover.v1.Command.stop:type_name -> drover.v1.Named
+	13, // 15: drover.v1.Command.kill:type_name -> drover.v1.Named
+	13, // 16: drover.v1.Command.purge:type_name -> drover.v1.Named
+	14, // 17: drover.v1.Command.send:type_name -> drover.v1.SendInput
+	13, // 18: drover.v1.Command.cancel_all:type_name -> drover.v1.Named
+	15, // 19: drover.v1.Command.poll:type_name -> drover.v1.PollRequest
+	16, // 20: drover.v1.Command.env_get:type_name -> drover.v1.EnvKey
+	17, // 21: drover.v1.Command.env_set:type_name -> drover.v1.EnvKV
+	18, // 22: drover.v1.Command.ports_bind:type_name -> drover.v1.PortsRequest
+	18, // 23: drover.v1.Command.ports_release:type_name -> drover.v1.PortsRequest
+	19, // 24: drover.v1.Command.shutdown:type_name -> drover.v1.Shutdown
+	11, // 25: drover.v1.Command.put_file:type_name -> drover.v1.PutFile
+	0,  // 26: drover.v1.FileData.kind:type_name -> drover.v1.FileKind
+	69, // 27: drover.v1.ProcessSpec.env:type_name -> drover.v1.ProcessSpec.EnvEntry
+	20, // 28: drover.v1.ProcessSpec.files:type_name -> drover.v1.StageFile
+	21, // 29: drover.v1.ProcessSpec.results:type_name -> drover.v1.ResultsSpec
+	1,  // 30: drover.v1.ErrorDetail.kind:type_name -> drover.v1.ErrorKind
+	23, // 31: drover.v1.Reply.error_detail:type_name -> drover.v1.ErrorDetail
+	25, // 32: drover.v1.Reply.started:type_name -> drover.v1.Started
+	27, // 33: drover.v1.Reply.poll:type_name -> drover.v1.PollResult
+	28, // 34: drover.v1.Reply.env:type_name -> drover.v1.EnvValue
+	29, // 35: drover.v1.Reply.ports:type_name -> drover.v1.PortList
+	70, // 36: drover.v1.Started.ports:type_name -> drover.v1.Started.PortsEntry
+	30, // 37: drover.v1.ProcessStatus.exit:type_name -> drover.v1.Exit
+	23, // 38: drover.v1.ProcessStatus.error_detail:type_name -> drover.v1.ErrorDetail
+	26, // 39: drover.v1.PollResult.statuses:type_name -> drover.v1.ProcessStatus
+	30, // 40: drover.v1.ExitReport.exit:type_name -> drover.v1.Exit
+	71, // 41: drover.v1.LogRecord.attrs:type_name -> drover.v1.LogRecord.AttrsEntry
+	7,  // 42: drover.v1.NodeInfo.resources:type_name -> drover.v1.Resources
+	35, // 43: drover.v1.NodesReply.nodes:type_name -> drover.v1.NodeInfo
+	72, // 44: drover.v1.StartRequest.env:type_name -> drover.v1.StartRequest.EnvEntry
+	26, // 45: drover.v1.ControlPollReply.statuses:type_name -> drover.v1.ProcessStatus
+	30, // 46: drover.v1.FinishedReply.exits:type_name -> drover.v1.Exit
+	61, // 47: drover.v1.JobsReply.jobs:type_name -> drover.v1.JobInfo
+	2,  // 48: drover.v1.AgentSession.Connect:input_type -> drover.v1.AgentMsg
+	34, // 49: drover.v1.Control.Nodes:input_type -> drover.v1.NodesRequest
+	37, // 50: drover.v1.Control.Start:input_type -> drover.v1.StartRequest
+	39, // 51: drover.v1.Control.Poll:input_type -> drover.v1.ControlPollRequest
+	42, // 52: drover.v1.Control.Stop:input_type -> drover.v1.StopRequest
+	41, // 53: drover.v1.Control.Kill:input_type -> drover.v1.NameRequest
+	41, // 54: drover.v1.Control.Purge:input_type -> drover.v1.NameRequest
+	43, // 55: drover.v1.Control.Send:input_type -> drover.v1.SendRequest
+	44, // 56: drover.v1.Control.Logs:input_type -> drover.v1.LogsRequest
+	46, // 57: drover.v1.Control.Finished:input_type -> drover.v1.FinishedRequest
+	47, // 58: drover.v1.Control.WatchFinished:input_type -> drover.v1.WatchFinishedRequest
+	48, // 59: drover.v1.Control.Ack:input_type -> drover.v1.AckRequest
+	50, // 60: drover.v1.Control.CancelAll:input_type -> drover.v1.CancelAllRequest
+	51, // 61: drover.v1.Control.GetEnv:input_type -> drover.v1.GetEnvRequest
+	53, // 62: drover.v1.Control.SetEnv:input_type -> drover.v1.SetEnvRequest
+	54, // 63: drover.v1.Control.BindPorts:input_type -> drover.v1.BindPortsRequest
+	56, // 64: drover.v1.Control.ReleasePorts:input_type -> drover.v1.ReleasePortsRequest
+	57, // 65: drover.v1.Control.SetLogLevel:input_type -> drover.v1.SetLogLevelRequest
+	58, // 66: drover.v1.Control.Submit:input_type -> drover.v1.SubmitRequest
+	60, // 67: drover.v1.Control.Jobs:input_type -> drover.v1.JobsRequest
+	63, // 68: drover.v1.Control.Shutdown:input_type -> drover.v1.ShutdownRequest
+	64, // 69: drover.v1.Join.CreateToken:input_type -> drover.v1.CreateTokenRequest
+	66, // 70: drover.v1.Enrolment.Enrol:input_type -> drover.v1.EnrolRequest
+	3,  // 71: drover.v1.AgentSession.Connect:output_type -> drover.v1.ManagerMsg
+	36, // 72: drover.v1.Control.Nodes:output_type -> drover.v1.NodesReply
+	38, // 73: drover.v1.Control.Start:output_type -> drover.v1.StartReply
+	40, // 74: drover.v1.Control.Poll:output_type -> drover.v1.ControlPollReply
+	33, // 75: drover.v1.Control.Stop:output_type -> drover.v1.Empty
+	33, // 76: drover.v1.Control.Kill:output_type -> drover.v1.Empty
+	33, // 77: drover.v1.Control.Purge:output_type -> drover.v1.Empty
+	33, // 78: drover.v1.Control.Send:output_type -> drover.v1.Empty
+	45, // 79: drover.v1.Control.Logs:output_type -> drover.v1.LogChunk
+	49, // 80: drover.v1.Control.Finished:output_type -> drover.v1.FinishedReply
+	49, // 81: drover.v1.Control.WatchFinished:output_type -> drover.v1.FinishedReply
+	33, // 82: drover.v1.Control.Ack:output_type -> drover.v1.Empty
+	33, // 83: drover.v1.Control.CancelAll:output_type -> drover.v1.Empty
+	52, // 84: drover.v1.Control.GetEnv:output_type -> drover.v1.GetEnvReply
+	33, // 85: drover.v1.Control.SetEnv:output_type -> drover.v1.Empty
+	55, // 86: drover.v1.Control.BindPorts:output_type -> drover.v1.PortsReply
+	33, // 87: drover.v1.Control.ReleasePorts:output_type -> drover.v1.Empty
+	33, // 88: drover.v1.Control.SetLogLevel:output_type -> drover.v1.Empty
+	59, // 89: drover.v1.Control.Submit:output_type -> drover.v1.SubmitReply
+	62, // 90: drover.v1.Control.Jobs:output_type -> drover.v1.JobsReply
+	33, // 91: drover.v1.Control.Shutdown:output_type -> drover.v1.Empty
+	65, // 92: drover.v1.Join.CreateToken:output_type -> drover.v1.CreateTokenReply
+	67, // 93: drover.v1.Enrolment.Enrol:output_type -> drover.v1.EnrolReply
+	71, // [71:94] is the sub-list for method output_type
+	48, // [48:71] is the sub-list for method input_type
+	48, // [48:48] is the sub-list for extension type_name
+	48, // [48:48] is the sub-list for extension extendee
+	0,  // [0:48] is the sub-list for field type_name
 }
 
 func init() { file_api_droverpb_drover_proto_init() }
@@ -5047,7 +5211,7 @@ func file_api_droverpb_drover_proto_init() {
 	if File_api_droverpb_drover_proto != nil {
 		return
 	}
-	file_api_droverpb_drover_proto_msgTypes[7].OneofWrappers = []any{
+	file_api_droverpb_drover_proto_msgTypes[8].OneofWrappers = []any{
 		(*Command_Start)(nil),
 		(*Command_Stop)(nil),
 		(*Command_Kill)(nil),
@@ -5063,7 +5227,7 @@ func file_api_droverpb_drover_proto_init() {
 		(*Command_Shutdown)(nil),
 		(*Command_PutFile)(nil),
 	}
-	file_api_droverpb_drover_proto_msgTypes[21].OneofWrappers = []any{
+	file_api_droverpb_drover_proto_msgTypes[22].OneofWrappers = []any{
 		(*Reply_Started)(nil),
 		(*Reply_Poll)(nil),
 		(*Reply_Env)(nil),
@@ -5075,7 +5239,7 @@ func file_api_droverpb_drover_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_droverpb_drover_proto_rawDesc), len(file_api_droverpb_drover_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   69,
+			NumMessages:   71,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

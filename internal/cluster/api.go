@@ -25,6 +25,7 @@ type NodeInfo struct {
 	Error         string             `json:"error,omitempty"`
 	Resources     topology.Resources `json:"resources"`
 	BusyHWThreads []int              `json:"busy_hwthreads"`
+	BusyGPUs      []string           `json:"busy_gpus"` // ids of the reserved GPUs
 	Processes     int                `json:"processes"`
 	// Restarts counts the times its agent was launched again after the
 	// node was lost; LastReason is why it was last lost, or why its last
@@ -79,6 +80,9 @@ type StartRequest struct {
 	// Group is the program's group: Finished, Poll and CancelAll given
 	// a group see only its processes.
 	Group string
+	// GPUs reserves this many whole GPUs of the node, exported to the
+	// process (topology.GPUEnv).
+	GPUs int
 }
 
 // FinishedRequest asks for exits of processes started with Start.
@@ -105,6 +109,7 @@ type StartResult struct {
 	Node      string
 	PID       int
 	HWThreads []int
+	GPUs      []string // ids of the GPUs reserved for it
 }
 
 // JobInfo is one submitted instance, for `drover jobs`.

@@ -150,7 +150,7 @@ type proc struct {
 	view  *view // nil: started with Start
 	group string
 	state procState
-	cores []int // pool core indices held until the exit
+	grant cores.Grant // what it holds in the pool until the exit
 	hw    []int
 	pid   int
 	since time.Time
@@ -224,7 +224,7 @@ func (c *Cluster) AddNode(n node.Node) {
 	}
 	c.members = append(c.members, m)
 	c.byName[m.name] = m
-	c.pool.AddNode(m.name, res.Cores)
+	c.pool.AddNode(m.name, res)
 	c.wg.Add(1)
 	c.mu.Unlock()
 	c.log.Info("node up", "node", m.name, "cores", len(res.Cores))
@@ -329,10 +329,10 @@ func (c *Cluster) exitedLocked(p *proc, e node.Exit, real bool) {
 // releaseLocked gives p's cores back to the pool, unless its node has
 // been replaced meanwhile (the pool's entry is the new node's then).
 func (c *Cluster) releaseLocked(p *proc) {
-	if len(p.cores) > 0 && c.byName[p.m.name] == p.m {
-		c.pool.Release(p.m.name, p.cores)
+	if !p.grant.Empty() && c.byName[p.m.name] == p.m {
+		c.pool.Release(p.m.name, p.grant)
 	}
-	p.cores = nil
+	p.grant = cores.Grant{}
 }
 
 // lose handles a node whose Ready was closed: every process on it that has
@@ -492,7 +492,7 @@ func (c *Cluster) Nodes(ctx context.Context) ([]NodeInfo, error) {
 			continue
 		}
 		h := m.n.Health()
-		info := NodeInfo{Name: m.name, Resources: m.res, BusyHWThreads: []int{}, Processes: len(m.procs),
+		info := NodeInfo{Name: m.name, Resources: m.res, BusyHWThreads: []int{}, BusyGPUs: []string{}, Processes: len(m.procs),
 			Restarts: m.restarts, LastReason: m.reason, RTT: h.RTT}
 		switch {
 		case m.lost || h.Lost():
@@ -507,6 +507,7 @@ func (c *Cluster) Nodes(ctx context.Context) ([]NodeInfo, error) {
 		default:
 			info.BusyHWThreads = append(info.BusyHWThreads, c.pool.Busy(m.name)...)
 			slices.Sort(info.BusyHWThreads)
+			info.BusyGPUs = c.pool.BusyGPUs(m.name)
 			info.State = "up"
 			if len(m.res.Cores) > 0 && c.pool.Free(m.name) == 0 {
 				info.State = "busy"
@@ -534,7 +535,7 @@ func (c *Cluster) AddFailedNode(name, reason string) {
 		m.reason = reason
 		return
 	}
-	c.failed = append(c.failed, NodeInfo{Name: name, State: "error", Error: reason, BusyHWThreads: []int{}})
+	c.failed = append(c.failed, NodeInfo{Name: name, State: "error", Error: reason, BusyHWThreads: []int{}, BusyGPUs: []string{}})
 }
 
 // reservedLocked reports whether name is "N.INSTANCE" of submission N.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -11,9 +12,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/drover-hpc/drover/internal/cores"
 	"github.com/drover-hpc/drover/internal/errdefs"
 	"github.com/drover-hpc/drover/internal/jobfile"
 	"github.com/drover-hpc/drover/internal/node"
+	"github.com/drover-hpc/drover/internal/topology"
 )
 
 // Start starts a process on a node. Of req.Spec it uses Name, Args, Env,
@@ -37,6 +40,9 @@ func (c *Cluster) Start(ctx context.Context, req StartRequest) (StartResult, err
 	}
 	if req.Cores < 0 {
 		return StartResult{}, fmt.Errorf("%s: %w: %d cores", op, errdefs.ErrInvalid, req.Cores)
+	}
+	if req.GPUs < 0 {
+		return StartResult{}, fmt.Errorf("%s: %w: %d GPUs", op, errdefs.ErrInvalid, req.GPUs)
 	}
 	if req.Cores > 0 && len(req.HWThreads) > 0 {
 		return StartResult{}, fmt.Errorf("%s: %w: cores and hwthreads together", op, errdefs.ErrInvalid)
@@ -72,33 +78,47 @@ func (c *Cluster) Start(ctx context.Context, req StartRequest) (StartResult, err
 		return StartResult{}, fmt.Errorf("%s: %w", op, errdefs.ErrDuplicate)
 	}
 	p := &proc{name: spec.Name, m: m, group: req.Group, stdout: stdout, stderr: stderr}
+	need := cores.Need{GPUs: req.GPUs}
 	if len(req.HWThreads) > 0 {
-		idx, err := c.pool.TakeThreads(m.name, req.HWThreads)
+		g, err := c.pool.TakeThreads(m.name, req.HWThreads, need)
 		if err != nil {
 			c.mu.Unlock()
 			return StartResult{}, fmt.Errorf("%s: %w", op, err)
 		}
-		p.cores, p.hw = idx, slices.Clone(req.HWThreads)
-	}
-	if req.Cores > 0 {
-		idx, hw, ok := c.pool.Take(m.name, req.Cores)
+		p.grant, p.hw = g, g.HW
+	} else if req.Cores > 0 || req.GPUs > 0 {
+		need.Cores = req.Cores
+		g, ok := c.pool.Take(m.name, need)
 		if !ok {
 			free, total := c.pool.Free(m.name), len(m.res.Cores)
 			c.mu.Unlock()
-			if req.Cores > total {
+			switch {
+			case req.GPUs > len(m.res.GPUs):
+				return StartResult{}, fmt.Errorf("%s: %w: needs %d GPUs, the node has %d", op, errdefs.ErrInvalid, req.GPUs, len(m.res.GPUs))
+			case req.Cores > total:
 				return StartResult{}, fmt.Errorf("%s: %w: needs %d, the node has %d", op, errdefs.ErrBusy, req.Cores, total)
+			case req.Cores > free:
+				return StartResult{}, fmt.Errorf("%s: %w: needs %d, %d of %d free", op, errdefs.ErrBusy, req.Cores, free, total)
 			}
-			return StartResult{}, fmt.Errorf("%s: %w: needs %d, %d of %d free", op, errdefs.ErrBusy, req.Cores, free, total)
+			return StartResult{}, fmt.Errorf("%s: %w: needs %d GPUs, too few are free", op, errdefs.ErrBusy, req.GPUs)
 		}
-		p.cores, p.hw = idx, hw
+		p.grant, p.hw = g, g.HW
 	}
 	c.registerLocked(p)
 	c.mu.Unlock()
 
+	env := spec.Env
+	if gpuEnv := topology.GPUEnv(p.grant.GPUs); gpuEnv != nil {
+		env = maps.Clone(env)
+		if env == nil {
+			env = make(map[string]string)
+		}
+		maps.Copy(env, gpuEnv)
+	}
 	nspec := node.ProcessSpec{
 		Name:      spec.Name,
 		Args:      spec.Args,
-		Env:       spec.Env,
+		Env:       env,
 		Dir:       spec.Dir,
 		Stdout:    stdout,
 		Stderr:    stderr,
@@ -121,7 +141,11 @@ func (c *Cluster) Start(ctx context.Context, req StartRequest) (StartResult, err
 		return StartResult{}, err
 	}
 	c.log.Debug("started", "name", spec.Name, "node", m.name, "pid", st.PID, "cores", req.Cores)
-	return StartResult{Node: m.name, PID: st.PID, HWThreads: slices.Clone(p.hw)}, nil
+	var gpus []string
+	for _, g := range p.grant.GPUs {
+		gpus = append(gpus, g.ID)
+	}
+	return StartResult{Node: m.name, PID: st.PID, HWThreads: slices.Clone(p.hw), GPUs: gpus}, nil
 }
 
 // outputPath is the absolute path of an output file: def when none is

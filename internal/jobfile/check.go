@@ -27,9 +27,13 @@ func limits(key string) (min, max int64) {
 		return 1, maxRepeat
 	case "cores":
 		return 1, maxCores
-	default: // retries
-		return 0, maxRetries
+	case "gpus":
+		return 0, maxGPUs
 	}
+	if strings.HasPrefix(key, "resources ") {
+		return 0, maxResource
+	}
+	return 0, maxRetries // retries
 }
 
 // rangeMsg says what is wrong with n for key, or "" when it is in range;
@@ -75,6 +79,7 @@ func (j *Job) check(r *reporter, l *locs) {
 		}
 	}
 	j.checkPorts(r, l)
+	j.checkResources(r, l)
 	if l.ok("node") {
 		switch {
 		case l.given("node") && j.Node == "":

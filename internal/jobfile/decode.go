@@ -18,7 +18,7 @@ import (
 )
 
 // The keys of a job, in the order the contract lists them.
-const jobKeys = "name command shell repeat cores env files outputs setup ports retries timeout node workdir"
+const jobKeys = "name command shell repeat cores env files outputs setup ports retries timeout node workdir gpus memory resources"
 
 // locs records where a job's values are in its file, for the checks in
 // check.go, which also run on jobs built in code where every map is nil and
@@ -574,6 +574,8 @@ func (d *decoder) field(j *Job, l *locs, key string, v ast.Node, at pos) bool {
 		j.Node, ok = d.text(key, v, at)
 	case "workdir":
 		j.Workdir, ok = d.text(key, v, at)
+	case "gpus", "memory", "resources":
+		ok = d.resourceField(j, key, v, at)
 	}
 	return ok
 }

@@ -64,6 +64,12 @@ type Job struct {
 	Timeout time.Duration // then SIGTERM, grace, SIGKILL; 0 = none
 	Node    string        // "" = any node
 	Workdir string        // "" = a fresh work dir; absolute after Parse
+	// GPUs, Memory and Resources are reserved per instance on its node,
+	// beside its cores: whole GPUs, bytes of memory (0: none), and
+	// counted resources that nodes declare, by name.
+	GPUs      int
+	Memory    int64
+	Resources map[string]int64
 	// Line and Col locate the job in its file; 0 when built in code.
 	Line, Col int
 }

@@ -58,6 +58,11 @@ type ProcessSpec struct {
 	// it the start fails and nothing runs. 0: no bound. CancelAll and
 	// Close end a staging too.
 	StageTimeout time.Duration
+	// MemoryMax is memory.max, in bytes, of a cgroup of the process's own,
+	// where the node can make one: past it the kernel reclaims, then the
+	// OOM killer ends the process, whose exit then says "out of memory".
+	// 0: no limit.
+	MemoryMax int64
 }
 
 // State is what Poll reports for a process.

@@ -234,10 +234,21 @@ func StatusesFromPB(p []*droverpb.ProcessStatus) []node.Status {
 
 // Resources is the protobuf form of a node's resources.
 func Resources(r topology.Resources) *droverpb.Resources {
-	return droverpb.NewResources(r.Node, r.Cores, r.MemoryBytes)
+	out := droverpb.NewResources(r.Node, r.Cores, r.MemoryBytes)
+	for _, g := range r.GPUs {
+		out.Gpus = append(out.Gpus, &droverpb.Gpu{Vendor: g.Vendor, Id: g.ID, Uuid: g.UUID, Model: g.Model, Numa: int32(g.NUMA)})
+	}
+	out.CoreNuma = droverpb.Int32s(r.NUMA)
+	out.Custom = r.Custom
+	return out
 }
 
 // ResourcesFromPB is the inverse of Resources.
 func ResourcesFromPB(r *droverpb.Resources) topology.Resources {
-	return topology.Resources{Node: r.GetNode(), Cores: r.CoreLists(), MemoryBytes: r.GetMemoryBytes()}
+	out := topology.Resources{Node: r.GetNode(), Cores: r.CoreLists(), MemoryBytes: r.GetMemoryBytes(),
+		NUMA: droverpb.Ints(r.GetCoreNuma()), Custom: r.GetCustom(), GPUs: []topology.GPU{}}
+	for _, g := range r.GetGpus() {
+		out.GPUs = append(out.GPUs, topology.GPU{Vendor: g.GetVendor(), ID: g.GetId(), UUID: g.GetUuid(), Model: g.GetModel(), NUMA: int(g.GetNuma())})
+	}
+	return out
 }

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -88,8 +89,9 @@ type instance struct {
 	proc  string
 	phase phase
 	node  *nodeState
-	cores []int // indices into node's cores, while it holds them
+	grant cores.Grant // what it holds in the pool (or its predecessor's, once handed over)
 	hw    []int
+	gpus  []topology.GPU // of the current attempt
 	// usedCores are the cores of the current attempt, kept for the summary.
 	usedCores []int
 	// prepared is the attempt whose results dir is set up.
@@ -358,7 +360,7 @@ func Run(ctx context.Context, jobs []*jobfile.Job, opts Options) (*results.Summa
 		res := n.Resources()
 		ns := &nodeState{n: n, name: n.Name(), idx: i, res: res, running: make(map[string]*instance)}
 		if r.ownPool {
-			r.pool.AddNode(ns.name, res.Cores)
+			r.pool.AddNode(ns.name, res)
 		}
 		r.nodes = append(r.nodes, ns)
 		r.byName[n.Name()] = ns
@@ -530,16 +532,16 @@ func (r *runner) dispatch() {
 			if ns == nil {
 				break
 			}
-			idx, hw, ok := r.pool.Take(ns.name, js.job.Cores)
+			g, ok := r.pool.Take(ns.name, needOf(js.job))
 			if !ok {
 				break // taken by another user of the pool meanwhile
 			}
 			inst := r.take(js)
 			if inst == nil {
-				r.pool.Release(ns.name, idx)
+				r.pool.Release(ns.name, g)
 				break
 			}
-			r.launch(inst, ns, idx, hw, nil)
+			r.launch(inst, ns, g, nil)
 		}
 	}
 	r.prefetch()
@@ -565,17 +567,17 @@ func (r *runner) prefetch() {
 			continue // only skipped instances were left in that job
 		}
 		r.handoff = r.handoff[:len(r.handoff)-1]
-		r.launch(inst, pred.node, nil, pred.hw, pred)
+		r.launch(inst, pred.node, cores.Grant{}, pred)
 	}
 }
 
 // successorJob finds the first job with pending instances that could run
-// on pred's cores.
+// on what pred holds: the same cores, GPUs, memory and resources.
 func (r *runner) successorJob(pred *instance) *jobState {
-	need := pred.job.job.Cores
+	need := needOf(pred.job.job)
 	for _, js := range r.jobs {
 		j := js.job
-		if js.hasPending() && j.Cores == need && (j.Node == "" || j.Node == pred.node.name) &&
+		if js.hasPending() && sameNeed(needOf(j), need) && (j.Node == "" || j.Node == pred.node.name) &&
 			(len(js.retry) == 0 || js.retry[0].lostOn != pred.node) {
 			return js
 		}
@@ -587,6 +589,7 @@ func (r *runner) successorJob(pred *instance) *jobState {
 // instance of js now. It returns a reason when no node ever could.
 func (r *runner) place(js *jobState) (*nodeState, string) {
 	need := js.job.Cores
+	want := needOf(js.job)
 	var best, lostOn *nodeState
 	bestFree := 0
 	if len(js.retry) > 0 {
@@ -594,12 +597,12 @@ func (r *runner) place(js *jobState) (*nodeState, string) {
 	}
 	possible := false
 	for _, ns := range r.nodes {
-		if ns.gone || (js.job.Node != "" && ns.n.Name() != js.job.Node) || len(ns.res.Cores) < need {
+		if ns.gone || (js.job.Node != "" && ns.n.Name() != js.job.Node) || len(ns.res.Cores) < need || Lacks(ns.res, js.job) != "" {
 			continue
 		}
 		possible = true
 		free := r.pool.Free(ns.name)
-		if free < need {
+		if free < need || !r.pool.Fits(ns.name, want) {
 			continue
 		}
 		if best == nil || (best == lostOn && ns != lostOn) || (ns != lostOn && free > bestFree) {
@@ -620,30 +623,40 @@ func (r *runner) unplaceable(js *jobState) string {
 			return fmt.Sprintf("no node named %q", js.job.Node)
 		case ns.gone:
 			return fmt.Sprintf("node %s was lost", js.job.Node)
-		default:
+		case len(ns.res.Cores) < js.job.Cores:
 			return fmt.Sprintf("needs %d cores; node %s has %d", js.job.Cores, js.job.Node, len(ns.res.Cores))
+		default:
+			return Lacks(ns.res, js.job) + " on node " + js.job.Node
 		}
 	}
 	most := 0
+	var up []topology.Resources
 	for _, ns := range r.nodes {
 		if !ns.gone {
 			most = max(most, len(ns.res.Cores))
+			up = append(up, ns.res)
 		}
 	}
 	if most == 0 {
 		return "every node was lost"
+	}
+	if most >= js.job.Cores {
+		if why := largestLacks(up, js.job); why != "" {
+			return why
+		}
+		return "no node has all it needs at once"
 	}
 	return fmt.Sprintf("needs %d cores; the largest node has %d", js.job.Cores, most)
 }
 
 // launch starts the instance on the cores reserved for it, or behind
 // pred on pred's cores, without blocking the loop.
-func (r *runner) launch(inst *instance, ns *nodeState, idx, hw []int, pred *instance) {
-	inst.cores, inst.hw, inst.usedCores = idx, hw, idx
+func (r *runner) launch(inst *instance, ns *nodeState, g cores.Grant, pred *instance) {
+	inst.grant, inst.hw, inst.gpus, inst.usedCores = g, g.HW, g.GPUs, g.Cores
 	inst.node = ns
 	if pred != nil {
 		inst.prev, pred.next = pred, inst
-		inst.usedCores = pred.usedCores
+		inst.hw, inst.gpus, inst.usedCores = pred.hw, pred.gpus, pred.usedCores
 	} else {
 		// A successor may queue behind it even before its start is
 		// confirmed: the node waits for a name it has not seen yet
@@ -718,6 +731,7 @@ func (r *runner) spec(inst *instance) node.ProcessSpec {
 	if _, set := env["OMP_NUM_THREADS"]; !set {
 		env["OMP_NUM_THREADS"] = strconv.Itoa(j.Cores)
 	}
+	maps.Copy(env, topology.GPUEnv(inst.gpus))
 	out := filepath.Join(r.opts.OutDir, inst.name)
 	spec := node.ProcessSpec{
 		Name:      inst.proc,
@@ -733,6 +747,7 @@ func (r *runner) spec(inst *instance) node.ProcessSpec {
 		AutoPurge: true,
 		// The job's timeout bounds the staging as well as the run.
 		StageTimeout: j.Timeout,
+		MemoryMax:    j.Memory,
 	}
 	for _, f := range j.Files {
 		spec.Files = append(spec.Files, node.StageFile{Src: filepath.Join(r.opts.BaseDir, f), Dst: f})
@@ -855,11 +870,11 @@ func (r *runner) release(inst *instance) {
 		prev.next, inst.prev = nil, nil
 	}
 	if next := inst.next; next != nil {
-		next.cores, next.prev, inst.next = inst.cores, nil, nil
+		next.grant, next.prev, inst.next = inst.grant, nil, nil
 	} else {
-		r.pool.Release(ns.name, inst.cores)
+		r.pool.Release(ns.name, inst.grant)
 	}
-	inst.cores = nil
+	inst.grant = cores.Grant{}
 	delete(ns.running, inst.proc)
 	r.live--
 }

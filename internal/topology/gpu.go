@@ -377,3 +377,34 @@ func coreNUMA(root string, cores [][]int) ([]int, error) {
 	}
 	return out, nil
 }
+
+// GPUEnv is the environment that hands a process the GPUs gpus:
+// CUDA_VISIBLE_DEVICES with the NVIDIA ones; ROCR_VISIBLE_DEVICES with the
+// AMD ones, and HIP_VISIBLE_DEVICES numbering them 0..n-1 as HIP sees them
+// once ROCR has narrowed the view (HIP's indices count what ROCR lets
+// through); DROVER_GPUS with every id. Nothing for no GPUs.
+func GPUEnv(gpus []GPU) map[string]string {
+	if len(gpus) == 0 {
+		return nil
+	}
+	var all, nv, amd, hip []string
+	for _, g := range gpus {
+		all = append(all, g.ID)
+		switch g.Vendor {
+		case VendorAMD:
+			hip = append(hip, strconv.Itoa(len(amd)))
+			amd = append(amd, g.ID)
+		default:
+			nv = append(nv, g.ID)
+		}
+	}
+	env := map[string]string{"DROVER_GPUS": strings.Join(all, ",")}
+	if len(nv) > 0 {
+		env[EnvCUDA] = strings.Join(nv, ",")
+	}
+	if len(amd) > 0 {
+		env[EnvROCR] = strings.Join(amd, ",")
+		env[EnvHIP] = strings.Join(hip, ",")
+	}
+	return env
+}

@@ -68,6 +68,7 @@ func specToPB(s node.ProcessSpec) *droverpb.ProcessSpec {
 		After:          s.After,
 		AfterTimeoutMs: millis(s.AfterTimeout),
 		StageTimeoutMs: millis(s.StageTimeout),
+		MemoryMax:      s.MemoryMax,
 	}
 	for _, f := range s.Files {
 		out.Files = append(out.Files, &droverpb.StageFile{Src: f.Src, Dst: f.Dst, Mode: uint32(f.Mode.Perm())})
@@ -91,6 +92,7 @@ func specFromPB(s *droverpb.ProcessSpec) node.ProcessSpec {
 		After:        s.GetAfter(),
 		AfterTimeout: fromMillis(s.GetAfterTimeoutMs()),
 		StageTimeout: fromMillis(s.GetStageTimeoutMs()),
+		MemoryMax:    s.GetMemoryMax(),
 	}
 	for _, f := range s.GetFiles() {
 		out.Files = append(out.Files, node.StageFile{Src: f.GetSrc(), Dst: f.GetDst(), Mode: os.FileMode(f.GetMode()).Perm()})
