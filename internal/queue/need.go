@@ -21,18 +21,18 @@ func sameNeed(a, b cores.Need) bool {
 	return a.Cores == b.Cores && a.GPUs == b.GPUs && a.Memory == b.Memory && maps.Equal(a.Custom, b.Custom)
 }
 
-// Lacks says which of the GPUs, memory and counted resources that one
-// instance of j reserves a node with res does not have at all, or "".
-func Lacks(res topology.Resources, j *jobfile.Job) string {
+// lacks says which of the GPUs, memory and counted resources that one
+// instance of j reserves the node res does not have at all, or "".
+func lacks(res topology.Resources, j *jobfile.Job) string {
 	if j.GPUs > len(res.GPUs) {
-		return fmt.Sprintf("needs %d GPUs; the node has %d", j.GPUs, len(res.GPUs))
+		return fmt.Sprintf("needs %d GPUs; node %s has %d", j.GPUs, res.Node, len(res.GPUs))
 	}
 	if j.Memory > res.MemoryBytes {
-		return fmt.Sprintf("needs %s of memory; the node has %s", jobfile.FormatMemory(j.Memory), jobfile.FormatMemory(res.MemoryBytes))
+		return fmt.Sprintf("needs %s of memory; node %s has %s", jobfile.FormatMemory(j.Memory), res.Node, jobfile.FormatMemory(res.MemoryBytes))
 	}
 	for _, k := range slices.Sorted(maps.Keys(j.Resources)) {
 		if n := j.Resources[k]; n > res.Custom[k] {
-			return fmt.Sprintf("needs %d of resource %s; the node has %d", n, k, res.Custom[k])
+			return fmt.Sprintf("needs %d of resource %s; node %s has %d", n, k, res.Node, res.Custom[k])
 		}
 	}
 	return ""
@@ -80,8 +80,8 @@ func CheckFits(jobs []*jobfile.Job, nodes []topology.Resources) error {
 	for _, j := range jobs {
 		if j.Node != "" {
 			for _, n := range nodes {
-				if why := Lacks(n, j); n.Node == j.Node && why != "" {
-					errs = append(errs, fmt.Sprintf("job %s %s on node %s", j.Name, why, n.Node))
+				if why := lacks(n, j); n.Node == j.Node && why != "" {
+					errs = append(errs, fmt.Sprintf("job %s %s", j.Name, why))
 				}
 			}
 			continue
@@ -90,7 +90,7 @@ func CheckFits(jobs []*jobfile.Job, nodes []topology.Resources) error {
 			errs = append(errs, fmt.Sprintf("job %s %s", j.Name, why))
 			continue
 		}
-		if !slices.ContainsFunc(nodes, func(n topology.Resources) bool { return Lacks(n, j) == "" }) {
+		if !slices.ContainsFunc(nodes, func(n topology.Resources) bool { return lacks(n, j) == "" }) {
 			errs = append(errs, fmt.Sprintf("job %s: no node has all of its GPUs, memory and resources", j.Name))
 		}
 	}

@@ -597,7 +597,7 @@ func (r *runner) place(js *jobState) (*nodeState, string) {
 	}
 	possible := false
 	for _, ns := range r.nodes {
-		if ns.gone || (js.job.Node != "" && ns.n.Name() != js.job.Node) || len(ns.res.Cores) < need || Lacks(ns.res, js.job) != "" {
+		if ns.gone || (js.job.Node != "" && ns.n.Name() != js.job.Node) || len(ns.res.Cores) < need || lacks(ns.res, js.job) != "" {
 			continue
 		}
 		possible = true
@@ -626,7 +626,7 @@ func (r *runner) unplaceable(js *jobState) string {
 		case len(ns.res.Cores) < js.job.Cores:
 			return fmt.Sprintf("needs %d cores; node %s has %d", js.job.Cores, js.job.Node, len(ns.res.Cores))
 		default:
-			return Lacks(ns.res, js.job) + " on node " + js.job.Node
+			return lacks(ns.res, js.job)
 		}
 	}
 	most := 0
