@@ -391,11 +391,23 @@ func (c *Client) diagnose() error {
 	return nil
 }
 
-// Resources are a node's hardware threads, grouped by core, and memory.
+// Resources are a node's hardware threads, grouped by core, memory, GPUs
+// and the counted resources it declares.
 type Resources struct {
-	Node        string  `json:"node"`
-	Cores       [][]int `json:"cores"`
-	MemoryBytes int64   `json:"memory_bytes"`
+	Node        string           `json:"node"`
+	Cores       [][]int          `json:"cores"`
+	MemoryBytes int64            `json:"memory_bytes"`
+	GPUs        []GPU            `json:"gpus"`
+	Custom      map[string]int64 `json:"custom,omitempty"`
+}
+
+// GPU is one whole GPU of a node.
+type GPU struct {
+	Vendor string `json:"vendor"` // "nvidia" or "amd"
+	ID     string `json:"id"`     // as CUDA_VISIBLE_DEVICES / ROCR_VISIBLE_DEVICES take it
+	UUID   string `json:"uuid"`   // "" when unknown
+	Model  string `json:"model"`  // "" when unknown
+	NUMA   int    `json:"numa"`   // -1: unknown
 }
 
 // NodeInfo describes one node.
@@ -405,6 +417,7 @@ type NodeInfo struct {
 	Error         string    `json:"error,omitempty"`
 	Resources     Resources `json:"resources"`
 	BusyHWThreads []int     `json:"busy_hwthreads"`
+	BusyGPUs      []string  `json:"busy_gpus"` // ids of the GPUs reserved by processes
 	Processes     int       `json:"processes"`
 	// Restarts counts the times its agent was launched again after the
 	// node was lost; LastReason is why it was last lost, or why its last
@@ -426,6 +439,15 @@ func (c *Client) Nodes(ctx context.Context) ([]NodeInfo, error) {
 		if res.Cores == nil {
 			res.Cores = [][]int{} // JSON: [] rather than null
 		}
+		res.Custom = n.GetResources().GetCustom()
+		res.GPUs = []GPU{}
+		for _, g := range n.GetResources().GetGpus() {
+			res.GPUs = append(res.GPUs, GPU{Vendor: g.GetVendor(), ID: g.GetId(), UUID: g.GetUuid(), Model: g.GetModel(), NUMA: int(g.GetNuma())})
+		}
+		busyGPUs := n.GetBusyGpus()
+		if busyGPUs == nil {
+			busyGPUs = []string{}
+		}
 		busy := droverpb.Ints(n.GetBusyHwthreads())
 		if busy == nil {
 			busy = []int{}
@@ -436,6 +458,7 @@ func (c *Client) Nodes(ctx context.Context) ([]NodeInfo, error) {
 			Error:         n.GetError(),
 			Resources:     res,
 			BusyHWThreads: busy,
+			BusyGPUs:      busyGPUs,
 			Processes:     int(n.GetProcesses()),
 			Restarts:      int(n.GetRestarts()),
 			LastReason:    n.GetLastReason(),
@@ -460,13 +483,18 @@ type StartRequest struct {
 	// HWThreads binds to exactly these logical CPUs of the node (instead
 	// of Cores), reserving the cores that hold them.
 	HWThreads []int
+	// GPUs reserves this many whole GPUs of the node, handed to the
+	// process in CUDA_VISIBLE_DEVICES (NVIDIA) or ROCR_VISIBLE_DEVICES and
+	// HIP_VISIBLE_DEVICES (AMD), and DROVER_GPUS.
+	GPUs int
 }
 
 // StartResult tells where a process runs.
 type StartResult struct {
 	Node      string
 	PID       int
-	HWThreads []int // bound to these; empty when unbound
+	HWThreads []int    // bound to these; empty when unbound
+	GPUs      []string // ids of the GPUs reserved for it
 }
 
 // Start starts a process.
@@ -493,11 +521,12 @@ func (c *Client) Start(ctx context.Context, req StartRequest) (StartResult, erro
 		Cores:     int32(req.Cores),
 		Hwthreads: droverpb.Int32s(req.HWThreads),
 		Group:     c.group,
+		Gpus:      int32(req.GPUs),
 	})
 	if err != nil {
 		return StartResult{}, c.fail(err)
 	}
-	return StartResult{Node: r.GetNode(), PID: int(r.GetPid()), HWThreads: droverpb.Ints(r.GetHwthreads())}, nil
+	return StartResult{Node: r.GetNode(), PID: int(r.GetPid()), HWThreads: droverpb.Ints(r.GetHwthreads()), GPUs: r.GetGpus()}, nil
 }
 
 // Exit is the final report of one process.

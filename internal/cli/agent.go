@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"slices"
@@ -30,6 +31,8 @@ const Version = "0.1.0"
 
 func newAgent(e *env) *cobra.Command {
 	var guarded bool
+	var gpuList string
+	var resources []string
 	jf := &joinFlags{}
 	cmd := &cobra.Command{
 		Use:   "agent [--join ADDR [--name N] [--token-file F]]",
@@ -66,13 +69,17 @@ the node was refused, or serve is not the one of the token.`,
 					return usageError("--%s needs --join", fl)
 				}
 			}
+			var err error
+			if jf.decl, err = parseNodeDecl(gpuList, cmd.Flags().Changed("gpus"), resources); err != nil {
+				return err
+			}
 			switch {
 			case !guarded:
 				return guardAgent(e)
 			case jf.join != "":
 				return runJoin(e, jf)
 			}
-			return runAgent(e)
+			return runAgent(e, jf.decl)
 		},
 	}
 	cmd.Flags().BoolVar(&guarded, guardedFlag, false, "run as the agent proper, below its guard")
@@ -81,8 +88,55 @@ the node was refused, or serve is not the one of the token.`,
 	cmd.Flags().StringVar(&jf.tokenFile, "token-file", "", "with --join: read the token from this file instead of stdin")
 	cmd.Flags().StringVar(&jf.stateDir, "state-dir", "", "with --join: where the node's credentials are kept (default: $DROVER_HOME/join, DROVER_HOME default ~/.drover)")
 	cmd.Flags().BoolVar(&jf.sharedFS, "shared-fs", false, "with --join: this node sees serve's files under the same paths (else files and outputs cross the session)")
+	cmd.Flags().StringVar(&gpuList, "gpus", "", `the GPUs this node offers, whatever is detected or CUDA_VISIBLE_DEVICES and the like say: ids or UUIDs ("0,1", "amd:0"), or "none"`)
+	cmd.Flags().StringArrayVar(&resources, "resource", nil, "counted resources this node declares, NAME=N,... (license=2,fpga=1); repeatable")
 	_ = cmd.Flags().MarkHidden(guardedFlag)
 	return cmd
+}
+
+// nodeDecl is what drover agent is told of its node besides what it
+// detects: --gpus and --resource.
+type nodeDecl struct {
+	gpus   []string // nil: detect
+	custom map[string]int64
+}
+
+func parseNodeDecl(gpuList string, gpusGiven bool, resources []string) (nodeDecl, error) {
+	var d nodeDecl
+	if gpusGiven {
+		var err error
+		if d.gpus, err = topology.ParseGPUList(gpuList); err != nil {
+			return d, usageError("--gpus: %v", err)
+		}
+	}
+	custom, err := parseResourceFlags(resources)
+	if err != nil {
+		return d, err
+	}
+	d.custom = custom
+	return d, nil
+}
+
+// parseResourceFlags reads repeated --resource NAME=N,... flags; nil for
+// none.
+func parseResourceFlags(flags []string) (map[string]int64, error) {
+	var out map[string]int64
+	for _, f := range flags {
+		m, err := topology.ParseResourceList(f)
+		if err != nil {
+			return nil, usageError("--resource: %v", err)
+		}
+		for k, v := range m {
+			if _, dup := out[k]; dup {
+				return nil, usageError("--resource: %s is given twice", k)
+			}
+			if out == nil {
+				out = make(map[string]int64)
+			}
+			out[k] = v
+		}
+	}
+	return out, nil
 }
 
 const guardedFlag = "guarded"
@@ -123,7 +177,7 @@ func describeStatus(ws unix.WaitStatus) string {
 	return fmt.Sprintf("exit %d", ws.ExitStatus())
 }
 
-func runAgent(e *env) error {
+func runAgent(e *env, decl nodeDecl) error {
 	cfg, err := launch.ReadConfig(os.Stdin)
 	if err != nil {
 		return usageError("%v", err)
@@ -141,7 +195,7 @@ func runAgent(e *env) error {
 	if err != nil {
 		return &exitError{ExitFailed, err}
 	}
-	res, err := agentResources(cfg, log)
+	res, err := agentResources(cfg, decl, log)
 	if err != nil {
 		return &exitError{ExitFailed, err}
 	}
@@ -217,14 +271,25 @@ func agentNames() []string {
 // CPUs on the node, and it can bind its children anywhere in it; with
 // more (no cgroup confinement) it keeps whole cores, lowest first, up to
 // the expected count.
-func agentResources(cfg *launch.AgentConfig, log *slog.Logger) (topology.Resources, error) {
-	res, err := topology.Detect(topology.Options{Hostname: cfg.Node})
+//
+// Counted resources come from the launcher (drover run or serve
+// --resource, a hostfile) and from the agent's own --resource, which wins.
+func agentResources(cfg *launch.AgentConfig, decl nodeDecl, log *slog.Logger) (topology.Resources, error) {
+	res, err := topology.Detect(topology.Options{Hostname: cfg.Node, GPUs: decl.gpus})
+	if len(cfg.Resources)+len(decl.custom) > 0 {
+		res.Custom = maps.Clone(cfg.Resources)
+		if res.Custom == nil {
+			res.Custom = make(map[string]int64)
+		}
+		maps.Copy(res.Custom, decl.custom)
+	}
 	if err != nil || cfg.ExpectCPUs <= 0 {
 		return res, err
 	}
 	n := threadCount(res)
 	if n < cfg.ExpectCPUs {
-		wide, err := topology.Detect(topology.Options{Hostname: cfg.Node, IgnoreAffinity: true})
+		wide, err := topology.Detect(topology.Options{Hostname: cfg.Node, IgnoreAffinity: true, GPUs: decl.gpus})
+		wide.Custom = res.Custom
 		if err == nil && threadCount(wide) > n {
 			log.Info("agent: the step's CPU mask is narrower than the job's share of this node; using the cgroup's CPUs",
 				"mask_hwthreads", n, "cgroup_hwthreads", threadCount(wide), "job_cpus", cfg.ExpectCPUs)

@@ -29,6 +29,7 @@ import (
 
 // joinFlags are the flags of `drover agent --join`.
 type joinFlags struct {
+	decl      nodeDecl // --gpus and --resource, which apply without --join too
 	join      string
 	name      string
 	tokenFile string
@@ -109,7 +110,7 @@ func runJoin(e *env, f *joinFlags) error {
 		}
 		log.Info("joining with the stored credentials", "node", j.Node, "manager", j.Manager)
 	}
-	return serveJoined(ctx, e, log, &j, f.sharedFS)
+	return serveJoined(ctx, e, log, &j, f.sharedFS, f.decl)
 }
 
 // readToken reads the token from path, or else from stdin: one line. An
@@ -183,15 +184,16 @@ func readLine(r io.Reader) ([]byte, error) {
 // refuses it, or ctx ends. When serve gives the node up (it was silent
 // too long) or goes silent, every process here is stopped and the node
 // joins again with its stored certificate once serve answers.
-func serveJoined(ctx context.Context, e *env, log *slog.Logger, j *join.Joined, sharedFS bool) error {
+func serveJoined(ctx context.Context, e *env, log *slog.Logger, j *join.Joined, sharedFS bool, decl nodeDecl) error {
 	tlsConf, err := j.Creds.ClientTLS("")
 	if err != nil {
 		return &exitError{ExitFailed, fmt.Errorf("credentials of node %s: %w", j.Node, err)}
 	}
-	res, err := topology.Detect(topology.Options{Hostname: j.Node})
+	res, err := topology.Detect(topology.Options{Hostname: j.Node, GPUs: decl.gpus})
 	if err != nil {
 		return &exitError{ExitFailed, err}
 	}
+	res.Custom = decl.custom
 	for {
 		if err := awaitServe(ctx, log, j, tlsConf); err != nil {
 			if ctx.Err() != nil {

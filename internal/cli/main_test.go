@@ -337,9 +337,10 @@ func wantNotExist(t *testing.T, path string) {
 
 // resources is `drover resources --json`.
 type resources struct {
-	Node        string  `json:"node"`
-	Cores       [][]int `json:"cores"`
-	MemoryBytes int64   `json:"memory_bytes"`
+	Node        string            `json:"node"`
+	Cores       [][]int           `json:"cores"`
+	MemoryBytes int64             `json:"memory_bytes"`
+	GPUs        []json.RawMessage `json:"gpus"`
 }
 
 func localResources(t *testing.T) resources {

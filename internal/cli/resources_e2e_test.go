@@ -18,7 +18,7 @@ func TestResourcesJSON(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.stdout), &raw); err != nil {
 		t.Fatalf("not one JSON object: %v\n%s", err, r)
 	}
-	for _, k := range []string{"node", "cores", "memory_bytes"} {
+	for _, k := range []string{"node", "cores", "memory_bytes", "gpus"} {
 		if _, ok := raw[k]; !ok {
 			t.Errorf("no %q in %s", k, r.stdout)
 		}
@@ -60,7 +60,7 @@ func TestResourcesPlain(t *testing.T) {
 	r := drover(t, t.TempDir(), "resources")
 	wantCode(t, r, 0)
 	lines := strings.Split(strings.TrimSuffix(r.stdout, "\n"), "\n")
-	head := regexp.MustCompile(`^node (\S+): (\d+) cores?, (\d+) hardware threads?, [0-9.]+ GiB memory$`).FindStringSubmatch(lines[0])
+	head := regexp.MustCompile(`^node (\S+): (\d+) cores?, (\d+) hardware threads?, [0-9.]+ GiB memory, (\d+) GPUs?$`).FindStringSubmatch(lines[0])
 	if head == nil {
 		t.Fatalf("first line %q is not the readable summary\n%s", lines[0], r)
 	}
@@ -68,8 +68,8 @@ func TestResourcesPlain(t *testing.T) {
 	if head[1] != res.Node || head[2] != strconv.Itoa(len(res.Cores)) || head[3] != strconv.Itoa(nHW) {
 		t.Errorf("%q disagrees with --json: node %s, %d cores, %d hwthreads", lines[0], res.Node, len(res.Cores), nHW)
 	}
-	if len(lines) != 1+len(res.Cores) {
-		t.Fatalf("want a line per core:\n%s", r.stdout)
+	if len(lines) != 1+len(res.Cores)+len(res.GPUs) || head[4] != strconv.Itoa(len(res.GPUs)) {
+		t.Fatalf("want a line per core and per GPU:\n%s", r.stdout)
 	}
 	for i, c := range res.Cores {
 		m := regexp.MustCompile(fmt.Sprintf(`^\s+core %d: hwthreads ([0-9,-]+)$`, i)).FindStringSubmatch(lines[1+i])

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -23,6 +24,7 @@ import (
 	"github.com/drover-hpc/drover/internal/progress"
 	"github.com/drover-hpc/drover/internal/queue"
 	"github.com/drover-hpc/drover/internal/results"
+	"github.com/drover-hpc/drover/internal/topology"
 )
 
 type runFlags struct {
@@ -41,6 +43,7 @@ type runFlags struct {
 	halt           string
 	grace          time.Duration
 	dashboard      string
+	resources      []string
 }
 
 func newRun(e *env) *cobra.Command {
@@ -68,8 +71,9 @@ Ctrl-C kills at once) and still writes the summary.`,
 	fl := cmd.Flags()
 	fl.StringVar(&f.launcher, "launcher", "", "how agents reach the nodes: local, ssh or slurm (default: slurm inside an allocation, ssh with --hosts, else local)")
 	fl.StringSliceVar(&f.hosts, "hosts", nil, "SSH nodes, [user@]host,...")
-	fl.StringVar(&f.hostfile, "hostfile", "", "file with one SSH node per line")
+	fl.StringVar(&f.hostfile, "hostfile", "", "file with one SSH node per line, optionally followed by its counted resources: node7 license=2,fpga=1")
 	fl.StringVarP(&f.sshConfig, "ssh-config", "F", "", "ssh config file for the ssh launcher (ssh -F)")
+	fl.StringArrayVar(&f.resources, "resource", nil, "counted resources every node declares, NAME=N,... (license=2); repeatable; a hostfile's columns add per host")
 	fl.StringVar(&f.out, "out", "drover-out", "results directory")
 	fl.BoolVar(&f.resume, "resume", false, "go on with the run in --out: skip instances that already finished with exit 0 there")
 	fl.IntVar(&f.retries, "retries", 0, "retries for jobs that do not set their own")
@@ -108,7 +112,7 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 	if err != nil {
 		return err
 	}
-	where, err := clusterPlan(launcher, f.hosts, f.hostfile, f.sshConfig)
+	where, err := clusterPlan(launcher, f.hosts, f.hostfile, f.sshConfig, f.resources)
 	if err != nil {
 		return err
 	}
@@ -185,6 +189,17 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 			stopCluster()
 			return err
 		}
+	}
+	// What no node has enough of could never run: said now, before
+	// anything starts.
+	var offered []topology.Resources
+	for _, n := range nodes {
+		offered = append(offered, n.Resources())
+	}
+	if err := queue.CheckFits(jobs, offered); err != nil {
+		rep.Stop()
+		stopCluster()
+		return &exitError{ExitUsage, err}
 	}
 
 	var prior results.Prior
@@ -266,6 +281,7 @@ func startCluster(f *runFlags, where *plan, e *env, log *slog.Logger, agentLogs 
 		Logger:         log,
 		AgentLogLevel:  e.logLevel,
 		AgentLogs:      agentLogs,
+		Resources:      where.resources,
 	})
 	if err != nil {
 		return nil, nil, err
@@ -288,13 +304,21 @@ type plan struct {
 	hosts     []string
 	sshConfig string
 	alloc     *launch.Allocation
+	// resources every node declares (--resource), and more by host (a
+	// hostfile's columns).
+	resources map[string]int64
+	hostRes   map[string]map[string]int64
 }
 
 // clusterPlan checks the cluster flags: bad ones are usage errors.
-func clusterPlan(launcher string, hosts []string, hostfile, sshConfig string) (*plan, error) {
+func clusterPlan(launcher string, hosts []string, hostfile, sshConfig string, resources []string) (*plan, error) {
 	p := &plan{launcher: launcher, sshConfig: sshConfig}
 	if sshConfig != "" && launcher != "ssh" {
 		return nil, usageError("--ssh-config is for the ssh launcher")
+	}
+	var err error
+	if p.resources, err = parseResourceFlags(resources); err != nil {
+		return nil, err
 	}
 	switch launcher {
 	case "ssh":
@@ -308,9 +332,8 @@ func clusterPlan(launcher string, hosts []string, hostfile, sshConfig string) (*
 			if err != nil {
 				return nil, usageError("--hostfile: %v", err)
 			}
-			for line := range strings.Lines(string(data)) {
-				line, _, _ = strings.Cut(line, "#")
-				p.hosts = append(p.hosts, strings.Fields(line)...)
+			if err := p.readHostfile(hostfile, string(data)); err != nil {
+				return nil, err
 			}
 		}
 		if len(p.hosts) == 0 {
@@ -336,6 +359,40 @@ func clusterPlan(launcher string, hosts []string, hostfile, sshConfig string) (*
 	return p, nil
 }
 
+// readHostfile takes the hosts of a hostfile: whitespace-separated, "#"
+// starts a comment. A field NAME=N,... declares counted resources of the
+// host before it on its line (node7 license=2 fpga=1).
+func (p *plan) readHostfile(file, text string) error {
+	n := 0
+	for line := range strings.Lines(text) {
+		n++
+		line, _, _ = strings.Cut(line, "#")
+		host := ""
+		for _, field := range strings.Fields(line) {
+			if !strings.Contains(field, "=") {
+				host = field
+				p.hosts = append(p.hosts, host)
+				continue
+			}
+			if host == "" {
+				return usageError("--hostfile %s:%d: resources %q before any host on the line", file, n, field)
+			}
+			res, err := topology.ParseResourceList(field)
+			if err != nil {
+				return usageError("--hostfile %s:%d: %v", file, n, err)
+			}
+			if p.hostRes == nil {
+				p.hostRes = make(map[string]map[string]int64)
+			}
+			if p.hostRes[host] == nil {
+				p.hostRes[host] = make(map[string]int64)
+			}
+			maps.Copy(p.hostRes[host], res)
+		}
+	}
+	return nil
+}
+
 // listen is the manager's listen address: what the user gave, else the
 // loopback for local agents and every address for remote ones (only
 // holders of the run's credentials get in).
@@ -353,7 +410,7 @@ func (p *plan) launch(ctx context.Context, m *manager.Manager, log *slog.Logger)
 	var err error
 	switch p.launcher {
 	case "ssh":
-		if _, err = m.LaunchSSH(ctx, p.hosts, manager.SSHLaunch{ConfigFile: p.sshConfig}); err == nil {
+		if _, err = m.LaunchSSH(ctx, p.hosts, manager.SSHLaunch{ConfigFile: p.sshConfig, Resources: p.hostRes}); err == nil {
 			nodes, err = m.WaitLaunched(ctx)
 		}
 	case "slurm":

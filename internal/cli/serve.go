@@ -44,6 +44,7 @@ type serveFlags struct {
 	grace          time.Duration
 	joinListen     string
 	relaunch       bool
+	resources      []string
 }
 
 func newServe(e *env) *cobra.Command {
@@ -102,7 +103,8 @@ per DROVER_HOME.`,
 	fl.BoolVar(&f.metricsOpen, "metrics-open", false, "serve /metrics without the token")
 	fl.StringVar(&f.launcher, "launcher", "", "how agents reach the nodes: local, ssh or slurm (default: slurm inside an allocation, ssh with --hosts, else local)")
 	fl.StringSliceVar(&f.hosts, "hosts", nil, "SSH nodes, [user@]host,...")
-	fl.StringVar(&f.hostfile, "hostfile", "", "file with one SSH node per line")
+	fl.StringVar(&f.hostfile, "hostfile", "", "file with one SSH node per line, optionally followed by its counted resources: node7 license=2,fpga=1")
+	fl.StringArrayVar(&f.resources, "resource", nil, "counted resources every node declares, NAME=N,... (license=2); repeatable; a hostfile's columns add per host")
 	fl.StringVarP(&f.sshConfig, "ssh-config", "F", "", "ssh config file for the ssh launcher (ssh -F)")
 	fl.DurationVar(&f.monitorTimeout, "monitor-timeout", 30*time.Second, "an agent stops its processes and exits after this long without the manager")
 	fl.DurationVar(&f.nodeTimeout, "node-timeout", 5*time.Second, "the manager declares a silent node lost after this long")
@@ -117,7 +119,7 @@ func runServe(e *env, f *serveFlags, listenChanged bool) error {
 	if err != nil {
 		return err
 	}
-	where, err := clusterPlan(launcher, f.hosts, f.hostfile, f.sshConfig)
+	where, err := clusterPlan(launcher, f.hosts, f.hostfile, f.sshConfig, f.resources)
 	if err != nil {
 		return err
 	}
@@ -173,6 +175,7 @@ func runServe(e *env, f *serveFlags, listenChanged bool) error {
 		Logger:         log,
 		AgentLogLevel:  e.logLevel,
 		AgentLogs:      e.stderr,
+		Resources:      where.resources,
 		Register: func(s *grpc.Server) {
 			ctl.Register(s)
 			joins.Register(s)

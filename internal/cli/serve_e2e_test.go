@@ -91,9 +91,15 @@ type server struct {
 // serve.json. The test's cleanup stops it if the test did not.
 func startServe(t *testing.T, home string, args ...string) *server {
 	t.Helper()
+	return startServeEnv(t, home, testEnv(), args...)
+}
+
+// startServeEnv is startServe with the environment env (DROVER_HOME added).
+func startServeEnv(t *testing.T, home string, env []string, args ...string) *server {
+	t.Helper()
 	cmd := exec.Command(droverBin, append([]string{"serve"}, args...)...)
 	cmd.Dir = t.TempDir()
-	cmd.Env = append(testEnv(), "DROVER_HOME="+home)
+	cmd.Env = append(env, "DROVER_HOME="+home)
 	s := &server{cmd: cmd, home: home, stderr: &safeBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = s.stderr, s.stderr
 	if err := cmd.Start(); err != nil {

@@ -534,6 +534,7 @@ func TestServeVerbsJSON(t *testing.T) {
 		Error         string          `json:"error"`
 		Resources     json.RawMessage `json:"resources"`
 		BusyHWThreads []int           `json:"busy_hwthreads"`
+		BusyGPUs      []string        `json:"busy_gpus"`
 		Processes     int             `json:"processes"`
 		Restarts      int             `json:"restarts"`
 		LastReason    string          `json:"last_reason"`
@@ -546,10 +547,11 @@ func TestServeVerbsJSON(t *testing.T) {
 	nodeName := nodes[0].Name
 
 	var started struct {
-		Name      string `json:"name"`
-		Node      string `json:"node"`
-		PID       int    `json:"pid"`
-		HWThreads []int  `json:"hwthreads"`
+		Name      string   `json:"name"`
+		Node      string   `json:"node"`
+		PID       int      `json:"pid"`
+		HWThreads []int    `json:"hwthreads"`
+		GPUs      []string `json:"gpus"`
 	}
 	oneDoc(t, "start", ok("start", "--json", "--node", nodeName, "--name", "bound", "--cores", "1", "--", "sleep", "300"), &started)
 	if started.Name != "bound" || started.Node != nodeName || started.PID <= 0 || len(started.HWThreads) == 0 {

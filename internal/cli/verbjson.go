@@ -81,10 +81,11 @@ func printExitsJSON(e *env, exits []client.Exit) error {
 
 // startJSON is what drover start --json prints.
 type startJSON struct {
-	Name      string `json:"name"`
-	Node      string `json:"node"`
-	PID       int    `json:"pid"`
-	HWThreads []int  `json:"hwthreads"` // empty when unbound
+	Name      string   `json:"name"`
+	Node      string   `json:"node"`
+	PID       int      `json:"pid"`
+	HWThreads []int    `json:"hwthreads"` // empty when unbound
+	GPUs      []string `json:"gpus"`      // ids of its GPUs; empty when none
 }
 
 // envJSON is what drover env get --json prints.

@@ -104,12 +104,13 @@ func newNodes(e *env) *cobra.Command {
 		Short: "List the nodes of the running drover serve",
 		Long: `Lists the nodes that joined the drover serve: state (up, busy, lost,
 error), cores, hardware threads, the hardware threads busy with bound
-processes, the number of processes, how many times the node's agent was
+processes, GPUs in use of the node's GPUs, the number of processes, how many times the node's agent was
 launched again after the node was lost (serve relaunches it, waiting 1s,
 doubling to 60s while relaunches fail) and the last reason: why it was
 last lost, why its last relaunch failed, or why it could not be launched.
 --json prints a JSON array of {"name", "state", "error", "resources":
-{"node", "cores", "memory_bytes"}, "busy_hwthreads", "processes",
+{"node", "cores", "memory_bytes", "gpus", "custom"}, "busy_hwthreads",
+"busy_gpus", "processes",
 "restarts", "last_reason", "rtt_ns"}.` + verbNote,
 		Example: `  drover nodes
   drover nodes --json | jq '.[].name'`,
@@ -124,7 +125,7 @@ last lost, why its last relaunch failed, or why it could not be launched.
 					return printJSON(e, nodes)
 				}
 				tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "NODE\tSTATE\tCORES\tHWTHREADS\tBUSY\tPROCESSES\tRESTARTS\tLAST REASON")
+				fmt.Fprintln(tw, "NODE\tSTATE\tCORES\tHWTHREADS\tBUSY\tGPUS\tPROCESSES\tRESTARTS\tLAST REASON")
 				for _, n := range nodes {
 					hw := 0
 					for _, core := range n.Resources.Cores {
@@ -134,8 +135,12 @@ last lost, why its last relaunch failed, or why it could not be launched.
 					if reason == "" && n.State == "error" {
 						reason = n.Error
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%d\t%d\t%s\n", n.Name, n.State, len(n.Resources.Cores), hw,
-						intList(n.BusyHWThreads, "-"), n.Processes, n.Restarts, shortReason(reason))
+					gpus := "-"
+					if len(n.Resources.GPUs) > 0 {
+						gpus = fmt.Sprintf("%d/%d", len(n.BusyGPUs), len(n.Resources.GPUs))
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%d\t%d\t%s\n", n.Name, n.State, len(n.Resources.Cores), hw,
+						intList(n.BusyHWThreads, "-"), gpus, n.Processes, n.Restarts, shortReason(reason))
 				}
 				return tw.Flush()
 			})
@@ -173,10 +178,13 @@ cluster; the other verbs (poll, stop, kill, purge, send, logs) take just
 the name. Its stdin stays open for drover send. --stdout and --stderr name
 files to write (relative paths, like --workdir, are taken from here);
 without them serve keeps the output for drover logs. --cores reserves that
-many whole cores and binds the process to their hardware threads.
+many whole cores and binds the process to their hardware threads. --gpus
+reserves that many whole GPUs of the node and hands them to the process in
+CUDA_VISIBLE_DEVICES (NVIDIA) or ROCR_VISIBLE_DEVICES and HIP_VISIBLE_DEVICES
+(AMD), and DROVER_GPUS.
 
-It prints the node, pid and bound hardware threads; --json prints
-{"name", "node", "pid", "hwthreads"}.` + verbNote,
+It prints the node, pid, bound hardware threads and GPUs; --json prints
+{"name", "node", "pid", "hwthreads", "gpus"}.` + verbNote,
 		Example: `  drover start --node node1 --name sim -- ./sim --seed 3
   drover start --node node1 --name srv --cores 2 --env OMP_PROC_BIND=true --stdout srv.log -- ./server
   drover start --node node1 --name echo -- cat`,
@@ -198,6 +206,9 @@ It prints the node, pid and bound hardware threads; --json prints
 			}
 			if req.Cores < 0 {
 				return usageError("--cores must be >= 0")
+			}
+			if req.GPUs < 0 {
+				return usageError("--gpus must be >= 0")
 			}
 			if hwthreads != "" {
 				hw, err := topology.ParseCPUList(hwthreads)
@@ -226,11 +237,18 @@ It prints the node, pid and bound hardware threads; --json prints
 					return err
 				}
 				if asJSON {
-					return printJSON(e, startJSON{Name: req.Name, Node: res.Node, PID: res.PID, HWThreads: orEmpty(res.HWThreads)})
+					gpus := res.GPUs
+					if gpus == nil {
+						gpus = []string{}
+					}
+					return printJSON(e, startJSON{Name: req.Name, Node: res.Node, PID: res.PID, HWThreads: orEmpty(res.HWThreads), GPUs: gpus})
 				}
 				fmt.Fprintf(e.stdout, "%s started on %s, pid %d", req.Name, res.Node, res.PID)
 				if len(res.HWThreads) > 0 {
 					fmt.Fprintf(e.stdout, ", hwthreads %s", intList(res.HWThreads, ""))
+				}
+				if len(res.GPUs) > 0 {
+					fmt.Fprintf(e.stdout, ", GPUs %s", strings.Join(res.GPUs, ","))
 				}
 				fmt.Fprintln(e.stdout)
 				return nil
@@ -246,6 +264,7 @@ It prints the node, pid and bound hardware threads; --json prints
 	fl.StringArrayVar(&envs, "env", nil, "KEY=VALUE added to its environment; repeatable")
 	fl.IntVar(&req.Cores, "cores", 0, "whole cores to reserve and bind it to (default: none, unbound)")
 	fl.StringVar(&hwthreads, "hwthreads", "", "bind it to exactly these hardware threads (a cpu list: 0,2 or 4-7), reserving their cores")
+	fl.IntVar(&req.GPUs, "gpus", 0, "whole GPUs of the node to reserve for it (CUDA_VISIBLE_DEVICES / ROCR_VISIBLE_DEVICES, DROVER_GPUS)")
 	fl.BoolVar(&asJSON, "json", false, "print JSON")
 	addVerbFlags(cmd, vf)
 	addGroupFlag(cmd, vf)

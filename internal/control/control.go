@@ -255,6 +255,9 @@ func (s *Server) Start(ctx context.Context, req *droverpb.StartRequest) (*drover
 	if req.GetCores() < 0 {
 		return nil, Status(invalid("start %s: cores must not be negative", req.GetName()))
 	}
+	if req.GetGpus() < 0 {
+		return nil, Status(invalid("start %s: gpus must not be negative", req.GetName()))
+	}
 	for _, p := range []struct{ what, path string }{{"work dir", req.GetWorkdir()}, {"stdout", req.GetStdout()}, {"stderr", req.GetStderr()}} {
 		if p.path != "" && !filepath.IsAbs(p.path) {
 			return nil, Status(invalid("start %s: %s %q is not an absolute path", req.GetName(), p.what, p.path))
@@ -273,11 +276,12 @@ func (s *Server) Start(ctx context.Context, req *droverpb.StartRequest) (*drover
 		Cores:     int(req.GetCores()),
 		HWThreads: droverpb.Ints(req.GetHwthreads()),
 		Group:     req.GetGroup(),
+		GPUs:      int(req.GetGpus()),
 	})
 	if err != nil {
 		return nil, Status(err)
 	}
-	return &droverpb.StartReply{Node: res.Node, Pid: int32(res.PID), Hwthreads: droverpb.Int32s(res.HWThreads)}, nil
+	return &droverpb.StartReply{Node: res.Node, Pid: int32(res.PID), Hwthreads: droverpb.Int32s(res.HWThreads), Gpus: res.GPUs}, nil
 }
 
 // Poll implements droverpb.ControlServer.

@@ -27,6 +27,10 @@ type AgentConfig struct {
 	// RemoteFS: the agent does not share the manager's filesystem, so
 	// files and results travel over its session.
 	RemoteFS bool `json:"remote_fs,omitempty"`
+	// Resources are counted resources the node declares (drover run and
+	// serve --resource, a hostfile's columns), added to those the agent's
+	// own --resource gives.
+	Resources map[string]int64 `json:"resources,omitempty"`
 
 	// Many-node form, for launchers that broadcast one stdin to every
 	// node's agent (srun --input=all): each agent takes its own entry of

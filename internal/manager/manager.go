@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"strings"
@@ -55,6 +56,9 @@ type Options struct {
 	// After waits between relaunches; nil is time.After. Tests count the
 	// delays with it.
 	After func(time.Duration) <-chan time.Time
+	// Resources are counted resources every launched node declares
+	// (--resource); SSHLaunch.Resources adds per host.
+	Resources map[string]int64
 }
 
 // Relaunch delays: the first relaunch waits RelaunchMin, each one that
@@ -266,6 +270,7 @@ func (m *Manager) AgentConfig(name string) (*launch.AgentConfig, error) {
 		MonitorTimeout: m.opts.MonitorTimeout,
 		Grace:          m.opts.Grace,
 		LogLevel:       m.opts.AgentLogLevel,
+		Resources:      maps.Clone(m.opts.Resources),
 	}, nil
 }
 

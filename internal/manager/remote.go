@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"sync"
@@ -19,6 +20,9 @@ type SSHLaunch struct {
 	ConfigFile   string // ssh -F
 	MaxParallel  int    // ssh connections being set up at once; 0 = 16 (below sshd's MaxStartups default of 10:30:100 per host, and gentle on a shared bastion)
 	HelloTimeout time.Duration
+	// Resources are counted resources by host as given (a hostfile's
+	// columns); they add to and override Options.Resources.
+	Resources map[string]map[string]int64
 }
 
 // DefaultSSHParallel bounds concurrent ssh starts.
@@ -72,7 +76,7 @@ func (m *Manager) LaunchSSH(ctx context.Context, hosts []string, o SSHLaunch) (i
 			var name string
 			r, err := launch.StartSSH(ctx, opts, host, func(h launch.Hello) (*launch.AgentConfig, error) {
 				name = h.Hostname
-				return m.sshConfig(host, h)
+				return m.sshConfig(host, h, o.Resources[host])
 			})
 			<-sem
 			if err != nil {
@@ -99,7 +103,7 @@ func (m *Manager) LaunchSSH(ctx context.Context, hosts []string, o SSHLaunch) (i
 					if h.Hostname != name {
 						return nil, fmt.Errorf("host now reports hostname %q, not %q", h.Hostname, name)
 					}
-					return m.sshConfig(host, h)
+					return m.sshConfig(host, h, o.Resources[host])
 				})
 			})
 			m.addAgent(r, name)
@@ -117,7 +121,7 @@ func (m *Manager) LaunchSSH(ctx context.Context, hosts []string, o SSHLaunch) (i
 
 // sshConfig makes the agent config for host, which calls itself
 // h.Hostname: the agent dials the address the host sees this machine at.
-func (m *Manager) sshConfig(host string, h launch.Hello) (*launch.AgentConfig, error) {
+func (m *Manager) sshConfig(host string, h launch.Hello, res map[string]int64) (*launch.AgentConfig, error) {
 	if other, ok := m.claim(h.Hostname, host); !ok {
 		return nil, fmt.Errorf("host reports hostname %q, as host %s does: the same node twice", h.Hostname, other)
 	}
@@ -126,6 +130,12 @@ func (m *Manager) sshConfig(host string, h launch.Hello) (*launch.AgentConfig, e
 		return nil, err
 	}
 	cfg.RemoteFS = true
+	if len(res) > 0 {
+		if cfg.Resources == nil {
+			cfg.Resources = make(map[string]int64)
+		}
+		maps.Copy(cfg.Resources, res)
+	}
 	switch {
 	case !m.wildcard():
 		// A specific --listen address: that is where the manager is.
@@ -221,6 +231,7 @@ func (m *Manager) slurmConfig(alloc *launch.Allocation, nodes []string) (*launch
 		LogLevel:       m.opts.AgentLogLevel,
 		Nodes:          make(map[string]*creds.Bundle, len(nodes)),
 		CPUs:           alloc.CPUs,
+		Resources:      maps.Clone(m.opts.Resources),
 		// Even where the nodes share a file system, the results dir need
 		// not be on it: results travel over the sessions.
 		RemoteFS: true,
