@@ -389,6 +389,7 @@ func (a *Agent) start(ctx context.Context, spec node.ProcessSpec) (node.Started,
 		// The results dir is drover's: no symlink there is followed.
 		OutputRoot: spec.OutputDir,
 		HWThreads:  spec.HWThreads,
+		MemoryMax:  spec.MemoryMax,
 	})
 	if err != nil {
 		a.full.drop(after.marks)

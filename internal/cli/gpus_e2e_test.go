@@ -236,3 +236,37 @@ func readFileOr(path string) string {
 	data, _ := os.ReadFile(path)
 	return string(data)
 }
+
+// TestRunOutOfMemory: an instance that allocates past its memory: is
+// killed by the kernel in the cgroup its agent made for it, and ends
+// failed with the reason "out of memory", not a bare SIGKILL.
+func TestRunOutOfMemory(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	out := filepath.Join(dir, "out")
+	// The shell keeps 256 MiB of output in a variable.
+	jobs := writeFile(t, dir, "jobs.yaml", `
+jobs:
+  - name: hog
+    memory: 32M
+    shell: x=$(head -c 268435456 /dev/zero | tr '\0' a); echo survived
+  - name: small
+    memory: 256M
+    shell: x=$(head -c 1048576 /dev/zero | tr '\0' a); echo fine
+`)
+	r := drover(t, dir, "--log-level", "debug", "run", "--progress", "plain", "--out", out, jobs)
+	if strings.Contains(r.stderr, "memory limits of processes are not enforced") {
+		t.Skipf("the agent cannot make memory cgroups here:\n%s", r.stderr)
+	}
+	wantCode(t, r, 1)
+	s := readSummary(t, out)
+	if s.Succeeded != 1 || s.Failed != 1 {
+		t.Fatalf("summary %+v", s)
+	}
+	if hog := s.instance(t, "hog"); hog.State != "failed" || !strings.HasPrefix(hog.Error, "out of memory") {
+		t.Errorf("hog: %+v, want failed with \"out of memory\"", hog)
+	}
+	if got := readFile(t, filepath.Join(out, "small", "stdout")); got != "fine\n" {
+		t.Errorf("small printed %q", got)
+	}
+}

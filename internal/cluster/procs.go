@@ -104,11 +104,12 @@ func (c *Cluster) Start(ctx context.Context, req StartRequest) (StartResult, err
 		}
 		p.grant, p.hw = g, g.HW
 	}
+	granted := p.grant.GPUs // p.grant is the lock's once p is registered
 	c.registerLocked(p)
 	c.mu.Unlock()
 
 	env := spec.Env
-	if gpuEnv := topology.GPUEnv(p.grant.GPUs); gpuEnv != nil {
+	if gpuEnv := topology.GPUEnv(granted); gpuEnv != nil {
 		env = maps.Clone(env)
 		if env == nil {
 			env = make(map[string]string)
@@ -142,7 +143,7 @@ func (c *Cluster) Start(ctx context.Context, req StartRequest) (StartResult, err
 	}
 	c.log.Debug("started", "name", spec.Name, "node", m.name, "pid", st.PID, "cores", req.Cores)
 	var gpus []string
-	for _, g := range p.grant.GPUs {
+	for _, g := range granted {
 		gpus = append(gpus, g.ID)
 	}
 	return StartResult{Node: m.name, PID: st.PID, HWThreads: slices.Clone(p.hw), GPUs: gpus}, nil

@@ -26,8 +26,13 @@ import (
 // subreaper, and only where the node lets this process make a cgroup.
 type jobCgroup struct {
 	path string
-	fd   int         // the directory, for CLONE_INTO_CGROUP
+	fd   int         // the directory (or its leaf "procs"), for CLONE_INTO_CGROUP
 	on   atomic.Bool // false once forking into it has failed
+	// memory: the memory controller is on for the cgroup's children, so
+	// processes with a memory limit get a child cgroup each (memcg.go);
+	// the others then go into the leaf "procs", as a cgroup that hands
+	// controllers to children may hold no process itself.
+	memory bool
 }
 
 // newJobCgroup makes the cgroup, or says why it cannot.
@@ -52,7 +57,31 @@ func newJobCgroup() (*jobCgroup, error) {
 	}
 	c := &jobCgroup{path: path, fd: fd}
 	c.on.Store(true)
+	c.enableMemory()
 	return c, nil
+}
+
+// enableMemory turns the memory controller on for c's children, where the
+// parent hands it down to c, and moves c's forks into the leaf "procs".
+func (c *jobCgroup) enableMemory() {
+	ctrl, err := os.ReadFile(filepath.Join(c.path, "cgroup.controllers"))
+	if err != nil || !hasField(string(ctrl), "memory", " ") {
+		return
+	}
+	if os.WriteFile(filepath.Join(c.path, "cgroup.subtree_control"), []byte("+memory"), 0) != nil {
+		return
+	}
+	leaf := filepath.Join(c.path, "procs")
+	if unix.Mkdir(leaf, 0o755) != nil {
+		return
+	}
+	fd, err := unix.Open(leaf, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		_ = unix.Rmdir(leaf)
+		return
+	}
+	_ = unix.Close(c.fd)
+	c.fd, c.memory = fd, true
 }
 
 // jobCgroupPrefix begins the name of every cgroup the process pid makes,

@@ -60,6 +60,17 @@ func helperMain(args []string) int {
 		return n
 	case "sleep":
 		sleepForever()
+	case "alloc": // alloc MiB: allocate and touch that much memory, then exit 0
+		n, _ := strconv.Atoi(args[1])
+		keep := make([][]byte, 0, n)
+		for range n {
+			b := make([]byte, 1<<20)
+			for i := 0; i < len(b); i += 4096 {
+				b[i] = 1
+			}
+			keep = append(keep, b)
+		}
+		fmt.Printf("allocated %d MiB\n", len(keep))
 	case "killself": // killself SIGNUM
 		n, _ := strconv.Atoi(args[1])
 		_ = syscall.Kill(os.Getpid(), syscall.Signal(n))

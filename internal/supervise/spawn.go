@@ -128,8 +128,17 @@ func (s *Supervisor) spawn(spec *Spec, p *proc, cur *unix.CPUSet) error {
 	}
 	defer unix.Close(pipe[0])
 
+	var mem *memCgroup
+	if spec.MemoryMax > 0 && s.mem != nil {
+		if mem, err = s.mem.make(spec.MemoryMax); err != nil {
+			s.log.Warn("memory limit not enforced", "name", spec.Name, "err", err)
+		}
+	}
 	if want != *cur {
 		if err := unix.SchedSetaffinity(0, &want); err != nil {
+			if mem != nil {
+				_ = mem.remove()
+			}
 			_ = unix.Close(pipe[1])
 			*cur = unix.CPUSet{} // unknown now
 			return fmt.Errorf("cpu affinity %v: %w", spec.HWThreads, err)
@@ -157,13 +166,25 @@ func (s *Supervisor) spawn(spec *Spec, p *proc, cur *unix.CPUSet) error {
 	forking.Add(1)
 	start := time.Now()
 	p.startTick = bootTicks()
-	pid, err := s.forkExec(exe, spec.Args, attr)
+	if mem != nil {
+		if err := s.mem.enter(mem); err != nil {
+			s.log.Warn("memory limit not enforced", "name", spec.Name, "err", err)
+			_ = mem.remove()
+			mem = nil
+		}
+	}
+	pid, err := s.forkExec(exe, spec.Args, attr, mem)
+	if mem != nil {
+		if err := s.mem.leave(); err != nil {
+			s.log.Error("spawner thread stays in a process's memory cgroup", "err", err)
+		}
+	}
 	if err == nil {
 		if h := testHookForked.Load(); h != nil {
 			(*h)(pid)
 		}
 		s.mu.Lock()
-		p.pid, p.start, p.stdinFD, p.state = pid, start, pipe[1], stateRunning
+		p.pid, p.start, p.stdinFD, p.state, p.mem = pid, start, pipe[1], stateRunning, mem
 		s.running++
 		switch {
 		case p.killPending:
@@ -192,20 +213,27 @@ func (s *Supervisor) spawn(spec *Spec, p *proc, cur *unix.CPUSet) error {
 	}
 	if err != nil {
 		_ = unix.Close(pipe[1])
+		if mem != nil {
+			_ = mem.remove()
+		}
 		return execError(spec.Args[0], err)
 	}
 	return nil
 }
 
-// forkExec forks into the Supervisor's cgroup, if it has one. If that
-// fork fails but one outside succeeds, it was the cgroup (no clone3, no
-// right to move processes into it): later forks go without it.
-func (s *Supervisor) forkExec(exe string, args []string, attr *syscall.ProcAttr) (int, error) {
+// forkExec forks into the Supervisor's cgroup, if it has one, or into
+// mem's below it. If that fork fails but one outside succeeds, it was the
+// cgroup (no clone3, no right to move processes into it): later forks go
+// without it.
+func (s *Supervisor) forkExec(exe string, args []string, attr *syscall.ProcAttr, mem *memCgroup) (int, error) {
 	cg := s.cgroup
 	if cg == nil || !cg.on.Load() {
 		return syscall.ForkExec(exe, args, attr)
 	}
 	attr.Sys.UseCgroupFD, attr.Sys.CgroupFD = true, cg.fd
+	if mem != nil && mem.fd >= 0 {
+		attr.Sys.CgroupFD = mem.fd
+	}
 	pid, err := syscall.ForkExec(exe, args, attr)
 	if err == nil {
 		return pid, nil

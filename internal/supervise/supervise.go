@@ -107,6 +107,10 @@ type Spec struct {
 	// HWThreads is the CPU affinity of the child (logical CPU numbers);
 	// empty is the affinity this process had when New was called.
 	HWThreads []int
+	// MemoryMax, when above 0, puts the child in a cgroup of its own
+	// limited to that many bytes, where the node allows (Options.Cgroup):
+	// an exit after the OOM killer struck there says "out of memory".
+	MemoryMax int64
 }
 
 type procState uint8
@@ -140,6 +144,7 @@ type proc struct {
 	startTick uint64      // boot time in clock ticks before the fork; set before register
 	ending    atomic.Bool // signalled: it no longer owns orphans it may have left
 	members   []target    // descendants seen when it was signalled, pinned
+	mem       *memCgroup  // its memory-limited cgroup, until its exit
 }
 
 // Supervisor starts and supervises processes. Its methods are safe for
@@ -165,9 +170,10 @@ type Supervisor struct {
 
 	closeOnce sync.Once
 	closed    chan struct{}
-	keeper    *keeper    // nil unless Options.Keeper
-	subreaper bool       // Options.Subreaper
-	cgroup    *jobCgroup // nil unless Options.Cgroup and the node allows it
+	keeper    *keeper     // nil unless Options.Keeper
+	subreaper bool        // Options.Subreaper
+	cgroup    *jobCgroup  // nil unless Options.Cgroup and the node allows it
+	mem       *memCgroups // nil unless Options.Cgroup and memory can be limited
 	// treeVar ("DROVER_TREE=token") marks the environment of every process
 	// started, for a keeper without a cgroup (see keeperScript); "" when
 	// there is no such keeper.
@@ -220,6 +226,11 @@ func New(opts Options) (*Supervisor, error) {
 			s.log.Info("processes run without a cgroup of their own", "reason", err)
 		} else {
 			s.log.Debug("processes run in a cgroup of their own", "cgroup", s.cgroup.path)
+		}
+		if s.mem, err = newMemCgroups(s.cgroup); err != nil {
+			s.log.Debug("memory limits of processes are not enforced; placement still counts them", "reason", err)
+		} else {
+			s.log.Debug("processes with a memory limit get a cgroup of their own", "dir", s.mem.dir, "v1", s.mem.v1)
 		}
 	}
 	if opts.Keeper {
@@ -619,6 +630,11 @@ func (s *Supervisor) Close(grace time.Duration) error {
 			sweep()
 		}
 		s.removeCgroup()
+		if s.mem != nil {
+			if err := s.mem.close(); err != nil {
+				s.log.Warn("memory cgroups of the processes", "err", err)
+			}
+		}
 		s.keeper.close()
 		releaseReaper(s)
 		_ = unix.Close(s.devNull)
@@ -677,6 +693,11 @@ func (s *Supervisor) exited(p *proc, info *chldInfo) {
 	if !reaped {
 		s.log.Warn("child reaped elsewhere", "name", p.name, "pid", pid, "err", err)
 	}
+	mem := p.mem
+	p.mem = nil
+	if mem != nil && mem.oomKilled() {
+		e.Err = fmt.Sprintf("out of memory: the OOM killer ended it at its limit of %d bytes", mem.limit)
+	}
 	p.state = stateExited
 	p.exit = e
 	if p.timer != nil {
@@ -695,6 +716,11 @@ func (s *Supervisor) exited(p *proc, info *chldInfo) {
 		_ = stdin.Close() // also ends a Send blocked on a full pipe
 	} else if stdinFD >= 0 {
 		_ = unix.Close(stdinFD)
+	}
+	if mem != nil {
+		if err := mem.remove(); err != nil {
+			s.log.Warn("memory cgroup", "name", e.Name, "err", err)
+		}
 	}
 	select {
 	case s.ready <- struct{}{}:
