@@ -2,6 +2,7 @@ package cli_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -169,7 +170,7 @@ func TestServeStartGPUs(t *testing.T) {
 	t.Parallel()
 	home := filepath.Join(t.TempDir(), "home")
 	work := t.TempDir()
-	startServeEnv(t, home, gpuEnv("CUDA_VISIBLE_DEVICES=4,5"))
+	srv := startServeEnv(t, home, gpuEnv("CUDA_VISIBLE_DEVICES=4,5"))
 	var nodes []struct {
 		Name      string `json:"name"`
 		Resources struct {
@@ -222,6 +223,27 @@ func TestServeStartGPUs(t *testing.T) {
 	if !strings.Contains(r.stdout, " 2/2 ") {
 		t.Errorf("drover nodes does not show 2/2 GPUs in use:\n%s", r.stdout)
 	}
+	// /metrics and the dashboard's state show the same.
+	d := srv.dash()
+	eventually(t, func() string {
+		m := metricValues(t, d)
+		if m["drover_node_gpus{node="+node+"}"] != 2 || m["drover_node_busy_gpus{node="+node+"}"] != 2 {
+			return fmt.Sprintf("/metrics: drover_node_gpus %v, drover_node_busy_gpus %v, want 2 and 2",
+				m["drover_node_gpus{node="+node+"}"], m["drover_node_busy_gpus{node="+node+"}"])
+		}
+		resp := d.get(t, "/api/state")
+		defer resp.Body.Close()
+		var st struct {
+			Nodes []struct {
+				GPUs     int `json:"gpus"`
+				BusyGPUs int `json:"busy_gpus"`
+			} `json:"nodes"`
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&st); err != nil || len(st.Nodes) != 1 || st.Nodes[0].GPUs != 2 || st.Nodes[0].BusyGPUs != 2 {
+			return fmt.Sprintf("/api/state nodes: %+v, %v", st.Nodes, err)
+		}
+		return ""
+	})
 	wantCode(t, droverHome(t, home, work, "kill", "a"), 0)
 	eventually(t, func() string {
 		r := droverHome(t, home, work, "nodes")

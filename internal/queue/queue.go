@@ -795,7 +795,7 @@ func (r *runner) started(res startResult) {
 		}()
 	}
 	r.emit(results.Event{Event: results.Started, Job: inst.name, Node: inst.node.n.Name(), Attempt: inst.attempt,
-		PID: res.st.PID, HWThreads: topology.FormatCPUList(inst.hw)})
+		PID: res.st.PID, HWThreads: topology.FormatCPUList(inst.hw), GPUs: topology.GPUEnv(inst.gpus)["DROVER_GPUS"]})
 	if t := inst.job.job.Timeout; t > 0 {
 		at := timeoutAt{inst, inst.attempt}
 		inst.timer = time.AfterFunc(t, func() {

@@ -47,6 +47,7 @@ type Event struct {
 	Error     string    `json:"error,omitempty"`
 	PID       int       `json:"pid,omitempty"`
 	HWThreads string    `json:"hwthreads,omitempty"`
+	GPUs      string    `json:"gpus,omitempty"`  // started: ids of its GPUs, comma-separated
 	Cores     int       `json:"cores,omitempty"` // node-up: cores it offers
 	// State is the instance's final state on its final event (succeeded,
 	// failed, lost, cancelled), and the attempt's on attempt-failed:

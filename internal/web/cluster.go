@@ -96,7 +96,8 @@ func (s *ClusterSource) Poll(ctx context.Context) {
 		out := make([]Node, len(nodes))
 		for i, n := range nodes {
 			out[i] = Node{Name: n.Name, State: n.State, Error: n.Error, Cores: n.Resources.Cores,
-				MemoryBytes: n.Resources.MemoryBytes, Busy: n.BusyHWThreads, Processes: n.Processes}
+				MemoryBytes: n.Resources.MemoryBytes, Busy: n.BusyHWThreads, Processes: n.Processes,
+				GPUs: len(n.Resources.GPUs), BusyGPUs: len(n.BusyGPUs)}
 			if s.opts.RTT != nil {
 				if rtt, ok := s.opts.RTT(n.Name); ok {
 					out[i].RTTSeconds = rtt.Seconds()

@@ -70,13 +70,15 @@ var (
 	hwDesc        = prometheus.NewDesc("drover_node_hwthreads", "Hardware threads the node offers.", []string{"node"}, nil)
 	busyDesc      = prometheus.NewDesc("drover_node_busy_hwthreads", "Hardware threads reserved on the node.", []string{"node"}, nil)
 	memDesc       = prometheus.NewDesc("drover_node_memory_bytes", "Memory of the node, as its agent reported it.", []string{"node"}, nil)
+	gpusDesc      = prometheus.NewDesc("drover_node_gpus", "GPUs the node offers.", []string{"node"}, nil)
+	busyGPUsDesc  = prometheus.NewDesc("drover_node_busy_gpus", "GPUs reserved on the node.", []string{"node"}, nil)
 )
 
 // stateCollector reads the gauges from the model at scrape time.
 type stateCollector struct{ m *Model }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{nodesDesc, instancesDesc, rttDesc, procsDesc, hwDesc, busyDesc, memDesc} {
+	for _, d := range []*prometheus.Desc{nodesDesc, instancesDesc, rttDesc, procsDesc, hwDesc, busyDesc, memDesc, gpusDesc, busyGPUsDesc} {
 		ch <- d
 	}
 }
@@ -102,6 +104,10 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(busyDesc, prometheus.GaugeValue, float64(len(n.Busy)), n.Name)
 		if n.MemoryBytes > 0 {
 			ch <- prometheus.MustNewConstMetric(memDesc, prometheus.GaugeValue, float64(n.MemoryBytes), n.Name)
+		}
+		if n.GPUs > 0 {
+			ch <- prometheus.MustNewConstMetric(gpusDesc, prometheus.GaugeValue, float64(n.GPUs), n.Name)
+			ch <- prometheus.MustNewConstMetric(busyGPUsDesc, prometheus.GaugeValue, float64(n.BusyGPUs), n.Name)
 		}
 		if n.State != "lost" && n.RTTSeconds > 0 {
 			ch <- prometheus.MustNewConstMetric(rttDesc, prometheus.GaugeValue, n.RTTSeconds, n.Name)

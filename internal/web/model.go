@@ -22,6 +22,7 @@ import (
 	"maps"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -59,6 +60,8 @@ type Node struct {
 	// Busy are hwthreads reserved on the node, also by processes that are
 	// not instances the dashboard knows (drover start --cores).
 	Busy       []int   `json:"busy"`
+	GPUs       int     `json:"gpus,omitempty"`      // GPUs the node offers
+	BusyGPUs   int     `json:"busy_gpus,omitempty"` // of them, reserved
 	Processes  int     `json:"processes"`
 	RTTSeconds float64 `json:"rtt_seconds,omitempty"`
 }
@@ -71,6 +74,7 @@ type Instance struct {
 	State      string    `json:"state"`
 	Node       string    `json:"node,omitempty"`
 	HWThreads  []int     `json:"hwthreads,omitempty"`
+	GPUs       int       `json:"gpus,omitempty"` // of the latest attempt
 	Attempts   int       `json:"attempts,omitempty"`
 	ExitCode   *int      `json:"exit_code,omitempty"`
 	Signal     string    `json:"signal,omitempty"`
@@ -306,6 +310,7 @@ func nodesEqual(a, b []Node) bool {
 	return slices.EqualFunc(a, b, func(x, y Node) bool {
 		return x.Name == y.Name && x.State == y.State && x.Error == y.Error && x.Processes == y.Processes &&
 			x.MemoryBytes == y.MemoryBytes && x.RTTSeconds == y.RTTSeconds && slices.Equal(x.Busy, y.Busy) &&
+			x.GPUs == y.GPUs && x.BusyGPUs == y.BusyGPUs &&
 			slices.EqualFunc(x.Cores, y.Cores, slices.Equal[[]int])
 	})
 }
@@ -359,6 +364,10 @@ func (m *Model) Apply(submission int, name string, e results.Event) {
 	case results.Started:
 		hw, _ := topology.ParseCPUList(e.HWThreads)
 		in.State, in.HWThreads, in.Start, in.End = StateRunning, hw, e.Time, time.Time{}
+		in.GPUs = 0
+		if e.GPUs != "" {
+			in.GPUs = strings.Count(e.GPUs, ",") + 1
+		}
 		in.ExitCode, in.Signal, in.Error, in.Outcome = nil, "", "", ""
 		in.Runs = append(in.Runs, Attempt{Attempt: e.Attempt, Node: e.Node, HWThreads: hw, Start: e.Time, Result: StateRunning})
 		m.metrics.starts.Inc()

@@ -78,12 +78,13 @@ func (s *RunSource) Run(ctx context.Context) {
 
 func (s *RunSource) refreshNodes() {
 	busy := map[string][]int{}
-	procs := map[string]int{}
+	procs, gpus := map[string]int{}, map[string]int{}
 	s.mu.Lock()
 	for _, p := range s.byName {
 		if p.State == StateRunning {
 			busy[p.Node] = append(busy[p.Node], p.HWThreads...)
 			procs[p.Node]++
+			gpus[p.Node] += p.GPUs
 		}
 	}
 	lost := map[string]bool{}
@@ -101,7 +102,8 @@ func (s *RunSource) refreshNodes() {
 		if b == nil {
 			b = []int{}
 		}
-		info := Node{Name: n.Name(), State: "up", Cores: res.Cores, MemoryBytes: res.MemoryBytes, Busy: b, Processes: procs[n.Name()]}
+		info := Node{Name: n.Name(), State: "up", Cores: res.Cores, MemoryBytes: res.MemoryBytes, Busy: b, Processes: procs[n.Name()],
+			GPUs: len(res.GPUs), BusyGPUs: gpus[n.Name()]}
 		h := n.Health()
 		if h.State != "" {
 			info.State = h.State

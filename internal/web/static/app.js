@@ -169,6 +169,7 @@ function renderMap(view) {
     const facts = [(n.cores || []).length + " cores", hwCount + " hwthreads", busy.size + " busy", running + " instances running"];
     if (n.rtt_seconds) facts.push("heartbeat " + fmtDur(n.rtt_seconds * 1000));
     if (n.memory_bytes) facts.push((n.memory_bytes / 2 ** 30).toFixed(1) + " GiB");
+    if (n.gpus) facts.push((n.busy_gpus || 0) + "/" + n.gpus + " GPUs in use");
     return h("section", { class: "node" + (n.state === "lost" ? " lost" : ""), "data-node": n.name, "aria-label": "node " + n.name },
       h("h3", {}, n.name, badge(n.state), n.error ? h("span", { class: "muted" }, n.error) : null),
       h("div", { class: "facts" }, facts.join(" · ")),
