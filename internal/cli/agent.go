@@ -58,10 +58,16 @@ silent longer than serve's --node-timeout), the agent stops what it ran and
 joins again by itself; it exits when serve shuts it down, on SIGTERM or
 Ctrl-C, or when serve no longer accepts its certificate (a new serve: join
 with a new token). Exit status 2: bad flags or not a token; 1: the token or
-the node was refused, or serve is not the one of the token.`,
+the node was refused, or serve is not the one of the token.
+
+--gpus LIST sets the GPUs the node offers, whatever the hardware or
+CUDA_VISIBLE_DEVICES and the like say (ids or UUIDs, "amd:0", or "none");
+--resource NAME=N,... declares counted resources (licenses, FPGAs) that
+jobs ask for with resources: {NAME: N}. Both apply with or without --join.`,
 		Example: `  drover token | ssh node7 drover agent --join serve-host:7701
   drover agent --join serve-host:7701 --name gpu1 --token-file /run/drover.token
-  drover agent --join serve-host:7701 </dev/null   # again, with the stored credentials`,
+  drover agent --join serve-host:7701 </dev/null   # again, with the stored credentials
+  drover agent --join serve-host:7701 --gpus 0,1 --resource license=2 --token-file /run/drover.token`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			for _, fl := range []string{"name", "token-file", "state-dir", "shared-fs"} {

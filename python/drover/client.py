@@ -349,6 +349,7 @@ class Client:
         stderr=None,
         cores=0,
         hwthreads=None,
+        gpus=0,
         timeout=_DEFAULT,
     ):
         """Starts process ``name`` (unique across the cluster) on ``node``
@@ -358,8 +359,10 @@ class Client:
         and ``stderr`` are files, created or truncated (None: serve keeps
         the output for logs()); relative paths are made absolute here.
         ``cores`` reserves and binds that many whole cores; ``hwthreads``
-        binds to exactly those logical CPUs instead. A program that cannot
-        be started raises SpawnError."""
+        binds to exactly those logical CPUs instead. ``gpus`` reserves that
+        many whole GPUs of the node, handed to the process in
+        CUDA_VISIBLE_DEVICES (or ROCR/HIP_VISIBLE_DEVICES) and DROVER_GPUS.
+        A program that cannot be started raises SpawnError."""
         if isinstance(args, (str, bytes)):
             raise TypeError("args is argv, a list of strings, not one string")
         what = "start %s on %s" % (name, node)
@@ -374,6 +377,7 @@ class Client:
             cores=cores,
             hwthreads=list(hwthreads or ()),
             group=self.group,
+            gpus=gpus,
         )
         return self._call(self._rpc.Start, req, what, timeout).pid
 
