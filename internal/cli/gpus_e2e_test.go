@@ -292,3 +292,78 @@ jobs:
 		t.Errorf("small printed %q", got)
 	}
 }
+
+// TestJoinedAgentGPUsAndResources: drover agent --gpus and --resource set
+// what a joined node offers; processes there get distinct GPUs, jobs that
+// need the node's resource go there, and a submission asking for what no
+// node has is refused before anything starts.
+func TestJoinedAgentGPUsAndResources(t *testing.T) {
+	t.Parallel()
+	home := filepath.Join(t.TempDir(), "serve")
+	work := t.TempDir()
+	startServeEnv(t, home, gpuEnv("CUDA_VISIBLE_DEVICES="))
+	tok := newJoinToken(t, home)
+	a := startJoin(t, filepath.Join(t.TempDir(), "node"), strings.NewReader(tok.Token+"\n"), tok.Address,
+		"--name", "gpu1", "--shared-fs", "--gpus", "0,1", "--resource", "license=1", "--resource", "fpga=2")
+	waitNodeState(t, home, "gpu1", "up", a)
+
+	r := droverHome(t, home, work, "nodes", "--json")
+	wantCode(t, r, 0)
+	var nodes []struct {
+		Name      string `json:"name"`
+		Resources struct {
+			GPUs   []gpuDoc         `json:"gpus"`
+			Custom map[string]int64 `json:"custom"`
+		} `json:"resources"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &nodes); err != nil {
+		t.Fatalf("nodes --json: %v\n%s", err, r.stdout)
+	}
+	for _, n := range nodes {
+		if n.Name != "gpu1" {
+			continue
+		}
+		if want := []gpuDoc{{"nvidia", "0"}, {"nvidia", "1"}}; !slices.Equal(n.Resources.GPUs, want) ||
+			n.Resources.Custom["license"] != 1 || n.Resources.Custom["fpga"] != 2 {
+			t.Errorf("gpu1 offers %+v, want GPUs 0,1, license 1, fpga 2", n.Resources)
+		}
+	}
+
+	var got []string
+	for _, name := range []string{"g0", "g1"} {
+		outFile := filepath.Join(work, name+".out")
+		r := droverHome(t, home, work, "start", "--node", "gpu1", "--name", name, "--gpus", "1", "--stdout", outFile,
+			"--", "sh", "-c", `echo "$CUDA_VISIBLE_DEVICES"; exec sleep 300`)
+		wantCode(t, r, 0)
+		eventually(t, func() string {
+			if strings.TrimSpace(readFileOr(outFile)) == "" {
+				return name + " printed nothing yet"
+			}
+			return ""
+		})
+		got = append(got, strings.TrimSpace(readFileOr(outFile)))
+	}
+	if slices.Sort(got); !slices.Equal(got, []string{"0", "1"}) {
+		t.Errorf("the processes on gpu1 saw CUDA_VISIBLE_DEVICES %q, want 0 and 1", got)
+	}
+
+	// Only gpu1 has the license: the job's instance runs there.
+	writeFile(t, work, "lic.yaml", "jobs:\n  - name: lic\n    resources: {license: 1}\n    command: [\"true\"]\n")
+	wantCode(t, droverHome(t, home, work, "submit", "lic.yaml"), 0)
+	eventually(t, func() string {
+		r := droverHome(t, home, work, "jobs", "--json")
+		var jobs []struct {
+			State string `json:"state"`
+			Node  string `json:"node"`
+		}
+		if err := json.Unmarshal([]byte(r.stdout), &jobs); err != nil || len(jobs) != 1 || jobs[0].State != "succeeded" || jobs[0].Node != "gpu1" {
+			return "jobs: " + r.stdout
+		}
+		return ""
+	})
+	writeFile(t, work, "big.yaml", "jobs:\n  - name: big\n    resources: {license: 2}\n    command: [\"true\"]\n")
+	r = droverHome(t, home, work, "submit", "big.yaml")
+	if r.code != 2 || !strings.Contains(r.stderr, "job big needs 2 of resource license; the most a node has is 1") {
+		t.Errorf("submit of a job no node can hold: want exit 2 naming the license\n%s", r)
+	}
+}

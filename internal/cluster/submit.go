@@ -17,6 +17,7 @@ import (
 	"github.com/drover-hpc/drover/internal/node"
 	"github.com/drover-hpc/drover/internal/queue"
 	"github.com/drover-hpc/drover/internal/results"
+	"github.com/drover-hpc/drover/internal/topology"
 )
 
 // Instance states in JobInfo.State besides the summary's final ones
@@ -116,6 +117,14 @@ func (c *Cluster) Submit(ctx context.Context, file *jobfile.File) ([]string, err
 	if len(up) == 0 {
 		c.mu.Unlock()
 		return nil, fmt.Errorf("submit: %w: no node is up", errdefs.ErrNodeLost)
+	}
+	var offered []topology.Resources
+	for _, m := range up {
+		offered = append(offered, m.res)
+	}
+	if err := queue.CheckFits(s.jobs, offered); err != nil {
+		c.mu.Unlock()
+		return nil, fmt.Errorf("submit: %w: %w", errdefs.ErrInvalid, err)
 	}
 	for n := c.lastSub + 1; ; n++ {
 		if c.prefixUsedLocked(strconv.Itoa(n) + ".") {
