@@ -137,15 +137,17 @@ func (d *decoder) matrix(l *locs, v ast.Node, at pos) ([]Axis, bool) {
 		d.r.at(at, "matrix must be a mapping of parameter names to lists of values, such as {x: [1, 2, 3], y: [a, b]}, got %s", describe(v))
 		return nil, false
 	}
+	// An axis with a bad value is kept, marked bad, so that the others
+	// are checked at the right indexes.
 	axes := []Axis{}
-	ok = true
-	for _, e := range d.entries(m) {
+	for i, e := range d.entries(m) {
 		if !d.spend(e.keyAt) {
 			return axes, false
 		}
 		vat := d.valuePos(e)
 		ax := Axis{Name: e.key}
 		var ps []pos
+		ok := true
 		switch s := d.resolve(e.value).(type) {
 		case nil:
 			ok = false
@@ -172,13 +174,15 @@ func (d *decoder) matrix(l *locs, v ast.Node, at pos) ([]Axis, bool) {
 		default:
 			d.r.at(vat, "matrix %s must be a list of values, such as [1, 2, 3], got %s", e.key, describe(s))
 			ok = false
-			continue
+		}
+		if !ok {
+			l.bad[slot{"matrix", i}] = true
 		}
 		axes = append(axes, ax)
 		l.axes = append(l.axes, e.keyAt)
 		l.axisVals = append(l.axisVals, ps)
 	}
-	return axes, ok
+	return axes, true
 }
 
 // checkSweep checks matrix and params and sets Repeat to the number of
@@ -217,7 +221,12 @@ func (j *Job) checkSweep(r *reporter, l *locs) {
 			names[i] = a.Name
 		}
 		bad := checkParamNames(r, names, func(i int) pos { return l.axis(i) }, func(i int) string { return "matrix key" })
+		complete := true
 		for i, a := range j.Matrix {
+			if !l.itemOK("matrix", i) {
+				complete = false
+				continue
+			}
 			if bad[i] {
 				continue
 			}
@@ -236,6 +245,9 @@ func (j *Job) checkSweep(r *reporter, l *locs) {
 				}
 				first[v] = k
 			}
+		}
+		if !complete {
+			return // what is wrong was said; the number of instances is unknown
 		}
 	} else if j.Params.Names != nil {
 		at := func(int) pos { return l.val("params") }
