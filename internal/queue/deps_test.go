@@ -425,3 +425,62 @@ func TestMatrixAndParamsInstances(t *testing.T) {
 func childExe(t *testing.T) string {
 	return fmt.Sprintf("%q", helper()[0])
 }
+
+// A prerequisite lost with its node skips its dependents too, naming it.
+func TestAfterLostPrerequisite(t *testing.T) {
+	a := newAgent(t, "n1")
+	f := newFake(t, a)
+	dir := t.TempDir()
+	jobs := []*jobfile.Job{
+		job(t, "sim", func(j *jobfile.Job) { j.Repeat = 2; j.After = []string{"prep"} }, "exit=0"),
+		job(t, "prep", func(j *jobfile.Job) { j.Node = "n1" }, "touch="+filepath.Join(dir, "prep.ready"), "sleep=2m"),
+	}
+	go func() {
+		if err := waitReady(dir, 1); err != nil {
+			t.Error(err)
+		}
+		f.lose()
+	}()
+	o := run(t, context.Background(), jobs, queue.Options{Nodes: []node.Node{f, newAgent(t, "n2")}})
+	if e := o.only(t, "prep"); e.State != results.StateLost {
+		t.Fatalf("prep: %+v", e)
+	}
+	for _, name := range []string{"sim.0", "sim.1"} {
+		e := o.only(t, name)
+		if e.State != results.StateSkipped || e.Error != "dependency prep lost (prep: node lost)" || len(o.of(name, results.Started)) != 0 {
+			t.Errorf("%s: %+v", name, e)
+		}
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	o.noChildLeft(t)
+}
+
+// A run stopped while a prerequisite runs cancels it, and its dependents
+// with everything else that never started: one final event each.
+func TestAfterInterrupted(t *testing.T) {
+	dir := t.TempDir()
+	jobs := []*jobfile.Job{
+		job(t, "prep", nil, "touch="+filepath.Join(dir, "prep.ready"), "sleep=2m"),
+		job(t, "sim", func(j *jobfile.Job) { j.Repeat = 2; j.After = []string{"prep"} }, "exit=0"),
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		if err := waitReady(dir, 1); err != nil {
+			t.Error(err)
+		}
+		cancel()
+	}()
+	o := run(t, ctx, jobs, queue.Options{Grace: time.Second})
+	if e := o.only(t, "prep"); e.State != results.StateCancelled {
+		t.Errorf("prep: %+v", e)
+	}
+	for _, name := range []string{"sim.0", "sim.1"} {
+		if e := o.only(t, name); e.State != results.StateCancelled || e.Error != "not started: interrupted" {
+			t.Errorf("%s: %+v", name, e)
+		}
+	}
+	o.noChildLeft(t)
+}
