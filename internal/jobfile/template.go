@@ -1,7 +1,6 @@
 package jobfile
 
 import (
-	"regexp"
 	"strings"
 )
 
@@ -11,7 +10,35 @@ import (
 // write one brace. Every other brace is text, so that shell such as
 // awk '{print $1}', ${HOME} or {a,b} passes as written: a "{" right after
 // a "$" starts no placeholder, since ${NAME} is the shell's.
-var placeholderRE = regexp.MustCompile(`^\{(?:port:[^{}\s]*|[A-Za-z_][A-Za-z0-9_]*)\}`)
+
+// placeholderLen is the length of the placeholder at the start of s
+// (which starts with "{"), or 0 when none starts there. A port's name is
+// taken loosely (up to the "}"), so that a misspelt one is reported
+// rather than left alone.
+func placeholderLen(s string) int {
+	if rest, ok := strings.CutPrefix(s[1:], "port:"); ok {
+		for i := 0; i < len(rest); i++ {
+			switch c := rest[i]; {
+			case c == '}':
+				return len("{port:") + i + 1
+			case c == '{' || c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f':
+				return 0
+			}
+		}
+		return 0
+	}
+	for i := 1; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '}' && i > 1:
+			return i + 1
+		case c == '_' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || i > 1 && '0' <= c && c <= '9':
+		default:
+			return 0
+		}
+	}
+	return 0
+}
 
 // scanText splits s into literal text, given to text (escapes resolved),
 // and placeholders, whose names (without braces, "port:NAME" for ports)
@@ -30,10 +57,10 @@ func scanText(s string, text func(string), field func(name string)) {
 			if i > 0 && s[i-1] == '$' {
 				break
 			}
-			if m := placeholderRE.FindString(s[i:]); m != "" {
+			if n := placeholderLen(s[i:]); n > 0 {
 				text(s[start:i])
-				field(m[1 : len(m)-1])
-				i += len(m)
+				field(s[i+1 : i+n-1])
+				i += n
 				start = i
 				continue
 			}
