@@ -79,7 +79,7 @@ Ctrl-C kills at once) and still writes the summary.`,
 	fl.IntVar(&f.repeat, "repeat", 1, "ad-hoc mode: run CMD this many times")
 	fl.BoolVar(&f.eachNode, "each-node", false, "ad-hoc mode: run CMD once on every node")
 	fl.StringArrayVar(&f.matrix, "matrix", nil, "ad-hoc mode: one instance per combination of the values, NAME=V1,V2,... (repeatable); {NAME} in CMD and DROVER_PARAM_NAME carry the value")
-	fl.IntVarP(&f.jobs, "jobs", "j", 0, "run at most N instances at once in the whole run (0: as many as the cores allow)")
+	fl.IntVarP(&f.jobs, "jobs", "j", 0, "run at most `N` instances at once in the whole run (0: as many as the cores allow)")
 	fl.DurationVar(&f.monitorTimeout, "monitor-timeout", 30*time.Second, "an agent stops its processes and exits after this long without the manager")
 	fl.DurationVar(&f.nodeTimeout, "node-timeout", 5*time.Second, "the manager declares a silent node lost after this long")
 	fl.StringVar(&f.halt, "halt", "never", "stop early once instances fail: never, soon,fail=N (start nothing more), now,fail=N (stop everything); N may be a percentage, e.g. now,fail=10%")
