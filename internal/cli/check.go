@@ -2,6 +2,8 @@ package cli
 
 import (
 	"fmt"
+	"strconv"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -16,8 +18,10 @@ func newCheck(e *env) *cobra.Command {
 		Short: "Check a job file and print its plan, without starting anything",
 		Long: `Reads JOBFILE as drover run would: every problem is reported as
 FILE:LINE:COL with exit status 2. A valid file's plan is printed: each job's
-instances, cores per instance and node, the totals, and how many instances
-this machine could run at once.`,
+instances, cores per instance and node, the jobs it waits for (after), its
+limit on instances at once (max_running) and its sweep; the order the
+dependencies impose; the totals; and how many instances this machine could
+run at once.`,
 		Example: `  drover check examples/hello.yaml`,
 		Args:    exactArgs(1, "check JOBFILE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -27,13 +31,24 @@ this machine could run at once.`,
 			}
 			instances, coreSlots, widest := 0, 0, 0
 			tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "JOB\tINSTANCES\tCORES EACH\tNODE")
+			fmt.Fprintln(tw, "JOB\tINSTANCES\tCORES EACH\tNODE\tAFTER\tAT ONCE\tSWEEP")
+			deps := false
 			for _, j := range file.Jobs {
 				where := j.Node
 				if where == "" {
 					where = "any"
 				}
-				fmt.Fprintf(tw, "%s\t%d\t%d\t%s\n", j.Name, j.Repeat, j.Cores, where)
+				after, atOnce, sweep := "-", "-", "-"
+				if len(j.After) > 0 {
+					after, deps = strings.Join(j.After, ","), true
+				}
+				if j.MaxRunning > 0 {
+					atOnce = strconv.Itoa(j.MaxRunning)
+				}
+				if s := j.SweepString(); s != "" {
+					sweep = s
+				}
+				fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\t%s\n", j.Name, j.Repeat, j.Cores, where, after, atOnce, sweep)
 				instances += j.Repeat
 				coreSlots += j.Repeat * j.Cores
 				widest = max(widest, j.Cores)
@@ -41,6 +56,13 @@ this machine could run at once.`,
 			fmt.Fprintf(e.stdout, "%s: valid, %d jobs, %d instances, %d core slots in all\n", args[0], len(file.Jobs), instances, coreSlots)
 			if err := tw.Flush(); err != nil {
 				return err
+			}
+			if deps {
+				var stages []string
+				for _, st := range file.Stages() {
+					stages = append(stages, strings.Join(st, ", "))
+				}
+				fmt.Fprintf(e.stdout, "order: %s (a job starts once every instance of the jobs it is after has succeeded)\n", strings.Join(stages, " → "))
 			}
 			res, err := topology.Detect(topology.Options{})
 			if err != nil {

@@ -37,6 +37,8 @@ type runFlags struct {
 	retries        int
 	repeat         int
 	eachNode       bool
+	matrix         []string
+	jobs           int
 	monitorTimeout time.Duration
 	nodeTimeout    time.Duration
 	progress       string
@@ -63,7 +65,8 @@ Ctrl-C kills at once) and still writes the summary.`,
 		Example: `  drover run examples/hello.yaml
   drover run --out results --retries 2 jobs.yaml
   drover run --resume --out results jobs.yaml
-  drover run --repeat 16 -- ./sim --seed '{index}'`,
+  drover run --repeat 16 -- ./sim --seed '{index}'
+  drover run -j 4 --matrix x=1,2,3 --matrix y=a,b -- ./sim {x} {y}`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runBatch(cmd, e, f, args)
 		},
@@ -79,6 +82,8 @@ Ctrl-C kills at once) and still writes the summary.`,
 	fl.IntVar(&f.retries, "retries", 0, "retries for jobs that do not set their own")
 	fl.IntVar(&f.repeat, "repeat", 1, "ad-hoc mode: run CMD this many times")
 	fl.BoolVar(&f.eachNode, "each-node", false, "ad-hoc mode: run CMD once on every node")
+	fl.StringArrayVar(&f.matrix, "matrix", nil, "ad-hoc mode: one instance per combination of the values, NAME=V1,V2,... (repeatable); {NAME} in CMD and DROVER_PARAM_NAME carry the value")
+	fl.IntVarP(&f.jobs, "jobs", "j", 0, "run at most `N` instances at once in the whole run (0: as many as the cores allow)")
 	fl.DurationVar(&f.monitorTimeout, "monitor-timeout", 30*time.Second, "an agent stops its processes and exits after this long without the manager")
 	fl.DurationVar(&f.nodeTimeout, "node-timeout", 5*time.Second, "the manager declares a silent node lost after this long")
 	fl.StringVar(&f.halt, "halt", "never", "stop early once instances fail: never, soon,fail=N (start nothing more), now,fail=N (stop everything); N may be a percentage, e.g. now,fail=10%")
@@ -108,6 +113,12 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 	if f.eachNode && cmd.Flags().Changed("repeat") {
 		return usageError("--repeat and --each-node do not go together")
 	}
+	if len(f.matrix) > 0 && (f.eachNode || cmd.Flags().Changed("repeat")) {
+		return usageError("--matrix goes with neither --repeat nor --each-node: for replicas, add --matrix seed=1,2,3")
+	}
+	if f.jobs < 0 {
+		return usageError("-j/--jobs must be >= 0")
+	}
 	launcher, err := pickLauncher(f)
 	if err != nil {
 		return err
@@ -131,12 +142,18 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 		if len(args) == 0 {
 			return usageError("no command after --")
 		}
+		if !f.eachNode {
+			// Checked before the cluster starts; --each-node needs its nodes.
+			if jobs, err = adHocJobs(args, f, nil); err != nil {
+				return err
+			}
+		}
 	default:
 		if len(args) != 1 {
 			return usageError("run needs one JOBFILE, or -- CMD [ARG...]")
 		}
-		if cmd.Flags().Changed("repeat") || f.eachNode {
-			return usageError("--repeat and --each-node are for ad-hoc mode (-- CMD)")
+		if cmd.Flags().Changed("repeat") || f.eachNode || len(f.matrix) > 0 {
+			return usageError("--repeat, --each-node and --matrix are for ad-hoc mode (-- CMD); a job file has repeat and matrix keys")
 		}
 		file, err := jobfile.Load(args[0])
 		if err != nil {
@@ -154,6 +171,7 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 	if err := usableDir(out); err != nil {
 		return usageError("--out: %v", err)
 	}
+	shown := f.out // the results directory as the summary line names it
 	if !f.resume {
 		// A second run would write over the first one's output: an --out
 		// given is refused, the default goes on to drover-out.2, .3, ...
@@ -162,7 +180,7 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 			next := fmt.Sprintf("%s.%d", out, i)
 			if err = results.CheckFresh(next); err == nil {
 				fmt.Fprintf(e.stderr, "drover: %s holds an earlier run (--resume goes on with it); the results go to %s\n", f.out, filepath.Base(next))
-				out = next
+				out, shown = next, fmt.Sprintf("%s.%d", f.out, i)
 			}
 		}
 		if err != nil {
@@ -182,7 +200,7 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 		return m.Close(ctx)
 	}
 
-	if dash >= 0 {
+	if dash >= 0 && f.eachNode {
 		jobs, err = adHocJobs(args, f, nodes)
 		if err != nil {
 			rep.Stop()
@@ -238,18 +256,19 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 		board.announce(rep.Writer())
 	}
 	sum, runErr := queue.Run(ctx, jobs, queue.Options{
-		Nodes:    nodes,
-		OutDir:   out,
-		BaseDir:  baseDir,
-		Halt:     halt,
-		Retries:  f.retries,
-		Grace:    f.grace,
-		Skip:     skip,
-		Prior:    prior.Attempts,
-		Hard:     hard,
-		Progress: rep.Update,
-		Logger:   log,
-		OnEvent:  board.onEvent(),
+		Nodes:      nodes,
+		OutDir:     out,
+		BaseDir:    baseDir,
+		Halt:       halt,
+		MaxRunning: f.jobs,
+		Retries:    f.retries,
+		Grace:      f.grace,
+		Skip:       skip,
+		Prior:      prior.Attempts,
+		Hard:       hard,
+		Progress:   rep.Update,
+		Logger:     log,
+		OnEvent:    board.onEvent(),
 	})
 	board.stop(sum)
 	rep.Stop()
@@ -259,7 +278,7 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 	if runErr != nil && sum == nil {
 		return &exitError{ExitFailed, runErr}
 	}
-	printSummary(e, sum, f.out)
+	printSummary(e, sum, shown)
 	printLaunchFailures(e.stderr, m.LaunchFailures())
 	if err := errors.Join(runErr, closeErr); err != nil {
 		fmt.Fprintln(e.stderr, "drover:", err)
@@ -498,19 +517,53 @@ func adHocJobs(args []string, f *runFlags, nodes []node.Node) ([]*jobfile.Job, e
 		return jobs, nil
 	}
 	j := &jobfile.Job{Name: name, Command: args, Repeat: f.repeat}
+	if len(f.matrix) > 0 {
+		axes, err := parseMatrix(f.matrix)
+		if err != nil {
+			return nil, err
+		}
+		j.Matrix, j.Repeat = axes, 0
+	}
 	if err := j.Validate(); err != nil {
 		return nil, &exitError{ExitUsage, err}
 	}
 	return []*jobfile.Job{j}, nil
 }
 
+// parseMatrix reads --matrix NAME=V1,V2,... flags into a job's matrix,
+// in the order given (the first one outermost).
+func parseMatrix(flags []string) ([]jobfile.Axis, error) {
+	var axes []jobfile.Axis
+	for _, m := range flags {
+		name, vals, ok := strings.Cut(m, "=")
+		if !ok || name == "" {
+			return nil, usageError("--matrix wants NAME=V1,V2,..., got %q", m)
+		}
+		a := jobfile.Axis{Name: name}
+		if vals != "" {
+			a.Values = strings.Split(vals, ",")
+		}
+		axes = append(axes, a)
+	}
+	return axes, nil
+}
+
 func printSummary(e *env, s *results.Summary, dir string) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%d instances: %d succeeded", s.Total, s.Succeeded)
+	// Skipped are those --resume found done and those a dependency that
+	// did not succeed held back, which have a reason.
+	held := 0
+	for in := range s.NotSucceeded() {
+		if in.State == results.StateSkipped && in.Error != "" {
+			held++
+		}
+	}
 	for _, p := range []struct {
 		n    int
 		what string
-	}{{s.Failed, "failed"}, {s.Lost, "lost"}, {s.Cancelled, "cancelled"}, {s.Skipped, "skipped (already done)"}} {
+	}{{s.Failed, "failed"}, {s.Lost, "lost"}, {s.Cancelled, "cancelled"},
+		{held, "skipped (a dependency did not succeed)"}, {s.Skipped - held, "skipped (already done)"}} {
 		if p.n > 0 {
 			fmt.Fprintf(&b, ", %d %s", p.n, p.what)
 		}

@@ -15,9 +15,6 @@ var (
 	nameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]+$`)
 	portRE = regexp.MustCompile(`^[A-Za-z0-9_]+$`)
 	envRE  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
-	// portRefRE finds {port:NAME} in command text; the name is taken
-	// loosely so that a misspelt one is reported rather than left alone.
-	portRefRE = regexp.MustCompile(`\{port:([^{}\s]*)\}`)
 )
 
 // limits gives the allowed range of a whole-number key.
@@ -29,6 +26,8 @@ func limits(key string) (min, max int64) {
 		return 1, maxCores
 	case "gpus":
 		return 0, maxGPUs
+	case "max_running":
+		return 1, maxRepeat
 	}
 	if strings.HasPrefix(key, "resources ") {
 		return 0, maxResource
@@ -51,6 +50,7 @@ func rangeMsg(key string, n, min, max int64, got string) string {
 // check reports what is wrong with j, skipping values that failed to
 // decode, and normalizes it: defaults for repeat and cores, clean paths.
 func (j *Job) check(r *reporter, l *locs) {
+	j.checkSweep(r, l)
 	j.checkName(r, l)
 	j.checkCommand(r, l)
 	j.Repeat = count(r, l, "repeat", j.Repeat)
@@ -89,6 +89,18 @@ func (j *Job) check(r *reporter, l *locs) {
 		}
 	}
 	j.checkSize(r, l)
+	if l.ok("max_running") && (j.MaxRunning != 0 || l.given("max_running")) {
+		if msg := rangeMsg("max_running", int64(j.MaxRunning), 1, maxRepeat, strconv.Itoa(j.MaxRunning)); msg != "" {
+			r.at(l.val("max_running"), "%s", msg)
+		}
+	}
+	if l.ok("after") {
+		for i, a := range j.After {
+			if l.itemOK("after", i) && strings.ContainsRune(a, 0) {
+				r.at(l.item("after", i), "%s contains a NUL byte", itemName("after", i))
+			}
+		}
+	}
 	if l.ok("workdir") {
 		switch {
 		case l.given("workdir") && j.Workdir == "":
@@ -168,9 +180,10 @@ func (j *Job) checkCommand(r *reporter, l *locs) {
 }
 
 // checkText checks text that becomes part of the command line: it cannot
-// hold NUL bytes (exec cannot pass them), and its {port:NAME} must name a
-// port of the job, because the agent only replaces those. s is the value
-// of key, or its item i when i >= 0.
+// hold NUL bytes (exec cannot pass them), its {port:NAME} must name a
+// port of the job, because the agent only replaces those, and its other
+// placeholders must be {index} or a parameter. s is the value of key, or
+// its item i when i >= 0.
 func (j *Job) checkText(r *reporter, at pos, key string, i int, s string) {
 	what := key
 	if i >= 0 {
@@ -179,8 +192,20 @@ func (j *Job) checkText(r *reporter, at pos, key string, i int, s string) {
 	if strings.ContainsRune(s, 0) {
 		r.at(at, "%s contains a NUL byte", what)
 	}
-	for _, m := range portRefRE.FindAllStringSubmatch(s, -1) {
-		name := m[1]
+	for _, ph := range placeholders(s) {
+		name, isPort := strings.CutPrefix(ph, "port:")
+		if !isPort {
+			if ph == "index" || slices.Contains(j.ParamNames(), ph) {
+				continue
+			}
+			known := []string{"{index}"}
+			for _, p := range j.ParamNames() {
+				known = append(known, "{"+p+"}")
+			}
+			r.at(at, "%s uses {%s}, which is no placeholder of this job (it has %s); write {{%s}} for the braces themselves",
+				what, ph, strings.Join(known, ", "), ph)
+			continue
+		}
 		if slices.Contains(j.Ports, name) {
 			continue
 		}
@@ -321,7 +346,7 @@ func checkNames(r *reporter, jobs []Job, ls []*locs) {
 
 // checkSize refuses a job whose instances would pass more argv and env
 // than a start can carry (MaxArgsEnvBytes). The last instance has the
-// longest {index}.
+// longest {index}; every parameter is taken at its longest value.
 func (j *Job) checkSize(r *reporter, l *locs) {
 	if !l.ok("command") || !l.ok("shell") || !l.ok("setup") || !l.ok("env") {
 		return
@@ -332,8 +357,12 @@ func (j *Job) checkSize(r *reporter, l *locs) {
 		c.Repeat = 1
 		last = &c
 	}
-	args := ArgsEnvBytes(last.Instance(last.Repeat-1).Args, nil)
+	params := j.longestParams()
+	args := ArgsEnvBytes(last.instance(last.Repeat-1, params).Args, nil)
 	env := ArgsEnvBytes(nil, j.Env)
+	for _, p := range params {
+		env += len(p.EnvName()) + len(p.Value) + 2
+	}
 	if args+env <= MaxArgsEnvBytes {
 		return
 	}

@@ -18,7 +18,8 @@ import (
 )
 
 // The keys of a job, in the order the contract lists them.
-const jobKeys = "name command shell repeat cores env files outputs setup ports retries timeout node workdir gpus memory resources"
+const jobKeys = "name command shell repeat cores env files outputs setup ports retries timeout node workdir" +
+	" gpus memory resources after max_running matrix params"
 
 // locs records where a job's values are in its file, for the checks in
 // check.go, which also run on jobs built in code where every map is nil and
@@ -28,6 +29,9 @@ type locs struct {
 	vals  map[string]pos   // value of each key given
 	items map[string][]pos // items of list values
 	keys  map[string]pos   // env names
+	// axes and axisVals are the matrix keys and their values.
+	axes     []pos
+	axisVals [][]pos
 	// bad holds the values and list items that could not be decoded, and
 	// so were reported already.
 	bad map[slot]bool
@@ -64,6 +68,20 @@ func (l *locs) envKey(name string) pos {
 		return p
 	}
 	return l.val("env")
+}
+
+func (l *locs) axis(i int) pos {
+	if i < len(l.axes) {
+		return l.axes[i]
+	}
+	return l.val("matrix")
+}
+
+func (l *locs) axisVal(i, k int) pos {
+	if i < len(l.axisVals) && k < len(l.axisVals[i]) {
+		return l.axisVals[i][k]
+	}
+	return l.axis(i)
 }
 
 func itemName(key string, i int) string { return fmt.Sprintf("%s[%d]", key, i) }
@@ -131,9 +149,13 @@ func parse(r *reporter, data []byte, dir string) []Job {
 		if l.ok("workdir") && j.Workdir != "" && !filepath.IsAbs(j.Workdir) {
 			j.Workdir = filepath.Join(dir, j.Workdir)
 		}
+		if j.Params != nil && l.ok("params") {
+			j.Params.load(r, l.val("params"), dir)
+		}
 		j.check(r, l)
 	}
 	checkNames(r, jobs, ls)
+	checkAfter(r, jobs, ls)
 	checkTotal(r, jobs, ls)
 	return jobs
 }
@@ -574,6 +596,17 @@ func (d *decoder) field(j *Job, l *locs, key string, v ast.Node, at pos) bool {
 		j.Node, ok = d.text(key, v, at)
 	case "workdir":
 		j.Workdir, ok = d.text(key, v, at)
+	case "after":
+		j.After, ok = d.list(l, key, v, at, true)
+	case "max_running":
+		j.MaxRunning, ok = d.integer(key, v, at)
+	case "matrix":
+		j.Matrix, ok = d.matrix(l, v, at)
+	case "params":
+		var file string
+		if file, ok = d.text(key, v, at); ok {
+			j.Params = &Table{File: file}
+		}
 	case "gpus", "memory", "resources":
 		ok = d.resourceField(j, key, v, at)
 	}

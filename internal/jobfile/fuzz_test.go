@@ -26,6 +26,7 @@ func FuzzParse(f *testing.F) {
 		"jobs:\n  - name: a\n    command: [x]\n    env: [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\n",
 		"- - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - x\n",
 		"jobs:\n  - name: a\n    shell: |\n      f() { [ [ {\n    env: {A: '[[', B: \"{{\\\"\"}\n",
+		"jobs:\n  - {name: a, command: ['{x}{{y}}', '${z}'], matrix: {x: [1, 2], Y: [a]}, after: [b], max_running: 2}\n  - {name: b, shell: '{index}}', after: [a, c], params: testdata/sample.yaml}\n",
 	} {
 		f.Add(seed)
 	}

@@ -64,6 +64,18 @@ type Job struct {
 	Timeout time.Duration // then SIGTERM, grace, SIGKILL; 0 = none
 	Node    string        // "" = any node
 	Workdir string        // "" = a fresh work dir; absolute after Parse
+	// After names the jobs every instance of which must succeed before
+	// any instance of this job starts.
+	After []string
+	// MaxRunning bounds the instances of this job running at once; 0 = no
+	// bound.
+	MaxRunning int
+	// Matrix makes one instance per combination of its axes' values,
+	// the first axis outermost; Params makes one per row of a CSV table.
+	// At most one of them is set; Repeat is then the number of instances
+	// they make (Parse and Validate set it).
+	Matrix []Axis
+	Params *Table
 	// GPUs, Memory and Resources are reserved per instance on its node,
 	// beside its cores: whole GPUs, bytes of memory (0: none), and
 	// counted resources that nodes declare, by name.
@@ -148,9 +160,12 @@ type Instance struct {
 	Job   *Job
 	Name  string // "sim.3", or "sim" when Repeat is 1
 	Index int
-	// Args is the argv to start, with "{index}" replaced in the command,
-	// the shell text and the setup lines; "{port:NAME}" is left for the
-	// node agent, which reserves the ports.
+	// Params are the instance's sweep parameters, in the job's order.
+	Params []Param
+	// Args is the argv to start, with the placeholders ({index}, the
+	// parameters, {{ and }}) replaced in the command, the shell text and
+	// the setup lines; "{port:NAME}" is left for the node agent, which
+	// reserves the ports.
 	Args []string
 }
 
@@ -174,9 +189,26 @@ func (j *Job) Instances() []Instance {
 // Instance makes instance i of j on demand, so a queue of millions holds
 // no argv it has not started yet.
 func (j *Job) Instance(i int) Instance {
+	return j.instance(i, j.ParamsOf(i))
+}
+
+// instance makes instance i of j with the parameters params.
+func (j *Job) instance(i int, params []Param) Instance {
 	name := j.InstanceName(i)
 	index := strconv.Itoa(i)
-	expand := func(s string) string { return strings.ReplaceAll(s, "{index}", index) }
+	expand := func(s string) string {
+		return expandText(s, func(key string) (string, bool) {
+			if key == "index" {
+				return index, true
+			}
+			for _, p := range params {
+				if p.Name == key {
+					return p.Value, true
+				}
+			}
+			return "", false
+		})
+	}
 
 	var setup string
 	if len(j.Setup) > 0 {
@@ -202,7 +234,7 @@ func (j *Job) Instance(i int) Instance {
 			args = append(args, expand(a))
 		}
 	}
-	return Instance{Job: j, Name: name, Index: i, Args: args}
+	return Instance{Job: j, Name: name, Index: i, Params: params, Args: args}
 }
 
 // InstanceName is the name of instance i: "sim.3", or "sim" when the job

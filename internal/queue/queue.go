@@ -52,6 +52,9 @@ type Options struct {
 	Cores *cores.Pool
 	// Halt stops the run early once enough instances have failed.
 	Halt Halt
+	// MaxRunning bounds the instances running at once in the whole run
+	// (drover run -j); 0 = no bound.
+	MaxRunning int
 	// OnEvent, if set, sees every event right after it was written to
 	// the events log, in order, from the queue's loop: it must return
 	// quickly.
@@ -186,6 +189,14 @@ type jobState struct {
 	// behind instances that finish soon.
 	ran    int
 	ranFor time.Duration
+	// after are the jobs it waits for, dependents those waiting for it
+	// (deps.go); ok counts its instances that succeeded, in this run or
+	// an earlier one; broken is set once one ended otherwise.
+	after, dependents []*jobState
+	ok                int
+	broken            bool
+	// slots counts the instances that hold one of its max_running.
+	slots int
 }
 
 // short reports whether the job's instances have so far run briefly
@@ -225,17 +236,25 @@ func (r *runner) endUntried(js *jobState, state, reason string) {
 	js.never = &neverRun{from: from, state: state, err: reason}
 	js.next = js.job.Repeat
 	now := time.Now()
+	first := ""
 	for i := from; i < js.job.Repeat; i++ {
 		r.pending--
 		name := js.job.InstanceName(i)
 		if js.skip[name] {
 			r.counts.Skipped++
+			js.ok++
 			continue
 		}
+		if first == "" {
+			first = name
+		}
 		r.emit(results.Event{Time: now, Event: results.Failed, Job: name, Error: reason, State: state})
-		if state == results.StateCancelled {
+		switch state {
+		case results.StateCancelled:
 			r.counts.Cancelled++
-		} else {
+		case results.StateSkipped:
+			r.counts.Skipped++
+		default:
 			r.counts.Failed++
 		}
 		if len(r.evbuf) >= neverChunk {
@@ -243,6 +262,9 @@ func (r *runner) endUntried(js *jobState, state, reason string) {
 		}
 	}
 	r.flush()
+	if first != "" {
+		r.dependencyFailed(js, first, state, reason)
+	}
 }
 
 // neverResult is instance i of js, which was never tried.
@@ -294,6 +316,7 @@ type runner struct {
 	extras  map[int]outcomeExtra
 	counts  Counts
 	live    int // instances starting or running
+	slots   int // of Options.MaxRunning, held (deps.go)
 	pending int // instances not yet final, not live
 	stopped string
 	// killing: every instance is being stopped (interrupt, halt now), not
@@ -319,6 +342,9 @@ type runner struct {
 func Run(ctx context.Context, jobs []*jobfile.Job, opts Options) (*results.Summary, error) {
 	if len(opts.Nodes) == 0 {
 		return nil, errors.New("run: no nodes")
+	}
+	if err := checkJobs(jobs); err != nil {
+		return nil, err
 	}
 	if opts.Grace <= 0 {
 		opts.Grace = 10 * time.Second
@@ -354,6 +380,7 @@ func Run(ctx context.Context, jobs []*jobfile.Job, opts Options) (*results.Summa
 		r.jobs = append(r.jobs, js)
 		r.counts.Total += j.Repeat
 	}
+	r.linkDeps()
 	r.pending = r.counts.Total
 	r.emit(results.Event{Event: results.RunStart})
 	for i, n := range opts.Nodes {
@@ -503,6 +530,7 @@ func (r *runner) take(js *jobState) *instance {
 			r.done = append(r.done, outcome{job: js, index: int32(i), node: -1, core: -1, state: stateIndex(results.StateSkipped)})
 			r.pending--
 			r.counts.Skipped++
+			js.ok++
 			continue
 		}
 		p := r.opts.Prior[name]
@@ -517,7 +545,10 @@ func (r *runner) take(js *jobState) *instance {
 // letting smaller instances fill cores a larger one cannot use yet.
 func (r *runner) dispatch() {
 	for _, js := range r.jobs {
-		for js.hasPending() {
+		if r.runFull() {
+			break
+		}
+		for js.hasPending() && r.mayLaunch(js) {
 			ns, why := r.place(js)
 			if why != "" {
 				// It can never run: finish every pending instance of the job.
@@ -578,7 +609,7 @@ func (r *runner) successorJob(pred *instance) *jobState {
 	for _, js := range r.jobs {
 		j := js.job
 		if js.hasPending() && sameNeed(needOf(j), need) && (j.Node == "" || j.Node == pred.node.name) &&
-			(len(js.retry) == 0 || js.retry[0].lostOn != pred.node) {
+			(len(js.retry) == 0 || js.retry[0].lostOn != pred.node) && r.mayFollow(js, pred) {
 			return js
 		}
 	}
@@ -672,6 +703,7 @@ func (r *runner) launch(inst *instance, ns *nodeState, g cores.Grant, pred *inst
 	ns.running[inst.proc] = inst
 	r.pending--
 	r.live++
+	r.takeSlots(inst, pred)
 	spec := r.spec(inst)
 	if pred != nil {
 		spec.After = pred.proc
@@ -721,7 +753,7 @@ func prepare(out string, keepPrev bool, attempt int, spec node.ProcessSpec) (nod
 
 func (r *runner) spec(inst *instance) node.ProcessSpec {
 	j := inst.job.job
-	env := make(map[string]string, len(j.Env)+5)
+	env := make(map[string]string, len(j.Env)+5+len(j.Matrix))
 	for k, v := range j.Env {
 		env[k] = v
 	}
@@ -732,10 +764,14 @@ func (r *runner) spec(inst *instance) node.ProcessSpec {
 		env["OMP_NUM_THREADS"] = strconv.Itoa(j.Cores)
 	}
 	maps.Copy(env, topology.GPUEnv(inst.gpus))
+	in := j.Instance(inst.index)
+	for _, p := range in.Params {
+		env[p.EnvName()] = p.Value
+	}
 	out := filepath.Join(r.opts.OutDir, inst.name)
 	spec := node.ProcessSpec{
 		Name:      inst.proc,
-		Args:      j.Instance(inst.index).Args,
+		Args:      in.Args,
 		Env:       env,
 		Dir:       j.Workdir,
 		Stdout:    filepath.Join(out, "stdout"),
@@ -865,6 +901,7 @@ func (r *runner) exited(inst *instance, e node.Exit) {
 // successor waiting for them.
 func (r *runner) release(inst *instance) {
 	ns := inst.node
+	r.freeSlots(inst)
 	if prev := inst.prev; prev != nil {
 		// It never got its predecessor's cores: nothing to give back.
 		prev.next, inst.prev = nil, nil
@@ -940,6 +977,7 @@ func (r *runner) finish(inst *instance, ev results.Event, state string) {
 	switch state {
 	case results.StateSucceeded:
 		r.counts.Succeeded++
+		inst.job.ok++
 	case results.StateLost:
 		r.counts.Lost++
 	case results.StateCancelled:
@@ -949,6 +987,9 @@ func (r *runner) finish(inst *instance, ev results.Event, state string) {
 	}
 	if state == results.StateFailed || state == results.StateLost {
 		r.checkHalt()
+	}
+	if state != results.StateSucceeded {
+		r.dependencyFailed(inst.job, inst.name, state, endHow(ev))
 	}
 }
 
@@ -1062,7 +1103,9 @@ func (r *runner) summary() *results.Summary {
 				continue
 			}
 			for i := js.never.from; i < js.job.Repeat; i++ {
-				if in := js.neverResult(i); in.State != results.StateSkipped && !yield(in) {
+				// Those --resume skipped succeeded before; a dependency's
+				// failure skips with a reason.
+				if in := js.neverResult(i); (in.State != results.StateSkipped || in.Error != "") && !yield(in) {
 					return
 				}
 			}
