@@ -310,6 +310,13 @@ def test_stubs_fresh(tmp_path):
             assert a.read() == b.read(), "python/drover/_pb/%s is stale: run scripts/genpy" % f
 
 
+def test_gpus_more_than_the_node_has(client, node, uniq):
+    """start(gpus=N) reaches serve: more GPUs than any node has is refused."""
+    with pytest.raises(drover.InvalidArgument) as ei:
+        client.start(node, uniq + "gpus", ["true"], gpus=1000)
+    assert "needs 1000 GPUs" in str(ei.value)
+
+
 def test_hwthreads_busy_invalid(client, node, uniq):
     [n] = [x for x in client.nodes() if x.name == node]
     t = n.cores[-1][0]
