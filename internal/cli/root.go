@@ -110,6 +110,7 @@ allocation, binds them to cores, keeps every output and reports every exit.`,
 		return &exitError{ExitUsage, err}
 	})
 	root.AddCommand(append([]*cobra.Command{newResources(e), newRun(e), newAgent(e), newServe(e), newReport(e), newCompletion(e), newCheck(e)}, newVerbs(e)...)...)
+	addNameCompletion(root)
 	return root
 }
 
