@@ -13,7 +13,9 @@ package cli_test
 //	needs grpcurl jq
 //	-->
 //
-// or <!-- readme-test: skip: why -->. A local block runs in a fresh
+// or <!-- readme-test: skip: why -->. A bed block runs like a local one
+// on the multi-host test bed: `hosts node1 node2` names the bed's hosts in
+// the block, and `file NAME: CONTENT` writes a one-line file for it. A local block runs in a fresh
 // directory that looks like a checkout of this module (its top-level
 // entries linked in) with a small ./sim in it, a fresh HOME, and the drover
 // built for these tests first on PATH. Each command runs on its own with
@@ -40,6 +42,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/drover-hpc/drover/internal/testbed"
 )
 
 // snippet is one marked shell block of the README.
@@ -53,10 +57,12 @@ type snippet struct {
 	skips     map[string]string
 	serve     bool
 	needs     []string
+	hosts     []string          // placeholders for the bed's hosts, in order
+	files     map[string]string // written into the directory first
 }
 
 var (
-	markerStart = regexp.MustCompile(`^<!-- readme-test: (local|skip: (.+?))(?: -->)?$`)
+	markerStart = regexp.MustCompile(`^<!-- readme-test: (local|bed|skip: (.+?))(?: -->)?$`)
 	directive   = regexp.MustCompile(`^(exit (\d+)|interrupt|skip) "([^"]+)"(?:: (.+))?$`)
 )
 
@@ -69,7 +75,7 @@ func readmeSnippets(t *testing.T, readme string) []*snippet {
 	for i := 0; i < len(lines); i++ {
 		l := lines[i]
 		if m := markerStart.FindStringSubmatch(l); m != nil {
-			marked = &snippet{mode: "local", exits: map[string]int{}, interrupt: map[string]string{}, skips: map[string]string{}}
+			marked = &snippet{mode: m[1], exits: map[string]int{}, interrupt: map[string]string{}, skips: map[string]string{}, files: map[string]string{}}
 			if m[2] != "" {
 				marked.mode, marked.why = "skip", m[2]
 			}
@@ -85,6 +91,11 @@ func readmeSnippets(t *testing.T, readme string) []*snippet {
 					marked.serve = true
 				case strings.HasPrefix(d, "needs "):
 					marked.needs = strings.Fields(d)[1:]
+				case strings.HasPrefix(d, "hosts "):
+					marked.hosts = strings.Fields(d)[1:]
+				case strings.HasPrefix(d, "file ") && strings.Contains(d, ": "):
+					name, content, _ := strings.Cut(strings.TrimPrefix(d, "file "), ": ")
+					marked.files[name] = content + "\n"
 				case dm == nil:
 					t.Fatalf("README.md:%d: unknown readme-test directive %q", i+1, d)
 				case dm[1] == "interrupt":
@@ -232,6 +243,12 @@ func runSnippet(t *testing.T, s *snippet, goEnv map[string]string) {
 	for k, v := range goEnv {
 		env = append(env, k+"="+v)
 	}
+	for name, content := range s.files {
+		writeFile(t, dir, name, content)
+	}
+	if s.mode == "bed" {
+		env = bedEnv(t, s, env)
+	}
 
 	var background []*shellCmd
 	if s.serve {
@@ -290,6 +307,46 @@ func runSnippet(t *testing.T, s *snippet, goEnv map[string]string) {
 			t.Errorf("the marker names %q, which no command of the block starts with", p)
 		}
 	}
+}
+
+// bedEnv is env for a block run on the test bed: its hosts answer to the
+// block's placeholder names through an ssh first on PATH that reads a
+// config naming them (as the user's ~/.ssh/config would), and Slurm
+// commands reach the bed's cluster.
+func bedEnv(t *testing.T, s *snippet, env []string) []string {
+	bed := testbed.Require(t)
+	if len(s.hosts) > len(bed.Hosts) {
+		t.Fatalf("the block names %d hosts, the bed has %d", len(s.hosts), len(bed.Hosts))
+	}
+	realSSH, err := exec.LookPath("ssh")
+	if err != nil {
+		t.Skip("needs ssh")
+	}
+	base, err := os.ReadFile(bed.SSHConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg strings.Builder
+	for i, name := range s.hosts {
+		fmt.Fprintf(&cfg, "Host %s\n  HostName %s\n", name, bed.Hosts[i].Addr)
+	}
+	cfg.Write(base)
+	bin := t.TempDir()
+	config := writeFile(t, bin, "ssh_config", cfg.String())
+	writeFile(t, bin, "ssh", fmt.Sprintf("#!/bin/sh\nexec %s -F %s \"$@\"\n", realSSH, config))
+	if err := os.Chmod(filepath.Join(bin, "ssh"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, kv := range env {
+		switch {
+		case strings.HasPrefix(kv, "PATH="):
+			out = append(out, "PATH="+bin+":"+strings.TrimPrefix(kv, "PATH="))
+		case !strings.HasPrefix(kv, "SLURM_"):
+			out = append(out, kv)
+		}
+	}
+	return append(out, "SLURM_CONF="+bed.SlurmConf)
 }
 
 // shellCmd is one README command running under bash in a process group
