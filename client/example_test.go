@@ -5,24 +5,22 @@ import (
 	"errors"
 	"fmt"
 	"log"
-	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 
 	"github.com/drover-hpc/drover/client"
-	"github.com/drover-hpc/drover/internal/agent"
-	"github.com/drover-hpc/drover/internal/cluster"
-	"github.com/drover-hpc/drover/internal/control"
-	"github.com/drover-hpc/drover/internal/creds"
-	"github.com/drover-hpc/drover/internal/topology"
+	"github.com/drover-hpc/drover/internal/e2e"
 )
 
-// Start a program on node1 of the drover serve of $DROVER_HOME and wait
+// Start a program on a node of the drover serve of $DROVER_HOME and wait
 // for its exit. README.md shows this body as it is (a test there checks).
 func Example() {
 	ctx := context.Background()
@@ -31,11 +29,14 @@ func Example() {
 		log.Fatal(err) // errors.Is(err, client.ErrNoServe): start one with drover serve
 	}
 	defer c.Close()
-	res, err := c.Start(ctx, client.StartRequest{Node: "node1", Name: "sim", Args: []string{"sh", "-c", "echo step 1; exit 3"}})
+	nodes, err := c.Nodes(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	_, err = c.Start(ctx, client.StartRequest{Node: nodes[0].Name, Name: "sim", Args: []string{"sh", "-c", "echo step 1; exit 3"}})
 	if err != nil {
 		log.Fatal(err) // a *client.SpawnError says why the program could not start
 	}
-	fmt.Println("sim started on", res.Node)
 	exits, err := c.Finished(ctx, time.Minute) // or c.WatchFinished(ctx, func(e client.Exit) error {...})
 	if err != nil {
 		log.Fatal(err)
@@ -44,12 +45,11 @@ func Example() {
 		fmt.Println(e.Name, e)
 	}
 	// Output:
-	// sim started on node1
 	// sim exit 3
 }
 
-// TestMain runs the tests, and the examples against a serve of their own,
-// then looks for leaked goroutines.
+// TestMain runs the tests, and the examples against a drover serve of
+// their own, then looks for leaked goroutines.
 func TestMain(m *testing.M) {
 	stop, err := startExampleServe()
 	if err != nil {
@@ -70,78 +70,61 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// startExampleServe is the drover serve the examples dial: a real cluster
-// with one in-process agent named node1 behind the control service over
-// mutual TLS, its serve.json in a fresh DROVER_HOME, which it sets.
+// startExampleServe starts the real drover serve (built for this test) in
+// a fresh DROVER_HOME, which it sets, and waits for its serve.json. The
+// serve is not a child of the test binary (sh starts it and exits): the
+// in-process agents of other tests are subreapers that take a child they
+// did not start for an orphan of theirs and end it.
 func startExampleServe() (stop func() error, err error) {
 	tmp, err := os.MkdirTemp("", "drover-example-")
 	if err != nil {
 		return nil, err
 	}
-	fail := func(err error) (func() error, error) {
+	bin, err := e2e.Build(tmp)
+	if err != nil {
 		os.RemoveAll(tmp)
 		return nil, err
 	}
-	res, err := topology.Detect(topology.Options{})
+	home, logFile := filepath.Join(tmp, "home"), filepath.Join(tmp, "serve.log")
+	sh := exec.Command("sh", "-c", `"$0" serve </dev/null >"$1" 2>&1 & echo $!`, bin, logFile)
+	sh.Dir = tmp
+	sh.Env = append(e2e.Env(), "DROVER_HOME="+home)
+	pidText, err := sh.Output()
 	if err != nil {
-		return fail(err)
+		os.RemoveAll(tmp)
+		return nil, fmt.Errorf("start drover serve: %w", err)
 	}
-	res.Node = "node1"
-	for _, d := range []string{"home", "scratch", "cluster"} {
-		if err := os.Mkdir(tmp+"/"+d, 0o700); err != nil {
-			return fail(err)
+	pid, err := strconv.Atoi(strings.TrimSpace(string(pidText)))
+	if err != nil {
+		os.RemoveAll(tmp)
+		return nil, fmt.Errorf("start drover serve: pid %q: %w", pidText, err)
+	}
+	serveLog := func() string { b, _ := os.ReadFile(logFile); return string(b) }
+	alive := func() bool { return syscall.Kill(pid, 0) == nil }
+	stop = func() error {
+		defer os.RemoveAll(tmp)
+		_ = syscall.Kill(pid, syscall.SIGTERM)
+		for deadline := time.Now().Add(2 * time.Minute); alive(); time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+				return fmt.Errorf("drover serve did not stop on SIGTERM within 2m:\n%s", serveLog())
+			}
+		}
+		return nil
+	}
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(20 * time.Millisecond) {
+		if info, err := client.ReadServeInfo(home); err == nil && info.PID == pid {
+			break
+		}
+		if !alive() {
+			os.RemoveAll(tmp)
+			return nil, fmt.Errorf("drover serve exited before it was up:\n%s", serveLog())
+		}
+		if time.Now().After(deadline) {
+			return nil, errors.Join(errors.New("drover serve wrote no serve.json within 2m"), stop())
 		}
 	}
-	a, err := agent.New(agent.Options{Name: "node1", Resources: res, Scratch: tmp + "/scratch"})
-	if err != nil {
-		return fail(err)
-	}
-	c := cluster.New(cluster.Options{Home: tmp + "/cluster", Grace: time.Second})
-	c.AddNode(a)
-	closeAll := func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		err := errors.Join(c.Close(ctx), a.Shutdown(time.Second))
-		os.RemoveAll(tmp)
-		return err
-	}
-	ca, err := creds.NewCA()
-	if err != nil {
-		return nil, errors.Join(err, closeAll())
-	}
-	mgr, err := ca.Issue(creds.RoleManager, "manager", []string{"127.0.0.1"})
-	if err != nil {
-		return nil, errors.Join(err, closeAll())
-	}
-	cl, err := ca.Issue(creds.RoleClient, "example", nil)
-	if err != nil {
-		return nil, errors.Join(err, closeAll())
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, errors.Join(err, closeAll())
-	}
-	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(ca.ServerTLS(mgr))))
-	control.New(c, control.Options{}).Register(gs)
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = gs.Serve(lis)
-	}()
-	stop = func() error {
-		gs.Stop()
-		<-served
-		return closeAll()
-	}
-	host, _ := os.Hostname()
-	info := &client.ServeInfo{
-		Address: lis.Addr().String(), HTTP: "http://127.0.0.1:1", PID: os.Getpid(), Host: host,
-		Credentials: &client.Credentials{CA: cl.CA, Cert: cl.Cert, Key: cl.Key},
-	}
-	if err := client.WriteServeInfo(tmp+"/home", info); err != nil {
-		return nil, errors.Join(err, stop())
-	}
-	if err := os.Setenv("DROVER_HOME", tmp+"/home"); err != nil {
+	if err := os.Setenv("DROVER_HOME", home); err != nil {
 		return nil, errors.Join(err, stop())
 	}
 	return stop, nil
