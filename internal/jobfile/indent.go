@@ -3,6 +3,7 @@ package jobfile
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/goccy/go-yaml"
@@ -104,8 +105,8 @@ func findIndentProblem(text string) (pos, string, bool) {
 				stack = stack[:i+1]
 			case indent > t.col && !dash && !t.seq && !isKey(body):
 				continue // a plain value going on over several lines
-			case i >= 0 && stack[i].col == indent && !stack[i].seq:
-				return pos{}, "", false // an item where keys are: not an indentation matter
+			case i >= 0 && stack[i].col == indent && !stack[i].seq && !slices.ContainsFunc(stack[i+1:], func(f *frame) bool { return f.seq }):
+				return pos{}, "", false // an item where keys are, and no list it could belong to
 			default:
 				return pos{lineNo, indent + 1}, misplaced(stack, indent, dash), true
 			}
@@ -224,7 +225,7 @@ func misplaced(stack []*frame, indent int, dash bool) string {
 		inner, outer = outer, nil
 	}
 	msg += fmt.Sprintf(" %s above are indented %s", inner.desc, spaces(inner.col))
-	if outer != nil {
+	if outer != nil && outer.col != indent {
 		msg += fmt.Sprintf(" and %s %s", outer.desc, spaces(outer.col))
 	}
 	return msg
