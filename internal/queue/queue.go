@@ -957,7 +957,9 @@ func (r *runner) finish(inst *instance, ev results.Event, state string) {
 	r.done = append(r.done, o)
 	if state == results.StateFailed || state == results.StateLost {
 		res := r.result(len(r.done) - 1)
-		r.log.Warn(inst.name+" "+res.Outcome(), "node", res.Node, "attempts", inst.attempt)
+		// An outcome of the user's program, not a warning of drover's: the
+		// summary and the progress line tell it at the default level.
+		r.log.Info(inst.name+" "+res.Outcome(), "node", res.Node, "attempts", inst.attempt)
 	}
 	switch state {
 	case results.StateSucceeded:
@@ -986,7 +988,7 @@ func (r *runner) checkHalt() {
 		return
 	}
 	r.stopped = fmt.Sprintf("halt %s: %d instances failed", h, failed)
-	r.log.Warn("halting", "policy", h.String(), "failed", failed)
+	r.log.Info("halting", "policy", h.String(), "failed", failed)
 	if h.Mode == HaltNow {
 		r.stop(r.opts.Grace)
 	}
