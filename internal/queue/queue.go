@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
@@ -55,6 +56,11 @@ type Options struct {
 	// the events log, in order, from the queue's loop: it must return
 	// quickly.
 	OnEvent func(results.Event)
+	// Joining, when set, brings nodes that come up after the run started
+	// (Nodes may then be empty) and launches that failed (node-failed
+	// events); it is closed once no more will come. Until then a job that
+	// no node can take waits instead of failing.
+	Joining <-chan Arrival
 }
 
 // Counts is a snapshot for progress displays.
@@ -310,12 +316,16 @@ type runner struct {
 	evbuf    []results.Event
 	// eventsFailed: a write of the events log failed (and was logged).
 	eventsFailed bool
+	// settled: no more nodes will join (Options.Joining is closed or nil).
+	settled bool
+	// watchers are the goroutines of watch, one a node.
+	watchers sync.WaitGroup
 }
 
 // Run runs jobs to completion (or until ctx is cancelled, then stops them)
 // and returns the summary, which it has also written to OutDir.
 func Run(ctx context.Context, jobs []*jobfile.Job, opts Options) (*results.Summary, error) {
-	if len(opts.Nodes) == 0 {
+	if len(opts.Nodes) == 0 && opts.Joining == nil {
 		return nil, errors.New("run: no nodes")
 	}
 	if opts.Grace <= 0 {
@@ -339,6 +349,7 @@ func Run(ctx context.Context, jobs []*jobfile.Job, opts Options) (*results.Summa
 		ready:    make(chan signal, len(opts.Nodes)),
 		timeouts: make(chan timeoutAt, 16),
 		quit:     make(chan struct{}),
+		settled:  opts.Joining == nil,
 	}
 	r.counts.Start = time.Now()
 	if r.pool = opts.Cores; r.pool == nil {
@@ -354,26 +365,12 @@ func Run(ctx context.Context, jobs []*jobfile.Job, opts Options) (*results.Summa
 	}
 	r.pending = r.counts.Total
 	r.emit(results.Event{Event: results.RunStart})
-	for i, n := range opts.Nodes {
-		res := n.Resources()
-		ns := &nodeState{n: n, name: n.Name(), idx: i, res: res, running: make(map[string]*instance)}
-		if r.ownPool {
-			r.pool.AddNode(ns.name, res.Cores)
-		}
-		r.nodes = append(r.nodes, ns)
-		r.byName[n.Name()] = ns
-		r.emit(results.Event{Event: results.NodeUp, Node: n.Name(), Cores: len(res.Cores)})
-	}
-
-	watchers := make(chan struct{}, len(r.nodes))
-	for _, ns := range r.nodes {
-		go r.watch(ns, watchers)
+	for _, n := range opts.Nodes {
+		r.addNode(n)
 	}
 	r.loop(ctx)
 	close(r.quit)
-	for range r.nodes {
-		<-watchers
-	}
+	r.watchers.Wait()
 	sum := r.summary()
 	r.emit(results.Event{Event: results.RunEnd, Error: r.stopped})
 	r.flush()
@@ -383,8 +380,7 @@ func Run(ctx context.Context, jobs []*jobfile.Job, opts Options) (*results.Summa
 
 // watch forwards a node's readiness into the single scheduler loop, and
 // tells it when the node is gone.
-func (r *runner) watch(ns *nodeState, done chan<- struct{}) {
-	defer func() { done <- struct{}{} }()
+func (r *runner) watch(ns *nodeState) {
 	for {
 		select {
 		case _, ok := <-ns.n.Ready():
@@ -405,6 +401,7 @@ func (r *runner) watch(ns *nodeState, done chan<- struct{}) {
 func (r *runner) loop(ctx context.Context) {
 	hard := r.opts.Hard
 	done := ctx.Done()
+	joining := r.opts.Joining
 	for {
 		changed := r.pool.Changed() // before dispatch, so no release is missed
 		if !r.killing && ctx.Err() != nil {
@@ -441,6 +438,12 @@ func (r *runner) loop(ctx context.Context) {
 			}
 		case t := <-r.timeouts:
 			r.timeout(t)
+		case a, ok := <-joining:
+			if !ok {
+				joining, r.settled = nil, true
+				continue
+			}
+			r.arrive(a)
 		case <-changed:
 		}
 	}
@@ -607,6 +610,9 @@ func (r *runner) place(js *jobState) (*nodeState, string) {
 		}
 	}
 	if !possible {
+		if !r.settled {
+			return nil, "" // a node that can take it may still come up
+		}
 		return nil, r.unplaceable(js)
 	}
 	return best, ""
