@@ -30,6 +30,8 @@ type runFlags struct {
 	hosts          []string
 	hostfile       string
 	sshConfig      string
+	sshTimeout     time.Duration
+	files          []string
 	out            string
 	resume         bool
 	retries        int
@@ -70,6 +72,7 @@ Ctrl-C kills at once) and still writes the summary.`,
 	fl.StringSliceVar(&f.hosts, "hosts", nil, "SSH nodes, [user@]host,...")
 	fl.StringVar(&f.hostfile, "hostfile", "", "file with one SSH node per line")
 	fl.StringVarP(&f.sshConfig, "ssh-config", "F", "", "ssh config file for the ssh launcher (ssh -F)")
+	fl.DurationVar(&f.sshTimeout, "ssh-timeout", defaultSSHTimeout, "give up connecting to an SSH host after this long (ssh ConnectTimeout; 0 leaves it to the ssh config); the other hosts never wait for it")
 	fl.StringVar(&f.out, "out", "drover-out", "results directory")
 	fl.BoolVar(&f.resume, "resume", false, "go on with the run in --out: skip instances that already finished with exit 0 there")
 	fl.IntVar(&f.retries, "retries", 0, "retries for jobs that do not set their own")
@@ -112,6 +115,10 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 	if err != nil {
 		return err
 	}
+	if f.sshTimeout < 0 {
+		return usageError("--ssh-timeout must be >= 0")
+	}
+	where.sshTimeout = f.sshTimeout
 
 	out, err := filepath.Abs(f.out)
 	if err != nil {
@@ -167,19 +174,20 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 	}
 	rep := progress.Start(os.Stderr, mode)
 	log := e.logger(rep.Writer())
-	m, nodes, err := startCluster(f, where, e, log, rep.Writer())
+	cl, err := startCluster(f, where, e, log, rep.Writer())
 	if err != nil {
 		rep.Stop()
 		return &exitError{ExitFailed, err}
 	}
-	stopCluster := func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), f.grace+30*time.Second)
-		defer cancel()
-		return m.Close(ctx)
-	}
+	stopCluster := func() error { return cl.close(f.grace) }
 
 	if dash >= 0 {
-		jobs, err = adHocJobs(args, f, nodes)
+		if f.eachNode {
+			// One instance per node: the nodes are all known only once
+			// the launch is over.
+			<-cl.feed.launched
+		}
+		jobs, err = adHocJobs(args, f, cl.nodes())
 		if err != nil {
 			rep.Stop()
 			stopCluster()
@@ -213,7 +221,7 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 		}
 	}()
 
-	board, err := startRunDashboard(f.dashboard, out, jobs, skip, nodes, log)
+	board, err := startRunDashboard(f.dashboard, out, jobs, skip, cl.nodes(), log)
 	if err != nil {
 		rep.Stop()
 		stopCluster()
@@ -222,8 +230,15 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 	if board != nil {
 		board.announce(rep.Writer())
 	}
+	// Nodes come to the queue as they come up: a host slow to answer holds
+	// no other back.
+	joining, stopFeed, fed := make(chan queue.Arrival), make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(fed)
+		cl.feed.forward(joining, stopFeed)
+	}()
 	sum, runErr := queue.Run(ctx, jobs, queue.Options{
-		Nodes:    nodes,
+		Joining:  joining,
 		OutDir:   out,
 		BaseDir:  baseDir,
 		Halt:     halt,
@@ -236,6 +251,8 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 		Logger:   log,
 		OnEvent:  board.onEvent(),
 	})
+	close(stopFeed)
+	<-fed
 	board.stop(sum)
 	rep.Stop()
 	signal.Stop(sigs)
@@ -245,7 +262,6 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 		return &exitError{ExitFailed, runErr}
 	}
 	printSummary(e, sum, f.out)
-	printLaunchFailures(e.stderr, m.LaunchFailures())
 	if err := errors.Join(runErr, closeErr); err != nil {
 		fmt.Fprintln(e.stderr, "drover:", err)
 		return errFailed
@@ -256,29 +272,81 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 	return nil
 }
 
-// startCluster starts the manager and its agents and waits for their nodes.
-func startCluster(f *runFlags, where *plan, e *env, log *slog.Logger, agentLogs io.Writer) (*manager.Manager, []node.Node, error) {
+// runCluster is the manager of a run, with its nodes as they come up.
+type runCluster struct {
+	m      *manager.Manager
+	feed   *nodeFeed
+	cancel context.CancelCauseFunc // ends the launch
+	done   chan struct{}           // closed when the launch is over
+}
+
+// errRunEnded ends the launch of hosts still connecting when the run is over.
+var errRunEnded = errors.New("the run ended before it came up")
+
+// startCluster starts the manager and launches its agents. It returns as
+// soon as one node is up: the others join the run through the feed as
+// they come up, and those that never do are told to w at once (and to the
+// queue, for events.jsonl). It fails only when no node came up.
+func startCluster(f *runFlags, where *plan, e *env, log *slog.Logger, w io.Writer) (*runCluster, error) {
+	feed := newNodeFeed(func(lf manager.LaunchFailure) {
+		fmt.Fprintf(w, "drover: node %s not used: %s\n", lf.Node, lf.Reason)
+	})
 	m, err := manager.New(manager.Options{
-		Listen:         where.listen(""),
-		NodeTimeout:    f.nodeTimeout,
-		MonitorTimeout: f.monitorTimeout,
-		Grace:          f.grace,
-		Logger:         log,
-		AgentLogLevel:  e.logLevel,
-		AgentLogs:      agentLogs,
+		Listen:          where.listen(""),
+		NodeTimeout:     f.nodeTimeout,
+		MonitorTimeout:  f.monitorTimeout,
+		Grace:           f.grace,
+		Logger:          log,
+		AgentLogLevel:   e.logLevel,
+		AgentLogs:       w,
+		OnNode:          feed.node,
+		OnLaunchFailure: feed.fail,
 	})
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), agentStartTimeout)
-	nodes, err := where.launch(ctx, m, log)
-	cancel()
-	if err != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), f.grace+30*time.Second)
-		defer cancel()
-		return nil, nil, errors.Join(err, m.Close(ctx))
+	ctx, cancel := context.WithCancelCause(context.Background())
+	c := &runCluster{m: m, feed: feed, cancel: cancel, done: make(chan struct{})}
+	var launchErr error
+	go func() {
+		defer close(c.done)
+		tctx, tcancel := context.WithTimeout(ctx, agentStartTimeout)
+		defer tcancel()
+		_, launchErr = where.launch(tctx, m, log)
+		feed.settle(m)
+	}()
+	select {
+	case <-feed.firstUp:
+		return c, nil
+	case <-feed.launched:
 	}
-	return m, nodes, nil
+	<-c.done
+	if feed.nodes() > 0 {
+		return c, nil
+	}
+	err = errors.New("no node came up")
+	if len(m.LaunchFailures()) == 0 && launchErr != nil {
+		err = launchErr // nothing said why yet
+	}
+	return nil, errors.Join(err, c.close(f.grace))
+}
+
+// nodes are the nodes up now.
+func (c *runCluster) nodes() []node.Node {
+	var out []node.Node
+	for _, n := range c.m.Nodes() {
+		out = append(out, n)
+	}
+	return out
+}
+
+// close ends a launch still going on, then shuts the agents down.
+func (c *runCluster) close(grace time.Duration) error {
+	c.cancel(errRunEnded)
+	<-c.done
+	ctx, cancel := context.WithTimeout(context.Background(), grace+30*time.Second)
+	defer cancel()
+	return c.m.Close(ctx)
 }
 
 // plan is where the agents go: the launcher and what it needs, checked
@@ -287,7 +355,9 @@ type plan struct {
 	launcher  string
 	hosts     []string
 	sshConfig string
-	alloc     *launch.Allocation
+	// sshTimeout: ssh gives up on a host after this long (ConnectTimeout).
+	sshTimeout time.Duration
+	alloc      *launch.Allocation
 }
 
 // clusterPlan checks the cluster flags: bad ones are usage errors.
@@ -353,7 +423,7 @@ func (p *plan) launch(ctx context.Context, m *manager.Manager, log *slog.Logger)
 	var err error
 	switch p.launcher {
 	case "ssh":
-		if _, err = m.LaunchSSH(ctx, p.hosts, manager.SSHLaunch{ConfigFile: p.sshConfig}); err == nil {
+		if _, err = m.LaunchSSH(ctx, p.hosts, manager.SSHLaunch{ConfigFile: p.sshConfig, ConnectTimeout: p.sshTimeout}); err == nil {
 			nodes, err = m.WaitLaunched(ctx)
 		}
 	case "slurm":
@@ -384,6 +454,9 @@ func printLaunchFailures(w io.Writer, fs []manager.LaunchFailure) {
 
 // agentStartTimeout bounds the wait for agents to dial in.
 const agentStartTimeout = 30 * time.Second
+
+// defaultSSHTimeout is --ssh-timeout's default.
+const defaultSSHTimeout = 10 * time.Second
 
 // usableDir checks that dir is, or can be made, a writable directory,
 // before anything starts.
