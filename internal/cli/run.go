@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -23,6 +24,7 @@ import (
 	"github.com/drover-hpc/drover/internal/progress"
 	"github.com/drover-hpc/drover/internal/queue"
 	"github.com/drover-hpc/drover/internal/results"
+	"github.com/drover-hpc/drover/internal/stagefile"
 )
 
 type runFlags struct {
@@ -78,6 +80,7 @@ Ctrl-C kills at once) and still writes the summary.`,
 	fl.IntVar(&f.retries, "retries", 0, "retries for jobs that do not set their own")
 	fl.IntVar(&f.repeat, "repeat", 1, "ad-hoc mode: run CMD this many times")
 	fl.BoolVar(&f.eachNode, "each-node", false, "ad-hoc mode: run CMD once on every node")
+	fl.StringSliceVar(&f.files, "files", nil, "ad-hoc mode: copy these files (paths below the current directory; F,... or repeated) into each instance's work dir, at the same relative path")
 	fl.DurationVar(&f.monitorTimeout, "monitor-timeout", 30*time.Second, "an agent stops its processes and exits after this long without the manager")
 	fl.DurationVar(&f.nodeTimeout, "node-timeout", 5*time.Second, "the manager declares a silent node lost after this long")
 	fl.StringVar(&f.halt, "halt", "never", "stop early once instances fail: never, soon,fail=N (start nothing more), now,fail=N (stop everything); N may be a percentage, e.g. now,fail=10%")
@@ -134,12 +137,15 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 		if len(args) == 0 {
 			return usageError("no command after --")
 		}
+		if err := checkAdHocFiles(f.files, baseDir); err != nil {
+			return err
+		}
 	default:
 		if len(args) != 1 {
 			return usageError("run needs one JOBFILE, or -- CMD [ARG...]")
 		}
-		if cmd.Flags().Changed("repeat") || f.eachNode {
-			return usageError("--repeat and --each-node are for ad-hoc mode (-- CMD)")
+		if cmd.Flags().Changed("repeat") || f.eachNode || len(f.files) > 0 {
+			return usageError("--repeat, --each-node and --files are for ad-hoc mode (-- CMD); a job file lists its files: itself")
 		}
 		file, err := jobfile.Load(args[0])
 		if err != nil {
@@ -505,7 +511,7 @@ func adHocJobs(args []string, f *runFlags, nodes []node.Node) ([]*jobfile.Job, e
 	if f.eachNode {
 		var jobs []*jobfile.Job
 		for _, n := range nodes {
-			j := &jobfile.Job{Name: name + "." + unsafeName.ReplaceAllString(n.Name(), "_"), Command: args, Node: n.Name()}
+			j := &jobfile.Job{Name: name + "." + unsafeName.ReplaceAllString(n.Name(), "_"), Command: args, Node: n.Name(), Files: slices.Clone(f.files)}
 			if err := j.Validate(); err != nil {
 				return nil, &exitError{ExitUsage, err}
 			}
@@ -513,11 +519,32 @@ func adHocJobs(args []string, f *runFlags, nodes []node.Node) ([]*jobfile.Job, e
 		}
 		return jobs, nil
 	}
-	j := &jobfile.Job{Name: name, Command: args, Repeat: f.repeat}
+	j := &jobfile.Job{Name: name, Command: args, Repeat: f.repeat, Files: slices.Clone(f.files)}
 	if err := j.Validate(); err != nil {
 		return nil, &exitError{ExitUsage, err}
 	}
 	return []*jobfile.Job{j}, nil
+}
+
+// checkAdHocFiles checks --files before anything starts: each a regular
+// file below dir (the current directory), which goes to the same relative
+// path in the work dirs.
+func checkAdHocFiles(files []string, dir string) error {
+	var errs []error
+	for _, f := range files {
+		clean := filepath.Clean(f)
+		if f == "" || filepath.IsAbs(f) || !filepath.IsLocal(clean) {
+			errs = append(errs, fmt.Errorf("--files %q: give a path below the current directory; the file goes to the same path in each work dir", f))
+			continue
+		}
+		if _, err := stagefile.Check(filepath.Join(dir, clean)); err != nil {
+			errs = append(errs, fmt.Errorf("--files %s: %w", f, err))
+		}
+	}
+	if len(errs) > 0 {
+		return &exitError{ExitUsage, errors.Join(errs...)}
+	}
+	return nil
 }
 
 func printSummary(e *env, s *results.Summary, dir string) {

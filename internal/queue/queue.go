@@ -190,6 +190,9 @@ type jobState struct {
 	// behind instances that finish soon.
 	ran    int
 	ranFor time.Duration
+	// prog is the program its command names in the caller's directory;
+	// nil when none (findProgram).
+	prog *node.Program
 }
 
 // short reports whether the job's instances have so far run briefly
@@ -356,7 +359,7 @@ func Run(ctx context.Context, jobs []*jobfile.Job, opts Options) (*results.Summa
 		r.pool, r.ownPool = cores.NewPool(), true
 	}
 	for _, j := range jobs {
-		js := &jobState{order: len(r.jobs), job: j, retries: opts.Retries, skip: opts.Skip}
+		js := &jobState{order: len(r.jobs), job: j, retries: opts.Retries, skip: opts.Skip, prog: findProgram(j, opts.BaseDir)}
 		if j.Retries != nil {
 			js.retries = *j.Retries
 		}
@@ -742,6 +745,9 @@ func (r *runner) spec(inst *instance) node.ProcessSpec {
 	}
 	for _, f := range j.Files {
 		spec.Files = append(spec.Files, node.StageFile{Src: filepath.Join(r.opts.BaseDir, f), Dst: f})
+	}
+	if p := inst.job.prog; p != nil {
+		spec.UseProgram(len(spec.Args)-len(j.Command), *p, node.SharesFS(inst.node.n))
 	}
 	return spec
 }
