@@ -228,7 +228,7 @@ func TestSSHBadHostsReportedRunGoesOn(t *testing.T) {
 	r = drover(t, dir, "run", "--hosts", "unreachable,badkey", "--ssh-config", sshConfig,
 		"--out", filepath.Join(dir, "out2"), "--progress", "none", job)
 	wantCode(t, r, 1)
-	for _, want := range []string{"unreachable: ssh: connect to host 10.231.0.99", "badkey: ", "Permission denied"} {
+	for _, want := range []string{"node unreachable not used: ssh: connect to host 10.231.0.99", "node badkey not used: ", "Permission denied", "no node came up"} {
 		if !strings.Contains(r.stderr, want) {
 			t.Errorf("stderr lacks %q\n%s", want, r)
 		}
