@@ -282,6 +282,7 @@ func TestSilentHostHoldsNoOneBack(t *testing.T) {
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGQUIT) }
 	var stderr safeBuffer
 	cmd.Stdout, cmd.Stderr = &stderr, &stderr
+	t0 := time.Now() // for the log only
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -316,12 +317,14 @@ func TestSilentHostHoldsNoOneBack(t *testing.T) {
 		t.Errorf("stderr lacks %q:\n%s", want, stderr.String())
 	}
 	evs := readEvents(t, out)
+	t.Logf("from drover's start: silent host given up after %s", failedAt.Sub(t0).Round(time.Millisecond))
 	started := 0
 	for _, e := range evs {
 		if e.Event != "started" {
 			continue
 		}
 		started++
+		t.Logf("from drover's start: %s started on %s after %s", e.Job, e.Node, eventTime(t, e).Sub(t0).Round(time.Millisecond))
 		if !eventTime(t, e).Before(failedAt) {
 			t.Errorf("%s started at %s, not before the silent host was given up at %s", e.Job, e.Time, failedAt)
 		}
