@@ -255,7 +255,7 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 		Hard:     hard,
 		Progress: rep.Update,
 		Logger:   log,
-		OnEvent:  board.onEvent(),
+		OnEvent:  board.onEvent(cl.node),
 	})
 	close(stopFeed)
 	<-fed
@@ -344,6 +344,17 @@ func (c *runCluster) nodes() []node.Node {
 		out = append(out, n)
 	}
 	return out
+}
+
+// node is the latest node up of that name; nil when none.
+func (c *runCluster) node(name string) node.Node {
+	nodes := c.m.Nodes()
+	for i := len(nodes) - 1; i >= 0; i-- {
+		if nodes[i].Name() == name {
+			return nodes[i]
+		}
+	}
+	return nil
 }
 
 // close ends a launch still going on, then shuts the agents down.
