@@ -354,7 +354,11 @@ func StartSSH(ctx context.Context, opts SSHOptions, dest string, configure func(
 			return nil, fail("the agent exited at once (%v)%s", r.err, r.tailSuffix())
 		default:
 		}
-		return nil, &SSHError{Host: dest, Reason: r.exitReason()}
+		reason := r.exitReason()
+		if t := opts.ConnectTimeout; t > 0 && strings.Contains(reason, "timed out") {
+			reason += fmt.Sprintf(" (gave up after %s: --ssh-timeout)", t)
+		}
+		return nil, &SSHError{Host: dest, Reason: reason}
 	case <-timer.C:
 		r.Kill()
 		return nil, fail("no answer within %s%s", opts.HelloTimeout, r.tailSuffix())
