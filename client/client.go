@@ -460,6 +460,13 @@ type StartRequest struct {
 	// HWThreads binds to exactly these logical CPUs of the node (instead
 	// of Cores), reserving the cores that hold them.
 	HWThreads []int
+	// Program, when set, is the file Args[0] names on the manager's
+	// machine (made absolute against this process's work dir): a node
+	// that shares the manager's file system runs it in place, any other
+	// gets a copy in the work dir and runs that. `drover start` sets it
+	// for a relative command (./sim) that exists in the caller's
+	// directory.
+	Program string
 }
 
 // StartResult tells where a process runs.
@@ -471,7 +478,7 @@ type StartResult struct {
 
 // Start starts a process.
 func (c *Client) Start(ctx context.Context, req StartRequest) (StartResult, error) {
-	paths := []*string{&req.Dir, &req.Stdout, &req.Stderr}
+	paths := []*string{&req.Dir, &req.Stdout, &req.Stderr, &req.Program}
 	for _, p := range paths {
 		if *p == "" {
 			continue
@@ -493,6 +500,7 @@ func (c *Client) Start(ctx context.Context, req StartRequest) (StartResult, erro
 		Cores:     int32(req.Cores),
 		Hwthreads: droverpb.Int32s(req.HWThreads),
 		Group:     c.group,
+		Program:   req.Program,
 	})
 	if err != nil {
 		return StartResult{}, c.fail(err)

@@ -2751,7 +2751,12 @@ type StartRequest struct {
 	Hwthreads []int32 `protobuf:"varint,9,rep,packed,name=hwthreads,proto3" json:"hwthreads,omitempty"`
 	// group: the program's group; Finished, WatchFinished, Poll and
 	// CancelAll given a group see only its processes.
-	Group         string `protobuf:"bytes,10,opt,name=group,proto3" json:"group,omitempty"`
+	Group string `protobuf:"bytes,10,opt,name=group,proto3" json:"group,omitempty"`
+	// program: an absolute path on the manager's machine that args[0] names
+	// (a relative command the caller found in its own directory): a node
+	// that shares the manager's file system runs it in place, any other
+	// gets a copy in the work dir (as staged files go) and runs that.
+	Program       string `protobuf:"bytes,11,opt,name=program,proto3" json:"program,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2852,6 +2857,13 @@ func (x *StartRequest) GetHwthreads() []int32 {
 func (x *StartRequest) GetGroup() string {
 	if x != nil {
 		return x.Group
+	}
+	return ""
+}
+
+func (x *StartRequest) GetProgram() string {
+	if x != nil {
+		return x.Program
 	}
 	return ""
 }
@@ -4687,7 +4699,7 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"lastReason\"7\n" +
 	"\n" +
 	"NodesReply\x12)\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x13.drover.v1.NodeInfoR\x05nodes\"\xca\x02\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x13.drover.v1.NodeInfoR\x05nodes\"\xe4\x02\n" +
 	"\fStartRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
@@ -4699,7 +4711,8 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\x05cores\x18\b \x01(\x05R\x05cores\x12\x1c\n" +
 	"\thwthreads\x18\t \x03(\x05R\thwthreads\x12\x14\n" +
 	"\x05group\x18\n" +
-	" \x01(\tR\x05group\x1a6\n" +
+	" \x01(\tR\x05group\x12\x18\n" +
+	"\aprogram\x18\v \x01(\tR\aprogram\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"P\n" +

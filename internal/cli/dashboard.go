@@ -161,12 +161,20 @@ func (d *runDashboard) announce(w io.Writer) {
 	}
 }
 
-// onEvent is the queue's OnEvent hook (nil without a dashboard).
-func (d *runDashboard) onEvent() func(results.Event) {
+// onEvent is the queue's OnEvent hook (nil without a dashboard). A node
+// that comes up while the run goes on is found with byName and shown too.
+func (d *runDashboard) onEvent(byName func(string) node.Node) func(results.Event) {
 	if d == nil {
 		return nil
 	}
-	return d.src.OnEvent
+	return func(e results.Event) {
+		if e.Event == results.NodeUp {
+			if n := byName(e.Node); n != nil {
+				d.src.AddNode(n)
+			}
+		}
+		d.src.OnEvent(e)
+	}
 }
 
 // stop shows the final states, then closes the dashboard.

@@ -79,6 +79,10 @@ type StartRequest struct {
 	// Group is the program's group: Finished, Poll and CancelAll given
 	// a group see only its processes.
 	Group string
+	// Program, when set, is what Spec.Args[0] runs (node.Program): in
+	// place on a node that shares this machine's file system, else a copy
+	// staged into the work dir.
+	Program *node.Program
 }
 
 // FinishedRequest asks for exits of processes started with Start.
