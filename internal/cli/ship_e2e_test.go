@@ -27,9 +27,9 @@ import (
 	"github.com/drover-hpc/drover/internal/testbed"
 )
 
-// simScript is a program that says how it was run: its argument, its $0,
+// tellingSim is a program that says how it was run: its argument, its $0,
 // its work dir, its host and the staged data.txt if there is one.
-const simScript = `#!/bin/sh
+const tellingSim = `#!/bin/sh
 echo "sim $1"
 echo "argv0 $0"
 echo "pwd $(pwd)"
@@ -41,14 +41,14 @@ if [ -e data.txt ]; then cat data.txt; fi
 func simDir(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "sim"), []byte(simScript), 0o755); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "sim"), []byte(tellingSim), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	writeFile(t, dir, "data.txt", "payload from the caller\n")
 	return dir
 }
 
-// simSaid parses what an instance of simScript printed.
+// simSaid parses what an instance of tellingSim printed.
 func simSaid(t *testing.T, stdout string) map[string]string {
 	t.Helper()
 	said := map[string]string{}
@@ -79,7 +79,7 @@ func TestRelativeCommandRunsLocally(t *testing.T) {
 	if err := os.Mkdir(jobs, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(jobs, "sim2"), []byte(simScript), 0o755); err != nil {
+	if err := os.WriteFile(filepath.Join(jobs, "sim2"), []byte(tellingSim), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	jf := writeFile(t, jobs, "j.yaml", `jobs:
