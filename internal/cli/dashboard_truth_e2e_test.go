@@ -138,6 +138,24 @@ func navigate(t *testing.T, bctx context.Context, url string) {
 	}
 }
 
+// until retries f until it returns "" or the backstop passes; then the
+// test fails with its last complaint, and goes on.
+func until(t *testing.T, what string, f func() string) {
+	t.Helper()
+	deadline := time.Now().Add(backstop)
+	for {
+		msg := f()
+		if msg == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("%s: %s", what, msg)
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // jsRendered is a complaint when the script has not rendered the page
 // from live data yet.
 const jsRendered = `(document.getElementById("conn").textContent !== "live") ? "not live: " + document.getElementById("conn").textContent : `
@@ -182,7 +200,7 @@ func TestDashboardTellsTheTruth(t *testing.T) {
 	wantCode(t, droverHome(t, home, dir, "purge", "gone"), 0)
 
 	// The model, through /api/state.
-	eventually(t, func() string {
+	until(t, "/api/state after the purge", func() string {
 		st := truthStateOf(t, d)
 		if in, ok := st.instance("gone"); ok {
 			return fmt.Sprintf("purged gone is still in /api/state: %+v", in)
