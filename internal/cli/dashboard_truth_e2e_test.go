@@ -186,9 +186,10 @@ func TestDashboardTellsTheTruth(t *testing.T) {
 	start("free2")
 	start("stopped")
 	start("gone")
-	writeFile(t, dir, "jobs.yaml", "jobs:\n  - name: ok\n    shell: 'true'\n")
+	// A job beside them: one instance done, one running on a free core.
+	writeFile(t, dir, "jobs.yaml", "jobs:\n  - name: ok\n    shell: 'true'\n  - name: sim\n    command: [sleep, '120']\n")
 	wantCode(t, droverHome(t, home, dir, "submit", "jobs.yaml"), 0)
-	waitStates(t, d, map[string]string{"held": "running", "free1": "running", "free2": "running", "stopped": "running", "gone": "running", "1.ok": "succeeded"})
+	waitStates(t, d, map[string]string{"held": "running", "free1": "running", "free2": "running", "stopped": "running", "gone": "running", "1.ok": "succeeded", "1.sim": "running"})
 	wantCode(t, droverHome(t, home, dir, "stop", "stopped"), 0)
 	wantCode(t, droverHome(t, home, dir, "stop", "gone"), 0)
 	eventually(t, func() string {
@@ -259,7 +260,7 @@ func TestDashboardTellsTheTruth(t *testing.T) {
 		const txt = document.getElementById("totals").textContent;
 		const want = [%q, %q, %q];
 		return want.every(w => txt.includes(w)) ? "" : "header " + JSON.stringify(txt) + ", want " + JSON.stringify(want);
-	})()`, fmt.Sprintf("%d processes: %d running, %d ended", running+ended, running, ended), "1 job instance: 1 succeeded", "·"))
+	})()`, fmt.Sprintf("%d processes: %d running, %d ended", running+ended, running, ended), "2 job instances: 1 running, 1 succeeded", "·"))
 
 	// The jobs table: where each runs, one attempt; the purged one is not
 	// there.
@@ -275,32 +276,40 @@ func TestDashboardTellsTheTruth(t *testing.T) {
 		return "";
 	})()`, nodeName, fmt.Sprint(heldHW), nodeName))
 
-	// The timeline: no two bars share a lane at the same time.
+	// The timeline: the unbound processes, which ran at once, each in a
+	// lane of its own on their node; the bound ones on their hwthreads.
 	navigate(t, bctx, s.info.HTTP+"/#/timeline")
-	untilJS(t, bctx, "timeline lanes", jsRendered+`(() => {
+	untilJS(t, bctx, "timeline lanes", jsRendered+fmt.Sprintf(`(() => {
+		const labels = [...document.querySelectorAll("#timeline-svg .lane-label")].map(l => l.textContent);
+		const label = y => labels[[...document.querySelectorAll("#timeline-svg .lane-bg")].findIndex(r => +r.getAttribute("y") + 2 === y)];
 		const bars = [...document.querySelectorAll("#timeline-svg g[data-instance]")].map(g => {
 			const r = g.querySelector("rect");
-			return {name: g.dataset.instance, y: +r.getAttribute("y"), x1: +r.getAttribute("x"), x2: +r.getAttribute("x") + +r.getAttribute("width")};
+			return {name: g.dataset.instance, lane: label(+r.getAttribute("y")), x1: +r.getAttribute("x"), x2: +r.getAttribute("x") + +r.getAttribute("width")};
 		});
-		for (const n of ["held", "free1", "free2", "stopped", "1.ok"]) if (!bars.some(b => b.name === n)) return "no bar of " + n;
+		for (const n of ["held", "free1", "free2", "stopped", "1.ok", "1.sim"]) if (!bars.some(b => b.name === n)) return "no bar of " + n;
 		if (bars.some(b => b.name === "gone")) return "a bar of the purged process";
+		const lane = n => bars.find(b => b.name === n).lane;
+		if (lane("held") !== %q) return "held in lane " + lane("held");
 		for (const a of bars) for (const b of bars) {
-			if (a !== b && a.y === b.y && a.x1 < b.x2 - 0.5 && b.x1 < a.x2 - 0.5) return a.name + " and " + b.name + " overlap in one lane";
+			if (a !== b && a.lane === b.lane && a.lane.includes("unbound") && a.x1 < b.x2 && b.x1 < a.x2) return a.name + " and " + b.name + " overlap in lane " + a.lane;
 		}
-		const labels = [...document.querySelectorAll("#timeline-svg .lane-label")].map(l => l.textContent);
-		if (labels.some(l => l.startsWith("?"))) return "a lane without a node: " + JSON.stringify(labels);
+		if (labels.some(l => !l.startsWith(%q))) return "a lane not of the node: " + JSON.stringify(labels);
 		return "";
-	})()`)
+	})()`, nodeName+" cpu "+fmt.Sprint(heldHW), nodeName+" "))
 
+	// With DROVER_DOCS=1: the README's pictures of the map and the
+	// timeline.
 	if os.Getenv("DROVER_DOCS") == "1" {
-		navigate(t, bctx, s.info.HTTP+"/#/map")
-		untilJS(t, bctx, "map for the screenshot", jsRendered+`document.getElementById("unbound") ? "" : "no map yet"`)
-		ctx, cancel := context.WithTimeout(bctx, backstop)
-		defer cancel()
-		png, err := chromedp.Run(ctx, chromedp.FullScreenshot(90))
-		if err != nil {
-			t.Fatal(err)
+		for _, view := range []string{"map", "timeline"} {
+			navigate(t, bctx, s.info.HTTP+"/#/"+view)
+			untilJS(t, bctx, view+" for the screenshot", jsRendered+`document.querySelector("#unbound, #timeline-svg") ? "" : "not drawn yet"`)
+			ctx, cancel := context.WithTimeout(bctx, backstop)
+			png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100)) // 100: PNG
+			cancel()
+			if err != nil {
+				t.Fatal(err)
+			}
+			writeDoc(t, "img/dashboard-"+view+".png", png)
 		}
-		writeDoc(t, "img/dashboard.png", png)
 	}
 }

@@ -70,11 +70,15 @@ func pageUntil(t *testing.T, bctx context.Context, what, expr string) {
 func TestLivePageHoldersAndUnbound(t *testing.T) {
 	c, core := smtCluster(t)
 	ctx := ctxT(t)
+	// Chromium is a child of the test process that no supervisor started:
+	// the agent's takes it for an orphan of the processes that started
+	// before it, and kills it once they have all ended. So they sleep
+	// longer than any wait here, and the cluster stops them at the end.
 	for _, p := range []struct {
 		name string
 		hw   []int
 	}{{"held", core[:1]}, {"u1", nil}, {"u2", nil}, {"u3", nil}} {
-		_, err := c.Start(ctx, cluster.StartRequest{Node: "n1", HWThreads: p.hw, Spec: node.ProcessSpec{Name: p.name, Args: childtest.Argv("sleep=1m")}})
+		_, err := c.Start(ctx, cluster.StartRequest{Node: "n1", HWThreads: p.hw, Spec: node.ProcessSpec{Name: p.name, Args: childtest.Argv("sleep=30m")}})
 		if err != nil {
 			t.Fatalf("start %s: %v", p.name, err)
 		}
@@ -159,7 +163,7 @@ func TestLivePageHoldersAndUnbound(t *testing.T) {
 		if (names !== "held u1 u3") return "bars " + names;
 		for (const a of bars) for (const b of bars) if (a !== b && a.y === b.y && a.x1 < b.x2 && b.x1 < a.x2) return a.name + " and " + b.name + " share a lane";
 		const labels = [...document.querySelectorAll("#timeline-svg .lane-label")].map(l => l.textContent).join(", ");
-		return labels === "n1 cpu ` + fmt.Sprint(core[0]) + `, n1 unbound 1, n1 unbound 2" ? "" : "lanes " + labels;
+		return labels === "n1 cpu `+fmt.Sprint(core[0])+`, n1 unbound 1, n1 unbound 2" ? "" : "lanes " + labels;
 	})()`)
 	if marker, err := chromedp.Run(mctx, chromedp.Evaluate[int](`window.droverTestMarker || 0`)); err != nil || marker != 42 {
 		t.Errorf("the page was reloaded (marker %d, %v)", marker, err)
