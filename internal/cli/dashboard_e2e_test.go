@@ -310,7 +310,7 @@ func screenshotFile(t *testing.T, page, png string) {
 	ctx, cancel := context.WithTimeout(context.Background(), backstop)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, findChromium(t), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-		"--user-data-dir="+t.TempDir(), "--window-size=1100,900", "--screenshot="+png, "file://"+page)
+		"--user-data-dir="+t.TempDir(), "--window-size=1280,900", "--screenshot="+png, "file://"+page)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("screenshot of %s: %v\n%s", page, err, out)
 	}

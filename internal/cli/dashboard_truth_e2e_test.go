@@ -300,12 +300,16 @@ func TestDashboardTellsTheTruth(t *testing.T) {
 	// With DROVER_DOCS=1: the README's pictures of the map and the
 	// timeline.
 	if os.Getenv("DROVER_DOCS") == "1" {
+		ctx, cancel := context.WithTimeout(bctx, backstop)
+		defer cancel()
+		// Small pictures: the page is short.
+		if err := chromedp.Do(ctx, chromedp.EmulateViewport(1000, 330)); err != nil {
+			t.Fatal(err)
+		}
 		for _, view := range []string{"map", "timeline"} {
 			navigate(t, bctx, s.info.HTTP+"/#/"+view)
 			untilJS(t, bctx, view+" for the screenshot", jsRendered+`document.querySelector("#unbound, #timeline-svg") ? "" : "not drawn yet"`)
-			ctx, cancel := context.WithTimeout(bctx, backstop)
 			png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100)) // 100: PNG
-			cancel()
 			if err != nil {
 				t.Fatal(err)
 			}

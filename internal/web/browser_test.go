@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"net/http/httptest"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -83,7 +85,7 @@ func TestLivePageHoldersAndUnbound(t *testing.T) {
 			t.Fatalf("start %s: %v", p.name, err)
 		}
 	}
-	src := NewClusterSource(c, ClusterOptions{Title: "t", Every: 50 * time.Millisecond})
+	src := NewClusterSource(c, ClusterOptions{Title: "drover serve", Every: 50 * time.Millisecond})
 	rctx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() { src.Run(rctx) })
@@ -122,6 +124,23 @@ func TestLivePageHoldersAndUnbound(t *testing.T) {
 	}
 	pageUntil(t, bctx, "unbound list", unboundAre("u1@n1:#/instance/u1 u2@n1:#/instance/u2 u3@n1:#/instance/u3"))
 	pageUntil(t, bctx, "header", `document.getElementById("totals").textContent === "4 processes: 4 running" ? "" : document.getElementById("totals").textContent`)
+
+	if os.Getenv("DROVER_DOCS") == "1" {
+		// The README's picture of a held sibling (the docs are two levels
+		// up from this package's directory, where go test runs).
+		ctx, cancel := context.WithTimeout(bctx, backstop)
+		defer cancel()
+		if err := chromedp.Do(ctx, chromedp.EmulateViewport(1000, 300)); err != nil {
+			t.Fatal(err)
+		}
+		png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join("..", "..", "docs", "img", "dashboard-reserved.png"), png, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	// Purged: it leaves the live page, without a reload (a marker a reload
 	// would lose stays).

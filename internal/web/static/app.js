@@ -201,7 +201,7 @@ function renderMap(view) {
     const hwCount = (n.cores || []).reduce((a, c) => a + c.length, 0);
     const running = st.instances.filter(i => i.state === "running" && i.node === n.name).length;
     const free = unbound.filter(i => i.node === n.name).length;
-    const facts = [(n.cores || []).length + " cores", hwCount + " hwthreads", busy.size + " busy",
+    const facts = [plural((n.cores || []).length, "core"), plural(hwCount, "hwthread"), busy.size + " busy",
       running + " running" + (free ? " (" + free + " unbound)" : "")];
     if (n.rtt_seconds) facts.push("heartbeat " + fmtDur(n.rtt_seconds * 1000));
     if (n.memory_bytes) facts.push((n.memory_bytes / 2 ** 30).toFixed(1) + " GiB");
@@ -454,7 +454,7 @@ function renderTimeline(view) {
       if (b.r.result === "failed" || b.r.result === "lost") {
         g.append(s("text", { class: "mark", x: x1 + w + 2, y: y + 13 }, (b.r.result === "failed" ? "✗ " : "? ") + b.in_.name));
       } else if (w > 60) {
-        g.append(s("text", { class: "bar-text", x: x1 + 4, y: y + 12, fill: b.r.result === "running" ? "#0a3069" : "#fff" }, b.in_.name));
+        g.append(s("text", { class: "bar-text bar-text-" + b.r.result, x: x1 + 4, y: y + 12 }, b.in_.name));
       }
       svg.append(g);
     }
