@@ -176,10 +176,12 @@ func TestDashboardTellsTheTruth(t *testing.T) {
 	last := st.Nodes[0].Cores[len(st.Nodes[0].Cores)-1]
 	heldHW := last[0]
 
+	// They sleep longer than every wait below may take (serve stops them
+	// when the test ends).
 	start := func(name string, flags ...string) {
 		t.Helper()
 		args := append([]string{"start", "--node", nodeName, "--name", name}, flags...)
-		wantCode(t, droverHome(t, home, dir, append(args, "--", "sleep", "120")...), 0)
+		wantCode(t, droverHome(t, home, dir, append(args, "--", "sleep", "600")...), 0)
 	}
 	start("held", "--hwthreads", fmt.Sprint(heldHW))
 	start("free1")
@@ -187,7 +189,7 @@ func TestDashboardTellsTheTruth(t *testing.T) {
 	start("stopped")
 	start("gone")
 	// A job beside them: one instance done, one running on a free core.
-	writeFile(t, dir, "jobs.yaml", "jobs:\n  - name: ok\n    shell: 'true'\n  - name: sim\n    command: [sleep, '120']\n")
+	writeFile(t, dir, "jobs.yaml", "jobs:\n  - name: ok\n    shell: 'true'\n  - name: sim\n    command: [sleep, '600']\n")
 	wantCode(t, droverHome(t, home, dir, "submit", "jobs.yaml"), 0)
 	waitStates(t, d, map[string]string{"held": "running", "free1": "running", "free2": "running", "stopped": "running", "gone": "running", "1.ok": "succeeded", "1.sim": "running"})
 	wantCode(t, droverHome(t, home, dir, "stop", "stopped"), 0)
