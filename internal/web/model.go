@@ -263,7 +263,7 @@ func (m *Model) SetState(name, state, outcome string) {
 		in.Outcome = outcome
 	}
 	if in.Final() {
-		in.Reserved = nil
+		in.Reserved = nil // its cores are free again
 	}
 	if in.Final() && len(in.Runs) > 0 && in.Runs[len(in.Runs)-1].End.IsZero() {
 		in.Runs = slices.Clone(in.Runs)
@@ -273,7 +273,8 @@ func (m *Model) SetState(name, state, outcome string) {
 	m.putLocked(&in)
 }
 
-// SetReserved sets the hwthreads an instance holds besides its own.
+// SetReserved sets the hwthreads of the cores an instance holds (see
+// Instance.Reserved).
 func (m *Model) SetReserved(name string, hw []int) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -321,7 +322,11 @@ func (m *Model) removeLocked(names []string) {
 				continue
 			}
 			delete(s.dirty, n)
-			s.removed = append(s.removed, n)
+			if len(s.removed) >= maxDirty {
+				s.resync, s.dirty, s.events, s.removed = true, nil, nil, nil
+			} else {
+				s.removed = append(s.removed, n)
+			}
 			s.poke()
 		}
 	}
