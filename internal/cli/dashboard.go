@@ -13,7 +13,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/drover-hpc/drover/internal/cluster"
 	"github.com/drover-hpc/drover/internal/jobfile"
 	"github.com/drover-hpc/drover/internal/manager"
 	"github.com/drover-hpc/drover/internal/node"
@@ -26,7 +25,7 @@ const defaultDashboard = "127.0.0.1:0"
 
 // serveDashboard makes the dashboard of drover serve: it follows cl until
 // ctx ends.
-func serveDashboard(ctx context.Context, cl cluster.API, m *manager.Manager, acc web.Access) http.Handler {
+func serveDashboard(ctx context.Context, cl web.ClusterAPI, m *manager.Manager, acc web.Access) http.Handler {
 	src := web.NewClusterSource(cl, web.ClusterOptions{Title: "drover serve", RTT: rttOf(m)})
 	go src.Run(ctx)
 	return web.Handler(src, acc)
