@@ -487,6 +487,13 @@ type StartRequest struct {
 	// process in CUDA_VISIBLE_DEVICES (NVIDIA) or ROCR_VISIBLE_DEVICES and
 	// HIP_VISIBLE_DEVICES (AMD), and DROVER_GPUS.
 	GPUs int
+	// Program, when set, is the file Args[0] names on the manager's
+	// machine (made absolute against this process's work dir): a node
+	// that shares the manager's file system runs it in place, any other
+	// gets a copy in the work dir and runs that. `drover start` sets it
+	// for a relative command (./sim) that exists in the caller's
+	// directory.
+	Program string
 }
 
 // StartResult tells where a process runs.
@@ -499,7 +506,7 @@ type StartResult struct {
 
 // Start starts a process.
 func (c *Client) Start(ctx context.Context, req StartRequest) (StartResult, error) {
-	paths := []*string{&req.Dir, &req.Stdout, &req.Stderr}
+	paths := []*string{&req.Dir, &req.Stdout, &req.Stderr, &req.Program}
 	for _, p := range paths {
 		if *p == "" {
 			continue
@@ -522,6 +529,7 @@ func (c *Client) Start(ctx context.Context, req StartRequest) (StartResult, erro
 		Hwthreads: droverpb.Int32s(req.HWThreads),
 		Group:     c.group,
 		Gpus:      int32(req.GPUs),
+		Program:   req.Program,
 	})
 	if err != nil {
 		return StartResult{}, c.fail(err)

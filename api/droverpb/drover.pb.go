@@ -2874,11 +2874,16 @@ type StartRequest struct {
 	// group: the program's group; Finished, WatchFinished, Poll and
 	// CancelAll given a group see only its processes.
 	Group string `protobuf:"bytes,10,opt,name=group,proto3" json:"group,omitempty"`
+	// program: an absolute path on the manager's machine that args[0] names
+	// (a relative command the caller found in its own directory): a node
+	// that shares the manager's file system runs it in place, any other
+	// gets a copy in the work dir (as staged files go) and runs that.
+	Program string `protobuf:"bytes,11,opt,name=program,proto3" json:"program,omitempty"`
 	// gpus: reserve this many whole GPUs of the node, exported to the
 	// process as CUDA_VISIBLE_DEVICES (NVIDIA) or ROCR_VISIBLE_DEVICES and
 	// HIP_VISIBLE_DEVICES (AMD), and DROVER_GPUS; too many for the node is
 	// INVALID, too few free BUSY.
-	Gpus          int32 `protobuf:"varint,11,opt,name=gpus,proto3" json:"gpus,omitempty"`
+	Gpus          int32 `protobuf:"varint,12,opt,name=gpus,proto3" json:"gpus,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2979,6 +2984,13 @@ func (x *StartRequest) GetHwthreads() []int32 {
 func (x *StartRequest) GetGroup() string {
 	if x != nil {
 		return x.Group
+	}
+	return ""
+}
+
+func (x *StartRequest) GetProgram() string {
+	if x != nil {
+		return x.Program
 	}
 	return ""
 }
@@ -4845,7 +4857,7 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	" \x03(\tR\bbusyGpus\"7\n" +
 	"\n" +
 	"NodesReply\x12)\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x13.drover.v1.NodeInfoR\x05nodes\"\xde\x02\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x13.drover.v1.NodeInfoR\x05nodes\"\xf8\x02\n" +
 	"\fStartRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
@@ -4857,8 +4869,9 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\x05cores\x18\b \x01(\x05R\x05cores\x12\x1c\n" +
 	"\thwthreads\x18\t \x03(\x05R\thwthreads\x12\x14\n" +
 	"\x05group\x18\n" +
-	" \x01(\tR\x05group\x12\x12\n" +
-	"\x04gpus\x18\v \x01(\x05R\x04gpus\x1a6\n" +
+	" \x01(\tR\x05group\x12\x18\n" +
+	"\aprogram\x18\v \x01(\tR\aprogram\x12\x12\n" +
+	"\x04gpus\x18\f \x01(\x05R\x04gpus\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"d\n" +

@@ -13,7 +13,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/drover-hpc/drover/internal/cluster"
 	"github.com/drover-hpc/drover/internal/jobfile"
 	"github.com/drover-hpc/drover/internal/manager"
 	"github.com/drover-hpc/drover/internal/node"
@@ -26,7 +25,7 @@ const defaultDashboard = "127.0.0.1:0"
 
 // serveDashboard makes the dashboard of drover serve: it follows cl until
 // ctx ends.
-func serveDashboard(ctx context.Context, cl cluster.API, m *manager.Manager, acc web.Access) http.Handler {
+func serveDashboard(ctx context.Context, cl web.ClusterAPI, m *manager.Manager, acc web.Access) http.Handler {
 	src := web.NewClusterSource(cl, web.ClusterOptions{Title: "drover serve", RTT: rttOf(m)})
 	go src.Run(ctx)
 	return web.Handler(src, acc)
@@ -161,12 +160,20 @@ func (d *runDashboard) announce(w io.Writer) {
 	}
 }
 
-// onEvent is the queue's OnEvent hook (nil without a dashboard).
-func (d *runDashboard) onEvent() func(results.Event) {
+// onEvent is the queue's OnEvent hook (nil without a dashboard). A node
+// that comes up while the run goes on is found with byName and shown too.
+func (d *runDashboard) onEvent(byName func(string) node.Node) func(results.Event) {
 	if d == nil {
 		return nil
 	}
-	return d.src.OnEvent
+	return func(e results.Event) {
+		if e.Event == results.NodeUp {
+			if n := byName(e.Node); n != nil {
+				d.src.AddNode(n)
+			}
+		}
+		d.src.OnEvent(e)
+	}
 }
 
 // stop shows the final states, then closes the dashboard.

@@ -25,20 +25,29 @@ import (
 	"github.com/drover-hpc/drover/internal/testbed"
 )
 
-// whereJob is a job file whose instances print their hostname and
-// addresses; marker is in every instance's command line.
-// whereJob writes a job file whose instances say where they ran, and
-// stage a file in and an output back (over the agents' sessions: remote
-// agents never read or write the manager's paths).
-func whereJob(t *testing.T, dir, marker string) string {
+// whereJob writes a job file whose instances say where they ran (their
+// hostname and addresses), and stage a file in and an output back (over
+// the agents' sessions: remote agents never read or write the manager's
+// paths); marker is in every instance's command line. Work starts on each
+// node as soon as it is up, so to spread over the hosts each instance
+// takes a whole node (cores, what each has) and waits (bounded) until
+// instances have started on hosts different hosts: a barrier in a
+// directory of this file system, which the bed's hosts share.
+func whereJob(t *testing.T, dir, marker string, hosts, cores int) string {
 	writeFile(t, dir, "input.txt", "payload "+marker+"\n")
+	barrier, err := os.MkdirTemp(dir, "barrier-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wait := fmt.Sprintf("touch %[1]s/$(hostname); i=0; while [ $(ls %[1]s | wc -l) -lt %[2]d ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done", barrier, hosts)
 	return writeFile(t, dir, "where.yaml", fmt.Sprintf(`jobs:
   - name: where
-    shell: ": %s; sleep 0.3; cp input.txt got.out; echo {index} >> got.out; echo $(hostname) $(hostname -I)"
+    shell: ": %s; %s; cp input.txt got.out; echo {index} >> got.out; echo $(hostname) $(hostname -I)"
     repeat: 6
+    cores: %d
     files: [input.txt]
     outputs: ["*.out"]
-`, marker))
+`, marker, wait, cores))
 }
 
 // instanceHosts reads OUT/where.N/stdout: hostname -> its addresses.
@@ -139,7 +148,6 @@ func TestSSHRunSpreadsDeploysOnceAndCleansUp(t *testing.T) {
 	bed := testbed.Require(t)
 	dir := t.TempDir()
 	marker := fmt.Sprintf("drover-ssh-e2e-%d", os.Getpid())
-	job := whereJob(t, dir, marker)
 	sha := fileSHA(t, droverBin)
 	// The bed's hosts share this file system and log in as root: their
 	// cache is this machine's. Start without this build in it.
@@ -154,6 +162,7 @@ func TestSSHRunSpreadsDeploysOnceAndCleansUp(t *testing.T) {
 		func(n int) bool { return n == 0 },
 	} {
 		out := filepath.Join(dir, fmt.Sprintf("out%d", run))
+		job := whereJob(t, dir, marker, len(hosts), len(localResources(t).Cores))
 		r := drover(t, dir, "--log-level", "info", "run", "--hosts", strings.Join(hosts, ","),
 			"--ssh-config", bed.SSHConfig, "--out", out, "--progress", "none", job)
 		wantCode(t, r, 0)
@@ -183,7 +192,7 @@ func TestSSHRunSpreadsDeploysOnceAndCleansUp(t *testing.T) {
 func TestSSHBadHostsReportedRunGoesOn(t *testing.T) {
 	bed := testbed.Require(t)
 	dir := t.TempDir()
-	job := whereJob(t, dir, "drover-ssh-bad-e2e")
+	job := whereJob(t, dir, "drover-ssh-bad-e2e", 2, len(localResources(t).Cores))
 	wrongKey := filepath.Join(dir, "wrong_key")
 	if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", wrongKey).CombinedOutput(); err != nil {
 		t.Fatalf("ssh-keygen: %v: %s", err, out)
@@ -228,7 +237,7 @@ func TestSSHBadHostsReportedRunGoesOn(t *testing.T) {
 	r = drover(t, dir, "run", "--hosts", "unreachable,badkey", "--ssh-config", sshConfig,
 		"--out", filepath.Join(dir, "out2"), "--progress", "none", job)
 	wantCode(t, r, 1)
-	for _, want := range []string{"unreachable: ssh: connect to host 10.231.0.99", "badkey: ", "Permission denied"} {
+	for _, want := range []string{"node unreachable not used: ssh: connect to host 10.231.0.99", "node badkey not used: ", "Permission denied", "no node came up"} {
 		if !strings.Contains(r.stderr, want) {
 			t.Errorf("stderr lacks %q\n%s", want, r)
 		}
@@ -242,7 +251,7 @@ func TestSlurmRunSpreadsAndCleansUp(t *testing.T) {
 	}
 	dir := t.TempDir()
 	marker := fmt.Sprintf("drover-slurm-e2e-%d", os.Getpid())
-	job := whereJob(t, dir, marker)
+	job := whereJob(t, dir, marker, len(bed.Hosts), 1) // the bed's allocation: one CPU a node
 	out := filepath.Join(dir, "out")
 	var env []string
 	for _, kv := range bed.Env() {

@@ -46,8 +46,10 @@ type env struct {
 	logLevel       string
 }
 
+// logger logs to w: records at --log-level info or debug, plain lines
+// at the default (warn) or error.
 func (e *env) logger(w io.Writer) *slog.Logger {
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: e.level}))
+	return slog.New(newLogHandler(w, e.level))
 }
 
 // Main runs drover with args (without the program name) and returns the
@@ -103,11 +105,12 @@ allocation, binds them to cores, keeps every output and reports every exit.`,
 	}
 	root.Version = versionString()
 	root.SetVersionTemplate("{{.Version}}\n")
-	root.PersistentFlags().StringVar(&e.logLevel, "log-level", "warn", "log level: debug, info, warn or error")
+	root.PersistentFlags().StringVar(&e.logLevel, "log-level", "warn", "log level: debug, info, warn or error; debug and info show log records, warn (the default) and error print warnings as plain lines")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
 		return &exitError{ExitUsage, err}
 	})
 	root.AddCommand(append([]*cobra.Command{newResources(e), newRun(e), newAgent(e), newServe(e), newReport(e), newCompletion(e), newCheck(e)}, newVerbs(e)...)...)
+	addNameCompletion(root)
 	return root
 }
 

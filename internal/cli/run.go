@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -24,6 +25,7 @@ import (
 	"github.com/drover-hpc/drover/internal/progress"
 	"github.com/drover-hpc/drover/internal/queue"
 	"github.com/drover-hpc/drover/internal/results"
+	"github.com/drover-hpc/drover/internal/stagefile"
 	"github.com/drover-hpc/drover/internal/topology"
 )
 
@@ -32,6 +34,8 @@ type runFlags struct {
 	hosts          []string
 	hostfile       string
 	sshConfig      string
+	sshTimeout     time.Duration
+	files          []string
 	out            string
 	resume         bool
 	retries        int
@@ -77,6 +81,7 @@ Ctrl-C kills at once) and still writes the summary.`,
 	fl.StringVar(&f.hostfile, "hostfile", "", "file with one SSH node per line, optionally followed by its counted resources: node7 license=2,fpga=1")
 	fl.StringVarP(&f.sshConfig, "ssh-config", "F", "", "ssh config file for the ssh launcher (ssh -F)")
 	fl.StringArrayVar(&f.resources, "resource", nil, "counted resources every node declares, NAME=N,... (license=2); repeatable; a hostfile's columns add per host")
+	fl.DurationVar(&f.sshTimeout, "ssh-timeout", defaultSSHTimeout, "give up connecting to an SSH host after this long (ssh ConnectTimeout; 0 leaves it to the ssh config); the other hosts never wait for it")
 	fl.StringVar(&f.out, "out", "drover-out", "results directory")
 	fl.BoolVar(&f.resume, "resume", false, "go on with the run in --out: skip instances that already finished with exit 0 there")
 	fl.IntVar(&f.retries, "retries", 0, "retries for jobs that do not set their own")
@@ -84,6 +89,7 @@ Ctrl-C kills at once) and still writes the summary.`,
 	fl.BoolVar(&f.eachNode, "each-node", false, "ad-hoc mode: run CMD once on every node")
 	fl.StringArrayVar(&f.matrix, "matrix", nil, "ad-hoc mode: one instance per combination of the values, NAME=V1,V2,... (repeatable); {NAME} in CMD and DROVER_PARAM_NAME carry the value")
 	fl.IntVarP(&f.jobs, "jobs", "j", 0, "run at most `N` instances at once in the whole run (0: as many as the cores allow)")
+	fl.StringSliceVar(&f.files, "files", nil, "ad-hoc mode: copy these files (paths below the current directory; F,... or repeated) into each instance's work dir, at the same relative path")
 	fl.DurationVar(&f.monitorTimeout, "monitor-timeout", 30*time.Second, "an agent stops its processes and exits after this long without the manager")
 	fl.DurationVar(&f.nodeTimeout, "node-timeout", 5*time.Second, "the manager declares a silent node lost after this long")
 	fl.StringVar(&f.halt, "halt", "never", "stop early once instances fail: never, soon,fail=N (start nothing more), now,fail=N (stop everything); N may be a percentage, e.g. now,fail=10%")
@@ -127,6 +133,10 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 	if err != nil {
 		return err
 	}
+	if f.sshTimeout < 0 {
+		return usageError("--ssh-timeout must be >= 0")
+	}
+	where.sshTimeout = f.sshTimeout
 
 	out, err := filepath.Abs(f.out)
 	if err != nil {
@@ -142,6 +152,9 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 		if len(args) == 0 {
 			return usageError("no command after --")
 		}
+		if err := checkAdHocFiles(f.files, baseDir); err != nil {
+			return err
+		}
 		if !f.eachNode {
 			// Checked before the cluster starts; --each-node needs its nodes.
 			if jobs, err = adHocJobs(args, f, nil); err != nil {
@@ -152,8 +165,8 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 		if len(args) != 1 {
 			return usageError("run needs one JOBFILE, or -- CMD [ARG...]")
 		}
-		if cmd.Flags().Changed("repeat") || f.eachNode || len(f.matrix) > 0 {
-			return usageError("--repeat, --each-node and --matrix are for ad-hoc mode (-- CMD); a job file has repeat and matrix keys")
+		if cmd.Flags().Changed("repeat") || f.eachNode || len(f.matrix) > 0 || len(f.files) > 0 {
+			return usageError("--repeat, --each-node, --matrix and --files are for ad-hoc mode (-- CMD); a job file has repeat, matrix and files keys")
 		}
 		file, err := jobfile.Load(args[0])
 		if err != nil {
@@ -189,35 +202,38 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 	}
 	rep := progress.Start(os.Stderr, mode)
 	log := e.logger(rep.Writer())
-	m, nodes, err := startCluster(f, where, e, log, rep.Writer())
+	cl, err := startCluster(f, where, e, log, rep.Writer())
 	if err != nil {
 		rep.Stop()
 		return &exitError{ExitFailed, err}
 	}
-	stopCluster := func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), f.grace+30*time.Second)
-		defer cancel()
-		return m.Close(ctx)
-	}
+	stopCluster := func() error { return cl.close(f.grace) }
 
 	if dash >= 0 && f.eachNode {
-		jobs, err = adHocJobs(args, f, nodes)
+		// One instance per node: the nodes are all known only once the
+		// launch is over.
+		<-cl.feed.launched
+		jobs, err = adHocJobs(args, f, cl.nodes())
 		if err != nil {
 			rep.Stop()
 			stopCluster()
 			return err
 		}
 	}
-	// What no node has enough of could never run: said now, before
-	// anything starts.
-	var offered []topology.Resources
-	for _, n := range nodes {
-		offered = append(offered, n.Resources())
-	}
-	if err := queue.CheckFits(jobs, offered); err != nil {
-		rep.Stop()
-		stopCluster()
-		return &exitError{ExitUsage, err}
+	// What no node has enough of could never run: said before anything
+	// starts, once every node is up or has failed. Jobs that ask for
+	// nothing but cores do not wait for that.
+	if slices.ContainsFunc(jobs, func(j *jobfile.Job) bool { return j.GPUs > 0 || j.Memory > 0 || len(j.Resources) > 0 }) {
+		<-cl.feed.launched
+		var offered []topology.Resources
+		for _, n := range cl.nodes() {
+			offered = append(offered, n.Resources())
+		}
+		if err := queue.CheckFits(jobs, offered); err != nil {
+			rep.Stop()
+			stopCluster()
+			return &exitError{ExitUsage, err}
+		}
 	}
 
 	var prior results.Prior
@@ -246,7 +262,7 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 		}
 	}()
 
-	board, err := startRunDashboard(f.dashboard, out, jobs, skip, nodes, log)
+	board, err := startRunDashboard(f.dashboard, out, jobs, skip, cl.nodes(), log)
 	if err != nil {
 		rep.Stop()
 		stopCluster()
@@ -255,8 +271,15 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 	if board != nil {
 		board.announce(rep.Writer())
 	}
+	// Nodes come to the queue as they come up: a host slow to answer holds
+	// no other back.
+	joining, stopFeed, fed := make(chan queue.Arrival), make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(fed)
+		cl.feed.forward(joining, stopFeed)
+	}()
 	sum, runErr := queue.Run(ctx, jobs, queue.Options{
-		Nodes:      nodes,
+		Joining:    joining,
 		OutDir:     out,
 		BaseDir:    baseDir,
 		Halt:       halt,
@@ -268,8 +291,10 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 		Hard:       hard,
 		Progress:   rep.Update,
 		Logger:     log,
-		OnEvent:    board.onEvent(),
+		OnEvent:    board.onEvent(cl.node),
 	})
+	close(stopFeed)
+	<-fed
 	board.stop(sum)
 	rep.Stop()
 	signal.Stop(sigs)
@@ -279,7 +304,6 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 		return &exitError{ExitFailed, runErr}
 	}
 	printSummary(e, sum, shown)
-	printLaunchFailures(e.stderr, m.LaunchFailures())
 	if err := errors.Join(runErr, closeErr); err != nil {
 		fmt.Fprintln(e.stderr, "drover:", err)
 		return errFailed
@@ -290,30 +314,93 @@ func runBatch(cmd *cobra.Command, e *env, f *runFlags, args []string) error {
 	return nil
 }
 
-// startCluster starts the manager and its agents and waits for their nodes.
-func startCluster(f *runFlags, where *plan, e *env, log *slog.Logger, agentLogs io.Writer) (*manager.Manager, []node.Node, error) {
+// runCluster is the manager of a run, with its nodes as they come up.
+type runCluster struct {
+	m      *manager.Manager
+	feed   *nodeFeed
+	cancel context.CancelCauseFunc // ends the launch
+	done   chan struct{}           // closed when the launch is over
+}
+
+// errRunEnded ends the launch of hosts still connecting when the run is over.
+var errRunEnded = errors.New("the run ended before it came up")
+
+// startCluster starts the manager and launches its agents. It returns as
+// soon as one node is up: the others join the run through the feed as
+// they come up, and those that never do are told to w at once (and to the
+// queue, for events.jsonl). It fails only when no node came up.
+func startCluster(f *runFlags, where *plan, e *env, log *slog.Logger, w io.Writer) (*runCluster, error) {
+	feed := newNodeFeed(func(lf manager.LaunchFailure) {
+		fmt.Fprintf(w, "drover: node %s not used: %s\n", lf.Node, lf.Reason)
+	})
 	m, err := manager.New(manager.Options{
-		Listen:         where.listen(""),
-		NodeTimeout:    f.nodeTimeout,
-		MonitorTimeout: f.monitorTimeout,
-		Grace:          f.grace,
-		Logger:         log,
-		AgentLogLevel:  e.logLevel,
-		AgentLogs:      agentLogs,
-		Resources:      where.resources,
+		Listen:          where.listen(""),
+		NodeTimeout:     f.nodeTimeout,
+		MonitorTimeout:  f.monitorTimeout,
+		Grace:           f.grace,
+		Logger:          log,
+		AgentLogLevel:   e.logLevel,
+		AgentLogs:       w,
+		OnNode:          feed.node,
+		OnLaunchFailure: feed.fail,
+		Resources:       where.resources,
 	})
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), agentStartTimeout)
-	nodes, err := where.launch(ctx, m, log)
-	cancel()
-	if err != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), f.grace+30*time.Second)
-		defer cancel()
-		return nil, nil, errors.Join(err, m.Close(ctx))
+	ctx, cancel := context.WithCancelCause(context.Background())
+	c := &runCluster{m: m, feed: feed, cancel: cancel, done: make(chan struct{})}
+	var launchErr error
+	go func() {
+		defer close(c.done)
+		tctx, tcancel := context.WithTimeout(ctx, agentStartTimeout)
+		defer tcancel()
+		_, launchErr = where.launch(tctx, m, log)
+		feed.settle(m)
+	}()
+	select {
+	case <-feed.firstUp:
+		return c, nil
+	case <-feed.launched:
 	}
-	return m, nodes, nil
+	<-c.done
+	if feed.nodes() > 0 {
+		return c, nil
+	}
+	err = errors.New("no node came up")
+	if len(m.LaunchFailures()) == 0 && launchErr != nil {
+		err = launchErr // nothing said why yet
+	}
+	return nil, errors.Join(err, c.close(f.grace))
+}
+
+// nodes are the nodes up now.
+func (c *runCluster) nodes() []node.Node {
+	var out []node.Node
+	for _, n := range c.m.Nodes() {
+		out = append(out, n)
+	}
+	return out
+}
+
+// node is the latest node up of that name; nil when none.
+func (c *runCluster) node(name string) node.Node {
+	nodes := c.m.Nodes()
+	for i := len(nodes) - 1; i >= 0; i-- {
+		if nodes[i].Name() == name {
+			return nodes[i]
+		}
+	}
+	return nil
+}
+
+// close ends a launch still going on, then shuts the agents down.
+func (c *runCluster) close(grace time.Duration) error {
+	c.cancel(errRunEnded)
+	<-c.done
+	ctx, cancel := context.WithTimeout(context.Background(), grace+30*time.Second)
+	defer cancel()
+	return c.m.Close(ctx)
 }
 
 // plan is where the agents go: the launcher and what it needs, checked
@@ -322,7 +409,9 @@ type plan struct {
 	launcher  string
 	hosts     []string
 	sshConfig string
-	alloc     *launch.Allocation
+	// sshTimeout: ssh gives up on a host after this long (ConnectTimeout).
+	sshTimeout time.Duration
+	alloc      *launch.Allocation
 	// resources every node declares (--resource), and more by host (a
 	// hostfile's columns).
 	resources map[string]int64
@@ -429,7 +518,7 @@ func (p *plan) launch(ctx context.Context, m *manager.Manager, log *slog.Logger)
 	var err error
 	switch p.launcher {
 	case "ssh":
-		if _, err = m.LaunchSSH(ctx, p.hosts, manager.SSHLaunch{ConfigFile: p.sshConfig, Resources: p.hostRes}); err == nil {
+		if _, err = m.LaunchSSH(ctx, p.hosts, manager.SSHLaunch{ConfigFile: p.sshConfig, ConnectTimeout: p.sshTimeout, Resources: p.hostRes}); err == nil {
 			nodes, err = m.WaitLaunched(ctx)
 		}
 	case "slurm":
@@ -460,6 +549,9 @@ func printLaunchFailures(w io.Writer, fs []manager.LaunchFailure) {
 
 // agentStartTimeout bounds the wait for agents to dial in.
 const agentStartTimeout = 30 * time.Second
+
+// defaultSSHTimeout is --ssh-timeout's default.
+const defaultSSHTimeout = 10 * time.Second
 
 // usableDir checks that dir is, or can be made, a writable directory,
 // before anything starts.
@@ -508,7 +600,7 @@ func adHocJobs(args []string, f *runFlags, nodes []node.Node) ([]*jobfile.Job, e
 	if f.eachNode {
 		var jobs []*jobfile.Job
 		for _, n := range nodes {
-			j := &jobfile.Job{Name: name + "." + unsafeName.ReplaceAllString(n.Name(), "_"), Command: args, Node: n.Name()}
+			j := &jobfile.Job{Name: name + "." + unsafeName.ReplaceAllString(n.Name(), "_"), Command: args, Node: n.Name(), Files: slices.Clone(f.files)}
 			if err := j.Validate(); err != nil {
 				return nil, &exitError{ExitUsage, err}
 			}
@@ -516,7 +608,7 @@ func adHocJobs(args []string, f *runFlags, nodes []node.Node) ([]*jobfile.Job, e
 		}
 		return jobs, nil
 	}
-	j := &jobfile.Job{Name: name, Command: args, Repeat: f.repeat}
+	j := &jobfile.Job{Name: name, Command: args, Repeat: f.repeat, Files: slices.Clone(f.files)}
 	if len(f.matrix) > 0 {
 		axes, err := parseMatrix(f.matrix)
 		if err != nil {
@@ -546,6 +638,27 @@ func parseMatrix(flags []string) ([]jobfile.Axis, error) {
 		axes = append(axes, a)
 	}
 	return axes, nil
+}
+
+// checkAdHocFiles checks --files before anything starts: each a regular
+// file below dir (the current directory), which goes to the same relative
+// path in the work dirs.
+func checkAdHocFiles(files []string, dir string) error {
+	var errs []error
+	for _, f := range files {
+		clean := filepath.Clean(f)
+		if f == "" || filepath.IsAbs(f) || !filepath.IsLocal(clean) {
+			errs = append(errs, fmt.Errorf("--files %q: give a path below the current directory; the file goes to the same path in each work dir", f))
+			continue
+		}
+		if _, err := stagefile.Check(filepath.Join(dir, clean)); err != nil {
+			errs = append(errs, fmt.Errorf("--files %s: %w", f, err))
+		}
+	}
+	if len(errs) > 0 {
+		return &exitError{ExitUsage, errors.Join(errs...)}
+	}
+	return nil
 }
 
 func printSummary(e *env, s *results.Summary, dir string) {

@@ -39,6 +39,7 @@ type serveFlags struct {
 	hosts          []string
 	hostfile       string
 	sshConfig      string
+	sshTimeout     time.Duration
 	monitorTimeout time.Duration
 	nodeTimeout    time.Duration
 	grace          time.Duration
@@ -106,6 +107,7 @@ per DROVER_HOME.`,
 	fl.StringVar(&f.hostfile, "hostfile", "", "file with one SSH node per line, optionally followed by its counted resources: node7 license=2,fpga=1")
 	fl.StringArrayVar(&f.resources, "resource", nil, "counted resources every node declares, NAME=N,... (license=2); repeatable; a hostfile's columns add per host")
 	fl.StringVarP(&f.sshConfig, "ssh-config", "F", "", "ssh config file for the ssh launcher (ssh -F)")
+	fl.DurationVar(&f.sshTimeout, "ssh-timeout", defaultSSHTimeout, "give up connecting to an SSH host after this long (ssh ConnectTimeout; 0 leaves it to the ssh config)")
 	fl.DurationVar(&f.monitorTimeout, "monitor-timeout", 30*time.Second, "an agent stops its processes and exits after this long without the manager")
 	fl.DurationVar(&f.nodeTimeout, "node-timeout", 5*time.Second, "the manager declares a silent node lost after this long")
 	fl.DurationVar(&f.grace, "grace", 10*time.Second, "time between SIGTERM and SIGKILL when stopping processes")
@@ -123,6 +125,10 @@ func runServe(e *env, f *serveFlags, listenChanged bool) error {
 	if err != nil {
 		return err
 	}
+	if f.sshTimeout < 0 {
+		return usageError("--ssh-timeout must be >= 0")
+	}
+	where.sshTimeout = f.sshTimeout
 	listen := f.listen
 	if !listenChanged {
 		listen = where.listen("")

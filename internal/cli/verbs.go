@@ -24,6 +24,7 @@ import (
 	"github.com/drover-hpc/drover/internal/cluster"
 	"github.com/drover-hpc/drover/internal/control"
 	"github.com/drover-hpc/drover/internal/jobfile"
+	"github.com/drover-hpc/drover/internal/node"
 	"github.com/drover-hpc/drover/internal/queue"
 	"github.com/drover-hpc/drover/internal/topology"
 )
@@ -183,6 +184,11 @@ reserves that many whole GPUs of the node and hands them to the process in
 CUDA_VISIBLE_DEVICES (NVIDIA) or ROCR_VISIBLE_DEVICES and HIP_VISIBLE_DEVICES
 (AMD), and DROVER_GPUS.
 
+A relative command (./sim, bin/sim) that exists here runs on any node: in
+place where the node shares this file system, else as a copy shipped into
+its fresh work dir. With --workdir the command is that directory's, as a
+shell there would find it.
+
 It prints the node, pid, bound hardware threads and GPUs; --json prints
 {"name", "node", "pid", "hwthreads", "gpus"}.` + verbNote,
 		Example: `  drover start --node node1 --name sim -- ./sim --seed 3
@@ -221,6 +227,15 @@ It prints the node, pid, bound hardware threads and GPUs; --json prints
 				req.HWThreads = hw
 			}
 			req.Args = args
+			if req.Dir == "" {
+				// ./sim here runs on any node: in place where the node
+				// shares this file system, else as a copy shipped to it.
+				if wd, err := os.Getwd(); err == nil {
+					if p, ok := node.FindProgram(args[0], wd); ok {
+						req.Program = p.Src
+					}
+				}
+			}
 			for _, kv := range envs {
 				k, v, ok := strings.Cut(kv, "=")
 				if !ok || k == "" {

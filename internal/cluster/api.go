@@ -83,6 +83,10 @@ type StartRequest struct {
 	// GPUs reserves this many whole GPUs of the node, exported to the
 	// process (topology.GPUEnv).
 	GPUs int
+	// Program, when set, is what Spec.Args[0] runs (node.Program): in
+	// place on a node that shares this machine's file system, else a copy
+	// staged into the work dir.
+	Program *node.Program
 }
 
 // FinishedRequest asks for exits of processes started with Start.

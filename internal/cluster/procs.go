@@ -126,6 +126,9 @@ func (c *Cluster) Start(ctx context.Context, req StartRequest) (StartResult, err
 		HWThreads: slices.Clone(p.hw),
 		AutoPurge: true, // the Cluster keeps the record until Purge
 	}
+	if req.Program != nil {
+		nspec.UseProgram(0, *req.Program, node.SharesFS(m.n))
+	}
 	var st node.Started
 	if spec.Stdout == "" || spec.Stderr == "" {
 		if err = os.MkdirAll(procDir, 0o755); err != nil {

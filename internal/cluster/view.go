@@ -74,6 +74,9 @@ func (v *view) Resources() topology.Resources { return v.m.res }
 func (v *view) Ready() <-chan struct{}        { return v.ready }
 func (v *view) Health() node.Health           { return v.m.n.Health() }
 
+// SharedFS is the node's: whether a program is run in place or shipped.
+func (v *view) SharedFS() bool { return node.SharesFS(v.m.n) }
+
 func (v *view) Finished() []node.Exit {
 	v.mu.Lock()
 	defer v.mu.Unlock()

@@ -258,7 +258,7 @@ func (s *Server) Start(ctx context.Context, req *droverpb.StartRequest) (*drover
 	if req.GetGpus() < 0 {
 		return nil, Status(invalid("start %s: gpus must not be negative", req.GetName()))
 	}
-	for _, p := range []struct{ what, path string }{{"work dir", req.GetWorkdir()}, {"stdout", req.GetStdout()}, {"stderr", req.GetStderr()}} {
+	for _, p := range []struct{ what, path string }{{"work dir", req.GetWorkdir()}, {"stdout", req.GetStdout()}, {"stderr", req.GetStderr()}, {"program", req.GetProgram()}} {
 		if p.path != "" && !filepath.IsAbs(p.path) {
 			return nil, Status(invalid("start %s: %s %q is not an absolute path", req.GetName(), p.what, p.path))
 		}
@@ -277,11 +277,25 @@ func (s *Server) Start(ctx context.Context, req *droverpb.StartRequest) (*drover
 		HWThreads: droverpb.Ints(req.GetHwthreads()),
 		Group:     req.GetGroup(),
 		GPUs:      int(req.GetGpus()),
+		Program:   program(req),
 	})
 	if err != nil {
 		return nil, Status(err)
 	}
 	return &droverpb.StartReply{Node: res.Node, Pid: int32(res.PID), Hwthreads: droverpb.Int32s(res.HWThreads), Gpus: res.GPUs}, nil
+}
+
+// program is what a start's args[0] runs, shipped where the node does not
+// share this machine's file system; nil when the start names none.
+func program(req *droverpb.StartRequest) *node.Program {
+	if req.GetProgram() == "" {
+		return nil
+	}
+	dst := filepath.Clean(req.GetArgs()[0])
+	if !filepath.IsLocal(dst) {
+		dst = filepath.Base(req.GetProgram())
+	}
+	return &node.Program{Src: req.GetProgram(), Dst: dst}
 }
 
 // Poll implements droverpb.ControlServer.

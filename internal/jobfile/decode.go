@@ -115,7 +115,9 @@ func parse(r *reporter, data []byte, dir string) []Job {
 	t := newSource(data)
 	f, err := parser.ParseBytes(data, 0, parser.AllowDuplicateMapKey())
 	if err != nil {
-		t.syntaxError(r, err)
+		if !indentError(r, data, err) { // see indent.go
+			t.syntaxError(r, err)
+		}
 		return nil
 	}
 	var body ast.Node

@@ -182,6 +182,10 @@ type SSHOptions struct {
 	Binary       *Binary   // this drover, run (and installed when missing) on the host
 	Logs         io.Writer // the agent's own log once it runs; nil = discard
 	HelloTimeout time.Duration
+	// ConnectTimeout bounds ssh's connection and its SSH handshake
+	// (ConnectTimeout=, whole seconds, at least 1); 0 leaves it to ssh and
+	// its config.
+	ConnectTimeout time.Duration
 }
 
 // SSHCommand is the ssh invocation that runs the remote script on dest.
@@ -196,6 +200,11 @@ func SSHCommand(opts SSHOptions, dest string) (*exec.Cmd, error) {
 	var args []string
 	if opts.ConfigFile != "" {
 		args = append(args, "-F", opts.ConfigFile)
+	}
+	if t := opts.ConnectTimeout; t > 0 {
+		// A host that accepts the connection and never speaks SSH would
+		// otherwise hold its start for as long as the kernel keeps trying.
+		args = append(args, "-o", "ConnectTimeout="+strconv.FormatInt(int64((t+time.Second-1)/time.Second), 10))
 	}
 	// BatchMode: never prompt for a password or a host key; -T: no tty,
 	// so stdin is a clean byte stream; LogLevel=ERROR keeps "Permanently
@@ -243,7 +252,7 @@ func StartSSH(ctx context.Context, opts SSHOptions, dest string, configure func(
 		return nil, fail("%v", err)
 	}
 	if opts.HelloTimeout <= 0 {
-		opts.HelloTimeout = 30 * time.Second
+		opts.HelloTimeout = max(30*time.Second, opts.ConnectTimeout+10*time.Second)
 	}
 	logs := opts.Logs
 	if logs == nil {
@@ -345,13 +354,17 @@ func StartSSH(ctx context.Context, opts SSHOptions, dest string, configure func(
 			return nil, fail("the agent exited at once (%v)%s", r.err, r.tailSuffix())
 		default:
 		}
-		return nil, &SSHError{Host: dest, Reason: r.exitReason()}
+		reason := r.exitReason()
+		if t := opts.ConnectTimeout; t > 0 && strings.Contains(reason, "timed out") {
+			reason += fmt.Sprintf(" (gave up after %s: --ssh-timeout)", t)
+		}
+		return nil, &SSHError{Host: dest, Reason: reason}
 	case <-timer.C:
 		r.Kill()
 		return nil, fail("no answer within %s%s", opts.HelloTimeout, r.tailSuffix())
 	case <-ctx.Done():
 		r.Kill()
-		return nil, fail("%v", ctx.Err())
+		return nil, fail("%v", context.Cause(ctx))
 	}
 	if err := r.Hello.Check(); err != nil {
 		r.Kill()

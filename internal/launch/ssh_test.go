@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -192,6 +193,28 @@ func TestSSHCommandRefusesOptionHosts(t *testing.T) {
 	for _, h := range []string{"", "-oProxyCommand=x", "a b"} {
 		if _, err := SSHCommand(SSHOptions{Binary: &Binary{}}, h); err == nil {
 			t.Errorf("host %q accepted", h)
+		}
+	}
+}
+
+// --ssh-timeout reaches ssh as ConnectTimeout in whole seconds, rounded
+// up (ssh takes no fractions), and before the host; 0 leaves it to ssh.
+func TestSSHCommandConnectTimeout(t *testing.T) {
+	for _, c := range []struct {
+		d    time.Duration
+		want string
+	}{{10 * time.Second, "ConnectTimeout=10"}, {1500 * time.Millisecond, "ConnectTimeout=2"}, {time.Millisecond, "ConnectTimeout=1"}, {0, ""}} {
+		cmd, err := SSHCommand(SSHOptions{Binary: &Binary{}, ConnectTimeout: c.d}, "node1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		host := slices.Index(cmd.Args, "node1")
+		at := slices.IndexFunc(cmd.Args, func(a string) bool { return strings.HasPrefix(a, "ConnectTimeout=") })
+		switch {
+		case c.want == "" && at >= 0:
+			t.Errorf("%v: ssh %q sets a ConnectTimeout", c.d, cmd.Args)
+		case c.want != "" && (at < 1 || cmd.Args[at] != c.want || cmd.Args[at-1] != "-o" || at > host):
+			t.Errorf("%v: ssh %q, want -o %s before the host", c.d, cmd.Args, c.want)
 		}
 	}
 }

@@ -418,7 +418,8 @@ func (m *Manager) fail(name, reason string) {
 	f := LaunchFailure{Node: name, Reason: reason}
 	m.failures = append(m.failures, f)
 	m.mu.Unlock()
-	m.log.Error("node failed to launch", "node", name, "reason", reason)
+	// Info: the launch's user (run, serve) tells it to the user in a sentence.
+	m.log.Info("node failed to launch", "node", name, "reason", reason)
 	if m.opts.OnLaunchFailure != nil {
 		m.opts.OnLaunchFailure(f)
 	}

@@ -20,6 +20,9 @@ type SSHLaunch struct {
 	ConfigFile   string // ssh -F
 	MaxParallel  int    // ssh connections being set up at once; 0 = 16 (below sshd's MaxStartups default of 10:30:100 per host, and gentle on a shared bastion)
 	HelloTimeout time.Duration
+	// ConnectTimeout: ssh gives up on a host that does not answer (or
+	// never speaks SSH) after this long; 0 leaves it to ssh's config.
+	ConnectTimeout time.Duration
 	// Resources are counted resources by host as given (a hostfile's
 	// columns); they add to and override Options.Resources.
 	Resources map[string]map[string]int64
@@ -56,7 +59,8 @@ func (m *Manager) LaunchSSH(ctx context.Context, hosts []string, o SSHLaunch) (i
 	if par <= 0 {
 		par = DefaultSSHParallel
 	}
-	opts := launch.SSHOptions{SSH: o.SSH, ConfigFile: o.ConfigFile, Binary: bin, Logs: m.opts.AgentLogs, HelloTimeout: o.HelloTimeout}
+	opts := launch.SSHOptions{SSH: o.SSH, ConfigFile: o.ConfigFile, Binary: bin, Logs: m.opts.AgentLogs, HelloTimeout: o.HelloTimeout,
+		ConnectTimeout: o.ConnectTimeout}
 	sem := make(chan struct{}, par)
 	var (
 		wg      sync.WaitGroup

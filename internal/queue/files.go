@@ -4,8 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
+	"strings"
 
 	"github.com/drover-hpc/drover/internal/jobfile"
+	"github.com/drover-hpc/drover/internal/node"
 	"github.com/drover-hpc/drover/internal/stagefile"
 )
 
@@ -28,4 +31,21 @@ func CheckFiles(file string, jobs []*jobfile.Job, baseDir string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// findProgram is the program that j's command names relative to baseDir
+// (node.Program: ./sim in the caller's directory, or beside the job file),
+// to be run in place or shipped with each instance; nil when it names
+// none. A job with a workdir of its own runs its command there, as a
+// shell in that directory would; one whose files: stage the program runs
+// that copy; a command with a {placeholder} is left as it is.
+func findProgram(j *jobfile.Job, baseDir string) *node.Program {
+	if len(j.Command) == 0 || j.Workdir != "" || strings.Contains(j.Command[0], "{") {
+		return nil
+	}
+	p, ok := node.FindProgram(j.Command[0], baseDir)
+	if !ok || slices.Contains(j.Files, p.Dst) {
+		return nil
+	}
+	return &p
 }

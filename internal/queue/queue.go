@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
@@ -59,6 +60,11 @@ type Options struct {
 	// the events log, in order, from the queue's loop: it must return
 	// quickly.
 	OnEvent func(results.Event)
+	// Joining, when set, brings nodes that come up after the run started
+	// (Nodes may then be empty) and launches that failed (node-failed
+	// events); it is closed once no more will come. Until then a job that
+	// no node can take waits instead of failing.
+	Joining <-chan Arrival
 }
 
 // Counts is a snapshot for progress displays.
@@ -197,6 +203,9 @@ type jobState struct {
 	broken            bool
 	// slots counts the instances that hold one of its max_running.
 	slots int
+	// prog is the program its command names in the caller's directory;
+	// nil when none (findProgram).
+	prog *node.Program
 }
 
 // short reports whether the job's instances have so far run briefly
@@ -335,12 +344,16 @@ type runner struct {
 	evbuf    []results.Event
 	// eventsFailed: a write of the events log failed (and was logged).
 	eventsFailed bool
+	// settled: no more nodes will join (Options.Joining is closed or nil).
+	settled bool
+	// watchers are the goroutines of watch, one a node.
+	watchers sync.WaitGroup
 }
 
 // Run runs jobs to completion (or until ctx is cancelled, then stops them)
 // and returns the summary, which it has also written to OutDir.
 func Run(ctx context.Context, jobs []*jobfile.Job, opts Options) (*results.Summary, error) {
-	if len(opts.Nodes) == 0 {
+	if len(opts.Nodes) == 0 && opts.Joining == nil {
 		return nil, errors.New("run: no nodes")
 	}
 	if err := checkJobs(jobs); err != nil {
@@ -367,13 +380,14 @@ func Run(ctx context.Context, jobs []*jobfile.Job, opts Options) (*results.Summa
 		ready:    make(chan signal, len(opts.Nodes)),
 		timeouts: make(chan timeoutAt, 16),
 		quit:     make(chan struct{}),
+		settled:  opts.Joining == nil,
 	}
 	r.counts.Start = time.Now()
 	if r.pool = opts.Cores; r.pool == nil {
 		r.pool, r.ownPool = cores.NewPool(), true
 	}
 	for _, j := range jobs {
-		js := &jobState{order: len(r.jobs), job: j, retries: opts.Retries, skip: opts.Skip}
+		js := &jobState{order: len(r.jobs), job: j, retries: opts.Retries, skip: opts.Skip, prog: findProgram(j, opts.BaseDir)}
 		if j.Retries != nil {
 			js.retries = *j.Retries
 		}
@@ -383,26 +397,12 @@ func Run(ctx context.Context, jobs []*jobfile.Job, opts Options) (*results.Summa
 	r.linkDeps()
 	r.pending = r.counts.Total
 	r.emit(results.Event{Event: results.RunStart})
-	for i, n := range opts.Nodes {
-		res := n.Resources()
-		ns := &nodeState{n: n, name: n.Name(), idx: i, res: res, running: make(map[string]*instance)}
-		if r.ownPool {
-			r.pool.AddNode(ns.name, res)
-		}
-		r.nodes = append(r.nodes, ns)
-		r.byName[n.Name()] = ns
-		r.emit(results.Event{Event: results.NodeUp, Node: n.Name(), Cores: len(res.Cores)})
-	}
-
-	watchers := make(chan struct{}, len(r.nodes))
-	for _, ns := range r.nodes {
-		go r.watch(ns, watchers)
+	for _, n := range opts.Nodes {
+		r.addNode(n)
 	}
 	r.loop(ctx)
 	close(r.quit)
-	for range r.nodes {
-		<-watchers
-	}
+	r.watchers.Wait()
 	sum := r.summary()
 	r.emit(results.Event{Event: results.RunEnd, Error: r.stopped})
 	r.flush()
@@ -412,8 +412,7 @@ func Run(ctx context.Context, jobs []*jobfile.Job, opts Options) (*results.Summa
 
 // watch forwards a node's readiness into the single scheduler loop, and
 // tells it when the node is gone.
-func (r *runner) watch(ns *nodeState, done chan<- struct{}) {
-	defer func() { done <- struct{}{} }()
+func (r *runner) watch(ns *nodeState) {
 	for {
 		select {
 		case _, ok := <-ns.n.Ready():
@@ -434,6 +433,7 @@ func (r *runner) watch(ns *nodeState, done chan<- struct{}) {
 func (r *runner) loop(ctx context.Context) {
 	hard := r.opts.Hard
 	done := ctx.Done()
+	joining := r.opts.Joining
 	for {
 		changed := r.pool.Changed() // before dispatch, so no release is missed
 		if !r.killing && ctx.Err() != nil {
@@ -470,6 +470,12 @@ func (r *runner) loop(ctx context.Context) {
 			}
 		case t := <-r.timeouts:
 			r.timeout(t)
+		case a, ok := <-joining:
+			if !ok {
+				joining, r.settled = nil, true
+				continue
+			}
+			r.arrive(a)
 		case <-changed:
 		}
 	}
@@ -641,6 +647,9 @@ func (r *runner) place(js *jobState) (*nodeState, string) {
 		}
 	}
 	if !possible {
+		if !r.settled {
+			return nil, "" // a node that can take it may still come up
+		}
 		return nil, r.unplaceable(js)
 	}
 	return best, ""
@@ -787,6 +796,9 @@ func (r *runner) spec(inst *instance) node.ProcessSpec {
 	}
 	for _, f := range j.Files {
 		spec.Files = append(spec.Files, node.StageFile{Src: filepath.Join(r.opts.BaseDir, f), Dst: f})
+	}
+	if p := inst.job.prog; p != nil {
+		spec.UseProgram(len(spec.Args)-len(j.Command), *p, node.SharesFS(inst.node.n))
 	}
 	return spec
 }
@@ -972,7 +984,9 @@ func (r *runner) finish(inst *instance, ev results.Event, state string) {
 	r.done = append(r.done, o)
 	if state == results.StateFailed || state == results.StateLost {
 		res := r.result(len(r.done) - 1)
-		r.log.Warn(inst.name+" "+res.Outcome(), "node", res.Node, "attempts", inst.attempt)
+		// An outcome of the user's program, not a warning of drover's: the
+		// summary and the progress line tell it at the default level.
+		r.log.Info(inst.name+" "+res.Outcome(), "node", res.Node, "attempts", inst.attempt)
 	}
 	switch state {
 	case results.StateSucceeded:
@@ -1001,7 +1015,7 @@ func (r *runner) checkHalt() {
 		return
 	}
 	r.stopped = fmt.Sprintf("halt %s: %d instances failed", h, failed)
-	r.log.Warn("halting", "policy", h.String(), "failed", failed)
+	r.log.Info("halting", "policy", h.String(), "failed", failed)
 	if h.Mode == HaltNow {
 		r.stop(r.opts.Grace)
 	}

@@ -28,6 +28,7 @@ const (
 	RunEnd        = "run-end"
 	NodeUp        = "node-up"
 	NodeLost      = "node-lost"
+	NodeFailed    = "node-failed" // a node (or host) that never came up; error says why
 	Started       = "started"
 	AttemptFailed = "attempt-failed" // a failed attempt that will be retried
 	Finished      = "finished"       // final: the process ran

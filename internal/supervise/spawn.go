@@ -56,14 +56,37 @@ func (s *Supervisor) spawner() {
 	}
 }
 
-// notFoundError is the error for a missing executable.
-type notFoundError struct{ name string }
+// notFoundError is the error for a missing executable: it says where it
+// was looked for, since that is rarely where the user thought.
+type notFoundError struct {
+	name  string
+	where string // " in DIR (work dir); PATH=..." and the like; "" for an absolute name
+}
 
-func (e *notFoundError) Error() string { return fmt.Sprintf("executable %q not found", e.name) }
+func (e *notFoundError) Error() string {
+	return fmt.Sprintf("executable %q not found%s", e.name, e.where)
+}
 func (e *notFoundError) Unwrap() error { return fs.ErrNotExist }
 
-func notFound(name string) error {
-	return &errdefs.SpawnError{Op: "exec", Path: name, Errno: unix.ENOENT, Err: &notFoundError{name}}
+// notFound is the error for name, looked for as spec would run it.
+func notFound(spec *Spec, name string) error {
+	dir := spec.Dir
+	if dir == "" {
+		dir, _ = os.Getwd() // the child would have inherited ours
+	}
+	path, ok := envPath(spec.Env)
+	if !ok {
+		path = os.Getenv("PATH")
+	}
+	var where string
+	switch {
+	case filepath.IsAbs(name):
+	case strings.Contains(name, "/"):
+		where = fmt.Sprintf(" in %s (work dir); PATH=%s", dir, path)
+	default:
+		where = fmt.Sprintf(" in PATH=%s (work dir %s)", path, dir)
+	}
+	return &errdefs.SpawnError{Op: "exec", Path: name, Errno: unix.ENOENT, Err: &notFoundError{name, where}}
 }
 
 // spawn forks and execs one child on the calling (locked) spawner thread
@@ -216,7 +239,7 @@ func (s *Supervisor) spawn(spec *Spec, p *proc, cur *unix.CPUSet) error {
 		if mem != nil {
 			_ = mem.remove()
 		}
-		return execError(spec.Args[0], err)
+		return execError(spec, exe, err)
 	}
 	return nil
 }
@@ -246,14 +269,20 @@ func (s *Supervisor) forkExec(exe string, args []string, attr *syscall.ProcAttr,
 	return pid, err2
 }
 
-func execError(arg0 string, err error) error {
+// execError explains a failed fork and exec of exe, which spec.Args[0]
+// resolved to.
+func execError(spec *Spec, exe string, err error) error {
+	arg0 := spec.Args[0]
 	var errno syscall.Errno
 	if errors.As(err, &errno) {
 		switch errno {
 		case unix.ENOENT:
-			// The work dir was checked before: it is the executable (or
-			// its interpreter) that is missing.
-			return notFound(arg0)
+			// The work dir was checked before: it is the executable, or
+			// the interpreter its #! line names, that is missing.
+			if isExecutable(relTo(spec.Dir, exe)) {
+				return errdefs.NewSpawnError("exec", arg0, fmt.Errorf("executable %q: the interpreter on its #! line: %w", arg0, errno))
+			}
+			return notFound(spec, arg0)
 		case unix.EACCES, unix.ENOEXEC, unix.ENOTDIR, unix.ELOOP, unix.ENAMETOOLONG:
 			return errdefs.NewSpawnError("exec", arg0, fmt.Errorf("executable %q: %w", arg0, errno))
 		}
@@ -285,7 +314,7 @@ func findExecutable(spec *Spec) (string, error) {
 			return cand, nil
 		}
 	}
-	return "", notFound(name)
+	return "", notFound(spec, name)
 }
 
 // envPath is the first PATH in env, as getenv in the child would find it.

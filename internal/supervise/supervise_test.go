@@ -176,7 +176,8 @@ func TestPathLookup(t *testing.T) {
 	// A PATH in Env that lacks it wins over ours.
 	spec.Name, spec.Env = "notfound", append(helperEnvList(), "PATH="+decoy)
 	_, err := s.Start(spec)
-	if want := `start notfound: executable "drover-test-helper" not found`; err == nil || err.Error() != want {
+	wd, _ := os.Getwd() // no Dir: the child's is ours
+	if want := `start notfound: executable "drover-test-helper" not found in PATH=` + decoy + ` (work dir ` + wd + `)`; err == nil || err.Error() != want {
 		t.Errorf("err = %v, want %s", err, want)
 	}
 }
@@ -446,6 +447,10 @@ func TestStartErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	missing := filepath.Join(dir, "missing")
+	badInterp := filepath.Join(dir, "badinterp")
+	if err := os.WriteFile(badInterp, []byte("#!/drover/no/such/interpreter\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	good := helper(t, "sim.3", "exit", "0")
 	with := func(f func(*Spec)) Spec {
 		sp := good
@@ -460,9 +465,11 @@ func TestStartErrors(t *testing.T) {
 		is   error
 	}{
 		{"missing executable", with(func(s *Spec) { s.Args[0] = "./nope"; s.Dir = dir }),
-			`start sim.3: executable "./nope" not found`, fs.ErrNotExist},
-		{"missing in PATH", with(func(s *Spec) { s.Args[0] = "drover-no-such-program"; s.Env = []string{"PATH=" + dir} }),
-			`start sim.3: executable "drover-no-such-program" not found`, fs.ErrNotExist},
+			`start sim.3: executable "./nope" not found in ` + dir + ` (work dir); PATH=` + os.Getenv("PATH"), fs.ErrNotExist},
+		{"missing in PATH", with(func(s *Spec) { s.Args[0] = "drover-no-such-program"; s.Env = []string{"PATH=" + dir}; s.Dir = dir }),
+			`start sim.3: executable "drover-no-such-program" not found in PATH=` + dir + ` (work dir ` + dir + `)`, fs.ErrNotExist},
+		{"missing interpreter", with(func(s *Spec) { s.Args[0] = badInterp }),
+			fmt.Sprintf("start sim.3: executable %q: the interpreter on its #! line: no such file or directory", badInterp), fs.ErrNotExist},
 		{"not executable", with(func(s *Spec) { s.Args[0] = noexec }),
 			fmt.Sprintf("start sim.3: executable %q: permission denied", noexec), fs.ErrPermission},
 		{"missing work dir", with(func(s *Spec) { s.Dir = missing }),

@@ -2,6 +2,7 @@ package web
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"io"
@@ -15,17 +16,25 @@ import (
 	"github.com/drover-hpc/drover/internal/cluster"
 	"github.com/drover-hpc/drover/internal/node"
 	"github.com/drover-hpc/drover/internal/results"
+	"github.com/drover-hpc/drover/internal/topology"
 )
+
+// ClusterAPI is what a ClusterSource reads: the cluster API, and where
+// each process started with Start runs (*cluster.Cluster has both).
+type ClusterAPI interface {
+	cluster.API
+	Processes(ctx context.Context, group string) ([]cluster.ProcessInfo, error)
+}
 
 // ClusterSource is the Source of a running cluster (drover serve). It
 // polls the cluster API for nodes and jobs and follows the events log of
 // each submission (Home/runs/N/events.jsonl: the results layout of a
 // batch run), which tells the hwthreads, attempts and times the API does
 // not. Processes started with `drover start` are shown too, as
-// submission 0.
+// submission 0, while the cluster knows them: a purged one leaves.
 type ClusterSource struct {
 	*Model
-	api    cluster.API
+	api    ClusterAPI
 	opts   ClusterOptions
 	pollMu sync.Mutex // one Poll at a time; guards what follows
 	last   time.Time  // of the latest Poll
@@ -52,7 +61,7 @@ type tail struct {
 }
 
 // NewClusterSource makes the source; Run polls until its context ends.
-func NewClusterSource(api cluster.API, opts ClusterOptions) *ClusterSource {
+func NewClusterSource(api ClusterAPI, opts ClusterOptions) *ClusterSource {
 	if opts.Every <= 0 {
 		opts.Every = 500 * time.Millisecond
 	}
@@ -170,27 +179,41 @@ func (s *ClusterSource) follow(t *tail) {
 	}
 }
 
-// pollStarted follows the processes started with `drover start`.
+// pollStarted follows the processes started with `drover start`: each
+// has one attempt, which starts when the cluster first reports it.
 func (s *ClusterSource) pollStarted(ctx context.Context) {
-	st, err := s.api.Poll(ctx, "", nil)
+	procs, err := s.api.Processes(ctx, "")
 	if err != nil {
 		return
 	}
-	for _, p := range st {
+	known := make(map[string]bool, len(procs))
+	for _, p := range procs {
+		known[p.Name] = true
 		cur := s.lookup(p.Name)
+		if cur != nil && cur.Final() && p.State == node.Running {
+			// Purged and started again under its name between two polls:
+			// a new process.
+			s.Remove(p.Name)
+			cur = nil
+		}
 		if cur == nil {
 			s.Add(0, p.Name)
 		}
+		started := results.Event{Time: p.Since, Event: results.Started, Node: p.Node, Attempt: 1, HWThreads: topology.FormatCPUList(p.HWThreads)}
 		if p.State == node.Running {
 			if cur == nil || cur.State != StateRunning {
-				s.Apply(0, p.Name, results.Event{Time: time.Now(), Event: results.Started})
+				if started.Time.IsZero() {
+					started.Time = time.Now() // still starting
+				}
+				s.Apply(0, p.Name, started)
 			}
+			s.SetReserved(p.Name, p.Reserved)
 			continue
 		}
 		if cur != nil && cur.Final() {
 			continue
 		}
-		e := results.Event{Time: p.Exit.End, Event: results.Finished, Node: p.Exit.Node, Error: p.Exit.Err}
+		e := results.Event{Time: p.Exit.End, Event: results.Finished, Node: p.Node, Attempt: 1, Error: p.Exit.Err}
 		if e.Time.IsZero() {
 			e.Time = time.Now()
 		}
@@ -201,10 +224,12 @@ func (s *ClusterSource) pollStarted(ctx context.Context) {
 			e.ExitCode = &code
 		}
 		if cur == nil || cur.State != StateRunning {
-			s.Apply(0, p.Name, results.Event{Time: p.Exit.Start, Event: results.Started, Node: p.Exit.Node})
+			started.Time = cmp.Or(p.Exit.Start, p.Since, e.Time)
+			s.Apply(0, p.Name, started)
 		}
 		s.Apply(0, p.Name, e)
 	}
+	s.RemoveOthers(0, known)
 }
 
 // timeToReport asks for the exit times of the instances that finished

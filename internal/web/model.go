@@ -69,20 +69,24 @@ type Node struct {
 // Instance is one instance (or process) and its attempts. Records held by
 // a Model are never modified once published; changes replace them.
 type Instance struct {
-	Name       string    `json:"name"` // unique; under drover serve "N.INSTANCE"
-	Submission int       `json:"submission,omitempty"`
-	State      string    `json:"state"`
-	Node       string    `json:"node,omitempty"`
-	HWThreads  []int     `json:"hwthreads,omitempty"`
-	GPUs       int       `json:"gpus,omitempty"` // of the latest attempt
-	Attempts   int       `json:"attempts,omitempty"`
-	ExitCode   *int      `json:"exit_code,omitempty"`
-	Signal     string    `json:"signal,omitempty"`
-	Error      string    `json:"error,omitempty"`
-	Outcome    string    `json:"outcome,omitempty"`
-	Start      time.Time `json:"start,omitzero"` // of the latest attempt
-	End        time.Time `json:"end,omitzero"`
-	Runs       []Attempt `json:"runs,omitempty"`
+	Name       string `json:"name"` // unique; under drover serve "N.INSTANCE"
+	Submission int    `json:"submission,omitempty"`
+	State      string `json:"state"`
+	Node       string `json:"node,omitempty"`
+	HWThreads  []int  `json:"hwthreads,omitempty"`
+	GPUs       int    `json:"gpus,omitempty"` // of the latest attempt
+	// Reserved are the hwthreads of the cores a process of drover start
+	// holds while it runs: those it is bound to and their cores' siblings,
+	// which nobody else may take.
+	Reserved []int     `json:"reserved,omitempty"`
+	Attempts int       `json:"attempts,omitempty"`
+	ExitCode *int      `json:"exit_code,omitempty"`
+	Signal   string    `json:"signal,omitempty"`
+	Error    string    `json:"error,omitempty"`
+	Outcome  string    `json:"outcome,omitempty"`
+	Start    time.Time `json:"start,omitzero"` // of the latest attempt
+	End      time.Time `json:"end,omitzero"`
+	Runs     []Attempt `json:"runs,omitempty"`
 }
 
 // Final reports whether the instance has ended for good.
@@ -113,7 +117,10 @@ type Update struct {
 	Instances []Instance `json:"instances,omitempty"` // current records of the changed ones
 	Nodes     []Node     `json:"nodes,omitempty"`     // every node, when any changed
 	Events    []Event    `json:"events,omitempty"`    // new events, the latest ones at most
-	Ended     bool       `json:"ended,omitempty"`
+	// Removed are instances that are gone (purged processes). An instance
+	// both removed and in Instances was removed and then came back.
+	Removed []string `json:"removed,omitempty"`
+	Ended   bool     `json:"ended,omitempty"`
 	// Resync: too much changed to list; take a new Snapshot instead.
 	Resync bool `json:"resync,omitempty"`
 }
@@ -170,6 +177,8 @@ type subscriber struct {
 	ended  bool
 	resync bool
 	events []Event
+	// removed since the last update, in order (the dirty set forgets them)
+	removed []string
 }
 
 // NewModel makes an empty model; mode is "serve" or "run".
@@ -257,12 +266,77 @@ func (m *Model) SetState(name, state, outcome string) {
 	if outcome != "" {
 		in.Outcome = outcome
 	}
+	if in.Final() {
+		in.Reserved = nil // its cores are free again
+	}
 	if in.Final() && len(in.Runs) > 0 && in.Runs[len(in.Runs)-1].End.IsZero() {
 		in.Runs = slices.Clone(in.Runs)
 		last := &in.Runs[len(in.Runs)-1]
 		last.End, last.Result = time.Now(), state
 	}
 	m.putLocked(&in)
+}
+
+// SetReserved sets the hwthreads of the cores an instance holds (see
+// Instance.Reserved).
+func (m *Model) SetReserved(name string, hw []int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	p := m.byName[name]
+	if p == nil || slices.Equal(p.Reserved, hw) {
+		return
+	}
+	in := *p
+	in.Reserved = slices.Clone(hw)
+	m.putLocked(&in)
+}
+
+// Remove forgets instances: they are gone for good (a purged process).
+func (m *Model) Remove(names ...string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.removeLocked(names)
+}
+
+// RemoveOthers forgets the instances of a submission that keep does not
+// name.
+func (m *Model) RemoveOthers(submission int, keep map[string]bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var gone []string
+	for _, n := range m.order {
+		if m.byName[n].Submission == submission && !keep[n] {
+			gone = append(gone, n)
+		}
+	}
+	m.removeLocked(gone)
+}
+
+func (m *Model) removeLocked(names []string) {
+	gone := make(map[string]bool, len(names))
+	for _, n := range names {
+		if m.byName[n] == nil {
+			continue
+		}
+		gone[n] = true
+		delete(m.byName, n)
+		delete(m.events, n)
+		for s := range m.subs {
+			if s.resync {
+				continue
+			}
+			delete(s.dirty, n)
+			if len(s.removed) >= maxDirty {
+				s.resync, s.dirty, s.events, s.removed = true, nil, nil, nil
+			} else {
+				s.removed = append(s.removed, n)
+			}
+			s.poke()
+		}
+	}
+	if len(gone) > 0 {
+		m.order = slices.DeleteFunc(m.order, func(n string) bool { return gone[n] })
+	}
 }
 
 // End marks a run as over.
@@ -384,6 +458,7 @@ func (m *Model) Apply(submission int, name string, e results.Event) {
 			in.State = state
 			m.metrics.finishes.WithLabelValues(state).Inc()
 		}
+		in.Reserved = nil // its cores are free again
 		in.Outcome = r.Outcome()
 		n := len(in.Runs)
 		if n > 0 && in.Runs[n-1].End.IsZero() && in.Runs[n-1].Attempt == e.Attempt {
@@ -443,7 +518,7 @@ func (m *Model) dirtyLocked(name string) {
 			continue
 		}
 		if len(s.dirty) >= maxDirty {
-			s.resync, s.dirty, s.events = true, nil, nil
+			s.resync, s.dirty, s.events, s.removed = true, nil, nil, nil
 		} else {
 			s.dirty[name] = struct{}{}
 		}
@@ -507,7 +582,7 @@ func (m *Model) take(s *subscriber) (Update, bool) {
 	var u Update
 	u.Ended = s.ended
 	if s.resync {
-		s.resync, s.nodes, s.dirty, s.events = false, false, make(map[string]struct{}), nil
+		s.resync, s.nodes, s.dirty, s.events, s.removed = false, false, make(map[string]struct{}), nil, nil
 		m.mu.Unlock()
 		u.Resync = true
 		return u, true
@@ -522,14 +597,14 @@ func (m *Model) take(s *subscriber) (Update, bool) {
 	if s.nodes {
 		u.Nodes = slices.Clone(m.nodes)
 	}
-	u.Events = s.events
-	s.events, s.nodes = nil, false
+	u.Events, u.Removed = s.events, s.removed
+	s.events, s.nodes, s.removed = nil, false, nil
 	clear(s.dirty)
 	m.mu.Unlock()
 	for _, p := range ptrs {
 		u.Instances = append(u.Instances, *p)
 	}
-	return u, len(u.Instances) > 0 || u.Nodes != nil || len(u.Events) > 0 || u.Ended
+	return u, len(u.Instances) > 0 || u.Nodes != nil || len(u.Events) > 0 || len(u.Removed) > 0 || u.Ended
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }

@@ -47,6 +47,17 @@ func NewRunSource(opts RunOptions) *RunSource {
 	return s
 }
 
+// AddNode adds a node that came up after the run started (drover run
+// starts with the nodes up and takes the others as they come).
+func (s *RunSource) AddNode(n node.Node) {
+	s.mu.Lock()
+	if !slices.ContainsFunc(s.nodes, func(o node.Node) bool { return o == n }) {
+		s.nodes = append(s.nodes, n)
+	}
+	s.mu.Unlock()
+	s.refreshNodes()
+}
+
 // OnEvent is the queue's hook: quick, never blocks.
 func (s *RunSource) OnEvent(e results.Event) { s.Apply(0, e.Job, e) }
 
@@ -87,15 +98,16 @@ func (s *RunSource) refreshNodes() {
 			gpus[p.Node] += p.GPUs
 		}
 	}
+	all := slices.Clone(s.nodes)
 	lost := map[string]bool{}
-	for _, n := range s.nodes {
+	for _, n := range all {
 		if s.nodeLostLocked(n.Name()) {
 			lost[n.Name()] = true
 		}
 	}
 	s.mu.Unlock()
-	nodes := make([]Node, 0, len(s.nodes))
-	for _, n := range s.nodes {
+	nodes := make([]Node, 0, len(all))
+	for _, n := range all {
 		res := n.Resources()
 		b := busy[n.Name()]
 		slices.Sort(b)

@@ -275,3 +275,73 @@ func TestReadOnlyAndPages(t *testing.T) {
 		t.Errorf("unknown instance: %s", resp.Status)
 	}
 }
+
+// Removed instances leave the snapshot, the instance lookup and the
+// gauges, and subscribers hear of it; one removed and back again ends up
+// there; a subscriber that does not read while very many leave gets a
+// resync, not a backlog.
+func TestModelRemove(t *testing.T) {
+	m := NewModel("t", "serve")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch := m.Subscribe(ctx)
+	m.Add(0, "a", "b")
+	seen := map[string]Instance{}
+	apply := func(u Update) {
+		for _, n := range u.Removed {
+			delete(seen, n)
+		}
+		for _, in := range u.Instances {
+			seen[in.Name] = in
+		}
+	}
+	for len(seen) < 2 {
+		apply(<-ch)
+	}
+	m.Remove("a", "nope")
+	m.Apply(0, "a", results.Event{Time: time.Now(), Event: results.Started, Node: "n", Attempt: 1})
+	m.Remove("b")
+	for seen["a"].State != StateRunning || seen["b"].Name != "" {
+		apply(<-ch)
+	}
+	st := m.Snapshot()
+	if len(st.Instances) != 1 || st.Instances[0].Name != "a" || len(st.Instances[0].Runs) != 1 {
+		t.Errorf("snapshot after the removals: %+v", st.Instances)
+	}
+	if _, _, ok := m.Instance("b"); ok {
+		t.Errorf("b is still found")
+	}
+	want := `
+# HELP drover_instances Instances by state.
+# TYPE drover_instances gauge
+drover_instances{state="cancelled"} 0
+drover_instances{state="failed"} 0
+drover_instances{state="lost"} 0
+drover_instances{state="pending"} 0
+drover_instances{state="running"} 1
+drover_instances{state="succeeded"} 0
+`
+	if err := testutil.GatherAndCompare(m.Metrics(), strings.NewReader(want), "drover_instances"); err != nil {
+		t.Errorf("gauges after the removals: %v", err)
+	}
+
+	names := make([]string, maxDirty+10)
+	for i := range names {
+		names[i] = "p" + itoa(i)
+	}
+	m.Add(0, names...)
+	for u := range ch {
+		if u.Resync || len(u.Instances) > len(names)/2 {
+			break
+		}
+	}
+	m.Remove(names...)
+	for u := range ch {
+		if u.Resync {
+			break
+		}
+		if len(u.Removed) > maxDirty {
+			t.Fatalf("an update removes %d", len(u.Removed))
+		}
+	}
+}

@@ -22,7 +22,9 @@ function h(tag, attrs, ...kids) {
     if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
     else el.setAttribute(k, v === true ? "" : String(v));
   }
-  for (const k of kids.flat()) {
+  // Nested lists of children are flattened all the way down: an array must
+  // never reach the page as its text.
+  for (const k of kids.flat(Infinity)) {
     if (k === undefined || k === null) continue;
     el.append(k instanceof Node ? k : document.createTextNode(String(k)));
   }
@@ -32,12 +34,12 @@ const SVG = "http://www.w3.org/2000/svg";
 function s(tag, attrs, ...kids) {
   const el = document.createElementNS(SVG, tag);
   for (const [k, v] of Object.entries(attrs || {})) if (v !== undefined && v !== null) el.setAttribute(k, String(v));
-  for (const k of kids.flat()) if (k !== undefined && k !== null) el.append(k instanceof Node ? k : document.createTextNode(String(k)));
+  for (const k of kids.flat(Infinity)) if (k !== undefined && k !== null) el.append(k instanceof Node ? k : document.createTextNode(String(k)));
   return el;
 }
 
 // put replaces el's children, leaving out null and undefined.
-function put(el, ...kids) { el.replaceChildren(...kids.flat().filter(k => k !== null && k !== undefined)); }
+function put(el, ...kids) { el.replaceChildren(...kids.flat(Infinity).filter(k => k !== null && k !== undefined)); }
 function badge(state) { return h("span", { class: "st st-" + state, "data-state": state }, state); }
 function instLink(name) { return h("a", { href: "#/instance/" + encodeURIComponent(name), class: "inst" }, name); }
 function t(v) { return v ? new Date(v) : null; }
@@ -83,6 +85,12 @@ function setSnapshot(st) {
 function applyUpdate(u) {
   const st = model.state;
   if (!st) return;
+  // Removed first: an instance both removed and listed came back.
+  if ((u.removed || []).length) {
+    const gone = new Set(u.removed);
+    st.instances = st.instances.filter(i => !gone.has(i.name));
+    for (const n of gone) model.byName.delete(n);
+  }
   for (const in_ of u.instances || []) {
     if (!model.byName.has(in_.name)) st.instances.push(in_);
     else st.instances[st.instances.findIndex(x => x.name === in_.name)] = in_;
@@ -94,10 +102,35 @@ function applyUpdate(u) {
   if (model.events.length > 500) model.events.splice(0, model.events.length - 500);
   schedule(u);
 }
-function counts() {
+function counts(list) {
   const c = Object.fromEntries(STATES.map(s => [s, 0]));
-  for (const in_ of model.state.instances) c[in_.state] = (c[in_.state] || 0) + 1;
+  for (const in_ of list || model.state.instances) c[in_.state] = (c[in_.state] || 0) + 1;
   return c;
+}
+// isProcess: started with drover start (submission 0 under serve), not an
+// instance of a submitted job.
+function isProcess(in_) { return model.state.mode === "serve" && !in_.submission; }
+function plural(n, word) { return n + " " + word + (n === 1 ? "" : word.endsWith("s") ? "es" : "s"); }
+// totals is the header's line: under serve, the processes as drover poll
+// shows them (running or ended) and the job instances as drover jobs
+// does; under run, the run's instances.
+function totals() {
+  const st = model.state;
+  const byState = (list, noun) => {
+    const c = counts(list);
+    const parts = STATES.filter(s => c[s]).map(s => c[s] + " " + s);
+    return plural(list.length, noun) + (parts.length ? ": " + parts.join(", ") : "");
+  };
+  if (st.mode !== "serve") return byState(st.instances, "instance") + (st.ended ? " — run over" : "");
+  const procs = st.instances.filter(isProcess), jobs = st.instances.filter(i => !isProcess(i));
+  const running = procs.filter(i => !isFinal(i)).length, ended = procs.length - running;
+  const parts = [];
+  if (procs.length || !jobs.length) {
+    const what = [running ? running + " running" : "", ended ? ended + " ended" : ""].filter(Boolean);
+    parts.push(plural(procs.length, "process") + (what.length ? ": " + what.join(", ") : ""));
+  }
+  if (jobs.length) parts.push(byState(jobs, "job instance"));
+  return parts.join(" · ");
 }
 
 function connect() {
@@ -136,9 +169,7 @@ function render(navigated) {
   if (!st) return;
   document.getElementById("title").textContent = st.title || "drover";
   document.title = (st.title || "drover") + " — dashboard";
-  const c = counts();
-  document.getElementById("totals").textContent = st.instances.length + " instances: " +
-    STATES.filter(s => c[s]).map(s => c[s] + " " + s).join(", ") + (st.ended ? " — run over" : "");
+  document.getElementById("totals").textContent = totals();
   const r = route();
   for (const v of ["map", "jobs", "timeline"]) {
     document.getElementById("nav-" + v).classList.toggle("active", r.view === v);
@@ -157,16 +188,21 @@ function render(navigated) {
 
 function renderMap(view) {
   const st = model.state;
-  const onHW = new Map(); // "node/hw" -> instance
+  const onHW = new Map();   // "node/hw" -> the running instance bound to it
+  const heldBy = new Map(); // "node/hw" -> the running instance whose core holds it
   for (const in_ of st.instances) {
     if (in_.state !== "running" || !in_.node) continue;
     for (const hw of in_.hwthreads || []) onHW.set(in_.node + "/" + hw, in_);
+    for (const hw of in_.reserved || []) heldBy.set(in_.node + "/" + hw, in_);
   }
+  const unbound = st.instances.filter(i => i.state === "running" && !(i.hwthreads || []).length);
   const panels = st.nodes.map(n => {
     const busy = new Set(n.busy || []);
     const hwCount = (n.cores || []).reduce((a, c) => a + c.length, 0);
     const running = st.instances.filter(i => i.state === "running" && i.node === n.name).length;
-    const facts = [(n.cores || []).length + " cores", hwCount + " hwthreads", busy.size + " busy", running + " instances running"];
+    const free = unbound.filter(i => i.node === n.name).length;
+    const facts = [plural((n.cores || []).length, "core"), plural(hwCount, "hwthread"), busy.size + " busy",
+      running + " running" + (free ? " (" + free + " unbound)" : "")];
     if (n.rtt_seconds) facts.push("heartbeat " + fmtDur(n.rtt_seconds * 1000));
     if (n.memory_bytes) facts.push((n.memory_bytes / 2 ** 30).toFixed(1) + " GiB");
     if (n.gpus) facts.push((n.busy_gpus || 0) + "/" + n.gpus + " GPUs in use");
@@ -174,20 +210,39 @@ function renderMap(view) {
       h("h3", {}, n.name, badge(n.state), n.error ? h("span", { class: "muted" }, n.error) : null),
       h("div", { class: "facts" }, facts.join(" · ")),
       h("div", { class: "cores" }, (n.cores || []).map((core, ci) =>
-        h("div", { class: "core" }, h("div", { class: "label" }, "core " + ci),
-          core.map(hw => {
-            const in_ = onHW.get(n.name + "/" + hw);
-            if (in_) return h("a", { class: "hw used", href: "#/instance/" + encodeURIComponent(in_.name), title: in_.name + " on cpu " + hw, "data-hw": hw, "data-instance": in_.name },
-              h("span", { class: "cpu" }, "cpu " + hw), "▶ " + in_.name);
-            if (busy.has(hw)) return h("span", { class: "hw reserved", "data-hw": hw, title: "reserved by a process outside the jobs shown" }, h("span", { class: "cpu" }, "cpu " + hw), "▣ reserved");
-            return h("span", { class: "hw idle", "data-hw": hw }, h("span", { class: "cpu" }, "cpu " + hw), "idle");
-          })))));
+        h("div", { class: "core" }, h("div", { class: "label" }, "core " + ci), core.map(hw => hwCell(n.name, hw, onHW, heldBy, busy))))));
   });
-  const unbound = st.instances.filter(i => i.state === "running" && !(i.hwthreads || []).length);
-  put(view, 
+  put(view,
     h("h2", {}, "Cluster map"),
     st.nodes.length ? h("div", { class: "nodes", id: "map" }, panels) : h("p", {}, "No nodes yet."),
-    unbound.length ? h("p", { class: "note" }, "Running without bound cores: ", unbound.slice(0, 50).map((i, k) => [k ? ", " : "", instLink(i.name)])) : null);
+    unbound.length ? unboundList(unbound) : null);
+}
+
+// hwCell is one hwthread of the map: the instance bound to it, the one
+// whose core holds it, reserved by a process the dashboard does not know
+// yet (a start in flight), or idle.
+function hwCell(node, hw, onHW, heldBy, busy) {
+  const key = node + "/" + hw, cpu = h("span", { class: "cpu" }, "cpu " + hw);
+  const link = (cls, in_, title, mark) => h("a", { class: "hw " + cls, href: "#/instance/" + encodeURIComponent(in_.name), title, "data-hw": hw, "data-instance": in_.name },
+    cpu, mark + in_.name);
+  let in_ = onHW.get(key);
+  if (in_) return link("used", in_, in_.name + " runs on cpu " + hw, "▶ ");
+  in_ = heldBy.get(key);
+  if (in_) return link("reserved", in_, "cpu " + hw + " reserved by " + in_.name + " (bound to cpu " + cpuList(in_.hwthreads) + " on the same core)", "▣ ");
+  if (busy.has(hw)) return h("span", { class: "hw reserved", "data-hw": hw, title: "cpu " + hw + " reserved for a process that is starting" }, cpu, "▣ reserved");
+  return h("span", { class: "hw idle", "data-hw": hw }, cpu, "idle");
+}
+
+// unboundList lists the running instances bound to no hwthread: they share
+// their node's cores, so the map has no cell for them.
+function unboundList(list) {
+  const shown = list.slice(0, ROW_LIMIT);
+  return h("section", { id: "unbound", "aria-label": "running without bound cores" },
+    h("h2", {}, "Running without bound cores (" + list.length + ")"),
+    h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "instance"), h("th", {}, "node"), h("th", {}, "started"), h("th", { class: "num" }, "duration"))),
+      h("tbody", {}, shown.map(i => h("tr", { "data-instance": i.name },
+        h("td", {}, instLink(i.name)), h("td", {}, i.node || "(starting)"), h("td", {}, fmtTime(i.start)), h("td", { class: "num" }, fmtDur(duration(i))))))),
+    list.length > shown.length ? h("p", { class: "note" }, "Showing " + shown.length + " of " + list.length + "; the jobs view lists all.") : null);
 }
 
 function renderJobs(view, fresh) {
@@ -288,6 +343,7 @@ function renderInstance(view, name, fresh) {
   }
   view.querySelector("#inst-state").replaceChildren(badge(in_.state));
   const facts = [["state", in_.state], ["outcome", in_.outcome || ""], ["node", in_.node || ""], ["hwthreads", cpuList(in_.hwthreads)],
+    ["also holds", cpuList((in_.reserved || []).filter(hw => !(in_.hwthreads || []).includes(hw)))],
     ["attempts", in_.attempts || 0], ["exit", exitText(in_)], ["started", t(in_.start) ? t(in_.start).toLocaleString() : ""],
     ["ended", t(in_.end) ? t(in_.end).toLocaleString() : ""], ["duration", fmtDur(duration(in_))]];
   view.querySelector("#inst-facts").replaceChildren(...facts.filter(f => f[1] !== "").flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
@@ -339,21 +395,42 @@ function renderTimeline(view) {
   for (const in_ of st.instances) for (const r of in_.runs || []) bars.push({ in_, r });
   bars.sort((a, b) => t(a.r.start) - t(b.r.start));
   const shown = bars.slice(-BAR_LIMIT);
-  // Lanes: one per node and hwthread the bars use ("unbound" for none).
-  const lanes = new Map();
-  const laneKey = (node, hw) => node + "\u0000" + hw;
-  const nodeOrder = new Map(st.nodes.map((n, i) => [n.name, i]));
-  for (const b of shown) {
-    const hws = (b.r.hwthreads || []).length ? b.r.hwthreads : ["unbound"];
-    for (const hw of hws) lanes.set(laneKey(b.r.node || "?", hw), { node: b.r.node || "?", hw });
-  }
-  const laneList = [...lanes.values()].sort((a, b) => (nodeOrder.get(a.node) ?? 1e9) - (nodeOrder.get(b.node) ?? 1e9) || a.node.localeCompare(b.node) ||
-    (a.hw === "unbound") - (b.hw === "unbound") || a.hw - b.hw);
-  const laneIdx = new Map(laneList.map((l, i) => [laneKey(l.node, l.hw), i]));
   const t0 = shown.length ? Math.min(t(st.started) || Infinity, ...shown.map(b => t(b.r.start))) : Date.now();
   const tEnd = Math.max(Date.now() - (st.ended ? Infinity : 0), ...shown.map(b => t(b.r.end) || (st.ended ? t(b.r.start) : Date.now())), t0 + 1000);
   const labelW = 150, laneH = 22, width = Math.max(view.clientWidth - 30, 600), plotW = width - labelW - 10;
   const x = ms => labelW + (ms - t0) / (tEnd - t0) * plotW;
+  const span_ = b => {
+    const start = t(b.r.start), end = t(b.r.end) || (st.ended ? start : Date.now());
+    const x1 = x(start);
+    return { start, end, x1, w: Math.max(x(end) - x1, 3) };
+  };
+  // Lanes: one per node and hwthread the bars use. Unbound bars get lanes
+  // of their own on their node, as many as overlap on the page at once.
+  const lanes = new Map();
+  const laneKey = (node, hw) => node + "\u0000" + hw;
+  const nodeOrder = new Map(st.nodes.map((n, i) => [n.name, i]));
+  const unboundEnds = new Map(); // node -> right edge of the last bar in each of its unbound lanes
+  for (const b of shown) {
+    b.node = b.r.node || "(no node)";
+    b.span = span_(b);
+    if ((b.r.hwthreads || []).length) {
+      b.hws = b.r.hwthreads;
+      for (const hw of b.hws) lanes.set(laneKey(b.node, hw), { node: b.node, hw });
+      continue;
+    }
+    const ends = unboundEnds.get(b.node) || [];
+    unboundEnds.set(b.node, ends);
+    let k = ends.findIndex(e => e <= b.span.x1);
+    if (k < 0) k = ends.push(0) - 1;
+    // A failure's mark, after its bar, takes room in the lane too.
+    const mark = b.r.result === "failed" || b.r.result === "lost" ? 8 + 6.5 * b.in_.name.length : 0;
+    ends[k] = b.span.x1 + b.span.w + 1 + mark;
+    b.hws = ["u" + (k + 1)];
+    lanes.set(laneKey(b.node, b.hws[0]), { node: b.node, hw: b.hws[0], unbound: k + 1 });
+  }
+  const laneList = [...lanes.values()].sort((a, b) => (nodeOrder.get(a.node) ?? 1e9) - (nodeOrder.get(b.node) ?? 1e9) || a.node.localeCompare(b.node) ||
+    !!a.unbound - !!b.unbound || (a.unbound ? a.unbound - b.unbound : a.hw - b.hw));
+  const laneIdx = new Map(laneList.map((l, i) => [laneKey(l.node, l.hw), i]));
   const height = laneList.length * laneH + 30;
   const svg = s("svg", { width, height, role: "img", "aria-label": "timeline: one lane per node and hwthread, one bar per attempt", id: "timeline-svg" });
   // axis
@@ -365,14 +442,12 @@ function renderTimeline(view) {
   }
   laneList.forEach((l, i) => {
     svg.append(s("rect", { class: "lane-bg", x: 0, y: i * laneH, width: labelW - 4, height: laneH - 2 }),
-      s("text", { class: "lane-label", x: 4, y: i * laneH + 15 }, l.node + (l.hw === "unbound" ? " (unbound)" : " cpu " + l.hw)));
+      s("text", { class: "lane-label", x: 4, y: i * laneH + 15 }, l.node + (l.unbound ? " unbound " + l.unbound : " cpu " + l.hw)));
   });
   for (const b of shown) {
-    const hws = (b.r.hwthreads || []).length ? b.r.hwthreads : ["unbound"];
-    const start = t(b.r.start), end = t(b.r.end) || (st.ended ? start : Date.now());
-    for (const hw of hws) {
-      const i = laneIdx.get(laneKey(b.r.node || "?", hw));
-      const x1 = x(start), w = Math.max(x(end) - x1, 3), y = i * laneH + 2;
+    const { start, end, x1, w } = b.span;
+    for (const hw of b.hws) {
+      const y = laneIdx.get(laneKey(b.node, hw)) * laneH + 2;
       const g = s("g", { "data-instance": b.in_.name, "data-result": b.r.result },
         s("title", {}, b.in_.name + " attempt " + b.r.attempt + ": " + b.r.result + (b.r.detail ? " (" + b.r.detail + ")" : "") + ", " + fmtDur(end - start)),
         s("rect", { class: "bar bar-" + b.r.result, x: x1, y, width: w, height: laneH - 6, rx: 2 }));
@@ -380,7 +455,7 @@ function renderTimeline(view) {
       if (b.r.result === "failed" || b.r.result === "lost") {
         g.append(s("text", { class: "mark", x: x1 + w + 2, y: y + 13 }, (b.r.result === "failed" ? "✗ " : "? ") + b.in_.name));
       } else if (w > 60) {
-        g.append(s("text", { class: "bar-text", x: x1 + 4, y: y + 12, fill: b.r.result === "running" ? "#0a3069" : "#fff" }, b.in_.name));
+        g.append(s("text", { class: "bar-text bar-text-" + b.r.result, x: x1 + 4, y: y + 12 }, b.in_.name));
       }
       svg.append(g);
     }
