@@ -423,7 +423,8 @@ func (c *Client) Nodes(ctx context.Context) ([]NodeInfo, error) {
 	}
 	out := make([]NodeInfo, 0, len(r.GetNodes()))
 	for _, n := range r.GetNodes() {
-		res := Resources{Node: n.GetResources().GetNode(), MemoryBytes: n.GetResources().GetMemoryBytes(), Cores: n.GetResources().CoreLists()}
+		r := pbconv.ResourcesFromPB(n.GetResources())
+		res := Resources{Node: r.Node, MemoryBytes: r.MemoryBytes, Cores: r.Cores}
 		if res.Cores == nil {
 			res.Cores = [][]int{} // JSON: [] rather than null
 		}
