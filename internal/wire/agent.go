@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"sort"
 	"sync"
 	"time"
 
@@ -17,6 +16,7 @@ import (
 
 	"github.com/drover-hpc/drover/api/droverpb"
 	"github.com/drover-hpc/drover/internal/errdefs"
+	"github.com/drover-hpc/drover/internal/mailbox"
 	"github.com/drover-hpc/drover/internal/node"
 	"github.com/drover-hpc/drover/internal/pbconv"
 )
@@ -94,6 +94,7 @@ func RunAgent(ctx context.Context, opts AgentOptions) error {
 		monitor:      opts.MonitorTimeout,
 		hb:           opts.HeartbeatInterval,
 		files:        &agentFiles{scratch: opts.Scratch, spools: make(map[string][]*spool)},
+		outbox:       mailbox.New[*outItem](0),
 	}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
@@ -201,10 +202,12 @@ type agentRun struct {
 	ackedReplies uint64                        // the manager has every reply up to this id
 	replyQ       []*droverpb.Reply             // to send on the current stream
 
-	outbox  []*outItem // unacknowledged, in seq order
-	nextSeq uint64
-	sentSeq uint64     // highest seq sent on the current stream
-	cur     shipCursor // results of the exit after sentSeq sent so far
+	// outbox holds the exits until the manager acknowledges them (its one
+	// reader, toManager); a new stream takes every unacknowledged one again.
+	outbox  *mailbox.Mailbox[*outItem]
+	again   bool       // the next take is the first of a stream
+	sending []*outItem // taken on this stream, report not sent yet, in seq order
+	cur     shipCursor // results of sending[0] sent so far
 
 	files *agentFiles
 
@@ -288,7 +291,7 @@ func (a *agentRun) doneFinishing() bool {
 }
 
 func (a *agentRun) finishedLocked() bool {
-	return a.finishing && a.pumpOver && len(a.outbox) == 0 && len(a.running) == 0 && len(a.replyQ) == 0
+	return a.finishing && a.pumpOver && a.outbox.Len("") == 0 && len(a.running) == 0 && len(a.replyQ) == 0
 }
 
 // runSession runs one stream: dial, Hello, Welcome, then messages both ways
@@ -389,7 +392,7 @@ func (a *agentRun) welcome(w *droverpb.Welcome) {
 			a.monitorTimer.Reset(m)
 		}
 	}
-	a.sentSeq = 0
+	a.again, a.sending = true, nil
 	a.cur.reset()  // results of unacknowledged exits go again, from the start
 	a.replyQ = nil // the manager repeats every unanswered command
 	a.echo = 0
@@ -403,14 +406,11 @@ func (a *agentRun) handle(m *droverpb.ManagerMsg) {
 	a.lastHeard = time.Now()
 	var spools []string
 	if ack := m.GetAckExits(); ack > 0 {
-		i := sort.Search(len(a.outbox), func(i int) bool { return a.outbox[i].report.GetSeq() > ack })
-		for j, it := range a.outbox[:i] {
+		for _, it := range a.outbox.AckThrough(toManager, "", ack) {
 			if it.dir != "" {
 				spools = append(spools, it.dir)
 			}
-			a.outbox[j] = nil
 		}
-		a.outbox = a.outbox[i:]
 	}
 	if ack := m.GetAckReplies(); ack > a.ackedReplies {
 		a.ackedReplies = ack
@@ -596,6 +596,9 @@ func (a *agentRun) execute(ctx context.Context, c *droverpb.Command) *droverpb.R
 	return r
 }
 
+// toManager is the one reader of the outbox.
+const toManager = "manager"
+
 // pump moves the node's exits into the outbox, numbered.
 func (a *agentRun) pump(quit <-chan struct{}, done chan<- struct{}) {
 	defer close(done)
@@ -620,11 +623,9 @@ func (a *agentRun) pump(quit <-chan struct{}, done chan<- struct{}) {
 				}
 				items[i] = it
 			}
-			a.mu.Lock()
+			a.mu.Lock() // numbered and put in the order taken
 			for _, it := range items {
-				a.nextSeq++
-				it.report.Seq = a.nextSeq
-				a.outbox = append(a.outbox, it)
+				it.report.Seq = a.outbox.Put("", it)
 			}
 			if !ok {
 				a.pumpOver = true
@@ -703,9 +704,13 @@ func (a *agentRun) collect(hbDue bool) (*droverpb.AgentMsg, bool) {
 	// Each exit goes after the results of its process, a message's worth
 	// at a time: files are read here, a chunk at a time, so that a big
 	// stdout never sits in memory (and Send waits on flow control).
-	i := sort.Search(len(a.outbox), func(i int) bool { return a.outbox[i].report.GetSeq() > a.sentSeq })
-	for ; i < len(a.outbox) && size < maxBatchBytes; i++ {
-		it := a.outbox[i]
+	for _, l := range a.outbox.Take(toManager, "", nil, a.again) {
+		a.sending = append(a.sending, l.Item)
+	}
+	a.again = false
+	i := 0
+	for ; i < len(a.sending) && size < maxBatchBytes; i++ {
+		it := a.sending[i]
 		seq := it.report.GetSeq()
 		if a.cur.seq != seq {
 			a.cur.reset()
@@ -722,9 +727,10 @@ func (a *agentRun) collect(hbDue bool) (*droverpb.AgentMsg, bool) {
 		}
 		a.cur.reset()
 		m.Exits = append(m.Exits, it.report)
-		a.sentSeq = seq
 		size += proto.Size(it.report)
 	}
+	clear(a.sending[:i])
+	a.sending = a.sending[i:]
 	if hbDue || a.echo != 0 {
 		hb := &droverpb.Heartbeat{EchoUnixNano: a.echo}
 		a.echo = 0

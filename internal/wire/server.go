@@ -21,6 +21,7 @@ import (
 
 	"github.com/drover-hpc/drover/api/droverpb"
 	"github.com/drover-hpc/drover/internal/errdefs"
+	"github.com/drover-hpc/drover/internal/mailbox"
 	"github.com/drover-hpc/drover/internal/node"
 	"github.com/drover-hpc/drover/internal/pbconv"
 	"github.com/drover-hpc/drover/internal/topology"
@@ -300,8 +301,8 @@ type RemoteNode struct {
 	unsent  []uint64         // ids to send on the current attachment
 	cancels []uint64         // abandoned ids to tell the agent about
 
-	lastSeq  uint64 // highest exit seq delivered
-	finished []node.Exit
+	lastSeq uint64                      // highest exit seq delivered
+	exits   *mailbox.Mailbox[node.Exit] // delivered, not yet taken by Finished
 
 	hbSent   int64 // sent_unix_nano of our last heartbeat
 	hbSentAt time.Time
@@ -370,6 +371,7 @@ func newRemoteNode(s *Server, session string, h *droverpb.Hello) *RemoteNode {
 		timeout:   s.opts.NodeTimeout,
 		hb:        s.opts.HeartbeatInterval,
 		ready:     make(chan struct{}, 1),
+		exits:     mailbox.New[node.Exit](0),
 		gone:      make(chan struct{}),
 		calls:     make(map[uint64]*call),
 		lastHeard: time.Now(),
@@ -598,7 +600,7 @@ func (n *RemoteNode) handle(att *attachment, m *droverpb.AgentMsg, resultErrs ma
 			}
 			e.Err += msg
 		}
-		n.finished = append(n.finished, e)
+		n.exits.Put("", e)
 		delivered = true
 	}
 	wake := delivered // the ack
@@ -927,13 +929,7 @@ func (n *RemoteNode) CancelAll(ctx context.Context, grace time.Duration) error {
 
 // Finished returns the exits delivered since the last call, each exactly
 // once; after the node is lost, what was delivered before.
-func (n *RemoteNode) Finished() []node.Exit {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	f := n.finished
-	n.finished = nil
-	return f
-}
+func (n *RemoteNode) Finished() []node.Exit { return n.exits.TakeAll("") }
 
 // Ready is signalled when Finished has something new and closed once the
 // node is lost.

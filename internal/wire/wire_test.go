@@ -18,6 +18,7 @@ import (
 
 	"github.com/drover-hpc/drover/api/droverpb"
 	"github.com/drover-hpc/drover/internal/errdefs"
+	"github.com/drover-hpc/drover/internal/mailbox"
 	"github.com/drover-hpc/drover/internal/node"
 	"github.com/drover-hpc/drover/internal/pbconv"
 )
@@ -673,11 +674,11 @@ func TestBatchesAreBounded(t *testing.T) {
 		t.Fatalf("commands sent: %v", ids)
 	}
 
-	a := &agentRun{}
+	a := &agentRun{outbox: mailbox.New[*outItem](0)}
 	for i := range 100000 {
-		a.nextSeq++
-		a.outbox = append(a.outbox, &outItem{report: &droverpb.ExitReport{Seq: a.nextSeq, Exit: pbconv.Exit(node.Exit{
-			Name: fmt.Sprintf("job-with-a-longish-name.%d", i), Node: "n1", Code: 1, Start: time.Now(), End: time.Now(), Err: "outputs: " + strings.Repeat("e", 40)})}})
+		it := &outItem{report: &droverpb.ExitReport{Exit: pbconv.Exit(node.Exit{
+			Name: fmt.Sprintf("job-with-a-longish-name.%d", i), Node: "n1", Code: 1, Start: time.Now(), End: time.Now(), Err: "outputs: " + strings.Repeat("e", 40)})}}
+		it.report.Seq = a.outbox.Put("", it)
 		a.replyQ = append(a.replyQ, &droverpb.Reply{Id: uint64(i + 1), Error: strings.Repeat("r", 30)})
 	}
 	var seqs, replies int
