@@ -16,6 +16,7 @@ import (
 
 	"github.com/drover-hpc/drover/api/droverpb"
 	"github.com/drover-hpc/drover/internal/node"
+	"github.com/drover-hpc/drover/internal/nodetest"
 )
 
 // A "remote" agent: it does not share the manager's filesystem. Both run
@@ -109,7 +110,7 @@ func wantSuccess(t *testing.T, e node.Exit) {
 func TestRemoteStageAndResults(t *testing.T) {
 	ctx := ctxT(t)
 	rs := newRemote(t, quick, nil)
-	x := newExitLog(t, rs.n)
+	x := nodetest.NewExits(t, rs.n)
 	data := randomBytes(t, 3*fileChunk+1234) // several chunks
 	src := rs.write(t, "src/data.bin", data, 0o644)
 	tool := rs.write(t, "src/tool", []byte("#!/bin/sh\n"), 0o755)
@@ -126,7 +127,7 @@ func TestRemoteStageAndResults(t *testing.T) {
 	if _, err := rs.n.Start(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
-	wantSuccess(t, x.wait("r1"))
+	wantSuccess(t, x.One("r1"))
 	if got := readFile(t, spec.Stdout); got != string(data) {
 		t.Errorf("stdout: %d bytes, want the %d staged", len(got), len(data))
 	}
@@ -153,7 +154,7 @@ func TestRemoteStageAndResults(t *testing.T) {
 	if _, err := rs.n.Start(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
-	wantSuccess(t, x.wait("r2"))
+	wantSuccess(t, x.One("r2"))
 	if got := len(readFile(t, spec.Stdout)); got != 1500 {
 		t.Errorf("stdout and stderr in one file: %d bytes, want 1500", got)
 	}
@@ -165,7 +166,7 @@ func TestRemoteStageOncePerNode(t *testing.T) {
 	const count = 20
 	ctx := ctxT(t)
 	rs := newRemote(t, quick, nil)
-	x := newExitLog(t, rs.n)
+	x := nodetest.NewExits(t, rs.n)
 	data := randomBytes(t, 2*fileChunk+77)
 	src := rs.write(t, "src/shared.bin", data, 0o644)
 	small := rs.write(t, "src/small", []byte("s"), 0o600)
@@ -188,8 +189,8 @@ func TestRemoteStageOncePerNode(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	x.waitCount(count)
-	for name, e := range x.got {
+	x.WaitCount(count)
+	for name, e := range x.Got() {
 		wantSuccess(t, e)
 		if got := readFile(t, filepath.Join(rs.mgrDir, "out", name)); got != string(data)+"s" {
 			t.Errorf("%s: stdout of %d bytes, want %d", name, len(got), len(data)+1)
@@ -204,14 +205,14 @@ func TestRemoteBigStdout(t *testing.T) {
 	const out, errN = 5 << 20, 1<<20 + 3
 	ctx := ctxT(t)
 	rs := newRemote(t, quick, nil)
-	x := newExitLog(t, rs.n)
+	x := nodetest.NewExits(t, rs.n)
 	spec := helperSpec(t, "big", "pattern", fmt.Sprint(out), fmt.Sprint(errN))
 	spec.Stdout = rs.path(t, "big/stdout")
 	spec.Stderr = rs.path(t, "big/stderr")
 	if _, err := rs.n.Start(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
-	wantSuccess(t, x.wait("big"))
+	wantSuccess(t, x.One("big"))
 	checkPattern(t, spec.Stdout, out)
 	checkPattern(t, spec.Stderr, errN)
 }
@@ -247,7 +248,7 @@ func checkPattern(t *testing.T, p string, n int64) {
 func TestRemoteEscapesRefused(t *testing.T) {
 	ctx := ctxT(t)
 	rs := newRemote(t, quick, nil)
-	x := newExitLog(t, rs.n)
+	x := nodetest.NewExits(t, rs.n)
 	src := rs.write(t, "src/f", []byte("f"), 0o644)
 	for _, dst := range []string{"../f", "/tmp/f", "a/../../f"} {
 		spec := helperSpec(t, "esc", "exit", "0")
@@ -275,7 +276,7 @@ func TestRemoteEscapesRefused(t *testing.T) {
 	if _, err := rs.n.Start(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
-	e := x.wait("leak")
+	e := x.One("leak")
 	if e.Success() || !strings.Contains(e.Err, "leak.csv") {
 		t.Errorf("symlink output: exit %v err %q", e, e.Err)
 	}
@@ -335,7 +336,7 @@ func TestRemoteResultsAcrossReconnect(t *testing.T) {
 	ctx := ctxT(t)
 	var px *proxy
 	rs := newRemote(t, quick, func(addr string) string { px = newProxy(t, addr); return px.addr() })
-	x := newExitLog(t, rs.n)
+	x := nodetest.NewExits(t, rs.n)
 	if _, err := rs.n.Poll(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -359,8 +360,8 @@ func TestRemoteResultsAcrossReconnect(t *testing.T) {
 	var last int64
 	deadline := time.Now().Add(patience)
 	for time.Now().Before(deadline) {
-		x.take()
-		if _, done := x.got["big"]; done {
+		x.Take()
+		if _, done := x.Got()["big"]; done {
 			break
 		}
 		st, err := os.Stat(spec.Stdout)
@@ -374,24 +375,24 @@ func TestRemoteResultsAcrossReconnect(t *testing.T) {
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
-	x.waitCount(11)
+	x.WaitCount(11)
 	if cuts == 0 {
 		t.Error("no cut happened during the transfer")
 	}
 	t.Logf("%d cuts during the transfer", cuts)
-	wantSuccess(t, x.got["big"])
+	wantSuccess(t, x.Got()["big"])
 	checkPattern(t, spec.Stdout, size)
 	checkPattern(t, spec.Stderr, 10)
 	for i := range 10 {
-		wantSuccess(t, x.got[fmt.Sprintf("small%d", i)])
+		wantSuccess(t, x.Got()[fmt.Sprintf("small%d", i)])
 		checkPattern(t, filepath.Join(rs.mgrDir, "small", fmt.Sprint(i)), 100)
 	}
 	if _, err := rs.n.Poll(ctx); err != nil {
 		t.Fatal(err)
 	}
-	x.take()
-	if len(x.got) != 11 {
-		t.Fatalf("%d exits", len(x.got))
+	x.Take()
+	if len(x.Got()) != 11 {
+		t.Fatalf("%d exits", len(x.Got()))
 	}
 }
 
@@ -404,7 +405,7 @@ func TestRemoteBigStdoutMemoryFlat(t *testing.T) {
 	const size = 200 << 20
 	ctx := ctxT(t)
 	rs := newRemote(t, quick, nil)
-	x := newExitLog(t, rs.n)
+	x := nodetest.NewExits(t, rs.n)
 	runtime.GC()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
@@ -432,7 +433,7 @@ func TestRemoteBigStdoutMemoryFlat(t *testing.T) {
 	if _, err := rs.n.Start(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
-	e := x.wait("huge")
+	e := x.One("huge")
 	close(stop)
 	<-sampled
 	wantSuccess(t, e)
