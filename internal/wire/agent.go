@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"sync"
 	"time"
 
@@ -16,6 +15,7 @@ import (
 
 	"github.com/drover-hpc/drover/api/droverpb"
 	"github.com/drover-hpc/drover/internal/errdefs"
+	"github.com/drover-hpc/drover/internal/filexfer"
 	"github.com/drover-hpc/drover/internal/mailbox"
 	"github.com/drover-hpc/drover/internal/node"
 	"github.com/drover-hpc/drover/internal/pbconv"
@@ -93,7 +93,7 @@ func RunAgent(ctx context.Context, opts AgentOptions) error {
 		running:      make(map[uint64]context.CancelFunc),
 		monitor:      opts.MonitorTimeout,
 		hb:           opts.HeartbeatInterval,
-		files:        &agentFiles{scratch: opts.Scratch, spools: make(map[string][]*spool)},
+		files:        filexfer.NewSpace(opts.Scratch),
 		outbox:       mailbox.New[*outItem](0),
 	}
 	if a.log == nil {
@@ -165,9 +165,11 @@ func RunAgent(ctx context.Context, opts AgentOptions) error {
 	close(pumpQuit)
 	<-pumpDone
 	a.mu.Lock()
-	a.cur.reset()
+	for _, it := range a.sending {
+		it.reset() // closes the file being sent
+	}
 	a.mu.Unlock()
-	if rerr := a.files.remove(); rerr != nil {
+	if rerr := a.files.Remove(); rerr != nil {
 		a.log.Warn("remove the agent's file space", "err", rerr)
 	}
 	return err
@@ -207,9 +209,8 @@ type agentRun struct {
 	outbox  *mailbox.Mailbox[*outItem]
 	again   bool       // the next take is the first of a stream
 	sending []*outItem // taken on this stream, report not sent yet, in seq order
-	cur     shipCursor // results of sending[0] sent so far
 
-	files *agentFiles
+	files *filexfer.Space
 
 	echo     int64 // manager heartbeat to echo
 	hbSent   int64
@@ -392,9 +393,11 @@ func (a *agentRun) welcome(w *droverpb.Welcome) {
 			a.monitorTimer.Reset(m)
 		}
 	}
-	a.again, a.sending = true, nil
-	a.cur.reset()  // results of unacknowledged exits go again, from the start
-	a.replyQ = nil // the manager repeats every unanswered command
+	for _, it := range a.sending {
+		it.reset()
+	}
+	a.again, a.sending = true, nil // unacknowledged exits go again, results first
+	a.replyQ = nil                 // the manager repeats every unanswered command
 	a.echo = 0
 	a.closeSent = false
 }
@@ -404,11 +407,11 @@ func (a *agentRun) welcome(w *droverpb.Welcome) {
 func (a *agentRun) handle(m *droverpb.ManagerMsg) {
 	a.mu.Lock()
 	a.lastHeard = time.Now()
-	var spools []string
+	var spools []*filexfer.Spool
 	if ack := m.GetAckExits(); ack > 0 {
 		for _, it := range a.outbox.AckThrough(toManager, "", ack) {
-			if it.dir != "" {
-				spools = append(spools, it.dir)
+			if it.spool != nil {
+				spools = append(spools, it.spool)
 			}
 		}
 	}
@@ -434,8 +437,8 @@ func (a *agentRun) handle(m *droverpb.ManagerMsg) {
 		wake = true // time to close the stream
 	}
 	a.mu.Unlock()
-	for _, d := range spools {
-		if err := os.RemoveAll(d); err != nil {
+	for _, sp := range spools {
+		if err := sp.Remove(); err != nil {
 			a.log.Warn("remove results spool", "err", err)
 		}
 	}
@@ -539,8 +542,8 @@ func (a *agentRun) execute(ctx context.Context, c *droverpb.Command) *droverpb.R
 	switch op := c.GetOp().(type) {
 	case *droverpb.Command_Start:
 		spec := specFromPB(op.Start)
-		var sp *spool
-		if sp, err = a.files.prepare(op.Start, &spec); err != nil {
+		var sp *filexfer.Spool
+		if sp, err = a.files.Prepare(&spec, stageSums(op.Start), resultsSpecFromPB(op.Start.GetResults())); err != nil {
 			err = fmt.Errorf("start %s on %s: %w", spec.Name, n.Name(), err)
 			break
 		}
@@ -548,10 +551,13 @@ func (a *agentRun) execute(ctx context.Context, c *droverpb.Command) *droverpb.R
 		if st, err = n.Start(ctx, spec); err == nil {
 			r.Result = &droverpb.Reply_Started{Started: startedToPB(st)}
 		} else if sp != nil {
-			a.files.abandon(spec.Name, sp)
+			a.files.Abandon(spec.Name, sp)
 		}
 	case *droverpb.Command_PutFile:
-		err = a.files.put(op.PutFile)
+		var p filexfer.Put
+		if p, err = putFromPB(op.PutFile); err == nil {
+			err = a.files.Put(p)
+		}
 	case *droverpb.Command_Stop:
 		err = n.Stop(ctx, op.Stop.GetName(), fromMillis(op.Stop.GetGraceMs()))
 	case *droverpb.Command_Kill:
@@ -596,6 +602,29 @@ func (a *agentRun) execute(ctx context.Context, c *droverpb.Command) *droverpb.R
 	return r
 }
 
+// outItem is an exit report with the results that go ahead of it.
+type outItem struct {
+	report *droverpb.ExitReport
+	spool  *filexfer.Spool  // removed once the exit is acknowledged; nil: no results
+	ship   *filexfer.Sender // reads the spool's files for the stream
+}
+
+// addError adds to the exit's error.
+func (it *outItem) addError(msg string) {
+	x := it.report.GetExit()
+	if x.Error != "" {
+		x.Error += "; "
+	}
+	x.Error += msg
+}
+
+// reset has the results go again from the start.
+func (it *outItem) reset() {
+	if it.ship != nil {
+		it.ship.Reset()
+	}
+}
+
 // toManager is the one reader of the outbox.
 const toManager = "manager"
 
@@ -610,15 +639,11 @@ func (a *agentRun) pump(quit <-chan struct{}, done chan<- struct{}) {
 			items := make([]*outItem, len(exits))
 			for i, e := range exits {
 				it := &outItem{report: &droverpb.ExitReport{Exit: pbconv.Exit(e)}}
-				if sp := a.files.take(e.Name); sp != nil {
-					it.report.ResultsId, it.dir = sp.id, sp.dir
+				if sp := a.files.Take(e.Name); sp != nil {
+					it.report.ResultsId, it.spool = sp.ID(), sp
 					var err error
-					if it.files, err = sp.list(); err != nil {
-						x := it.report.Exit
-						if x.Error != "" {
-							x.Error += "; "
-						}
-						x.Error += "results: " + err.Error()
+					if it.ship, err = sp.Sender(); err != nil {
+						it.addError("results: " + err.Error())
 					}
 				}
 				items[i] = it
@@ -705,27 +730,29 @@ func (a *agentRun) collect(hbDue bool) (*droverpb.AgentMsg, bool) {
 	// at a time: files are read here, a chunk at a time, so that a big
 	// stdout never sits in memory (and Send waits on flow control).
 	for _, l := range a.outbox.Take(toManager, "", nil, a.again) {
+		if a.again {
+			l.Item.reset() // sent on a stream before: all of it again
+		}
 		a.sending = append(a.sending, l.Item)
 	}
 	a.again = false
 	i := 0
 	for ; i < len(a.sending) && size < maxBatchBytes; i++ {
 		it := a.sending[i]
-		seq := it.report.GetSeq()
-		if a.cur.seq != seq {
-			a.cur.reset()
-			a.cur.seq = seq
-		}
-		for a.cur.file < len(it.files) && size < maxBatchBytes {
-			if fd := a.cur.nextChunk(it); fd != nil {
+		for it.ship != nil && !it.ship.Done() && size < maxBatchBytes {
+			c, err := it.ship.Next()
+			if err != nil {
+				it.addError(err.Error())
+			}
+			if c != nil {
+				fd := resultToPB(c, it.report.GetSeq())
 				m.Files = append(m.Files, fd)
 				size += len(fd.Data) + 64
 			}
 		}
-		if a.cur.file < len(it.files) {
+		if it.ship != nil && !it.ship.Done() {
 			break // the next message carries on
 		}
-		a.cur.reset()
 		m.Exits = append(m.Exits, it.report)
 		size += proto.Size(it.report)
 	}

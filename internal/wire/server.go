@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/drover-hpc/drover/api/droverpb"
 	"github.com/drover-hpc/drover/internal/errdefs"
+	"github.com/drover-hpc/drover/internal/filexfer"
 	"github.com/drover-hpc/drover/internal/mailbox"
 	"github.com/drover-hpc/drover/internal/node"
 	"github.com/drover-hpc/drover/internal/pbconv"
@@ -61,8 +61,7 @@ type Server struct {
 	order    []*RemoteNode
 	wg       sync.WaitGroup // senders and receivers of sessions
 
-	hashes hashCache     // of staged files, for every node
-	putSem chan struct{} // PutFile chunks in flight to all nodes
+	files *filexfer.Pool // hashes of staged files, chunks in flight to all nodes
 }
 
 // NewServer makes a Server; Register it with a grpc.Server.
@@ -80,7 +79,7 @@ func NewServer(opts ServerOptions) *Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{opts: opts, log: log, sessions: make(map[string]*RemoteNode), putSem: make(chan struct{}, putWindowAll)}
+	return &Server{opts: opts, log: log, sessions: make(map[string]*RemoteNode), files: filexfer.NewPool()}
 }
 
 // Register adds the AgentSession service to g.
@@ -308,14 +307,11 @@ type RemoteNode struct {
 	hbSentAt time.Time
 	rtt      time.Duration
 
-	// Files, for an agent that does not share our filesystem (files.go).
-	shared      bool
-	putSem      chan struct{} // PutFile chunks in flight
-	putChunks   atomic.Int64  // PutFile chunks sent, for tests
-	fmu         sync.Mutex    // guards the fields below; taken after mu, never before
-	have        map[digest]*flight
-	results     map[uint64]*resultsTarget // by ResultsSpec.id
-	nextResults uint64
+	// Files, for an agent that does not share our filesystem (files.go,
+	// internal/filexfer).
+	shared bool
+	stager *filexfer.Stager   // staged files' content to the agent
+	recv   *filexfer.Receiver // results from the agent
 	// stageStop is closed (and replaced) by CancelAll and Shutdown, ending
 	// the sending of staged files of starts in flight; guarded by mu.
 	stageStop chan struct{}
@@ -376,11 +372,10 @@ func newRemoteNode(s *Server, session string, h *droverpb.Hello) *RemoteNode {
 		calls:     make(map[uint64]*call),
 		lastHeard: time.Now(),
 		shared:    !h.GetRemoteFs(),
-		putSem:    make(chan struct{}, putWindow),
-		have:      make(map[digest]*flight),
-		results:   make(map[uint64]*resultsTarget),
+		recv:      filexfer.NewReceiver(),
 		stageStop: make(chan struct{}),
 	}
+	n.stager = s.files.Stager(n.putChunk)
 	if s.opts.SharedFS != nil {
 		n.shared = s.opts.SharedFS(h)
 	}
@@ -509,12 +504,7 @@ func (n *RemoteNode) loseLocked(reason string) {
 		n.att = nil
 	}
 	n.timer.Stop()
-	n.fmu.Lock()
-	for id, t := range n.results {
-		t.close()
-		delete(n.results, id)
-	}
-	n.fmu.Unlock()
+	n.recv.DropAll()
 	close(n.ready)
 	close(n.gone)
 	if reason == reasonEnded {
@@ -872,7 +862,7 @@ func (n *RemoteNode) Start(ctx context.Context, spec node.ProcessSpec) (node.Sta
 	if err != nil {
 		var re *remoteError
 		if errors.As(err, &re) || errors.Is(err, errdefs.ErrNodeLost) {
-			n.dropResults(id) // it did not start; else its exit may still come
+			n.recv.Drop(id) // it did not start; else its exit may still come
 		}
 		return node.Started{}, err
 	}
