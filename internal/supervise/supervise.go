@@ -155,13 +155,15 @@ type Supervisor struct {
 	quit    chan struct{} // closed to stop the spawners
 	spawnWG sync.WaitGroup
 	ready   chan struct{}
+	// exits: reaped, not yet taken by Finished; put in reaping order
+	// (under mu), taken without it.
+	exits *mailbox.Mailbox[node.Exit]
 
 	mu       sync.Mutex
 	cond     sync.Cond // on mu: running or inflight dropped while closing
 	procs    map[string]*proc
-	exits    *mailbox.Mailbox[node.Exit] // reaped, not yet taken by Finished
-	running  int                         // forked and not yet reaped
-	inflight int                         // Start calls between reservation and answer
+	running  int // forked and not yet reaped
+	inflight int // Start calls between reservation and answer
 	closing  bool
 
 	closeOnce sync.Once

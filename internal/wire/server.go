@@ -283,8 +283,9 @@ type RemoteNode struct {
 	timeout time.Duration
 	hb      time.Duration
 
-	ready chan struct{} // cap 1; closed once the node is lost
-	gone  chan struct{} // closed once the node is lost
+	ready chan struct{}               // cap 1; closed once the node is lost
+	gone  chan struct{}               // closed once the node is lost
+	exits *mailbox.Mailbox[node.Exit] // delivered (under mu, in seq order), not yet taken by Finished
 
 	mu        sync.Mutex
 	att       *attachment // current stream; nil while disconnected
@@ -300,8 +301,7 @@ type RemoteNode struct {
 	unsent  []uint64         // ids to send on the current attachment
 	cancels []uint64         // abandoned ids to tell the agent about
 
-	lastSeq uint64                      // highest exit seq delivered
-	exits   *mailbox.Mailbox[node.Exit] // delivered, not yet taken by Finished
+	lastSeq uint64 // highest exit seq delivered
 
 	hbSent   int64 // sent_unix_nano of our last heartbeat
 	hbSentAt time.Time
