@@ -729,13 +729,17 @@ func (a *agentRun) collect(hbDue bool) (*droverpb.AgentMsg, bool) {
 	// Each exit goes after the results of its process, a message's worth
 	// at a time: files are read here, a chunk at a time, so that a big
 	// stdout never sits in memory (and Send waits on flow control).
-	for _, l := range a.outbox.Take(toManager, "", nil, a.again) {
-		if a.again {
-			l.Item.reset() // sent on a stream before: all of it again
+	// New exits come after those taken already: take when those are sent
+	// (a take looks at every unacknowledged exit).
+	if a.again || len(a.sending) == 0 {
+		for _, l := range a.outbox.Take(toManager, "", nil, a.again) {
+			if a.again {
+				l.Item.reset() // sent on a stream before: all of it again
+			}
+			a.sending = append(a.sending, l.Item)
 		}
-		a.sending = append(a.sending, l.Item)
+		a.again = false
 	}
-	a.again = false
 	i := 0
 	for ; i < len(a.sending) && size < maxBatchBytes; i++ {
 		it := a.sending[i]
