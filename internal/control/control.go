@@ -229,7 +229,7 @@ func (s *Server) Nodes(ctx context.Context, _ *droverpb.NodesRequest) (*droverpb
 			Name:          n.Name,
 			State:         n.State,
 			Error:         n.Error,
-			Resources:     droverpb.NewResources(n.Resources.Node, n.Resources.Cores, n.Resources.MemoryBytes),
+			Resources:     pbconv.Resources(n.Resources),
 			BusyHwthreads: droverpb.Int32s(n.BusyHWThreads),
 			Processes:     int32(n.Processes),
 			Restarts:      int32(n.Restarts),
