@@ -51,6 +51,7 @@ import (
 	"github.com/drover-hpc/drover/internal/creds"
 	"github.com/drover-hpc/drover/internal/errdefs"
 	"github.com/drover-hpc/drover/internal/jobfile"
+	"github.com/drover-hpc/drover/internal/node"
 	"github.com/drover-hpc/drover/internal/pbconv"
 )
 
@@ -435,7 +436,8 @@ func (c *Client) Nodes(ctx context.Context) ([]NodeInfo, error) {
 	}
 	out := make([]NodeInfo, 0, len(r.GetNodes()))
 	for _, n := range r.GetNodes() {
-		res := Resources{Node: n.GetResources().GetNode(), MemoryBytes: n.GetResources().GetMemoryBytes(), Cores: n.GetResources().CoreLists()}
+		r := pbconv.ResourcesFromPB(n.GetResources())
+		res := Resources{Node: r.Node, MemoryBytes: r.MemoryBytes, Cores: r.Cores}
 		if res.Cores == nil {
 			res.Cores = [][]int{} // JSON: [] rather than null
 		}
@@ -564,13 +566,14 @@ func (e Exit) String() string {
 // results were kept.
 func (e Exit) Success() bool { return e.Signal == "" && e.Code == 0 && e.Err == "" }
 
-func exitFromPB(e *droverpb.Exit) Exit {
-	out := Exit{Name: e.GetName(), Node: e.GetNode(), Code: int(e.GetCode()), Signal: e.GetSignal(), Err: e.GetError(), Seq: e.GetSeq()}
-	if e.GetStartUnixNano() != 0 {
-		out.Start = time.Unix(0, e.GetStartUnixNano())
-	}
-	if e.GetEndUnixNano() != 0 {
-		out.End = time.Unix(0, e.GetEndUnixNano())
+// exitFromPB decodes with pbconv, the one converter of exits, and gives the
+// client's form.
+func exitFromPB(e *droverpb.Exit) Exit { return exitOf(pbconv.ExitFromPB(e), e.GetSeq()) }
+
+func exitOf(e node.Exit, seq uint64) Exit {
+	out := Exit{Name: e.Name, Node: e.Node, Code: e.Code, Err: e.Err, Start: e.Start, End: e.End, Seq: seq}
+	if e.Signal != 0 {
+		out.Signal = node.SignalName(e.Signal)
 	}
 	return out
 }
@@ -600,13 +603,15 @@ func (c *Client) Poll(ctx context.Context, names ...string) ([]Status, error) {
 	if err != nil {
 		return nil, c.fail(err)
 	}
-	out := make([]Status, 0, len(r.GetStatuses()))
-	for _, s := range r.GetStatuses() {
-		st := Status{Name: s.GetName(), Running: s.GetRunning()}
-		if typed := pbconv.Error(s.GetError(), s.GetErrorDetail()); typed != nil {
-			st.Err = &Error{Kind: errdefs.Sentinel(errdefs.KindOf(typed)), Msg: s.GetError(), cause: typed}
-		} else if !st.Running {
-			st.Exit = exitFromPB(s.GetExit())
+	sts := pbconv.StatusesFromPB(r.GetStatuses())
+	out := make([]Status, 0, len(sts))
+	for _, s := range sts {
+		st := Status{Name: s.Name, Running: s.State == node.Running}
+		switch s.State {
+		case node.Unknown:
+			st.Err = &Error{Kind: errdefs.Sentinel(errdefs.KindOf(s.Err)), Msg: s.Err.Error(), cause: s.Err}
+		case node.Exited:
+			st.Exit = exitOf(s.Exit, 0)
 			if st.Exit.Name == "" {
 				st.Exit.Name = st.Name
 			}

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/drover-hpc/drover/internal/errdefs"
+	"github.com/drover-hpc/drover/internal/mailbox"
 	"github.com/drover-hpc/drover/internal/node"
 	"github.com/drover-hpc/drover/internal/nofollow"
 	"github.com/drover-hpc/drover/internal/ports"
@@ -59,7 +60,6 @@ type Agent struct {
 	dirs     int      // work dirs made, for their names
 	env      map[string]string
 	pending  map[string]*afterExit // per running process: what to do once it exits
-	finished []node.Exit
 	closed   bool
 	// cancelled is closed (and replaced) by CancelAll and Close, failing
 	// starts that wait for another process (ProcessSpec.After).
@@ -72,6 +72,7 @@ type Agent struct {
 	over     map[string]bool
 	overRing []string
 
+	exits     *mailbox.Mailbox[node.Exit] // collected, not yet taken by Finished
 	ready     chan struct{}
 	stopPump  chan struct{}
 	pumpDone  chan struct{}
@@ -140,6 +141,7 @@ func New(opts Options) (*Agent, error) {
 		cancelled: make(chan struct{}),
 		changed:   make(chan struct{}),
 		over:      make(map[string]bool),
+		exits:     mailbox.New[node.Exit](0),
 		ready:     make(chan struct{}, 1),
 		stopPump:  make(chan struct{}),
 		pumpDone:  make(chan struct{}),
@@ -491,7 +493,7 @@ func commaList(ids []int) string {
 	return strings.Join(s, ",")
 }
 
-// pump moves exits from the supervisor to our finished list, collecting
+// pump moves exits from the supervisor to our mailbox, collecting
 // outputs and removing fresh work dirs first, so that an exit report means
 // the results are in place.
 func (a *Agent) pump() {
@@ -546,9 +548,9 @@ func (a *Agent) collect() {
 		a.mu.Unlock()
 		close(after.done)
 	}
-	a.mu.Lock()
-	a.finished = append(a.finished, exits...)
-	a.mu.Unlock()
+	for _, e := range exits {
+		a.exits.Put("", e)
+	}
 	select {
 	case a.ready <- struct{}{}:
 	default:
@@ -556,13 +558,7 @@ func (a *Agent) collect() {
 }
 
 // Finished returns the exits not yet returned, each exactly once.
-func (a *Agent) Finished() []node.Exit {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	f := a.finished
-	a.finished = nil
-	return f
-}
+func (a *Agent) Finished() []node.Exit { return a.exits.TakeAll("") }
 
 func (a *Agent) Poll(_ context.Context, names ...string) ([]node.Status, error) {
 	st, err := a.sup.Poll(names...)

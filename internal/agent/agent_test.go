@@ -22,6 +22,7 @@ import (
 	"github.com/drover-hpc/drover/internal/e2e"
 	"github.com/drover-hpc/drover/internal/errdefs"
 	"github.com/drover-hpc/drover/internal/node"
+	"github.com/drover-hpc/drover/internal/nodetest"
 	"github.com/drover-hpc/drover/internal/topology"
 )
 
@@ -65,68 +66,6 @@ func newAgent(t *testing.T, mod ...func(*agent.Options)) (*agent.Agent, string) 
 	return a, scratch
 }
 
-// reports gathers a node's exits, draining Finished only when Ready is
-// signalled, so that a missing signal shows up as a timeout.
-type reports struct {
-	n    node.Node
-	seen map[string][]node.Exit
-	gone bool // Ready was closed
-}
-
-func newReports(n node.Node) *reports {
-	return &reports{n: n, seen: make(map[string][]node.Exit)}
-}
-
-func (r *reports) take() {
-	for _, e := range r.n.Finished() {
-		r.seen[e.Name] = append(r.seen[e.Name], e)
-	}
-}
-
-// wait returns the exit of each named process, waiting for them.
-func (r *reports) wait(t *testing.T, names ...string) []node.Exit {
-	t.Helper()
-	timeout := time.After(backstop)
-	for {
-		missing := ""
-		for _, n := range names {
-			if len(r.seen[n]) == 0 {
-				missing = n
-				break
-			}
-		}
-		if missing == "" {
-			break
-		}
-		if r.gone {
-			t.Fatalf("Ready closed without an exit for %s", missing)
-		}
-		select {
-		case _, ok := <-r.n.Ready():
-			r.take()
-			r.gone = !ok
-		case <-timeout:
-			t.Fatalf("no exit reported for %s", missing)
-		}
-	}
-	out := make([]node.Exit, len(names))
-	for i, n := range names {
-		out[i] = r.seen[n][0]
-	}
-	return out
-}
-
-// once checks that every process seen was reported exactly once.
-func (r *reports) once(t *testing.T) {
-	t.Helper()
-	r.take()
-	for name, exits := range r.seen {
-		if len(exits) != 1 {
-			t.Errorf("%s reported %d times: %v", name, len(exits), exits)
-		}
-	}
-}
-
 func start(t *testing.T, a node.Node, spec node.ProcessSpec) node.Started {
 	t.Helper()
 	st, err := a.Start(context.Background(), spec)
@@ -165,7 +104,7 @@ func exists(p string) bool {
 
 func TestStartFinishedExactlyOnce(t *testing.T) {
 	a, _ := newAgent(t)
-	r := newReports(a)
+	r := nodetest.NewExits(t, a)
 	dir := t.TempDir()
 
 	start(t, a, node.ProcessSpec{Name: "zero", Args: helper("exit=0")})
@@ -174,7 +113,7 @@ func TestStartFinishedExactlyOnce(t *testing.T) {
 	start(t, a, node.ProcessSpec{Name: "out", Args: helper("out=hello", "err=oops"),
 		Stdout: filepath.Join(dir, "out"), Stderr: filepath.Join(dir, "err")})
 
-	e := r.wait(t, "zero", "three", "killed", "out")
+	e := r.Wait("zero", "three", "killed", "out")
 	wantExit(t, e[0], 0, 0)
 	wantExit(t, e[1], 3, 0)
 	wantExit(t, e[2], -1, syscall.SIGKILL)
@@ -211,12 +150,12 @@ func TestStartFinishedExactlyOnce(t *testing.T) {
 	if err := a.Purge(context.Background(), "three"); err == nil {
 		t.Error("second purge did not fail")
 	}
-	r.once(t)
+	r.Take()
 }
 
 func TestConcurrentStartsReportEachExitOnce(t *testing.T) {
 	a, _ := newAgent(t)
-	r := newReports(a)
+	r := nodetest.NewExits(t, a)
 	const n = 16
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
@@ -242,12 +181,12 @@ func TestConcurrentStartsReportEachExitOnce(t *testing.T) {
 	for i := range names {
 		names[i] = fmt.Sprintf("c.%d", i)
 	}
-	for i, e := range r.wait(t, names...) {
+	for i, e := range r.Wait(names...) {
 		wantExit(t, e, i%4, 0)
 	}
-	r.once(t)
-	if len(r.seen) != n {
-		t.Errorf("%d processes reported, want %d", len(r.seen), n)
+	r.Take()
+	if len(r.Got()) != n {
+		t.Errorf("%d processes reported, want %d", len(r.Got()), n)
 	}
 }
 
@@ -255,7 +194,7 @@ func TestEnvMerging(t *testing.T) {
 	a, _ := newAgent(t, func(o *agent.Options) {
 		o.BaseEnv = helperEnv("A=base", "B=base")
 	})
-	r := newReports(a)
+	r := nodetest.NewExits(t, a)
 	ctx := context.Background()
 	if err := a.SetEnv(ctx, "E", "set later"); err != nil {
 		t.Fatal(err)
@@ -269,7 +208,7 @@ func TestEnvMerging(t *testing.T) {
 		Stdout:    out,
 		HWThreads: []int{hw},
 	})
-	wantExit(t, r.wait(t, "env")[0], 0, 0)
+	wantExit(t, r.One("env"), 0, 0)
 	got := lines(readFile(t, out))
 	want := map[string]string{
 		"A": "base", "B": "spec", "C": "spec", "E": "set later",
@@ -288,7 +227,7 @@ func TestEnvMerging(t *testing.T) {
 	// Without HWThreads there is no DROVER_HWTHREADS, and the spec env of
 	// the previous process is not left behind.
 	start(t, a, node.ProcessSpec{Name: "env2", Args: helper("env=DROVER_HWTHREADS", "env=C"), Stdout: out})
-	wantExit(t, r.wait(t, "env2")[0], 0, 0)
+	wantExit(t, r.One("env2"), 0, 0)
 	if got := readFile(t, out); got != "DROVER_HWTHREADS unset\nC unset\n" {
 		t.Errorf("second process printed %q", got)
 	}
@@ -300,7 +239,7 @@ func TestEnvNodeVarsOverrideBaseEnv(t *testing.T) {
 	a, _ := newAgent(t, func(o *agent.Options) {
 		o.BaseEnv = helperEnv("DROVER_NODE=stale", "DROVER_WORKDIR=/stale", "DROVER_HWTHREADS=999", "DROVER_PORT_CTL=1")
 	})
-	r := newReports(a)
+	r := nodetest.NewExits(t, a)
 	hw := detect(t).Cores[0][0]
 	out := filepath.Join(t.TempDir(), "out")
 	st := start(t, a, node.ProcessSpec{
@@ -310,7 +249,7 @@ func TestEnvNodeVarsOverrideBaseEnv(t *testing.T) {
 		HWThreads: []int{hw},
 		PortNames: []string{"ctl"},
 	})
-	wantExit(t, r.wait(t, "env")[0], 0, 0)
+	wantExit(t, r.One("env"), 0, 0)
 	got := lines(readFile(t, out))
 	if got["DROVER_NODE"] != nodeName {
 		t.Errorf("DROVER_NODE=%q, want %q", got["DROVER_NODE"], nodeName)
@@ -335,10 +274,10 @@ func TestHWThreadsEnvIsCommaList(t *testing.T) {
 		t.Skip("needs two consecutive hwthreads")
 	}
 	a, _ := newAgent(t)
-	r := newReports(a)
+	r := nodetest.NewExits(t, a)
 	out := filepath.Join(t.TempDir(), "out")
 	start(t, a, node.ProcessSpec{Name: "hw", Args: helper("env=DROVER_HWTHREADS"), Stdout: out, HWThreads: all[:2]})
-	wantExit(t, r.wait(t, "hw")[0], 0, 0)
+	wantExit(t, r.One("hw"), 0, 0)
 	want := fmt.Sprintf("%d,%d", all[0], all[1])
 	if got := lines(readFile(t, out))["DROVER_HWTHREADS"]; got != want {
 		t.Errorf("DROVER_HWTHREADS=%q, want %q", got, want)
@@ -347,7 +286,7 @@ func TestHWThreadsEnvIsCommaList(t *testing.T) {
 
 func TestFreshWorkDirIsMadeAndRemoved(t *testing.T) {
 	a, scratch := newAgent(t)
-	r := newReports(a)
+	r := nodetest.NewExits(t, a)
 	out := t.TempDir()
 	for _, name := range []string{"w1", "w2"} {
 		start(t, a, node.ProcessSpec{
@@ -356,7 +295,7 @@ func TestFreshWorkDirIsMadeAndRemoved(t *testing.T) {
 			Stdout: filepath.Join(out, name),
 		})
 	}
-	r.wait(t, "w1", "w2")
+	r.Wait("w1", "w2")
 	dirs := map[string]bool{}
 	for _, name := range []string{"w1", "w2"} {
 		text := readFile(t, filepath.Join(out, name))
@@ -379,12 +318,12 @@ func TestFreshWorkDirIsMadeAndRemoved(t *testing.T) {
 	if len(dirs) != 2 {
 		t.Errorf("the two processes shared a work dir: %v", dirs)
 	}
-	r.once(t)
+	r.Take()
 }
 
 func TestGivenWorkDirIsUsedAndKept(t *testing.T) {
 	a, _ := newAgent(t)
-	r := newReports(a)
+	r := nodetest.NewExits(t, a)
 	wd := t.TempDir()
 	out := filepath.Join(t.TempDir(), "out")
 	start(t, a, node.ProcessSpec{
@@ -393,7 +332,7 @@ func TestGivenWorkDirIsUsedAndKept(t *testing.T) {
 		Args:   helper("cwd", "env=DROVER_WORKDIR", "write=kept.txt=kept"),
 		Stdout: out,
 	})
-	wantExit(t, r.wait(t, "given")[0], 0, 0)
+	wantExit(t, r.One("given"), 0, 0)
 	got := lines(readFile(t, out))
 	if canonical(t, got["cwd"]) != canonical(t, wd) {
 		t.Errorf("cwd %q, want %q", got["cwd"], wd)
@@ -420,7 +359,7 @@ func writeSrc(t *testing.T, dir, name, content string, mode os.FileMode) string 
 
 func TestStageFiles(t *testing.T) {
 	a, _ := newAgent(t)
-	r := newReports(a)
+	r := nodetest.NewExits(t, a)
 	src := t.TempDir()
 	alpha := writeSrc(t, src, "alpha.txt", "alpha\n", 0o640)
 	beta := writeSrc(t, src, "beta.bin", "beta", 0o755)
@@ -430,7 +369,7 @@ func TestStageFiles(t *testing.T) {
 		out := filepath.Join(t.TempDir(), "out")
 		start(t, a, node.ProcessSpec{Name: "stage-fresh", Files: files, Stdout: out,
 			Args: helper("cat=alpha.txt", "cat=sub/deep/beta.bin")})
-		wantExit(t, r.wait(t, "stage-fresh")[0], 0, 0)
+		wantExit(t, r.One("stage-fresh"), 0, 0)
 		want := "cat alpha.txt mode=640 content=\"alpha\\n\"\ncat sub/deep/beta.bin mode=755 content=\"beta\"\n"
 		if got := readFile(t, out); got != want {
 			t.Errorf("child saw\n%s\nwant\n%s", got, want)
@@ -439,7 +378,7 @@ func TestStageFiles(t *testing.T) {
 	t.Run("given", func(t *testing.T) {
 		wd := t.TempDir()
 		start(t, a, node.ProcessSpec{Name: "stage-given", Dir: wd, Files: files, Args: helper("exit=0")})
-		wantExit(t, r.wait(t, "stage-given")[0], 0, 0)
+		wantExit(t, r.One("stage-given"), 0, 0)
 		for _, f := range []struct {
 			path, content string
 			mode          os.FileMode
@@ -466,23 +405,23 @@ func TestStageFiles(t *testing.T) {
 		prog := writeSrc(t, t.TempDir(), "prog", string(exe), 0o755)
 		start(t, a, node.ProcessSpec{Name: "stage-exe", Files: []node.StageFile{{Src: prog, Dst: "bin/prog"}},
 			Args: []string{"./bin/prog", "exit=7"}})
-		wantExit(t, r.wait(t, "stage-exe")[0], 7, 0)
+		wantExit(t, r.One("stage-exe"), 7, 0)
 	})
-	r.once(t)
+	r.Take()
 }
 
 // Staging over a file left in a given work dir (say, by an earlier
 // attempt) must give it the source's mode, or an executable stays unrunnable.
 func TestStageOverExistingFileTakesSourceMode(t *testing.T) {
 	a, _ := newAgent(t)
-	r := newReports(a)
+	r := nodetest.NewExits(t, a)
 	wd := t.TempDir()
 	if err := os.WriteFile(filepath.Join(wd, "tool"), []byte("old"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	src := writeSrc(t, t.TempDir(), "tool", "new", 0o755)
 	start(t, a, node.ProcessSpec{Name: "restage", Dir: wd, Files: []node.StageFile{{Src: src, Dst: "tool"}}, Args: helper("exit=0")})
-	r.wait(t, "restage")
+	r.Wait("restage")
 	st, err := os.Stat(filepath.Join(wd, "tool"))
 	if err != nil {
 		t.Fatal(err)
@@ -494,7 +433,7 @@ func TestStageOverExistingFileTakesSourceMode(t *testing.T) {
 
 func TestStageRejectsEscapes(t *testing.T) {
 	a, scratch := newAgent(t)
-	r := newReports(a)
+	r := nodetest.NewExits(t, a)
 	src := writeSrc(t, t.TempDir(), "x.txt", "x", 0o644)
 	outside := t.TempDir()
 	wd := filepath.Join(t.TempDir(), "wd")
@@ -548,16 +487,16 @@ func TestStageRejectsEscapes(t *testing.T) {
 	}
 	// The agent keeps working.
 	start(t, a, node.ProcessSpec{Name: "after", Args: helper("exit=0")})
-	wantExit(t, r.wait(t, "after")[0], 0, 0)
-	r.once(t)
-	if len(r.seen) != 1 {
-		t.Errorf("exits reported for processes that never started: %v", r.seen)
+	wantExit(t, r.One("after"), 0, 0)
+	r.Take()
+	if len(r.Got()) != 1 {
+		t.Errorf("exits reported for processes that never started: %v", r.Got())
 	}
 }
 
 func TestOutputsCollected(t *testing.T) {
 	a, _ := newAgent(t)
-	r := newReports(a)
+	r := nodetest.NewExits(t, a)
 	secret := writeSrc(t, t.TempDir(), "secret.csv", "secret", 0o644)
 	secretDir := filepath.Dir(secret)
 
@@ -570,7 +509,7 @@ func TestOutputsCollected(t *testing.T) {
 			Outputs:   []string{"*.csv", "sub/*.csv", "deep"},
 			OutputDir: outDir,
 		})
-		e := r.wait(t, "outputs-ok")[0]
+		e := r.One("outputs-ok")
 		wantExit(t, e, 0, 0)
 		if e.Err != "" || !e.Success() {
 			t.Errorf("exit err %q", e.Err)
@@ -594,7 +533,7 @@ func TestOutputsCollected(t *testing.T) {
 			Outputs:   []string{"*.csv", "leak*"},
 			OutputDir: outDir,
 		})
-		e := r.wait(t, "outputs-leak")[0]
+		e := r.One("outputs-leak")
 		if e.Code != 0 || e.Signal != 0 {
 			t.Errorf("exit %v", e)
 		}
@@ -610,14 +549,14 @@ func TestOutputsCollected(t *testing.T) {
 			}
 		}
 	})
-	r.once(t)
+	r.Take()
 }
 
 // An output named literally (no glob metacharacters) that is a symlink out
 // of the work dir must be reported like one matched by a wildcard.
 func TestOutputLiteralSymlinkIsReported(t *testing.T) {
 	a, _ := newAgent(t)
-	r := newReports(a)
+	r := nodetest.NewExits(t, a)
 	secret := writeSrc(t, t.TempDir(), "secret.csv", "secret", 0o644)
 	outDir := filepath.Join(t.TempDir(), "out")
 	start(t, a, node.ProcessSpec{
@@ -626,7 +565,7 @@ func TestOutputLiteralSymlinkIsReported(t *testing.T) {
 		Outputs:   []string{"result.csv"},
 		OutputDir: outDir,
 	})
-	e := r.wait(t, "literal")[0]
+	e := r.One("literal")
 	if exists(filepath.Join(outDir, "result.csv")) {
 		t.Error("exported through a symlink")
 	}
@@ -637,7 +576,7 @@ func TestOutputLiteralSymlinkIsReported(t *testing.T) {
 
 func TestPorts(t *testing.T) {
 	a, _ := newAgent(t)
-	r := newReports(a)
+	r := nodetest.NewExits(t, a)
 	out := filepath.Join(t.TempDir(), "out")
 	st := start(t, a, node.ProcessSpec{
 		Name:      "ports",
@@ -647,7 +586,7 @@ func TestPorts(t *testing.T) {
 		Stdout: out,
 		Stderr: out + ".err",
 	})
-	e := r.wait(t, "ports")[0]
+	e := r.One("ports")
 	if e.Code != 0 {
 		t.Fatalf("child could not bind its ports: %v: %s", e, readFile(t, out+".err"))
 	}
@@ -668,7 +607,7 @@ func TestPorts(t *testing.T) {
 
 func TestHWThreadsBinding(t *testing.T) {
 	a, _ := newAgent(t)
-	r := newReports(a)
+	r := nodetest.NewExits(t, a)
 	res := detect(t)
 	dir := t.TempDir()
 	var names []string
@@ -685,7 +624,7 @@ func TestHWThreadsBinding(t *testing.T) {
 			Stdout: filepath.Join(dir, name), HWThreads: sets[name]})
 	}
 	start(t, a, node.ProcessSpec{Name: "inherit", Args: helper("cpus"), Stdout: filepath.Join(dir, "inherit")})
-	r.wait(t, append(names, "inherit")...)
+	r.Wait(append(names, "inherit")...)
 	for _, name := range names {
 		got := lines(readFile(t, filepath.Join(dir, name)))
 		want := slices.Sorted(slices.Values(sets[name]))
@@ -703,12 +642,12 @@ func TestHWThreadsBinding(t *testing.T) {
 	if got := lines(readFile(t, filepath.Join(dir, "inherit")))["cpus"]; !slices.Equal(cpuSet(t, got), cpuSet(t, own)) {
 		t.Errorf("without HWThreads the child runs on %q, the agent on %q", got, own)
 	}
-	r.once(t)
+	r.Take()
 }
 
 func TestBadStartsAreErrorsAndTheAgentGoesOn(t *testing.T) {
 	a, scratch := newAgent(t)
-	r := newReports(a)
+	r := nodetest.NewExits(t, a)
 	tmp := t.TempDir()
 	regular := writeSrc(t, tmp, "regular", "", 0o644)
 	cases := []struct {
@@ -742,12 +681,12 @@ func TestBadStartsAreErrorsAndTheAgentGoesOn(t *testing.T) {
 	// The agent goes on, and a failed name can be used again.
 	start(t, a, node.ProcessSpec{Name: "good", Args: helper("exit=0")})
 	start(t, a, node.ProcessSpec{Name: "nodir", Args: helper("exit=5")})
-	e := r.wait(t, "good", "nodir")
+	e := r.Wait("good", "nodir")
 	wantExit(t, e[0], 0, 0)
 	wantExit(t, e[1], 5, 0)
-	r.once(t)
-	if len(r.seen) != 2 {
-		t.Errorf("exits reported for failed starts: %v", r.seen)
+	r.Take()
+	if len(r.Got()) != 2 {
+		t.Errorf("exits reported for failed starts: %v", r.Got())
 	}
 	// Failed starts leave nothing in scratch but empty work dirs kept for
 	// reuse.
@@ -790,7 +729,7 @@ func TestStartWithoutCommandIsAnError(t *testing.T) {
 
 func TestDuplicateName(t *testing.T) {
 	a, _ := newAgent(t)
-	r := newReports(a)
+	r := nodetest.NewExits(t, a)
 	ctx := context.Background()
 	ready := filepath.Join(t.TempDir(), "ready")
 	start(t, a, node.ProcessSpec{Name: "dup", Args: helper("touch="+ready, "sleep=2m")})
@@ -809,20 +748,20 @@ func TestDuplicateName(t *testing.T) {
 	if err := a.Stop(ctx, "dup", 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	wantExit(t, r.wait(t, "dup")[0], -1, syscall.SIGTERM)
+	wantExit(t, r.One("dup"), -1, syscall.SIGTERM)
 	if err := a.Purge(ctx, "dup"); err != nil {
 		t.Fatal(err)
 	}
 	start(t, a, node.ProcessSpec{Name: "dup", Args: helper("exit=4")})
 	// The second run's exit is reported too, once.
-	delete(r.seen, "dup")
-	wantExit(t, r.wait(t, "dup")[0], 4, 0)
-	r.once(t)
+	r.Forget("dup")
+	wantExit(t, r.One("dup"), 4, 0)
+	r.Take()
 }
 
 func TestStopAndKillReachTheProcessGroup(t *testing.T) {
 	a, _ := newAgent(t)
-	r := newReports(a)
+	r := nodetest.NewExits(t, a)
 	ctx := context.Background()
 	cases := []struct {
 		name  string
@@ -852,7 +791,7 @@ func TestStopAndKillReachTheProcessGroup(t *testing.T) {
 			if err := c.do(c.name); err != nil {
 				t.Fatal(err)
 			}
-			wantExit(t, r.wait(t, c.name)[0], -1, c.sig)
+			wantExit(t, r.One(c.name), -1, c.sig)
 			waitGone(t, gpid)
 			waitGone(t, st.PID)
 			if err := a.Stop(ctx, c.name, time.Second); err == nil {
@@ -871,12 +810,12 @@ func TestStopAndKillReachTheProcessGroup(t *testing.T) {
 			t.Errorf("operation on an unknown name: %v", err)
 		}
 	}
-	r.once(t)
+	r.Take()
 }
 
 func TestSendFeedsStdin(t *testing.T) {
 	a, _ := newAgent(t)
-	r := newReports(a)
+	r := nodetest.NewExits(t, a)
 	ctx := context.Background()
 	out := filepath.Join(t.TempDir(), "out")
 	start(t, a, node.ProcessSpec{Name: "echo", Args: helper("stdin", "out=bye"), Stdout: out})
@@ -885,7 +824,7 @@ func TestSendFeedsStdin(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	wantExit(t, r.wait(t, "echo")[0], 0, 0)
+	wantExit(t, r.One("echo"), 0, 0)
 	if got := readFile(t, out); got != "got hello\ngot world\nbye\n" {
 		t.Errorf("stdout %q", got)
 	}
@@ -920,10 +859,10 @@ func TestSetGetEnv(t *testing.T) {
 			t.Errorf("SetEnv(%q) accepted", bad)
 		}
 	}
-	r := newReports(a)
+	r := nodetest.NewExits(t, a)
 	out := filepath.Join(t.TempDir(), "out")
 	start(t, a, node.ProcessSpec{Name: "env", Args: helper("env=K", "env=EMPTY"), Stdout: out})
-	r.wait(t, "env")
+	r.Wait("env")
 	if got := readFile(t, out); got != "K=v=1\nEMPTY=\n" {
 		t.Errorf("child saw %q", got)
 	}
@@ -939,10 +878,10 @@ func TestSetLogLevel(t *testing.T) {
 		o.Level = lv
 		o.Logger = slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: lv}))
 	})
-	r := newReports(a)
+	r := nodetest.NewExits(t, a)
 	ctx := context.Background()
 	start(t, a, node.ProcessSpec{Name: "quiet", Args: helper("exit=0")})
-	r.wait(t, "quiet")
+	r.Wait("quiet")
 	if strings.Contains(buf.String(), "name=quiet") {
 		t.Errorf("debug logged at level info:\n%s", buf.String())
 	}
@@ -953,7 +892,7 @@ func TestSetLogLevel(t *testing.T) {
 		t.Errorf("level %v after SetLogLevel(debug)", lv.Level())
 	}
 	start(t, a, node.ProcessSpec{Name: "loud", Args: helper("exit=0")})
-	r.wait(t, "loud")
+	r.Wait("loud")
 	if !strings.Contains(buf.String(), "name=loud") {
 		t.Errorf("nothing logged about loud at level debug:\n%s", buf.String())
 	}
@@ -1045,7 +984,7 @@ func TestCloseStopsEverything(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := newReports(a)
+	r := nodetest.NewExits(t, a)
 	dir := t.TempDir()
 	names := []string{"s1", "s2", "s3"}
 	var pids, gpids []int
@@ -1063,21 +1002,11 @@ func TestCloseStopsEverything(t *testing.T) {
 	if err := a.Close(); err != nil {
 		t.Fatal(err)
 	}
-	for _, e := range r.wait(t, names...) {
+	for _, e := range r.Wait(names...) {
 		wantExit(t, e, -1, syscall.SIGTERM)
 	}
-	// Ready is closed once everything is reported.
-	timeout := time.After(backstop)
-	for !r.gone {
-		select {
-		case _, ok := <-a.Ready():
-			r.take()
-			r.gone = !ok
-		case <-timeout:
-			t.Fatal("Ready not closed after Close")
-		}
-	}
-	r.once(t)
+	r.WaitGone() // Ready is closed once everything is reported
+	r.Take()
 	for _, p := range append(pids, gpids...) {
 		waitGone(t, p)
 	}
@@ -1100,37 +1029,37 @@ func TestShutdownKillsStubbornProcesses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := newReports(a)
+	r := nodetest.NewExits(t, a)
 	ready := filepath.Join(t.TempDir(), "ready")
 	st := start(t, a, node.ProcessSpec{Name: "stubborn", Args: helper("ignoreterm", "touch="+ready, "sleep=2m")})
 	waitFile(t, ready)
 	if err := a.Shutdown(100 * time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
-	wantExit(t, r.wait(t, "stubborn")[0], -1, syscall.SIGKILL)
+	wantExit(t, r.One("stubborn"), -1, syscall.SIGKILL)
 	waitGone(t, st.PID)
 }
 
 func TestAutoPurgeFreesTheName(t *testing.T) {
 	a, _ := newAgent(t)
-	r := newReports(a)
+	r := nodetest.NewExits(t, a)
 	ctx := context.Background()
 	start(t, a, node.ProcessSpec{Name: "auto", AutoPurge: true, Args: helper("exit=2")})
-	wantExit(t, r.wait(t, "auto")[0], 2, 0)
+	wantExit(t, r.One("auto"), 2, 0)
 	if pollErr(a, ctx, "auto") == nil {
 		t.Error("an auto-purged process is still known after its exit was reported")
 	}
 	start(t, a, node.ProcessSpec{Name: "auto", AutoPurge: true, Args: helper("exit=3")})
-	delete(r.seen, "auto")
-	wantExit(t, r.wait(t, "auto")[0], 3, 0)
-	r.once(t)
+	r.Forget("auto")
+	wantExit(t, r.One("auto"), 3, 0)
+	r.Take()
 }
 
 // A start After another process begins only once that process's exit has
 // been collected: its outputs are in place.
 func TestAfterWaitsForTheCollectedExit(t *testing.T) {
 	a, _ := newAgent(t)
-	r := newReports(a)
+	r := nodetest.NewExits(t, a)
 	dir := t.TempDir()
 	outDir, goFile := filepath.Join(dir, "out"), filepath.Join(dir, "go")
 	start(t, a, node.ProcessSpec{Name: "pred", Args: helper("waitfile="+goFile, "write=result.csv=R"),
@@ -1160,7 +1089,7 @@ func TestAfterWaitsForTheCollectedExit(t *testing.T) {
 	if rs.err != nil || rs.st.PID <= 0 {
 		t.Fatalf("start after pred: %v %v", rs.st, rs.err)
 	}
-	e := r.wait(t, "pred", "succ")
+	e := r.Wait("pred", "succ")
 	wantExit(t, e[0], 0, 0)
 	wantExit(t, e[1], 0, 0)
 	if got := readFile(t, succOut); !strings.Contains(got, `content="R"`) {
@@ -1168,8 +1097,8 @@ func TestAfterWaitsForTheCollectedExit(t *testing.T) {
 	}
 	// After a process that is not running starts at once.
 	start(t, a, node.ProcessSpec{Name: "free", After: "nobody", Args: helper("exit=0")})
-	r.wait(t, "free")
-	r.once(t)
+	r.Wait("free")
+	r.Take()
 }
 
 func TestAfterWaitEndsWithCancelAllCloseOrContext(t *testing.T) {
@@ -1189,7 +1118,7 @@ func TestAfterWaitEndsWithCancelAllCloseOrContext(t *testing.T) {
 
 	t.Run("cancel-all", func(t *testing.T) {
 		a, _ := newAgent(t)
-		r := newReports(a)
+		r := nodetest.NewExits(t, a)
 		running(t, a, "ignoreterm") // outlives CancelAll's SIGTERM
 		errc := startAfter(context.Background(), a, "succ")
 		var err error
@@ -1212,10 +1141,10 @@ func TestAfterWaitEndsWithCancelAllCloseOrContext(t *testing.T) {
 		if err := a.Kill(context.Background(), "pred"); err != nil {
 			t.Fatal(err)
 		}
-		wantExit(t, r.wait(t, "pred")[0], -1, syscall.SIGKILL)
-		r.once(t)
-		if len(r.seen) != 1 {
-			t.Errorf("exits of processes that never started: %v", r.seen)
+		wantExit(t, r.One("pred"), -1, syscall.SIGKILL)
+		r.Take()
+		if len(r.Got()) != 1 {
+			t.Errorf("exits of processes that never started: %v", r.Got())
 		}
 	})
 	t.Run("close", func(t *testing.T) {
@@ -1237,7 +1166,7 @@ func TestAfterWaitEndsWithCancelAllCloseOrContext(t *testing.T) {
 	})
 	t.Run("context", func(t *testing.T) {
 		a, _ := newAgent(t)
-		r := newReports(a)
+		r := nodetest.NewExits(t, a)
 		running(t, a)
 		ctx, cancel := context.WithCancel(context.Background())
 		errc := startAfter(ctx, a, "succ")
@@ -1253,8 +1182,8 @@ func TestAfterWaitEndsWithCancelAllCloseOrContext(t *testing.T) {
 		if err := a.Stop(context.Background(), "pred", time.Second); err != nil {
 			t.Fatal(err)
 		}
-		r.wait(t, "pred")
-		r.once(t)
+		r.Wait("pred")
+		r.Take()
 	})
 }
 
@@ -1268,13 +1197,13 @@ func TestFreshWorkDirStaysInScratch(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer a.Close()
-	r := newReports(a)
+	r := nodetest.NewExits(t, a)
 	out := filepath.Join(top, "out")
 	_, err = a.Start(context.Background(), node.ProcessSpec{Name: "../../escaped", Args: helper("cwd"), Stdout: out})
 	if err != nil {
 		return // refusing such a name is fine
 	}
-	r.wait(t, "../../escaped")
+	r.Wait("../../escaped")
 	wd := lines(readFile(t, out))["cwd"]
 	if rel, err := filepath.Rel(canonical(t, scratch), wd); err != nil || strings.HasPrefix(rel, "..") {
 		t.Errorf("the work dir of %q is %s, outside the scratch dir %s", "../../escaped", wd, scratch)
@@ -1295,12 +1224,12 @@ func TestWorkDirReuse(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer a.Close()
-	r := newReports(a)
+	r := nodetest.NewExits(t, a)
 	dirOf := func(name string, steps ...string) string {
 		t.Helper()
 		out := filepath.Join(t.TempDir(), "out")
 		start(t, a, node.ProcessSpec{Name: name, Args: helper(append([]string{"cwd"}, steps...)...), Stdout: out})
-		r.wait(t, name)
+		r.Wait(name)
 		b, err := os.ReadFile(out)
 		if err != nil {
 			t.Fatal(err)
@@ -1325,7 +1254,7 @@ func TestWorkDirReuse(t *testing.T) {
 // first), and gives up with ErrAfterTimeout when that process never comes.
 func TestAfterWaitsForANameNotSeenYet(t *testing.T) {
 	a, _ := newAgent(t)
-	r := newReports(a)
+	r := nodetest.NewExits(t, a)
 	done := make(chan error, 1)
 	go func() {
 		_, err := a.Start(context.Background(), node.ProcessSpec{Name: "second", Args: helper("exit=0"),
@@ -1341,7 +1270,7 @@ func TestAfterWaitsForANameNotSeenYet(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	e := r.wait(t, "first", "second")
+	e := r.Wait("first", "second")
 	if e[1].Start.Before(e[0].End) {
 		t.Errorf("second started at %v, before first ended at %v", e[1].Start, e[0].End)
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/drover-hpc/drover/internal/agent"
 	"github.com/drover-hpc/drover/internal/errdefs"
 	"github.com/drover-hpc/drover/internal/node"
+	"github.com/drover-hpc/drover/internal/nodetest"
 )
 
 // startErr starts spec and returns its error, failing the test if the
@@ -46,7 +47,7 @@ func startErr(t *testing.T, a node.Node, ctx context.Context, spec node.ProcessS
 // forever, /dev/zero never ends); the agent goes on working.
 func TestStageRefusesNonRegular(t *testing.T) {
 	a, _ := newAgent(t)
-	r := newReports(a)
+	r := nodetest.NewExits(t, a)
 	dir := t.TempDir()
 	fifo := filepath.Join(dir, "fifo")
 	if err := unix.Mkfifo(fifo, 0o644); err != nil {
@@ -82,8 +83,8 @@ func TestStageRefusesNonRegular(t *testing.T) {
 		}
 	}
 	start(t, a, node.ProcessSpec{Name: "after", Args: helper("exit=0")})
-	wantExit(t, r.wait(t, "after")[0], 0, 0)
-	r.once(t)
+	wantExit(t, r.One("after"), 0, 0)
+	r.Take()
 }
 
 // Staging a file onto itself (the work dir is where it lives, directly or
@@ -91,7 +92,7 @@ func TestStageRefusesNonRegular(t *testing.T) {
 // by the open of the destination, and the run reported success.
 func TestStageOntoItselfKeepsIt(t *testing.T) {
 	a, _ := newAgent(t)
-	r := newReports(a)
+	r := nodetest.NewExits(t, a)
 	wd := t.TempDir()
 	data := writeSrc(t, wd, "data.txt", "precious\n", 0o640)
 	if err := os.Link(data, filepath.Join(wd, "hard.txt")); err != nil {
@@ -101,7 +102,7 @@ func TestStageOntoItselfKeepsIt(t *testing.T) {
 	start(t, a, node.ProcessSpec{Name: "self", Dir: wd, Stdout: out,
 		Files: []node.StageFile{{Src: data, Dst: "data.txt"}, {Src: data, Dst: "hard.txt"}},
 		Args:  helper("cat=data.txt")})
-	wantExit(t, r.wait(t, "self")[0], 0, 0)
+	wantExit(t, r.One("self"), 0, 0)
 	if got := readFile(t, data); got != "precious\n" {
 		t.Errorf("the source now holds %q", got)
 	}
@@ -115,7 +116,7 @@ func TestStageOntoItselfKeepsIt(t *testing.T) {
 // there changes.
 func TestStageReplacesLinksAtDestination(t *testing.T) {
 	a, _ := newAgent(t)
-	r := newReports(a)
+	r := nodetest.NewExits(t, a)
 	wd := t.TempDir()
 	outside := writeSrc(t, t.TempDir(), "victim", "victim\n", 0o644)
 	if err := os.Symlink(outside, filepath.Join(wd, "sym")); err != nil {
@@ -128,7 +129,7 @@ func TestStageReplacesLinksAtDestination(t *testing.T) {
 	src := writeSrc(t, t.TempDir(), "new", "new\n", 0o644)
 	start(t, a, node.ProcessSpec{Name: "links", Dir: wd, Args: helper("exit=0"),
 		Files: []node.StageFile{{Src: src, Dst: "sym"}, {Src: src, Dst: "hard"}}})
-	wantExit(t, r.wait(t, "links")[0], 0, 0)
+	wantExit(t, r.One("links"), 0, 0)
 	if got := readFile(t, outside); got != "victim\n" {
 		t.Errorf("written through the symlink: %q", got)
 	}
@@ -238,7 +239,7 @@ func TestStageEnds(t *testing.T) {
 // A sparse file is staged whole and stays sparse.
 func TestStageSparse(t *testing.T) {
 	a, _ := newAgent(t)
-	r := newReports(a)
+	r := nodetest.NewExits(t, a)
 	src := filepath.Join(t.TempDir(), "sparse")
 	f, err := os.Create(src)
 	if err != nil {
@@ -253,7 +254,7 @@ func TestStageSparse(t *testing.T) {
 	f.Close()
 	wd := t.TempDir()
 	start(t, a, node.ProcessSpec{Name: "sparse", Dir: wd, Args: helper("exit=0"), Files: []node.StageFile{{Src: src, Dst: "s"}}})
-	wantExit(t, r.wait(t, "sparse")[0], 0, 0)
+	wantExit(t, r.One("sparse"), 0, 0)
 	got, err := os.ReadFile(filepath.Join(wd, "s"))
 	if err != nil {
 		t.Fatal(err)
@@ -297,12 +298,12 @@ func TestScratchRootOfAnotherUserNotUsed(t *testing.T) {
 		o.Scratch = theirs
 		o.Logger = slog.New(slog.NewTextHandler(lockedWriter{&mu, &logs}, nil))
 	})
-	r := newReports(a)
+	r := nodetest.NewExits(t, a)
 	src := writeSrc(t, t.TempDir(), "secret", "secret\n", 0o600)
 	out := filepath.Join(t.TempDir(), "out")
 	start(t, a, node.ProcessSpec{Name: "wd", Stdout: out, Args: helper("env=DROVER_WORKDIR"),
 		Files: []node.StageFile{{Src: src, Dst: "secret"}}})
-	wantExit(t, r.wait(t, "wd")[0], 0, 0)
+	wantExit(t, r.One("wd"), 0, 0)
 	wd := strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(readFile(t, out)), "DROVER_WORKDIR="))
 	if wd == "" || strings.HasPrefix(wd, theirs+"/") {
 		t.Errorf("the work dir %q is in the other user's scratch root %s", wd, theirs)

@@ -25,12 +25,12 @@ import (
 
 func TestStartOnNamedNodeAndFinishedOnce(t *testing.T) {
 	c := newCluster(t, newAgent(t, "n1"), newAgent(t, "n2"))
-	col := newCollector(c)
+	col := clusterExits(t, c)
 	r := start(t, c, "n2", "three", helper("env=DROVER_NODE", "exit=3")...)
 	if r.Node != "n2" || r.PID <= 0 || len(r.HWThreads) != 0 {
 		t.Fatalf("start result %+v", r)
 	}
-	e := col.wait(t, "three")["three"]
+	e := col.One("three")
 	if e.Node != "n2" || e.Code != 3 || e.Signal != 0 || e.Err != "" {
 		t.Fatalf("exit %+v", e)
 	}
@@ -66,22 +66,21 @@ func TestStartOnNamedNodeAndFinishedOnce(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	exits := col.wait(t, names...)
-	for i, name := range names {
-		if e := exits[name]; e.Code != i%7 || e.Node != []string{"n1", "n2"}[i%2] {
+	for i, e := range col.Wait(names...) {
+		if name := names[i]; e.Code != i%7 || e.Node != []string{"n1", "n2"}[i%2] {
 			t.Errorf("%s: %+v", name, e)
 		}
 	}
 	time.Sleep(100 * time.Millisecond)
-	col.wait(t) // nothing reported twice meanwhile
-	if len(col.seen) != n+1 {
-		t.Fatalf("%d exits, want %d", len(col.seen), n+1)
+	col.Wait() // nothing reported twice meanwhile
+	if len(col.Got()) != n+1 {
+		t.Fatalf("%d exits, want %d", len(col.Got()), n+1)
 	}
 }
 
 func TestStartErrors(t *testing.T) {
 	c := newCluster(t, newAgent(t, "n1"))
-	col := newCollector(c)
+	col := clusterExits(t, c)
 	ctx := ctxT(t)
 	start(t, c, "n1", "a", helper("sleep=30s")...)
 
@@ -107,13 +106,13 @@ func TestStartErrors(t *testing.T) {
 		t.Fatalf("missing executable: %v", err)
 	}
 	start(t, c, "n1", "missing", helper()...)
-	col.wait(t, "missing")
+	col.Wait("missing")
 
 	// After the exit the name is still taken until Purge.
 	if err := c.Kill(ctx, "a"); err != nil {
 		t.Fatal(err)
 	}
-	if e := col.wait(t, "a")["a"]; e.Signal != syscall.SIGKILL {
+	if e := col.One("a"); e.Signal != syscall.SIGKILL {
 		t.Fatalf("exit %+v", e)
 	}
 	if _, err := c.Start(ctx, StartRequest{Node: "n1", Spec: node.ProcessSpec{Name: "a", Args: helper()}}); !errors.Is(err, errdefs.ErrDuplicate) {
@@ -122,9 +121,9 @@ func TestStartErrors(t *testing.T) {
 	if err := c.Purge(ctx, "a"); err != nil {
 		t.Fatal(err)
 	}
-	col.forget("a")
+	col.Forget("a")
 	start(t, c, "n1", "a", helper("exit=4")...)
-	if e := col.wait(t, "a")["a"]; e.Code != 4 {
+	if e := col.One("a"); e.Code != 4 {
 		t.Fatalf("second a: %+v", e)
 	}
 }
@@ -132,7 +131,7 @@ func TestStartErrors(t *testing.T) {
 func TestCoresReservedAndBound(t *testing.T) {
 	a := newAgent(t, "n1")
 	c := newCluster(t, a)
-	col := newCollector(c)
+	col := clusterExits(t, c)
 	ctx := ctxT(t)
 	total := len(a.Resources().Cores)
 
@@ -175,7 +174,7 @@ func TestCoresReservedAndBound(t *testing.T) {
 	if err := c.Stop(ctx, "bound", time.Second); err != nil {
 		t.Fatal(err)
 	}
-	col.wait(t, "bound", "free")
+	col.Wait("bound", "free")
 	if got := c.pool.Free("n1"); got != total {
 		t.Fatalf("%d cores free after the exit, want %d", got, total)
 	}
@@ -186,12 +185,12 @@ func TestCoresReservedAndBound(t *testing.T) {
 	if !slices.Equal(r.HWThreads, a.Resources().HWThreads()) {
 		t.Fatalf("hwthreads %v", r.HWThreads)
 	}
-	col.wait(t, "big")
+	col.Wait("big")
 }
 
 func TestVerbs(t *testing.T) {
 	c := newCluster(t, newAgent(t, "n1"))
-	col := newCollector(c)
+	col := clusterExits(t, c)
 	ctx := ctxT(t)
 
 	start(t, c, "n1", "echo", helper("stdin", "out=bye")...)
@@ -227,7 +226,7 @@ func TestVerbs(t *testing.T) {
 	if err := c.Send(ctx, "echo", []byte("quit\n")); err != nil {
 		t.Fatal(err)
 	}
-	if e := col.wait(t, "echo")["echo"]; e.Code != 0 || e.Signal != 0 {
+	if e := col.One("echo"); e.Code != 0 || e.Signal != 0 {
 		t.Fatalf("echo: %+v", e)
 	}
 	st, _ = c.Poll(ctx, "", []string{"echo"})
@@ -244,14 +243,14 @@ func TestVerbs(t *testing.T) {
 	if err := c.Stop(ctx, "sleeper", 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	if e := col.wait(t, "sleeper")["sleeper"]; e.Signal != syscall.SIGTERM {
+	if e := col.One("sleeper"); e.Signal != syscall.SIGTERM {
 		t.Fatalf("sleeper: %+v", e)
 	}
 	waitOutput(t, c, "stubborn", "ready")
 	if err := c.Kill(ctx, "stubborn"); err != nil {
 		t.Fatal(err)
 	}
-	if e := col.wait(t, "stubborn")["stubborn"]; e.Signal != syscall.SIGKILL || e.String() != "signal SIGKILL" {
+	if e := col.One("stubborn"); e.Signal != syscall.SIGKILL || e.String() != "signal SIGKILL" {
 		t.Fatalf("stubborn: %+v", e)
 	}
 
@@ -278,7 +277,7 @@ func TestVerbs(t *testing.T) {
 
 func TestLogs(t *testing.T) {
 	c := newCluster(t, newAgent(t, "n1"))
-	col := newCollector(c)
+	col := clusterExits(t, c)
 	ctx := ctxT(t)
 	dir := t.TempDir()
 
@@ -307,7 +306,7 @@ func TestLogs(t *testing.T) {
 	if data, _ := os.ReadFile(filepath.Join(dir, "o.txt")); string(data) != out.String() {
 		t.Fatalf("o.txt %q", data)
 	}
-	col.wait(t, "slow")
+	col.Wait("slow")
 
 	// Without follow, and following an exited process: all there is, at once.
 	for _, follow := range []bool{false, true} {
@@ -328,12 +327,12 @@ func TestLogs(t *testing.T) {
 	if err := c.Kill(ctx, "long"); err != nil {
 		t.Fatal(err)
 	}
-	col.wait(t, "long")
+	col.Wait("long")
 }
 
 func TestCancelAll(t *testing.T) {
 	c := newCluster(t, newAgent(t, "n1"), newAgent(t, "n2"))
-	col := newCollector(c)
+	col := clusterExits(t, c)
 	var names []string
 	for i := range 6 {
 		name := fmt.Sprintf("s%d", i)
@@ -345,25 +344,25 @@ func TestCancelAll(t *testing.T) {
 	if err := c.CancelAll(ctxT(t), "", 200*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
-	exits := col.wait(t, append(names, "stubborn")...)
-	for _, n := range names {
-		if exits[n].Signal != syscall.SIGTERM {
-			t.Errorf("%s: %+v", n, exits[n])
+	exits := col.Wait(append(names, "stubborn")...)
+	for _, e := range exits[:len(names)] {
+		if e.Signal != syscall.SIGTERM {
+			t.Errorf("%s: %+v", e.Name, e)
 		}
 	}
-	if exits["stubborn"].Signal != syscall.SIGKILL {
-		t.Errorf("stubborn: %+v", exits["stubborn"])
+	if exits[len(names)].Signal != syscall.SIGKILL {
+		t.Errorf("stubborn: %+v", exits[len(names)])
 	}
 	// Later starts run as usual.
 	start(t, c, "n2", "after", helper()...)
-	if e := col.wait(t, "after")["after"]; e.Code != 0 {
+	if e := col.One("after"); e.Code != 0 {
 		t.Fatalf("after: %+v", e)
 	}
 }
 
 func TestNodeVerbs(t *testing.T) {
 	c := newCluster(t, newAgent(t, "n1"), newAgent(t, "n2"))
-	col := newCollector(c)
+	col := clusterExits(t, c)
 	ctx := ctxT(t)
 
 	if err := c.SetEnv(ctx, "n1", "DROVER_TEST_X", "on-n1"); err != nil {
@@ -377,7 +376,7 @@ func TestNodeVerbs(t *testing.T) {
 	}
 	start(t, c, "n1", "e1", helper("env=DROVER_TEST_X")...)
 	start(t, c, "n2", "e2", helper("env=DROVER_TEST_X")...)
-	col.wait(t, "e1", "e2")
+	col.Wait("e1", "e2")
 	for name, want := range map[string]string{"e1": "DROVER_TEST_X=on-n1\n", "e2": "DROVER_TEST_X unset\n"} {
 		var b bytes.Buffer
 		if err := c.Logs(ctx, name, false, false, &b); err != nil || b.String() != want {
@@ -474,7 +473,7 @@ func readEvents(t *testing.T, dir string) []results.Event {
 
 func TestSubmitBesideStartedProcesses(t *testing.T) {
 	c := newCluster(t, newAgent(t, "n1"), newAgent(t, "n2"))
-	col := newCollector(c)
+	col := clusterExits(t, c)
 	ctx := ctxT(t)
 	// A process started with Start holds a core meanwhile.
 	if _, err := c.Start(ctx, StartRequest{Node: "n1", Cores: 1, Spec: node.ProcessSpec{Name: "side", Args: helper("sleep=30s")}}); err != nil {
@@ -483,7 +482,7 @@ func TestSubmitBesideStartedProcesses(t *testing.T) {
 	// A name in the way of a later submission's numbering: submission 1
 	// must not take it.
 	start(t, c, "n2", "1.sim.0", helper("exit=0")...)
-	col.wait(t, "1.sim.0")
+	col.Wait("1.sim.0")
 
 	f := parseJobs(t, `
 jobs:
@@ -512,7 +511,7 @@ jobs:
 	if _, err := c.Start(ctx, StartRequest{Node: "n1", Spec: node.ProcessSpec{Name: "2.other", Args: helper()}}); err != nil {
 		t.Fatalf("2.other is no instance of submission 2: %v", err)
 	}
-	col.wait(t, "2.other")
+	col.Wait("2.other")
 
 	// The instances are verbs' processes under their cluster-wide names.
 	waitFor(t, "2.gate running", func() bool { return jobStates(t, c)["2.gate"].State == JobRunning })
@@ -575,8 +574,8 @@ jobs:
 	}
 	// Submission exits never reach Finished; Poll lists Start-ed processes only.
 	time.Sleep(100 * time.Millisecond)
-	col.wait(t)
-	for n := range col.seen {
+	col.Wait()
+	for n := range col.Got() {
 		if strings.HasPrefix(n, "2.") && n != "2.other" {
 			t.Errorf("submission instance %s in Finished", n)
 		}
@@ -594,7 +593,7 @@ jobs:
 	if err := c.Stop(ctx, "side", time.Second); err != nil {
 		t.Fatal(err)
 	}
-	col.wait(t, "side")
+	col.Wait("side")
 
 	// A second submission gets the next number.
 	names, err = c.Submit(ctx, parseJobs(t, "jobs:\n  - name: again\n    command: [HELPER]\n"))
@@ -610,7 +609,7 @@ jobs:
 func TestSubmitQueuesBehindCores(t *testing.T) {
 	a := newAgent(t, "n1")
 	c := newCluster(t, a)
-	col := newCollector(c)
+	col := clusterExits(t, c)
 	ctx := ctxT(t)
 	total := len(a.Resources().Cores)
 	// Start holds every core: the submission must wait for them.
@@ -629,7 +628,7 @@ func TestSubmitQueuesBehindCores(t *testing.T) {
 	if err := c.Kill(ctx, "hog"); err != nil {
 		t.Fatal(err)
 	}
-	col.wait(t, "hog")
+	col.Wait("hog")
 	c.waitSubmission(t, 1)
 	for n, j := range jobStates(t, c) {
 		if j.State != results.StateSucceeded {
@@ -641,14 +640,14 @@ func TestSubmitQueuesBehindCores(t *testing.T) {
 func TestClosedAgentIsLost(t *testing.T) {
 	a2 := newAgent(t, "n2")
 	c := newCluster(t, newAgent(t, "n1"), a2)
-	col := newCollector(c)
+	col := clusterExits(t, c)
 	ctx := ctxT(t)
 	start(t, c, "n2", "victim", helper("sleep=30s")...)
 	if err := a2.Shutdown(200 * time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
 	// The agent reported the exit itself before it went.
-	if e := col.wait(t, "victim")["victim"]; e.Signal != syscall.SIGTERM || e.Err != "" {
+	if e := col.One("victim"); e.Signal != syscall.SIGTERM || e.Err != "" {
 		t.Fatalf("victim: %+v", e)
 	}
 	waitFor(t, "n2 lost", func() bool {
@@ -669,7 +668,7 @@ func TestClosedAgentIsLost(t *testing.T) {
 func TestLostNodeReportsItsProcessesLost(t *testing.T) {
 	l := newLossy(t, "n2")
 	c := newCluster(t, newAgent(t, "n1"), l)
-	col := newCollector(c)
+	col := clusterExits(t, c)
 	ctx := ctxT(t)
 	if _, err := c.Start(ctx, StartRequest{Node: "n2", Cores: 1, Spec: node.ProcessSpec{Name: "gone", Args: helper("sleep=30s")}}); err != nil {
 		t.Fatal(err)
@@ -690,7 +689,7 @@ jobs:
 	waitFor(t, "1.pinned running", func() bool { return jobStates(t, c)["1.pinned"].State == JobRunning })
 
 	l.lose()
-	e := col.wait(t, "gone")["gone"]
+	e := col.One("gone")
 	if e.Code != -1 || e.Signal != 0 || e.Err != "node lost" || e.Node != "n2" {
 		t.Fatalf("gone: %+v", e)
 	}
@@ -727,17 +726,17 @@ jobs:
 	if err := c.Kill(ctx, "stays"); err != nil {
 		t.Fatal(err)
 	}
-	col.wait(t, "stays")
+	col.Wait("stays")
 	time.Sleep(100 * time.Millisecond)
-	col.wait(t)
-	if _, ok := col.seen["1.pinned"]; ok {
+	col.Wait()
+	if _, ok := col.Got()["1.pinned"]; ok {
 		t.Fatal("a submission instance reached Finished")
 	}
 }
 
 func TestShutdown(t *testing.T) {
 	c := newCluster(t, newAgent(t, "n1"), newAgent(t, "n2"))
-	col := newCollector(c)
+	col := clusterExits(t, c)
 	ctx := ctxT(t)
 	start(t, c, "n1", "a", helper("sleep=30s")...)
 	start(t, c, "n2", "b", helper("ignoreterm", "out=ready", "sleep=30s")...)
@@ -766,8 +765,8 @@ func TestShutdown(t *testing.T) {
 	default:
 		t.Fatal("not done after shutdown")
 	}
-	exits := col.wait(t, "a", "b")
-	if exits["a"].Signal != syscall.SIGTERM || exits["b"].Signal != syscall.SIGKILL {
+	exits := col.Wait("a", "b")
+	if exits[0].Signal != syscall.SIGTERM || exits[1].Signal != syscall.SIGKILL {
 		t.Fatalf("exits %+v", exits)
 	}
 	running, cancelled := 0, 0

@@ -26,6 +26,7 @@ import (
 	"github.com/drover-hpc/drover/internal/agent"
 	"github.com/drover-hpc/drover/internal/errdefs"
 	"github.com/drover-hpc/drover/internal/node"
+	"github.com/drover-hpc/drover/internal/nodetest"
 	"github.com/drover-hpc/drover/internal/topology"
 )
 
@@ -186,14 +187,6 @@ func start(t *testing.T, c *Cluster, nodeName, name string, args ...string) Star
 	return r
 }
 
-// collector gathers Finished until the wanted names have all come, and
-// fails on any exit reported twice.
-type collector struct {
-	c    *Cluster
-	mu   sync.Mutex
-	seen map[string]node.Exit
-}
-
 // exitsOf takes exits as an anonymous reader: each is handed out once.
 func exitsOf(c *Cluster, ctx context.Context, wait time.Duration) ([]node.Exit, error) {
 	rs, err := c.Finished(ctx, FinishedRequest{Wait: wait})
@@ -204,51 +197,26 @@ func exitsOf(c *Cluster, ctx context.Context, wait time.Duration) ([]node.Exit, 
 	return out, err
 }
 
-func newCollector(c *Cluster) *collector {
-	return &collector{c: c, seen: make(map[string]node.Exit)}
+// anonReader is the Cluster's mailbox read by an anonymous reader, as a
+// nodetest.Source. It has no Ready: its Finished waits a little itself.
+type anonReader struct {
+	t *testing.T
+	c *Cluster
 }
 
-func (col *collector) wait(t *testing.T, names ...string) map[string]node.Exit {
-	t.Helper()
-	deadline := time.Now().Add(backstop)
-	for {
-		exits, err := exitsOf(col.c, context.Background(), time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		col.mu.Lock()
-		for _, e := range exits {
-			if _, dup := col.seen[e.Name]; dup {
-				t.Errorf("exit of %s reported twice", e.Name)
-			}
-			col.seen[e.Name] = e
-		}
-		missing := 0
-		for _, n := range names {
-			if _, ok := col.seen[n]; !ok {
-				missing++
-			}
-		}
-		col.mu.Unlock()
-		if missing == 0 {
-			out := make(map[string]node.Exit, len(names))
-			for _, n := range names {
-				out[n] = col.seen[n]
-			}
-			return out
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d exits did not come", missing, len(names))
-		}
-		time.Sleep(10 * time.Millisecond)
+func (a anonReader) Finished() []node.Exit {
+	exits, err := exitsOf(a.c, context.Background(), time.Second)
+	if err != nil {
+		a.t.Error(err)
 	}
+	return exits
 }
 
-// forget lets name be reported again (it was purged and started anew).
-func (col *collector) forget(name string) {
-	col.mu.Lock()
-	delete(col.seen, name)
-	col.mu.Unlock()
+func (anonReader) Ready() <-chan struct{} { return nil }
+
+// clusterExits gathers the exits of processes started with Start.
+func clusterExits(t *testing.T, c *Cluster) *nodetest.Exits {
+	return nodetest.NewExits(t, anonReader{t, c})
 }
 
 // waitFor polls cond until it holds.

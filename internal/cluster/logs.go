@@ -2,19 +2,13 @@ package cluster
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
-	"time"
 
 	"github.com/drover-hpc/drover/internal/errdefs"
+	"github.com/drover-hpc/drover/internal/logtail"
 )
-
-// followTick is how often a followed log is looked at for new output.
-// Following is not a hot path; a modest tick keeps it simple and portable.
-const followTick = 100 * time.Millisecond
 
 // Logs writes a process's stdout (or stderr) file to w from the start.
 // With follow it keeps writing what is appended until the process has
@@ -55,46 +49,16 @@ func (c *Cluster) Logs(ctx context.Context, name string, stderr, follow bool, w 
 		return nil
 	}
 
-	var f *os.File
-	defer func() {
-		if f != nil {
-			f.Close()
-		}
-	}()
-	tick := time.NewTicker(followTick)
-	defer tick.Stop()
-	for {
-		// Take the state before reading, so output written just before the
-		// exit is read after the exit is seen.
-		ended := false
+	done := func() bool {
 		select {
 		case <-over:
-			ended = true
+			return true
 		default:
-		}
-		if f == nil {
-			var err error
-			f, err = os.Open(path)
-			switch {
-			case errors.Is(err, fs.ErrNotExist):
-				f = nil // not created yet (the process is still starting)
-			case err != nil:
-				return fmt.Errorf("%s: %w", op, err)
-			}
-		}
-		if f != nil {
-			if _, err := io.Copy(w, f); err != nil {
-				return fmt.Errorf("%s: %w", op, err)
-			}
-		}
-		if ended {
-			return nil
-		}
-		select {
-		case <-over:
-		case <-tick.C:
-		case <-ctx.Done():
-			return fmt.Errorf("%s: %w", op, ctx.Err())
+			return false
 		}
 	}
+	if err := logtail.File(ctx, path, w, done, over); err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/drover-hpc/drover/internal/errdefs"
+	"github.com/drover-hpc/drover/internal/mailbox"
 	"github.com/drover-hpc/drover/internal/node"
 	"github.com/drover-hpc/drover/internal/topology"
 )
@@ -30,17 +31,18 @@ type view struct {
 	procs     map[string]*proc // not yet exited, by cluster-wide name
 	cancelled bool             // CancelAll: refuse further starts
 
-	mu       sync.Mutex
-	finished []node.Exit
-	ready    chan struct{}
-	closed   bool
+	exits  *mailbox.Mailbox[node.Exit] // delivered, not yet taken by Finished
+	mu     sync.Mutex
+	ready  chan struct{}
+	closed bool
 }
 
 var _ node.Node = (*view)(nil)
 
 func newView(c *Cluster, m *member, s *submission) *view {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &view{c: c, m: m, sub: s, ctx: ctx, cancel: cancel, procs: make(map[string]*proc), ready: make(chan struct{}, 1)}
+	return &view{c: c, m: m, sub: s, ctx: ctx, cancel: cancel, procs: make(map[string]*proc),
+		exits: mailbox.New[node.Exit](0), ready: make(chan struct{}, 1)}
 }
 
 // deliver hands an exit of one of the view's processes to the queue.
@@ -51,7 +53,7 @@ func (v *view) deliver(e node.Exit) {
 	if v.closed {
 		return
 	}
-	v.finished = append(v.finished, e)
+	v.exits.Put("", e)
 	select {
 	case v.ready <- struct{}{}:
 	default:
@@ -77,13 +79,7 @@ func (v *view) Health() node.Health           { return v.m.n.Health() }
 // SharedFS is the node's: whether a program is run in place or shipped.
 func (v *view) SharedFS() bool { return node.SharesFS(v.m.n) }
 
-func (v *view) Finished() []node.Exit {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	f := v.finished
-	v.finished = nil
-	return f
-}
+func (v *view) Finished() []node.Exit { return v.exits.TakeAll("") }
 
 // Start registers the process as the view's under its cluster-wide name
 // before the real node starts it, so its exit finds its way back here.

@@ -5,6 +5,11 @@
 // (its reply was lost) and to any reader once the visibility timeout has
 // passed (the reader died): nothing is lost, and a reader that remembers
 // the sequence numbers it returned never returns one twice.
+//
+// Every layer that reports exits keeps them in one: the supervisor and the
+// agent (an in-process consumer takes with TakeAll), the agent's outbox to
+// its manager (one reader, acknowledged cumulatively with AckThrough, sent
+// again on a new stream) and serve's per-group exits for its clients.
 package mailbox
 
 import (
@@ -40,7 +45,8 @@ type Mailbox[T any] struct {
 }
 
 // New makes a Mailbox whose handed-out items become visible to every reader
-// again after visibility.
+// again after visibility; 0: only Release makes them visible again (a
+// single reader, which takes them again itself).
 func New[T any](visibility time.Duration) *Mailbox[T] {
 	return &Mailbox[T]{visibility: visibility, now: time.Now, boxes: map[string][]*entry[T]{}, bySeq: map[uint64]*entry[T]{}}
 }
@@ -103,7 +109,7 @@ func (m *Mailbox[T]) Take(reader, box string, ack []uint64, again bool) []Letter
 		switch {
 		case e.holder == "",
 			e.holder == reader && again,
-			now.Sub(e.handed) >= m.visibility:
+			m.visible(e, now):
 			e.holder, e.handed = reader, now
 			out = append(out, e.Letter)
 			if reader == "" {
@@ -121,6 +127,59 @@ func (m *Mailbox[T]) Take(reader, box string, ack []uint64, again bool) []Letter
 		m.boxes[box] = kept
 	}
 	return out
+}
+
+func (m *Mailbox[T]) visible(e *entry[T], now time.Time) bool {
+	return (m.visibility > 0 || e.handed.IsZero()) && now.Sub(e.handed) >= m.visibility
+}
+
+// TakeAll hands every item of box to an anonymous reader and returns them
+// in sequence order: each is handed out once. It is the in-process form,
+// for a single consumer that cannot lose what it is given.
+func (m *Mailbox[T]) TakeAll(box string) []T {
+	ls := m.Take("", box, nil, false)
+	if len(ls) == 0 {
+		return nil
+	}
+	out := make([]T, len(ls))
+	for i, l := range ls {
+		out[i] = l.Item
+	}
+	return out
+}
+
+// AckThrough acknowledges every item of box handed to reader whose
+// sequence number is at most seq (a cumulative acknowledgement), and
+// returns them in sequence order.
+func (m *Mailbox[T]) AckThrough(reader, box string, seq uint64) []T {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []T
+	for _, e := range m.boxes[box] {
+		if e.Seq > seq {
+			break
+		}
+		if e.acked || e.holder != reader || reader == "" {
+			continue
+		}
+		e.acked = true
+		delete(m.bySeq, e.Seq)
+		out = append(out, e.Item)
+	}
+	return out
+}
+
+// Len is the number of items of box not acknowledged yet.
+func (m *Mailbox[T]) Len(box string) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := 0
+	for _, e := range m.boxes[box] {
+		if !e.acked {
+			n++
+		}
+	}
+	return n
 }
 
 // Release makes every item handed to reader and not acknowledged visible
@@ -149,7 +208,7 @@ func (m *Mailbox[T]) Wait(box string) (<-chan struct{}, time.Duration) {
 	var next time.Duration
 	now := m.now()
 	for _, e := range m.boxes[box] {
-		if e.acked || e.holder == "" {
+		if e.acked || e.holder == "" || m.visibility == 0 {
 			continue
 		}
 		d := max(e.handed.Add(m.visibility).Sub(now), time.Millisecond)

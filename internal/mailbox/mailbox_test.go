@@ -168,3 +168,79 @@ func TestAnonymousReaderIsAtMostOnce(t *testing.T) {
 		t.Fatalf("taken again: %v", items(got))
 	}
 }
+
+// TakeAll is the in-process hand-out: every item once, in order.
+func TestTakeAllHandsOutOnce(t *testing.T) {
+	m, _ := newBox(t)
+	if got := m.TakeAll(""); got != nil {
+		t.Fatalf("empty mailbox gave %v", got)
+	}
+	m.Put("", "a")
+	m.Put("g", "x")
+	m.Put("", "b")
+	if got := m.TakeAll(""); !slices.Equal(got, []string{"a", "b"}) {
+		t.Fatalf("took %v, want [a b]", got)
+	}
+	if got := m.TakeAll(""); got != nil {
+		t.Fatalf("taken twice: %v", got)
+	}
+	if n := m.Len(""); n != 0 {
+		t.Fatalf("%d left after TakeAll", n)
+	}
+	if got := m.TakeAll("g"); !slices.Equal(got, []string{"x"}) {
+		t.Fatalf("box g: %v", got)
+	}
+}
+
+// A cumulative acknowledgement removes what the reader was handed up to
+// its number, and returns it; nothing beyond it, nothing of another reader.
+func TestAckThrough(t *testing.T) {
+	m, _ := newBox(t)
+	for _, s := range []string{"a", "b", "c"} {
+		m.Put("", s)
+	}
+	got := m.Take("r", "", nil, false)
+	m.Put("", "d") // not handed out yet
+	if acked := m.AckThrough("other", "", 4); acked != nil {
+		t.Fatalf("another reader acknowledged %v", acked)
+	}
+	if acked := m.AckThrough("r", "", got[1].Seq); !slices.Equal(acked, []string{"a", "b"}) {
+		t.Fatalf("acknowledged %v, want [a b]", acked)
+	}
+	if n := m.Len(""); n != 2 {
+		t.Fatalf("Len %d, want 2 (c handed, d not)", n)
+	}
+	if acked := m.AckThrough("r", "", 99); !slices.Equal(acked, []string{"c"}) {
+		t.Fatalf("acknowledged %v, want [c] (d was never handed to r)", acked)
+	}
+	if again := items(m.Take("r", "", nil, true)); !slices.Equal(again, []string{"d"}) {
+		t.Fatalf("after the acks r takes %v, want [d]", again)
+	}
+}
+
+// Without a visibility timeout a held item stays with its reader however
+// long it takes, until the reader takes it again or it is released.
+func TestNoVisibilityTimeout(t *testing.T) {
+	c := &clock{time.Unix(1000, 0)}
+	m := New[string](0)
+	m.now = c.now
+	m.Put("", "a")
+	first := m.Take("r", "", nil, false)
+	c.advance(24 * time.Hour)
+	if got := m.Take("r", "", nil, false); len(got) != 0 {
+		t.Fatalf("handed again without again: %v", items(got))
+	}
+	if got := m.Take("r2", "", nil, true); len(got) != 0 {
+		t.Fatalf("another reader took %v", items(got))
+	}
+	if _, d := m.Wait(""); d != 0 {
+		t.Fatalf("Wait says an item becomes visible in %v", d)
+	}
+	if got := m.Take("r", "", nil, true); !slices.Equal(seqs(got), seqs(first)) {
+		t.Fatalf("again gave %v, want %v", seqs(got), seqs(first))
+	}
+	m.Release("r")
+	if got := items(m.Take("r2", "", nil, false)); !slices.Equal(got, []string{"a"}) {
+		t.Fatalf("after Release r2 took %v", got)
+	}
+}

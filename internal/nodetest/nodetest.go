@@ -29,7 +29,7 @@ const patience = time.Minute
 func Run(t *testing.T, newNode func(t *testing.T) node.Node) {
 	for _, c := range []struct {
 		name string
-		run  func(t *testing.T, n node.Node)
+		run  func(t *testing.T, n node.Node, x *Exits)
 	}{
 		{"Describe", describe},
 		{"ExitsExactlyOnce", exitsExactlyOnce},
@@ -40,7 +40,10 @@ func Run(t *testing.T, newNode func(t *testing.T) node.Node) {
 		{"EnvAndPorts", envAndPorts},
 		{"CancelAll", cancelAll},
 	} {
-		t.Run(c.name, func(t *testing.T) { c.run(t, newNode(t)) })
+		t.Run(c.name, func(t *testing.T) {
+			n := newNode(t)
+			c.run(t, n, NewExits(t, n))
+		})
 	}
 }
 
@@ -63,35 +66,7 @@ func start(t *testing.T, n node.Node, spec node.ProcessSpec) node.Started {
 	return st
 }
 
-// collect takes exits from n until it has one for every name, failing on
-// any exit reported twice.
-func collect(t *testing.T, n node.Node, names ...string) map[string]node.Exit {
-	t.Helper()
-	got := map[string]node.Exit{}
-	deadline := time.After(patience)
-	for {
-		for _, e := range n.Finished() {
-			if _, dup := got[e.Name]; dup {
-				t.Errorf("exit of %s reported twice", e.Name)
-			}
-			got[e.Name] = e
-		}
-		missing := slices.DeleteFunc(slices.Clone(names), func(s string) bool { _, ok := got[s]; return ok })
-		if len(missing) == 0 {
-			return got
-		}
-		select {
-		case _, ok := <-n.Ready():
-			if !ok {
-				t.Fatalf("node gone while waiting for %v", missing)
-			}
-		case <-deadline:
-			t.Fatalf("no exit of %v within %v", missing, patience)
-		}
-	}
-}
-
-func describe(t *testing.T, n node.Node) {
+func describe(t *testing.T, n node.Node, _ *Exits) {
 	if n.Name() == "" || len(n.Resources().Cores) == 0 {
 		t.Errorf("name %q, resources %+v", n.Name(), n.Resources())
 	}
@@ -100,16 +75,15 @@ func describe(t *testing.T, n node.Node) {
 	}
 }
 
-func exitsExactlyOnce(t *testing.T, n node.Node) {
+func exitsExactlyOnce(t *testing.T, n node.Node, x *Exits) {
 	var names []string
 	for i := range 20 {
 		name := fmt.Sprintf("x%d", i)
 		names = append(names, name)
 		start(t, n, sh(name, fmt.Sprintf("exit %d", i%4)))
 	}
-	got := collect(t, n, names...)
-	for i, name := range names {
-		if e := got[name]; e.Code != i%4 || e.Signal != 0 || e.Node != n.Name() || e.End.Before(e.Start) {
+	for i, e := range x.Wait(names...) {
+		if name := names[i]; e.Code != i%4 || e.Signal != 0 || e.Node != n.Name() || e.End.Before(e.Start) {
 			t.Errorf("%s: %+v, want exit %d on %s", name, e, i%4, n.Name())
 		}
 	}
@@ -118,10 +92,10 @@ func exitsExactlyOnce(t *testing.T, n node.Node) {
 	}
 }
 
-func pollEachName(t *testing.T, n node.Node) {
+func pollEachName(t *testing.T, n node.Node, x *Exits) {
 	start(t, n, sh("p-run", "exec sleep 600"))
 	start(t, n, sh("p-done", "exit 3"))
-	collect(t, n, "p-done")
+	x.Wait("p-done")
 	st, err := n.Poll(ctxT(t), "p-run", "p-done", "p-nope")
 	if err != nil || len(st) != 3 {
 		t.Fatalf("poll: %+v %v", st, err)
@@ -133,10 +107,10 @@ func pollEachName(t *testing.T, n node.Node) {
 	if err := n.Kill(ctxT(t), "p-run"); err != nil {
 		t.Fatal(err)
 	}
-	collect(t, n, "p-run")
+	x.Wait("p-run")
 }
 
-func typedErrors(t *testing.T, n node.Node) {
+func typedErrors(t *testing.T, n node.Node, x *Exits) {
 	ctx := ctxT(t)
 	start(t, n, sh("t-run", "exec sleep 600"))
 	if _, err := n.Start(ctx, sh("t-run", "true")); !errors.Is(err, errdefs.ErrDuplicate) {
@@ -160,13 +134,13 @@ func typedErrors(t *testing.T, n node.Node) {
 	if err := n.Kill(ctx, "t-run"); err != nil {
 		t.Fatal(err)
 	}
-	collect(t, n, "t-run")
+	x.Wait("t-run")
 	if err := n.Send(ctx, "t-run", []byte("x")); !errors.Is(err, errdefs.ErrNotRunning) {
 		t.Errorf("send to an exited process: %v", err)
 	}
 }
 
-func stopAndKill(t *testing.T, n node.Node) {
+func stopAndKill(t *testing.T, n node.Node, x *Exits) {
 	ctx := ctxT(t)
 	// The shell's child is in its process group: a stop reaches both,
 	// and the shell's trap says it got SIGTERM.
@@ -181,11 +155,11 @@ func stopAndKill(t *testing.T, n node.Node) {
 	if err := n.Kill(ctx, "s-kill"); err != nil {
 		t.Fatal(err)
 	}
-	got := collect(t, n, "s-term", "s-kill")
-	if e := got["s-kill"]; e.Signal != syscall.SIGKILL {
+	got := x.Wait("s-term", "s-kill")
+	if e := got[1]; e.Signal != syscall.SIGKILL {
 		t.Errorf("killed: %+v", e)
 	}
-	if e := got["s-term"]; !(e.Signal == syscall.SIGTERM || e.Code == 7) {
+	if e := got[0]; !(e.Signal == syscall.SIGTERM || e.Code == 7) {
 		t.Errorf("stopped: %+v, want SIGTERM or the trap's exit 7", e)
 	}
 }
@@ -203,7 +177,7 @@ func waitRunning(t *testing.T, n node.Node, names ...string) {
 	}
 }
 
-func stdin(t *testing.T, n node.Node) {
+func stdin(t *testing.T, n node.Node, x *Exits) {
 	ctx := ctxT(t)
 	out := filepath.Join(t.TempDir(), "out")
 	spec := sh("i-cat", "cat; echo eof")
@@ -216,7 +190,7 @@ func stdin(t *testing.T, n node.Node) {
 	if err := n.CloseStdin(ctx, "i-cat"); err != nil {
 		t.Fatal(err)
 	}
-	if e := collect(t, n, "i-cat")["i-cat"]; !e.Success() {
+	if e := x.One("i-cat"); !e.Success() {
 		t.Errorf("cat after its stdin was closed: %+v", e)
 	}
 	if got, err := os.ReadFile(out); err != nil || string(got) != "one\neof\n" {
@@ -224,7 +198,7 @@ func stdin(t *testing.T, n node.Node) {
 	}
 }
 
-func envAndPorts(t *testing.T, n node.Node) {
+func envAndPorts(t *testing.T, n node.Node, x *Exits) {
 	ctx := ctxT(t)
 	if err := n.SetEnv(ctx, "DROVER_NODETEST", "v1"); err != nil {
 		t.Fatal(err)
@@ -236,7 +210,7 @@ func envAndPorts(t *testing.T, n node.Node) {
 	spec := sh("e-env", `echo "$DROVER_NODETEST $DROVER_PORT_CTL"`)
 	spec.Stdout, spec.PortNames = out, []string{"ctl"}
 	st := start(t, n, spec)
-	collect(t, n, "e-env")
+	x.Wait("e-env")
 	if got, _ := os.ReadFile(out); string(got) != fmt.Sprintf("v1 %d\n", st.Ports["ctl"]) || st.Ports["ctl"] == 0 {
 		t.Errorf("env and port in the process: %q, started %+v", got, st)
 	}
@@ -249,16 +223,16 @@ func envAndPorts(t *testing.T, n node.Node) {
 	}
 }
 
-func cancelAll(t *testing.T, n node.Node) {
+func cancelAll(t *testing.T, n node.Node, x *Exits) {
 	start(t, n, sh("c-1", "exec sleep 600"))
 	start(t, n, sh("c-2", "exec sleep 600"))
 	waitRunning(t, n, "c-1", "c-2")
 	if err := n.CancelAll(ctxT(t), 100*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
-	for name, e := range collect(t, n, "c-1", "c-2") {
+	for _, e := range x.Wait("c-1", "c-2") {
 		if e.Signal == 0 {
-			t.Errorf("%s after cancel all: %+v", name, e)
+			t.Errorf("%s after cancel all: %+v", e.Name, e)
 		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -34,6 +35,10 @@ type fakeNode struct {
 	gate      chan struct{} // when non-nil, Start waits until it is closed
 	entered   chan string   // a Start is waiting at the gate
 	cancelled chan struct{} // CancelAll was called (capacity 1)
+	// cancelHeld: CancelAll does its work, then hangs (an unanswered call)
+	// until its context ends; cancelOver counts those that returned.
+	cancelHeld bool
+	cancelOver atomic.Int32
 
 	stopGate    chan struct{} // when non-nil, Stop waits until it is closed
 	stopEntered chan string
@@ -121,7 +126,12 @@ func (f *fakeNode) CancelAll(ctx context.Context, grace time.Duration) error {
 	case f.cancelled <- struct{}{}:
 	default:
 	}
-	return f.Agent.CancelAll(ctx, grace)
+	err := f.Agent.CancelAll(ctx, grace)
+	if f.cancelHeld {
+		<-ctx.Done()
+		f.cancelOver.Add(1)
+	}
+	return err
 }
 
 var _ node.Node = (*fakeNode)(nil)
@@ -340,6 +350,31 @@ func TestCancelWhileStarting(t *testing.T) {
 		t.Error("Run did not return after cancel: the late-started instance was never stopped")
 		a.Close()
 		<-done
+	}
+}
+
+// Run waits for the calls it sent off: a CancelAll that hangs ends with
+// the run instead of outliving it.
+func TestRunOwnsItsCalls(t *testing.T) {
+	a := newAgent(t, "n1")
+	f := newFake(t, a)
+	f.cancelHeld = true
+	dir := t.TempDir()
+	jobs := []*jobfile.Job{job(t, "x", nil, "touch="+filepath.Join(dir, "x.ready"), "sleep=2m")}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		if err := waitReady(dir, 1); err != nil {
+			t.Error(err)
+		}
+		cancel()
+	}()
+	o := run(t, ctx, jobs, queue.Options{Nodes: []node.Node{f}, Grace: time.Second})
+	if got := f.cancelOver.Load(); got != 1 {
+		t.Errorf("after Run returned, %d of 1 CancelAll calls had returned", got)
+	}
+	if o.sum.Cancelled != 1 {
+		t.Errorf("summary %+v", *o.sum)
 	}
 }
 

@@ -341,7 +341,11 @@ type runner struct {
 	ready    chan signal
 	timeouts chan timeoutAt
 	quit     chan struct{}
-	evbuf    []results.Event
+	// bg: the starts, stops and cancels sent off to the nodes; Run waits
+	// for them, and cancels bgCtx first once nothing is live any more.
+	bg    sync.WaitGroup
+	bgCtx context.Context
+	evbuf []results.Event
 	// eventsFailed: a write of the events log failed (and was logged).
 	eventsFailed bool
 	// settled: no more nodes will join (Options.Joining is closed or nil).
@@ -400,9 +404,13 @@ func Run(ctx context.Context, jobs []*jobfile.Job, opts Options) (*results.Summa
 	for _, n := range opts.Nodes {
 		r.addNode(n)
 	}
+	var cancelBG context.CancelFunc
+	r.bgCtx, cancelBG = context.WithCancel(context.Background())
 	r.loop(ctx)
 	close(r.quit)
 	r.watchers.Wait()
+	cancelBG()
+	r.bg.Wait()
 	sum := r.summary()
 	r.emit(results.Event{Event: results.RunEnd, Error: r.stopped})
 	r.flush()
@@ -512,11 +520,12 @@ func (r *runner) cancelAll(grace time.Duration) {
 		if ns.gone {
 			continue
 		}
-		go func(n node.Node) {
-			if err := n.CancelAll(context.Background(), grace); err != nil {
+		n := ns.n
+		r.bg.Go(func() {
+			if err := n.CancelAll(r.bgCtx, grace); err != nil && r.bgCtx.Err() == nil {
 				r.log.Warn("cancel all", "node", n.Name(), "err", err)
 			}
-		}(ns.n)
+		})
 	}
 }
 
@@ -723,13 +732,13 @@ func (r *runner) launch(inst *instance, ns *nodeState, g cores.Grant, pred *inst
 	// attempt's output under an empty one.
 	keepPrev := inst.attempt > 1 && inst.prepared < inst.attempt
 	inst.prepared = inst.attempt
-	go func() {
+	r.bg.Go(func() {
 		st, err := prepare(r.opts.OutDir, keepPrev, inst.attempt, spec)
 		if err == nil {
-			st, err = ns.n.Start(context.Background(), spec)
+			st, err = ns.n.Start(r.bgCtx, spec)
 		}
 		r.starts <- startResult{inst: inst, st: st, err: err}
-	}()
+	})
 }
 
 // prepare makes the instance's results dir; a retry first moves the
@@ -836,11 +845,11 @@ func (r *runner) started(res startResult) {
 	if r.killing {
 		// It started after the run was stopped: stop it too.
 		n, name, grace := inst.node.n, inst.proc, r.stopGrace
-		go func() {
-			if err := n.Stop(context.Background(), name, grace); err != nil {
+		r.bg.Go(func() {
+			if err := n.Stop(r.bgCtx, name, grace); err != nil {
 				r.log.Debug("stop a late start", "node", n.Name(), "name", name, "err", err)
 			}
-		}()
+		})
 	}
 	r.emit(results.Event{Event: results.Started, Job: inst.name, Node: inst.node.n.Name(), Attempt: inst.attempt,
 		PID: res.st.PID, HWThreads: topology.FormatCPUList(inst.hw), GPUs: topology.GPUEnv(inst.gpus)["DROVER_GPUS"]})
@@ -1028,11 +1037,11 @@ func (r *runner) timeout(t timeoutAt) {
 	}
 	inst.timedOut = true
 	n, name, grace := inst.node.n, inst.proc, r.opts.Grace
-	go func() {
-		if err := n.Stop(context.Background(), name, grace); err != nil {
+	r.bg.Go(func() {
+		if err := n.Stop(r.bgCtx, name, grace); err != nil && r.bgCtx.Err() == nil {
 			r.log.Warn("stop after timeout", "node", n.Name(), "name", name, "err", err)
 		}
-	}()
+	})
 }
 
 // nodeGone makes everything still on a lost node `lost` (or retried).

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/drover-hpc/drover/internal/nodetest"
 	"golang.org/x/sys/unix"
 )
 
@@ -82,7 +83,7 @@ func TestCgroupClose(t *testing.T) {
 		t.Fatal("no cgroup although one can be made")
 	}
 	path := s.cgroup.path
-	x := newExits(t, s)
+	x := nodetest.NewExits(t, s)
 	out := newFIFO(t)
 	spec := helper(t, "escaper", "escape", "setsid", "exit")
 	spec.Stdout = out.Path
@@ -95,7 +96,7 @@ func TestCgroupClose(t *testing.T) {
 		t.Fatalf("grandchild said %q", line)
 	}
 	t.Cleanup(func() { _ = syscall.Kill(gpid, syscall.SIGKILL) }) // if the test fails
-	if e := x.wait("escaper"); !e.Success() {
+	if e := x.One("escaper"); !e.Success() {
 		t.Fatalf("escaper: %+v", e)
 	}
 	cg, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", gpid))
@@ -193,13 +194,13 @@ func TestCgroupRefused(t *testing.T) {
 	real := s.cgroup.fd
 	s.cgroup.fd = notCgroup
 	t.Cleanup(func() { unix.Close(real) })
-	x := newExits(t, s)
+	x := nodetest.NewExits(t, s)
 	for i := range 2 {
 		name := fmt.Sprintf("true%d", i)
 		if _, err := s.Start(Spec{Name: name, Args: []string{"/bin/true"}}); err != nil {
 			t.Fatalf("start %s: %v", name, err)
 		}
-		if e := x.wait(name); !e.Success() {
+		if e := x.One(name); !e.Success() {
 			t.Fatalf("%s: %+v", name, e)
 		}
 	}

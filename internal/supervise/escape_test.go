@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/drover-hpc/drover/internal/node"
+	"github.com/drover-hpc/drover/internal/nodetest"
 )
 
 // escapee starts name in helper mode "escape how after" and returns the
@@ -55,7 +56,7 @@ func TestEscapees(t *testing.T) {
 		for _, end := range []string{"stop", "kill", "exit"} {
 			t.Run(how+"/"+end, func(t *testing.T) {
 				s := newSup(t, Options{Subreaper: true})
-				x := newExits(t, s)
+				x := nodetest.NewExits(t, s)
 				after := "sleep"
 				if end == "exit" {
 					after = "exit"
@@ -71,7 +72,7 @@ func TestEscapees(t *testing.T) {
 						t.Fatal(err)
 					}
 				}
-				e := x.wait("job")
+				e := x.One("job")
 				if end == "exit" && !e.Success() {
 					t.Fatalf("job: %v", e)
 				}
@@ -86,7 +87,7 @@ func TestEscapees(t *testing.T) {
 // another process that might have left it still runs.
 func TestEscapeeAmongOthers(t *testing.T) {
 	s := newSup(t, Options{Subreaper: true})
-	x := newExits(t, s)
+	x := nodetest.NewExits(t, s)
 	if _, err := s.Start(helper(t, "other", "sleep")); err != nil {
 		t.Fatal(err)
 	}
@@ -94,7 +95,7 @@ func TestEscapeeAmongOthers(t *testing.T) {
 	if err := s.Stop("job", patience); err != nil {
 		t.Fatal(err)
 	}
-	x.wait("job")
+	x.One("job")
 	waitGone(t, gpid, gstart)
 	if st, err := s.Poll("other"); err != nil || st[0].State != node.Running {
 		t.Fatalf("other: %v %v", st, err)
@@ -106,12 +107,12 @@ func TestEscapeeAmongOthers(t *testing.T) {
 // still runs (it may be that one's); it goes when that one ends.
 func TestOrphanWaitsForPossibleOwners(t *testing.T) {
 	s := newSup(t, Options{Subreaper: true})
-	x := newExits(t, s)
+	x := nodetest.NewExits(t, s)
 	if _, err := s.Start(helper(t, "other", "sleep")); err != nil {
 		t.Fatal(err)
 	}
 	gpid, gstart := escapee(t, s, "job", "daemon", "exit")
-	x.wait("job")
+	x.One("job")
 	if _, state, ppid, _, ok := procStart(gpid); !ok || state == 'Z' {
 		t.Fatalf("daemon %d killed while its possible owner runs", gpid)
 	} else if ppid != os.Getpid() {
@@ -120,7 +121,7 @@ func TestOrphanWaitsForPossibleOwners(t *testing.T) {
 	if err := s.Kill("other"); err != nil {
 		t.Fatal(err)
 	}
-	x.wait("other")
+	x.One("other")
 	waitGone(t, gpid, gstart)
 }
 

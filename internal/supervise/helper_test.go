@@ -21,8 +21,6 @@ import (
 
 	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
-
-	"github.com/drover-hpc/drover/internal/node"
 )
 
 // helperEnv makes the test binary run helperMain instead of the tests.
@@ -254,45 +252,6 @@ func newSup(t *testing.T, opts Options) *Supervisor {
 		}
 	})
 	return s
-}
-
-// exits collects Finished reports and checks each name comes once.
-type exits struct {
-	t   *testing.T
-	s   *Supervisor
-	got map[string]node.Exit
-}
-
-func newExits(t *testing.T, s *Supervisor) *exits {
-	return &exits{t: t, s: s, got: map[string]node.Exit{}}
-}
-
-func (x *exits) take() {
-	for _, e := range x.s.Finished() {
-		if _, dup := x.got[e.Name]; dup {
-			x.t.Errorf("exit of %s reported twice", e.Name)
-		}
-		x.got[e.Name] = e
-	}
-}
-
-// wait returns the exit of name, waiting for it.
-func (x *exits) wait(name string) node.Exit {
-	x.t.Helper()
-	deadline := time.NewTimer(patience)
-	defer deadline.Stop()
-	for {
-		x.take()
-		if e, ok := x.got[name]; ok {
-			delete(x.got, name)
-			return e
-		}
-		select {
-		case <-x.s.Ready():
-		case <-deadline.C:
-			x.t.Fatalf("no exit of %s after %v", name, patience)
-		}
-	}
 }
 
 // fifo makes a named pipe and opens its read end without blocking; a

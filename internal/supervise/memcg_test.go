@@ -8,6 +8,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/drover-hpc/drover/internal/nodetest"
 )
 
 // TestMemoryLimitOutOfMemory runs real children in a real memory cgroup:
@@ -23,7 +25,7 @@ func TestMemoryLimitOutOfMemory(t *testing.T) {
 		}
 		t.Skipf("no memory cgroup can be made here: %v", err)
 	}
-	x := newExits(t, s)
+	x := nodetest.NewExits(t, s)
 	hog := helper(t, "hog", "alloc", "256")
 	hog.MemoryMax = 32 << 20
 	fits := helper(t, "fits", "alloc", "4")
@@ -33,11 +35,11 @@ func TestMemoryLimitOutOfMemory(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	e := x.wait("hog")
+	e := x.One("hog")
 	if e.Signal != syscall.SIGKILL || !strings.HasPrefix(e.Err, "out of memory") {
 		t.Errorf("hog: %+v, want SIGKILL and \"out of memory\"", e)
 	}
-	if e := x.wait("fits"); !e.Success() {
+	if e := x.One("fits"); !e.Success() {
 		t.Errorf("fits: %+v, want a plain exit 0", e)
 	}
 	left, _ := filepath.Glob(filepath.Join(s.mem.dir, "p-*"))

@@ -52,6 +52,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/drover-hpc/drover/internal/errdefs"
+	"github.com/drover-hpc/drover/internal/mailbox"
 	"github.com/drover-hpc/drover/internal/node"
 )
 
@@ -159,11 +160,13 @@ type Supervisor struct {
 	quit    chan struct{} // closed to stop the spawners
 	spawnWG sync.WaitGroup
 	ready   chan struct{}
+	// exits: reaped, not yet taken by Finished; put in reaping order
+	// (under mu), taken without it.
+	exits *mailbox.Mailbox[node.Exit]
 
 	mu       sync.Mutex
 	cond     sync.Cond // on mu: running or inflight dropped while closing
 	procs    map[string]*proc
-	finished []node.Exit
 	running  int // forked and not yet reaped
 	inflight int // Start calls between reservation and answer
 	closing  bool
@@ -198,6 +201,7 @@ func New(opts Options) (*Supervisor, error) {
 		quit:    make(chan struct{}),
 		ready:   make(chan struct{}, 1),
 		procs:   make(map[string]*proc),
+		exits:   mailbox.New[node.Exit](0),
 		closed:  make(chan struct{}),
 		devNull: -1,
 
@@ -590,11 +594,7 @@ func (s *Supervisor) cancelAllLocked(grace time.Duration) {
 // Finished returns the exits since the last call, each exactly once, in the
 // order the processes were reaped.
 func (s *Supervisor) Finished() []node.Exit {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := s.finished
-	s.finished = nil
-	return out
+	return s.exits.TakeAll("")
 }
 
 // Ready is signalled (capacity 1, never blocking the supervisor) whenever
@@ -707,7 +707,7 @@ func (s *Supervisor) exited(p *proc, info *chldInfo) {
 	stdin, stdinFD := p.stdin, p.stdinFD
 	p.stdin, p.stdinFD = nil, -1
 	s.running--
-	s.finished = append(s.finished, e)
+	s.exits.Put("", e)
 	if s.closing {
 		s.cond.Broadcast()
 	}

@@ -23,11 +23,12 @@ import (
 
 	"github.com/drover-hpc/drover/internal/errdefs"
 	"github.com/drover-hpc/drover/internal/node"
+	"github.com/drover-hpc/drover/internal/nodetest"
 )
 
 func TestExitCode(t *testing.T) {
 	s := newSup(t, Options{Node: "n1"})
-	x := newExits(t, s)
+	x := nodetest.NewExits(t, s)
 	before := time.Now()
 	pid, err := s.Start(helper(t, "three", "exit", "3"))
 	if err != nil {
@@ -36,7 +37,7 @@ func TestExitCode(t *testing.T) {
 	if pid <= 0 {
 		t.Fatalf("pid %d", pid)
 	}
-	e := x.wait("three")
+	e := x.One("three")
 	if e.Code != 3 || e.Signal != 0 || e.Success() {
 		t.Errorf("exit = %+v, want code 3", e)
 	}
@@ -52,7 +53,7 @@ func TestExitCode(t *testing.T) {
 	if _, err := s.Start(helper(t, "zero", "exit", "0")); err != nil {
 		t.Fatal(err)
 	}
-	if e := x.wait("zero"); !e.Success() {
+	if e := x.One("zero"); !e.Success() {
 		t.Errorf("exit = %+v, want success", e)
 	}
 	if n := s.Running(); n != 0 {
@@ -62,13 +63,13 @@ func TestExitCode(t *testing.T) {
 
 func TestSignalExit(t *testing.T) {
 	s := newSup(t, Options{})
-	x := newExits(t, s)
+	x := nodetest.NewExits(t, s)
 	for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGTERM} {
 		name := "self-" + node.SignalName(sig)
 		if _, err := s.Start(helper(t, name, "killself", fmt.Sprint(int(sig)))); err != nil {
 			t.Fatal(err)
 		}
-		e := x.wait(name)
+		e := x.One(name)
 		if e.Signal != sig || e.Code != -1 {
 			t.Errorf("%s: exit = %+v, want signal %v and code -1", name, e, sig)
 		}
@@ -80,7 +81,7 @@ func TestSignalExit(t *testing.T) {
 
 func TestOutputEnvDir(t *testing.T) {
 	s := newSup(t, Options{})
-	x := newExits(t, s)
+	x := nodetest.NewExits(t, s)
 	dir := t.TempDir()
 	outPath := filepath.Join(dir, "out.txt")
 	errPath := filepath.Join(t.TempDir(), "err.txt")
@@ -98,7 +99,7 @@ func TestOutputEnvDir(t *testing.T) {
 	if _, err := s.Start(spec); err != nil {
 		t.Fatal(err)
 	}
-	if e := x.wait("print"); !e.Success() {
+	if e := x.One("print"); !e.Success() {
 		t.Fatalf("exit = %+v", e)
 	}
 	got, _ := os.ReadFile(outPath)
@@ -119,7 +120,7 @@ func TestOutputEnvDir(t *testing.T) {
 	if _, err := s.Start(spec); err != nil {
 		t.Fatal(err)
 	}
-	if e := x.wait("print2"); !e.Success() {
+	if e := x.One("print2"); !e.Success() {
 		t.Fatalf("exit = %+v", e)
 	}
 	if got, _ := os.ReadFile(both); string(got) != want+"to stderr\n" {
@@ -134,14 +135,14 @@ func TestOutputEnvDir(t *testing.T) {
 	if _, err := s.Start(spec); err != nil {
 		t.Fatal(err)
 	}
-	if e := x.wait("print3"); !e.Success() {
+	if e := x.One("print3"); !e.Success() {
 		t.Fatalf("exit = %+v", e)
 	}
 }
 
 func TestPathLookup(t *testing.T) {
 	s := newSup(t, Options{})
-	x := newExits(t, s)
+	x := nodetest.NewExits(t, s)
 	bin := t.TempDir()
 	if err := os.Symlink(testExe(t), filepath.Join(bin, "drover-test-helper")); err != nil {
 		t.Fatal(err)
@@ -159,7 +160,7 @@ func TestPathLookup(t *testing.T) {
 	if _, err := s.Start(spec); err != nil {
 		t.Fatal(err)
 	}
-	if e := x.wait("viaenv"); e.Code != 7 {
+	if e := x.One("viaenv"); e.Code != 7 {
 		t.Errorf("exit = %+v", e)
 	}
 
@@ -169,7 +170,7 @@ func TestPathLookup(t *testing.T) {
 	if _, err := s.Start(spec); err != nil {
 		t.Fatal(err)
 	}
-	if e := x.wait("viaown"); e.Code != 7 {
+	if e := x.One("viaown"); e.Code != 7 {
 		t.Errorf("exit = %+v", e)
 	}
 
@@ -184,7 +185,7 @@ func TestPathLookup(t *testing.T) {
 
 func TestStopKillsGroup(t *testing.T) {
 	s := newSup(t, Options{})
-	x := newExits(t, s)
+	x := nodetest.NewExits(t, s)
 	out := newFIFO(t)
 	spec := helper(t, "tree", "grandchild")
 	spec.Stdout = out.Path
@@ -202,7 +203,7 @@ func TestStopKillsGroup(t *testing.T) {
 	if err := s.Stop("tree", time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	e := x.wait("tree")
+	e := x.One("tree")
 	if e.Signal != syscall.SIGTERM {
 		t.Errorf("exit = %+v, want SIGTERM", e)
 	}
@@ -218,7 +219,7 @@ func TestStopKillsGroup(t *testing.T) {
 // later when the grace would end.
 func TestStopKillsStragglers(t *testing.T) {
 	s := newSup(t, Options{})
-	x := newExits(t, s)
+	x := nodetest.NewExits(t, s)
 	out := newFIFO(t)
 	spec := helper(t, "tree", "grandchild", "gignore")
 	spec.Stdout = out.Path
@@ -232,7 +233,7 @@ func TestStopKillsStragglers(t *testing.T) {
 	if err := s.Stop("tree", time.Hour); err != nil {
 		t.Fatal(err)
 	}
-	if e := x.wait("tree"); e.Signal != syscall.SIGTERM {
+	if e := x.One("tree"); e.Signal != syscall.SIGTERM {
 		t.Errorf("exit = %+v, want SIGTERM", e)
 	}
 	out.eof()
@@ -241,7 +242,7 @@ func TestStopKillsStragglers(t *testing.T) {
 
 func TestStopEscalatesToKill(t *testing.T) {
 	s := newSup(t, Options{})
-	x := newExits(t, s)
+	x := nodetest.NewExits(t, s)
 	out := newFIFO(t)
 	spec := helper(t, "stubborn", "ignoreterm")
 	spec.Stdout = out.Path
@@ -256,7 +257,7 @@ func TestStopEscalatesToKill(t *testing.T) {
 	if err := s.Stop("stubborn", grace); err != nil {
 		t.Fatal(err)
 	}
-	e := x.wait("stubborn")
+	e := x.One("stubborn")
 	if e.Signal != syscall.SIGKILL {
 		t.Errorf("exit = %+v, want SIGKILL", e)
 	}
@@ -267,14 +268,14 @@ func TestStopEscalatesToKill(t *testing.T) {
 
 func TestKill(t *testing.T) {
 	s := newSup(t, Options{})
-	x := newExits(t, s)
+	x := nodetest.NewExits(t, s)
 	if _, err := s.Start(helper(t, "k", "sleep")); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Kill("k"); err != nil {
 		t.Fatal(err)
 	}
-	if e := x.wait("k"); e.Signal != syscall.SIGKILL || e.Code != -1 {
+	if e := x.One("k"); e.Signal != syscall.SIGKILL || e.Code != -1 {
 		t.Errorf("exit = %+v", e)
 	}
 	if err := s.Kill("k"); !errors.Is(err, errdefs.ErrNotRunning) {
@@ -292,7 +293,7 @@ func TestKill(t *testing.T) {
 
 func TestPurgeAndRestart(t *testing.T) {
 	s := newSup(t, Options{})
-	x := newExits(t, s)
+	x := nodetest.NewExits(t, s)
 	pid1, err := s.Start(helper(t, "p", "sleep"))
 	if err != nil {
 		t.Fatal(err)
@@ -309,7 +310,7 @@ func TestPurgeAndRestart(t *testing.T) {
 	if err := s.Kill("p"); err != nil {
 		t.Fatal(err)
 	}
-	x.wait("p")
+	x.One("p")
 	if _, err := s.Start(helper(t, "p", "exit", "0")); !errors.Is(err, errdefs.ErrDuplicate) {
 		t.Errorf("Start after exit, before purge = %v, want errdefs.ErrDuplicate", err)
 	}
@@ -322,6 +323,7 @@ func TestPurgeAndRestart(t *testing.T) {
 	if err := s.Purge("p"); !errors.Is(err, errdefs.ErrUnknownProcess) {
 		t.Errorf("second Purge = %v", err)
 	}
+	x.Forget("p") // started anew: its exit is reported again
 	pid2, err := s.Start(helper(t, "p", "exit", "4"))
 	if err != nil {
 		t.Fatal(err)
@@ -329,14 +331,14 @@ func TestPurgeAndRestart(t *testing.T) {
 	if pid2 == pid1 {
 		t.Logf("pid reused: %d", pid1)
 	}
-	if e := x.wait("p"); e.Code != 4 {
+	if e := x.One("p"); e.Code != 4 {
 		t.Errorf("restarted exit = %+v", e)
 	}
 }
 
 func TestSend(t *testing.T) {
 	s := newSup(t, Options{})
-	x := newExits(t, s)
+	x := nodetest.NewExits(t, s)
 	out := newFIFO(t)
 	spec := helper(t, "echo", "echo")
 	spec.Stdout = out.Path
@@ -363,7 +365,7 @@ func TestSend(t *testing.T) {
 	if err := s.Kill("echo"); err != nil {
 		t.Fatal(err)
 	}
-	x.wait("echo")
+	x.One("echo")
 	if err := s.Send(ctx, "echo", []byte("late\n")); !errors.Is(err, errdefs.ErrNotRunning) {
 		t.Errorf("Send after exit = %v, want errdefs.ErrNotRunning", err)
 	}
@@ -385,7 +387,7 @@ func TestSend(t *testing.T) {
 	if err := s.Kill("deaf"); err != nil {
 		t.Fatal(err)
 	}
-	x.wait("deaf")
+	x.One("deaf")
 	select {
 	case err := <-errc:
 		if !errors.Is(err, errdefs.ErrNotRunning) && !errors.Is(err, syscall.EPIPE) {
@@ -398,14 +400,14 @@ func TestSend(t *testing.T) {
 
 func TestPoll(t *testing.T) {
 	s := newSup(t, Options{Node: "n"})
-	x := newExits(t, s)
+	x := nodetest.NewExits(t, s)
 	if _, err := s.Start(helper(t, "b-run", "sleep")); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.Start(helper(t, "a-exit", "exit", "2")); err != nil {
 		t.Fatal(err)
 	}
-	x.wait("a-exit")
+	x.One("a-exit")
 	st, err := s.Poll()
 	if err != nil {
 		t.Fatal(err)
@@ -436,7 +438,7 @@ func TestPoll(t *testing.T) {
 
 func TestStartErrors(t *testing.T) {
 	s := newSup(t, Options{})
-	x := newExits(t, s)
+	x := nodetest.NewExits(t, s)
 	dir := t.TempDir()
 	file := filepath.Join(dir, "regular")
 	if err := os.WriteFile(file, []byte("x"), 0o644); err != nil {
@@ -502,12 +504,13 @@ func TestStartErrors(t *testing.T) {
 			if _, err := s.Start(good); err != nil {
 				t.Fatalf("good start after a bad one: %v", err)
 			}
-			if e := x.wait("sim.3"); !e.Success() {
+			if e := x.One("sim.3"); !e.Success() {
 				t.Errorf("good exit = %+v", e)
 			}
 			if err := s.Purge("sim.3"); err != nil {
 				t.Fatal(err)
 			}
+			x.Forget("sim.3") // the next case starts it anew
 		})
 	}
 	if _, err := s.Start(Spec{Args: good.Args}); err == nil {
@@ -610,7 +613,7 @@ func TestHWThreads(t *testing.T) {
 	// One spawner: every start goes through the same thread, so this also
 	// checks that the thread's mask is put back after a bound start.
 	s := newSup(t, Options{Spawners: 1})
-	x := newExits(t, s)
+	x := nodetest.NewExits(t, s)
 	dir := t.TempDir()
 	for i, tc := range []struct {
 		hw   []int
@@ -622,7 +625,7 @@ func TestHWThreads(t *testing.T) {
 		if _, err := s.Start(spec); err != nil {
 			t.Fatal(err)
 		}
-		if e := x.wait(spec.Name); !e.Success() {
+		if e := x.One(spec.Name); !e.Success() {
 			t.Fatalf("exit = %+v", e)
 		}
 		got, _ := os.ReadFile(spec.Stdout)
@@ -699,7 +702,7 @@ func testHostKilled(t *testing.T, mode string) {
 
 func TestCancelAll(t *testing.T) {
 	s := newSup(t, Options{})
-	x := newExits(t, s)
+	x := nodetest.NewExits(t, s)
 	tree := newFIFO(t)
 	stubborn := newFIFO(t)
 	var names []string
@@ -731,11 +734,11 @@ func TestCancelAll(t *testing.T) {
 	if _, err := s.Start(helper(t, "done", "exit", "0")); err != nil {
 		t.Fatal(err)
 	}
-	x.wait("done")
+	x.One("done")
 
 	s.CancelAll(200 * time.Millisecond)
 	for _, n := range names {
-		e := x.wait(n)
+		e := x.One(n)
 		want := syscall.SIGTERM
 		if n == "stubborn" {
 			want = syscall.SIGKILL
@@ -758,7 +761,7 @@ func TestCancelAll(t *testing.T) {
 	if _, err := s.Start(helper(t, "after", "exit", "0")); err != nil {
 		t.Fatal(err)
 	}
-	x.wait("after")
+	x.One("after")
 }
 
 func TestClose(t *testing.T) {
@@ -867,17 +870,17 @@ func TestTwoSupervisors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	xa, xb := newExits(t, a), newExits(t, b)
+	xa, xb := nodetest.NewExits(t, a), nodetest.NewExits(t, b)
 	if _, err := a.Start(helper(t, "same", "exit", "1")); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := b.Start(helper(t, "same", "exit", "2")); err != nil {
 		t.Fatal(err)
 	}
-	if e := xa.wait("same"); e.Code != 1 || e.Node != "a" {
+	if e := xa.One("same"); e.Code != 1 || e.Node != "a" {
 		t.Errorf("a: %+v", e)
 	}
-	if e := xb.wait("same"); e.Code != 2 || e.Node != "b" {
+	if e := xb.One("same"); e.Code != 2 || e.Node != "b" {
 		t.Errorf("b: %+v", e)
 	}
 	if err := b.Close(0); err != nil {
@@ -887,7 +890,7 @@ func TestTwoSupervisors(t *testing.T) {
 	if _, err := a.Start(helper(t, "again", "exit", "5")); err != nil {
 		t.Fatal(err)
 	}
-	if e := xa.wait("again"); e.Code != 5 {
+	if e := xa.One("again"); e.Code != 5 {
 		t.Errorf("a after b closed: %+v", e)
 	}
 }
@@ -933,11 +936,11 @@ func TestUnknownChildReaped(t *testing.T) {
 			t.Fatalf("no %q logged", want)
 		}
 	}
-	x := newExits(t, s)
+	x := nodetest.NewExits(t, s)
 	if _, err := s.Start(helper(t, "ok", "exit", "0")); err != nil {
 		t.Fatal(err)
 	}
-	if e := x.wait("ok"); !e.Success() {
+	if e := x.One("ok"); !e.Success() {
 		t.Errorf("%+v", e)
 	}
 }
@@ -953,7 +956,7 @@ func TestSpawnersOption(t *testing.T) {
 // not drop the pid as unknown.
 func TestExitBeforeRecorded(t *testing.T) {
 	s := newSup(t, Options{})
-	x := newExits(t, s)
+	x := nodetest.NewExits(t, s)
 	met := make(chan int, 100)
 	unknown := func(pid int) { met <- pid }
 	forked := func(pid int) {
@@ -991,7 +994,7 @@ func TestExitBeforeRecorded(t *testing.T) {
 		if _, err := s.Start(helper(t, name, "exit", fmt.Sprint(10+i))); err != nil {
 			t.Fatal(err)
 		}
-		if e := x.wait(name); e.Code != 10+i {
+		if e := x.One(name); e.Code != 10+i {
 			t.Errorf("%s: %+v", name, e)
 		}
 	}
@@ -1010,7 +1013,7 @@ func TestKeeperToldInOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	x := newExits(t, s)
+	x := nodetest.NewExits(t, s)
 	const n, batch = 2000, 40
 	for i := 0; i < n; i += batch {
 		for j := i; j < i+batch; j++ {
@@ -1019,7 +1022,7 @@ func TestKeeperToldInOrder(t *testing.T) {
 			}
 		}
 		for j := i; j < i+batch; j++ {
-			x.wait(fmt.Sprintf("true%d", j))
+			x.One(fmt.Sprintf("true%d", j))
 		}
 	}
 	if err := s.Close(0); err != nil {

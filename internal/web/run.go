@@ -5,12 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
-	"os"
 	"path/filepath"
 	"slices"
 	"time"
 
+	"github.com/drover-hpc/drover/internal/logtail"
 	"github.com/drover-hpc/drover/internal/node"
 	"github.com/drover-hpc/drover/internal/results"
 )
@@ -156,10 +155,10 @@ func (s *RunSource) Logs(ctx context.Context, name string, stderr, follow bool, 
 		which = "stderr"
 	}
 	path := filepath.Join(s.out, name, which)
-	return followFile(ctx, path, follow, w, func() bool {
+	return logtail.File(ctx, path, w, func() bool {
 		in := s.lookup(name)
-		return in == nil || in.Final() || s.isEnded()
-	})
+		return !follow || in == nil || in.Final() || s.isEnded()
+	}, nil)
 }
 
 func (m *Model) isEnded() bool {
@@ -169,63 +168,3 @@ func (m *Model) isEnded() bool {
 }
 
 var errUnknown = errors.New("unknown instance")
-
-// followTick is how often a followed file is looked at.
-const followTick = 200 * time.Millisecond
-
-// followFile writes path to w; with follow it keeps writing what is
-// appended until over() says the writer is done and the file is drained.
-// A file replaced under the same path (a retry moves the old output
-// aside) is reopened.
-func followFile(ctx context.Context, path string, follow bool, w io.Writer, over func() bool) error {
-	var f *os.File
-	defer func() {
-		if f != nil {
-			f.Close()
-		}
-	}()
-	tick := time.NewTicker(followTick)
-	defer tick.Stop()
-	for {
-		ended := !follow || over()
-		if f != nil {
-			if fi, err := os.Stat(path); err == nil {
-				if cur, err := f.Stat(); err == nil && !os.SameFile(fi, cur) {
-					io.Copy(w, f) // what the old file still had
-					f.Close()
-					f = nil
-					fmt.Fprintf(w, "\n--- drover: a new attempt's output ---\n")
-				}
-			}
-		}
-		if f == nil {
-			var err error
-			f, err = os.Open(path)
-			switch {
-			case errors.Is(err, fs.ErrNotExist):
-				f = nil
-				if !follow {
-					return nil // not started yet: nothing to show
-				}
-			case err != nil:
-				return err
-			}
-		}
-		if f != nil {
-			if _, err := io.Copy(w, f); err != nil {
-				return err
-			}
-			if fl, ok := w.(interface{ Flush() }); ok {
-				fl.Flush()
-			}
-		}
-		if ended {
-			return nil
-		}
-		select {
-		case <-tick.C:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-}

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"sort"
 	"sync"
 	"time"
 
@@ -17,6 +15,8 @@ import (
 
 	"github.com/drover-hpc/drover/api/droverpb"
 	"github.com/drover-hpc/drover/internal/errdefs"
+	"github.com/drover-hpc/drover/internal/filexfer"
+	"github.com/drover-hpc/drover/internal/mailbox"
 	"github.com/drover-hpc/drover/internal/node"
 	"github.com/drover-hpc/drover/internal/pbconv"
 )
@@ -93,7 +93,8 @@ func RunAgent(ctx context.Context, opts AgentOptions) error {
 		running:      make(map[uint64]context.CancelFunc),
 		monitor:      opts.MonitorTimeout,
 		hb:           opts.HeartbeatInterval,
-		files:        &agentFiles{scratch: opts.Scratch, spools: make(map[string][]*spool)},
+		files:        filexfer.NewSpace(opts.Scratch),
+		outbox:       mailbox.New[*outItem](0),
 	}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
@@ -164,9 +165,11 @@ func RunAgent(ctx context.Context, opts AgentOptions) error {
 	close(pumpQuit)
 	<-pumpDone
 	a.mu.Lock()
-	a.cur.reset()
+	for _, it := range a.sending {
+		it.reset() // closes the file being sent
+	}
 	a.mu.Unlock()
-	if rerr := a.files.remove(); rerr != nil {
+	if rerr := a.files.Remove(); rerr != nil {
 		a.log.Warn("remove the agent's file space", "err", rerr)
 	}
 	return err
@@ -201,12 +204,13 @@ type agentRun struct {
 	ackedReplies uint64                        // the manager has every reply up to this id
 	replyQ       []*droverpb.Reply             // to send on the current stream
 
-	outbox  []*outItem // unacknowledged, in seq order
-	nextSeq uint64
-	sentSeq uint64     // highest seq sent on the current stream
-	cur     shipCursor // results of the exit after sentSeq sent so far
+	// outbox holds the exits until the manager acknowledges them (its one
+	// reader, toManager); a new stream takes every unacknowledged one again.
+	outbox  *mailbox.Mailbox[*outItem]
+	again   bool       // the next take is the first of a stream
+	sending []*outItem // taken on this stream, report not sent yet, in seq order
 
-	files *agentFiles
+	files *filexfer.Space
 
 	echo     int64 // manager heartbeat to echo
 	hbSent   int64
@@ -288,7 +292,7 @@ func (a *agentRun) doneFinishing() bool {
 }
 
 func (a *agentRun) finishedLocked() bool {
-	return a.finishing && a.pumpOver && len(a.outbox) == 0 && len(a.running) == 0 && len(a.replyQ) == 0
+	return a.finishing && a.pumpOver && a.outbox.Len("") == 0 && len(a.running) == 0 && len(a.replyQ) == 0
 }
 
 // runSession runs one stream: dial, Hello, Welcome, then messages both ways
@@ -389,9 +393,11 @@ func (a *agentRun) welcome(w *droverpb.Welcome) {
 			a.monitorTimer.Reset(m)
 		}
 	}
-	a.sentSeq = 0
-	a.cur.reset()  // results of unacknowledged exits go again, from the start
-	a.replyQ = nil // the manager repeats every unanswered command
+	for _, it := range a.sending {
+		it.reset()
+	}
+	a.again, a.sending = true, nil // unacknowledged exits go again, results first
+	a.replyQ = nil                 // the manager repeats every unanswered command
 	a.echo = 0
 	a.closeSent = false
 }
@@ -401,16 +407,13 @@ func (a *agentRun) welcome(w *droverpb.Welcome) {
 func (a *agentRun) handle(m *droverpb.ManagerMsg) {
 	a.mu.Lock()
 	a.lastHeard = time.Now()
-	var spools []string
+	var spools []*filexfer.Spool
 	if ack := m.GetAckExits(); ack > 0 {
-		i := sort.Search(len(a.outbox), func(i int) bool { return a.outbox[i].report.GetSeq() > ack })
-		for j, it := range a.outbox[:i] {
-			if it.dir != "" {
-				spools = append(spools, it.dir)
+		for _, it := range a.outbox.AckThrough(toManager, "", ack) {
+			if it.spool != nil {
+				spools = append(spools, it.spool)
 			}
-			a.outbox[j] = nil
 		}
-		a.outbox = a.outbox[i:]
 	}
 	if ack := m.GetAckReplies(); ack > a.ackedReplies {
 		a.ackedReplies = ack
@@ -434,8 +437,8 @@ func (a *agentRun) handle(m *droverpb.ManagerMsg) {
 		wake = true // time to close the stream
 	}
 	a.mu.Unlock()
-	for _, d := range spools {
-		if err := os.RemoveAll(d); err != nil {
+	for _, sp := range spools {
+		if err := sp.Remove(); err != nil {
 			a.log.Warn("remove results spool", "err", err)
 		}
 	}
@@ -539,8 +542,8 @@ func (a *agentRun) execute(ctx context.Context, c *droverpb.Command) *droverpb.R
 	switch op := c.GetOp().(type) {
 	case *droverpb.Command_Start:
 		spec := specFromPB(op.Start)
-		var sp *spool
-		if sp, err = a.files.prepare(op.Start, &spec); err != nil {
+		var sp *filexfer.Spool
+		if sp, err = a.files.Prepare(&spec, stageSums(op.Start), resultsSpecFromPB(op.Start.GetResults())); err != nil {
 			err = fmt.Errorf("start %s on %s: %w", spec.Name, n.Name(), err)
 			break
 		}
@@ -548,10 +551,13 @@ func (a *agentRun) execute(ctx context.Context, c *droverpb.Command) *droverpb.R
 		if st, err = n.Start(ctx, spec); err == nil {
 			r.Result = &droverpb.Reply_Started{Started: startedToPB(st)}
 		} else if sp != nil {
-			a.files.abandon(spec.Name, sp)
+			a.files.Abandon(spec.Name, sp)
 		}
 	case *droverpb.Command_PutFile:
-		err = a.files.put(op.PutFile)
+		var p filexfer.Put
+		if p, err = putFromPB(op.PutFile); err == nil {
+			err = a.files.Put(p)
+		}
 	case *droverpb.Command_Stop:
 		err = n.Stop(ctx, op.Stop.GetName(), fromMillis(op.Stop.GetGraceMs()))
 	case *droverpb.Command_Kill:
@@ -596,6 +602,32 @@ func (a *agentRun) execute(ctx context.Context, c *droverpb.Command) *droverpb.R
 	return r
 }
 
+// outItem is an exit report with the results that go ahead of it.
+type outItem struct {
+	report *droverpb.ExitReport
+	spool  *filexfer.Spool  // removed once the exit is acknowledged; nil: no results
+	ship   *filexfer.Sender // reads the spool's files for the stream
+}
+
+// addError adds to the exit's error.
+func (it *outItem) addError(msg string) {
+	x := it.report.GetExit()
+	if x.Error != "" {
+		x.Error += "; "
+	}
+	x.Error += msg
+}
+
+// reset has the results go again from the start.
+func (it *outItem) reset() {
+	if it.ship != nil {
+		it.ship.Reset()
+	}
+}
+
+// toManager is the one reader of the outbox.
+const toManager = "manager"
+
 // pump moves the node's exits into the outbox, numbered.
 func (a *agentRun) pump(quit <-chan struct{}, done chan<- struct{}) {
 	defer close(done)
@@ -607,24 +639,18 @@ func (a *agentRun) pump(quit <-chan struct{}, done chan<- struct{}) {
 			items := make([]*outItem, len(exits))
 			for i, e := range exits {
 				it := &outItem{report: &droverpb.ExitReport{Exit: pbconv.Exit(e)}}
-				if sp := a.files.take(e.Name); sp != nil {
-					it.report.ResultsId, it.dir = sp.id, sp.dir
+				if sp := a.files.Take(e.Name); sp != nil {
+					it.report.ResultsId, it.spool = sp.ID(), sp
 					var err error
-					if it.files, err = sp.list(); err != nil {
-						x := it.report.Exit
-						if x.Error != "" {
-							x.Error += "; "
-						}
-						x.Error += "results: " + err.Error()
+					if it.ship, err = sp.Sender(); err != nil {
+						it.addError("results: " + err.Error())
 					}
 				}
 				items[i] = it
 			}
-			a.mu.Lock()
+			a.mu.Lock() // numbered and put in the order taken
 			for _, it := range items {
-				a.nextSeq++
-				it.report.Seq = a.nextSeq
-				a.outbox = append(a.outbox, it)
+				it.report.Seq = a.outbox.Put("", it)
 			}
 			if !ok {
 				a.pumpOver = true
@@ -703,28 +729,39 @@ func (a *agentRun) collect(hbDue bool) (*droverpb.AgentMsg, bool) {
 	// Each exit goes after the results of its process, a message's worth
 	// at a time: files are read here, a chunk at a time, so that a big
 	// stdout never sits in memory (and Send waits on flow control).
-	i := sort.Search(len(a.outbox), func(i int) bool { return a.outbox[i].report.GetSeq() > a.sentSeq })
-	for ; i < len(a.outbox) && size < maxBatchBytes; i++ {
-		it := a.outbox[i]
-		seq := it.report.GetSeq()
-		if a.cur.seq != seq {
-			a.cur.reset()
-			a.cur.seq = seq
+	// New exits come after those taken already: take when those are sent
+	// (a take looks at every unacknowledged exit).
+	if a.again || len(a.sending) == 0 {
+		for _, l := range a.outbox.Take(toManager, "", nil, a.again) {
+			if a.again {
+				l.Item.reset() // sent on a stream before: all of it again
+			}
+			a.sending = append(a.sending, l.Item)
 		}
-		for a.cur.file < len(it.files) && size < maxBatchBytes {
-			if fd := a.cur.nextChunk(it); fd != nil {
+		a.again = false
+	}
+	i := 0
+	for ; i < len(a.sending) && size < maxBatchBytes; i++ {
+		it := a.sending[i]
+		for it.ship != nil && !it.ship.Done() && size < maxBatchBytes {
+			c, err := it.ship.Next()
+			if err != nil {
+				it.addError(err.Error())
+			}
+			if c != nil {
+				fd := resultToPB(c, it.report.GetSeq())
 				m.Files = append(m.Files, fd)
 				size += len(fd.Data) + 64
 			}
 		}
-		if a.cur.file < len(it.files) {
+		if it.ship != nil && !it.ship.Done() {
 			break // the next message carries on
 		}
-		a.cur.reset()
 		m.Exits = append(m.Exits, it.report)
-		a.sentSeq = seq
 		size += proto.Size(it.report)
 	}
+	clear(a.sending[:i])
+	a.sending = a.sending[i:]
 	if hbDue || a.echo != 0 {
 		hb := &droverpb.Heartbeat{EchoUnixNano: a.echo}
 		a.echo = 0

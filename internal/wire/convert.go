@@ -2,10 +2,14 @@ package wire
 
 import (
 	"errors"
+	"fmt"
+	"io/fs"
 	"os"
 	"time"
 
 	"github.com/drover-hpc/drover/api/droverpb"
+	"github.com/drover-hpc/drover/internal/errdefs"
+	"github.com/drover-hpc/drover/internal/filexfer"
 	"github.com/drover-hpc/drover/internal/node"
 	"github.com/drover-hpc/drover/internal/pbconv"
 )
@@ -136,4 +140,58 @@ func fromMillis(ms int64) time.Duration {
 		return 0
 	}
 	return time.Duration(ms) * time.Millisecond
+}
+
+func putToPB(p filexfer.Put) *droverpb.PutFile {
+	return &droverpb.PutFile{Sha256: p.Sum[:], Offset: p.Offset, Data: p.Data, Last: p.Last, Size: p.Size}
+}
+
+func putFromPB(p *droverpb.PutFile) (filexfer.Put, error) {
+	out := filexfer.Put{Offset: p.GetOffset(), Data: p.GetData(), Last: p.GetLast(), Size: p.GetSize()}
+	if len(p.GetSha256()) != len(out.Sum) {
+		return out, fmt.Errorf("%w: put file: bad hash", errdefs.ErrInvalid)
+	}
+	copy(out.Sum[:], p.GetSha256())
+	return out, nil
+}
+
+// stageSums are the content hashes of a spec's staged files, by index.
+func stageSums(s *droverpb.ProcessSpec) [][]byte {
+	var sums [][]byte
+	for i, f := range s.GetFiles() {
+		if len(f.GetSha256()) > 0 {
+			if sums == nil {
+				sums = make([][]byte, len(s.GetFiles()))
+			}
+			sums[i] = f.GetSha256()
+		}
+	}
+	return sums
+}
+
+func resultsSpecFromPB(r *droverpb.ResultsSpec) *filexfer.ResultsSpec {
+	if r == nil {
+		return nil
+	}
+	return &filexfer.ResultsSpec{ID: r.GetId(), Stdout: r.GetStdout(), Stderr: r.GetStderr(), StderrIsStdout: r.GetStderrIsStdout(), Outputs: r.GetOutputs()}
+}
+
+var kindToPB = map[filexfer.Kind]droverpb.FileKind{
+	filexfer.Stdout: droverpb.FileKind_FILE_KIND_STDOUT,
+	filexfer.Stderr: droverpb.FileKind_FILE_KIND_STDERR,
+	filexfer.Output: droverpb.FileKind_FILE_KIND_OUTPUT,
+}
+
+func resultToPB(c *filexfer.Result, seq uint64) *droverpb.FileData {
+	return &droverpb.FileData{ResultsId: c.ID, Seq: seq, Kind: kindToPB[c.Kind], Path: c.Path, Offset: c.Offset, Data: c.Data, Mode: uint32(c.Mode), Last: c.Last}
+}
+
+func resultFromPB(fd *droverpb.FileData) filexfer.Result {
+	out := filexfer.Result{ID: fd.GetResultsId(), Path: fd.GetPath(), Offset: fd.GetOffset(), Data: fd.GetData(), Mode: fs.FileMode(fd.GetMode()), Last: fd.GetLast()}
+	for k, pk := range kindToPB {
+		if pk == fd.GetKind() {
+			out.Kind = k
+		}
+	}
+	return out
 }

@@ -41,4 +41,8 @@
 //   - A Shutdown command is answered at once; the agent then stops every
 //     process, reports their exits, waits for the acks and half-closes the
 //     stream, which ends the session on the manager.
+//   - For an agent that does not share the manager's filesystem, staged
+//     files go as PutFile commands and results come back as FileData ahead
+//     of their exit: the chunks of internal/filexfer, which does the work
+//     (files.go adapts it).
 package wire

@@ -14,8 +14,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/drover-hpc/drover/api/droverpb"
+	"github.com/drover-hpc/drover/internal/filexfer"
 	"github.com/drover-hpc/drover/internal/node"
+	"github.com/drover-hpc/drover/internal/nodetest"
 )
 
 // A "remote" agent: it does not share the manager's filesystem. Both run
@@ -109,8 +110,8 @@ func wantSuccess(t *testing.T, e node.Exit) {
 func TestRemoteStageAndResults(t *testing.T) {
 	ctx := ctxT(t)
 	rs := newRemote(t, quick, nil)
-	x := newExitLog(t, rs.n)
-	data := randomBytes(t, 3*fileChunk+1234) // several chunks
+	x := nodetest.NewExits(t, rs.n)
+	data := randomBytes(t, 3*filexfer.ChunkSize+1234) // several chunks
 	src := rs.write(t, "src/data.bin", data, 0o644)
 	tool := rs.write(t, "src/tool", []byte("#!/bin/sh\n"), 0o755)
 	out := rs.path(t, "results/r1/x")
@@ -126,7 +127,7 @@ func TestRemoteStageAndResults(t *testing.T) {
 	if _, err := rs.n.Start(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
-	wantSuccess(t, x.wait("r1"))
+	wantSuccess(t, x.One("r1"))
 	if got := readFile(t, spec.Stdout); got != string(data) {
 		t.Errorf("stdout: %d bytes, want the %d staged", len(got), len(data))
 	}
@@ -153,7 +154,7 @@ func TestRemoteStageAndResults(t *testing.T) {
 	if _, err := rs.n.Start(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
-	wantSuccess(t, x.wait("r2"))
+	wantSuccess(t, x.One("r2"))
 	if got := len(readFile(t, spec.Stdout)); got != 1500 {
 		t.Errorf("stdout and stderr in one file: %d bytes, want 1500", got)
 	}
@@ -165,8 +166,8 @@ func TestRemoteStageOncePerNode(t *testing.T) {
 	const count = 20
 	ctx := ctxT(t)
 	rs := newRemote(t, quick, nil)
-	x := newExitLog(t, rs.n)
-	data := randomBytes(t, 2*fileChunk+77)
+	x := nodetest.NewExits(t, rs.n)
+	data := randomBytes(t, 2*filexfer.ChunkSize+77)
 	src := rs.write(t, "src/shared.bin", data, 0o644)
 	small := rs.write(t, "src/small", []byte("s"), 0o600)
 	var wg sync.WaitGroup
@@ -188,14 +189,14 @@ func TestRemoteStageOncePerNode(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	x.waitCount(count)
-	for name, e := range x.got {
+	x.WaitCount(count)
+	for name, e := range x.Got() {
 		wantSuccess(t, e)
 		if got := readFile(t, filepath.Join(rs.mgrDir, "out", name)); got != string(data)+"s" {
 			t.Errorf("%s: stdout of %d bytes, want %d", name, len(got), len(data)+1)
 		}
 	}
-	if got := rs.n.putChunks.Load(); got != 3+1 {
+	if got := rs.n.stager.Chunks(); got != 3+1 {
 		t.Errorf("%d PutFile chunks for a 3-chunk and a 1-chunk file used by %d instances, want 4", got, count)
 	}
 }
@@ -204,14 +205,14 @@ func TestRemoteBigStdout(t *testing.T) {
 	const out, errN = 5 << 20, 1<<20 + 3
 	ctx := ctxT(t)
 	rs := newRemote(t, quick, nil)
-	x := newExitLog(t, rs.n)
+	x := nodetest.NewExits(t, rs.n)
 	spec := helperSpec(t, "big", "pattern", fmt.Sprint(out), fmt.Sprint(errN))
 	spec.Stdout = rs.path(t, "big/stdout")
 	spec.Stderr = rs.path(t, "big/stderr")
 	if _, err := rs.n.Start(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
-	wantSuccess(t, x.wait("big"))
+	wantSuccess(t, x.One("big"))
 	checkPattern(t, spec.Stdout, out)
 	checkPattern(t, spec.Stderr, errN)
 }
@@ -247,7 +248,7 @@ func checkPattern(t *testing.T, p string, n int64) {
 func TestRemoteEscapesRefused(t *testing.T) {
 	ctx := ctxT(t)
 	rs := newRemote(t, quick, nil)
-	x := newExitLog(t, rs.n)
+	x := nodetest.NewExits(t, rs.n)
 	src := rs.write(t, "src/f", []byte("f"), 0o644)
 	for _, dst := range []string{"../f", "/tmp/f", "a/../../f"} {
 		spec := helperSpec(t, "esc", "exit", "0")
@@ -257,7 +258,7 @@ func TestRemoteEscapesRefused(t *testing.T) {
 			t.Errorf("destination %q: %v", dst, err)
 		}
 	}
-	if got := rs.n.putChunks.Load(); got != 0 {
+	if got := rs.n.stager.Chunks(); got != 0 {
 		t.Errorf("%d chunks sent for refused starts", got)
 	}
 	spec := helperSpec(t, "esc", "exit", "0")
@@ -275,7 +276,7 @@ func TestRemoteEscapesRefused(t *testing.T) {
 	if _, err := rs.n.Start(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
-	e := x.wait("leak")
+	e := x.One("leak")
 	if e.Success() || !strings.Contains(e.Err, "leak.csv") {
 		t.Errorf("symlink output: exit %v err %q", e, e.Err)
 	}
@@ -287,55 +288,13 @@ func TestRemoteEscapesRefused(t *testing.T) {
 	}
 }
 
-// The manager refuses a result path from the agent that leaves OutputDir,
-// by name or through a symlink there.
-func TestResultPathsCannotEscape(t *testing.T) {
-	base := t.TempDir()
-	out := filepath.Join(base, "out")
-	outside := filepath.Join(base, "outside")
-	if err := os.MkdirAll(out, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Mkdir(outside, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Symlink(outside, filepath.Join(out, "link")); err != nil {
-		t.Fatal(err)
-	}
-	tg := &resultsTarget{outDir: out, open: map[string]*os.File{}, failed: map[string]bool{}}
-	defer tg.close()
-	bad := []string{"../evil", "/abs/evil", "a/../../evil", "link/evil", "", "."}
-	for _, p := range bad {
-		tg.write(&droverpb.FileData{Kind: droverpb.FileKind_FILE_KIND_OUTPUT, Path: p, Data: []byte("x"), Last: true})
-	}
-	tg.write(&droverpb.FileData{Kind: droverpb.FileKind_FILE_KIND_OUTPUT, Path: "ok/fine", Data: []byte("ok"), Last: true})
-	tg.write(&droverpb.FileData{Kind: droverpb.FileKind_FILE_KIND_STDOUT, Data: []byte("x"), Last: true})
-	if len(tg.errs) != len(bad)+1 {
-		t.Errorf("errors %q, want one for each of %q and the stdout nobody asked for", tg.errs, bad)
-	}
-	for _, e := range tg.errs[:3] {
-		if !strings.Contains(e, "leaves the output dir") {
-			t.Errorf("unclear error %q", e)
-		}
-	}
-	if entries, _ := os.ReadDir(outside); len(entries) > 0 {
-		t.Errorf("written outside: %v", entries)
-	}
-	if _, err := os.Stat(filepath.Join(base, "evil")); err == nil {
-		t.Error("written outside")
-	}
-	if got := readFile(t, filepath.Join(out, "ok", "fine")); got != "ok" {
-		t.Errorf("ok/fine = %q", got)
-	}
-}
-
 // Cuts in the middle of a result transfer lose and duplicate nothing.
 func TestRemoteResultsAcrossReconnect(t *testing.T) {
 	const size = 24 << 20
 	ctx := ctxT(t)
 	var px *proxy
 	rs := newRemote(t, quick, func(addr string) string { px = newProxy(t, addr); return px.addr() })
-	x := newExitLog(t, rs.n)
+	x := nodetest.NewExits(t, rs.n)
 	if _, err := rs.n.Poll(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -359,8 +318,8 @@ func TestRemoteResultsAcrossReconnect(t *testing.T) {
 	var last int64
 	deadline := time.Now().Add(patience)
 	for time.Now().Before(deadline) {
-		x.take()
-		if _, done := x.got["big"]; done {
+		x.Take()
+		if _, done := x.Got()["big"]; done {
 			break
 		}
 		st, err := os.Stat(spec.Stdout)
@@ -374,24 +333,24 @@ func TestRemoteResultsAcrossReconnect(t *testing.T) {
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
-	x.waitCount(11)
+	x.WaitCount(11)
 	if cuts == 0 {
 		t.Error("no cut happened during the transfer")
 	}
 	t.Logf("%d cuts during the transfer", cuts)
-	wantSuccess(t, x.got["big"])
+	wantSuccess(t, x.Got()["big"])
 	checkPattern(t, spec.Stdout, size)
 	checkPattern(t, spec.Stderr, 10)
 	for i := range 10 {
-		wantSuccess(t, x.got[fmt.Sprintf("small%d", i)])
+		wantSuccess(t, x.Got()[fmt.Sprintf("small%d", i)])
 		checkPattern(t, filepath.Join(rs.mgrDir, "small", fmt.Sprint(i)), 100)
 	}
 	if _, err := rs.n.Poll(ctx); err != nil {
 		t.Fatal(err)
 	}
-	x.take()
-	if len(x.got) != 11 {
-		t.Fatalf("%d exits", len(x.got))
+	x.Take()
+	if len(x.Got()) != 11 {
+		t.Fatalf("%d exits", len(x.Got()))
 	}
 }
 
@@ -404,7 +363,7 @@ func TestRemoteBigStdoutMemoryFlat(t *testing.T) {
 	const size = 200 << 20
 	ctx := ctxT(t)
 	rs := newRemote(t, quick, nil)
-	x := newExitLog(t, rs.n)
+	x := nodetest.NewExits(t, rs.n)
 	runtime.GC()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
@@ -432,7 +391,7 @@ func TestRemoteBigStdoutMemoryFlat(t *testing.T) {
 	if _, err := rs.n.Start(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
-	e := x.wait("huge")
+	e := x.One("huge")
 	close(stop)
 	<-sampled
 	wantSuccess(t, e)

@@ -303,76 +303,8 @@ func (ta *testAgent) wait(t testing.TB) error {
 	return nil
 }
 
-// ---- exits ----
-
-// exitLog collects a node's Finished reports and checks each name comes once.
-type exitLog struct {
-	t   testing.TB
-	n   node.Node
-	got map[string]node.Exit
-}
-
-func newExitLog(t testing.TB, n node.Node) *exitLog {
-	return &exitLog{t: t, n: n, got: map[string]node.Exit{}}
-}
-
-func (x *exitLog) take() {
-	for _, e := range x.n.Finished() {
-		if _, dup := x.got[e.Name]; dup {
-			x.t.Errorf("exit of %s reported twice", e.Name)
-		}
-		x.got[e.Name] = e
-	}
-}
-
-// wait returns the exit of name, waiting for it.
-func (x *exitLog) wait(name string) node.Exit {
-	x.t.Helper()
-	deadline := time.NewTimer(patience)
-	defer deadline.Stop()
-	for {
-		x.take()
-		if e, ok := x.got[name]; ok {
-			return e
-		}
-		select {
-		case _, ok := <-x.n.Ready():
-			if !ok {
-				x.take()
-				if e, ok := x.got[name]; ok {
-					return e
-				}
-				x.t.Fatalf("node gone before the exit of %s", name)
-			}
-		case <-deadline.C:
-			x.t.Fatalf("no exit of %s after %v", name, patience)
-		}
-	}
-}
-
-// waitCount waits until n distinct exits arrived.
-func (x *exitLog) waitCount(n int) {
-	x.t.Helper()
-	deadline := time.NewTimer(patience)
-	defer deadline.Stop()
-	for {
-		x.take()
-		if len(x.got) >= n {
-			return
-		}
-		select {
-		case _, ok := <-x.n.Ready():
-			if !ok {
-				x.take()
-				x.t.Fatalf("node gone after %d of %d exits", len(x.got), n)
-			}
-		case <-deadline.C:
-			x.t.Fatalf("%d of %d exits after %v", len(x.got), n, patience)
-		}
-	}
-}
-
-// waitGone waits until Ready is closed, collecting exits on the way.
+// waitGone waits until Ready is closed; exits stay in Finished (see
+// nodetest.Exits.WaitGone to gather them).
 func waitGone(t testing.TB, n node.Node) {
 	t.Helper()
 	deadline := time.NewTimer(patience)

@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -21,6 +20,8 @@ import (
 
 	"github.com/drover-hpc/drover/api/droverpb"
 	"github.com/drover-hpc/drover/internal/errdefs"
+	"github.com/drover-hpc/drover/internal/filexfer"
+	"github.com/drover-hpc/drover/internal/mailbox"
 	"github.com/drover-hpc/drover/internal/node"
 	"github.com/drover-hpc/drover/internal/pbconv"
 	"github.com/drover-hpc/drover/internal/topology"
@@ -60,8 +61,7 @@ type Server struct {
 	order    []*RemoteNode
 	wg       sync.WaitGroup // senders and receivers of sessions
 
-	hashes hashCache     // of staged files, for every node
-	putSem chan struct{} // PutFile chunks in flight to all nodes
+	files *filexfer.Pool // hashes of staged files, chunks in flight to all nodes
 }
 
 // NewServer makes a Server; Register it with a grpc.Server.
@@ -79,7 +79,7 @@ func NewServer(opts ServerOptions) *Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{opts: opts, log: log, sessions: make(map[string]*RemoteNode), putSem: make(chan struct{}, putWindowAll)}
+	return &Server{opts: opts, log: log, sessions: make(map[string]*RemoteNode), files: filexfer.NewPool()}
 }
 
 // Register adds the AgentSession service to g.
@@ -283,8 +283,9 @@ type RemoteNode struct {
 	timeout time.Duration
 	hb      time.Duration
 
-	ready chan struct{} // cap 1; closed once the node is lost
-	gone  chan struct{} // closed once the node is lost
+	ready chan struct{}               // cap 1; closed once the node is lost
+	gone  chan struct{}               // closed once the node is lost
+	exits *mailbox.Mailbox[node.Exit] // delivered (under mu, in seq order), not yet taken by Finished
 
 	mu        sync.Mutex
 	att       *attachment // current stream; nil while disconnected
@@ -300,21 +301,17 @@ type RemoteNode struct {
 	unsent  []uint64         // ids to send on the current attachment
 	cancels []uint64         // abandoned ids to tell the agent about
 
-	lastSeq  uint64 // highest exit seq delivered
-	finished []node.Exit
+	lastSeq uint64 // highest exit seq delivered
 
 	hbSent   int64 // sent_unix_nano of our last heartbeat
 	hbSentAt time.Time
 	rtt      time.Duration
 
-	// Files, for an agent that does not share our filesystem (files.go).
-	shared      bool
-	putSem      chan struct{} // PutFile chunks in flight
-	putChunks   atomic.Int64  // PutFile chunks sent, for tests
-	fmu         sync.Mutex    // guards the fields below; taken after mu, never before
-	have        map[digest]*flight
-	results     map[uint64]*resultsTarget // by ResultsSpec.id
-	nextResults uint64
+	// Files, for an agent that does not share our filesystem (files.go,
+	// internal/filexfer).
+	shared bool
+	stager *filexfer.Stager   // staged files' content to the agent
+	recv   *filexfer.Receiver // results from the agent
 	// stageStop is closed (and replaced) by CancelAll and Shutdown, ending
 	// the sending of staged files of starts in flight; guarded by mu.
 	stageStop chan struct{}
@@ -370,15 +367,15 @@ func newRemoteNode(s *Server, session string, h *droverpb.Hello) *RemoteNode {
 		timeout:   s.opts.NodeTimeout,
 		hb:        s.opts.HeartbeatInterval,
 		ready:     make(chan struct{}, 1),
+		exits:     mailbox.New[node.Exit](0),
 		gone:      make(chan struct{}),
 		calls:     make(map[uint64]*call),
 		lastHeard: time.Now(),
 		shared:    !h.GetRemoteFs(),
-		putSem:    make(chan struct{}, putWindow),
-		have:      make(map[digest]*flight),
-		results:   make(map[uint64]*resultsTarget),
+		recv:      filexfer.NewReceiver(),
 		stageStop: make(chan struct{}),
 	}
+	n.stager = s.files.Stager(n.putChunk)
 	if s.opts.SharedFS != nil {
 		n.shared = s.opts.SharedFS(h)
 	}
@@ -507,12 +504,7 @@ func (n *RemoteNode) loseLocked(reason string) {
 		n.att = nil
 	}
 	n.timer.Stop()
-	n.fmu.Lock()
-	for id, t := range n.results {
-		t.close()
-		delete(n.results, id)
-	}
-	n.fmu.Unlock()
+	n.recv.DropAll()
 	close(n.ready)
 	close(n.gone)
 	if reason == reasonEnded {
@@ -598,7 +590,7 @@ func (n *RemoteNode) handle(att *attachment, m *droverpb.AgentMsg, resultErrs ma
 			}
 			e.Err += msg
 		}
-		n.finished = append(n.finished, e)
+		n.exits.Put("", e)
 		delivered = true
 	}
 	wake := delivered // the ack
@@ -870,7 +862,7 @@ func (n *RemoteNode) Start(ctx context.Context, spec node.ProcessSpec) (node.Sta
 	if err != nil {
 		var re *remoteError
 		if errors.As(err, &re) || errors.Is(err, errdefs.ErrNodeLost) {
-			n.dropResults(id) // it did not start; else its exit may still come
+			n.recv.Drop(id) // it did not start; else its exit may still come
 		}
 		return node.Started{}, err
 	}
@@ -927,13 +919,7 @@ func (n *RemoteNode) CancelAll(ctx context.Context, grace time.Duration) error {
 
 // Finished returns the exits delivered since the last call, each exactly
 // once; after the node is lost, what was delivered before.
-func (n *RemoteNode) Finished() []node.Exit {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	f := n.finished
-	n.finished = nil
-	return f
-}
+func (n *RemoteNode) Finished() []node.Exit { return n.exits.TakeAll("") }
 
 // Ready is signalled when Finished has something new and closed once the
 // node is lost.

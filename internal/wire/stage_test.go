@@ -13,6 +13,7 @@ import (
 
 	"github.com/drover-hpc/drover/internal/errdefs"
 	"github.com/drover-hpc/drover/internal/node"
+	"github.com/drover-hpc/drover/internal/nodetest"
 )
 
 // hugeSparse makes a regular file that takes hours to read, 64 TiB of
@@ -41,7 +42,7 @@ func hugeSparse(t *testing.T) string {
 // timeout end that too, and the node goes on working.
 func TestRemoteStageEnds(t *testing.T) {
 	rs := newRemote(t, quick, nil)
-	x := newExitLog(t, rs.n)
+	x := nodetest.NewExits(t, rs.n)
 	huge := hugeSparse(t)
 	for _, c := range []struct {
 		name    string
@@ -88,7 +89,7 @@ func TestRemoteStageEnds(t *testing.T) {
 	if _, err := rs.n.Start(ctxT(t), spec); err != nil {
 		t.Fatal(err)
 	}
-	wantSuccess(t, x.wait("after"))
+	wantSuccess(t, x.One("after"))
 }
 
 // A FIFO or a device is refused on the manager's side, never opened.

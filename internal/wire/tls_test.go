@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/drover-hpc/drover/api/droverpb"
+	"github.com/drover-hpc/drover/internal/nodetest"
 )
 
 // selfSigned makes a certificate that is its own CA, for loopback tests.
@@ -126,11 +127,11 @@ func TestMutualTLSAuthorize(t *testing.T) {
 	if n.Name() != "n1" {
 		t.Fatalf("node %s", n.Name())
 	}
-	x := newExitLog(t, n)
+	x := nodetest.NewExits(t, n)
 	if _, err := n.Start(ctx, helperSpec(t, "e", "exit", "5")); err != nil {
 		t.Fatal(err)
 	}
-	if e := x.wait("e"); e.Code != 5 {
+	if e := x.One("e"); e.Code != 5 {
 		t.Fatalf("exit %+v", e)
 	}
 }

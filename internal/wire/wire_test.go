@@ -18,7 +18,9 @@ import (
 
 	"github.com/drover-hpc/drover/api/droverpb"
 	"github.com/drover-hpc/drover/internal/errdefs"
+	"github.com/drover-hpc/drover/internal/mailbox"
 	"github.com/drover-hpc/drover/internal/node"
+	"github.com/drover-hpc/drover/internal/nodetest"
 	"github.com/drover-hpc/drover/internal/pbconv"
 )
 
@@ -37,7 +39,7 @@ func TestStartExitReportedOnce(t *testing.T) {
 	if s := n.State(); s != "up" {
 		t.Fatalf("state %q, want up", s)
 	}
-	x := newExitLog(t, n)
+	x := nodetest.NewExits(t, n)
 	st, err := n.Start(ctx, helperSpec(t, "e3", "exit", "3"))
 	if err != nil {
 		t.Fatal(err)
@@ -45,7 +47,7 @@ func TestStartExitReportedOnce(t *testing.T) {
 	if st.PID <= 0 {
 		t.Fatalf("pid %d", st.PID)
 	}
-	e := x.wait("e3")
+	e := x.One("e3")
 	if e.Code != 3 || e.Signal != 0 || e.Node != "n1" || e.Start.IsZero() || e.End.Before(e.Start) {
 		t.Fatalf("exit %+v", e)
 	}
@@ -60,8 +62,8 @@ func TestStartExitReportedOnce(t *testing.T) {
 	if _, err := n.Start(ctx, helperSpec(t, "e3", "exit", "4")); err != nil {
 		t.Fatal(err)
 	}
-	delete(x.got, "e3")
-	if e := x.wait("e3"); e.Code != 4 {
+	x.Forget("e3")
+	if e := x.One("e3"); e.Code != 4 {
 		t.Fatalf("second exit %+v", e)
 	}
 	// Heartbeats make a round trip.
@@ -79,7 +81,7 @@ func TestEveryOperationOverTheWire(t *testing.T) {
 	m := newManager(t, quick)
 	runAgent(t, "n1", m.addr, AgentOptions{})
 	n := m.node(t)
-	x := newExitLog(t, n)
+	x := nodetest.NewExits(t, n)
 
 	// Start, Poll, typed errors.
 	if _, err := n.Start(ctx, helperSpec(t, "s1", "sleep")); err != nil {
@@ -114,7 +116,7 @@ func TestEveryOperationOverTheWire(t *testing.T) {
 	if err := n.Kill(ctx, "s1"); err != nil {
 		t.Fatal(err)
 	}
-	if e := x.wait("s1"); e.Signal != syscall.SIGKILL || e.Code != -1 {
+	if e := x.One("s1"); e.Signal != syscall.SIGKILL || e.Code != -1 {
 		t.Fatalf("killed: %+v", e)
 	}
 	if err := n.Stop(ctx, "s1", 0); !errors.Is(err, errdefs.ErrNotRunning) {
@@ -137,7 +139,7 @@ func TestEveryOperationOverTheWire(t *testing.T) {
 	if err := n.Stop(ctx, "s2", patience); err != nil {
 		t.Fatal(err)
 	}
-	if e := x.wait("s2"); e.Signal != syscall.SIGTERM {
+	if e := x.One("s2"); e.Signal != syscall.SIGTERM {
 		t.Fatalf("stopped: %+v", e)
 	}
 
@@ -148,7 +150,7 @@ func TestEveryOperationOverTheWire(t *testing.T) {
 	if err := n.Send(ctx, "r1", []byte("hello\n")); err != nil {
 		t.Fatal(err)
 	}
-	if e := x.wait("r1"); e.Code != 7 {
+	if e := x.One("r1"); e.Code != 7 {
 		t.Fatalf("readline: %+v", e)
 	}
 
@@ -175,7 +177,7 @@ func TestEveryOperationOverTheWire(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, name := range []string{"deaf", "s3"} {
-		if e := x.wait(name); e.Signal != syscall.SIGTERM {
+		if e := x.One(name); e.Signal != syscall.SIGTERM {
 			t.Fatalf("cancelled %s: %+v", name, e)
 		}
 	}
@@ -222,7 +224,7 @@ func TestEveryOperationOverTheWire(t *testing.T) {
 	if err != nil || st.Ports["ctl"] <= 0 {
 		t.Fatalf("start with a port: %+v %v", st, err)
 	}
-	x.wait("port")
+	x.One("port")
 
 	// Log level.
 	if err := n.SetLogLevel(ctx, "debug"); err != nil {
@@ -249,7 +251,7 @@ func TestManyConcurrentStarts(t *testing.T) {
 	m := newManager(t, quick)
 	ta := runAgent(t, "n1", m.addr, AgentOptions{})
 	n := m.node(t)
-	x := newExitLog(t, n)
+	x := nodetest.NewExits(t, n)
 
 	errs := make(chan error, count)
 	var wg sync.WaitGroup
@@ -259,7 +261,7 @@ func TestManyConcurrentStarts(t *testing.T) {
 			errs <- err
 		})
 	}
-	x.waitCount(count)
+	x.WaitCount(count)
 	wg.Wait()
 	close(errs)
 	for err := range errs {
@@ -269,7 +271,7 @@ func TestManyConcurrentStarts(t *testing.T) {
 	}
 	for i := range count {
 		name := fmt.Sprintf("p%03d", i)
-		if e := x.got[name]; e.Code != i%5 {
+		if e := x.Got()[name]; e.Code != i%5 {
 			t.Errorf("%s: %+v", name, e)
 		}
 	}
@@ -278,9 +280,9 @@ func TestManyConcurrentStarts(t *testing.T) {
 			t.Errorf("%s started %d times", name, c)
 		}
 	}
-	x.take()
-	if len(x.got) != count {
-		t.Fatalf("%d exits, want %d", len(x.got), count)
+	x.Take()
+	if len(x.Got()) != count {
+		t.Fatalf("%d exits, want %d", len(x.Got()), count)
 	}
 }
 
@@ -293,11 +295,11 @@ func TestNodeTimeoutThenGivenUp(t *testing.T) {
 	px := newProxy(t, m.addr)
 	ta := runAgent(t, "n1", px.addr(), AgentOptions{MonitorTimeout: patience})
 	n := m.node(t)
-	x := newExitLog(t, n)
+	x := nodetest.NewExits(t, n)
 	if _, err := n.Start(ctx, helperSpec(t, "done", "exit", "0")); err != nil {
 		t.Fatal(err)
 	}
-	x.wait("done")
+	x.One("done")
 	if _, err := n.Start(ctx, helperSpec(t, "sleeper", "sleep")); err != nil {
 		t.Fatal(err)
 	}
@@ -346,7 +348,7 @@ func TestReconnectLosesNothing(t *testing.T) {
 	px := newProxy(t, m.addr)
 	ta := runAgent(t, "n1", px.addr(), AgentOptions{MonitorTimeout: patience})
 	n := m.node(t)
-	x := newExitLog(t, n)
+	x := nodetest.NewExits(t, n)
 	// Once a call was answered, the agent has its session. (An agent cut
 	// off before its Welcome comes back as a new agent, and the node that
 	// never got going is lost after NodeTimeout.)
@@ -381,7 +383,7 @@ func TestReconnectLosesNothing(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	x.waitCount(count)
+	x.WaitCount(count)
 	for name, c := range ta.startCounts() {
 		if c != 1 {
 			t.Errorf("%s started %d times", name, c)
@@ -400,9 +402,9 @@ func TestReconnectLosesNothing(t *testing.T) {
 	if _, err := n.Poll(ctx); err != nil {
 		t.Fatal(err)
 	}
-	x.take()
-	if len(x.got) != count {
-		t.Fatalf("%d exits, want %d", len(x.got), count)
+	x.Take()
+	if len(x.Got()) != count {
+		t.Fatalf("%d exits, want %d", len(x.Got()), count)
 	}
 }
 
@@ -478,7 +480,7 @@ func TestShutdownCommand(t *testing.T) {
 	m := newManager(t, quick)
 	ta := runAgent(t, "n1", m.addr, AgentOptions{Grace: patience})
 	n := m.node(t)
-	x := newExitLog(t, n)
+	x := nodetest.NewExits(t, n)
 	for _, name := range []string{"a", "b"} {
 		if _, err := n.Start(ctx, helperSpec(t, name, "sleep")); err != nil {
 			t.Fatal(err)
@@ -490,9 +492,9 @@ func TestShutdownCommand(t *testing.T) {
 	if err := ta.wait(t); err != nil {
 		t.Fatalf("RunAgent: %v", err)
 	}
-	x.take()
+	x.Take()
 	for _, name := range []string{"a", "b"} {
-		if e, ok := x.got[name]; !ok || e.Signal != syscall.SIGTERM {
+		if e, ok := x.Got()[name]; !ok || e.Signal != syscall.SIGTERM {
 			t.Errorf("exit of %s: %+v (reported %v)", name, e, ok)
 		}
 	}
@@ -673,11 +675,11 @@ func TestBatchesAreBounded(t *testing.T) {
 		t.Fatalf("commands sent: %v", ids)
 	}
 
-	a := &agentRun{}
+	a := &agentRun{outbox: mailbox.New[*outItem](0)}
 	for i := range 100000 {
-		a.nextSeq++
-		a.outbox = append(a.outbox, &outItem{report: &droverpb.ExitReport{Seq: a.nextSeq, Exit: pbconv.Exit(node.Exit{
-			Name: fmt.Sprintf("job-with-a-longish-name.%d", i), Node: "n1", Code: 1, Start: time.Now(), End: time.Now(), Err: "outputs: " + strings.Repeat("e", 40)})}})
+		it := &outItem{report: &droverpb.ExitReport{Exit: pbconv.Exit(node.Exit{
+			Name: fmt.Sprintf("job-with-a-longish-name.%d", i), Node: "n1", Code: 1, Start: time.Now(), End: time.Now(), Err: "outputs: " + strings.Repeat("e", 40)})}}
+		it.report.Seq = a.outbox.Put("", it)
 		a.replyQ = append(a.replyQ, &droverpb.Reply{Id: uint64(i + 1), Error: strings.Repeat("r", 30)})
 	}
 	var seqs, replies int

@@ -1,4 +1,4 @@
-package wire
+package filexfer
 
 import (
 	"os"
@@ -7,8 +7,6 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/drover-hpc/drover/api/droverpb"
 )
 
 // Results coming back from a remote agent never replace the captured
@@ -31,13 +29,12 @@ func TestResultsKeepCapturedOutput(t *testing.T) {
 	if err := os.Symlink(victim, filepath.Join(out, "stderr")); err != nil {
 		t.Fatal(err)
 	}
-	tg := &resultsTarget{stdout: filepath.Join(out, "stdout"), stderr: filepath.Join(out, "stderr"), outDir: out,
-		open: map[string]*os.File{}, failed: map[string]bool{}}
+	tg := newTarget(filepath.Join(out, "stdout"), filepath.Join(out, "stderr"), out)
 	defer tg.close()
-	tg.write(&droverpb.FileData{Kind: droverpb.FileKind_FILE_KIND_STDOUT, Data: []byte("captured"), Last: true})
-	tg.write(&droverpb.FileData{Kind: droverpb.FileKind_FILE_KIND_STDERR, Data: []byte("through the link"), Last: true})
+	tg.write(Result{Kind: Stdout, Data: []byte("captured"), Last: true})
+	tg.write(Result{Kind: Stderr, Data: []byte("through the link"), Last: true})
 	for _, p := range []string{"stdout", "stderr", "attempt-1/stdout"} {
-		tg.write(&droverpb.FileData{Kind: droverpb.FileKind_FILE_KIND_OUTPUT, Path: p, Data: []byte("job file"), Last: true})
+		tg.write(Result{Kind: Output, Path: p, Data: []byte("job file"), Last: true})
 	}
 	if got := readFile(t, filepath.Join(out, "stdout")); got != "captured" {
 		t.Errorf("stdout = %q", got)
@@ -64,12 +61,54 @@ func TestResultsKeepCapturedOutput(t *testing.T) {
 		t.Fatalf("mount a small tmpfs (the test needs root): %v", err)
 	}
 	defer unix.Unmount(small, unix.MNT_DETACH)
-	full := &resultsTarget{stdout: filepath.Join(small, "stdout"), outDir: small, open: map[string]*os.File{}, failed: map[string]bool{}}
+	full := newTarget(filepath.Join(small, "stdout"), "", small)
 	defer full.close()
-	chunk := make([]byte, fileChunk)
-	full.write(&droverpb.FileData{Kind: droverpb.FileKind_FILE_KIND_STDOUT, Data: chunk})
-	full.write(&droverpb.FileData{Kind: droverpb.FileKind_FILE_KIND_STDOUT, Offset: fileChunk, Data: chunk, Last: true})
+	chunk := make([]byte, ChunkSize)
+	full.write(Result{Kind: Stdout, Data: chunk})
+	full.write(Result{Kind: Stdout, Offset: ChunkSize, Data: chunk, Last: true})
 	if len(full.errs) != 1 || !strings.Contains(full.errs[0], "no space left") {
 		t.Errorf("errors %q: want the stdout write cut short by the full disk", full.errs)
+	}
+}
+
+// The manager refuses a result path from the agent that leaves OutputDir,
+// by name or through a symlink there.
+func TestResultPathsCannotEscape(t *testing.T) {
+	base := t.TempDir()
+	out := filepath.Join(base, "out")
+	outside := filepath.Join(base, "outside")
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(outside, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(outside, filepath.Join(out, "link")); err != nil {
+		t.Fatal(err)
+	}
+	tg := newTarget("", "", out)
+	defer tg.close()
+	bad := []string{"../evil", "/abs/evil", "a/../../evil", "link/evil", "", "."}
+	for _, p := range bad {
+		tg.write(Result{Kind: Output, Path: p, Data: []byte("x"), Last: true})
+	}
+	tg.write(Result{Kind: Output, Path: "ok/fine", Data: []byte("ok"), Last: true})
+	tg.write(Result{Kind: Stdout, Data: []byte("x"), Last: true})
+	if len(tg.errs) != len(bad)+1 {
+		t.Errorf("errors %q, want one for each of %q and the stdout nobody asked for", tg.errs, bad)
+	}
+	for _, e := range tg.errs[:3] {
+		if !strings.Contains(e, "leaves the output dir") {
+			t.Errorf("unclear error %q", e)
+		}
+	}
+	if entries, _ := os.ReadDir(outside); len(entries) > 0 {
+		t.Errorf("written outside: %v", entries)
+	}
+	if _, err := os.Stat(filepath.Join(base, "evil")); err == nil {
+		t.Error("written outside")
+	}
+	if got := readFile(t, filepath.Join(out, "ok", "fine")); got != "ok" {
+		t.Errorf("ok/fine = %q", got)
 	}
 }
