@@ -1762,7 +1762,10 @@ type ProcessSpec struct {
 	StageTimeoutMs int64                  `protobuf:"varint,16,opt,name=stage_timeout_ms,json=stageTimeoutMs,proto3" json:"stage_timeout_ms,omitempty"` // bounds the copying of files; 0: none
 	// memory_max: bytes for memory.max of a cgroup of the process's own,
 	// where the agent can make one; 0: no limit.
-	MemoryMax     int64        `protobuf:"varint,17,opt,name=memory_max,json=memoryMax,proto3" json:"memory_max,omitempty"`
+	MemoryMax int64 `protobuf:"varint,17,opt,name=memory_max,json=memoryMax,proto3" json:"memory_max,omitempty"`
+	// no_stdin: stdin is /dev/null, so the process reads end of input at
+	// once (a batch instance, to which nobody writes); Send is refused.
+	NoStdin       bool         `protobuf:"varint,18,opt,name=no_stdin,json=noStdin,proto3" json:"no_stdin,omitempty"`
 	Results       *ResultsSpec `protobuf:"bytes,14,opt,name=results,proto3" json:"results,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1908,6 +1911,13 @@ func (x *ProcessSpec) GetMemoryMax() int64 {
 		return x.MemoryMax
 	}
 	return 0
+}
+
+func (x *ProcessSpec) GetNoStdin() bool {
+	if x != nil {
+		return x.NoStdin
+	}
+	return false
 }
 
 func (x *ProcessSpec) GetResults() *ResultsSpec {
@@ -4754,7 +4764,7 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\x06stdout\x18\x02 \x01(\bR\x06stdout\x12\x16\n" +
 	"\x06stderr\x18\x03 \x01(\bR\x06stderr\x12(\n" +
 	"\x10stderr_is_stdout\x18\x04 \x01(\bR\x0estderrIsStdout\x12\x18\n" +
-	"\aoutputs\x18\x05 \x01(\bR\aoutputs\"\xde\x04\n" +
+	"\aoutputs\x18\x05 \x01(\bR\aoutputs\"\xf9\x04\n" +
 	"\vProcessSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04args\x18\x02 \x03(\tR\x04args\x121\n" +
@@ -4776,7 +4786,8 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\x10after_timeout_ms\x18\x0f \x01(\x03R\x0eafterTimeoutMs\x12(\n" +
 	"\x10stage_timeout_ms\x18\x10 \x01(\x03R\x0estageTimeoutMs\x12\x1d\n" +
 	"\n" +
-	"memory_max\x18\x11 \x01(\x03R\tmemoryMax\x120\n" +
+	"memory_max\x18\x11 \x01(\x03R\tmemoryMax\x12\x19\n" +
+	"\bno_stdin\x18\x12 \x01(\bR\anoStdin\x120\n" +
 	"\aresults\x18\x0e \x01(\v2\x16.drover.v1.ResultsSpecR\aresults\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +

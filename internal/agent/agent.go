@@ -392,6 +392,7 @@ func (a *Agent) start(ctx context.Context, spec node.ProcessSpec) (node.Started,
 		OutputRoot: spec.OutputDir,
 		HWThreads:  spec.HWThreads,
 		MemoryMax:  spec.MemoryMax,
+		NoStdin:    spec.NoStdin,
 	})
 	if err != nil {
 		a.full.drop(after.marks)

@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/drover-hpc/drover/internal/jobfile"
+	"github.com/drover-hpc/drover/internal/queue"
 	"github.com/drover-hpc/drover/internal/topology"
 )
 
@@ -27,6 +28,14 @@ run at once.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			file, err := jobfile.Load(args[0])
 			if err != nil {
+				return &exitError{ExitUsage, err}
+			}
+			jobs := make([]*jobfile.Job, len(file.Jobs))
+			for i := range file.Jobs {
+				jobs[i] = &file.Jobs[i]
+			}
+			// A missing file fails the run before anything starts: check says so too.
+			if err := queue.CheckFiles(args[0], jobs, file.Dir); err != nil {
 				return &exitError{ExitUsage, err}
 			}
 			instances, coreSlots, widest := 0, 0, 0

@@ -46,4 +46,17 @@ func TestCheck(t *testing.T) {
 	if !strings.Contains(r.stderr, "bad.yaml:3:5: unknown key \"comand\"") {
 		t.Errorf("bad file: %s", r)
 	}
+
+	// A file to stage that is not there: check and run both stop at it,
+	// before anything starts.
+	nofile := writeFile(t, dir, "nofile.yaml", "jobs:\n  - name: a\n    files: [nope.txt]\n    command: [touch, ran]\n")
+	for _, verb := range []string{"check", "run"} {
+		r = drover(t, dir, verb, nofile)
+		wantCode(t, r, 2)
+		if !strings.Contains(r.stderr, "nofile.yaml:2:5: job a: files: nope.txt") {
+			t.Errorf("%s of a job with a missing file: %s", verb, r)
+		}
+	}
+	wantNotExist(t, filepath.Join(dir, "ran"))
+	wantNotExist(t, filepath.Join(dir, "drover-out"))
 }

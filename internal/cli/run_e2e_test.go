@@ -296,6 +296,24 @@ func TestRunAdHocRepeat(t *testing.T) {
 	}
 }
 
+// A batch instance reads end of input at once: nobody writes to its stdin,
+// so a program that reads it must not wait (the timeout would end it).
+func TestRunInstanceStdinIsEmpty(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	out := filepath.Join(dir, "out")
+	jobs := writeFile(t, dir, "jobs.yaml", `jobs:
+  - name: reader
+    timeout: 60s
+    shell: 'if read x; then echo "read [$x]"; else echo "end of input"; fi'
+`)
+	r := drover(t, dir, "run", "--progress", "none", "--out", out, jobs)
+	wantCode(t, r, 0)
+	if got := readFile(t, filepath.Join(out, "reader", "stdout")); got != "end of input\n" {
+		t.Errorf("reader/stdout = %q, want end of input", got)
+	}
+}
+
 func TestRunAdHocSingleAndIndex(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()

@@ -25,7 +25,8 @@ const maxGPUs = 1024
 var memoryRE = regexp.MustCompile(`^([0-9]+(?:\.[0-9]+)?)\s*(?:([KMGTkmgt])(?:i?[Bb])?|[Bb])?$`)
 
 // ParseMemory reads an amount of memory such as "4G", "512M", "1.5GiB" or
-// "1073741824" (bytes); units are powers of 1024. It must be above zero.
+// "1073741824" (bytes); units are powers of 1024. Without a unit it must
+// be a whole number of at least a mebibyte.
 func ParseMemory(s string) (int64, error) {
 	m := memoryRE.FindStringSubmatch(strings.TrimSpace(s))
 	if m == nil {
@@ -42,6 +43,12 @@ func ParseMemory(s string) (int64, error) {
 		return 0, fmt.Errorf("memory %s is too large", quote(s))
 	case bytes < 1:
 		return 0, fmt.Errorf("memory must be above zero, got %s", quote(s))
+	case shift == 0 && bytes != math.Trunc(bytes):
+		return 0, fmt.Errorf("memory %s is a fraction of a byte; write a unit, such as %sG", quote(s), m[1])
+	case shift == 0 && bytes < 1<<20 && !strings.HasSuffix(strings.ToUpper(strings.TrimSpace(s)), "B"):
+		// No instance runs in less than a mebibyte: a small number with no
+		// unit at all is a forgotten unit ("1B" says bytes on purpose).
+		return 0, fmt.Errorf("memory %s means %s bytes; write a unit, such as %sG", quote(s), m[1], m[1])
 	}
 	return int64(bytes), nil
 }

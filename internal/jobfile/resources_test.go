@@ -69,12 +69,12 @@ func TestValidateResourceKeys(t *testing.T) {
 }
 
 func TestParseMemoryUnits(t *testing.T) {
-	for in, want := range map[string]int64{"1": 1, "1B": 1, "2K": 2048, "2KiB": 2048, "3kb": 3072, "1M": 1 << 20, "4G": 4 << 30, "4GB": 4 << 30, "1T": 1 << 40, "0.5G": 1 << 29} {
+	for in, want := range map[string]int64{"1048576": 1 << 20, "1B": 1, "2K": 2048, "2KiB": 2048, "3kb": 3072, "1M": 1 << 20, "4G": 4 << 30, "4GB": 4 << 30, "1T": 1 << 40, "0.5G": 1 << 29} {
 		if got, err := ParseMemory(in); err != nil || got != want {
 			t.Errorf("ParseMemory(%q) = %d, %v; want %d", in, got, err, want)
 		}
 	}
-	for _, in := range []string{"", "lots", "-1G", "4X", "G", "4 G B", "0", "0.1"} {
+	for _, in := range []string{"", "lots", "-1G", "4X", "G", "4 G B", "0", "0.1", "1.5", "4", "1000", "1.5B"} {
 		if got, err := ParseMemory(in); err == nil {
 			t.Errorf("ParseMemory(%q) = %d, want an error", in, got)
 		}

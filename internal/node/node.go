@@ -41,6 +41,10 @@ type ProcessSpec struct {
 	// AutoPurge forgets the process once its exit is reported, so its
 	// name is free again without a Purge (the batch queue's way).
 	AutoPurge bool
+	// NoStdin makes stdin /dev/null: the process reads end of input at
+	// once instead of waiting on a pipe that nobody writes to (the batch
+	// queue's way); Send and CloseStdin then fail as after CloseStdin.
+	NoStdin bool
 	// After makes the start wait until the process of that name on the
 	// same node has exited and its exit is collected; Start returns once
 	// this process has started. The batch queue uses it to hand a core

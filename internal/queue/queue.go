@@ -799,6 +799,7 @@ func (r *runner) spec(inst *instance) node.ProcessSpec {
 		HWThreads: slices.Clone(inst.hw),
 		PortNames: j.Ports,
 		AutoPurge: true,
+		NoStdin:   true,
 		// The job's timeout bounds the staging as well as the run.
 		StageTimeout: j.Timeout,
 		MemoryMax:    j.Memory,

@@ -145,11 +145,21 @@ func (s *Supervisor) spawn(spec *Spec, p *proc, cur *unix.CPUSet) error {
 			return errdefs.NewSpawnError("open stderr", errPath, &fs.PathError{Op: "open stderr", Path: errPath, Err: err})
 		}
 	}
-	var pipe [2]int
-	if err := unix.Pipe2(pipe[:], unix.O_CLOEXEC); err != nil {
-		return fmt.Errorf("stdin pipe: %w", err)
+	// stdin: a pipe for Send, or /dev/null when nobody will write to it.
+	stdin, stdinW := s.devNull, -1
+	if !spec.NoStdin {
+		var pipe [2]int
+		if err := unix.Pipe2(pipe[:], unix.O_CLOEXEC); err != nil {
+			return fmt.Errorf("stdin pipe: %w", err)
+		}
+		defer unix.Close(pipe[0])
+		stdin, stdinW = pipe[0], pipe[1]
 	}
-	defer unix.Close(pipe[0])
+	closeStdinW := func() {
+		if stdinW >= 0 {
+			_ = unix.Close(stdinW)
+		}
+	}
 
 	var mem *memCgroup
 	if spec.MemoryMax > 0 && s.mem != nil {
@@ -162,7 +172,7 @@ func (s *Supervisor) spawn(spec *Spec, p *proc, cur *unix.CPUSet) error {
 			if mem != nil {
 				_ = mem.remove()
 			}
-			_ = unix.Close(pipe[1])
+			closeStdinW()
 			*cur = unix.CPUSet{} // unknown now
 			return fmt.Errorf("cpu affinity %v: %w", spec.HWThreads, err)
 		}
@@ -175,7 +185,7 @@ func (s *Supervisor) spawn(spec *Spec, p *proc, cur *unix.CPUSet) error {
 	attr := &syscall.ProcAttr{
 		Dir:   spec.Dir,
 		Env:   env,
-		Files: []uintptr{uintptr(pipe[0]), uintptr(stdout), uintptr(stderr)},
+		Files: []uintptr{uintptr(stdin), uintptr(stdout), uintptr(stderr)},
 		Sys: &syscall.SysProcAttr{
 			Setpgid:   true,
 			Pdeathsig: syscall.SIGKILL,
@@ -207,7 +217,8 @@ func (s *Supervisor) spawn(spec *Spec, p *proc, cur *unix.CPUSet) error {
 			(*h)(pid)
 		}
 		s.mu.Lock()
-		p.pid, p.start, p.stdinFD, p.state, p.mem = pid, start, pipe[1], stateRunning, mem
+		p.pid, p.start, p.stdinFD, p.state, p.mem = pid, start, stdinW, stateRunning, mem
+		p.stdinClosed = spec.NoStdin
 		s.running++
 		switch {
 		case p.killPending:
@@ -235,7 +246,7 @@ func (s *Supervisor) spawn(spec *Spec, p *proc, cur *unix.CPUSet) error {
 		}
 	}
 	if err != nil {
-		_ = unix.Close(pipe[1])
+		closeStdinW()
 		if mem != nil {
 			_ = mem.remove()
 		}

@@ -112,6 +112,9 @@ type Spec struct {
 	// limited to that many bytes, where the node allows (Options.Cgroup):
 	// an exit after the OOM killer struck there says "out of memory".
 	MemoryMax int64
+	// NoStdin makes the child's stdin /dev/null instead of a pipe for
+	// Send: it reads end of input at once.
+	NoStdin bool
 }
 
 type procState uint8

@@ -336,6 +336,31 @@ func TestPurgeAndRestart(t *testing.T) {
 	}
 }
 
+// A process started with NoStdin reads end of input at once: nobody has
+// to close a pipe for it, and Send is refused.
+func TestNoStdinReadsEndOfInput(t *testing.T) {
+	s := newSup(t, Options{})
+	x := nodetest.NewExits(t, s)
+	dir := t.TempDir()
+	spec := helper(t, "echo", "echo")
+	spec.Stdout = filepath.Join(dir, "out")
+	spec.NoStdin = true
+	if _, err := s.Start(spec); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(context.Background(), "echo", []byte("x\n")); err != nil && !errors.Is(err, syscall.EPIPE) && !errors.Is(err, errdefs.ErrNotRunning) {
+		t.Errorf("Send to a process without stdin = %v, want EPIPE or not running", err)
+	} else if err == nil {
+		t.Error("Send to a process without stdin succeeded")
+	}
+	if e := x.One("echo"); !e.Success() {
+		t.Errorf("exit %+v, want 0 after end of input", e)
+	}
+	if out, err := os.ReadFile(spec.Stdout); err != nil || string(out) != "eof\n" {
+		t.Errorf("stdout %q (%v), want eof", out, err)
+	}
+}
+
 func TestSend(t *testing.T) {
 	s := newSup(t, Options{})
 	x := nodetest.NewExits(t, s)
