@@ -278,7 +278,7 @@ jobs:
 `)
 	r := drover(t, dir, "--log-level", "debug", "run", "--progress", "plain", "--out", out, jobs)
 	if strings.Contains(r.stderr, "memory limits of processes are not enforced") {
-		t.Skipf("the agent cannot make memory cgroups here:\n%s", r.stderr)
+		t.Skipf("no memory cgroups can be made here (the agent says so):\n%s", r.stderr)
 	}
 	wantCode(t, r, 1)
 	s := readSummary(t, out)
