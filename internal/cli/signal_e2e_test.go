@@ -39,7 +39,7 @@ func TestRunInterrupt(t *testing.T) {
 	for _, tc := range interruptCases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			runInterrupted(t, tc)
+			_, _, _ = runInterrupted(t, tc)
 		})
 	}
 }
@@ -47,7 +47,7 @@ func TestRunInterrupt(t *testing.T) {
 // The final progress line agrees with summary.json after an interrupt.
 func TestRunInterruptProgressCounts(t *testing.T) {
 	t.Parallel()
-	s, stderr := runInterrupted(t, interruptCases[0])
+	s, stderr, out := runInterrupted(t, interruptCases[0])
 	// The last progress line should agree with the summary.
 	lines := regexp.MustCompile(`(?m)^(\d+)/(\d+) done(?:, (\d+) failed)?`).FindAllStringSubmatch(stderr, -1)
 	if len(lines) == 0 {
@@ -66,11 +66,26 @@ func TestRunInterruptProgressCounts(t *testing.T) {
 	if !strings.Contains(stderr, fmt.Sprintf("%d cancelled", s.Cancelled)) {
 		t.Errorf("no progress line says %d cancelled:\n%s", s.Cancelled, stderr)
 	}
+	// The dashboard's model reads the same from the events alone: a report
+	// of a directory holding only events.jsonl counts them from there.
+	replay := filepath.Join(t.TempDir(), "replay")
+	if err := os.Mkdir(replay, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, replay, "events.jsonl", readFile(t, filepath.Join(out, "events.jsonl")))
+	r := drover(t, replay, "report", replay)
+	wantCode(t, r, 0)
+	html := readFile(t, filepath.Join(replay, "report.html"))
+	row := fmt.Sprintf(`<td class="num">%d</td><td class="num">%d</td><td class="num">%d</td><td class="num">%d</td><td class="num">%d</td>`,
+		s.Total, s.Succeeded, s.Failed, s.Lost, s.Cancelled)
+	if s.Cancelled == 0 || !strings.Contains(html, row) {
+		t.Errorf("the report from the events lacks the counts of summary.json (%d cancelled, %d failed): want %s in\n%s", s.Cancelled, s.Failed, row, html)
+	}
 }
 
 // runInterrupted runs long sleeps, interrupts drover as tc says and checks
-// the outcome. It returns the summary and drover's stderr.
-func runInterrupted(t *testing.T, tc interruptCase) (*summary, string) {
+// the outcome. It returns the summary, drover's stderr and the results dir.
+func runInterrupted(t *testing.T, tc interruptCase) (*summary, string, string) {
 	res := localResources(t)
 	cores := max(1, len(res.Cores)/4)
 	running := len(res.Cores) / cores // instances that fit at once
@@ -218,7 +233,7 @@ wait:
 		t.Errorf("processes still running after drover exited: %v", alive)
 	}
 
-	return s, stderr.String()
+	return s, stderr.String(), out
 }
 
 // No two instances run on the same core at the same time: each holds a
