@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"github.com/drover-hpc/drover/internal/browsertest"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 )
@@ -394,24 +395,7 @@ func TestDashboardBrowser(t *testing.T) {
 	wantCode(t, droverHome(t, home, dir, "submit", "jobs.yaml"), 0)
 	waitStates(t, s.dash(), map[string]string{"1.longrun": "running", "1.hi": "succeeded", "1.bad": "failed"})
 
-	opts := []chromedp.ExecAllocatorOption{
-		chromedp.ExecPath(chromium),
-		chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun,
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.UserDataDir(t.TempDir()),
-		chromedp.WindowSize(1280, 800),
-	}
-	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancelA()
-	bctx, cancelC := chromedp.NewContext(actx)
-	defer cancelC()
-	// The first call starts the browser, which lives as long as its
-	// context: no timeout on that one.
-	if err := chromedp.Do(bctx); err != nil {
-		t.Fatalf("start chromium: %v", err)
-	}
+	bctx := browsertest.Start(t, chromium)
 	base := s.info.HTTP + "/"
 	if !strings.HasPrefix(s.info.Dashboard, base+"?token=") {
 		t.Fatalf("serve.json dashboard %q", s.info.Dashboard)

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"github.com/drover-hpc/drover/internal/browsertest"
 )
 
 // truthState is the part of /api/state these tests look at.
@@ -86,47 +87,13 @@ func pollCounts(t *testing.T, home, dir string) (running, ended int) {
 // test.
 func browser(t *testing.T) context.Context {
 	t.Helper()
-	chromium := findChromium(t)
-	opts := []chromedp.ExecAllocatorOption{
-		chromedp.ExecPath(chromium),
-		chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun,
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.UserDataDir(t.TempDir()),
-		chromedp.WindowSize(1280, 800),
-	}
-	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
-	t.Cleanup(cancelA)
-	bctx, cancelC := chromedp.NewContext(actx)
-	t.Cleanup(cancelC)
-	if err := chromedp.Do(bctx); err != nil {
-		t.Fatalf("start chromium: %v", err)
-	}
-	return bctx
+	return browsertest.Start(t, findChromium(t))
 }
 
-// untilJS evaluates expr, a JavaScript expression giving "" when the page
-// is as wanted and a complaint otherwise, until it gives "" or the
-// backstop passes; then the test fails with the last complaint.
+// untilJS waits (bounded) until the page is as expr wants it.
 func untilJS(t *testing.T, bctx context.Context, what, expr string) {
 	t.Helper()
-	deadline := time.Now().Add(backstop)
-	last := ""
-	for time.Now().Before(deadline) {
-		ctx, cancel := context.WithTimeout(bctx, 10*time.Second)
-		got, err := chromedp.Run(ctx, chromedp.Evaluate[string](expr))
-		cancel()
-		if err == nil && got == "" {
-			return
-		}
-		last = got
-		if err != nil {
-			last = err.Error()
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Errorf("%s: %s", what, last)
+	browsertest.Until(t, bctx, backstop, what, expr)
 }
 
 func navigate(t *testing.T, bctx context.Context, url string) {

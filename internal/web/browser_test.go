@@ -13,6 +13,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/drover-hpc/drover/internal/browsertest"
 	"github.com/drover-hpc/drover/internal/childtest"
 	"github.com/drover-hpc/drover/internal/cluster"
 	"github.com/drover-hpc/drover/internal/node"
@@ -32,38 +33,13 @@ func chromium(t *testing.T) context.Context {
 	if path == "" {
 		t.Skip("needs chromium: none found")
 	}
-	actx, cancelA := chromedp.NewExecAllocator(context.Background(),
-		chromedp.ExecPath(path), chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun,
-		chromedp.Flag("disable-background-networking", true), chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true), chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(1280, 800))
-	t.Cleanup(cancelA)
-	bctx, cancelC := chromedp.NewContext(actx)
-	t.Cleanup(cancelC)
-	if err := chromedp.Do(bctx); err != nil {
-		t.Fatalf("start chromium: %v", err)
-	}
-	return bctx
+	return browsertest.Start(t, path)
 }
 
-// pageUntil evaluates expr (JavaScript giving "" when the page is as
-// wanted, else a complaint) until it gives "" or the backstop passes.
+// pageUntil waits (bounded) until the page is as expr wants it.
 func pageUntil(t *testing.T, bctx context.Context, what, expr string) {
 	t.Helper()
-	deadline := time.Now().Add(backstop)
-	last := ""
-	for time.Now().Before(deadline) {
-		ctx, cancel := context.WithTimeout(bctx, 10*time.Second)
-		got, err := chromedp.Run(ctx, chromedp.Evaluate[string](expr))
-		cancel()
-		if err == nil && got == "" {
-			return
-		}
-		if last = got; err != nil {
-			last = err.Error()
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Errorf("%s: %s", what, last)
+	browsertest.Until(t, bctx, backstop, what, expr)
 }
 
 // The live page of a cluster whose core has two hwthreads: the sibling a
