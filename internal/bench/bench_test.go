@@ -168,7 +168,9 @@ type droverCPU struct {
 // manager and every descendant it reaped (the agent's guard, which reaped
 // the agent proper, which reaped the instances), so alone it cannot tell
 // the manager from the agent. Reading /proc/PID/stat of each just before
-// it exits would race with its exit. So DROVER_RUSAGE_FILE makes each
+// it exits would race with its exit (the manager alone could be read as a
+// zombie, after waitid with WNOWAIT, but the agent is its guard's to reap,
+// out of reach). So DROVER_RUSAGE_FILE makes each
 // drover process append its own RUSAGE_SELF at exit, exactly (see
 // internal/cli/profile.go), and what is left of the total is the programs
 // below the agent. Subtracting the raw loop's program CPU instead would
