@@ -12,11 +12,11 @@ import (
 )
 
 // startProfiles writes CPU and heap profiles of this process when
-// DROVER_CPU_PROFILE or DROVER_MEM_PROFILE name files, and its CPU time
-// when DROVER_RUSAGE_FILE does: a way for users to show where time or
-// memory goes. "{pid}" in a name is replaced, so that a
-// manager and its agents (which inherit the variable) write apart. The
-// returned func ends them.
+// DROVER_CPU_PROFILE or DROVER_MEM_PROFILE name files, and appends its CPU
+// time to DROVER_RUSAGE_FILE: a way for users to show where time or memory
+// goes. "{pid}" in a profile's name is replaced, so that a manager and its
+// agents (which inherit the variables) write apart. The returned func ends
+// them.
 func startProfiles(stderr io.Writer) func() {
 	var stops []func()
 	pid := strconv.Itoa(os.Getpid())
