@@ -7,6 +7,7 @@ package bench
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -15,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -95,11 +97,14 @@ func parallelism(b *testing.B) int {
 }
 
 // rawLoop is the floor: P workers doing mkdir, two new files and an
-// os/exec run per instance.
-func rawLoop(b *testing.B, trivial string, n, p int) time.Duration {
+// os/exec run per instance. It returns the wall time and the CPU time of
+// this process (the loop's own, as nothing else runs meanwhile) and of the
+// programs it ran (its reaped children), from getrusage before and after.
+func rawLoop(b *testing.B, trivial string, n, p int) (wall, self, programs time.Duration) {
 	out := b.TempDir()
 	var next atomic.Int64
 	var wg sync.WaitGroup
+	self0, children0 := rusage(b, syscall.RUSAGE_SELF), rusage(b, syscall.RUSAGE_CHILDREN)
 	start := time.Now()
 	for range p {
 		wg.Go(func() {
@@ -130,19 +135,98 @@ func rawLoop(b *testing.B, trivial string, n, p int) time.Duration {
 		})
 	}
 	wg.Wait()
-	return time.Since(start)
+	wall = time.Since(start)
+	self = rusage(b, syscall.RUSAGE_SELF) - self0
+	programs = rusage(b, syscall.RUSAGE_CHILDREN) - children0
+	return wall, self, programs
 }
 
-func droverRun(b *testing.B, t tools, n int, extra ...string) time.Duration {
-	out := filepath.Join(b.TempDir(), "out")
+// rusage is the user+sys CPU time getrusage reports for who.
+func rusage(b *testing.B, who int) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(who, &ru); err != nil {
+		b.Fatalf("getrusage: %v", err)
+	}
+	return cpuTime(&ru)
+}
+
+func cpuTime(ru *syscall.Rusage) time.Duration {
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// droverCPU is the user+sys CPU time of one drover run, split by process.
+type droverCPU struct {
+	manager  time.Duration // the drover run process itself
+	agent    time.Duration // drover agent: its guard and the agent proper
+	programs time.Duration // all below the agent: the instances and the agent's keeper
+}
+
+// droverRun runs n trivial instances through drover run and returns the
+// wall time and where the CPU went.
+//
+// How the CPU is split: the rusage of drover run's exit (wait4) sums the
+// manager and every descendant it reaped (the agent's guard, which reaped
+// the agent proper, which reaped the instances), so alone it cannot tell
+// the manager from the agent. Reading /proc/PID/stat of each just before
+// it exits would race with its exit (the manager alone could be read as a
+// zombie, after waitid with WNOWAIT, but the agent is its guard's to reap,
+// out of reach). So DROVER_RUSAGE_FILE makes each
+// drover process append its own RUSAGE_SELF at exit, exactly (see
+// internal/cli/profile.go), and what is left of the total is the programs
+// below the agent. Subtracting the raw loop's program CPU instead would
+// bury the agent's figure in the noise of two runs.
+func droverRun(b *testing.B, t tools, n int, extra ...string) (time.Duration, droverCPU) {
+	dir := b.TempDir()
+	out, usage := filepath.Join(dir, "out"), filepath.Join(dir, "rusage.jsonl")
 	args := append([]string{"run", "--progress", "none", "--out", out}, extra...)
 	args = append(args, "--repeat", strconv.Itoa(n), "--", t.trivial)
 	start := time.Now()
 	cmd := exec.Command(t.drover, args...)
+	cmd.Env = append(os.Environ(), "DROVER_RUSAGE_FILE="+usage)
 	if outb, err := cmd.CombinedOutput(); err != nil {
 		b.Fatalf("drover run: %v\n%s", err, outb)
 	}
-	return time.Since(start)
+	wall := time.Since(start)
+	total := cpuTime(cmd.ProcessState.SysUsage().(*syscall.Rusage))
+	cpu := splitCPU(b, usage, cmd.Process.Pid)
+	cpu.programs = total - cpu.manager - cpu.agent
+	return wall, cpu
+}
+
+// splitCPU reads the lines DROVER_RUSAGE_FILE made: the manager's (pid)
+// and its agent's two processes.
+func splitCPU(b *testing.B, path string, manager int) droverCPU {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		b.Fatalf("drover run wrote no CPU times: %v", err)
+	}
+	var cpu droverCPU
+	var seen []string
+	for line := range strings.Lines(string(data)) {
+		var p struct {
+			PID    int      `json:"pid"`
+			Args   []string `json:"args"`
+			UserUS int64    `json:"user_us"`
+			SysUS  int64    `json:"sys_us"`
+		}
+		if err := json.Unmarshal([]byte(line), &p); err != nil {
+			b.Fatalf("%s: %v", path, err)
+		}
+		d := time.Duration(p.UserUS+p.SysUS) * time.Microsecond
+		switch {
+		case p.PID == manager:
+			cpu.manager += d
+		case len(p.Args) > 0 && p.Args[0] == "agent":
+			cpu.agent += d
+		default:
+			b.Fatalf("%s: a drover process neither the manager nor its agent: %s", path, line)
+		}
+		seen = append(seen, strings.Join(p.Args, " "))
+	}
+	if len(seen) != 3 {
+		b.Fatalf("%s: want the manager, the agent guard and the agent, got %q", path, seen)
+	}
+	return cpu
 }
 
 func gnuParallel(b *testing.B, trivial string, n, p int) time.Duration {
@@ -161,18 +245,28 @@ func gnuParallel(b *testing.B, trivial string, n, p int) time.Duration {
 }
 
 // BenchmarkThroughput runs N trivial instances through drover run, the raw
-// loop and GNU Parallel, and reports instances/s and drover's ratios.
+// loop and GNU Parallel, and reports instances/s and drover's ratios, and
+// the CPU per instance (user+sys, µs) of drover's manager, of its agent and
+// of the programs below it, beside the raw loop's own and its programs'.
 func BenchmarkThroughput(b *testing.B) {
 	t := setup(b)
 	n, p := instances(b), parallelism(b)
 	for b.Loop() {
-		raw := rawLoop(b, t.trivial, n, p)
-		dr := droverRun(b, t, n)
+		raw, rawSelf, rawProgs := rawLoop(b, t.trivial, n, p)
+		dr, cpu := droverRun(b, t, n)
 		rate := func(d time.Duration) float64 { return float64(n) / d.Seconds() }
+		perInst := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(n) }
 		b.ReportMetric(rate(raw), "raw-inst/s")
 		b.ReportMetric(rate(dr), "drover-inst/s")
 		b.ReportMetric(raw.Seconds()/dr.Seconds(), "drover/raw")
+		b.ReportMetric(perInst(rawSelf), "raw-cpu-us/inst")
+		b.ReportMetric(perInst(rawProgs), "raw-progs-cpu-us/inst")
+		b.ReportMetric(perInst(cpu.manager), "manager-cpu-us/inst")
+		b.ReportMetric(perInst(cpu.agent), "agent-cpu-us/inst")
+		b.ReportMetric(perInst(cpu.programs), "drover-progs-cpu-us/inst")
 		b.Logf("n=%d parallelism=%d raw %.0f/s drover %.0f/s ratio %.2f", n, p, rate(raw), rate(dr), raw.Seconds()/dr.Seconds())
+		b.Logf("CPU per instance (user+sys): raw loop %.0f µs (its programs %.0f µs); drover manager %.0f µs, agent %.0f µs (its programs and keeper %.0f µs)",
+			perInst(rawSelf), perInst(rawProgs), perInst(cpu.manager), perInst(cpu.agent), perInst(cpu.programs))
 		if _, err := exec.LookPath("parallel"); err == nil {
 			gp := gnuParallel(b, t.trivial, n, p)
 			b.ReportMetric(rate(gp), "parallel-inst/s")
