@@ -33,7 +33,17 @@ var (
 	toolsOnce sync.Once
 	built     tools
 	buildErr  error
+	toolsDir  string
 )
+
+// TestMain removes the built tools once every benchmark has used them.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if toolsDir != "" {
+		os.RemoveAll(toolsDir)
+	}
+	os.Exit(code)
+}
 
 func setup(b *testing.B) tools {
 	toolsOnce.Do(func() {
@@ -42,6 +52,7 @@ func setup(b *testing.B) tools {
 			buildErr = err
 			return
 		}
+		toolsDir = dir
 		if built.drover, buildErr = e2e.Build(dir); buildErr != nil {
 			return
 		}
