@@ -291,6 +291,15 @@ func runServe(e *env, f *serveFlags, listenChanged bool) error {
 	fmt.Fprintf(e.stderr, "drover serve: manager at %s, nodes join at %s (drover token), pid %d; credentials in %s\ndrover serve: dashboard at %s\n",
 		info.Address, joins.Addr(), info.PID, serveFile, info.Dashboard)
 
+	// Probes see a shutdown coming from its start, through its grace.
+	go func() {
+		select {
+		case <-cl.ShutdownAsked():
+			health.Shutdown()
+		case <-cl.Done():
+		case <-dashCtx.Done():
+		}
+	}()
 	viaSignal := false
 	select {
 	case s := <-sigs:

@@ -216,7 +216,9 @@ func TestServeNamesChecked(t *testing.T) {
 func TestServeReflectionAndHealth(t *testing.T) {
 	t.Parallel()
 	home := filepath.Join(t.TempDir(), "home")
-	s := startServe(t, home, "--grace", "20s")
+	// A grace far longer than the test: it ends the stubborn process
+	// itself once it has seen serve wait for it.
+	s := startServe(t, home, "--grace", "120s")
 	nodeName := serveNode(t, home)
 	conn := grpcConn(t, s)
 	ctx, cancel := context.WithTimeout(context.Background(), backstop)
@@ -278,7 +280,17 @@ func TestServeReflectionAndHealth(t *testing.T) {
 
 	// A process that ignores SIGTERM holds the shutdown in its grace:
 	// the watch sees NOT_SERVING while serve still runs.
-	wantCode(t, droverHome(t, home, t.TempDir(), "start", "--node", nodeName, "--name", "stubborn", "--", "sh", "-c", "trap '' TERM; sleep 300"), 0)
+	pidFile := filepath.Join(t.TempDir(), "stubborn.pid")
+	wantCode(t, droverHome(t, home, t.TempDir(), "start", "--node", nodeName, "--name", "stubborn", "--", "sh", "-c", "trap '' TERM; echo $$ > "+pidFile+"; exec sleep 300"), 0)
+	stubborn := 0
+	for deadline := time.Now().Add(backstop); stubborn == 0 && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if data, err := os.ReadFile(pidFile); err == nil && strings.HasSuffix(string(data), "\n") {
+			stubborn, _ = strconv.Atoi(strings.TrimSpace(string(data)))
+		}
+	}
+	if stubborn <= 0 {
+		t.Fatalf("the stubborn process wrote no pid to %s", pidFile)
+	}
 	watch, err := hc.Watch(ctx, &healthpb.HealthCheckRequest{})
 	if err != nil {
 		t.Fatal(err)
@@ -300,6 +312,10 @@ func TestServeReflectionAndHealth(t *testing.T) {
 	case <-s.done:
 		t.Errorf("serve exited before its grace was over:\n%s", s.stderr)
 	default:
+	}
+	// Its own process group: serve would kill it so at the grace's end.
+	if err := syscall.Kill(-stubborn, syscall.SIGKILL); err != nil {
+		t.Errorf("kill the stubborn process group %d: %v", stubborn, err)
 	}
 	if err := <-shut; err != nil {
 		t.Errorf("drover shutdown: %v", err)

@@ -105,6 +105,8 @@ type Cluster struct {
 	cancelBase context.CancelFunc
 	wg         sync.WaitGroup // watchers and submissions
 	done       chan struct{}  // closed by Shutdown
+	asked      chan struct{}  // closed when Shutdown begins
+	askedOnce  sync.Once
 	doneOnce   sync.Once
 
 	mu       sync.Mutex
@@ -186,6 +188,7 @@ func New(opts Options) *Cluster {
 		base:       base,
 		cancelBase: cancel,
 		done:       make(chan struct{}),
+		asked:      make(chan struct{}),
 		byName:     make(map[string]*member),
 		procs:      make(map[string]*proc),
 		subByNum:   make(map[int]*submission),
@@ -233,6 +236,10 @@ func (c *Cluster) AddNode(n node.Node) {
 
 // Done is closed once Shutdown has been asked for and has done its work.
 func (c *Cluster) Done() <-chan struct{} { return c.done }
+
+// ShutdownAsked is closed as soon as Shutdown begins, before its grace:
+// health probes can say NOT_SERVING while the processes are stopped.
+func (c *Cluster) ShutdownAsked() <-chan struct{} { return c.asked }
 
 // Close stops every submission (as if cancelled) and waits for them while
 // ctx allows; after that their queues are told every node is lost so they

@@ -505,6 +505,7 @@ func (c *Cluster) CancelAll(ctx context.Context, group string, grace time.Durati
 // caller shuts the manager and its agents down.
 func (c *Cluster) Shutdown(ctx context.Context) error {
 	defer c.doneOnce.Do(func() { close(c.done) })
+	c.askedOnce.Do(func() { close(c.asked) })
 	c.mu.Lock()
 	c.stopping = true
 	c.mu.Unlock()

@@ -193,6 +193,8 @@ func (c *Cluster) run(ctx context.Context, s *submission, nodes []node.Node) {
 		Logger:  log,
 		Cores:   c.pool,
 		OnEvent: s.onEvent,
+		// drover send reaches a submitted instance too.
+		Stdin: true,
 	})
 	s.cancel()
 	s.end(sum, err)

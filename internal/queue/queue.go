@@ -45,7 +45,11 @@ type Options struct {
 	Prior map[string]int
 	// Hard, when it fires after ctx is cancelled, kills instead of waiting
 	// out the grace (a second Ctrl-C).
-	Hard     <-chan struct{}
+	Hard <-chan struct{}
+	// Stdin keeps each instance's stdin open for Send (serve, where a
+	// program may talk to a submitted instance); otherwise it is
+	// /dev/null, as nobody writes to a batch instance.
+	Stdin    bool
 	Progress func(Counts)
 	Logger   *slog.Logger
 	// Cores is shared with whoever else places processes on these nodes;
@@ -799,7 +803,7 @@ func (r *runner) spec(inst *instance) node.ProcessSpec {
 		HWThreads: slices.Clone(inst.hw),
 		PortNames: j.Ports,
 		AutoPurge: true,
-		NoStdin:   true,
+		NoStdin:   !r.opts.Stdin,
 		// The job's timeout bounds the staging as well as the run.
 		StageTimeout: j.Timeout,
 		MemoryMax:    j.Memory,
