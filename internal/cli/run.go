@@ -540,13 +540,6 @@ func (p *plan) launch(ctx context.Context, m *manager.Manager, log *slog.Logger)
 	return nodes, err
 }
 
-// printLaunchFailures says which nodes did not join, and why.
-func printLaunchFailures(w io.Writer, fs []manager.LaunchFailure) {
-	for _, f := range fs {
-		fmt.Fprintf(w, "drover: node %s not used: %s\n", f.Node, f.Reason)
-	}
-}
-
 // agentStartTimeout bounds the wait for agents to dial in.
 const agentStartTimeout = 30 * time.Second
 

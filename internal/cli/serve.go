@@ -27,6 +27,7 @@ import (
 	"github.com/drover-hpc/drover/internal/creds"
 	"github.com/drover-hpc/drover/internal/join"
 	"github.com/drover-hpc/drover/internal/manager"
+	"github.com/drover-hpc/drover/internal/node"
 	"github.com/drover-hpc/drover/internal/privdir"
 )
 
@@ -167,6 +168,12 @@ func runServe(e *env, f *serveFlags, listenChanged bool) error {
 	defer httpLis.Close()
 
 	cl := cluster.New(cluster.Options{Logger: log, Home: home, Grace: f.grace})
+	// The feed tells when the first node is up, and says at once which
+	// hosts failed to launch; once the launch is over it says no more
+	// (later relaunch failures go to the log and drover nodes).
+	feed := newNodeFeed(func(lf manager.LaunchFailure) {
+		fmt.Fprintf(e.stderr, "drover: node %s not used: %s\n", lf.Node, lf.Reason)
+	})
 	ctl := control.New(cl, control.Options{Logger: log, Grace: f.grace})
 	joins := join.New(join.Options{Logger: log, NameTaken: func(name string) bool { return nodeUp(cl, name) }})
 	// grpc.health.v1 and server reflection, for probes and grpcurl; they
@@ -188,11 +195,16 @@ func runServe(e *env, f *serveFlags, listenChanged bool) error {
 			healthpb.RegisterHealthServer(s, health)
 			reflection.Register(s)
 		},
-		OnNode: cl.AddNode,
+		OnNode: func(n node.Node) {
+			cl.AddNode(n)
+			feed.node(n)
+		},
 		// A node lost under serve comes back: programs keep their cluster.
 		Relaunch: f.relaunch,
 		OnLaunchFailure: func(lf manager.LaunchFailure) {
+			// In the cluster first: drover nodes shows what stderr says.
 			cl.AddFailedNode(lf.Node, lf.Reason)
+			feed.fail(lf)
 		},
 	})
 	if err != nil {
@@ -200,6 +212,9 @@ func runServe(e *env, f *serveFlags, listenChanged bool) error {
 		defer cancel()
 		return &exitError{ExitFailed, errors.Join(err, cl.Close(ctx))}
 	}
+	// endLaunch ends the launch of hosts still connecting and waits for it;
+	// set once the launch has begun.
+	endLaunch := func() {}
 	// stop takes everything down, in order; it is safe to call twice.
 	stopped := false
 	stop := func(ctx context.Context, shutdown bool) error {
@@ -207,6 +222,8 @@ func runServe(e *env, f *serveFlags, listenChanged bool) error {
 			return nil
 		}
 		stopped = true
+		// No node joins a cluster on its way down.
+		endLaunch()
 		// Probes see the end coming while the processes are stopped.
 		health.Shutdown()
 		joins.Close()
@@ -237,18 +254,14 @@ func runServe(e *env, f *serveFlags, listenChanged bool) error {
 		return &exitError{ExitFailed, errors.Join(fmt.Errorf("--join-listen: %w", err), stop(ctx, true))}
 	}
 
-	// Signals are caught from here on: one while the agent starts ends
-	// the start, and serve takes down what it started.
+	// Signals are caught from here on: one before the first node is up
+	// ends the start, and serve takes down what it started.
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 
 	host, _ := os.Hostname()
-	err = waitAgent(m, sigs, func(ctx context.Context) error {
-		_, err := where.launch(ctx, m, log)
-		return err
-	})
-	printLaunchFailures(e.stderr, m.LaunchFailures())
+	endLaunch, err = launchNodes(m, where, feed, sigs, log)
 	var bundle *creds.Bundle
 	if err == nil {
 		bundle, err = m.CA().Issue(creds.RoleClient, "drover-client", nil)
@@ -333,23 +346,45 @@ func runServe(e *env, f *serveFlags, listenChanged bool) error {
 	return nil
 }
 
-// waitAgent launches the agents and waits for their nodes, up to
-// agentStartTimeout or a signal.
-func waitAgent(m *manager.Manager, sigs <-chan os.Signal, launch func(context.Context) error) error {
-	ctx, cancel := context.WithTimeout(context.Background(), agentStartTimeout)
-	defer cancel()
-	waited := make(chan error, 1)
+// errServeEnded ends the launch of hosts still connecting when serve ends.
+var errServeEnded = errors.New("serve ended before it came up")
+
+// launchNodes launches the agents and returns once the first node is up:
+// the other hosts join the cluster as they come up, through the manager's
+// OnNode, while serve already answers. It fails when no node came up, or
+// on a signal before one did. end ends the launch still going on and
+// waits for it; it is safe to call more than once.
+func launchNodes(m *manager.Manager, where *plan, feed *nodeFeed, sigs <-chan os.Signal, log *slog.Logger) (end func(), err error) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	done := make(chan struct{})
+	var launchErr error
 	go func() {
-		waited <- launch(ctx)
+		defer close(done)
+		tctx, tcancel := context.WithTimeout(ctx, agentStartTimeout)
+		defer tcancel()
+		_, launchErr = where.launch(tctx, m, log)
+		feed.settle(m)
 	}()
-	select {
-	case err := <-waited:
-		return err
-	case s := <-sigs:
-		cancel()
-		<-waited
-		return fmt.Errorf("%s while the agent was starting", s)
+	end = func() {
+		cancel(errServeEnded)
+		<-done
 	}
+	select {
+	case <-feed.firstUp:
+		return end, nil
+	case <-done:
+	case s := <-sigs:
+		cancel(fmt.Errorf("%s while the agents were starting", s))
+		<-done
+		return end, context.Cause(ctx)
+	}
+	if feed.nodes() > 0 {
+		return end, nil
+	}
+	if len(m.LaunchFailures()) == 0 && launchErr != nil {
+		return end, launchErr // nothing said why yet
+	}
+	return end, errors.New("no node came up")
 }
 
 // claimHome makes sure no other serve uses home: it takes home/serve.lock
