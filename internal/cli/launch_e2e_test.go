@@ -128,6 +128,14 @@ func noneLeft(t *testing.T, bed *testbed.Bed, hosts []string, pattern string) {
 	}
 }
 
+// ourAgents matches the agents this package's drover left on a bed host:
+// the SSH launcher caches each binary under its hash, and every test
+// package builds a drover of its own (e2e.Build).
+func ourAgents(t *testing.T) string {
+	t.Helper()
+	return "[.]cache/drover/" + fileSHA(t, droverBin) + "/drover agent"
+}
+
 func fileSHA(t *testing.T, path string) string {
 	t.Helper()
 	f, err := os.Open(path)

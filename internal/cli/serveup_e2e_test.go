@@ -119,7 +119,7 @@ func TestServeSilentHostHoldsNoOneBack(t *testing.T) {
 		t.Errorf("left behind after shutdown: %v", alive)
 	}
 	wantNotExist(t, filepath.Join(home, "serve.json"))
-	noneLeft(t, bed, good, "[.]cache/drover/.*/drover agent")
+	noneLeft(t, bed, good, ourAgents(t))
 	noneLeft(t, bed, good, "^sleep "+sleepMark+"$")
 }
 
@@ -149,6 +149,6 @@ func TestServeSignalEndsBackgroundLaunch(t *testing.T) {
 		t.Errorf("left behind after SIGTERM: %v", alive)
 	}
 	wantNotExist(t, filepath.Join(home, "serve.json"))
-	noneLeft(t, bed, []string{good}, "[.]cache/drover/.*/drover agent")
+	noneLeft(t, bed, []string{good}, ourAgents(t))
 	noneLeft(t, bed, []string{good}, "^sleep "+sleepMark+"$")
 }

@@ -423,7 +423,7 @@ func TestSSHStageTimeoutAndFIFO(t *testing.T) {
 	if in.State != "failed" || !strings.Contains(in.Error, "staging took longer than the timeout (2s)") {
 		t.Errorf("instance %+v, want failed, staging past the timeout\n%s", in, r)
 	}
-	noneLeft(t, bed, []string{host}, "[.]cache/drover/.*/drover agent")
+	noneLeft(t, bed, []string{host}, ourAgents(t))
 
 	if err := unix.Mkfifo(filepath.Join(dir, "fifo"), 0o644); err != nil {
 		t.Fatal(err)

@@ -45,7 +45,11 @@ func Build(dir string) (string, error) {
 		return "", err
 	}
 	bin := filepath.Join(dir, "drover")
-	cmd := exec.Command("go", "build", "-o", bin, "github.com/drover-hpc/drover/cmd/drover")
+	// The build ID names the test binary (cli.test, chaos.test), so each
+	// package's drover differs by content and so by the path the SSH
+	// launcher caches it at: a test that looks for agents left on a bed
+	// host finds its own package's, not those of a package running beside.
+	cmd := exec.Command("go", "build", "-ldflags=-buildid="+filepath.Base(os.Args[0]), "-o", bin, "github.com/drover-hpc/drover/cmd/drover")
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
