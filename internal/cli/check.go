@@ -2,6 +2,8 @@ package cli
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -40,7 +42,7 @@ run at once.`,
 			}
 			instances, coreSlots, widest := 0, 0, 0
 			tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "JOB\tINSTANCES\tCORES EACH\tNODE\tAFTER\tAT ONCE\tSWEEP")
+			fmt.Fprintln(tw, "JOB\tINSTANCES\tCORES EACH\tALSO EACH\tNODE\tAFTER\tAT ONCE\tSWEEP")
 			deps := false
 			for _, j := range file.Jobs {
 				where := j.Node
@@ -57,7 +59,7 @@ run at once.`,
 				if s := j.SweepString(); s != "" {
 					sweep = s
 				}
-				fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\t%s\n", j.Name, j.Repeat, j.Cores, where, after, atOnce, sweep)
+				fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\n", j.Name, j.Repeat, j.Cores, alsoNeeds(&j), where, after, atOnce, sweep)
 				instances += j.Repeat
 				coreSlots += j.Repeat * j.Cores
 				widest = max(widest, j.Cores)
@@ -87,4 +89,27 @@ run at once.`,
 			return nil
 		},
 	}
+}
+
+// alsoNeeds says what an instance of j reserves besides cores: GPUs,
+// memory and counted resources, or "-".
+func alsoNeeds(j *jobfile.Job) string {
+	var needs []string
+	if j.GPUs > 0 {
+		unit := "GPU"
+		if j.GPUs > 1 {
+			unit = "GPUs"
+		}
+		needs = append(needs, fmt.Sprintf("%d %s", j.GPUs, unit))
+	}
+	if j.Memory > 0 {
+		needs = append(needs, jobfile.FormatMemory(j.Memory))
+	}
+	for _, k := range slices.Sorted(maps.Keys(j.Resources)) {
+		needs = append(needs, fmt.Sprintf("%s=%d", k, j.Resources[k]))
+	}
+	if len(needs) == 0 {
+		return "-"
+	}
+	return strings.Join(needs, ",")
 }

@@ -29,10 +29,15 @@ func TestCheck(t *testing.T) {
   - name: post
     shell: touch ran
     node: n2
+  - name: gpu
+    command: [touch, ran]
+    gpus: 2
+    memory: 4G
+    resources: {license: 1}
 `)
 	r := drover(t, dir, "check", good)
 	wantCode(t, r, 0)
-	for _, want := range []string{"valid, 2 jobs, 4 instances", "sim ", "post ", "n2", "this machine"} {
+	for _, want := range []string{"valid, 3 jobs, 5 instances", "sim ", "post ", "n2", "2 GPUs,4G,license=1", "this machine"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("plan lacks %q:\n%s", want, r.stdout)
 		}
