@@ -675,18 +675,25 @@ func (d *decoder) list(l *locs, key string, v ast.Node, at pos, numbers bool) ([
 	return out, true
 }
 
-// env decodes the env mapping; null is an empty one. Names whose values
-// are wrong are left out, having been reported.
-func (d *decoder) env(l *locs, v ast.Node, at pos) (map[string]string, bool) {
-	var m *ast.MappingNode
-	switch s := v.(type) {
+// mapping is v as a mapping; null is none (nil, true). Anything else is
+// reported as "what, got ..." (nil, false).
+func (d *decoder) mapping(v ast.Node, at pos, what string) (*ast.MappingNode, bool) {
+	switch m := v.(type) {
 	case *ast.NullNode:
 		return nil, true
 	case *ast.MappingNode:
-		m = s
-	default:
-		d.r.at(at, "env must be a mapping of NAME: value, got %s", describe(v))
-		return nil, false
+		return m, true
+	}
+	d.r.at(at, "%s, got %s", what, describe(v))
+	return nil, false
+}
+
+// env decodes the env mapping; null is an empty one. Names whose values
+// are wrong are left out, having been reported.
+func (d *decoder) env(l *locs, v ast.Node, at pos) (map[string]string, bool) {
+	m, ok := d.mapping(v, at, "env must be a mapping of NAME: value")
+	if m == nil {
+		return nil, ok
 	}
 	env := make(map[string]string)
 	for _, e := range d.entries(m) {

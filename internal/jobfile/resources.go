@@ -97,15 +97,9 @@ func (d *decoder) resourceField(j *Job, key string, v ast.Node, at pos) bool {
 // resources decodes a mapping of resource names to whole amounts; null is
 // none. Entries in error are reported at their place and left out.
 func (d *decoder) resources(v ast.Node, at pos) (map[string]int64, bool) {
-	var m *ast.MappingNode
-	switch s := v.(type) {
-	case *ast.NullNode:
-		return nil, true
-	case *ast.MappingNode:
-		m = s
-	default:
-		d.r.at(at, "resources must be a mapping of NAME: amount, such as {license: 1}, got %s", describe(v))
-		return nil, false
+	m, ok := d.mapping(v, at, "resources must be a mapping of NAME: amount, such as {license: 1}")
+	if m == nil {
+		return nil, ok
 	}
 	out := make(map[string]int64)
 	for _, e := range d.entries(m) {
