@@ -1765,7 +1765,11 @@ type ProcessSpec struct {
 	MemoryMax int64 `protobuf:"varint,17,opt,name=memory_max,json=memoryMax,proto3" json:"memory_max,omitempty"`
 	// no_stdin: stdin is /dev/null, so the process reads end of input at
 	// once (a batch instance, to which nobody writes); Send is refused.
-	NoStdin       bool         `protobuf:"varint,18,opt,name=no_stdin,json=noStdin,proto3" json:"no_stdin,omitempty"`
+	NoStdin bool `protobuf:"varint,18,opt,name=no_stdin,json=noStdin,proto3" json:"no_stdin,omitempty"`
+	// make_output_dir: the agent makes output_dir (its last part; no
+	// symlink followed) before the files in it are opened, so that a local
+	// agent does this file work instead of the manager.
+	MakeOutputDir bool         `protobuf:"varint,19,opt,name=make_output_dir,json=makeOutputDir,proto3" json:"make_output_dir,omitempty"`
 	Results       *ResultsSpec `protobuf:"bytes,14,opt,name=results,proto3" json:"results,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1916,6 +1920,13 @@ func (x *ProcessSpec) GetMemoryMax() int64 {
 func (x *ProcessSpec) GetNoStdin() bool {
 	if x != nil {
 		return x.NoStdin
+	}
+	return false
+}
+
+func (x *ProcessSpec) GetMakeOutputDir() bool {
+	if x != nil {
+		return x.MakeOutputDir
 	}
 	return false
 }
@@ -4764,7 +4775,7 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\x06stdout\x18\x02 \x01(\bR\x06stdout\x12\x16\n" +
 	"\x06stderr\x18\x03 \x01(\bR\x06stderr\x12(\n" +
 	"\x10stderr_is_stdout\x18\x04 \x01(\bR\x0estderrIsStdout\x12\x18\n" +
-	"\aoutputs\x18\x05 \x01(\bR\aoutputs\"\xf9\x04\n" +
+	"\aoutputs\x18\x05 \x01(\bR\aoutputs\"\xa1\x05\n" +
 	"\vProcessSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04args\x18\x02 \x03(\tR\x04args\x121\n" +
@@ -4787,7 +4798,8 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\x10stage_timeout_ms\x18\x10 \x01(\x03R\x0estageTimeoutMs\x12\x1d\n" +
 	"\n" +
 	"memory_max\x18\x11 \x01(\x03R\tmemoryMax\x12\x19\n" +
-	"\bno_stdin\x18\x12 \x01(\bR\anoStdin\x120\n" +
+	"\bno_stdin\x18\x12 \x01(\bR\anoStdin\x12&\n" +
+	"\x0fmake_output_dir\x18\x13 \x01(\bR\rmakeOutputDir\x120\n" +
 	"\aresults\x18\x0e \x01(\v2\x16.drover.v1.ResultsSpecR\aresults\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +

@@ -67,9 +67,11 @@ type Agent struct {
 	// changed is closed (and replaced) whenever a name is claimed or is
 	// over, for starts waiting on a name not seen yet.
 	changed chan struct{}
-	// over remembers recent names whose process has exited or failed to
-	// start, so a start that waits on one knows it need not.
-	over     map[string]bool
+	// over remembers recent names whose process has exited ("") or never
+	// ran (the name it was queued behind, if any), so a start that waits
+	// on one knows it need not, or waits for what that one waited for: a
+	// queued start that failed hands its place in the line on.
+	over     map[string]string
 	overRing []string
 
 	exits     *mailbox.Mailbox[node.Exit] // collected, not yet taken by Finished
@@ -87,6 +89,11 @@ type afterExit struct {
 	outputs   []string
 	outputDir string
 	captured  []string // stdout and stderr paths, checked after the exit
+	after     string   // the process this one was queued behind (ProcessSpec.After)
+	// running is closed once the process has started; runningAt is then
+	// when (a start queued behind it counts its AfterTimeout from there).
+	running   chan struct{}
+	runningAt time.Time
 	marks     []fsMark // their file systems, watched while it runs
 	autoPurge bool
 	done      chan struct{} // closed when the exit is collected or the start failed
@@ -140,7 +147,7 @@ func New(opts Options) (*Agent, error) {
 		pending:   make(map[string]*afterExit),
 		cancelled: make(chan struct{}),
 		changed:   make(chan struct{}),
-		over:      make(map[string]bool),
+		over:      make(map[string]string),
 		exits:     mailbox.New[node.Exit](0),
 		ready:     make(chan struct{}, 1),
 		stopPump:  make(chan struct{}),
@@ -206,32 +213,63 @@ func (a *Agent) Start(ctx context.Context, spec node.ProcessSpec) (node.Started,
 	return st, nil
 }
 
-// waitFor blocks until the named process's exit has been collected, for
-// at most limit (0: no limit). With a limit, a name not seen yet is waited
-// for too: the queue may send a start behind one whose own start is still
-// on its way.
+// waitFor blocks until the named process's exit has been collected. With
+// a limit (0: none), it gives up once that process has run for longer
+// than limit, and a name not seen yet is waited for too: the queue may
+// send a start behind one whose own start is still on its way, and queue
+// several deep behind one that has not started yet. A process that never
+// ran hands the wait on to the one it was itself queued behind.
 func (a *Agent) waitFor(ctx context.Context, name string, limit time.Duration) error {
+	var timer *time.Timer
 	var expired <-chan time.Time
-	if limit > 0 {
-		t := time.NewTimer(limit)
-		defer t.Stop()
-		expired = t.C
+	timed := "" // what the timer measures: a name's run, or the wait for an unseen one
+	bound := func(what string, d time.Duration) {
+		if limit == 0 || timed == what {
+			return
+		}
+		if timer != nil {
+			timer.Stop()
+		}
+		timed, timer = what, time.NewTimer(d)
+		expired = timer.C
 	}
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
 	for {
 		a.mu.Lock()
-		pred, over, changed, cancelled := a.pending[name], a.over[name], a.changed, a.cancelled
+		pred, changed, cancelled := a.pending[name], a.changed, a.cancelled
+		heir, over := a.over[name]
 		a.mu.Unlock()
+		if over && heir != "" {
+			name = heir // it never ran: wait for what it waited for
+			continue
+		}
 		if over || (pred == nil && limit == 0) {
 			// Over, or never seen with no bound on the wait: go ahead.
 			return nil
 		}
-		var done <-chan struct{}
-		if pred != nil {
+		var done, running <-chan struct{}
+		if pred == nil {
+			bound("unseen "+name, limit)
+		} else {
 			done, changed = pred.done, nil
+			select {
+			case <-pred.running:
+				bound("run "+name, limit-time.Since(pred.runningAt))
+			default:
+				running = pred.running // queued itself: no bound yet
+				if timer != nil {
+					timer.Stop()
+					timed, timer, expired = "", nil, nil
+				}
+			}
 		}
 		select {
-		case <-done:
-			return nil
+		case <-done: // over now: look again whether it ran
+		case <-running:
 		case <-changed:
 		case <-cancelled:
 			return ErrCancelled
@@ -252,9 +290,11 @@ func (a *Agent) claimedLocked() {
 	a.changed = make(chan struct{})
 }
 
-func (a *Agent) overLocked(name string) {
-	if !a.over[name] {
-		a.over[name] = true
+// overLocked records that name is over; heir is, for a process that
+// never ran, the one it was queued behind.
+func (a *Agent) overLocked(name, heir string) {
+	if _, seen := a.over[name]; !seen {
+		a.over[name] = heir
 		a.overRing = append(a.overRing, name)
 		if len(a.overRing) > maxOver {
 			delete(a.over, a.overRing[0])
@@ -275,7 +315,8 @@ func (a *Agent) start(ctx context.Context, spec node.ProcessSpec) (node.Started,
 		a.mu.Unlock()
 		return node.Started{}, errdefs.ErrDuplicate
 	}
-	after := &afterExit{dir: spec.Dir, outputs: spec.Outputs, outputDir: spec.OutputDir, autoPurge: spec.AutoPurge, done: make(chan struct{})}
+	after := &afterExit{dir: spec.Dir, outputs: spec.Outputs, outputDir: spec.OutputDir, autoPurge: spec.AutoPurge,
+		after: spec.After, running: make(chan struct{}), done: make(chan struct{})}
 	a.pending[spec.Name] = after // claims the name while we stage
 	a.claimedLocked()
 	cancelled := a.cancelled // CancelAll and Close end the staging too
@@ -301,7 +342,7 @@ func (a *Agent) start(ctx context.Context, spec node.ProcessSpec) (node.Started,
 				a.dropWorkDir(after.dir)
 			}
 			a.mu.Lock()
-			a.overLocked(spec.Name)
+			a.overLocked(spec.Name, spec.After)
 			a.mu.Unlock()
 			close(after.done)
 		}
@@ -313,6 +354,12 @@ func (a *Agent) start(ctx context.Context, spec node.ProcessSpec) (node.Started,
 			return node.Started{}, fmt.Errorf("work dir: %w", err)
 		}
 		after.dir, after.freshDir = dir, true
+	}
+	if spec.MakeOutputDir && spec.OutputDir != "" {
+		dir := filepath.Clean(spec.OutputDir)
+		if err := nofollow.MkdirAll(filepath.Dir(dir), filepath.Base(dir), 0o755); err != nil {
+			return node.Started{}, fmt.Errorf("results dir: %w", err)
+		}
 	}
 	if err := a.stage(ctx, spec, after.dir, cancelled); err != nil {
 		return node.Started{}, err
@@ -345,6 +392,13 @@ func (a *Agent) start(ctx context.Context, spec node.ProcessSpec) (node.Started,
 		}
 		if err := a.waitFor(ctx, spec.After, spec.AfterTimeout); err != nil {
 			return node.Started{}, err
+		}
+		select {
+		case <-cancelled:
+			// Everything was cancelled while it waited: the queue withdrew
+			// it, even if its predecessor's exit came first.
+			return node.Started{}, ErrCancelled
+		default:
 		}
 	}
 
@@ -402,6 +456,8 @@ func (a *Agent) start(ctx context.Context, spec node.ProcessSpec) (node.Started,
 		return node.Started{}, err
 	}
 	ok = true
+	after.runningAt = time.Now() // read once running is seen closed
+	close(after.running)
 	return node.Started{PID: pid, Ports: byName}, nil
 }
 
@@ -545,7 +601,7 @@ func (a *Agent) collect() {
 			}
 		}
 		a.mu.Lock()
-		a.overLocked(exits[i].Name)
+		a.overLocked(exits[i].Name, "")
 		a.mu.Unlock()
 		close(after.done)
 	}

@@ -1292,3 +1292,89 @@ func pollErr(a node.Node, ctx context.Context, name string) error {
 	}
 	return st[0].Err
 }
+
+// TestQueuedLine: starts queued several deep behind a running process
+// start one after another as each exits; one in the line that fails
+// before its turn hands its place on (the one behind it waits for what it
+// waited for, never running beside it); AfterTimeout counts the
+// predecessor's run, not the wait in line; CancelAll withdraws the rest.
+func TestQueuedLine(t *testing.T) {
+	a, _ := newAgent(t)
+	r := nodetest.NewExits(t, a)
+	dir := t.TempDir()
+	goFile := filepath.Join(dir, "go")
+	start(t, a, node.ProcessSpec{Name: "head", Args: helper("waitfile=" + goFile)})
+	queue := func(spec node.ProcessSpec) chan error {
+		errc := make(chan error, 1)
+		go func() {
+			_, err := a.Start(context.Background(), spec)
+			errc <- err
+		}()
+		return errc
+	}
+	// broken fails staging before its turn; second is queued behind it
+	// and third behind second with a bound far shorter than head's run.
+	broken := queue(node.ProcessSpec{Name: "broken", Args: helper("exit=0"), After: "head", AfterTimeout: time.Minute,
+		Files: []node.StageFile{{Src: filepath.Join(dir, "missing"), Dst: "x"}}})
+	if err := <-broken; err == nil {
+		t.Fatal("broken started")
+	}
+	second := queue(node.ProcessSpec{Name: "second", Args: helper("exit=0"), After: "broken", AfterTimeout: time.Minute})
+	third := queue(node.ProcessSpec{Name: "third", Args: helper("exit=0"), After: "second", AfterTimeout: 300 * time.Millisecond})
+	select {
+	case err := <-second:
+		t.Fatalf("second went ahead while head ran: %v", err)
+	case err := <-third:
+		t.Fatalf("third went ahead while head ran: %v", err)
+	case <-time.After(600 * time.Millisecond): // longer than third's bound: it must not count the wait in line
+	}
+	if err := os.WriteFile(goFile, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-second; err != nil {
+		t.Fatal(err)
+	}
+	// third may give up now if second, once running, ran past its bound
+	// (a slow machine); if it ran, it ran after second.
+	if err := <-third; err == nil {
+		e := r.Wait("head", "second", "third")
+		if e[1].Start.Before(e[0].End) || e[2].Start.Before(e[1].End) {
+			t.Errorf("the line overlapped: head ended %v, second ran %v–%v, third started %v",
+				e[0].End, e[1].Start, e[1].End, e[2].Start)
+		}
+	} else if !errors.Is(err, errdefs.ErrAfterTimeout) {
+		t.Fatal(err)
+	} else if e := r.Wait("head", "second"); e[1].Start.Before(e[0].End) {
+		t.Errorf("second started at %v, before head ended at %v", e[1].Start, e[0].End)
+	}
+
+	// AfterTimeout counts the predecessor's run: a start queued behind a
+	// process that has run past it gives up, and so does the one behind.
+	goFile2 := filepath.Join(dir, "go2")
+	start(t, a, node.ProcessSpec{Name: "long", Args: helper("waitfile=" + goFile2)})
+	first := queue(node.ProcessSpec{Name: "behind-long", Args: helper("exit=0"), After: "long", AfterTimeout: 100 * time.Millisecond})
+	next := queue(node.ProcessSpec{Name: "behind-that", Args: helper("exit=0"), After: "behind-long", AfterTimeout: time.Minute})
+	if err := <-first; !errors.Is(err, errdefs.ErrAfterTimeout) {
+		t.Fatalf("start behind a long run: %v, want ErrAfterTimeout", err)
+	}
+	select {
+	case err := <-next:
+		t.Fatalf("the start behind the one that gave up went ahead while long ran: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+
+	// CancelAll withdraws what waits in line, even once long has exited.
+	if err := a.CancelAll(context.Background(), time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-next; !errors.Is(err, agent.ErrCancelled) {
+		t.Fatalf("queued start after CancelAll: %v, want ErrCancelled", err)
+	}
+	r.Wait("long")
+	r.Take()
+	for _, name := range []string{"broken", "behind-long", "behind-that"} {
+		if _, ok := r.Got()[name]; ok {
+			t.Errorf("an exit of %s, which never started", name)
+		}
+	}
+}

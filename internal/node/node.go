@@ -45,18 +45,29 @@ type ProcessSpec struct {
 	// once instead of waiting on a pipe that nobody writes to (the batch
 	// queue's way); Send and CloseStdin then fail as after CloseStdin.
 	NoStdin bool
+	// MakeOutputDir makes the node create OutputDir (its last part, no
+	// symlink followed; the parent must exist) before it opens the files
+	// in it: a node on this machine's file system then does all of an
+	// instance's file work, and the queue none.
+	MakeOutputDir bool
 	// After makes the start wait until the process of that name on the
 	// same node has exited and its exit is collected; Start returns once
-	// this process has started. The batch queue uses it to hand a core
-	// from one instance to the next without a round trip to the manager.
-	// An After that has exited, or (without AfterTimeout) is unknown,
-	// starts at once; with AfterTimeout an unknown After is waited for, as
-	// its own start may still be on its way. CancelAll and Close fail
-	// waiting starts.
+	// this process has started. The batch queue uses it to queue
+	// instances on a node, several deep behind each running one, so that
+	// each takes over its predecessor's cores the moment it exits, with
+	// no round trip to the manager. A start that fails (or is withdrawn)
+	// hands its place on: those queued behind it wait for what it waited
+	// for. An After that has exited, or (without AfterTimeout) is
+	// unknown, starts at once; with AfterTimeout an unknown After is
+	// waited for, as its own start may still be on its way. CancelAll
+	// and Close fail waiting starts, even one whose After has just exited.
 	After string
-	// AfterTimeout bounds the wait for After: past it the start fails
-	// with errdefs.ErrAfterTimeout and nothing runs, so that the caller can place
-	// the process elsewhere. 0 waits as long as it takes.
+	// AfterTimeout bounds how long After may run before this start gives
+	// up (counted from After's own start; while After is itself queued
+	// there is no bound yet), and the wait for an After not seen yet:
+	// past it the start fails with errdefs.ErrAfterTimeout and nothing
+	// runs, so that the caller can place the process elsewhere. 0 waits as
+	// long as it takes.
 	AfterTimeout time.Duration
 	// StageTimeout bounds the copying of Files (the job's timeout): past
 	// it the start fails and nothing runs. 0: no bound. CancelAll and

@@ -86,9 +86,18 @@ func (r *runner) takeSlots(inst, pred *instance) {
 func (r *runner) freeSlots(inst *instance) {
 	if prev := inst.prev; prev != nil {
 		// It never ran: it held a job slot of its own only when it
-		// followed an instance of another job.
+		// followed an instance of another job, and so does the one
+		// behind it, which follows prev from now on.
 		if prev.job != inst.job {
 			inst.job.slots--
+		}
+		if next := inst.next; next != nil {
+			if next.job != inst.job {
+				next.job.slots--
+			}
+			if next.job != prev.job {
+				next.job.slots++
+			}
 		}
 		return
 	}

@@ -64,6 +64,10 @@ type Options struct {
 	// the events log, in order, from the queue's loop: it must return
 	// quickly.
 	OnEvent func(results.Event)
+	// Window is how much of a job's average run each node holds queued
+	// behind each running instance, once its instances have proved short
+	// (window.go); 0: 50 ms.
+	Window time.Duration
 	// Joining, when set, brings nodes that come up after the run started
 	// (Nodes may then be empty) and launches that failed (node-failed
 	// events); it is closed once no more will come. Until then a job that
@@ -118,8 +122,15 @@ type instance struct {
 	lostOn *nodeState
 	// next waits on the node to take over this instance's cores the
 	// moment it exits (ProcessSpec.After); prev is the reverse link until
-	// the hand-over.
+	// the hand-over. A line of them, headed by the one holding the cores,
+	// is the node's window of this core (window.go).
 	next, prev *instance
+	// queued: this attempt was launched behind another; replaced: an
+	// attempt queued on a node that was lost before its start was
+	// confirmed was placed again, without counting against its retries
+	// (uncharged such attempts), which happens once per instance.
+	queued, replaced bool
+	uncharged        int
 }
 
 // outcome is an instance's final state, packed into 48 bytes: a run of
@@ -211,21 +222,6 @@ type jobState struct {
 	// nil when none (findProgram).
 	prog *node.Program
 }
-
-// short reports whether the job's instances have so far run briefly
-// enough to queue a successor behind them.
-func (j *jobState) short() bool {
-	return j.ran > 0 && j.ranFor < time.Duration(j.ran)*prefetchBelow
-}
-
-// Prefetching: a successor is queued behind an instance of a job whose
-// attempts have taken under prefetchBelow on average, and gives up (to be
-// placed anew) if its predecessor is still running after prefetchWait, so
-// an unusually long instance cannot hold it back while other cores idle.
-const (
-	prefetchBelow = 250 * time.Millisecond
-	prefetchWait  = 500 * time.Millisecond
-)
 
 func (j *jobState) hasPending() bool { return len(j.retry) > 0 || j.next < j.job.Repeat }
 
@@ -476,10 +472,7 @@ func (r *runner) loop(ctx context.Context) {
 		case res := <-r.starts:
 			r.started(res)
 		case sig := <-r.ready:
-			r.drain(r.nodes[sig.node])
-			if sig.gone {
-				r.nodeGone(r.nodes[sig.node])
-			}
+			r.signalled(sig)
 		case t := <-r.timeouts:
 			r.timeout(t)
 		case a, ok := <-joining:
@@ -490,6 +483,7 @@ func (r *runner) loop(ctx context.Context) {
 			r.arrive(a)
 		case <-changed:
 		}
+		r.absorb()
 	}
 	// Whatever never started is final now.
 	reason := "not started: " + r.stopped
@@ -597,30 +591,6 @@ func (r *runner) dispatch() {
 	r.prefetch()
 }
 
-// prefetch queues pending instances behind running ones that need the
-// same cores, so that each starts on its node as soon as its predecessor
-// exits, without waiting for the exit to travel to the manager and the
-// start back. One successor per instance at most.
-func (r *runner) prefetch() {
-	for len(r.handoff) > 0 {
-		pred := r.handoff[len(r.handoff)-1]
-		if (pred.phase != starting && pred.phase != running) || pred.next != nil || pred.node.gone || !pred.job.short() {
-			r.handoff = r.handoff[:len(r.handoff)-1]
-			continue
-		}
-		js := r.successorJob(pred)
-		if js == nil {
-			return // nothing pending fits behind it; neither behind the rest, mostly
-		}
-		inst := r.take(js)
-		if inst == nil {
-			continue // only skipped instances were left in that job
-		}
-		r.handoff = r.handoff[:len(r.handoff)-1]
-		r.launch(inst, pred.node, cores.Grant{}, pred)
-	}
-}
-
 // successorJob finds the first job with pending instances that could run
 // on what pred holds: the same cores, GPUs, memory and resources.
 func (r *runner) successorJob(pred *instance) *jobState {
@@ -707,9 +677,13 @@ func (r *runner) unplaceable(js *jobState) string {
 func (r *runner) launch(inst *instance, ns *nodeState, g cores.Grant, pred *instance) {
 	inst.grant, inst.hw, inst.gpus, inst.usedCores = g, g.HW, g.GPUs, g.Cores
 	inst.node = ns
+	inst.queued = pred != nil
 	if pred != nil {
 		inst.prev, pred.next = pred, inst
 		inst.hw, inst.gpus, inst.usedCores = pred.hw, pred.gpus, pred.usedCores
+		if queuedBehind(inst) < r.depth(inst.job) {
+			r.handoff = append(r.handoff, inst)
+		}
 	} else {
 		// A successor may queue behind it even before its start is
 		// confirmed: the node waits for a name it has not seen yet
@@ -736,8 +710,15 @@ func (r *runner) launch(inst *instance, ns *nodeState, g cores.Grant, pred *inst
 	// attempt's output under an empty one.
 	keepPrev := inst.attempt > 1 && inst.prepared < inst.attempt
 	inst.prepared = inst.attempt
+	// A first attempt's results dir is a plain mkdir: a node on this
+	// file system makes it, so the queue does no file work per instance.
+	spec.MakeOutputDir = inst.attempt == 1 && node.SharesFS(ns.n)
 	r.bg.Go(func() {
-		st, err := prepare(r.opts.OutDir, keepPrev, inst.attempt, spec)
+		var st node.Started
+		var err error
+		if !spec.MakeOutputDir {
+			err = prepare(r.opts.OutDir, keepPrev, inst.attempt, spec)
+		}
 		if err == nil {
 			st, err = ns.n.Start(r.bgCtx, spec)
 		}
@@ -748,29 +729,29 @@ func (r *runner) launch(inst *instance, ns *nodeState, g cores.Grant, pred *inst
 // prepare makes the instance's results dir; a retry first moves the
 // previous attempt's output aside so nothing is lost. Below out (--out)
 // no symlink is followed: none may lead drover's writes elsewhere.
-func prepare(out string, keepPrev bool, attempt int, spec node.ProcessSpec) (node.Started, error) {
+func prepare(out string, keepPrev bool, attempt int, spec node.ProcessSpec) error {
 	dir := spec.OutputDir
 	inst, ok := nofollow.Within(out, dir)
 	if !ok {
-		return node.Started{}, fmt.Errorf("results dir %s is not inside %s", dir, out)
+		return fmt.Errorf("results dir %s is not inside %s", dir, out)
 	}
 	if keepPrev {
 		prevRel := filepath.Join(inst, fmt.Sprintf("attempt-%d", attempt-1))
 		prev := filepath.Join(out, prevRel)
 		if err := nofollow.MkdirAll(out, prevRel, 0o755); err != nil {
-			return node.Started{}, fmt.Errorf("keep attempt %d output: %w", attempt-1, err)
+			return fmt.Errorf("keep attempt %d output: %w", attempt-1, err)
 		}
 		for _, f := range []string{"stdout", "stderr"} {
 			if err := os.Rename(filepath.Join(dir, f), filepath.Join(prev, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
-				return node.Started{}, fmt.Errorf("keep attempt %d output: %w", attempt-1, err)
+				return fmt.Errorf("keep attempt %d output: %w", attempt-1, err)
 			}
 		}
-		return node.Started{}, nil
+		return nil
 	}
 	if err := nofollow.MkdirAll(out, inst, 0o755); err != nil {
-		return node.Started{}, fmt.Errorf("results dir: %w", err)
+		return fmt.Errorf("results dir: %w", err)
 	}
-	return node.Started{}, nil
+	return nil
 }
 
 func (r *runner) spec(inst *instance) node.ProcessSpec {
@@ -829,6 +810,12 @@ func (r *runner) started(res startResult) {
 		return
 	}
 	if res.err != nil && inst.node.gone {
+		if inst.queued && !inst.replaced {
+			// Queued in the lost node's window, it most likely never
+			// ran: placed again once, not charged to its retries.
+			inst.replaced = true
+			inst.uncharged++
+		}
 		r.lose(inst)
 		return
 	}
@@ -870,6 +857,29 @@ func (r *runner) started(res startResult) {
 	if e := inst.early; e != nil {
 		inst.early = nil
 		r.exited(inst, *e)
+	}
+}
+
+// absorb takes the starts and exits that are already waiting, a bounded
+// number, so that one turn of the loop writes their events together and
+// tops the windows up in one go.
+func (r *runner) absorb() {
+	for range 256 {
+		select {
+		case res := <-r.starts:
+			r.started(res)
+		case sig := <-r.ready:
+			r.signalled(sig)
+		default:
+			return
+		}
+	}
+}
+
+func (r *runner) signalled(sig signal) {
+	r.drain(r.nodes[sig.node])
+	if sig.gone {
+		r.nodeGone(r.nodes[sig.node])
 	}
 }
 
@@ -928,13 +938,22 @@ func (r *runner) exited(inst *instance, e node.Exit) {
 func (r *runner) release(inst *instance) {
 	ns := inst.node
 	r.freeSlots(inst)
-	if prev := inst.prev; prev != nil {
+	prev, next := inst.prev, inst.next
+	inst.prev, inst.next = nil, nil
+	switch {
+	case prev != nil:
 		// It never got its predecessor's cores: nothing to give back.
-		prev.next, inst.prev = nil, nil
-	}
-	if next := inst.next; next != nil {
-		next.grant, next.prev, inst.next = inst.grant, nil, nil
-	} else {
+		// The one behind it now waits for prev, as the node's does.
+		prev.next = next
+		if next != nil {
+			next.prev = prev
+		} else {
+			r.handoff = append(r.handoff, prev)
+		}
+	case next != nil:
+		next.grant, next.prev = inst.grant, nil
+		r.topUp(next)
+	default:
 		r.pool.Release(ns.name, inst.grant)
 	}
 	inst.grant = cores.Grant{}
@@ -945,7 +964,7 @@ func (r *runner) release(inst *instance) {
 // attemptOver ends an attempt: a failure with retries left goes back to
 // the queue, anything else is final.
 func (r *runner) attemptOver(inst *instance, ev results.Event, state string) {
-	if state != results.StateSucceeded && inst.attempt-inst.prior <= inst.job.retries && r.stopped == "" {
+	if state != results.StateSucceeded && inst.attempt-inst.prior-inst.uncharged <= inst.job.retries && r.stopped == "" {
 		ev.Event, ev.Job, ev.Attempt, ev.State = results.AttemptFailed, inst.name, inst.attempt, state
 		r.emit(ev)
 		inst.phase = pending
@@ -1077,7 +1096,11 @@ func (r *runner) lose(inst *instance) {
 	}
 	r.release(inst)
 	inst.lostOn = inst.node
-	r.attemptOver(inst, results.Event{Event: results.Lost, Node: inst.node.n.Name(), Error: "node lost"}, results.StateLost)
+	why := "node lost"
+	if inst.phase == starting {
+		why = "node lost before its start was confirmed"
+	}
+	r.attemptOver(inst, results.Event{Event: results.Lost, Node: inst.node.n.Name(), Error: why}, results.StateLost)
 }
 
 func (r *runner) emit(e results.Event) {

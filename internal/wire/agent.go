@@ -90,7 +90,7 @@ func RunAgent(ctx context.Context, opts AgentOptions) error {
 		shutdownDone: make(chan struct{}),
 		wake:         make(chan struct{}, 1),
 		cache:        make(map[uint64]*droverpb.Reply),
-		running:      make(map[uint64]context.CancelFunc),
+		running:      make(map[uint64]inflight),
 		monitor:      opts.MonitorTimeout,
 		hb:           opts.HeartbeatInterval,
 		files:        filexfer.NewSpace(opts.Scratch),
@@ -199,10 +199,10 @@ type agentRun struct {
 	lastHeard    time.Time
 	monitorTimer *time.Timer
 
-	cache        map[uint64]*droverpb.Reply    // answered, not yet acknowledged
-	running      map[uint64]context.CancelFunc // start and send in progress
-	ackedReplies uint64                        // the manager has every reply up to this id
-	replyQ       []*droverpb.Reply             // to send on the current stream
+	cache        map[uint64]*droverpb.Reply // answered, not yet acknowledged
+	running      map[uint64]inflight        // start and send in progress
+	ackedReplies uint64                     // the manager has every reply up to this id
+	replyQ       []*droverpb.Reply          // to send on the current stream
 
 	// outbox holds the exits until the manager acknowledges them (its one
 	// reader, toManager); a new stream takes every unacknowledged one again.
@@ -477,7 +477,11 @@ func (a *agentRun) command(c *droverpb.Command) {
 		// Slow: in parallel. A Purge before a Start of the same name has
 		// already run inline.
 		ctx, cancel := context.WithCancel(a.cmdCtx)
-		a.running[id] = cancel
+		f := inflight{cancel: cancel}
+		if st, ok := op.(*droverpb.Command_Start); ok {
+			f.start, f.queued = true, st.Start.GetAfter() != ""
+		}
+		a.running[id] = f
 		a.cmdWG.Add(1)
 		a.mu.Unlock()
 		go func() {
@@ -495,10 +499,41 @@ func (a *agentRun) command(c *droverpb.Command) {
 		}
 		a.log.Info("shutdown asked by the manager", "grace", grace)
 		a.startShutdown(grace)
+	case *droverpb.Command_CancelAll:
+		// Starts that came before it are withdrawn, even one still on its
+		// way to the node, which CancelAll alone might not see.
+		for _, f := range a.running {
+			if f.start {
+				f.cancel()
+			}
+		}
+		a.mu.Unlock()
+		a.answer(id, a.execute(a.cmdCtx, c))
 	default:
 		a.mu.Unlock()
 		a.answer(id, a.execute(a.cmdCtx, c))
 	}
+}
+
+// inflight is a start or send command in progress.
+type inflight struct {
+	cancel context.CancelFunc
+	start  bool
+	queued bool // a start queued behind another process (a window)
+}
+
+// windowed reports whether starts are queued here behind running
+// processes: a batch is under way, and exits and replies may wait
+// coalesce to travel together.
+func (a *agentRun) windowed() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, f := range a.running {
+		if f.queued {
+			return true
+		}
+	}
+	return false
 }
 
 // answer records and queues a reply.
@@ -524,9 +559,9 @@ func (a *agentRun) cancel(id uint64) {
 		a.mu.Unlock()
 		return
 	}
-	if cancel, ok := a.running[id]; ok {
+	if f, ok := a.running[id]; ok {
 		a.mu.Unlock()
-		cancel()
+		f.cancel()
 		return
 	}
 	a.mu.Unlock()
@@ -673,6 +708,8 @@ func (a *agentRun) sendLoop(ctx context.Context, stream droverpb.AgentSession_Co
 	tick := time.NewTicker(a.hb)
 	a.mu.Unlock()
 	defer tick.Stop()
+	gather := time.NewTimer(0)
+	defer gather.Stop()
 	hbDue := false
 	for {
 		for {
@@ -700,6 +737,16 @@ func (a *agentRun) sendLoop(ctx context.Context, stream droverpb.AgentSession_Co
 		}
 		select {
 		case <-a.wake:
+			if a.windowed() {
+				// A lone exit goes at once; in a batch, those of the next
+				// moment and the starts they free go with it.
+				gather.Reset(coalesce)
+				select {
+				case <-gather.C:
+				case <-ctx.Done():
+					return nil
+				}
+			}
 		case <-tick.C:
 			hbDue = true
 		case <-ctx.Done():
@@ -707,6 +754,10 @@ func (a *agentRun) sendLoop(ctx context.Context, stream droverpb.AgentSession_Co
 		}
 	}
 }
+
+// coalesce is how long exits and replies wait for company while a batch
+// is queued on the node.
+const coalesce = 5 * time.Millisecond
 
 // collect builds the next AgentMsg (nil: nothing to send) and tells
 // whether the stream should be closed after it.
