@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/drover-hpc/drover/internal/agent"
+	"github.com/drover-hpc/drover/internal/errdefs"
 	"github.com/drover-hpc/drover/internal/jobfile"
 	"github.com/drover-hpc/drover/internal/node"
 	"github.com/drover-hpc/drover/internal/queue"
@@ -102,12 +103,16 @@ func (f *fakeNode) Start(ctx context.Context, spec node.ProcessSpec) (node.Start
 		<-f.gate
 	}
 	if f.lostCtx.Err() != nil {
-		return node.Started{}, fmt.Errorf("start %s on %s: node lost", spec.Name, f.Name())
+		return node.Started{}, fmt.Errorf("start %s on %s: %w", spec.Name, f.Name(), errdefs.ErrNodeLost)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer context.AfterFunc(f.lostCtx, cancel)()
-	return f.Agent.Start(ctx, spec)
+	st, err := f.Agent.Start(ctx, spec)
+	if err != nil && f.lostCtx.Err() != nil {
+		return st, fmt.Errorf("start %s on %s: %w", spec.Name, f.Name(), errdefs.ErrNodeLost)
+	}
+	return st, err
 }
 
 func (f *fakeNode) Stop(ctx context.Context, name string, grace time.Duration) error {

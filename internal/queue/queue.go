@@ -125,12 +125,12 @@ type instance struct {
 	// the hand-over. A line of them, headed by the one holding the cores,
 	// is the node's window of this core (window.go).
 	next, prev *instance
-	// queued: this attempt was launched behind another; replaced: an
-	// attempt queued on a node that was lost before its start was
-	// confirmed was placed again, without counting against its retries
-	// (uncharged such attempts), which happens once per instance.
-	queued, replaced bool
-	uncharged        int
+	// replaced: an attempt on a node that was lost before its start was
+	// confirmed (most likely queued in the node's window, never run) was
+	// placed again without counting against its retries (uncharged such
+	// attempts); this happens once per instance.
+	replaced  bool
+	uncharged int
 }
 
 // outcome is an instance's final state, packed into 48 bytes: a run of
@@ -218,6 +218,9 @@ type jobState struct {
 	broken            bool
 	// slots counts the instances that hold one of its max_running.
 	slots int
+	// unlined are running instances that asked for a line behind them
+	// before the job had proved short (window.go).
+	unlined []*instance
 	// prog is the program its command names in the caller's directory;
 	// nil when none (findProgram).
 	prog *node.Program
@@ -677,7 +680,6 @@ func (r *runner) unplaceable(js *jobState) string {
 func (r *runner) launch(inst *instance, ns *nodeState, g cores.Grant, pred *instance) {
 	inst.grant, inst.hw, inst.gpus, inst.usedCores = g, g.HW, g.GPUs, g.Cores
 	inst.node = ns
-	inst.queued = pred != nil
 	if pred != nil {
 		inst.prev, pred.next = pred, inst
 		inst.hw, inst.gpus, inst.usedCores = pred.hw, pred.gpus, pred.usedCores
@@ -703,7 +705,7 @@ func (r *runner) launch(inst *instance, ns *nodeState, g cores.Grant, pred *inst
 	spec := r.spec(inst)
 	if pred != nil {
 		spec.After = pred.proc
-		spec.AfterTimeout = prefetchWait
+		spec.AfterTimeout = r.giveUp()
 	}
 	// An attempt whose start was withdrawn is launched again: its output
 	// dir is ready, and moving it aside again would bury the previous
@@ -809,10 +811,15 @@ func (r *runner) started(res startResult) {
 		r.pending++
 		return
 	}
+	if errors.Is(res.err, errdefs.ErrNodeLost) && !inst.node.gone {
+		// The node is lost, and its start failed before its Ready was
+		// seen closed: take what it delivered, then lose the rest.
+		r.signalled(signal{node: inst.node.idx, gone: true})
+	}
 	if res.err != nil && inst.node.gone {
-		if inst.queued && !inst.replaced {
-			// Queued in the lost node's window, it most likely never
-			// ran: placed again once, not charged to its retries.
+		if !inst.replaced {
+			// Most likely queued in the lost node's window, never run:
+			// placed again once, not charged to its retries.
 			inst.replaced = true
 			inst.uncharged++
 		}
@@ -828,10 +835,6 @@ func (r *runner) started(res startResult) {
 		r.attemptOver(inst, results.Event{Event: results.Failed, Node: inst.node.n.Name(), Error: res.err.Error()}, state)
 		return
 	}
-	if inst.node.gone {
-		r.lose(inst) // the node was lost while the start was in flight
-		return
-	}
 	inst.phase = running
 	inst.start = time.Now()
 	if r.killing {
@@ -845,6 +848,10 @@ func (r *runner) started(res startResult) {
 	}
 	r.emit(results.Event{Event: results.Started, Job: inst.name, Node: inst.node.n.Name(), Attempt: inst.attempt,
 		PID: res.st.PID, HWThreads: topology.FormatCPUList(inst.hw), GPUs: topology.GPUEnv(inst.gpus)["DROVER_GPUS"]})
+	if inst.node.gone && inst.early == nil {
+		r.lose(inst) // it started, but its node was lost meanwhile
+		return
+	}
 	if t := inst.job.job.Timeout; t > 0 {
 		at := timeoutAt{inst, inst.attempt}
 		inst.timer = time.AfterFunc(t, func() {
@@ -921,6 +928,7 @@ func (r *runner) exited(inst *instance, e node.Exit) {
 		inst.start, inst.end = e.Start, e.End
 		inst.job.ran++
 		inst.job.ranFor += e.End.Sub(e.Start)
+		r.proved(inst.job)
 	}
 	r.release(inst)
 	state := results.StateSucceeded

@@ -10,24 +10,34 @@ import (
 // have proved short, the queue lines up a few more on the node
 // (ProcessSpec.After), and the node starts each the moment the one before
 // it exits, on the same cores, with no round trip to the manager. The
-// line is as deep as covers Options.Window of the job's average run, and is
-// topped up in one go once half of it has run, so that starts travel to
-// the node in batches. A queued start gives up (to be placed anew,
-// without counting as an attempt) if the one before it has run past
-// prefetchWait, so an unusually long instance cannot hold back the line
-// while other cores idle; those behind it follow.
+// line is as deep as covers Options.Window (W) of the job's average run,
+// at most maxDepth, and is topped up in one go once half of it has run,
+// so that starts travel to the node in batches. Only jobs averaging under
+// 5 W get lines, and a queued start gives up (to be placed anew, without
+// counting as an attempt) once the one before it has run for 10 W, so an
+// unusually long instance cannot hold back its line while other cores
+// idle; those behind it follow. With the default W of 50 ms: lines of up
+// to 16 behind jobs under 250 ms, given up after 500 ms.
 const (
-	prefetchBelow = 250 * time.Millisecond
-	prefetchWait  = 500 * time.Millisecond
 	defaultWindow = 50 * time.Millisecond
 	maxDepth      = 16
 )
 
+func (r *runner) window() time.Duration {
+	if r.opts.Window > 0 {
+		return r.opts.Window
+	}
+	return defaultWindow
+}
+
 // short reports whether the job's instances have so far run briefly
 // enough to queue successors behind them.
-func (j *jobState) short() bool {
-	return j.ran > 0 && j.ranFor < time.Duration(j.ran)*prefetchBelow
+func (r *runner) short(j *jobState) bool {
+	return j.ran > 0 && j.ranFor < time.Duration(j.ran)*5*r.window()
 }
+
+// giveUp is how long a queued start waits while the one before it runs.
+func (r *runner) giveUp() time.Duration { return 10 * r.window() }
 
 // depth is how many of the job's instances may wait behind a running one.
 func (r *runner) depth(j *jobState) int {
@@ -38,11 +48,7 @@ func (r *runner) depth(j *jobState) int {
 	if mean <= 0 {
 		return maxDepth
 	}
-	window := r.opts.Window
-	if window <= 0 {
-		window = defaultWindow
-	}
-	return int(min(max(window/mean, 1), maxDepth))
+	return int(min(max(r.window()/mean, 1), maxDepth))
 }
 
 // queuedBehind counts the instances queued between inst and the running
@@ -68,24 +74,44 @@ func (r *runner) topUp(head *instance) {
 }
 
 // prefetch queues pending instances at the ends of lines that asked for
-// more (handoff), each line up to its job's depth.
+// more (handoff), each line up to its job's depth, one instance per line
+// in turn, so that what is pending spreads over every core's line.
 func (r *runner) prefetch() {
 	for len(r.handoff) > 0 {
-		pred := r.handoff[len(r.handoff)-1]
-		if (pred.phase != starting && pred.phase != running) || pred.next != nil || pred.node.gone ||
-			!pred.job.short() || queuedBehind(pred) >= r.depth(pred.job) {
-			r.handoff = r.handoff[:len(r.handoff)-1]
-			continue
+		asked := r.handoff
+		r.handoff = nil
+		for i, pred := range asked {
+			if (pred.phase != starting && pred.phase != running) || pred.next != nil || pred.node.gone ||
+				queuedBehind(pred) >= r.depth(pred.job) {
+				continue
+			}
+			if !r.short(pred.job) {
+				// Asked again should the job prove short (proved).
+				pred.job.unlined = append(pred.job.unlined, pred)
+				continue
+			}
+			js := r.successorJob(pred)
+			if js == nil {
+				// Nothing pending fits behind it; the rest wait for
+				// the next turn of the loop.
+				r.handoff = append(r.handoff, asked[i:]...)
+				return
+			}
+			inst := r.take(js)
+			if inst == nil {
+				r.handoff = append(r.handoff, pred) // only skipped instances were left in that job
+				continue
+			}
+			r.launch(inst, pred.node, cores.Grant{}, pred) // asks for more behind inst
 		}
-		js := r.successorJob(pred)
-		if js == nil {
-			return // nothing pending fits behind it; neither behind the rest, mostly
-		}
-		inst := r.take(js)
-		if inst == nil {
-			continue // only skipped instances were left in that job
-		}
-		r.handoff = r.handoff[:len(r.handoff)-1]
-		r.launch(inst, pred.node, cores.Grant{}, pred)
+	}
+}
+
+// proved: js's instances have run one more attempt; if they are short
+// now, the running ones that could not have lines so far may.
+func (r *runner) proved(js *jobState) {
+	if len(js.unlined) > 0 && r.short(js) {
+		r.handoff = append(r.handoff, js.unlined...)
+		js.unlined = nil
 	}
 }
