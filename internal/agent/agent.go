@@ -374,21 +374,33 @@ func (a *Agent) start(ctx context.Context, spec node.ProcessSpec) (node.Started,
 		env = append(env, "DROVER_HWTHREADS="+commaList(spec.HWThreads))
 	}
 
+	var stdoutFile, stderrFile *os.File
+	defer func() {
+		for _, f := range []*os.File{stdoutFile, stderrFile} {
+			if f != nil {
+				f.Close() // the child has its copy
+			}
+		}
+	}()
 	if spec.After != "" {
 		// Everything above is done while the process before it still
-		// runs; once it exits only the fork and exec are left. Creating
+		// runs; once it exits only the fork and exec are left. Opening
 		// the output files now is part of that: on a slow file system an
-		// inode costs more than a short process's whole run.
-		for _, p := range []string{spec.Stdout, spec.Stderr} {
+		// inode costs more than a short process's whole run. (An error
+		// shows when the supervisor opens the path itself.)
+		open := func(p string) *os.File {
 			if p == "" {
-				continue
+				return nil
 			}
 			if !filepath.IsAbs(p) {
 				p = filepath.Join(after.dir, p)
 			}
-			if f, err := nofollow.OpenPath(spec.OutputDir, p, os.O_WRONLY|os.O_CREATE, 0o644); err == nil {
-				f.Close() // errors show when the supervisor opens it
-			}
+			f, _ := supervise.OpenOutput(spec.OutputDir, p)
+			return f
+		}
+		stdoutFile = open(spec.Stdout)
+		if spec.Stderr != spec.Stdout {
+			stderrFile = open(spec.Stderr)
 		}
 		if err := a.waitFor(ctx, spec.After, spec.AfterTimeout); err != nil {
 			return node.Started{}, err
@@ -444,6 +456,8 @@ func (a *Agent) start(ctx context.Context, spec node.ProcessSpec) (node.Started,
 		Stderr: spec.Stderr,
 		// The results dir is drover's: no symlink there is followed.
 		OutputRoot: spec.OutputDir,
+		StdoutFile: stdoutFile,
+		StderrFile: stderrFile,
 		HWThreads:  spec.HWThreads,
 		MemoryMax:  spec.MemoryMax,
 		NoStdin:    spec.NoStdin,

@@ -130,7 +130,7 @@ func (s *Supervisor) spawn(spec *Spec, p *proc, cur *unix.CPUSet) error {
 	outPath := relTo(spec.Dir, spec.Stdout)
 	errPath := relTo(spec.Dir, spec.Stderr)
 	if outPath != "" {
-		if stdout, err = openOutput(spec.OutputRoot, outPath); err != nil {
+		if stdout, err = openOutput(spec.OutputRoot, outPath, spec.StdoutFile); err != nil {
 			stdout = s.devNull
 			return errdefs.NewSpawnError("open stdout", outPath, &fs.PathError{Op: "open stdout", Path: outPath, Err: err})
 		}
@@ -140,7 +140,7 @@ func (s *Supervisor) spawn(spec *Spec, p *proc, cur *unix.CPUSet) error {
 	case errPath == outPath:
 		stderr = stdout
 	default:
-		if stderr, err = openOutput(spec.OutputRoot, errPath); err != nil {
+		if stderr, err = openOutput(spec.OutputRoot, errPath, spec.StderrFile); err != nil {
 			stderr = s.devNull
 			return errdefs.NewSpawnError("open stderr", errPath, &fs.PathError{Op: "open stderr", Path: errPath, Err: err})
 		}
@@ -354,11 +354,25 @@ func relTo(dir, path string) string {
 	return filepath.Join(dir, path)
 }
 
-// openOutput creates or truncates an output file for a child. It opens
-// without blocking, so a FIFO without a reader is an error (ENXIO) rather
-// than a spawner stuck forever, then makes the descriptor blocking for the
+// OpenOutput opens an output file for a child ahead of its start, as
+// the supervisor would (Spec.StdoutFile).
+func OpenOutput(root, path string) (*os.File, error) {
+	fd, err := openOutput(root, path, nil)
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
+	}
+	return os.NewFile(uintptr(fd), path), nil
+}
+
+// openOutput creates or truncates an output file for a child, or takes a
+// copy of opened (OpenOutput) if it was opened ahead. It opens without
+// blocking, so a FIFO without a reader is an error (ENXIO) rather than a
+// spawner stuck forever, then makes the descriptor blocking for the
 // child. A path inside root is opened without following a symlink there.
-func openOutput(root, path string) (int, error) {
+func openOutput(root, path string, opened *os.File) (int, error) {
+	if opened != nil {
+		return unix.FcntlInt(opened.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	}
 	const flags = unix.O_WRONLY | unix.O_CREAT | unix.O_TRUNC | unix.O_CLOEXEC | unix.O_NONBLOCK
 	var fd int
 	var err error

@@ -105,6 +105,11 @@ type Spec struct {
 	// spool) that Stdout and Stderr lie in: they are opened below it
 	// without following any symlink there.
 	OutputRoot string
+	// StdoutFile and StderrFile, when set, are Stdout and Stderr opened
+	// ahead with OpenOutput (while an earlier process still held the
+	// cores): the child gets copies of them instead of the paths opened
+	// again. The caller keeps and closes them.
+	StdoutFile, StderrFile *os.File
 	// HWThreads is the CPU affinity of the child (logical CPU numbers);
 	// empty is the affinity this process had when New was called.
 	HWThreads []int
