@@ -1104,11 +1104,7 @@ func (r *runner) lose(inst *instance) {
 	}
 	r.release(inst)
 	inst.lostOn = inst.node
-	why := "node lost"
-	if inst.phase == starting {
-		why = "node lost before its start was confirmed"
-	}
-	r.attemptOver(inst, results.Event{Event: results.Lost, Node: inst.node.n.Name(), Error: why}, results.StateLost)
+	r.attemptOver(inst, results.Event{Event: results.Lost, Node: inst.node.n.Name(), Error: "node lost"}, results.StateLost)
 }
 
 func (r *runner) emit(e results.Event) {
