@@ -708,7 +708,7 @@ func (a *agentRun) sendLoop(ctx context.Context, stream droverpb.AgentSession_Co
 	tick := time.NewTicker(a.hb)
 	a.mu.Unlock()
 	defer tick.Stop()
-	gather := time.NewTimer(0)
+	gather := time.NewTimer(coalesce)
 	defer gather.Stop()
 	hbDue := false
 	for {

@@ -298,6 +298,7 @@ type RemoteNode struct {
 
 	nextID  uint64
 	calls   map[uint64]*call // sent or queued, not answered yet
+	queued  int              // of calls, starts queued behind another process
 	unsent  []uint64         // ids to send on the current attachment
 	cancels []uint64         // abandoned ids to tell the agent about
 
@@ -324,6 +325,7 @@ type call struct {
 	size      int  // of cmd, encoded
 	sent      bool // written to some stream: the agent may have it
 	abandoned bool // the caller gave up; the reply only frees the entry
+	queued    bool // a start queued behind another process (a window)
 	done      chan struct{}
 	reply     *droverpb.Reply
 	err       error
@@ -497,7 +499,7 @@ func (n *RemoteNode) loseLocked(reason string) {
 		c.err = fmt.Errorf("%s on %s: %w", c.op, n.name, n.lostErr)
 		close(c.done)
 	}
-	n.calls = nil
+	n.calls, n.queued = nil, 0
 	n.unsent, n.cancels = nil, nil
 	if n.att != nil {
 		n.att.close()
@@ -568,7 +570,7 @@ func (n *RemoteNode) handle(att *attachment, m *droverpb.AgentMsg, resultErrs ma
 		if c == nil {
 			continue // a repeat, or a call abandoned before it was sent
 		}
-		delete(n.calls, r.GetId())
+		n.forgetLocked(r.GetId(), c)
 		if !c.abandoned {
 			c.reply = r
 			close(c.done)
@@ -620,10 +622,22 @@ func (n *RemoteNode) handle(att *attachment, m *droverpb.AgentMsg, resultErrs ma
 func (n *RemoteNode) sendLoop(att *attachment, stream droverpb.AgentSession_ConnectServer) error {
 	tick := time.NewTicker(n.hb)
 	defer tick.Stop()
+	gather := time.NewTimer(coalesce)
+	defer gather.Stop()
 	hbDue := false
 	for {
 		select {
 		case <-att.wake:
+			if n.windowed() {
+				// The starts of a window's top-up, and the acks of the
+				// exits that freed them, go together.
+				gather.Reset(coalesce)
+				select {
+				case <-gather.C:
+				case <-att.done:
+					return nil
+				}
+			}
 		case <-tick.C:
 			hbDue = true
 		case <-att.done:
@@ -718,7 +732,7 @@ func (n *RemoteNode) call(ctx context.Context, op string, cmd *droverpb.Command)
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("%s on %s: %w", op, n.name, err)
 	}
-	c := &call{op: op, cmd: cmd, done: make(chan struct{})}
+	c := &call{op: op, cmd: cmd, done: make(chan struct{}), queued: cmd.GetStart().GetAfter() != ""}
 	n.mu.Lock()
 	if n.lost {
 		err := n.lostErr
@@ -729,6 +743,9 @@ func (n *RemoteNode) call(ctx context.Context, op string, cmd *droverpb.Command)
 	cmd.Id = n.nextID
 	c.size = proto.Size(cmd)
 	n.calls[cmd.Id] = c
+	if c.queued {
+		n.queued++
+	}
 	n.unsent = append(n.unsent, cmd.Id)
 	att := n.att
 	n.mu.Unlock()
@@ -752,6 +769,23 @@ func (n *RemoteNode) call(ctx context.Context, op string, cmd *droverpb.Command)
 	return c.reply, nil
 }
 
+// forgetLocked drops an answered or withdrawn call.
+func (n *RemoteNode) forgetLocked(id uint64, c *call) {
+	delete(n.calls, id)
+	if c.queued {
+		n.queued--
+	}
+}
+
+// windowed reports whether starts are queued on the node behind running
+// processes: a batch is under way, and commands and acknowledgements may
+// wait coalesce to travel together.
+func (n *RemoteNode) windowed() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.queued > 0
+}
+
 // abandon gives up on a call whose caller went away; false when it has
 // already been answered (or failed).
 func (n *RemoteNode) abandon(c *call) bool {
@@ -762,7 +796,7 @@ func (n *RemoteNode) abandon(c *call) bool {
 		return false
 	}
 	if !c.sent {
-		delete(n.calls, id) // the agent never saw it
+		n.forgetLocked(id, c) // the agent never saw it
 		return true
 	}
 	c.abandoned = true
