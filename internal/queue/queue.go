@@ -220,7 +220,8 @@ type jobState struct {
 	slots int
 	// unlined are running instances that asked for a line behind them
 	// before the job had proved short (window.go).
-	unlined []*instance
+	unlined     []*instance
+	unlinedKept int // how many were left at the last sweep
 	// prog is the program its command names in the caller's directory;
 	// nil when none (findProgram).
 	prog *node.Program

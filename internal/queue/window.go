@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"slices"
 	"time"
 
 	"github.com/drover-hpc/drover/internal/cores"
@@ -86,8 +87,7 @@ func (r *runner) prefetch() {
 				continue
 			}
 			if !r.short(pred.job) {
-				// Asked again should the job prove short (proved).
-				pred.job.unlined = append(pred.job.unlined, pred)
+				pred.job.keepUnlined(pred) // asked again should the job prove short (proved)
 				continue
 			}
 			js := r.successorJob(pred)
@@ -114,4 +114,17 @@ func (r *runner) proved(js *jobState) {
 		r.handoff = append(r.handoff, js.unlined...)
 		js.unlined = nil
 	}
+}
+
+// keepUnlined remembers inst for proved, dropping from time to time those
+// that have ended meanwhile: a long job's instances are not kept past
+// their run.
+func (j *jobState) keepUnlined(inst *instance) {
+	if n := len(j.unlined); n >= 64 && n >= 2*j.unlinedKept {
+		j.unlined = slices.DeleteFunc(j.unlined, func(in *instance) bool {
+			return (in.phase != starting && in.phase != running) || in.next != nil || in.node.gone
+		})
+		j.unlinedKept = len(j.unlined)
+	}
+	j.unlined = append(j.unlined, inst)
 }
