@@ -30,8 +30,10 @@ import (
 )
 
 const (
-	// clusterN is the instance count of the throughput runs.
-	clusterN = 3000
+	// clusterN is the instance count of the throughput runs: the 2,000 of
+	// the local throughput run, so that the cluster's rate is set against
+	// the local raw loop's on the same work.
+	clusterN = 2000
 	// srunStepsDefault is how many srun steps the srun loop runs
 	// (DROVER_BENCH_SRUN_STEPS): fewer than clusterN, as steps are slow;
 	// it is compared per instance.
@@ -288,19 +290,24 @@ func srunSteps(b *testing.B) int {
 // BenchmarkClusterThroughput runs trivial instances across the bed's 3
 // hosts with every host's cores busy:
 //
-//   - drover over ssh: --repeat 3000 with --hosts h1,h2,h3 (wall time of
+//   - the local raw loop (see rawLoop): 2000 instances on this machine,
+//     C at a time, with C the cores per host;
+//   - drover over ssh: --repeat 2000 with --hosts h1,h2,h3 (wall time of
 //     drover run, agent launch included);
-//   - drover inside salloc -N3: --repeat 3000 (wall time of drover run
+//   - drover inside salloc -N3: --repeat 2000 (wall time of drover run
 //     inside the allocation, agent launch included);
-//   - GNU Parallel over ssh: 3000 jobs, --sshlogin C/h1,C/h2,C/h3 with C
-//     the cores per host, one ssh per job, --results like drover's files;
+//   - GNU Parallel over ssh: 2000 jobs, --sshlogin C/h1,C/h2,C/h3, one ssh
+//     per job, --results like drover's files;
 //   - an srun loop inside salloc -N3: DROVER_BENCH_SRUN_STEPS (default 300,
-//     fewer than 3000: each step is a round trip through slurmctld) steps of
+//     fewer than 2000: each step is a round trip through slurmctld) steps of
 //     `srun --exact -N1 -n1 -c1 TRIVIAL`, 3*C at a time (xargs -P).
 //
 // All are reported as instances/s, so the srun loop's smaller count is
 // compared per instance; drover/parallel and drover/srun-loop are rate
-// ratios against drover inside the same kind of cluster (ssh, slurm).
+// ratios against drover inside the same kind of cluster (ssh, slurm), and
+// drover-ssh/local-raw and drover-slurm/local-raw against the local raw
+// loop. The bed's hosts share this machine's cores, so the local raw loop
+// is the floor the three hosts together can reach.
 func BenchmarkClusterThroughput(b *testing.B) {
 	c := requireCluster(b, false)
 	_, slurmErr := exec.LookPath("salloc")
@@ -317,12 +324,25 @@ func BenchmarkClusterThroughput(b *testing.B) {
 		c.droverCluster(b, false, len(c.bed.Hosts))
 	}
 	for b.Loop() {
+		raw, _, _ := rawLoop(b, c.t.trivial, n, c.cores)
+		rRaw := rate(n, raw)
+		b.ReportMetric(rRaw, "local-raw-inst/s")
+		b.Logf("local raw loop: %d instances, %d at a time, in %v: %.0f inst/s", n, c.cores, raw.Round(time.Millisecond), rRaw)
+		hosts := fmt.Sprintf("%d trivial instances across %d hosts", n, len(c.bed.Hosts))
+		vsRaw := func(id, how string, r float64) {
+			b.ReportMetric(r/rRaw, "drover-"+id+"/local-raw")
+			figure(b, "cluster-"+id, hosts+", "+how,
+				fmt.Sprintf("%.0f inst/s", r), fmt.Sprintf("local raw loop %.0f inst/s", rRaw),
+				fmt.Sprintf("%.2fx", r/rRaw), ">= 0.7x local raw loop", yesNo(r/rRaw >= 0.7))
+		}
+
 		_, outSSH, _, dSSH := c.droverCluster(b, true, n)
 		checkFinished(b, outSSH, n)
 		rSSH := rate(n, dSSH)
 		b.ReportMetric(rSSH, "drover-ssh-inst/s")
-		b.Logf("drover over ssh: %d instances on %d hosts (%d cores each) in %v: %.0f inst/s",
-			n, len(c.bed.Hosts), c.cores, dSSH.Round(time.Millisecond), rSSH)
+		b.Logf("drover over ssh: %d instances on %d hosts (%d cores each) in %v: %.0f inst/s, %.2fx the local raw loop",
+			n, len(c.bed.Hosts), c.cores, dSSH.Round(time.Millisecond), rSSH, rSSH/rRaw)
+		vsRaw("ssh", "over ssh", rSSH)
 
 		var rSlurm float64
 		if haveSlurm {
@@ -330,8 +350,9 @@ func BenchmarkClusterThroughput(b *testing.B) {
 			checkFinished(b, outSlurm, n)
 			rSlurm = rate(n, dSlurm)
 			b.ReportMetric(rSlurm, "drover-slurm-inst/s")
-			b.Logf("drover inside salloc -N%d: %d instances in %v: %.0f inst/s",
-				len(c.bed.Hosts), n, dSlurm.Round(time.Millisecond), rSlurm)
+			b.Logf("drover inside salloc -N%d: %d instances in %v: %.0f inst/s, %.2fx the local raw loop",
+				len(c.bed.Hosts), n, dSlurm.Round(time.Millisecond), rSlurm, rSlurm/rRaw)
+			vsRaw("slurm", fmt.Sprintf("inside salloc -N%d", len(c.bed.Hosts)), rSlurm)
 		}
 
 		if parErr == nil {
