@@ -38,6 +38,11 @@ const (
 	// (DROVER_BENCH_SRUN_STEPS): fewer than clusterN, as steps are slow;
 	// it is compared per instance.
 	srunStepsDefault = 300
+	// parallelJobsDefault is how many jobs GNU Parallel runs over ssh
+	// (DROVER_BENCH_PARALLEL_JOBS): fewer than clusterN, as each is an
+	// ssh session (a few per second on this machine when loaded: 2,000
+	// did not finish within cmdTimeout); it is compared per instance.
+	parallelJobsDefault = 300
 	// cmdTimeout bounds every command a benchmark runs.
 	cmdTimeout = 12 * time.Minute
 )
@@ -275,16 +280,17 @@ func BenchmarkAgentsUp(b *testing.B) {
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-// srunSteps is how many steps the srun loop runs.
-func srunSteps(b *testing.B) int {
-	if s := os.Getenv("DROVER_BENCH_SRUN_STEPS"); s != "" {
+// envCount is the positive count in the environment variable name, or
+// def when it is unset.
+func envCount(b *testing.B, name string, def int) int {
+	if s := os.Getenv(name); s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 1 {
-			b.Fatalf("DROVER_BENCH_SRUN_STEPS=%q", s)
+			b.Fatalf("%s=%q: want a positive count", name, s)
 		}
 		return n
 	}
-	return srunStepsDefault
+	return def
 }
 
 // BenchmarkClusterThroughput runs trivial instances across the bed's 3
@@ -296,14 +302,15 @@ func srunSteps(b *testing.B) int {
 //     drover run, agent launch included);
 //   - drover inside salloc -N3: --repeat 2000 (wall time of drover run
 //     inside the allocation, agent launch included);
-//   - GNU Parallel over ssh: 2000 jobs, --sshlogin C/h1,C/h2,C/h3, one ssh
-//     per job, --results like drover's files;
+//   - GNU Parallel over ssh: DROVER_BENCH_PARALLEL_JOBS (default 300,
+//     fewer than 2000: each job is an ssh session) jobs, --sshlogin
+//     C/h1,C/h2,C/h3, one ssh per job, --results like drover's files;
 //   - an srun loop inside salloc -N3: DROVER_BENCH_SRUN_STEPS (default 300,
 //     fewer than 2000: each step is a round trip through slurmctld) steps of
 //     `srun --exact -N1 -n1 -c1 TRIVIAL`, 3*C at a time (xargs -P).
 //
-// All are reported as instances/s, so the srun loop's smaller count is
-// compared per instance; drover/parallel and drover/srun-loop are rate
+// All are reported as instances/s, so the smaller counts of GNU Parallel
+// and the srun loop are compared per instance; drover/parallel and drover/srun-loop are rate
 // ratios against drover inside the same kind of cluster (ssh, slurm), and
 // drover-ssh/local-raw and drover-slurm/local-raw against the local raw
 // loop. The bed's hosts share this machine's cores, so the local raw loop
@@ -315,7 +322,8 @@ func BenchmarkClusterThroughput(b *testing.B) {
 	haveSlurm := slurmErr == nil && srunErr == nil
 	_, parErr := exec.LookPath("parallel")
 	n := clusterN
-	steps := srunSteps(b)
+	steps := envCount(b, "DROVER_BENCH_SRUN_STEPS", srunStepsDefault)
+	jobs := envCount(b, "DROVER_BENCH_PARALLEL_JOBS", parallelJobsDefault)
 	p := c.cores * len(c.bed.Hosts)
 	rate := func(k int, d time.Duration) float64 { return float64(k) / d.Seconds() }
 	// Warm-up: the ssh launcher's deployment, the allocation path.
@@ -356,12 +364,12 @@ func BenchmarkClusterThroughput(b *testing.B) {
 		}
 
 		if parErr == nil {
-			dPar := c.parallelSSH(b, n)
-			rPar := rate(n, dPar)
+			dPar := c.parallelSSH(b, jobs)
+			rPar := rate(jobs, dPar)
 			b.ReportMetric(rPar, "parallel-ssh-inst/s")
 			b.ReportMetric(rSSH/rPar, "drover/parallel")
 			b.Logf("GNU Parallel over ssh (--sshlogin %d/h each): %d jobs in %v: %.1f inst/s; drover over ssh is %.1fx",
-				c.cores, n, dPar.Round(time.Millisecond), rPar, rSSH/rPar)
+				c.cores, jobs, dPar.Round(time.Millisecond), rPar, rSSH/rPar)
 		} else {
 			b.Logf("GNU Parallel not installed: no parallel figures")
 		}
