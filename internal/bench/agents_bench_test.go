@@ -281,9 +281,10 @@ func manyAgents(b *testing.B, n int, steady time.Duration) {
 		percentile(rtts, 50).Round(time.Microsecond), percentile(rtts, 99).Round(time.Microsecond), runtime.NumCPU(), machineBusy)
 
 	count := fmt.Sprintf("%d agents", n)
-	if n == 1000 {
+	switch n {
+	case 1000:
 		count = "1,000 agents"
-	} else if n == 10000 {
+	case 10000:
 		count = "10,000 agents"
 	}
 	conn := ""
@@ -329,8 +330,8 @@ func waitJoined(joined *atomic.Int64, allJoined, helperDone <-chan struct{}, hel
 	}
 }
 
-// lockedBuffer collects a child's output written from two pipes' copiers
-// and read meanwhile.
+// lockedBuffer collects a child's output, which may be read while the
+// child still writes it.
 type lockedBuffer struct {
 	mu sync.Mutex
 	sb strings.Builder

@@ -42,7 +42,7 @@ const (
 	// (DROVER_BENCH_PARALLEL_JOBS): fewer than clusterN, as each is an
 	// ssh session (a few per second on this machine when loaded: 2,000
 	// did not finish within cmdTimeout); it is compared per instance.
-	parallelJobsDefault = 300
+	parallelJobsDefault = 100
 	// cmdTimeout bounds every command a benchmark runs.
 	cmdTimeout = 12 * time.Minute
 )
@@ -302,7 +302,7 @@ func envCount(b *testing.B, name string, def int) int {
 //     drover run, agent launch included);
 //   - drover inside salloc -N3: --repeat 2000 (wall time of drover run
 //     inside the allocation, agent launch included);
-//   - GNU Parallel over ssh: DROVER_BENCH_PARALLEL_JOBS (default 300,
+//   - GNU Parallel over ssh: DROVER_BENCH_PARALLEL_JOBS (default 100,
 //     fewer than 2000: each job is an ssh session) jobs, --sshlogin
 //     C/h1,C/h2,C/h3, one ssh per job, --results like drover's files;
 //   - an srun loop inside salloc -N3: DROVER_BENCH_SRUN_STEPS (default 300,
