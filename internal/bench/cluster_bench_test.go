@@ -163,23 +163,27 @@ func (c *clusterBed) inAlloc(b *testing.B, argv ...string) (string, time.Time, t
 	return out, time.Unix(0, start), time.Duration(end - start)
 }
 
-// droverArgs is `drover run` of n trivial instances into out, over ssh
-// when ssh is true (else for the slurm launcher, inside an allocation).
-func (c *clusterBed) droverArgs(ssh bool, out string, n int) []string {
+// droverArgs is `drover run` of n instances of prog (the trivial program
+// when empty) into out, over ssh when ssh is true (else for the slurm
+// launcher, inside an allocation).
+func (c *clusterBed) droverArgs(ssh bool, out string, n int, prog ...string) []string {
 	args := []string{c.t.drover, "--log-level", "info", "run", "--progress", "none", "--out", out}
 	if ssh {
 		args = append(args, "--hosts", c.hosts, "--ssh-config", c.bed.SSHConfig)
 	}
-	return append(args, "--repeat", strconv.Itoa(n), "--", c.t.trivial)
+	if len(prog) == 0 {
+		prog = []string{c.t.trivial}
+	}
+	return append(append(args, "--repeat", strconv.Itoa(n), "--"), prog...)
 }
 
-// droverCluster runs n trivial instances through drover, over ssh or
-// inside salloc, and returns its output, results directory, the time
-// it started (wall clock) and its wall time.
-func (c *clusterBed) droverCluster(b *testing.B, ssh bool, n int) (string, string, time.Time, time.Duration) {
+// droverCluster runs n instances of prog (the trivial program when empty)
+// through drover, over ssh or inside salloc, and returns its output,
+// results directory, the time it started (wall clock) and its wall time.
+func (c *clusterBed) droverCluster(b *testing.B, ssh bool, n int, prog ...string) (string, string, time.Time, time.Duration) {
 	b.Helper()
 	out := filepath.Join(b.TempDir(), "out")
-	argv := c.droverArgs(ssh, out, n)
+	argv := c.droverArgs(ssh, out, n, prog...)
 	if ssh {
 		start := time.Now()
 		o, took := run(b, c.slurmEnv, argv[0], argv[1:]...)
@@ -241,14 +245,15 @@ var agentsTookRE = regexp.MustCompile(`msg="agents up".*took=(\S+)`)
 // BenchmarkAgentsUp measures how long `drover run` takes to get its agents
 // up on the bed's 3 hosts, over ssh and inside `salloc -N3`, after one
 // warm-up run (so the ssh launcher's binary is already deployed). Each run
-// is 3 trivial instances; from its events.jsonl it reports:
+// is 3 instances of `sleep 10`: drover run starts with its first node up
+// and the others join as they come up, so a run of trivial instances
+// could end before they all did. From its events.jsonl it reports:
 //
 //   - <launcher>-agents-up-ms: from starting drover (exec, or the wrapper's
 //     clock inside the allocation) to the last node-up event;
 //   - <launcher>-runstart-to-nodeup-ms: from run-start to the last node-up.
-//     drover writes run-start once the launcher has brought the agents up
-//     (queue.Run starts after WaitLaunched), so this span covers only the
-//     queue's node registration, not the launch.
+//     drover writes run-start once its first node is up, so this span is
+//     how much later the last one joined.
 //
 // drover's own "agents up ... took=" log line is logged beside them.
 func BenchmarkAgentsUp(b *testing.B) {
@@ -258,7 +263,7 @@ func BenchmarkAgentsUp(b *testing.B) {
 			c := requireCluster(b, !ssh)
 			c.droverCluster(b, ssh, len(c.bed.Hosts)) // warm-up: deploy, caches
 			for b.Loop() {
-				o, out, start, _ := c.droverCluster(b, ssh, len(c.bed.Hosts))
+				o, out, start, _ := c.droverCluster(b, ssh, len(c.bed.Hosts), "sleep", "10")
 				rs, last, nodes := upTimes(b, readEvents(b, out))
 				if nodes != len(c.bed.Hosts) {
 					b.Fatalf("%d nodes up, want %d\n%s", nodes, len(c.bed.Hosts), tail(o))
