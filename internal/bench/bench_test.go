@@ -87,6 +87,33 @@ func trivialProgram(dir string) (string, error) {
 	return bin, nil
 }
 
+// figureMark starts a line of scripts/bench's summary table in a
+// benchmark's output.
+const figureMark = "@figure"
+
+// figure logs one row of scripts/bench's summary table of the targets of
+// issue 15: its id (scripts/bench orders rows by it), what is measured,
+// drover's value, the baseline measured in the same run, their ratio, the
+// target and whether it was reached. Fields are "|"-separated, so none
+// may hold a "|".
+func figure(b *testing.B, id, what, drover, baseline, ratio, target, reached string) {
+	b.Helper()
+	fields := []string{id, what, drover, baseline, ratio, target, reached}
+	for _, f := range fields {
+		if strings.Contains(f, "|") {
+			b.Fatalf("figure field %q holds a |", f)
+		}
+	}
+	b.Logf("%s|%s", figureMark, strings.Join(fields, "|"))
+}
+
+func yesNo(ok bool) string {
+	if ok {
+		return "yes"
+	}
+	return "no"
+}
+
 func instances(b *testing.B) int {
 	if s := os.Getenv("DROVER_BENCH_N"); s != "" {
 		n, err := strconv.Atoi(s)
@@ -278,12 +305,27 @@ func BenchmarkThroughput(b *testing.B) {
 		b.Logf("n=%d parallelism=%d raw %.0f/s drover %.0f/s ratio %.2f", n, p, rate(raw), rate(dr), raw.Seconds()/dr.Seconds())
 		b.Logf("CPU per instance (user+sys): raw loop %.0f µs (its programs %.0f µs); drover manager %.0f µs, agent %.0f µs (its programs and keeper %.0f µs)",
 			perInst(rawSelf), perInst(rawProgs), perInst(cpu.manager), perInst(cpu.agent), perInst(cpu.programs))
+		ratio := raw.Seconds() / dr.Seconds()
+		figure(b, "local", fmt.Sprintf("%d trivial instances, %d at a time", n, p),
+			fmt.Sprintf("%.0f inst/s", rate(dr)), fmt.Sprintf("raw loop %.0f inst/s", rate(raw)),
+			fmt.Sprintf("%.2fx", ratio), ">= 0.9x raw loop", yesNo(ratio >= 0.9))
 		if _, err := exec.LookPath("parallel"); err == nil {
 			gp := gnuParallel(b, t.trivial, n, p)
 			b.ReportMetric(rate(gp), "parallel-inst/s")
 			b.ReportMetric(gp.Seconds()/dr.Seconds(), "drover/parallel")
 			b.Logf("GNU Parallel %.0f/s; drover is %.1fx", rate(gp), gp.Seconds()/dr.Seconds())
+			figure(b, "local-parallel", "the same, GNU Parallel beside",
+				fmt.Sprintf("%.0f inst/s", rate(dr)), fmt.Sprintf("GNU Parallel %.0f inst/s", rate(gp)),
+				fmt.Sprintf("%.2fx", gp.Seconds()/dr.Seconds()), "beside", "-")
 		}
+		mgr, own := perInst(cpu.manager), perInst(rawSelf)
+		figure(b, "manager-cpu", "manager CPU per instance (user+sys)",
+			fmt.Sprintf("%.0f us", mgr), fmt.Sprintf("raw loop's own %.0f us", own),
+			fmt.Sprintf("%.2fx", mgr/own), "<= 100 us", yesNo(mgr <= 100))
+		agent := perInst(cpu.agent)
+		figure(b, "agent-cpu", "agent CPU per instance (user+sys)",
+			fmt.Sprintf("%.0f us", agent), fmt.Sprintf("raw loop's own %.0f us", own),
+			fmt.Sprintf("%.2fx", agent/own), "report", "reported")
 	}
 }
 

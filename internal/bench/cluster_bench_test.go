@@ -30,12 +30,19 @@ import (
 )
 
 const (
-	// clusterN is the instance count of the throughput runs.
-	clusterN = 3000
+	// clusterN is the instance count of the throughput runs: the 2,000 of
+	// the local throughput run, so that the cluster's rate is set against
+	// the local raw loop's on the same work.
+	clusterN = 2000
 	// srunStepsDefault is how many srun steps the srun loop runs
 	// (DROVER_BENCH_SRUN_STEPS): fewer than clusterN, as steps are slow;
 	// it is compared per instance.
 	srunStepsDefault = 300
+	// parallelJobsDefault is how many jobs GNU Parallel runs over ssh
+	// (DROVER_BENCH_PARALLEL_JOBS): fewer than clusterN, as each is an
+	// ssh session (a few per second on this machine when loaded: 2,000
+	// did not finish within cmdTimeout); it is compared per instance.
+	parallelJobsDefault = 100
 	// cmdTimeout bounds every command a benchmark runs.
 	cmdTimeout = 12 * time.Minute
 )
@@ -156,23 +163,27 @@ func (c *clusterBed) inAlloc(b *testing.B, argv ...string) (string, time.Time, t
 	return out, time.Unix(0, start), time.Duration(end - start)
 }
 
-// droverArgs is `drover run` of n trivial instances into out, over ssh
-// when ssh is true (else for the slurm launcher, inside an allocation).
-func (c *clusterBed) droverArgs(ssh bool, out string, n int) []string {
+// droverArgs is `drover run` of n instances of prog (the trivial program
+// when empty) into out, over ssh when ssh is true (else for the slurm
+// launcher, inside an allocation).
+func (c *clusterBed) droverArgs(ssh bool, out string, n int, prog ...string) []string {
 	args := []string{c.t.drover, "--log-level", "info", "run", "--progress", "none", "--out", out}
 	if ssh {
 		args = append(args, "--hosts", c.hosts, "--ssh-config", c.bed.SSHConfig)
 	}
-	return append(args, "--repeat", strconv.Itoa(n), "--", c.t.trivial)
+	if len(prog) == 0 {
+		prog = []string{c.t.trivial}
+	}
+	return append(append(args, "--repeat", strconv.Itoa(n), "--"), prog...)
 }
 
-// droverCluster runs n trivial instances through drover, over ssh or
-// inside salloc, and returns its output, results directory, the time
-// it started (wall clock) and its wall time.
-func (c *clusterBed) droverCluster(b *testing.B, ssh bool, n int) (string, string, time.Time, time.Duration) {
+// droverCluster runs n instances of prog (the trivial program when empty)
+// through drover, over ssh or inside salloc, and returns its output,
+// results directory, the time it started (wall clock) and its wall time.
+func (c *clusterBed) droverCluster(b *testing.B, ssh bool, n int, prog ...string) (string, string, time.Time, time.Duration) {
 	b.Helper()
 	out := filepath.Join(b.TempDir(), "out")
-	argv := c.droverArgs(ssh, out, n)
+	argv := c.droverArgs(ssh, out, n, prog...)
 	if ssh {
 		start := time.Now()
 		o, took := run(b, c.slurmEnv, argv[0], argv[1:]...)
@@ -234,14 +245,15 @@ var agentsTookRE = regexp.MustCompile(`msg="agents up".*took=(\S+)`)
 // BenchmarkAgentsUp measures how long `drover run` takes to get its agents
 // up on the bed's 3 hosts, over ssh and inside `salloc -N3`, after one
 // warm-up run (so the ssh launcher's binary is already deployed). Each run
-// is 3 trivial instances; from its events.jsonl it reports:
+// is 3 instances of `sleep 10`: drover run starts with its first node up
+// and the others join as they come up, so a run of trivial instances
+// could end before they all did. From its events.jsonl it reports:
 //
 //   - <launcher>-agents-up-ms: from starting drover (exec, or the wrapper's
 //     clock inside the allocation) to the last node-up event;
 //   - <launcher>-runstart-to-nodeup-ms: from run-start to the last node-up.
-//     drover writes run-start once the launcher has brought the agents up
-//     (queue.Run starts after WaitLaunched), so this span covers only the
-//     queue's node registration, not the launch.
+//     drover writes run-start once its first node is up, so this span is
+//     how much later the last one joined.
 //
 // drover's own "agents up ... took=" log line is logged beside them.
 func BenchmarkAgentsUp(b *testing.B) {
@@ -251,7 +263,7 @@ func BenchmarkAgentsUp(b *testing.B) {
 			c := requireCluster(b, !ssh)
 			c.droverCluster(b, ssh, len(c.bed.Hosts)) // warm-up: deploy, caches
 			for b.Loop() {
-				o, out, start, _ := c.droverCluster(b, ssh, len(c.bed.Hosts))
+				o, out, start, _ := c.droverCluster(b, ssh, len(c.bed.Hosts), "sleep", "10")
 				rs, last, nodes := upTimes(b, readEvents(b, out))
 				if nodes != len(c.bed.Hosts) {
 					b.Fatalf("%d nodes up, want %d\n%s", nodes, len(c.bed.Hosts), tail(o))
@@ -273,34 +285,41 @@ func BenchmarkAgentsUp(b *testing.B) {
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-// srunSteps is how many steps the srun loop runs.
-func srunSteps(b *testing.B) int {
-	if s := os.Getenv("DROVER_BENCH_SRUN_STEPS"); s != "" {
+// envCount is the positive count in the environment variable name, or
+// def when it is unset.
+func envCount(b *testing.B, name string, def int) int {
+	if s := os.Getenv(name); s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 1 {
-			b.Fatalf("DROVER_BENCH_SRUN_STEPS=%q", s)
+			b.Fatalf("%s=%q: want a positive count", name, s)
 		}
 		return n
 	}
-	return srunStepsDefault
+	return def
 }
 
 // BenchmarkClusterThroughput runs trivial instances across the bed's 3
 // hosts with every host's cores busy:
 //
-//   - drover over ssh: --repeat 3000 with --hosts h1,h2,h3 (wall time of
+//   - the local raw loop (see rawLoop): 2000 instances on this machine,
+//     C at a time, with C the cores per host;
+//   - drover over ssh: --repeat 2000 with --hosts h1,h2,h3 (wall time of
 //     drover run, agent launch included);
-//   - drover inside salloc -N3: --repeat 3000 (wall time of drover run
+//   - drover inside salloc -N3: --repeat 2000 (wall time of drover run
 //     inside the allocation, agent launch included);
-//   - GNU Parallel over ssh: 3000 jobs, --sshlogin C/h1,C/h2,C/h3 with C
-//     the cores per host, one ssh per job, --results like drover's files;
+//   - GNU Parallel over ssh: DROVER_BENCH_PARALLEL_JOBS (default 100,
+//     fewer than 2000: each job is an ssh session) jobs, --sshlogin
+//     C/h1,C/h2,C/h3, one ssh per job, --results like drover's files;
 //   - an srun loop inside salloc -N3: DROVER_BENCH_SRUN_STEPS (default 300,
-//     fewer than 3000: each step is a round trip through slurmctld) steps of
+//     fewer than 2000: each step is a round trip through slurmctld) steps of
 //     `srun --exact -N1 -n1 -c1 TRIVIAL`, 3*C at a time (xargs -P).
 //
-// All are reported as instances/s, so the srun loop's smaller count is
-// compared per instance; drover/parallel and drover/srun-loop are rate
-// ratios against drover inside the same kind of cluster (ssh, slurm).
+// All are reported as instances/s, so the smaller counts of GNU Parallel
+// and the srun loop are compared per instance; drover/parallel and drover/srun-loop are rate
+// ratios against drover inside the same kind of cluster (ssh, slurm), and
+// drover-ssh/local-raw and drover-slurm/local-raw against the local raw
+// loop. The bed's hosts share this machine's cores, so the local raw loop
+// is the floor the three hosts together can reach.
 func BenchmarkClusterThroughput(b *testing.B) {
 	c := requireCluster(b, false)
 	_, slurmErr := exec.LookPath("salloc")
@@ -308,7 +327,8 @@ func BenchmarkClusterThroughput(b *testing.B) {
 	haveSlurm := slurmErr == nil && srunErr == nil
 	_, parErr := exec.LookPath("parallel")
 	n := clusterN
-	steps := srunSteps(b)
+	steps := envCount(b, "DROVER_BENCH_SRUN_STEPS", srunStepsDefault)
+	jobs := envCount(b, "DROVER_BENCH_PARALLEL_JOBS", parallelJobsDefault)
 	p := c.cores * len(c.bed.Hosts)
 	rate := func(k int, d time.Duration) float64 { return float64(k) / d.Seconds() }
 	// Warm-up: the ssh launcher's deployment, the allocation path.
@@ -317,12 +337,25 @@ func BenchmarkClusterThroughput(b *testing.B) {
 		c.droverCluster(b, false, len(c.bed.Hosts))
 	}
 	for b.Loop() {
+		raw, _, _ := rawLoop(b, c.t.trivial, n, c.cores)
+		rRaw := rate(n, raw)
+		b.ReportMetric(rRaw, "local-raw-inst/s")
+		b.Logf("local raw loop: %d instances, %d at a time, in %v: %.0f inst/s", n, c.cores, raw.Round(time.Millisecond), rRaw)
+		hosts := fmt.Sprintf("%d trivial instances across %d hosts", n, len(c.bed.Hosts))
+		vsRaw := func(id, how string, r float64) {
+			b.ReportMetric(r/rRaw, "drover-"+id+"/local-raw")
+			figure(b, "cluster-"+id, hosts+", "+how,
+				fmt.Sprintf("%.0f inst/s", r), fmt.Sprintf("local raw loop %.0f inst/s", rRaw),
+				fmt.Sprintf("%.2fx", r/rRaw), ">= 0.7x local raw loop", yesNo(r/rRaw >= 0.7))
+		}
+
 		_, outSSH, _, dSSH := c.droverCluster(b, true, n)
 		checkFinished(b, outSSH, n)
 		rSSH := rate(n, dSSH)
 		b.ReportMetric(rSSH, "drover-ssh-inst/s")
-		b.Logf("drover over ssh: %d instances on %d hosts (%d cores each) in %v: %.0f inst/s",
-			n, len(c.bed.Hosts), c.cores, dSSH.Round(time.Millisecond), rSSH)
+		b.Logf("drover over ssh: %d instances on %d hosts (%d cores each) in %v: %.0f inst/s, %.2fx the local raw loop",
+			n, len(c.bed.Hosts), c.cores, dSSH.Round(time.Millisecond), rSSH, rSSH/rRaw)
+		vsRaw("ssh", "over ssh", rSSH)
 
 		var rSlurm float64
 		if haveSlurm {
@@ -330,17 +363,18 @@ func BenchmarkClusterThroughput(b *testing.B) {
 			checkFinished(b, outSlurm, n)
 			rSlurm = rate(n, dSlurm)
 			b.ReportMetric(rSlurm, "drover-slurm-inst/s")
-			b.Logf("drover inside salloc -N%d: %d instances in %v: %.0f inst/s",
-				len(c.bed.Hosts), n, dSlurm.Round(time.Millisecond), rSlurm)
+			b.Logf("drover inside salloc -N%d: %d instances in %v: %.0f inst/s, %.2fx the local raw loop",
+				len(c.bed.Hosts), n, dSlurm.Round(time.Millisecond), rSlurm, rSlurm/rRaw)
+			vsRaw("slurm", fmt.Sprintf("inside salloc -N%d", len(c.bed.Hosts)), rSlurm)
 		}
 
 		if parErr == nil {
-			dPar := c.parallelSSH(b, n)
-			rPar := rate(n, dPar)
+			dPar := c.parallelSSH(b, jobs)
+			rPar := rate(jobs, dPar)
 			b.ReportMetric(rPar, "parallel-ssh-inst/s")
 			b.ReportMetric(rSSH/rPar, "drover/parallel")
 			b.Logf("GNU Parallel over ssh (--sshlogin %d/h each): %d jobs in %v: %.1f inst/s; drover over ssh is %.1fx",
-				c.cores, n, dPar.Round(time.Millisecond), rPar, rSSH/rPar)
+				c.cores, jobs, dPar.Round(time.Millisecond), rPar, rSSH/rPar)
 		} else {
 			b.Logf("GNU Parallel not installed: no parallel figures")
 		}

@@ -272,6 +272,11 @@ func BenchmarkServeLatency(b *testing.B) {
 		b.ReportMetric(us(pp50-fp50), "push-overhead-p50-µs")
 		b.Logf("n=%d start→finished via serve: p50 %v p99 %v (%.1f Finished calls each); via the push stream: p50 %v p99 %v; raw os/exec Run: p50 %v, with output files: p50 %v; p50 overhead over the latter %v (Finished), %v (push)",
 			n, sp50, sp99, float64(calls)/float64(n), pp50, pp99, bp50, fp50, sp50-fp50, pp50-fp50)
+		overhead := pp50 - fp50
+		figure(b, "serve-push", "serve start->finished p50, push stream",
+			fmt.Sprintf("%.0f us", us(pp50)), fmt.Sprintf("raw fork with files %.0f us", us(fp50)),
+			fmt.Sprintf("%.2fx", us(pp50)/us(fp50)), fmt.Sprintf("overhead < 300 us (is %.0f)", us(overhead)),
+			yesNo(overhead < 300*time.Microsecond))
 	}
 }
 
