@@ -77,7 +77,7 @@ func (l *lineNode) waitDeep() error {
 func TestWindowQueuesSeveralDeep(t *testing.T) {
 	res := detect(t)
 	l := newLines(newAgent(t, "n1"))
-	jobs := []*jobfile.Job{job(t, "q", func(j *jobfile.Job) { j.Repeat = 40 * len(res.Cores) }, "exit=0")}
+	jobs := []*jobfile.Job{job(t, "q", func(j *jobfile.Job) { j.Repeat = 40 * len(res.Cores) }, "out=i{index}", "err=e{index}")}
 	o := run(t, context.Background(), jobs, queue.Options{Nodes: []node.Node{l}, Window: time.Hour})
 	if o.sum.Succeeded != 40*len(res.Cores) {
 		t.Fatalf("summary %+v", *o.sum)
@@ -88,6 +88,15 @@ func TestWindowQueuesSeveralDeep(t *testing.T) {
 	for _, in := range o.disk.Instances {
 		if in.Attempts != 1 {
 			t.Errorf("%s: %d attempts", in.Name, in.Attempts)
+		}
+		// The node made the results dir and opened a queued start's
+		// files ahead: each holds its own instance's output, whole.
+		idx := strings.TrimPrefix(in.Name, "q.")
+		if got := o.file(t, in.Name, "stdout"); got != "i"+idx+"\n" {
+			t.Errorf("%s: stdout %q", in.Name, got)
+		}
+		if got := o.file(t, in.Name, "stderr"); got != "e"+idx+"\n" {
+			t.Errorf("%s: stderr %q", in.Name, got)
 		}
 	}
 	o.noChildLeft(t)
