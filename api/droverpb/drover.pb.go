@@ -503,9 +503,14 @@ type Heartbeat struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
 	SentUnixNano int64                  `protobuf:"varint,1,opt,name=sent_unix_nano,json=sentUnixNano,proto3" json:"sent_unix_nano,omitempty"`
 	// echo_unix_nano echoes the peer's last sent_unix_nano, for round trips.
-	EchoUnixNano  int64  `protobuf:"varint,2,opt,name=echo_unix_nano,json=echoUnixNano,proto3" json:"echo_unix_nano,omitempty"`
-	RssBytes      uint64 `protobuf:"varint,3,opt,name=rss_bytes,json=rssBytes,proto3" json:"rss_bytes,omitempty"`
-	Processes     uint32 `protobuf:"varint,4,opt,name=processes,proto3" json:"processes,omitempty"`
+	EchoUnixNano int64  `protobuf:"varint,2,opt,name=echo_unix_nano,json=echoUnixNano,proto3" json:"echo_unix_nano,omitempty"`
+	RssBytes     uint64 `protobuf:"varint,3,opt,name=rss_bytes,json=rssBytes,proto3" json:"rss_bytes,omitempty"`
+	Processes    uint32 `protobuf:"varint,4,opt,name=processes,proto3" json:"processes,omitempty"`
+	// echo_held_ns: how long the echoed heartbeat waited here before this
+	// message took it back; the round trip is the time since it was sent
+	// less this. An echo rides on the next message rather than one of its
+	// own, so a heartbeat period costs one message each way.
+	EchoHeldNs    int64 `protobuf:"varint,5,opt,name=echo_held_ns,json=echoHeldNs,proto3" json:"echo_held_ns,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -564,6 +569,13 @@ func (x *Heartbeat) GetRssBytes() uint64 {
 func (x *Heartbeat) GetProcesses() uint32 {
 	if x != nil {
 		return x.Processes
+	}
+	return 0
+}
+
+func (x *Heartbeat) GetEchoHeldNs() int64 {
+	if x != nil {
+		return x.EchoHeldNs
 	}
 	return 0
 }
@@ -4685,12 +4697,14 @@ const file_api_droverpb_drover_proto_rawDesc = "" +
 	"\asession\x18\x01 \x01(\tR\asession\x12\x19\n" +
 	"\bgiven_up\x18\x02 \x01(\bR\agivenUp\x122\n" +
 	"\x15heartbeat_interval_ms\x18\x03 \x01(\x03R\x13heartbeatIntervalMs\x12,\n" +
-	"\x12monitor_timeout_ms\x18\x04 \x01(\x03R\x10monitorTimeoutMs\"\x92\x01\n" +
+	"\x12monitor_timeout_ms\x18\x04 \x01(\x03R\x10monitorTimeoutMs\"\xb4\x01\n" +
 	"\tHeartbeat\x12$\n" +
 	"\x0esent_unix_nano\x18\x01 \x01(\x03R\fsentUnixNano\x12$\n" +
 	"\x0eecho_unix_nano\x18\x02 \x01(\x03R\fechoUnixNano\x12\x1b\n" +
 	"\trss_bytes\x18\x03 \x01(\x04R\brssBytes\x12\x1c\n" +
-	"\tprocesses\x18\x04 \x01(\rR\tprocesses\"\x9f\x02\n" +
+	"\tprocesses\x18\x04 \x01(\rR\tprocesses\x12 \n" +
+	"\fecho_held_ns\x18\x05 \x01(\x03R\n" +
+	"echoHeldNs\"\x9f\x02\n" +
 	"\tResources\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12%\n" +
 	"\x05cores\x18\x02 \x03(\v2\x0f.drover.v1.CoreR\x05cores\x12!\n" +

@@ -213,6 +213,7 @@ type agentRun struct {
 	files *filexfer.Space
 
 	echo     int64 // manager heartbeat to echo
+	echoAt   time.Time
 	hbSent   int64
 	hbSentAt time.Time
 	rtt      time.Duration
@@ -426,11 +427,10 @@ func (a *agentRun) handle(m *droverpb.ManagerMsg) {
 	wake := false
 	if hb := m.GetHeartbeat(); hb != nil {
 		if hb.GetEchoUnixNano() != 0 && hb.GetEchoUnixNano() == a.hbSent {
-			a.rtt = time.Since(a.hbSentAt)
+			a.rtt = roundTrip(a.hbSentAt, hb)
 		}
 		if hb.GetSentUnixNano() != 0 {
-			a.echo = hb.GetSentUnixNano()
-			wake = true
+			a.echo, a.echoAt = hb.GetSentUnixNano(), time.Now()
 		}
 	}
 	if a.finishedLocked() {
@@ -814,7 +814,7 @@ func (a *agentRun) collect(hbDue bool) (*droverpb.AgentMsg, bool) {
 	clear(a.sending[:i])
 	a.sending = a.sending[i:]
 	if hbDue || a.echo != 0 {
-		hb := &droverpb.Heartbeat{EchoUnixNano: a.echo}
+		hb := echoOf(a.echo, a.echoAt)
 		a.echo = 0
 		if hbDue {
 			now := time.Now()

@@ -343,6 +343,7 @@ type attachment struct {
 	ackExits   uint64 // last ack_exits sent on this stream
 	ackReplies uint64 // last ack_replies sent on this stream
 	echo       int64  // peer heartbeat to echo
+	echoAt     time.Time
 }
 
 func (a *attachment) wakeup() {
@@ -598,11 +599,10 @@ func (n *RemoteNode) handle(att *attachment, m *droverpb.AgentMsg, resultErrs ma
 	wake := delivered // the ack
 	if hb := m.GetHeartbeat(); hb != nil {
 		if hb.GetEchoUnixNano() != 0 && hb.GetEchoUnixNano() == n.hbSent {
-			n.rtt = time.Since(n.hbSentAt)
+			n.rtt = roundTrip(n.hbSentAt, hb)
 		}
 		if hb.GetSentUnixNano() != 0 {
-			att.echo = hb.GetSentUnixNano()
-			wake = true
+			att.echo, att.echoAt = hb.GetSentUnixNano(), time.Now()
 		}
 	}
 	if delivered {
@@ -695,7 +695,7 @@ func (n *RemoteNode) collect(att *attachment, hbDue bool) *droverpb.ManagerMsg {
 		att.ackExits = n.lastSeq
 	}
 	if hbDue || att.echo != 0 {
-		hb := &droverpb.Heartbeat{EchoUnixNano: att.echo}
+		hb := echoOf(att.echo, att.echoAt)
 		att.echo = 0
 		if hbDue {
 			now := time.Now()
