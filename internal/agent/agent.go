@@ -89,7 +89,6 @@ type afterExit struct {
 	outputs   []string
 	outputDir string
 	captured  []string // stdout and stderr paths, checked after the exit
-	after     string   // the process this one was queued behind (ProcessSpec.After)
 	// running is closed once the process has started; runningAt is then
 	// when (a start queued behind it counts its AfterTimeout from there).
 	running   chan struct{}
@@ -316,7 +315,7 @@ func (a *Agent) start(ctx context.Context, spec node.ProcessSpec) (node.Started,
 		return node.Started{}, errdefs.ErrDuplicate
 	}
 	after := &afterExit{dir: spec.Dir, outputs: spec.Outputs, outputDir: spec.OutputDir, autoPurge: spec.AutoPurge,
-		after: spec.After, running: make(chan struct{}), done: make(chan struct{})}
+		running: make(chan struct{}), done: make(chan struct{})}
 	a.pending[spec.Name] = after // claims the name while we stage
 	a.claimedLocked()
 	cancelled := a.cancelled // CancelAll and Close end the staging too

@@ -127,10 +127,9 @@ type instance struct {
 	next, prev *instance
 	// replaced: an attempt on a node that was lost before its start was
 	// confirmed (most likely queued in the node's window, never run) was
-	// placed again without counting against its retries (uncharged such
-	// attempts); this happens once per instance.
-	replaced  bool
-	uncharged int
+	// placed again without counting against its retries; once per
+	// instance.
+	replaced bool
 }
 
 // outcome is an instance's final state, packed into 48 bytes: a run of
@@ -818,12 +817,9 @@ func (r *runner) started(res startResult) {
 		r.signalled(signal{node: inst.node.idx, gone: true})
 	}
 	if res.err != nil && inst.node.gone {
-		if !inst.replaced {
-			// Most likely queued in the lost node's window, never run:
-			// placed again once, not charged to its retries.
-			inst.replaced = true
-			inst.uncharged++
-		}
+		// Most likely queued in the lost node's window, never run: placed
+		// again once, not charged to its retries (attemptOver).
+		inst.replaced = true
 		r.lose(inst)
 		return
 	}
@@ -838,6 +834,12 @@ func (r *runner) started(res startResult) {
 	}
 	inst.phase = running
 	inst.start = time.Now()
+	r.emit(results.Event{Event: results.Started, Job: inst.name, Node: inst.node.n.Name(), Attempt: inst.attempt,
+		PID: res.st.PID, HWThreads: topology.FormatCPUList(inst.hw), GPUs: topology.GPUEnv(inst.gpus)["DROVER_GPUS"]})
+	if inst.node.gone && inst.early == nil {
+		r.lose(inst) // it started, but its node was lost meanwhile
+		return
+	}
 	if r.killing {
 		// It started after the run was stopped: stop it too.
 		n, name, grace := inst.node.n, inst.proc, r.stopGrace
@@ -846,12 +848,6 @@ func (r *runner) started(res startResult) {
 				r.log.Debug("stop a late start", "node", n.Name(), "name", name, "err", err)
 			}
 		})
-	}
-	r.emit(results.Event{Event: results.Started, Job: inst.name, Node: inst.node.n.Name(), Attempt: inst.attempt,
-		PID: res.st.PID, HWThreads: topology.FormatCPUList(inst.hw), GPUs: topology.GPUEnv(inst.gpus)["DROVER_GPUS"]})
-	if inst.node.gone && inst.early == nil {
-		r.lose(inst) // it started, but its node was lost meanwhile
-		return
 	}
 	if t := inst.job.job.Timeout; t > 0 {
 		at := timeoutAt{inst, inst.attempt}
@@ -973,7 +969,11 @@ func (r *runner) release(inst *instance) {
 // attemptOver ends an attempt: a failure with retries left goes back to
 // the queue, anything else is final.
 func (r *runner) attemptOver(inst *instance, ev results.Event, state string) {
-	if state != results.StateSucceeded && inst.attempt-inst.prior-inst.uncharged <= inst.job.retries && r.stopped == "" {
+	charged := inst.attempt - inst.prior
+	if inst.replaced {
+		charged--
+	}
+	if state != results.StateSucceeded && charged <= inst.job.retries && r.stopped == "" {
 		ev.Event, ev.Job, ev.Attempt, ev.State = results.AttemptFailed, inst.name, inst.attempt, state
 		r.emit(ev)
 		inst.phase = pending

@@ -201,6 +201,7 @@ type agentRun struct {
 
 	cache        map[uint64]*droverpb.Reply // answered, not yet acknowledged
 	running      map[uint64]inflight        // start and send in progress
+	queued       int                        // of running, starts queued behind another process
 	ackedReplies uint64                     // the manager has every reply up to this id
 	replyQ       []*droverpb.Reply          // to send on the current stream
 
@@ -482,6 +483,9 @@ func (a *agentRun) command(c *droverpb.Command) {
 			f.start, f.queued = true, st.Start.GetAfter() != ""
 		}
 		a.running[id] = f
+		if f.queued {
+			a.queued++
+		}
 		a.cmdWG.Add(1)
 		a.mu.Unlock()
 		go func() {
@@ -528,17 +532,15 @@ type inflight struct {
 func (a *agentRun) windowed() bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	for _, f := range a.running {
-		if f.queued {
-			return true
-		}
-	}
-	return false
+	return a.queued > 0
 }
 
 // answer records and queues a reply.
 func (a *agentRun) answer(id uint64, r *droverpb.Reply) {
 	a.mu.Lock()
+	if a.running[id].queued {
+		a.queued--
+	}
 	delete(a.running, id)
 	if id > a.ackedReplies {
 		a.cache[id] = r
