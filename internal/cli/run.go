@@ -22,6 +22,7 @@ import (
 	"github.com/drover-hpc/drover/internal/launch"
 	"github.com/drover-hpc/drover/internal/manager"
 	"github.com/drover-hpc/drover/internal/node"
+	"github.com/drover-hpc/drover/internal/procs"
 	"github.com/drover-hpc/drover/internal/progress"
 	"github.com/drover-hpc/drover/internal/queue"
 	"github.com/drover-hpc/drover/internal/results"
@@ -333,15 +334,19 @@ func startCluster(f *runFlags, where *plan, e *env, log *slog.Logger, w io.Write
 	feed := newNodeFeed(func(lf manager.LaunchFailure) {
 		fmt.Fprintf(w, "drover: node %s not used: %s\n", lf.Node, lf.Reason)
 	})
+	sizer := procs.NewManager()
 	m, err := manager.New(manager.Options{
-		Listen:          where.listen(""),
-		NodeTimeout:     f.nodeTimeout,
-		MonitorTimeout:  f.monitorTimeout,
-		Grace:           f.grace,
-		Logger:          log,
-		AgentLogLevel:   e.logLevel,
-		AgentLogs:       w,
-		OnNode:          feed.node,
+		Listen:         where.listen(""),
+		NodeTimeout:    f.nodeTimeout,
+		MonitorTimeout: f.monitorTimeout,
+		Grace:          f.grace,
+		Logger:         log,
+		AgentLogLevel:  e.logLevel,
+		AgentLogs:      w,
+		OnNode: func(n node.Node) {
+			sizer.Joined()
+			feed.node(n)
+		},
 		OnLaunchFailure: feed.fail,
 		Resources:       where.resources,
 	})

@@ -29,6 +29,7 @@ import (
 	"github.com/drover-hpc/drover/internal/manager"
 	"github.com/drover-hpc/drover/internal/node"
 	"github.com/drover-hpc/drover/internal/privdir"
+	"github.com/drover-hpc/drover/internal/procs"
 )
 
 type serveFlags struct {
@@ -180,6 +181,7 @@ func runServe(e *env, f *serveFlags, listenChanged bool) error {
 	// sit behind the same mutual TLS as everything else.
 	health := grpchealth.NewServer()
 	health.SetServingStatus(droverpb.Control_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	sizer := procs.NewManager()
 	m, err := manager.New(manager.Options{
 		Listen:         listen,
 		NodeTimeout:    f.nodeTimeout,
@@ -196,6 +198,7 @@ func runServe(e *env, f *serveFlags, listenChanged bool) error {
 			reflection.Register(s)
 		},
 		OnNode: func(n node.Node) {
+			sizer.Joined()
 			cl.AddNode(n)
 			feed.node(n)
 		},

@@ -33,7 +33,8 @@
 //     lower or equal one is a repeat) and acknowledges with ack_exits; the
 //     agent keeps and, after a reconnect, resends every unacknowledged exit.
 //   - Any message is a sign of life. Both sides send a heartbeat every
-//     interval; one with sent_unix_nano is echoed at once, for RTT. After
+//     interval (by default a third of NodeTimeout); one with sent_unix_nano
+//     is echoed on the next message with how long it was held, for RTT. After
 //     NodeTimeout without a message the manager declares the node lost:
 //     pending calls fail with errdefs.ErrNodeLost, Ready is closed. After the
 //     monitor timeout without a message (stream up or down) the agent stops

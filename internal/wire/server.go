@@ -30,7 +30,7 @@ import (
 // ServerOptions configure the manager side.
 type ServerOptions struct {
 	NodeTimeout       time.Duration // no message from an agent for this long: its node is lost (default 5s)
-	HeartbeatInterval time.Duration // both sides send a heartbeat at least this often (default 1s)
+	HeartbeatInterval time.Duration // both sides send a heartbeat at least this often (default NodeTimeout/3)
 	MonitorTimeout    time.Duration // told to agents in Welcome (default 30s)
 	Logger            *slog.Logger
 	// Authorize checks the connecting peer (from the stream context, e.g.
@@ -70,7 +70,11 @@ func NewServer(opts ServerOptions) *Server {
 		opts.NodeTimeout = 5 * time.Second
 	}
 	if opts.HeartbeatInterval <= 0 {
-		opts.HeartbeatInterval = time.Second
+		// A node is lost after about three missed heartbeats: more often
+		// costs the manager a message each way per node for nothing
+		// (1,000 idle nodes at 1 s took 18 % of a core), less often makes
+		// one late message look like silence.
+		opts.HeartbeatInterval = opts.NodeTimeout / 3
 	}
 	if opts.MonitorTimeout <= 0 {
 		opts.MonitorTimeout = 30 * time.Second
