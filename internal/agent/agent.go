@@ -95,7 +95,7 @@ type afterExit struct {
 	runningAt time.Time
 	marks     []fsMark // their file systems, watched while it runs
 	autoPurge bool
-	done      chan struct{} // closed when the exit is collected or the start failed
+	done      chan struct{} // closed when it has exited (before its outputs are collected) or the start failed
 }
 
 // ErrCancelled fails a start that waited for another process when
@@ -212,7 +212,7 @@ func (a *Agent) Start(ctx context.Context, spec node.ProcessSpec) (node.Started,
 	return st, nil
 }
 
-// waitFor blocks until the named process's exit has been collected. With
+// waitFor blocks until the named process has exited. With
 // a limit (0: none), it gives up once that process has run for longer
 // than limit, and a name not seen yet is waited for too: the queue may
 // send a start behind one whose own start is still on its way, and queue
@@ -584,10 +584,22 @@ func (a *Agent) collect() {
 	if len(exits) == 0 {
 		return
 	}
+	// The starts queued behind these go first: they wait for the exits,
+	// not for the outputs, which are collected below while they start.
+	afters := make([]*afterExit, len(exits))
+	a.mu.Lock()
 	for i := range exits {
-		a.mu.Lock()
-		after := a.pending[exits[i].Name]
-		a.mu.Unlock()
+		if afters[i] = a.pending[exits[i].Name]; afters[i] != nil {
+			a.overLocked(exits[i].Name, "")
+		}
+	}
+	a.mu.Unlock()
+	for _, after := range afters {
+		if after != nil {
+			close(after.done)
+		}
+	}
+	for i, after := range afters {
 		if after == nil {
 			continue
 		}
@@ -613,10 +625,6 @@ func (a *Agent) collect() {
 				a.log.Warn("purge", "name", exits[i].Name, "err", err)
 			}
 		}
-		a.mu.Lock()
-		a.overLocked(exits[i].Name, "")
-		a.mu.Unlock()
-		close(after.done)
 	}
 	for _, e := range exits {
 		a.exits.Put("", e)

@@ -39,7 +39,8 @@ until { find "$CG" -depth -type d -exec rmdir {} + ; [ ! -d "$CG" ]; } 2>/dev/nu
 // keeper is a small process outside the supervisor that kills what is
 // left of every group when the supervisor's process dies, however it dies
 // (SIGKILL included): Pdeathsig reaches only the direct children, not what
-// they started in their groups. One pipe write per start and per exit.
+// they started in their groups. One pipe write per start and per exit of
+// a group forked outside the Supervisor's cgroup; a cgroup it kills whole.
 type keeper struct {
 	mu  sync.Mutex
 	w   *os.File

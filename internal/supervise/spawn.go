@@ -206,7 +206,7 @@ func (s *Supervisor) spawn(spec *Spec, p *proc, cur *unix.CPUSet) error {
 			mem = nil
 		}
 	}
-	pid, err := s.forkExec(exe, spec.Args, attr, mem)
+	pid, inCgroup, err := s.forkExec(exe, spec.Args, attr, mem)
 	if mem != nil {
 		if err := s.mem.leave(); err != nil {
 			s.log.Error("spawner thread stays in a process's memory cgroup", "err", err)
@@ -219,6 +219,10 @@ func (s *Supervisor) spawn(spec *Spec, p *proc, cur *unix.CPUSet) error {
 		s.mu.Lock()
 		p.pid, p.start, p.stdinFD, p.state, p.mem = pid, start, stdinW, stateRunning, mem
 		p.stdinClosed = spec.NoStdin
+		// The keeper ends what is in the cgroup as a whole (cgroup.kill):
+		// only a group forked outside it is told by its id, which spares
+		// the keeper a wake-up per start and per exit.
+		p.kept = s.keeper != nil && !inCgroup
 		s.running++
 		switch {
 		case p.killPending:
@@ -227,12 +231,15 @@ func (s *Supervisor) spawn(spec *Spec, p *proc, cur *unix.CPUSet) error {
 			s.signalLocked(p, unix.SIGTERM)
 			s.armKillLocked(p, p.killAt)
 		}
+		kept := p.kept
 		s.mu.Unlock()
 		// The keeper hears of the group before the reaper can dispatch
 		// its exit: a removal written before the addition would leave a
 		// dead group on the keeper, to be killed (reused id and all) when
 		// the keeper ends.
-		s.keeper.add(pid)
+		if kept {
+			s.keeper.add(pid)
+		}
 		register(pid, s, p)
 	}
 	forking.Add(-1)
@@ -256,28 +263,28 @@ func (s *Supervisor) spawn(spec *Spec, p *proc, cur *unix.CPUSet) error {
 }
 
 // forkExec forks into the Supervisor's cgroup, if it has one, or into
-// mem's below it. If that fork fails but one outside succeeds, it was the
-// cgroup (no clone3, no right to move processes into it): later forks go
-// without it.
-func (s *Supervisor) forkExec(exe string, args []string, attr *syscall.ProcAttr, mem *memCgroup) (int, error) {
+// mem's below it, and says whether it did. If that fork fails but one
+// outside succeeds, it was the cgroup (no clone3, no right to move
+// processes into it): later forks go without it.
+func (s *Supervisor) forkExec(exe string, args []string, attr *syscall.ProcAttr, mem *memCgroup) (pid int, inCgroup bool, err error) {
 	cg := s.cgroup
 	if cg == nil || !cg.on.Load() {
-		return syscall.ForkExec(exe, args, attr)
+		pid, err = syscall.ForkExec(exe, args, attr)
+		return pid, false, err
 	}
 	attr.Sys.UseCgroupFD, attr.Sys.CgroupFD = true, cg.fd
 	if mem != nil && mem.fd >= 0 {
 		attr.Sys.CgroupFD = mem.fd
 	}
-	pid, err := syscall.ForkExec(exe, args, attr)
-	if err == nil {
-		return pid, nil
+	if pid, err = syscall.ForkExec(exe, args, attr); err == nil {
+		return pid, true, nil
 	}
 	attr.Sys.UseCgroupFD = false
 	pid, err2 := syscall.ForkExec(exe, args, attr)
 	if err2 == nil && cg.on.CompareAndSwap(true, false) {
 		s.log.Info("processes run without a cgroup of their own", "cgroup", cg.path, "reason", err)
 	}
-	return pid, err2
+	return pid, false, err2
 }
 
 // execError explains a failed fork and exec of exe, which spec.Args[0]

@@ -154,6 +154,7 @@ type proc struct {
 	ending    atomic.Bool // signalled: it no longer owns orphans it may have left
 	members   []target    // descendants seen when it was signalled, pinned
 	mem       *memCgroup  // its memory-limited cgroup, until its exit
+	kept      bool        // its group is registered on the keeper
 }
 
 // Supervisor starts and supervises processes. Its methods are safe for
@@ -681,7 +682,9 @@ func (s *Supervisor) exited(p *proc, info *chldInfo) {
 	if subreaperOn.Load() {
 		signalOrphans(p, unix.SIGKILL, false, false)
 	}
-	s.keeper.remove(pid)
+	if p.kept {
+		s.keeper.remove(pid)
+	}
 	e := node.Exit{Name: p.name, Node: s.node, Start: p.start}
 	var ws unix.WaitStatus
 	wpid, err := wait4(pid, &ws)

@@ -1029,12 +1029,21 @@ func TestExitBeforeRecorded(t *testing.T) {
 // lives: every group must be added before it is removed, and none may be
 // left at the end, or the keeper would kill a dead group's (maybe reused)
 // id when it ends.
-func TestKeeperToldInOrder(t *testing.T) {
+func TestKeeperToldInOrder(t *testing.T) { testKeeperTold(t, false) }
+
+// TestKeeperNotToldOfCgroupMembers: with a cgroup, which the keeper kills
+// whole, the keeper is told nothing per process.
+func TestKeeperNotToldOfCgroupMembers(t *testing.T) {
+	needCgroup(t)
+	testKeeperTold(t, true)
+}
+
+func testKeeperTold(t *testing.T, cgroup bool) {
 	record := filepath.Join(t.TempDir(), "keeper")
 	saved := keeperScript
 	keeperScript = "exec cat > " + record
 	t.Cleanup(func() { keeperScript = saved })
-	s, err := New(Options{Keeper: true})
+	s, err := New(Options{Keeper: true, Cgroup: cgroup})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1057,6 +1066,15 @@ func TestKeeperToldInOrder(t *testing.T) {
 	data, err := os.ReadFile(record)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if cgroup {
+		if s.cgroup == nil {
+			t.Fatal("no cgroup made")
+		}
+		if len(data) > 0 {
+			t.Fatalf("keeper told of processes in the cgroup: %q...", data[:min(len(data), 40)])
+		}
+		return
 	}
 	added := map[string]bool{}
 	lines := strings.Split(strings.TrimSuffix(string(data), "\n"), "\n")
