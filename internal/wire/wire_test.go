@@ -703,3 +703,44 @@ func TestBatchesAreBounded(t *testing.T) {
 		t.Fatalf("%d exits, %d replies", seqs, replies)
 	}
 }
+
+// TestGatherEndsWhenHalfStarted: while starts are queued, exits wait for
+// company, but only until half of what was queued has started, since the
+// manager tops a line up once half of it has run.
+func TestGatherEndsWhenHalfStarted(t *testing.T) {
+	a := &agentRun{running: map[uint64]inflight{}, cache: map[uint64]*droverpb.Reply{}, wake: make(chan struct{}, 1)}
+	if _, ok := a.gather(); ok {
+		t.Fatal("gathering with nothing queued: a lone exit must go at once")
+	}
+	for id := uint64(1); id <= 4; id++ {
+		a.running[id] = inflight{start: true, queued: true}
+		a.queued++
+	}
+	a.running[5] = inflight{start: true} // not queued: it starts at once
+	drained, ok := a.gather()
+	if !ok {
+		t.Fatal("not gathering with 4 starts queued")
+	}
+	isClosed := func() bool {
+		select {
+		case <-drained:
+			return true
+		default:
+			return false
+		}
+	}
+	a.answer(5, &droverpb.Reply{Id: 5})
+	a.answer(1, &droverpb.Reply{Id: 1})
+	if isClosed() {
+		t.Fatal("gathering ended after 1 of 4 queued starts")
+	}
+	a.answer(2, &droverpb.Reply{Id: 2})
+	if !isClosed() {
+		t.Fatal("gathering goes on after 2 of 4 queued starts")
+	}
+	a.gathered()
+	a.answer(3, &droverpb.Reply{Id: 3}) // no gathering: nothing to close twice
+	if a.queued != 1 {
+		t.Fatalf("queued %d, want 1", a.queued)
+	}
+}
