@@ -300,7 +300,7 @@ func manyAgents(b *testing.B, n int, steady time.Duration) {
 	if n == 1000 {
 		cpuTarget, cpuReached = "< 10% of a core", yesNo(pct < 10 && up == n)
 	}
-	figure(b, fmt.Sprintf("agents-%d-cpu", n), count+": manager CPU at the default heartbeat (node timeout / 3)"+conn,
+	figure(b, fmt.Sprintf("agents-%d-cpu", n), count+": manager CPU at the default heartbeats"+conn,
 		fmt.Sprintf("%.1f%% of a core", pct), fmt.Sprintf("agents' side %.1f%%", agentsPct),
 		fmt.Sprintf("%.2fx", pct/agentsPct), cpuTarget, cpuReached)
 	figure(b, fmt.Sprintf("agents-%d-rss", n), count+": manager RSS"+conn,

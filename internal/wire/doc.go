@@ -32,9 +32,10 @@
 //   - Exits carry seq from 1 up. The manager delivers each seq once (a
 //     lower or equal one is a repeat) and acknowledges with ack_exits; the
 //     agent keeps and, after a reconnect, resends every unacknowledged exit.
-//   - Any message is a sign of life. Both sides send a heartbeat every
-//     interval (by default a third of NodeTimeout); one with sent_unix_nano
-//     is echoed on the next message with how long it was held, for RTT. After
+//   - Any message is a sign of life. An agent sends a heartbeat every
+//     third of NodeTimeout, the manager every third of the monitor timeout
+//     (by default) and with Welcome; one with sent_unix_nano is echoed on
+//     the next message with how long it was held, for RTT. After
 //     NodeTimeout without a message the manager declares the node lost:
 //     pending calls fail with errdefs.ErrNodeLost, Ready is closed. After the
 //     monitor timeout without a message (stream up or down) the agent stops

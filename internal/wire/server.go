@@ -30,9 +30,13 @@ import (
 // ServerOptions configure the manager side.
 type ServerOptions struct {
 	NodeTimeout       time.Duration // no message from an agent for this long: its node is lost (default 5s)
-	HeartbeatInterval time.Duration // both sides send a heartbeat at least this often (default NodeTimeout/3)
-	MonitorTimeout    time.Duration // told to agents in Welcome (default 30s)
-	Logger            *slog.Logger
+	HeartbeatInterval time.Duration // agents send a heartbeat at least this often (default NodeTimeout/3)
+	// MonitorTimeout is told to agents in Welcome (default 30s). The
+	// manager sends its own heartbeat every third of it (but not more
+	// often than agents do): an agent needs no more to know it is heard,
+	// and each heartbeat costs the manager a send per node.
+	MonitorTimeout time.Duration
+	Logger         *slog.Logger
 	// Authorize checks the connecting peer (from the stream context, e.g.
 	// its TLS certificate) against the node name it claims in hello; an
 	// error refuses the session (PermissionDenied). nil allows any.
@@ -285,7 +289,7 @@ type RemoteNode struct {
 	version string
 	session string
 	timeout time.Duration
-	hb      time.Duration
+	hb      time.Duration // how often the manager sends it a heartbeat
 
 	ready chan struct{}               // cap 1; closed once the node is lost
 	gone  chan struct{}               // closed once the node is lost
@@ -372,7 +376,7 @@ func newRemoteNode(s *Server, session string, h *droverpb.Hello) *RemoteNode {
 		version:   h.GetVersion(),
 		session:   session,
 		timeout:   s.opts.NodeTimeout,
-		hb:        s.opts.HeartbeatInterval,
+		hb:        max(s.opts.MonitorTimeout/3, s.opts.HeartbeatInterval),
 		ready:     make(chan struct{}, 1),
 		exits:     mailbox.New[node.Exit](0),
 		gone:      make(chan struct{}),
@@ -680,6 +684,7 @@ func (n *RemoteNode) collect(att *attachment, hbDue bool) *droverpb.ManagerMsg {
 		m.Welcome = att.welcome.Welcome
 		att.welcomed = true
 		urgent = true
+		hbDue = true // the round trip is known from the start
 	}
 	size, i := 0, 0
 	for ; i < len(n.unsent) && size < maxBatchBytes; i++ {

@@ -744,3 +744,20 @@ func TestGatherEndsWhenHalfStarted(t *testing.T) {
 		t.Fatalf("queued %d, want 1", a.queued)
 	}
 }
+
+// TestHeartbeatDefault: without an interval of its own, a heartbeat goes
+// every third of NodeTimeout, so a node is lost after about three missed.
+func TestHeartbeatDefault(t *testing.T) {
+	for _, c := range []struct{ timeout, want time.Duration }{
+		{0, 5 * time.Second / 3},
+		{3 * time.Second, time.Second},
+		{30 * time.Second, 10 * time.Second},
+	} {
+		if got := NewServer(ServerOptions{NodeTimeout: c.timeout}).opts.HeartbeatInterval; got != c.want {
+			t.Errorf("NodeTimeout %v: heartbeat every %v, want %v", c.timeout, got, c.want)
+		}
+	}
+	if got := NewServer(ServerOptions{NodeTimeout: time.Second, HeartbeatInterval: time.Second}).opts.HeartbeatInterval; got != time.Second {
+		t.Errorf("a chosen interval was changed to %v", got)
+	}
+}
