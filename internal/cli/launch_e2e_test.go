@@ -220,6 +220,11 @@ func TestSSHBadHostsReportedRunGoesOn(t *testing.T) {
 
 	good := bed.Names()[:2]
 	out := filepath.Join(dir, "out")
+	// The run must outlast the unreachable host's connect timeout, or it
+	// ends before that host fails: the instances wait (bounded) until the
+	// run has logged the failure.
+	gate := fmt.Sprintf(`i=0; until grep -qs '\"node\":\"unreachable\"' %s || [ $i -ge 600 ]; do sleep 0.1; i=$((i+1)); done; `, filepath.Join(out, "events.jsonl"))
+	writeFile(t, dir, "where.yaml", strings.Replace(readFile(t, job), `shell: "`, `shell: "`+gate, 1))
 	r := drover(t, dir, "run", "--hosts", strings.Join(append(slices.Clone(good), "unreachable", "badkey"), ","),
 		"--ssh-config", sshConfig, "--out", out, "--progress", "none", job)
 	wantCode(t, r, 0)
