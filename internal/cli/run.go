@@ -91,7 +91,7 @@ Ctrl-C kills at once) and still writes the summary.`,
 	fl.StringArrayVar(&f.matrix, "matrix", nil, "ad-hoc mode: one instance per combination of the values, NAME=V1,V2,... (repeatable); {NAME} in CMD and DROVER_PARAM_NAME carry the value")
 	fl.IntVarP(&f.jobs, "jobs", "j", 0, "run at most `N` instances at once in the whole run (0: as many as the cores allow)")
 	fl.StringSliceVar(&f.files, "files", nil, "ad-hoc mode: copy these files (paths below the current directory; F,... or repeated) into each instance's work dir, at the same relative path")
-	fl.DurationVar(&f.monitorTimeout, "monitor-timeout", 30*time.Second, "an agent stops its processes and exits after this long without the manager (who sends a heartbeat every third of it)")
+	fl.DurationVar(&f.monitorTimeout, "monitor-timeout", 30*time.Second, "an agent stops its processes and exits after this long without the manager (which sends a heartbeat every third of it)")
 	fl.DurationVar(&f.nodeTimeout, "node-timeout", 5*time.Second, "the manager declares a silent node lost after this long (agents send a heartbeat every third of it)")
 	fl.StringVar(&f.halt, "halt", "never", "stop early once instances fail: never, soon,fail=N (start nothing more), now,fail=N (stop everything); N may be a percentage, e.g. now,fail=10%")
 	fl.StringVar(&f.progress, "progress", "auto", "auto (a bar on a terminal, plain lines otherwise), plain or none")

@@ -110,7 +110,7 @@ per DROVER_HOME.`,
 	fl.StringArrayVar(&f.resources, "resource", nil, "counted resources every node declares, NAME=N,... (license=2); repeatable; a hostfile's columns add per host")
 	fl.StringVarP(&f.sshConfig, "ssh-config", "F", "", "ssh config file for the ssh launcher (ssh -F)")
 	fl.DurationVar(&f.sshTimeout, "ssh-timeout", defaultSSHTimeout, "give up connecting to an SSH host after this long (ssh ConnectTimeout; 0 leaves it to the ssh config)")
-	fl.DurationVar(&f.monitorTimeout, "monitor-timeout", 30*time.Second, "an agent stops its processes and exits after this long without the manager (who sends a heartbeat every third of it)")
+	fl.DurationVar(&f.monitorTimeout, "monitor-timeout", 30*time.Second, "an agent stops its processes and exits after this long without the manager (which sends a heartbeat every third of it)")
 	fl.DurationVar(&f.nodeTimeout, "node-timeout", 5*time.Second, "the manager declares a silent node lost after this long (agents send a heartbeat every third of it)")
 	fl.DurationVar(&f.grace, "grace", 10*time.Second, "time between SIGTERM and SIGKILL when stopping processes")
 	fl.StringVar(&f.joinListen, "join-listen", "", "address where nodes join with a token from drover token (default: the --listen host, a free port)")
