@@ -373,6 +373,15 @@ func (a *Agent) start(ctx context.Context, spec node.ProcessSpec) (node.Started,
 		env = append(env, "DROVER_HWTHREADS="+commaList(spec.HWThreads))
 	}
 
+	// Stdout and Stderr as the supervisor resolves them: relative to the
+	// work dir.
+	inDir := func(p string) string {
+		if p != "" && !filepath.IsAbs(p) {
+			return filepath.Join(after.dir, p)
+		}
+		return p
+	}
+	outPath, errPath := inDir(spec.Stdout), inDir(spec.Stderr)
 	var stdoutFile, stderrFile *os.File
 	defer func() {
 		for _, f := range []*os.File{stdoutFile, stderrFile} {
@@ -391,15 +400,12 @@ func (a *Agent) start(ctx context.Context, spec node.ProcessSpec) (node.Started,
 			if p == "" {
 				return nil
 			}
-			if !filepath.IsAbs(p) {
-				p = filepath.Join(after.dir, p)
-			}
 			f, _ := supervise.OpenOutput(spec.OutputDir, p)
 			return f
 		}
-		stdoutFile = open(spec.Stdout)
-		if spec.Stderr != spec.Stdout {
-			stderrFile = open(spec.Stderr)
+		stdoutFile = open(outPath)
+		if errPath != outPath {
+			stderrFile = open(errPath)
 		}
 		if err := a.waitFor(ctx, spec.After, spec.AfterTimeout); err != nil {
 			return node.Started{}, err
@@ -437,10 +443,7 @@ func (a *Agent) start(ctx context.Context, spec node.ProcessSpec) (node.Started,
 		}
 	}
 
-	for _, p := range []string{spec.Stdout, spec.Stderr} {
-		if p != "" && !filepath.IsAbs(p) {
-			p = filepath.Join(after.dir, p)
-		}
+	for _, p := range []string{outPath, errPath} {
 		if p != "" && !slices.Contains(after.captured, p) {
 			after.captured = append(after.captured, p)
 		}

@@ -66,7 +66,7 @@ type Options struct {
 	OnEvent func(results.Event)
 	// Window is how much of a job's average run each node holds queued
 	// behind each running instance, once its instances have proved short
-	// (window.go); 0: 50 ms.
+	// (window.go); 0: defaultWindow.
 	Window time.Duration
 	// Joining, when set, brings nodes that come up after the run started
 	// (Nodes may then be empty) and launches that failed (node-failed

@@ -55,6 +55,12 @@ func (r *runner) depth(j *jobState) int {
 	return int(min(max(r.window()/mean, 1), maxDepth))
 }
 
+// lineEnd reports whether more may be queued behind inst: it is starting
+// or running on a node still there, with nothing queued behind it yet.
+func (inst *instance) lineEnd() bool {
+	return (inst.phase == starting || inst.phase == running) && inst.next == nil && !inst.node.gone
+}
+
 // queuedBehind counts the instances queued between inst and the running
 // one at the head of its line.
 func queuedBehind(inst *instance) int {
@@ -85,8 +91,7 @@ func (r *runner) prefetch() {
 		asked := r.handoff
 		r.handoff = nil
 		for i, pred := range asked {
-			if (pred.phase != starting && pred.phase != running) || pred.next != nil || pred.node.gone ||
-				queuedBehind(pred) >= r.depth(pred.job) {
+			if !pred.lineEnd() || queuedBehind(pred) >= r.depth(pred.job) {
 				continue
 			}
 			if !r.short(pred.job) {
@@ -124,9 +129,7 @@ func (r *runner) proved(js *jobState) {
 // their run.
 func (j *jobState) keepUnlined(inst *instance) {
 	if n := len(j.unlined); n >= 64 && n >= 2*j.unlinedKept {
-		j.unlined = slices.DeleteFunc(j.unlined, func(in *instance) bool {
-			return (in.phase != starting && in.phase != running) || in.next != nil || in.node.gone
-		})
+		j.unlined = slices.DeleteFunc(j.unlined, func(in *instance) bool { return !in.lineEnd() })
 		j.unlinedKept = len(j.unlined)
 	}
 	j.unlined = append(j.unlined, inst)

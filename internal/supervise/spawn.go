@@ -222,7 +222,8 @@ func (s *Supervisor) spawn(spec *Spec, p *proc, cur *unix.CPUSet) error {
 		// The keeper ends what is in the cgroup as a whole (cgroup.kill):
 		// only a group forked outside it is told by its id, which spares
 		// the keeper a wake-up per start and per exit.
-		p.kept = s.keeper != nil && !inCgroup
+		kept := s.keeper != nil && !inCgroup
+		p.kept = kept
 		s.running++
 		switch {
 		case p.killPending:
@@ -231,7 +232,6 @@ func (s *Supervisor) spawn(spec *Spec, p *proc, cur *unix.CPUSet) error {
 			s.signalLocked(p, unix.SIGTERM)
 			s.armKillLocked(p, p.killAt)
 		}
-		kept := p.kept
 		s.mu.Unlock()
 		// The keeper hears of the group before the reaper can dispatch
 		// its exit: a removal written before the addition would leave a

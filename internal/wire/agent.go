@@ -785,11 +785,7 @@ func (a *agentRun) sendLoop(ctx context.Context, stream droverpb.AgentSession_Co
 // are queued on the node, unless half of those start first: every message
 // costs both sides a gRPC send or receive (about 100 µs of CPU each on a
 // small VM), and the manager tops a line up only once half of it has run.
-// coalesce is how long the manager's commands wait for company then.
-const (
-	exitGather = 25 * time.Millisecond
-	coalesce   = 5 * time.Millisecond
-)
+const exitGather = 25 * time.Millisecond
 
 // collect builds the next AgentMsg (nil: nothing to send) and tells
 // whether the stream should be closed after it.

@@ -786,6 +786,11 @@ func (n *RemoteNode) forgetLocked(id uint64, c *call) {
 	}
 }
 
+// coalesce is how long the manager's commands and acknowledgements wait
+// for company while starts are queued on the node: short, as a top-up
+// must not keep a line waiting.
+const coalesce = 5 * time.Millisecond
+
 // windowed reports whether starts are queued on the node behind running
 // processes: a batch is under way, and commands and acknowledgements may
 // wait coalesce to travel together.
