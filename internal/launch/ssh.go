@@ -60,9 +60,14 @@ func LocalBinary(path string) (*Binary, error) {
 // helloPrefix starts the first line the remote script prints.
 const helloPrefix = "drover-hello "
 
-// installedLine is what the remote script prints once it has installed
-// the binary.
-const installedLine = "drover-installed"
+// What the remote script answers a host lacking the binary: installed
+// (from stdin), found (looked again and another host sharing the file
+// system had installed it), or still needed.
+const (
+	installedLine = "drover-installed"
+	foundLine     = "drover-found"
+	needLine      = "drover-need"
+)
 
 // Hello is what the remote script reports before it runs the agent.
 type Hello struct {
@@ -143,10 +148,13 @@ func orUnknown(s string) string {
 }
 
 // RemoteScript is the shell command run on a host: it prints the hello
-// line, installs the binary from stdin when the host lacks it (exactly
-// Size bytes, checked against the SHA-256, put in place with an atomic
-// rename so concurrent runs cannot see half a file), then runs the agent,
-// which reads its config from the rest of stdin. Not exec: a signal that
+// line; when the host lacks the binary it reads commands from stdin:
+// "check" looks again (another host sharing this file system may have
+// installed it meanwhile: foundLine, else needLine), "send" installs it
+// from stdin (exactly Size bytes, checked against the SHA-256, put in
+// place with an atomic rename so concurrent runs cannot see half a file:
+// installedLine). Then it runs the agent, which reads its config from the
+// rest of stdin. Not exec: a signal that
 // kills the agent (its guard) then reaches ssh as the shell's status
 // 128+N, so the manager knows the agent ended, where ssh would report
 // 255, the same as a broken connection. It is one line without single
@@ -160,12 +168,14 @@ func RemoteScript(b *Binary) string {
 		`if [ -x "$b" ]; then s=have; fi`,
 		`h=$(hostname 2>/dev/null || uname -n)`,
 		`echo "` + helloPrefix + `1 $(uname -s) $(uname -m) $h ${c:--} $s"`,
-		`if [ $s = need ]; then ` +
+		`while [ $s = need ]; do ` +
+			`read -r w || exit 97; ` +
+			`if [ "$w" = check ]; then if [ -x "$b" ]; then s=have; echo ` + foundLine + `; else echo ` + needLine + `; fi; continue; fi; ` +
 			`{ mkdir -p "$d" && t=$(mktemp "$d/.drover.XXXXXX"); } || exit 97; ` +
 			`head -c ` + strconv.FormatInt(b.Size, 10) + ` >"$t"; ` +
-			`if [ "$(sha256sum <"$t" | cut -d" " -f1)" = ` + b.SHA256 + ` ] && chmod 755 "$t" && mv -f "$t" "$b"; then echo ` + installedLine + `; ` +
+			`if [ "$(sha256sum <"$t" | cut -d" " -f1)" = ` + b.SHA256 + ` ] && chmod 755 "$t" && mv -f "$t" "$b"; then s=have; echo ` + installedLine + `; ` +
 			`else rm -f "$t"; echo "drover: could not install the agent binary in $d (short or damaged copy, or no space)" >&2; exit 97; fi; ` +
-			`fi`,
+			`done`,
 		`"$b" agent`,
 	}, "; ")
 }
@@ -182,6 +192,9 @@ type SSHOptions struct {
 	Binary       *Binary   // this drover, run (and installed when missing) on the host
 	Logs         io.Writer // the agent's own log once it runs; nil = discard
 	HelloTimeout time.Duration
+	// Deploys, shared by the starts of one launch, lets hosts that share
+	// a file system share one copy of the binary; nil: each its own.
+	Deploys *Deploys
 	// ConnectTimeout bounds ssh's connection and its SSH handshake
 	// (ConnectTimeout=, whole seconds, at least 1); 0 leaves it to ssh and
 	// its config.
@@ -221,6 +234,7 @@ type Remote struct {
 	Host     string
 	Hello    Hello
 	Deployed bool // the binary was copied to the host on this start
+	Found    bool // it lacked the binary, then found the copy another host of the launch made (a shared file system)
 
 	cmd   *exec.Cmd
 	stdin *os.File
@@ -302,7 +316,7 @@ func StartSSH(ctx context.Context, opts SSHOptions, dest string, configure func(
 	}()
 	hello := make(chan Hello, 1)
 	badHello := make(chan error, 1)
-	installed := make(chan bool, 1)
+	answers := make(chan string, 1) // the script's answers while it lacks the binary; "" when its output ended
 	go func() {
 		defer outR.Close()
 		br := bufio.NewReaderSize(outR, 4096)
@@ -315,9 +329,10 @@ func StartSSH(ctx context.Context, opts SSHOptions, dest string, configure func(
 				} else {
 					hello <- h
 				}
-				if perr == nil && !h.Have {
+				for answer := needLine; perr == nil && !h.Have && answer == needLine; {
 					line, _ := br.ReadString('\n')
-					installed <- strings.TrimSpace(line) == installedLine
+					answer = strings.TrimSpace(line)
+					answers <- answer
 				}
 				_, _ = io.Copy(logs, br)
 				return
@@ -371,25 +386,13 @@ func StartSSH(ctx context.Context, opts SSHOptions, dest string, configure func(
 		return nil, fail("%v", err)
 	}
 	if !r.Hello.Have {
-		if err := r.sendBinary(opts.Binary); err != nil {
+		if err := r.install(ctx, opts, answers); err != nil {
 			r.Kill()
+			if ctx.Err() != nil {
+				return nil, fail("%v", context.Cause(ctx))
+			}
 			return nil, fail("copy the agent binary: %v%s", err, r.tailSuffix())
 		}
-		var ok bool
-		select {
-		case ok = <-installed:
-		case <-timer.C:
-		case <-ctx.Done():
-		}
-		if !ok {
-			select { // the script exits with its reason on stderr
-			case <-r.done:
-			case <-time.After(2 * time.Second):
-			}
-			r.Kill()
-			return nil, fail("copy the agent binary: not installed%s", r.tailSuffix())
-		}
-		r.Deployed = true
 	}
 	cfg, err := configure(r.Hello)
 	if err != nil {
@@ -403,6 +406,105 @@ func StartSSH(ctx context.Context, opts SSHOptions, dest string, configure func(
 	// From here on the agent's log is the host's stderr.
 	r.tail.forward(logs)
 	return r, nil
+}
+
+// Deploys lets the hosts of one launch share a copy of the binary. The
+// first host that lacks it is sent it; the others wait until that copy
+// has ended, look again, and are sent their own only if they still lack
+// it. Where hosts share a home directory (on NFS, the rule on clusters)
+// one copy serves them all, where there would be one per host; where
+// they do not, their copies start one copy later. The zero value is
+// ready; a nil *Deploys sends every host its own.
+type Deploys struct {
+	mu    sync.Mutex
+	ended chan struct{} // made by the first copy, closed when it ends
+}
+
+// turn returns nil and a done func to call when the copy has ended, for
+// the first copy, or the channel that closes then for the others.
+func (d *Deploys) turn() (wait <-chan struct{}, done func()) {
+	if d == nil {
+		return nil, func() {}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.ended != nil {
+		return d.ended, func() {}
+	}
+	ended := make(chan struct{})
+	d.ended = ended
+	return nil, func() { close(ended) }
+}
+
+// testHookWaitCopy, when set, is called as a host starts waiting for
+// another host's copy.
+var testHookWaitCopy func(host string)
+
+// install puts the binary on a host whose script said it lacks it (see
+// Deploys and RemoteScript) and sets r.Found or r.Deployed.
+func (r *Remote) install(ctx context.Context, opts SSHOptions, answers <-chan string) error {
+	wait, done := opts.Deploys.turn()
+	defer done()
+	if wait != nil {
+		if testHookWaitCopy != nil {
+			testHookWaitCopy(r.Host)
+		}
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		switch a, err := r.ask(ctx, "check", opts.HelloTimeout, answers); {
+		case err != nil:
+			return err
+		case a == foundLine:
+			r.Found = true
+			return nil
+		case a != needLine:
+			return fmt.Errorf("unexpected answer %q", a)
+		}
+	}
+	if _, err := io.WriteString(r.stdin, "send\n"); err != nil {
+		return err
+	}
+	if err := r.sendBinary(opts.Binary); err != nil {
+		return err
+	}
+	switch a, err := r.ask(ctx, "", opts.HelloTimeout, answers); {
+	case err != nil:
+		return err
+	case a != installedLine:
+		return fmt.Errorf("unexpected answer %q", a)
+	}
+	r.Deployed = true
+	return nil
+}
+
+// ask sends the script cmd (none when empty) and waits up to patience for
+// its answer.
+func (r *Remote) ask(ctx context.Context, cmd string, patience time.Duration, answers <-chan string) (string, error) {
+	if cmd != "" {
+		if _, err := io.WriteString(r.stdin, cmd+"\n"); err != nil {
+			return "", err
+		}
+	}
+	timer := time.NewTimer(patience)
+	defer timer.Stop()
+	select {
+	case a := <-answers:
+		if a != "" {
+			return a, nil
+		}
+		select { // the script exits with its reason on stderr
+		case <-r.done:
+		case <-time.After(2 * time.Second):
+		}
+		return "", errors.New("not installed")
+	case <-timer.C:
+		return "", fmt.Errorf("not installed after %s", patience)
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
 }
 
 func (r *Remote) sendBinary(b *Binary) error {

@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -78,11 +79,18 @@ func TestRemoteScriptQuoting(t *testing.T) {
 // under dir. A host named "down" fails like an unreachable one.
 func fakeSSH(t *testing.T, dir string) string {
 	t.Helper()
+	return fakeSSHCache(t, dir, ShellQuote(filepath.Join(dir, "cache")))
+}
+
+// fakeSSHCache is fakeSSH with the cache at cache, a shell word that may
+// use $host (the destination).
+func fakeSSHCache(t *testing.T, dir, cache string) string {
+	t.Helper()
 	script := `#!/bin/sh
 for a; do prev=$host; host=$cmd; cmd=$a; done
 if [ "$host" = down ]; then echo "ssh: connect to host down port 22: Connection timed out" >&2; exit 255; fi
 echo "motd noise from a login script"
-export SSH_CONNECTION="127.0.0.7 40000 127.0.0.1 22" XDG_CACHE_HOME=` + ShellQuote(filepath.Join(dir, "cache")) + `
+export SSH_CONNECTION="127.0.0.7 40000 127.0.0.1 22" XDG_CACHE_HOME=` + cache + `
 exec /bin/sh -c "$cmd"
 `
 	p := filepath.Join(dir, "ssh")
@@ -216,5 +224,107 @@ func TestSSHCommandConnectTimeout(t *testing.T) {
 		case c.want != "" && (at < 1 || cmd.Args[at] != c.want || cmd.Args[at-1] != "-o" || at > host):
 			t.Errorf("%v: ssh %q, want -o %s before the host", c.d, cmd.Args, c.want)
 		}
+	}
+}
+
+// startHosts starts the fake agent on hosts at once, with one Deploys,
+// and returns what each start did; every agent is stopped at the end.
+func startHosts(t *testing.T, opts SSHOptions, hosts []string) []*Remote {
+	t.Helper()
+	opts.Deploys = &Deploys{}
+	rs := make([]*Remote, len(hosts))
+	errs := make([]error, len(hosts))
+	var wg sync.WaitGroup
+	for i, h := range hosts {
+		wg.Go(func() {
+			rs[i], errs[i] = StartSSH(context.Background(), opts, h, func(h Hello) (*AgentConfig, error) {
+				return &AgentConfig{Manager: h.Client + ":1234", Node: h.Hostname}, nil
+			})
+		})
+	}
+	wg.Wait()
+	for i, r := range rs {
+		if errs[i] != nil {
+			t.Fatalf("%s: %v", hosts[i], errs[i])
+		}
+		t.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := r.Stop(ctx); err != nil {
+				t.Errorf("stop %s: %v", r.Host, err)
+			}
+		})
+	}
+	return rs
+}
+
+// count tells how many starts copied the binary and how many found it.
+func count(rs []*Remote) (deployed, found int) {
+	for _, r := range rs {
+		if r.Deployed {
+			deployed++
+		}
+		if r.Found {
+			found++
+		}
+	}
+	return deployed, found
+}
+
+func TestHostsSharingAFileSystemShareOneCopy(t *testing.T) {
+	dir := t.TempDir()
+	opts := SSHOptions{SSH: fakeSSH(t, dir), Binary: fakeAgent(t, dir), HelloTimeout: 10 * time.Second}
+	rs := startHosts(t, opts, []string{"n1", "n2", "n3", "n4"})
+	if d, f := count(rs); d != 1 || f != 3 {
+		t.Errorf("one cache for 4 hosts: %d copies and %d found, want 1 and 3", d, f)
+	}
+}
+
+func TestHostsWithTheirOwnFileSystemsEachGetACopy(t *testing.T) {
+	dir := t.TempDir()
+	opts := SSHOptions{SSH: fakeSSHCache(t, dir, ShellQuote(dir)+`/cache-"$host"`), Binary: fakeAgent(t, dir), HelloTimeout: 10 * time.Second}
+	hosts := []string{"n1", "n2", "n3"}
+	rs := startHosts(t, opts, hosts)
+	if d, f := count(rs); d != 3 || f != 0 {
+		t.Errorf("a cache per host: %d copies and %d found, want 3 and 0", d, f)
+	}
+	for _, h := range hosts {
+		if _, err := os.Stat(filepath.Join(dir, "cache-"+h, "drover", opts.Binary.SHA256, "drover")); err != nil {
+			t.Errorf("%s: %v", h, err)
+		}
+	}
+}
+
+// A host waiting for another's copy when the launch is given up reports
+// why it was given up, not a failed copy.
+func TestWaitForACopyEndsWithTheLaunch(t *testing.T) {
+	dir := t.TempDir()
+	opts := SSHOptions{SSH: fakeSSH(t, dir), Binary: fakeAgent(t, dir), HelloTimeout: 10 * time.Second, Deploys: &Deploys{}}
+	if wait, _ := opts.Deploys.turn(); wait != nil { // a first copy that never ends
+		t.Fatal("not the first copy")
+	}
+	waiting := make(chan string, 1)
+	testHookWaitCopy = func(host string) { waiting <- host }
+	t.Cleanup(func() { testHookWaitCopy = nil })
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := StartSSH(ctx, opts, "n1", func(h Hello) (*AgentConfig, error) {
+			return &AgentConfig{Manager: "x:1", Node: h.Hostname}, nil
+		})
+		errc <- err
+	}()
+	select {
+	case <-waiting:
+	case err := <-errc:
+		t.Fatalf("the start ended before it waited for the copy: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("the host did not wait for the first copy within 30 s")
+	}
+	cancel(errors.New("the run ended before it came up"))
+	err := <-errc
+	if err == nil || !strings.Contains(err.Error(), "the run ended before it came up") || strings.Contains(err.Error(), "copy") {
+		t.Errorf("got %v", err)
 	}
 }

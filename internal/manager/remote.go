@@ -60,7 +60,7 @@ func (m *Manager) LaunchSSH(ctx context.Context, hosts []string, o SSHLaunch) (i
 		par = DefaultSSHParallel
 	}
 	opts := launch.SSHOptions{SSH: o.SSH, ConfigFile: o.ConfigFile, Binary: bin, Logs: m.opts.AgentLogs, HelloTimeout: o.HelloTimeout,
-		ConnectTimeout: o.ConnectTimeout}
+		ConnectTimeout: o.ConnectTimeout, Deploys: &launch.Deploys{}}
 	sem := make(chan struct{}, par)
 	var (
 		wg      sync.WaitGroup
@@ -98,8 +98,11 @@ func (m *Manager) LaunchSSH(ctx context.Context, hosts []string, o SSHLaunch) (i
 				mu.Unlock()
 				return
 			}
-			if r.Deployed {
+			switch {
+			case r.Deployed:
 				m.log.Info("deployed agent binary", "host", host, "node", name, "bytes", bin.Size, "sha256", bin.SHA256[:12])
+			case r.Found:
+				m.log.Info("agent binary found where another host's copy went (a shared file system)", "host", host, "node", name)
 			}
 			m.log.Info("agent started", "host", host, "node", name, "took", time.Since(t0).Round(time.Millisecond))
 			m.setRelauncher(name, func(ctx context.Context) (launch.Agent, error) {
