@@ -154,10 +154,9 @@ func orUnknown(s string) string {
 // from stdin (exactly Size bytes, checked against the SHA-256, put in
 // place with an atomic rename so concurrent runs cannot see half a file:
 // installedLine). Then it runs the agent, which reads its config from the
-// rest of stdin. Not exec: a signal that
-// kills the agent (its guard) then reaches ssh as the shell's status
-// 128+N, so the manager knows the agent ended, where ssh would report
-// 255, the same as a broken connection. It is one line without single
+// rest of stdin. Not exec: a signal that kills the agent (its guard) then
+// reaches ssh as the shell's status 128+N, so the manager knows the agent
+// ended, where ssh would report 255, the same as a broken connection. It is one line without single
 // quotes or "!" so any login shell passes it to sh intact.
 func RemoteScript(b *Binary) string {
 	return strings.Join([]string{
@@ -316,7 +315,10 @@ func StartSSH(ctx context.Context, opts SSHOptions, dest string, configure func(
 	}()
 	hello := make(chan Hello, 1)
 	badHello := make(chan error, 1)
-	answers := make(chan string, 1) // the script's answers while it lacks the binary; "" when its output ended
+	// The script's answers while it lacks the binary, "" when its output
+	// ended: one per command (check, send) and the end, so the reader
+	// never blocks on a start that gave up.
+	answers := make(chan string, 3)
 	go func() {
 		defer outR.Close()
 		br := bufio.NewReaderSize(outR, 4096)
@@ -464,9 +466,6 @@ func (r *Remote) install(ctx context.Context, opts SSHOptions, answers <-chan st
 			return fmt.Errorf("unexpected answer %q", a)
 		}
 	}
-	if _, err := io.WriteString(r.stdin, "send\n"); err != nil {
-		return err
-	}
 	if err := r.sendBinary(opts.Binary); err != nil {
 		return err
 	}
@@ -507,12 +506,16 @@ func (r *Remote) ask(ctx context.Context, cmd string, patience time.Duration, an
 	}
 }
 
+// sendBinary sends the script the send command and the binary.
 func (r *Remote) sendBinary(b *Binary) error {
 	f, err := os.Open(b.Path)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
+	if _, err := io.WriteString(r.stdin, "send\n"); err != nil {
+		return err
+	}
 	n, err := io.Copy(r.stdin, io.LimitReader(f, b.Size))
 	if err == nil && n != b.Size {
 		err = fmt.Errorf("%s changed while being copied", b.Path)
