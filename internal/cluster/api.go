@@ -35,8 +35,10 @@ type NodeInfo struct {
 	RTT        time.Duration `json:"rtt_ns,omitempty"` // last heartbeat round trip
 }
 
-// MaxNameLen bounds a process name: it is a file name on the nodes.
-const MaxNameLen = 255
+// MaxNameLen bounds a process name: it is a file name on the nodes, and
+// with ".stdout" after it (a default output file) still within the 255
+// bytes of a file name.
+const MaxNameLen = 255 - len(".stdout")
 
 // CheckName refuses a process name that is not made of letters, digits and
 // "_.-" (the job-file rule) or "[]" (MUSCLE3's instance names: macro[3],

@@ -79,8 +79,9 @@ const lostExitErr = "node lost"
 type Options struct {
 	Logger *slog.Logger
 	// Home holds what the Cluster writes: Home/runs/<submission>/ (the
-	// batch results layout of each submission) and Home/procs/<name>/
-	// (stdout and stderr of processes started without output paths).
+	// batch results layout of each submission) and Home/procs/ (the
+	// <name>.stdout and <name>.stderr of processes started without output
+	// paths).
 	// "" means drover-home under os.TempDir().
 	Home string
 	// Grace is the default time between SIGTERM and SIGKILL: for

@@ -41,8 +41,8 @@ func TestStartOnNamedNodeAndFinishedOnce(t *testing.T) {
 	if out.String() != "DROVER_NODE=n2\n" {
 		t.Fatalf("stdout %q", out.String())
 	}
-	// Default output files live under Home/procs/<name>/.
-	if _, err := os.Stat(filepath.Join(c.opts.Home, "procs", "three", "stderr")); err != nil {
+	// Default output files live in Home/procs/.
+	if _, err := os.Stat(filepath.Join(c.opts.Home, "procs", "three.stderr")); err != nil {
 		t.Fatal(err)
 	}
 	if f, _ := exitsOf(c, ctxT(t), 0); len(f) != 0 {
@@ -902,5 +902,27 @@ func TestFinishedWaits(t *testing.T) {
 	}
 	if len(f) != 1 || f[0].Name != "waiter" || f[0].Code != 0 {
 		t.Fatalf("Finished returned %+v, want the exit of waiter", f)
+	}
+}
+
+// The longest name a process may have still names its default output
+// files, and each process's go to its own.
+func TestLongestNameHasItsOwnOutputFiles(t *testing.T) {
+	c := newCluster(t, newAgent(t, "n1"))
+	col := clusterExits(t, c)
+	long := strings.Repeat("n", MaxNameLen)
+	start(t, c, "n1", long, helper("out=long")...)
+	start(t, c, "n1", "n", helper("out=short")...)
+	for name, want := range map[string]string{long: "long", "n": "short"} {
+		if e := col.One(name); e.Code != 0 || e.Err != "" {
+			t.Fatalf("exit of %.10s…: %+v", name, e)
+		}
+		var out bytes.Buffer
+		if err := c.Logs(ctxT(t), name, false, false, &out); err != nil {
+			t.Fatal(err)
+		}
+		if strings.TrimSpace(out.String()) != want {
+			t.Errorf("stdout of %.10s…: %q, want %q", name, out.String(), want)
+		}
 	}
 }
