@@ -31,6 +31,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/drover-hpc/drover/api/droverpb"
+	"github.com/drover-hpc/drover/internal/cluster"
 	"github.com/drover-hpc/drover/internal/creds"
 )
 
@@ -177,7 +178,7 @@ func TestServeNamesChecked(t *testing.T) {
 	ctl := droverpb.NewControlClient(grpcConn(t, s))
 	ctx, cancel := context.WithTimeout(context.Background(), backstop)
 	defer cancel()
-	for _, bad := range []string{forged, "-rf", "", "..", "a\x00b", strings.Repeat("n", 256)} {
+	for _, bad := range []string{forged, "-rf", "", "..", "a\x00b", strings.Repeat("n", cluster.MaxNameLen+1)} {
 		_, err := ctl.Start(ctx, &droverpb.StartRequest{Node: nodeName, Name: bad, Args: []string{"true"}})
 		if status.Code(err) != codes.InvalidArgument {
 			t.Errorf("Control.Start name %q: %v, want InvalidArgument", bad, err)
