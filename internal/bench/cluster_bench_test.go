@@ -351,8 +351,8 @@ func BenchmarkClusterThroughput(b *testing.B) {
 		// The wall time above includes starting the agents (ssh's own
 		// handshakes, an allocation's steps); this is the rate once all
 		// of them are up.
-		upRate := func(id, how, out string) {
-			r, k := rateOnceUp(b, out)
+		upRate := func(id, how string, evs []results.Event) {
+			r, k := rateOnceUp(b, evs)
 			b.ReportMetric(r/rRaw, "drover-"+id+"-once-up/local-raw")
 			figure(b, "cluster-"+id+"-once-up", fmt.Sprintf("the %d instances that ran once all %d agents were up, %s", k, len(c.bed.Hosts), how),
 				fmt.Sprintf("%.0f inst/s", r), fmt.Sprintf("local raw loop %.0f inst/s", rRaw),
@@ -360,24 +360,26 @@ func BenchmarkClusterThroughput(b *testing.B) {
 		}
 
 		_, outSSH, _, dSSH := c.droverCluster(b, true, n)
-		checkFinished(b, outSSH, n)
+		evsSSH := readEvents(b, outSSH)
+		checkFinished(b, evsSSH, n)
 		rSSH := rate(n, dSSH)
 		b.ReportMetric(rSSH, "drover-ssh-inst/s")
 		b.Logf("drover over ssh: %d instances on %d hosts (%d cores each) in %v: %.0f inst/s, %.2fx the local raw loop",
 			n, len(c.bed.Hosts), c.cores, dSSH.Round(time.Millisecond), rSSH, rSSH/rRaw)
 		vsRaw("ssh", "over ssh", rSSH)
-		upRate("ssh", "over ssh", outSSH)
+		upRate("ssh", "over ssh", evsSSH)
 
 		var rSlurm float64
 		if haveSlurm {
 			_, outSlurm, _, dSlurm := c.droverCluster(b, false, n)
-			checkFinished(b, outSlurm, n)
+			evsSlurm := readEvents(b, outSlurm)
+			checkFinished(b, evsSlurm, n)
 			rSlurm = rate(n, dSlurm)
 			b.ReportMetric(rSlurm, "drover-slurm-inst/s")
 			b.Logf("drover inside salloc -N%d: %d instances in %v: %.0f inst/s, %.2fx the local raw loop",
 				len(c.bed.Hosts), n, dSlurm.Round(time.Millisecond), rSlurm, rSlurm/rRaw)
 			vsRaw("slurm", fmt.Sprintf("inside salloc -N%d", len(c.bed.Hosts)), rSlurm)
-			upRate("slurm", fmt.Sprintf("inside salloc -N%d", len(c.bed.Hosts)), outSlurm)
+			upRate("slurm", fmt.Sprintf("inside salloc -N%d", len(c.bed.Hosts)), evsSlurm)
 		}
 
 		if parErr == nil {
@@ -437,9 +439,8 @@ func (c *clusterBed) parallelSSH(b *testing.B, n int) time.Duration {
 
 // rateOnceUp is the rate at which instances finished from the last
 // node-up event to the last finished one, and how many finished then.
-func rateOnceUp(b *testing.B, out string) (float64, int) {
+func rateOnceUp(b *testing.B, evs []results.Event) (float64, int) {
 	b.Helper()
-	evs := readEvents(b, out)
 	_, up, _ := upTimes(b, evs)
 	var last time.Time
 	k := 0
@@ -457,11 +458,11 @@ func rateOnceUp(b *testing.B, out string) (float64, int) {
 	return float64(k) / last.Sub(up).Seconds(), k
 }
 
-// checkFinished checks that summary/events say all n instances finished.
-func checkFinished(b *testing.B, out string, n int) {
+// checkFinished checks that the events say all n instances finished.
+func checkFinished(b *testing.B, evs []results.Event, n int) {
 	b.Helper()
 	done := 0
-	for _, e := range readEvents(b, out) {
+	for _, e := range evs {
 		if e.Event == results.Finished && e.ExitCode != nil && *e.ExitCode == 0 {
 			done++
 		}

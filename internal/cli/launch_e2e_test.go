@@ -165,11 +165,9 @@ func TestSSHRunSpreadsDeploysOnceAndCleansUp(t *testing.T) {
 	t.Cleanup(func() { os.RemoveAll(cache) })
 
 	hosts := bed.Names()
-	for run, wantDeploys := range []func(int) bool{
-		// The hosts share this file system: the first copy serves all.
-		func(n int) bool { return n == 1 },
-		func(n int) bool { return n == 0 },
-	} {
+	// The hosts share this file system: on the first run one copy
+	// serves all, on the second every host has it already.
+	for run, want := range []struct{ copies, found int }{{1, len(hosts) - 1}, {0, 0}} {
 		out := filepath.Join(dir, fmt.Sprintf("out%d", run))
 		job := whereJob(t, dir, marker, len(hosts), len(localResources(t).Cores))
 		r := drover(t, dir, "--log-level", "info", "run", "--hosts", strings.Join(hosts, ","),
@@ -179,11 +177,10 @@ func TestSSHRunSpreadsDeploysOnceAndCleansUp(t *testing.T) {
 			t.Logf("run %d: ssh agents up on %d hosts in %s", run, len(hosts), m[1])
 		}
 		deploys := strings.Count(r.stderr, `msg="deployed agent binary"`)
-		if !wantDeploys(deploys) {
-			t.Errorf("run %d: the binary was copied %d times\n%s", run, deploys, r.stderr)
-		}
-		if found := strings.Count(r.stderr, `msg="agent binary found where another host's copy went`); found+deploys > len(hosts) || (run == 0 && found != len(hosts)-1) {
-			t.Errorf("run %d: %d copies and %d hosts finding one, for %d hosts\n%s", run, deploys, found, len(hosts), r.stderr)
+		found := strings.Count(r.stderr, `msg="agent binary found where another host's copy went`)
+		if deploys != want.copies || found != want.found {
+			t.Errorf("run %d: the binary was copied %d times and found %d times, want %d and %d\n%s",
+				run, deploys, found, want.copies, want.found, r.stderr)
 		}
 		got := instanceHosts(t, out, 6)
 		for _, h := range bed.Hosts {

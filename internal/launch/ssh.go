@@ -331,10 +331,15 @@ func StartSSH(ctx context.Context, opts SSHOptions, dest string, configure func(
 				} else {
 					hello <- h
 				}
-				for answer := needLine; perr == nil && !h.Have && answer == needLine; {
-					line, _ := br.ReadString('\n')
-					answer = strings.TrimSpace(line)
-					answers <- answer
+				if perr == nil && !h.Have {
+					for { // "need" asks for another command
+						line, _ := br.ReadString('\n')
+						answer := strings.TrimSpace(line)
+						answers <- answer
+						if answer != needLine {
+							break
+						}
+					}
 				}
 				_, _ = io.Copy(logs, br)
 				return

@@ -134,7 +134,7 @@ func RunAgent(ctx context.Context, opts AgentOptions) error {
 		if welcomed {
 			backoff = 0
 			a.mu.Lock()
-			rtt := a.rtt
+			rtt := a.probe.rtt
 			a.mu.Unlock()
 			a.log.Info("session to the manager broken; reconnecting", "err", err, "last_rtt", rtt)
 		} else {
@@ -218,11 +218,8 @@ type agentRun struct {
 
 	files *filexfer.Space
 
-	echo     int64 // manager heartbeat to echo
-	echoAt   time.Time
-	hbSent   int64
-	hbSentAt time.Time
-	rtt      time.Duration
+	echo  pendingEcho // the manager's heartbeat
+	probe probe       // ours
 
 	finishing bool // a Shutdown command arrived
 	pumpOver  bool // the node's Ready was closed and drained
@@ -405,7 +402,7 @@ func (a *agentRun) welcome(w *droverpb.Welcome) {
 	}
 	a.again, a.sending = true, nil // unacknowledged exits go again, results first
 	a.replyQ = nil                 // the manager repeats every unanswered command
-	a.echo = 0
+	a.echo = pendingEcho{}
 	a.closeSent = false
 }
 
@@ -431,14 +428,7 @@ func (a *agentRun) handle(m *droverpb.ManagerMsg) {
 		}
 	}
 	wake := false
-	if hb := m.GetHeartbeat(); hb != nil {
-		if hb.GetEchoUnixNano() != 0 && hb.GetEchoUnixNano() == a.hbSent {
-			a.rtt = roundTrip(a.hbSentAt, hb)
-		}
-		if hb.GetSentUnixNano() != 0 {
-			a.echo, a.echoAt = hb.GetSentUnixNano(), time.Now()
-		}
-	}
+	heard(m.GetHeartbeat(), &a.probe, &a.echo)
 	if a.finishedLocked() {
 		wake = true // time to close the stream
 	}
@@ -841,16 +831,7 @@ func (a *agentRun) collect(hbDue bool) (*droverpb.AgentMsg, bool) {
 	}
 	clear(a.sending[:i])
 	a.sending = a.sending[i:]
-	if hbDue || a.echo != 0 {
-		hb := echoOf(a.echo, a.echoAt)
-		a.echo = 0
-		if hbDue {
-			now := time.Now()
-			hb.SentUnixNano = now.UnixNano()
-			a.hbSent, a.hbSentAt = hb.SentUnixNano, now
-		}
-		m.Heartbeat = hb
-	}
+	m.Heartbeat = outgoing(&a.probe, &a.echo, hbDue)
 	closeSend := a.finishedLocked()
 	if closeSend {
 		a.closeSent = true

@@ -199,19 +199,3 @@ func resultFromPB(fd *droverpb.FileData) filexfer.Result {
 	}
 	return out
 }
-
-// echoOf starts a heartbeat that echoes the peer's (sent at echo, 0: none,
-// received at at) on the next message, saying how long it waited here.
-func echoOf(echo int64, at time.Time) *droverpb.Heartbeat {
-	hb := &droverpb.Heartbeat{EchoUnixNano: echo}
-	if echo != 0 {
-		hb.EchoHeldNs = int64(time.Since(at))
-	}
-	return hb
-}
-
-// roundTrip is the round trip of our heartbeat sent at sent, echoed in hb:
-// the time since, less the time the peer held it.
-func roundTrip(sent time.Time, hb *droverpb.Heartbeat) time.Duration {
-	return max(time.Since(sent)-time.Duration(hb.GetEchoHeldNs()), time.Nanosecond)
-}

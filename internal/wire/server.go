@@ -312,9 +312,7 @@ type RemoteNode struct {
 
 	lastSeq uint64 // highest exit seq delivered
 
-	hbSent   int64 // sent_unix_nano of our last heartbeat
-	hbSentAt time.Time
-	rtt      time.Duration
+	probe probe // our last heartbeat
 
 	// Files, for an agent that does not share our filesystem (files.go,
 	// internal/filexfer).
@@ -348,10 +346,9 @@ type attachment struct {
 
 	// Guarded by the node's mu.
 	welcomed   bool
-	ackExits   uint64 // last ack_exits sent on this stream
-	ackReplies uint64 // last ack_replies sent on this stream
-	echo       int64  // peer heartbeat to echo
-	echoAt     time.Time
+	ackExits   uint64      // last ack_exits sent on this stream
+	ackReplies uint64      // last ack_replies sent on this stream
+	echo       pendingEcho // the agent's heartbeat
 }
 
 func (a *attachment) wakeup() {
@@ -605,14 +602,7 @@ func (n *RemoteNode) handle(att *attachment, m *droverpb.AgentMsg, resultErrs ma
 		delivered = true
 	}
 	wake := delivered // the ack
-	if hb := m.GetHeartbeat(); hb != nil {
-		if hb.GetEchoUnixNano() != 0 && hb.GetEchoUnixNano() == n.hbSent {
-			n.rtt = roundTrip(n.hbSentAt, hb)
-		}
-		if hb.GetSentUnixNano() != 0 {
-			att.echo, att.echoAt = hb.GetSentUnixNano(), time.Now()
-		}
-	}
+	heard(m.GetHeartbeat(), &n.probe, &att.echo)
 	if delivered {
 		select {
 		case n.ready <- struct{}{}:
@@ -703,16 +693,7 @@ func (n *RemoteNode) collect(att *attachment, hbDue bool) *droverpb.ManagerMsg {
 		m.AckExits = n.lastSeq
 		att.ackExits = n.lastSeq
 	}
-	if hbDue || att.echo != 0 {
-		hb := echoOf(att.echo, att.echoAt)
-		att.echo = 0
-		if hbDue {
-			now := time.Now()
-			hb.SentUnixNano = now.UnixNano()
-			n.hbSent, n.hbSentAt = hb.SentUnixNano, now
-		}
-		m.Heartbeat = hb
-	}
+	m.Heartbeat = outgoing(&n.probe, &att.echo, hbDue)
 	if !urgent && len(m.Commands) == 0 && len(m.Cancel) == 0 && m.AckExits == 0 && m.Heartbeat == nil {
 		return nil
 	}
@@ -848,7 +829,7 @@ func (n *RemoteNode) State() string {
 func (n *RemoteNode) RTT() time.Duration {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return n.rtt
+	return n.probe.rtt
 }
 
 // Health implements node.Node.
